@@ -1,0 +1,29 @@
+# Two commands: `make demo` (the method end to end on the bundled digits) and `make test`.
+PY    ?= $(shell command -v python3.11 || command -v python3)
+VENV  := .venv
+BIN   := $(VENV)/bin
+# torch is installed first so that a machine with local wheels uses them; override for other builds,
+# e.g. make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	@RUN=demo-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/stepadapt train --preset tiny --run $$RUN && \
+	$(BIN)/stepadapt sample $$RUN
+
+test: venv
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

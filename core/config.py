@@ -1,0 +1,215 @@
+"""Configuration: a preset, optionally a YAML/TOML file, then ``-S key=value`` overrides.
+
+The resolved config is a plain nested dict; its hash (sha256 of canonical JSON) identifies it.
+Every key a file or override sets must already exist in the preset, with a value of the same type,
+so a typo fails loudly instead of being ignored.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import UserError
+
+_BASE: dict[str, Any] = {
+    "preset": None,
+    "seed": 0,
+    "model": {
+        "image_size": 32,
+        "in_channels": 3,
+        "model_channels": 128,
+        "num_res_blocks": 3,
+        "channel_mult": [1, 2, 2, 2],
+        "attention_resolutions": [16, 8],
+        "num_heads": 4,
+        "dropout": 0.3,
+        "learn_sigma": True,
+        "scale_shift_norm": True,
+    },
+    "diffusion": {"steps": 4000, "noise_schedule": "cosine", "vlb_weight": 0.001},
+    "data": {"spec": "cifar10", "root": "data", "flip": True, "download": False, "workers": 0},
+    "train": {
+        "steps": 500000,
+        "batch_size": 128,
+        "lr": 1e-4,
+        "weight_decay": 0.0,
+        "ema_decay": 0.9999,
+        "grad_clip": 1.0,
+        "log_every": 100,
+        "ckpt_every": 10000,
+        "bf16": True,
+        "threads": 0,
+    },
+    "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
+    "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999},
+    "sample": {"steps": 100, "n": 64, "batch_size": 64, "method": "ancestral"},
+}
+
+
+def _preset(**sections: dict) -> dict:
+    cfg = copy.deepcopy(_BASE)
+    for key, val in sections.items():
+        if isinstance(val, dict):
+            cfg[key].update(val)
+        else:
+            cfg[key] = val
+    return cfg
+
+
+PRESETS: dict[str, dict] = {
+    # IDDPM's CIFAR-10 model (L_hybrid, cosine, T = 4000): 52.5M params, 8.14 GMACs
+    "cifar10": _preset(preset="cifar10"),
+    # IDDPM's ImageNet-64 model: 121M params, 39.4 GMACs
+    "imagenet64": _preset(
+        preset="imagenet64",
+        model={"image_size": 64, "channel_mult": [1, 2, 3, 4], "dropout": 0.0},
+        data={"spec": "folder:data/imagenet64", "flip": True},
+        train={"steps": 1500000},
+        finetune={"steps": 50000},
+    ),
+    # a small model for CPUs: trains on the bundled digits in minutes
+    "tiny": _preset(
+        preset="tiny",
+        model={"image_size": 32, "in_channels": 1, "model_channels": 32, "num_res_blocks": 1,
+               "channel_mult": [1, 2, 2], "attention_resolutions": [8], "num_heads": 2, "dropout": 0.0},
+        diffusion={"steps": 1000},
+        data={"spec": "digits", "flip": False},
+        train={"steps": 1500, "batch_size": 32, "lr": 2e-4, "ema_decay": 0.995, "log_every": 50,
+               "ckpt_every": 500, "threads": 0},
+        finetune={"steps": 150, "lr": 1e-4, "batch_size": 32, "ema_decay": 0.99},
+        sample={"steps": 50, "n": 64, "batch_size": 64},
+    ),
+}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def _merge(cfg: dict, update: dict, where: str, prefix: str = "") -> None:
+    for key, val in update.items():
+        path = f"{prefix}{key}"
+        if key not in cfg:
+            raise UserError(f"{where}: unknown config key {path!r}")
+        if isinstance(cfg[key], dict):
+            if not isinstance(val, dict):
+                raise UserError(f"{where}: {path!r} must be a table of settings, got {val!r}")
+            _merge(cfg[key], val, where, path + ".")
+        else:
+            cfg[key] = _coerce(cfg[key], val, path, where)
+
+
+def _coerce(default: Any, val: Any, path: str, where: str) -> Any:
+    if default is None or val is None:
+        return val
+    kind = type(default)
+    if kind is bool:
+        if isinstance(val, bool):
+            return val
+        if isinstance(val, str) and val.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return val.lower() in ("true", "1", "yes")
+    elif kind is int:
+        if isinstance(val, int) and not isinstance(val, bool):
+            return val
+        if isinstance(val, float) and val.is_integer():
+            return int(val)
+    elif kind is float:
+        if isinstance(val, (int, float)) and not isinstance(val, bool):
+            return float(val)
+    elif kind is list:
+        if isinstance(val, (list, tuple)):
+            return list(val)
+        if isinstance(val, int):
+            return [val]
+    elif kind is str:
+        if isinstance(val, (str, int, float)) and not isinstance(val, bool):
+            return str(val)
+    raise UserError(f"{where}: {path!r} expects {kind.__name__}, got {val!r}")
+
+
+def load_file(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"malformed config file {p}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"malformed config file {p}: top level must be a mapping of settings")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise UserError(f"bad -S value {item!r}: expected key=value, e.g. -S train.steps=200")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"bad -S value {item!r}: empty key")
+    try:
+        val = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        val = raw
+    return key.split("."), val
+
+
+def resolve(preset_name: str | None, file: str | None = None, overrides: Iterable[str] = ()) -> dict:
+    """preset <- file <- overrides. A file may name its preset with ``preset: NAME``."""
+    file_data = load_file(file) if file else {}
+    name = preset_name or file_data.get("preset") or "tiny"
+    cfg = preset(name)
+    file_data = {k: v for k, v in file_data.items() if k != "preset"}
+    _merge(cfg, file_data, f"config file {file}")
+    for item in overrides:
+        keys, val = parse_override(item)
+        nested: Any = val
+        for k in reversed(keys):
+            nested = {k: nested}
+        _merge(cfg, nested, f"bad -S value {item!r}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    m, d, t = cfg["model"], cfg["diffusion"], cfg["train"]
+    checks = [
+        (m["image_size"] >= 8 and m["image_size"] & (m["image_size"] - 1) == 0, "model.image_size must be a power of two >= 8"),
+        (m["in_channels"] in (1, 3), "model.in_channels must be 1 or 3"),
+        (m["model_channels"] > 0 and m["num_res_blocks"] > 0, "model sizes must be positive"),
+        (len(m["channel_mult"]) > 0 and all(x > 0 for x in m["channel_mult"]), "model.channel_mult must be positive"),
+        (m["image_size"] >> (len(m["channel_mult"]) - 1) >= 1, "model.channel_mult has more levels than image_size allows"),
+        (all(m["model_channels"] * x % m["num_heads"] == 0 for x in m["channel_mult"]), "channels must divide into model.num_heads"),
+        (0 <= m["dropout"] < 1, "model.dropout must be in [0, 1)"),
+        (d["steps"] >= 2, "diffusion.steps must be >= 2"),
+        (d["noise_schedule"] in ("cosine", "linear"), "diffusion.noise_schedule must be cosine or linear"),
+        (t["steps"] >= 0 and t["batch_size"] > 0 and t["lr"] > 0, "train.steps/batch_size/lr must be positive"),
+        (0 < t["ema_decay"] < 1, "train.ema_decay must be in (0, 1)"),
+        (t["log_every"] > 0 and t["ckpt_every"] > 0, "train.log_every and train.ckpt_every must be positive"),
+        (0 < cfg["schedule"]["k"] <= 1, "schedule.k must be in (0, 1]"),
+        (cfg["schedule"]["groups"] >= 1, "schedule.groups must be >= 1"),
+        (cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"], "sample.steps must be in [1, diffusion.steps]"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(f"invalid config: {msg}")
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

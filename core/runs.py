@@ -1,0 +1,151 @@
+"""Run folders: where a run's config, checkpoints, models, metrics and samples live.
+
+    RUNS_DIR/NAME/
+        config.json        resolved config (what every stage of the run uses)
+        meta.json          config hash, seed, git sha/dirty, created, stepadapt version, command line
+        checkpoints/       resumable training state per stage (base.pt, group03.pt, ...)
+        models/            EMA weights for use (base.pt, ...)
+        metrics/           one JSON line per logged step (base.jsonl, ...)
+        samples/           sample grids (PNG)
+
+The runs directory is ``--runs-dir``, else ``$STEPADAPT_HOME``, else ``./runs``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import config_hash
+from .errors import UserError
+
+
+def runs_root(runs_dir: Optional[str] = None) -> Path:
+    return Path(runs_dir or os.environ.get("STEPADAPT_HOME") or "runs").expanduser()
+
+
+def _git_state() -> dict:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"git_sha": None, "git_dirty": None}
+
+
+def _disk_error(e: OSError, what: Path) -> UserError:
+    if e.errno == errno.ENOSPC:
+        return UserError(f"no space left on device while writing {what}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"cannot write {what}: permission denied")
+    return UserError(f"cannot write {what}: {e.strerror or e}")
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename: a reader sees the old or the new file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _disk_error(e, path) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _disk_error(e, path) from None
+        raise UserError(f"cannot write {path}: {e} (is the disk full?); the previous file is intact") from None
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+class Run:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+    @property
+    def meta(self) -> dict:
+        return json.loads((self.path / "meta.json").read_text())
+
+    def ckpt(self, stage: str) -> Path:
+        return self.path / "checkpoints" / f"{stage}.pt"
+
+    def model(self, stage: str) -> Path:
+        return self.path / "models" / f"{stage}.pt"
+
+    def metrics(self, stage: str) -> Path:
+        return self.path / "metrics" / f"{stage}.jsonl"
+
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+
+def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = None) -> Run:
+    root = runs_root(runs_dir)
+    name = name or f"{cfg['preset']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name in (".", ".."):
+        raise UserError(f"bad run name {name!r}")
+    path = root / name
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise UserError(f"run {name!r} already exists in {root}; use --resume to continue it or pick another --run") from None
+    except OSError as e:
+        raise UserError(f"cannot create run folder {path}: {e.strerror or e}") from None
+    from . import __version__
+
+    atomic_write_json(cfg, path / "config.json")
+    atomic_write_json({
+        "config_hash": config_hash(cfg),
+        "seed": cfg["seed"],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "stepadapt_version": __version__,
+        "command": sys.argv,
+        **_git_state(),
+    }, path / "meta.json")
+    return Run(path)
+
+
+def open_run(name_or_path: str, runs_dir: Optional[str] = None) -> Run:
+    p = Path(name_or_path).expanduser()
+    if not (p / "config.json").is_file():
+        p = runs_root(runs_dir) / name_or_path
+    if not (p / "config.json").is_file():
+        raise UserError(f"run not found: {name_or_path!r} (looked in {runs_root(runs_dir)})")
+    try:
+        json.loads((p / "config.json").read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"run {name_or_path!r} has a corrupt config.json") from None
+    return Run(p)

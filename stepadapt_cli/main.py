@@ -1,0 +1,214 @@
+"""The ``stepadapt`` command line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import traceback
+
+import click
+
+from core import __version__
+from core.errors import UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Cli(click.Group):
+    """Click group whose commands report UserError (and any other failure) as one line, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # an unexpected failure: one line here, the traceback in a file
+            if os.environ.get("STEPADAPT_DEBUG"):
+                raise
+            fd, path = tempfile.mkstemp(prefix="stepadapt-crash-", suffix=".txt")
+            with os.fdopen(fd, "w") as f:
+                traceback.print_exc(file=f)
+            click.echo(f"error: internal error {type(e).__name__}: {e} (traceback in {path})", err=True)
+            ctx.exit(1)
+
+
+def _overrides_option(f):
+    return click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a config value, e.g. -S train.steps=200 (repeatable).")(f)
+
+
+def _runs_dir_option(f):
+    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
+                        help="Runs directory (default: $STEPADAPT_HOME or ./runs).")(f)
+
+
+def _emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _threads(cfg: dict) -> None:
+    import torch
+
+    if cfg["train"].get("threads"):
+        torch.set_num_threads(int(cfg["train"]["threads"]))
+
+
+@click.group(cls=Cli, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="stepadapt")
+def cli():
+    """Step-Adaptive training of diffusion models (arXiv 2312.13307): train a base IDDPM denoiser,
+    split timesteps into SNR groups, prune and fine-tune one model per group, sample progressively."""
+
+
+@cli.command()
+@click.option("--preset", default="tiny", show_default=True, help="Model preset: tiny, cifar10, imagenet64.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML config file.")
+@_overrides_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(preset, config_file, overrides, as_json):
+    """Parameters and MACs of a preset's UNet (MACs = the paper's FLOPs)."""
+    from core import config as C
+    from core.macs import count
+    from core.unet import build_unet
+
+    cfg = C.resolve(preset, config_file, overrides)
+    m = cfg["model"]
+    res = count(build_unet(m), m["image_size"], m["in_channels"])
+    res.update({"preset": cfg["preset"], "image_size": m["image_size"], "timesteps": cfg["diffusion"]["steps"]})
+    if as_json:
+        _emit_json(res)
+        return
+    click.echo(f"preset      {res['preset']} ({m['image_size']}x{m['image_size']}x{m['in_channels']}, "
+               f"T={res['timesteps']} {cfg['diffusion']['noise_schedule']})")
+    click.echo(f"params      {res['params'] / 1e6:.2f} M")
+    click.echo(f"MACs        {res['macs'] / 1e9:.3f} G  (convs, linears, norms: the paper's FLOPs)")
+    click.echo(f"attention   {res['attn_macs'] / 1e9:.3f} G  (q k^T and w v matmuls, not in the figure above)")
+
+
+@cli.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
+@click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
+@click.option("--download", is_flag=True, help="Allow downloading CIFAR-10 if it is missing.")
+@click.option("--steps", type=int, default=None, help="Training steps (total, also when resuming).")
+@click.option("--run", "run_name", default=None, help="Run name (default: PRESET-DATE-TIME).")
+@_runs_dir_option
+@click.option("--resume", is_flag=True, help="Continue the run named by --run from its checkpoint.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, default=None, help="Seed (default: the config's).")
+@_overrides_option
+def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, resume, device, seed, overrides):
+    """Stage 1: train the base denoiser on all timesteps."""
+    from core import config as C
+    from core.data import load_dataset
+    from core.diffusion import create_diffusion
+    from core.runs import create_run, open_run
+    from core.train import TrainSpec, pick_device, train as run_train
+    from core.unet import build_unet
+
+    if resume:
+        if not run_name:
+            raise UserError("--resume needs --run NAME")
+        if config_file or preset or overrides or data_spec or seed is not None:
+            raise UserError("--resume continues a run with its saved config; only --steps and --device may change")
+        run = open_run(run_name, runs_dir)
+        cfg = run.config
+        if steps is not None:
+            cfg["train"]["steps"] = steps
+    else:
+        extra = list(overrides)
+        if data_spec:
+            extra.append(f"data.spec={data_spec}")
+        if download:
+            extra.append("data.download=true")
+        if steps is not None:
+            extra.append(f"train.steps={steps}")
+        if seed is not None:
+            extra.append(f"seed={seed}")
+        cfg = C.resolve(preset, config_file, extra)
+    dev = pick_device(device)
+    _threads(cfg)
+    data = load_dataset(cfg)  # before creating the run: a missing dataset leaves nothing behind
+    if not resume:
+        run = create_run(cfg, run_name, runs_dir)
+    t = cfg["train"]
+    spec = TrainSpec(
+        name="base", ckpt=run.ckpt("base"), model_out=run.model("base"), metrics=run.metrics("base"),
+        steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], ema_decay=t["ema_decay"], seed=cfg["seed"],
+        weight_decay=t["weight_decay"], grad_clip=t["grad_clip"], log_every=t["log_every"],
+        ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"],
+        extra={"arch": cfg["model"], "stage": "base"},
+    )
+    click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps on {dev}",
+               err=True)
+    model = build_unet(cfg["model"])
+    last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev)
+    click.echo(f"run folder   {run.path}")
+    click.echo(f"base model   {spec.model_out}  (EMA, step {spec.steps}, last loss {last.get('loss', float('nan')):.4f})")
+
+
+@cli.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("--n", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
+@click.option("--steps", type=int, default=None, help="Sampling steps, respaced (default: the config's).")
+@click.option("--model", "which", type=click.Choice(["base"]), default="base", show_default=True)
+@click.option("--method", type=click.Choice(["ancestral", "ddim"]), default=None, help="Sampler.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: RUN/samples).")
+@click.option("--device", default="auto", show_default=True)
+@_runs_dir_option
+def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
+    """Sample images from a run's model and save them as a PNG grid (and a .pt tensor)."""
+    from pathlib import Path
+
+    import torch
+
+    from core.diffusion import create_diffusion
+    from core.runs import open_run
+    from core.sampling import sample_images, save_grid
+    from core.train import pick_device
+    from core.unet import load_unet
+
+    run = open_run(run_name, runs_dir)
+    cfg = run.config
+    _threads(cfg)
+    s = cfg["sample"]
+    n = n if n is not None else s["n"]
+    steps = steps if steps is not None else s["steps"]
+    if n < 1:
+        raise UserError("--n must be >= 1")
+    if not 1 <= steps <= cfg["diffusion"]["steps"]:
+        raise UserError(f"--steps must be in [1, {cfg['diffusion']['steps']}]")
+    path = run.model(which)
+    if not path.exists():
+        raise UserError(f"run {run.name} has no {which} model yet ({path}); train it first")
+    dev = pick_device(device)
+    model = load_unet(path, dev)
+    m = cfg["model"]
+    from rich.progress import Progress
+
+    total = -(-n // s["batch_size"]) * steps
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(f"sampling {n} images, {steps} steps", total=total)
+        imgs = sample_images(model, create_diffusion(cfg), n, image_size=m["image_size"], channels=m["in_channels"],
+                             steps=steps, batch_size=s["batch_size"], seed=seed, method=method or s["method"],
+                             device=dev, progress=lambda k: bar.advance(task, k))
+    out_dir = Path(out) if out else run.samples()
+    grid = save_grid(imgs, out_dir / f"{which}_s{steps}_seed{seed}.png")
+    torch.save(imgs, out_dir / f"{which}_s{steps}_seed{seed}.pt")
+    click.echo(f"sample grid  {grid}")
+
+
+def main():
+    cli(prog_name="stepadapt")
+
+
+if __name__ == "__main__":
+    main()
