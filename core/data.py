@@ -176,6 +176,7 @@ def batches(data, batch_size: int, seed: int, start: int, stop: int, workers: in
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, sampler=range(start, stop), num_workers=workers, pin_memory=pin,
         persistent_workers=False, prefetch_factor=4 if workers else None,
+        generator=torch.Generator(),  # the loader draws a base seed: keep it off the global RNG (dropout's)
     )
     return iter(loader)
 

@@ -232,8 +232,12 @@ class _Plain(nn.Module):
         return self.layer(x)
 
 
-def build_unet(cfg: dict) -> UNet:
-    """Build the UNet from a config's ``model`` section."""
+def build_unet(cfg: dict, seed: int | None = None) -> UNet:
+    """Build the UNet from a config's ``model`` section; with ``seed``, its initial weights depend on it alone."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_unet(cfg)
     return UNet(
         image_size=cfg["image_size"],
         in_channels=cfg["in_channels"],

@@ -148,7 +148,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     )
     click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps on {dev}",
                err=True)
-    model = build_unet(cfg["model"])
+    model = build_unet(cfg["model"], seed=cfg["seed"])
     last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev)
     click.echo(f"run folder   {run.path}")
     click.echo(f"base model   {spec.model_out}  (EMA, step {spec.steps}, last loss {last.get('loss', float('nan')):.4f})")

@@ -1,0 +1,44 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, env=None, timeout=600, check=None):
+    """Run the real `stepadapt` CLI in a subprocess; returns CompletedProcess (text)."""
+    e = dict(os.environ)
+    e.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    e.pop("STEPADAPT_DEBUG", None)
+    if env:
+        e.update(env)
+    p = subprocess.run([sys.executable, "-m", "stepadapt_cli.main", *map(str, args)], cwd=REPO, env=e,
+                       capture_output=True, text=True, timeout=timeout)
+    if check is not None:
+        assert p.returncode == check, f"rc={p.returncode}\nstdout:{p.stdout}\nstderr:{p.stderr}"
+    return p
+
+
+def assert_clean_error(p):
+    """Bad input: non-zero exit, one line on stderr, no traceback."""
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr + p.stdout
+    lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    d = tmp_path / "runs"
+    d.mkdir()
+    return d
+
+
+# a very small model for fast CPU tests (same code path as the presets)
+MICRO = ["-S", "model.model_channels=16", "-S", "model.channel_mult=[1,2]", "-S", "model.attention_resolutions=[16]",
+         "-S", "model.num_heads=2", "-S", "diffusion.steps=100", "-S", "train.batch_size=8"]

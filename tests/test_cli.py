@@ -1,0 +1,98 @@
+import json
+import re
+
+import pytest
+
+from tests.conftest import MICRO, assert_clean_error, run_cli
+
+COMMANDS = ["info", "train", "sample"]
+
+
+def test_version_and_help_on_every_command():
+    p = run_cli("--version", check=0)
+    assert re.search(r"stepadapt, version \d+\.\d+\.\d+", p.stdout)
+    top = run_cli("--help", check=0).stdout
+    for cmd in COMMANDS:
+        assert cmd in top
+        h = run_cli(cmd, "--help", check=0)
+        assert "Usage: stepadapt " + cmd in h.stdout
+
+
+def test_unknown_preset():
+    p = run_cli("info", "--preset", "cifar100")
+    assert_clean_error(p)
+    assert "unknown preset 'cifar100'" in p.stderr
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("train.steps=abc", "expects int"),
+    ("train.stepz=3", "unknown config key 'train.stepz'"),
+    ("nonsense", "expected key=value"),
+    ("model.dropout=1.5", "model.dropout"),
+])
+def test_bad_overrides(override, msg, runs_dir):
+    p = run_cli("train", "--preset", "tiny", "--runs-dir", runs_dir, "-S", override)
+    assert_clean_error(p)
+    assert msg in p.stderr
+    assert list(runs_dir.iterdir()) == []  # nothing half-created
+
+
+def test_missing_data_path_creates_nothing(runs_dir, tmp_path):
+    p = run_cli("train", "--preset", "tiny", "--runs-dir", runs_dir, "--data", tmp_path / "missing")
+    assert_clean_error(p)
+    assert "dataset not found" in p.stderr
+    p = run_cli("train", "--preset", "cifar10", "--runs-dir", runs_dir, "--data", f"cifar10:{tmp_path}")
+    assert_clean_error(p)
+    assert "--download" in p.stderr
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_unwritable_runs_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    p = run_cli("train", "--preset", "tiny", "--runs-dir", blocker / "runs", "--steps", "1")
+    assert_clean_error(p)
+    assert "cannot create run folder" in p.stderr
+
+
+def test_malformed_config_files(tmp_path, runs_dir):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [unclosed\n")
+    p = run_cli("train", bad_yaml, "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert "malformed config file" in p.stderr
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[train\nsteps = 3\n")
+    assert_clean_error(run_cli("train", bad_toml, "--runs-dir", runs_dir))
+    p = run_cli("train", tmp_path / "absent.yaml", "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert "config file not found" in p.stderr
+
+
+def test_config_file_overrides_and_run_record(tmp_path, runs_dir):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('preset = "tiny"\nseed = 7\n[train]\nsteps = 2\nlog_every = 1\n')
+    p = run_cli("train", cfg, "--run", "r1", "--runs-dir", runs_dir, *MICRO, "-S", "train.lr=0.0003", check=0)
+    run = runs_dir / "r1"
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["seed"] == 7 and resolved["train"]["steps"] == 2 and resolved["train"]["lr"] == 0.0003
+    assert resolved["model"]["model_channels"] == 16
+    meta = json.loads((run / "meta.json").read_text())
+    assert len(meta["config_hash"]) == 16 and meta["seed"] == 7
+    assert (run / "models" / "base.pt").exists() and "base model" in p.stdout
+    # the same name again is refused, never overwritten
+    again = run_cli("train", cfg, "--run", "r1", "--runs-dir", runs_dir, *MICRO)
+    assert_clean_error(again)
+    assert "already exists" in again.stderr
+    # sampling writes a grid
+    s = run_cli("sample", "r1", "--runs-dir", runs_dir, "--n", "4", "--steps", "3", check=0)
+    assert (run / "samples" / "base_s3_seed0.png").exists()
+    assert_clean_error(run_cli("sample", "r1", "--runs-dir", runs_dir, "--steps", "0"))
+    assert_clean_error(run_cli("sample", "nope", "--runs-dir", runs_dir))
+
+
+def test_env_home_sets_the_runs_dir(tmp_path):
+    home = tmp_path / "home"
+    run_cli("train", "--preset", "tiny", "--run", "h", "--steps", "1", *MICRO, env={"STEPADAPT_HOME": str(home)},
+            check=0)
+    assert (home / "h" / "models" / "base.pt").exists()

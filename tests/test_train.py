@@ -1,0 +1,85 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from core import config as C
+from core.data import load_dataset
+from core.diffusion import create_diffusion
+from core.runs import create_run
+from core.train import TrainSpec, train
+from core.unet import build_unet, load_unet
+from tests.conftest import MICRO, REPO, run_cli
+
+
+def micro_cfg():
+    cfg = C.resolve("tiny", None, list(MICRO[1::2]))
+    cfg["model"]["dropout"] = 0.1  # exercise the global RNG (restored on resume)
+    return cfg
+
+
+def spec_for(run, cfg, steps, ckpt_every=1000):
+    t = cfg["train"]
+    return TrainSpec(name="base", ckpt=run.ckpt("base"), model_out=run.model("base"), metrics=run.metrics("base"),
+                     steps=steps, batch_size=t["batch_size"], lr=t["lr"], ema_decay=t["ema_decay"], seed=cfg["seed"],
+                     log_every=1, ckpt_every=ckpt_every, extra={"arch": cfg["model"]})
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(runs_dir):
+    cfg = micro_cfg()
+    data = load_dataset(cfg)
+    diff = create_diffusion(cfg)
+    a = create_run(cfg, "straight", runs_dir)
+    train(spec_for(a, cfg, 6), build_unet(cfg["model"], seed=0), diff, data, progress=False)
+    b = create_run(cfg, "resumed", runs_dir)
+    train(spec_for(b, cfg, 3), build_unet(cfg["model"], seed=0), diff, data, progress=False)
+    torch.manual_seed(12345)  # whatever happens in between must not matter
+    train(spec_for(b, cfg, 6), build_unet(cfg["model"], seed=0), diff, data, progress=False, resume=True)
+    sa = torch.load(a.ckpt("base"), weights_only=False)
+    sb = torch.load(b.ckpt("base"), weights_only=False)
+    assert sa["step"] == sb["step"] == 6
+    for key in ("model", "ema"):
+        for name, tensor in sa[key].items():
+            assert torch.equal(tensor, sb[key][name]), f"{key}.{name} differs"
+    # metrics were not duplicated by the resume
+    steps = [json.loads(l)["step"] for l in b.metrics("base").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    # the usable model is the EMA and loads on its own
+    m = load_unet(b.model("base"))
+    assert all(torch.equal(p, sb["ema"][n]) for n, p in m.state_dict().items())
+
+
+def test_tiny_loss_falls_on_digits(runs_dir):
+    cfg = C.resolve("tiny", None, ["train.batch_size=16"])
+    run = create_run(cfg, "fall", runs_dir)
+    spec = spec_for(run, cfg, 300)
+    spec.log_every = 50
+    train(spec, build_unet(cfg["model"], seed=0), create_diffusion(cfg), load_dataset(cfg), progress=False)
+    mse = [json.loads(l)["mse"] for l in run.metrics("base").read_text().splitlines()]
+    assert len(mse) == 6
+    assert mse[-1] < 0.5 * mse[0], mse
+
+
+def test_sigint_checkpoints_and_resume_completes(runs_dir):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-m", "stepadapt_cli.main", "train", "--preset", "tiny", "--run", "sig", "--runs-dir",
+            str(runs_dir), "--steps", "100000", *MICRO, "-S", "train.log_every=1"]
+    p = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = runs_dir / "sig" / "metrics" / "base.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "checkpoint saved" in err
+    ck = torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)
+    stopped = ck["step"]
+    assert stopped >= 3
+    r = run_cli("train", "--run", "sig", "--runs-dir", runs_dir, "--resume", "--steps", stopped + 2, check=0)
+    assert torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)["step"] == stopped + 2
+    assert (runs_dir / "sig" / "models" / "base.pt").exists()
