@@ -177,6 +177,11 @@ def resolve(preset_name: str | None, file: str | None = None, overrides: Iterabl
     cfg = preset(name)
     file_data = {k: v for k, v in file_data.items() if k != "preset"}
     _merge(cfg, file_data, f"config file {file}")
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``key.sub=value`` overrides to ``cfg`` in place, then validate it."""
     for item in overrides:
         keys, val = parse_override(item)
         nested: Any = val

@@ -158,7 +158,8 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
 @click.argument("run_name", metavar="RUN")
 @click.option("--n", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
 @click.option("--steps", type=int, default=None, help="Sampling steps, respaced (default: the config's).")
-@click.option("--model", "which", type=click.Choice(["base"]), default="base", show_default=True)
+@click.option("--model", "which", type=click.Choice(["base", "progressive"]), default="base", show_default=True,
+              help="The stage-1 model, or the group models routed by timestep.")
 @click.option("--method", type=click.Choice(["ancestral", "ddim"]), default=None, help="Sampler.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: RUN/samples).")
@@ -188,9 +189,15 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
         raise UserError(f"--steps must be in [1, {cfg['diffusion']['steps']}]")
     path = run.model(which)
     if not path.exists():
-        raise UserError(f"run {run.name} has no {which} model yet ({path}); train it first")
+        hint = "stepadapt train" if which == "base" else f"stepadapt finetune {run.name}"
+        raise UserError(f"run {run.name} has no {which} model yet ({path}); run {hint} first")
     dev = pick_device(device)
-    model = load_unet(path, dev)
+    if which == "progressive":
+        from core.progressive import load_progressive
+
+        model = load_progressive(path, dev)
+    else:
+        model = load_unet(path, dev)
     m = cfg["model"]
     from rich.progress import Progress
 
@@ -204,6 +211,145 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
     grid = save_grid(imgs, out_dir / f"{which}_s{steps}_seed{seed}.png")
     torch.save(imgs, out_dir / f"{which}_s{steps}_seed{seed}.pt")
     click.echo(f"sample grid  {grid}")
+
+
+def _schedule_table(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    full = data["full_macs"]
+    tab = Table(title=f"{data['kind']} schedule: k={data['k']}, N={data['n_groups']}, T={data['num_timesteps']}, "
+                      f"F={full / 1e9:.3f} GMACs")
+    for col in ("group", "t_start", "t_end", "size", "budget", "budget GMACs", "SNR dB (min..max)"):
+        tab.add_column(col, justify="right")
+    for g in data["groups"]:
+        if g["size"] == 0:
+            tab.add_row(str(g["index"]), "-", "-", "0", f"{g['budget_ratio']:.3f}", "-", "empty: skipped")
+            continue
+        tab.add_row(str(g["index"]), str(g["t_start"]), str(g["t_end"]), str(g["size"]), f"{g['budget_ratio']:.3f}",
+                    f"{g['budget_macs'] / 1e9:.3f}", f"{g['snr_min']:.1f} .. {g['snr_max']:.1f}")
+    con = Console()
+    con.print(tab)
+    con.print(f"average budget over all T: {data['avg_budget_ratio']:.4f} F = {data['avg_budget_macs'] / 1e9:.3f} GMACs")
+
+
+@cli.command()
+@click.option("--preset", default=None, help="Preset (default tiny, or the run's with --run).")
+@click.option("--run", "run_name", default=None, help="Use a run's config.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML config file.")
+@click.option("--k", "k", type=float, default=None, help="Smallest budget as a fraction of F (paper: 0.5).")
+@click.option("--groups", "n_groups", type=int, default=None, help="Number of groups N (paper: 10).")
+@click.option("--kind", type=click.Choice(["snr", "constant", "increasing", "decreasing", "equal"]), default=None,
+              help="snr (Eq. 8), the Table 3 comparisons, or equal-size groups.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timesteps", "with_ts", is_flag=True, help="With --json: list every group's timesteps.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG: SNR, budget, groups.")
+@_runs_dir_option
+@_overrides_option
+def schedule(preset, run_name, config_file, k, n_groups, kind, as_json, with_ts, plot, runs_dir, overrides):
+    """SNR -> MACs budget per timestep (Eq. 7/8) and the timestep groups (Eq. 9/10)."""
+    from core import config as C
+    from core.macs import count
+    from core.runs import open_run
+    from core.schedule import plot_schedule, schedule_from_config
+    from core.unet import build_unet
+
+    extra = list(overrides)
+    for key, val in (("k", k), ("groups", n_groups), ("kind", kind)):
+        if val is not None:
+            extra.append(f"schedule.{key}={val}")
+    if run_name:
+        cfg = C.apply_overrides(open_run(run_name, runs_dir).config, extra)
+    else:
+        cfg = C.resolve(preset, config_file, extra)
+    m = cfg["model"]
+    full = count(build_unet(m), m["image_size"], m["in_channels"])["macs"]
+    sched = schedule_from_config(cfg, full)
+    data = sched.to_json(with_timesteps=with_ts)
+    if plot:
+        plot_schedule(sched, plot)
+    if as_json:
+        _emit_json(data)
+    else:
+        _schedule_table(data)
+        if plot:
+            click.echo(f"plot written to {plot}")
+
+
+@cli.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("--steps", type=int, default=None, help="Fine-tuning steps per group (default: finetune.steps).")
+@click.option("--groups", "groups", default="all", show_default=True, help="all, or group indices like 0,3,9.")
+@click.option("--device", default="auto", show_default=True)
+@_runs_dir_option
+def finetune(run_name, steps, groups, device, runs_dir):
+    """Stage 2 (no pruning yet): fine-tune a copy of the base per group on that group's timesteps only.
+
+    Resumable: finished groups are skipped, interrupted ones continue from their checkpoint. When every
+    non-empty group has a model, they are assembled into RUN/models/progressive.pt."""
+    from core.finetune import finetune_groups
+    from core.runs import open_run
+    from core.train import pick_device
+
+    run = open_run(run_name, runs_dir)
+    _threads(run.config)
+    if steps is not None and steps < 1:
+        raise UserError("--steps must be >= 1")
+    dev = pick_device(device)
+    trained = finetune_groups(run, groups, steps, dev, log=lambda s: click.echo(s, err=True))
+    prog = run.model("progressive")
+    click.echo(f"fine-tuned groups: {', '.join(map(str, trained)) or 'none (all done)'}")
+    if prog.exists():
+        click.echo(f"progressive model  {prog}")
+
+
+@cli.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("--steps", type=int, default=None, help="Sampling steps to average over (default: sample.steps).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_runs_dir_option
+def macs(run_name, steps, as_json, runs_dir):
+    """MACs and params of a run's base and progressive models, averaged over timesteps (paper Table 1)."""
+    from core.macs import count, progressive_cost
+    from core.runs import open_run
+    from core.unet import load_unet
+
+    run = open_run(run_name, runs_dir)
+    cfg = run.config
+    m = cfg["model"]
+    steps = steps or cfg["sample"]["steps"]
+    if not 1 <= steps <= cfg["diffusion"]["steps"]:
+        raise UserError(f"--steps must be in [1, {cfg['diffusion']['steps']}]")
+    if not run.model("base").exists():
+        raise UserError(f"run {run.name} has no base model yet")
+    out = {"run": run.name, "sample_steps": steps,
+           "base": count(load_unet(run.model("base")), m["image_size"], m["in_channels"])}
+    if run.model("progressive").exists():
+        from core.progressive import load_progressive
+
+        prog = load_progressive(run.model("progressive"))
+        cost = progressive_cost(prog, m["image_size"], m["in_channels"], steps)
+        cost["params_total"] = sum(p.numel() for p in prog.parameters())
+        cost["groups"] = {str(g): v for g, v in cost["groups"].items()}
+        out["progressive"] = cost
+    if as_json:
+        _emit_json(out)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    tab = Table(title=f"{run.name}: per-sample cost, averaged over timesteps")
+    for col in ("model", "params (avg, M)", "MACs avg over T (G)", f"MACs avg over {steps} steps (G)",
+                "+ attention (G)"):
+        tab.add_column(col, justify="right")
+    b = out["base"]
+    tab.add_row("base", f"{b['params'] / 1e6:.2f}", f"{b['macs'] / 1e9:.3f}", f"{b['macs'] / 1e9:.3f}",
+                f"{b['attn_macs'] / 1e9:.3f}")
+    if "progressive" in out:
+        p = out["progressive"]
+        tab.add_row("progressive", f"{p['avg_all']['params'] / 1e6:.2f}", f"{p['avg_all']['macs'] / 1e9:.3f}",
+                    f"{p['avg_sampled']['macs'] / 1e9:.3f}", f"{p['avg_all']['attn_macs'] / 1e9:.3f}")
+    Console().print(tab)
 
 
 def main():
