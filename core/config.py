@@ -34,7 +34,7 @@ _BASE: dict[str, Any] = {
         "scale_shift_norm": True,
     },
     "diffusion": {"steps": 4000, "noise_schedule": "cosine", "vlb_weight": 0.001},
-    "data": {"spec": "cifar10", "root": "data", "flip": True, "download": False, "workers": 0},
+    "data": {"spec": "cifar10", "root": "data", "flip": True, "download": False, "workers": 0, "holdout": 0},
     "train": {
         "steps": 500000,
         "batch_size": 128,

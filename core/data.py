@@ -121,8 +121,47 @@ def _folder(path: str, size: int, channels: int, flip: bool) -> FolderImages:
     return FolderImages(root.name, files, labels if classes else [], size, channels, flip)
 
 
-def load_dataset(cfg: dict, spec: Optional[str] = None):
-    """The dataset named by ``spec`` (default ``cfg['data']['spec']``) at the model's size and channels."""
+class Subset:
+    """Some images of a dataset, in a fixed order."""
+
+    def __init__(self, data, indices: torch.Tensor, suffix: str):
+        self.data, self.indices = data, indices
+        self.name, self.flip = f"{data.name}{suffix}", data.flip
+        self.labels = None if data.labels is None else data.labels[indices]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.data.get(self.indices[idx])
+
+
+def split_holdout(data, holdout: int):
+    """(train, held-out): ``holdout`` images chosen by a fixed permutation (seed 0) are kept out of training."""
+    if holdout <= 0:
+        return data, None
+    if holdout >= len(data):
+        raise UserError(f"data.holdout={holdout} leaves no training images ({len(data)} in {data.name})")
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    return Subset(data, perm[holdout:].sort().values, ""), Subset(data, perm[:holdout].sort().values, "-holdout")
+
+
+def load_dataset(cfg: dict, spec: Optional[str] = None, split: str = "train"):
+    """The dataset named by ``spec`` (default ``cfg['data']['spec']``) at the model's size and channels.
+
+    ``split``: ``train`` (without the ``data.holdout`` images), ``holdout`` (only those) or ``all``."""
+    data = _load(cfg, spec)
+    if split == "all":
+        return data
+    train, held = split_holdout(data, cfg["data"].get("holdout", 0))
+    if split == "holdout":
+        if held is None:
+            raise UserError("no held-out images: set data.holdout (e.g. -S data.holdout=500)")
+        return held
+    return train
+
+
+def _load(cfg: dict, spec: Optional[str] = None):
     d, m = cfg["data"], cfg["model"]
     spec = spec or d["spec"]
     size, ch = m["image_size"], m["in_channels"]
