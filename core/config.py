@@ -32,6 +32,7 @@ _BASE: dict[str, Any] = {
         "dropout": 0.3,
         "learn_sigma": True,
         "scale_shift_norm": True,
+        "norm_groups": 32,
     },
     "diffusion": {"steps": 4000, "noise_schedule": "cosine", "vlb_weight": 0.001},
     "data": {"spec": "cifar10", "root": "data", "flip": True, "download": False, "workers": 0, "holdout": 0},
@@ -78,7 +79,8 @@ PRESETS: dict[str, dict] = {
     "tiny": _preset(
         preset="tiny",
         model={"image_size": 32, "in_channels": 1, "model_channels": 32, "num_res_blocks": 1,
-               "channel_mult": [1, 2, 2], "attention_resolutions": [8], "num_heads": 2, "dropout": 0.0},
+               "channel_mult": [1, 2, 2], "attention_resolutions": [8], "num_heads": 2, "dropout": 0.0,
+               "norm_groups": 8},
         diffusion={"steps": 1000},
         data={"spec": "digits", "flip": False},
         train={"steps": 1500, "batch_size": 32, "lr": 2e-4, "ema_decay": 0.995, "log_every": 50,

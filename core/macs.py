@@ -1,7 +1,8 @@
 """MACs and parameter counts measured on a real forward pass.
 
-``macs`` is what the paper calls FLOPs: multiply-accumulates of modules (convolutions, linears, norms),
-counted by torch-pruning's counter (8.14 G for the ``cifar10`` preset). The attention matmuls
+``macs`` is what the paper calls FLOPs: multiply-accumulates of convolutions and linears (with their
+biases), counted by torch-pruning's counter (8.14 G for the ``cifar10`` preset; that counter skips
+GroupNorm subclasses such as IDDPM's GroupNorm32, and so do we). The attention matmuls
 (q k^T and w v) are functional ops that counter cannot see; they are measured by the attention
 blocks themselves and reported alongside as ``attn_macs``.
 """

@@ -48,25 +48,26 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
-def gn(channels: int) -> GroupNorm32:
+def gn(channels: int, groups: int = 32) -> GroupNorm32:
     """GroupNorm(32) as IDDPM uses it; fewer groups when channels are few (tiny models)."""
-    return GroupNorm32(math.gcd(32, channels), channels)
+    return GroupNorm32(math.gcd(groups, channels), channels)
 
 
 class ResBlock(nn.Module):
     """h = conv(SiLU(GN(x))); h = GN(h) * (1 + scale(emb)) + shift(emb); out = skip(x) + conv(drop(SiLU(h)))."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, scale_shift: bool = True):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, scale_shift: bool = True,
+                 norm_groups: int = 32):
         super().__init__()
         self.scale_shift = scale_shift
-        self.in_norm = gn(in_ch)
+        self.in_norm = gn(in_ch, norm_groups)
         self.in_conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         if scale_shift:
             self.emb_scale = nn.Linear(emb_dim, out_ch)
             self.emb_shift = nn.Linear(emb_dim, out_ch)
         else:
             self.emb_shift = nn.Linear(emb_dim, out_ch)
-        self.out_norm = gn(out_ch)
+        self.out_norm = gn(out_ch, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.out_conv = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
@@ -84,22 +85,32 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class AttentionBlock(nn.Module):
-    """Multi-head self-attention over spatial positions with a chunk-ordered qkv projection."""
+_STREAM_ONLY = False  # set while a pruner traces the graph: attention then shows only its residual coupling
 
-    def __init__(self, channels: int, num_heads: int):
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over spatial positions with a chunk-ordered qkv projection.
+
+    For structural pruning the block is one unit: its residual-stream channels (``norm``, the input of
+    ``qkv``, the output of ``proj``) are coupled to the stream around it, and its head dimension
+    (the output of ``qkv`` per chunk and head, the input of ``proj``) is internal to it. See ``prune.py``.
+    """
+
+    def __init__(self, channels: int, num_heads: int, norm_groups: int = 32):
         super().__init__()
         assert channels % num_heads == 0, f"{channels} channels not divisible by {num_heads} heads"
         self.num_heads = num_heads
         # softmax(q k^T / sqrt(d)) with sqrt(d) split evenly over q and k (IDDPM), fixed here
         # so that pruning the head size does not change what the block computes.
         self.scale = 1.0 / math.sqrt(math.sqrt(channels // num_heads))
-        self.norm = gn(channels)
+        self.norm = gn(channels, norm_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
         self.attn_macs = 0  # attention matmul MACs of the last forward pass (per sample)
 
     def forward(self, x, emb=None):
+        if _STREAM_ONLY:
+            return x * 1.0  # the output channels are the input channels (residual), nothing else
         b, c, hgt, wid = x.shape
         hw = hgt * wid
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
@@ -154,6 +165,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         learn_sigma: bool = True,
         scale_shift_norm: bool = True,
+        norm_groups: int = 32,
     ):
         super().__init__()
         self.image_size = image_size
@@ -174,10 +186,10 @@ class UNet(nn.Module):
         ch, ds = model_channels, 1
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                layers = [ResBlock(ch, mult * model_channels, emb_dim, dropout, scale_shift_norm)]
+                layers = [ResBlock(ch, mult * model_channels, emb_dim, dropout, scale_shift_norm, norm_groups)]
                 ch = mult * model_channels
                 if ds in attn_ds:
-                    layers.append(AttentionBlock(ch, num_heads))
+                    layers.append(AttentionBlock(ch, num_heads, norm_groups))
                 self.input_blocks.append(Sequence_(layers))
                 skip_chs.append(ch)
             if level != len(channel_mult) - 1:
@@ -186,24 +198,24 @@ class UNet(nn.Module):
                 ds *= 2
 
         self.middle_block = Sequence_([
-            ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm),
-            AttentionBlock(ch, num_heads),
-            ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm),
+            ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm, norm_groups),
+            AttentionBlock(ch, num_heads, norm_groups),
+            ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm, norm_groups),
         ])
 
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_chs.pop(), mult * model_channels, emb_dim, dropout, scale_shift_norm)]
+                layers = [ResBlock(ch + skip_chs.pop(), mult * model_channels, emb_dim, dropout, scale_shift_norm, norm_groups)]
                 ch = mult * model_channels
                 if ds in attn_ds:
-                    layers.append(AttentionBlock(ch, num_heads))
+                    layers.append(AttentionBlock(ch, num_heads, norm_groups))
                 if level and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(Sequence_(layers))
 
-        self.out_norm = gn(ch)
+        self.out_norm = gn(ch, norm_groups)
         self.out_conv = zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -249,6 +261,7 @@ def build_unet(cfg: dict, seed: int | None = None) -> UNet:
         dropout=cfg["dropout"],
         learn_sigma=cfg["learn_sigma"],
         scale_shift_norm=cfg.get("scale_shift_norm", True),
+        norm_groups=cfg.get("norm_groups", 32),
     )
 
 

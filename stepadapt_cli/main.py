@@ -88,7 +88,7 @@ def info(preset, config_file, overrides, as_json):
     click.echo(f"preset      {res['preset']} ({m['image_size']}x{m['image_size']}x{m['in_channels']}, "
                f"T={res['timesteps']} {cfg['diffusion']['noise_schedule']})")
     click.echo(f"params      {res['params'] / 1e6:.2f} M")
-    click.echo(f"MACs        {res['macs'] / 1e9:.3f} G  (convs, linears, norms: the paper's FLOPs)")
+    click.echo(f"MACs        {res['macs'] / 1e9:.3f} G  (convs and linears: the paper's FLOPs)")
     click.echo(f"attention   {res['attn_macs'] / 1e9:.3f} G  (q k^T and w v matmuls, not in the figure above)")
 
 
