@@ -19,7 +19,7 @@ from .progressive import save_progressive
 from .runs import Run, atomic_write_json
 from .schedule import Schedule, schedule_from_config
 from .train import TrainSpec, train
-from .unet import build_unet, load_unet
+from .unet import build_unet
 
 
 def group_stage(g: int) -> str:
@@ -101,10 +101,16 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
             log(f"group {g}: done already ({spec.steps} steps), skipped")
             continue
         resume = spec.ckpt.exists()
-        model = load_unet(base_path, "cpu")  # a fresh copy of the base EMA weights
+        from .prune_stage import pruned_base
+
+        model, rec = pruned_base(run, g)  # a fresh copy of the base EMA weights, pruned by the group's plan
         model.train()
+        spec.extra["plan"] = rec["plan"] if rec else None
+        spec.extra["prune_method"] = rec["method"]["method"] if rec else "none"
+        how = (f"pruned by {spec.extra['prune_method']} to {rec['report']['macs'] / 1e9:.4f} GMACs" if rec
+               else "not pruned")
         log(f"group {g}: t in [{grp.t_start}, {grp.t_end}] ({grp.size} steps), budget {grp.budget_ratio:.2f} F, "
-            f"{'resuming' if resume else 'fine-tuning'} for {spec.steps} steps")
+            f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps")
         train(spec, model, diffusion, data, resume=resume, device=device, progress=progress)
         trained.append(g)
     assemble(run, sched)
@@ -120,7 +126,7 @@ def assemble(run: Run, sched: Optional[Schedule] = None) -> Optional[str]:
         if not path.exists():
             return None
         art = torch.load(path, map_location="cpu", weights_only=False)
-        parts[g.index] = {"arch": art["arch"], "state": art["state"]}
+        parts[g.index] = {"arch": art["arch"], "plan": art.get("plan"), "state": art["state"]}
     out = run.model("progressive")
     save_progressive(out, parts, sched.group_of, {"schedule": sched.to_json()})
     return str(out)

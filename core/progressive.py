@@ -47,7 +47,7 @@ class ProgressiveDenoiser(nn.Module):
 
 
 def save_progressive(path, group_models: dict[int, dict], group_of, meta: Optional[dict] = None) -> None:
-    """One artifact: ``{"kind": "progressive", "group_of": [T], "groups": {g: {"arch", "state"}}, ...}``."""
+    """One artifact: ``{"kind": "progressive", "group_of": [T], "groups": {g: {"arch", "plan", "state"}}, ...}``."""
     from .runs import atomic_torch_save
 
     atomic_torch_save({"kind": "progressive", "group_of": [int(g) for g in group_of],
@@ -55,7 +55,7 @@ def save_progressive(path, group_models: dict[int, dict], group_of, meta: Option
 
 
 def load_progressive(path, device="cpu") -> ProgressiveDenoiser:
-    from .unet import build_unet
+    from .prune import build_pruned
 
     try:
         art = torch.load(path, map_location=device, weights_only=False)
@@ -63,9 +63,7 @@ def load_progressive(path, device="cpu") -> ProgressiveDenoiser:
             raise ValueError("not a progressive model artifact")
         models = {}
         for g, a in art["groups"].items():
-            m = build_unet(a["arch"])
-            m.load_state_dict(a["state"])
-            models[int(g)] = m
+            models[int(g)] = build_pruned(a["arch"], a.get("plan"), a["state"])
         model = ProgressiveDenoiser(models, art["group_of"])
     except FileNotFoundError:
         raise UserError(f"progressive model not found: {path}") from None

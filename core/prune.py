@@ -199,7 +199,10 @@ def apply_plan(model: U.UNet, plan: dict, units: Optional[list[Unit]] = None) ->
     """Prune ``model`` in place as ``plan`` says (units in name order: deterministic). Returns the model."""
     dg = build_graph(model)
     units = units or units_of(model, dg)
-    plan = validate_plan(plan, units)
+    try:
+        plan = validate_plan(plan, units)
+    except ValueError as e:
+        raise UserError(f"the plan does not fit this model: {e}") from None
     kinds = {u.name: u.kind for u in units}
     for name, positions in plan["remove"].items():
         if kinds[name] == "heads":
@@ -444,54 +447,85 @@ def held_out_loss(model, ctx, batches: int = 4, seed: int = 12345) -> float:
     return sum(vals) / len(vals)
 
 
+class Pruner:
+    """The units, graph and MAC model of one base model: score once, then plan for any budget."""
+
+    def __init__(self, base: U.UNet):
+        self.base = copy.deepcopy(base).eval()
+        self.dg = build_graph(self.base)
+        self.units = units_of(self.base, self.dg)
+        self.mac_model = MacModel(self.base, self.units, self.dg)
+        self.full = measure(self.base)
+
+    def macs_of(self, counts: dict[str, int]) -> int:
+        return self.mac_model.count(counts)["macs"]
+
+    def scores(self, importance, ctx=None) -> dict:
+        return importance.scores(self.base, self.units, self.dg, ctx.loss_context() if ctx is not None else None)
+
+    def shape(self, scores: dict, allocation: str) -> Callable[[float], dict[str, int]]:
+        """Pruning level -> removal counts: ``uniform`` (one ratio for every unit) or ``global`` (one
+        threshold on unit-normalised scores, so units with unimportant positions lose more)."""
+        units = self.units
+        if allocation == "uniform":
+            return lambda s: counts_for_ratio(units, s)
+        if allocation == "global":
+            norm = {n: v.float() / v.float().mean().clamp(min=1e-12) for n, v in scores.items()}
+            flat = torch.cat([v.flatten() for v in norm.values()]).sort().values
+
+            def shape(s: float) -> dict[str, int]:
+                if s <= 0:
+                    return {}
+                thr = flat[min(int(s * (len(flat) - 1)), len(flat) - 1)]
+                return counts_for_ratio(units, {u.name: float((norm[u.name] <= thr).sum()) / u.size for u in units})
+
+            return shape
+        raise ValueError(f"unknown allocation {allocation!r} (uniform or global)")
+
+    def plan_for_budget(self, scores: dict, budget_macs: float, shape: Callable[[float], dict[str, int]],
+                        tolerance: float = 0.03, log: Callable[[str], None] = lambda s: None):
+        """(plan, predicted MACs, search record) for the budget; see ``fit_to_budget`` and ``greedy_refill``."""
+        counts, macs, search = fit_to_budget(self.macs_of, self.units, budget_macs, shape, tolerance)
+        if macs < budget_macs * (1 - tolerance):
+            log(f"level search landed {100 * (1 - macs / budget_macs):.1f}% under budget: giving back blocks")
+            counts, macs = greedy_refill(self.macs_of, self.units, scores, counts, budget_macs)
+            search["refilled"] = True
+        return plan_from_counts(self.units, scores, counts), macs, search
+
+    def apply(self, plan: dict) -> U.UNet:
+        return apply_plan(copy.deepcopy(self.base), plan, self.units)
+
+    def report(self, pruned: U.UNet, plan: dict, budget_macs: float, tolerance: float) -> dict:
+        after = measure(pruned)
+        return {
+            "budget_macs": int(budget_macs), "macs": after["macs"], "attn_macs": after["attn_macs"],
+            "params": after["params"], "base_macs": self.full["macs"], "base_params": self.full["params"],
+            "macs_ratio": after["macs"] / self.full["macs"], "budget_gap": 1 - after["macs"] / budget_macs,
+            "within_tolerance": budget_macs * (1 - tolerance) <= after["macs"] <= budget_macs,
+            "plan_hash": plan_hash(plan), "removed": removal_counts(plan),
+        }
+
+
 def prune_to_budget(base: U.UNet, importance, budget_macs: float, ctx=None, *, allocation: str = "uniform",
                     tolerance: float = 0.03, log: Callable[[str], None] = lambda s: None):
     """Prune a copy of ``base`` to at most ``budget_macs`` MACs and no more than ``tolerance`` under it.
 
-    Returns (pruned model, plan, report). ``allocation``: ``uniform`` (the same ratio for every unit) or
-    ``global`` (one threshold on unit-normalised scores). ``ctx`` (``PruneContext``) supplies the data and
-    timesteps for gradient-based criteria and for the held-out loss before and after.
+    Returns (pruned model, plan, report). ``allocation``: ``uniform`` or ``global`` (see ``Pruner.shape``).
+    ``ctx`` (``PruneContext``) supplies the data and timesteps for gradient-based criteria and for the
+    held-out loss before and after.
     """
-    base = copy.deepcopy(base).eval()
-    dg = build_graph(base)
-    units = units_of(base, dg)
-    mac_model = MacModel(base, units, dg)
-    macs_of = lambda counts: mac_model.count(counts)["macs"]
-    scores = importance.scores(base, units, dg, ctx.loss_context() if ctx is not None else None)
-    if allocation == "uniform":
-        shape = lambda s: counts_for_ratio(units, s)
-    elif allocation == "global":
-        norm = {n: v.float() / v.float().mean().clamp(min=1e-12) for n, v in scores.items()}
-        flat = torch.cat([v.flatten() for v in norm.values()]).sort().values
-
-        def shape(s: float) -> dict[str, int]:
-            if s <= 0:
-                return {}
-            thr = flat[min(int(s * (len(flat) - 1)), len(flat) - 1)]
-            return counts_for_ratio(units, {u.name: float((norm[u.name] <= thr).sum()) / u.size for u in units})
-    else:
-        raise ValueError(f"unknown allocation {allocation!r} (uniform or global)")
-    full = measure(base)
-    counts, macs, search = fit_to_budget(macs_of, units, budget_macs, shape, tolerance)
-    if macs < budget_macs * (1 - tolerance):
-        log(f"level search landed {100 * (1 - macs / budget_macs):.1f}% under budget: giving back blocks")
-        counts, macs = greedy_refill(macs_of, units, scores, counts, budget_macs)
-    plan = plan_from_counts(units, scores, counts)
-    pruned = apply_plan(copy.deepcopy(base), plan, units)
-    after = measure(pruned)
-    assert after["macs"] == macs, f"MAC model {macs} disagrees with the counter {after['macs']}"
-    report = {
-        **importance.describe(), "allocation": allocation,
-        "budget_macs": int(budget_macs), "macs": after["macs"], "attn_macs": after["attn_macs"],
-        "params": after["params"], "base_macs": full["macs"], "base_params": full["params"],
-        "macs_ratio": after["macs"] / full["macs"], "budget_gap": 1 - after["macs"] / budget_macs,
-        "within_tolerance": budget_macs * (1 - tolerance) <= after["macs"] <= budget_macs,
-        "search": search, "plan_hash": plan_hash(plan), "removed": removal_counts(plan),
-    }
+    pr = Pruner(base)
+    scores = pr.scores(importance, ctx)
+    plan, macs, search = pr.plan_for_budget(scores, budget_macs, pr.shape(scores, allocation), tolerance, log)
+    pruned = pr.apply(plan)
+    report = {**importance.describe(), "allocation": allocation, **pr.report(pruned, plan, budget_macs, tolerance),
+              "search": search}
+    if report["macs"] != macs:
+        raise AssertionError(f"MAC model {macs} disagrees with the counter {report['macs']}")
     if getattr(importance, "info", None):
         report["importance_info"] = importance.info
     if ctx is not None:
-        report["loss_before"] = held_out_loss(base, ctx)
+        report["loss_before"] = held_out_loss(pr.base, ctx)
         report["loss_after"] = held_out_loss(pruned, ctx)
     return pruned, plan, report
 

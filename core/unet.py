@@ -266,13 +266,18 @@ def build_unet(cfg: dict, seed: int | None = None) -> UNet:
 
 
 def load_unet(path, device="cpu") -> UNet:
-    """Load a model artifact written by training: ``{"arch": model config, "state": EMA weights}``."""
+    """Load a model artifact: ``{"arch": model config, "state": weights}``, plus ``"plan"`` for a pruned model."""
     from .errors import UserError
 
     try:
         art = torch.load(path, map_location=device, weights_only=False)
-        model = build_unet(art["arch"])
-        model.load_state_dict(art["state"])
+        if art.get("plan"):
+            from .prune import build_pruned
+
+            model = build_pruned(art["arch"], art["plan"], art["state"])
+        else:
+            model = build_unet(art["arch"])
+            model.load_state_dict(art["state"])
     except FileNotFoundError:
         raise UserError(f"model not found: {path}") from None
     except Exception as e:

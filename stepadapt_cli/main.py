@@ -283,7 +283,7 @@ def schedule(preset, run_name, config_file, k, n_groups, kind, as_json, with_ts,
 @click.option("--device", default="auto", show_default=True)
 @_runs_dir_option
 def finetune(run_name, steps, groups, device, runs_dir):
-    """Stage 2 (no pruning yet): fine-tune a copy of the base per group on that group's timesteps only.
+    """Stage 2b: fine-tune each group's copy of the base (pruned if `stepadapt prune` ran) on its timesteps only.
 
     Resumable: finished groups are skipped, interrupted ones continue from their checkpoint. When every
     non-empty group has a model, they are assembled into RUN/models/progressive.pt."""
@@ -301,6 +301,49 @@ def finetune(run_name, steps, groups, device, runs_dir):
     click.echo(f"fine-tuned groups: {', '.join(map(str, trained)) or 'none (all done)'}")
     if prog.exists():
         click.echo(f"progressive model  {prog}")
+
+
+@cli.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("--method", type=click.Choice(["random", "magnitude", "lamp", "taylor", "diff"]), default=None,
+              help="Importance criterion (default: the config's prune.method).")
+@click.option("--groups", "groups", default="all", show_default=True, help="all, or group indices like 0,3,9.")
+@click.option("--seed", type=int, default=None, help="Seed for random scores and data batches (default: run seed).")
+@click.option("--allocation", type=click.Choice(["uniform", "global"]), default=None,
+              help="uniform: one ratio for every unit; global: one threshold on unit-normalised scores.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the per-group reports as JSON.")
+@_runs_dir_option
+def prune(run_name, method, groups, seed, allocation, device, as_json, runs_dir):
+    """Stage 2a: prune a copy of the base for every group to its MACs budget (Eq. 14/15).
+
+    Writes RUN/prune/groupNN.json (plan and report); `stepadapt finetune RUN` then fine-tunes the pruned
+    copies. A pruned model is rebuilt from the base and its plan."""
+    from core.prune_stage import prune_groups
+    from core.runs import open_run
+    from core.train import pick_device
+
+    run = open_run(run_name, runs_dir)
+    _threads(run.config)
+    recs = prune_groups(run, method, groups, seed, allocation, pick_device(device),
+                        log=lambda m: click.echo(m, err=True))
+    if as_json:
+        _emit_json([{k: v for k, v in r.items() if k != "plan"} | {"removed": r["report"]["removed"]} for r in recs])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    tab = Table(title=f"{run.name}: pruned group models")
+    for col in ("group", "t", "budget G", "MACs G", "MACs/F", "gap", "params M", "loss before", "loss after"):
+        tab.add_column(col, justify="right")
+    for r in recs:
+        rep = r["report"]
+        tab.add_row(str(r["group"]), f"{r['t_start']}-{r['t_end']}", f"{r['budget_macs'] / 1e9:.4f}",
+                    f"{rep['macs'] / 1e9:.4f}", f"{rep['macs_ratio']:.3f}", f"{100 * rep['budget_gap']:.2f}%",
+                    f"{rep['params'] / 1e6:.3f}", f"{rep.get('loss_before', float('nan')):.4f}",
+                    f"{rep.get('loss_after', float('nan')):.4f}")
+    Console().print(tab)
+    click.echo(f"plans in {run.path / 'prune'}; next: stepadapt finetune {run.name}")
 
 
 @cli.command()
