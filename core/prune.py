@@ -258,13 +258,15 @@ def plan_from_counts(units: list[Unit], scores: dict[str, torch.Tensor], counts:
     return {"version": PLAN_VERSION, "remove": dict(sorted(remove.items()))}
 
 
-def counts_for_ratio(units: list[Unit], ratio: float | dict[str, float]) -> dict[str, int]:
-    """Positions to remove per unit for a pruning ratio (one for all, or per unit), rounded down to whole blocks."""
+def counts_for_ratio(units: list[Unit], ratio: float | dict[str, float], nearest: bool = False) -> dict[str, int]:
+    """Positions to remove per unit for a pruning ratio (one for all, or per unit), in whole blocks:
+    rounded down, or to the nearest block with ``nearest``."""
     out = {}
     for u in units:
         r = ratio.get(u.name, 0.0) if isinstance(ratio, dict) else ratio
         r = min(max(float(r), 0.0), 1.0)
-        per_block = int(math.floor(r * u.size / u.blocks + 1e-9))
+        x = r * u.size / u.blocks
+        per_block = int(math.floor(x + 0.5)) if nearest else int(math.floor(x + 1e-9))
         out[u.name] = min(per_block, u.size // u.blocks - 1) * u.blocks
     return out
 
@@ -407,14 +409,11 @@ def greedy_refill(macs_of: Callable[[dict], int], units: list[Unit], scores: dic
     counts = dict(counts)
     macs = macs_of(counts)
     by_name = {u.name: u for u in units}
+    # per unit: its blocks' scores sorted ascending, as rows of a [blocks, block size] tensor
+    sorted_blocks = {u.name: scores[u.name].float().reshape(u.blocks, -1).sort(dim=1).values for u in units}
 
     def next_back_value(n):  # mean score of the positions a unit would get back next
-        u = by_name[n]
-        bs = u.size // u.blocks
-        per = counts[n] // u.blocks
-        s = scores[n].float()
-        vals = [sorted(s[b * bs:(b + 1) * bs].tolist())[per - 1] for b in range(u.blocks)]
-        return sum(vals) / len(vals)
+        return float(sorted_blocks[n][:, counts[n] // by_name[n].blocks - 1].mean())
 
     while True:
         candidates = sorted((n for n, c in counts.items() if c > 0), key=lambda n: -next_back_value(n))

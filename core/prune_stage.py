@@ -62,9 +62,16 @@ def pruned_base(run: Run, g: int, device="cpu"):
 
 
 def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", seed: Optional[int] = None,
-                 allocation: Optional[str] = None, device="cpu",
-                 log: Callable[[str], None] = print) -> list[dict]:
-    """Prune the selected groups (skipping those already pruned the same way); returns their records."""
+                 allocation: Optional[str] = None, device="cpu", log: Callable[[str], None] = print,
+                 proxy=None, replay: Optional[str] = None, on_miss: str = "fail",
+                 use_cache: bool = False) -> list[dict]:
+    """Prune the selected groups (skipping those already pruned the same way); returns their records.
+
+    ``method="proxy"``: the LLM proxy with ``proxy`` (``ProxySettings``); ``replay``: another run whose
+    recorded answers are replayed in order (``on_miss``: fail, or live from the first mismatch);
+    with ``proxy.model`` different from the recorded one, the same prompts go to the new model and its
+    calls are linked to the recorded ones (compare); ``use_cache``: reuse answers to identical requests.
+    """
     cfg = run.config
     pc = cfg["prune"]
     method = method or pc["method"]
@@ -77,17 +84,31 @@ def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", se
     empty = [gr.index for gr in sched.groups if gr.size == 0]
     if empty:
         log(f"empty groups (skipped): {', '.join(map(str, empty))}")
-    try:
-        importance = make_importance(method, seed)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    store = None
+    if method == "proxy":
+        from .proxy import ProxySettings
+        from .store import open_store
+
+        proxy = proxy or ProxySettings(seed=seed)
+        importance = None
+        store = open_store(run.path.parent)
+        describe = proxy.describe()
+        if replay is not None:
+            if not store.calls(replay):
+                raise UserError(f"run {replay!r} has no recorded proxy calls in {store.path}")
+    else:
+        try:
+            importance = make_importance(method, seed)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        describe = importance.describe()
     diffusion = create_diffusion(cfg)
     images = None
     records = []
     for g in selected:
         grp = sched.groups[g]
         old = load_prune_record(run, g)
-        want = {"method": importance.describe(), "allocation": allocation, "seed": seed}
+        want = {"method": describe, "allocation": allocation, "seed": seed}
         if old is not None:
             if {k: old.get(k) for k in want} == want:
                 log(f"group {g}: pruned already ({method}), skipped")
@@ -104,11 +125,48 @@ def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", se
         base = load_unet(run.model("base"), device)
         log(f"group {g}: t in [{grp.t_start}, {grp.t_end}], pruning to {grp.budget_macs / 1e9:.4f} GMACs "
             f"({grp.budget_ratio:.3f} F) with {method}")
-        _, plan, report = prune_to_budget(base, importance, grp.budget_macs, ctx, allocation=allocation,
-                                          tolerance=pc["tolerance"], log=log)
+        if method == "proxy":
+            plan, report = _proxy_group(run, g, grp, sched, base, ctx, proxy, store, replay, on_miss, use_cache,
+                                        allocation, pc["tolerance"], seed, log)
+        else:
+            _, plan, report = prune_to_budget(base, importance, grp.budget_macs, ctx, allocation=allocation,
+                                              tolerance=pc["tolerance"], log=log)
         rec = {"group": g, "t_start": grp.t_start, "t_end": grp.t_end, "budget_ratio": grp.budget_ratio,
                "budget_macs": grp.budget_macs, **want, "plan": plan, "report": report,
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         atomic_write_json(rec, prune_record_path(run, g))
         records.append(rec)
     return records
+
+
+def _proxy_group(run, g, grp, sched, base, ctx, settings, store, replay, on_miss, use_cache, allocation,
+                 tolerance, seed, log):
+    from .prune import Pruner, held_out_loss
+    from .proxy import ProxyRun, Replay
+
+    pr = Pruner(base)
+    mode, rep = "live", None
+    if replay is not None:
+        from .runs import Run as _Run
+
+        src = load_prune_record(_Run(run.path.parent / replay), g) if (run.path.parent / replay).is_dir() else None
+        session = (src or {}).get("report", {}).get("proxy", {}).get("session") or store.last_session(replay, g)
+        calls = store.calls(replay, g, session) if session else []
+        if not calls:
+            raise UserError(f"run {replay!r} has no recorded proxy calls for group {g}")
+        rep = Replay(calls, replay)
+        mode = "replay" if calls[0]["model_asked"] == settings.model else "compare"
+    info_group = {"t_start": grp.t_start, "t_end": grp.t_end, "snr_min": grp.snr_min, "snr_max": grp.snr_max,
+                  "num_timesteps": sched.num_timesteps}
+    search = ProxyRun(pr, grp.budget_macs, ctx, settings, store, run.name, g, info_group, mode=mode, replay=rep,
+                      on_miss=on_miss, use_cache=use_cache, log=log)
+    plan, info = search.search()
+    if plan is None:
+        log(f"group {g}: no valid proposal in {settings.rounds} rounds; falling back to {settings.fallback}")
+        _, plan, fb = prune_to_budget(base, make_importance(settings.fallback, seed), grp.budget_macs, ctx,
+                                      allocation=allocation, tolerance=tolerance, log=log)
+        info["fallback"] = settings.fallback
+    pruned = pr.apply(plan)
+    report = {**settings.describe(), "allocation": "proxy", **pr.report(pruned, plan, grp.budget_macs, tolerance),
+              "proxy": info, "loss_before": info["base_loss"], "loss_after": held_out_loss(pruned, ctx)}
+    return plan, report

@@ -305,16 +305,30 @@ def finetune(run_name, steps, groups, device, runs_dir):
 
 @cli.command()
 @click.argument("run_name", metavar="RUN")
-@click.option("--method", type=click.Choice(["random", "magnitude", "lamp", "taylor", "diff"]), default=None,
-              help="Importance criterion (default: the config's prune.method).")
+@click.option("--method", type=click.Choice(["proxy", "random", "magnitude", "lamp", "taylor", "diff"]), default=None,
+              help="proxy (LLM or offline search) or an importance criterion (default: prune.method).")
 @click.option("--groups", "groups", default="all", show_default=True, help="all, or group indices like 0,3,9.")
 @click.option("--seed", type=int, default=None, help="Seed for random scores and data batches (default: run seed).")
 @click.option("--allocation", type=click.Choice(["uniform", "global"]), default=None,
               help="uniform: one ratio for every unit; global: one threshold on unit-normalised scores.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the per-group reports as JSON.")
+@click.option("--llm", default=None, help="Proxy: litellm model string (default stepadapt/local-search, offline).")
+@click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+@click.option("--rounds", type=int, default=None, help="Proxy: rounds per group (default 5).")
+@click.option("--retries", type=int, default=None, help="Proxy: re-asks after a rejected answer (default 2).")
+@click.option("--temperature", type=float, default=None, help="Proxy: sampling temperature (default 0).")
+@click.option("--timeout", type=float, default=None, help="Proxy: seconds per LLM call (default 120).")
+@click.option("--replay", "replay_run", default=None, metavar="RUN",
+              help="Proxy: replay RUN's recorded answers in order (with another --llm: ask it the same and compare).")
+@click.option("--on-miss", type=click.Choice(["fail", "live"]), default="fail", show_default=True,
+              help="Proxy replay: stop at the first diverging request (exit 3) or ask the LLM from there.")
+@click.option("--cache", "use_cache", is_flag=True, help="Proxy: reuse a recorded answer to an identical request.")
+@click.option("--prompts", "prompts_dir", type=click.Path(file_okay=False), default=None,
+              help="Proxy: folder of prompt templates (default: the project's prompts/).")
 @_runs_dir_option
-def prune(run_name, method, groups, seed, allocation, device, as_json, runs_dir):
+def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_base, rounds, retries, temperature,
+          timeout, replay_run, on_miss, use_cache, prompts_dir, runs_dir):
     """Stage 2a: prune a copy of the base for every group to its MACs budget (Eq. 14/15).
 
     Writes RUN/prune/groupNN.json (plan and report); `stepadapt finetune RUN` then fine-tunes the pruned
@@ -325,8 +339,35 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, runs_dir)
 
     run = open_run(run_name, runs_dir)
     _threads(run.config)
+    proxy = None
+    proxy_flags = (llm, api_base, rounds, retries, temperature, timeout, replay_run, prompts_dir)
+    if (method or run.config["prune"]["method"]) == "proxy":
+        from pathlib import Path
+
+        from core.proxy import ProxySettings
+
+        ps = ProxySettings(seed=run.config["seed"] if seed is None else seed)
+        for key, val in (("model", llm), ("api_base", api_base), ("rounds", rounds), ("retries", retries),
+                         ("temperature", temperature), ("timeout", timeout)):
+            if val is not None:
+                setattr(ps, key, val)
+        if prompts_dir:
+            ps.prompts_dir = Path(prompts_dir)
+        if ps.rounds < 1 or ps.retries < 0:
+            raise UserError("--rounds must be >= 1 and --retries >= 0")
+        if replay_run and llm is None:
+            from core.store import open_store
+
+            calls = open_store(run.path.parent).calls(replay_run)
+            if calls:
+                ps.model = calls[0]["model_asked"]  # replay asks what the recording asked
+        proxy = ps
+    elif any(v is not None for v in proxy_flags) or use_cache:
+        raise UserError("--llm, --api-base, --rounds, --retries, --temperature, --timeout, --replay, --cache "
+                        "and --prompts are for --method proxy")
     recs = prune_groups(run, method, groups, seed, allocation, pick_device(device),
-                        log=lambda m: click.echo(m, err=True))
+                        log=lambda m: click.echo(m, err=True), proxy=proxy, replay=replay_run, on_miss=on_miss,
+                        use_cache=use_cache)
     if as_json:
         _emit_json([{k: v for k, v in r.items() if k != "plan"} | {"removed": r["report"]["removed"]} for r in recs])
         return
@@ -392,6 +433,61 @@ def macs(run_name, steps, as_json, runs_dir):
         p = out["progressive"]
         tab.add_row("progressive", f"{p['avg_all']['params'] / 1e6:.2f}", f"{p['avg_all']['macs'] / 1e9:.3f}",
                     f"{p['avg_sampled']['macs'] / 1e9:.3f}", f"{p['avg_all']['attn_macs'] / 1e9:.3f}")
+    Console().print(tab)
+
+
+@cli.command("llm-log")
+@click.argument("run_name", metavar="RUN")
+@click.option("--group", type=int, default=None, help="Only this group's calls.")
+@click.option("--call", "call_id", type=int, default=None, help="Show one call whole (messages and answer).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_runs_dir_option
+def llm_log(run_name, group, call_id, as_json, runs_dir):
+    """List the proxy's LLM calls of a run (round, model, tokens, latency, verdict), or show one whole."""
+    from core.runs import runs_root
+    from core.store import open_store
+
+    store = open_store(runs_root(runs_dir))
+    if call_id is not None:
+        c = store.call(call_id)
+        if c is None or c["run"] != run_name:
+            raise UserError(f"no call {call_id} in run {run_name!r}")
+        if as_json:
+            _emit_json(c)
+            return
+        click.echo(f"call {c['id']}  run {c['run']}  group {c['group_index']}  round {c['round'] + 1}  "
+                   f"attempt {c['attempt']}  source {c['source']}  model {c['model_asked']} -> {c['model_resolved']}")
+        click.echo(f"request key {c['request_key']}  latency {c['latency_s'] or 0:.2f}s  tokens "
+                   f"{c['prompt_tokens']}/{c['completion_tokens']}  cost {c['cost']}")
+        for m in c["messages"]:
+            click.echo(f"\n--- {m['role']} ---\n{m['content']}")
+        click.echo(f"\n--- answer ---\n{c['response_text']}")
+        verdict = c["error"] or c["validation_error"] or "accepted"
+        click.echo(f"\n--- verdict ---\n{verdict}")
+        return
+    calls = store.calls(run_name, group)
+    if not calls:
+        raise UserError(f"no recorded LLM calls for run {run_name!r} in {store.path}")
+    rows = [{"id": c["id"], "group": c["group_index"], "round": c["round"] + 1, "attempt": c["attempt"],
+             "source": c["source"], "model": c["model_asked"], "prompt_tokens": c["prompt_tokens"],
+             "completion_tokens": c["completion_tokens"], "latency_s": c["latency_s"], "cost": c["cost"],
+             "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted"),
+             "reason": c["error"] or c["validation_error"], "request_key": c["request_key"],
+             "linked_call": c["linked_call"]} for c in calls]
+    if as_json:
+        _emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    tab = Table(title=f"{run_name}: LLM calls")
+    for col in ("id", "group", "round", "try", "source", "model", "tokens", "latency", "verdict"):
+        tab.add_column(col)
+    for r in rows:
+        tok = f"{r['prompt_tokens']}/{r['completion_tokens']}" if r["prompt_tokens"] is not None else "-"
+        verdict = r["verdict"] + (f": {r['reason'][:40]}" if r["reason"] else "")
+        tab.add_row(str(r["id"]), str(r["group"]), str(r["round"]), str(r["attempt"]), r["source"], r["model"], tok,
+                    f"{r['latency_s'] or 0:.2f}s", verdict)
     Console().print(tab)
 
 
