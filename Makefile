@@ -21,6 +21,7 @@ demo: venv
 	@RUN=demo-$$(date +%Y%m%d-%H%M%S); set -e; \
 	$(BIN)/stepadapt train --preset tiny --run $$RUN; \
 	$(BIN)/stepadapt schedule --run $$RUN --plot $${STEPADAPT_HOME:-runs}/$$RUN/schedule.png; \
+	$(BIN)/stepadapt prune $$RUN --method proxy --rounds 3; \
 	$(BIN)/stepadapt finetune $$RUN; \
 	$(BIN)/stepadapt sample $$RUN --model base; \
 	$(BIN)/stepadapt sample $$RUN --model progressive; \

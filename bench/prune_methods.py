@@ -1,5 +1,9 @@
 """Pruning methods at one budget (the paper's Table 4 comparison, scaled down to a CPU).
 
+Methods: random, magnitude, lamp, taylor, diff, and proxy (the offline ``stepadapt/local-search`` policy
+unless ``--llm`` names a model; its rounds, wall time and the wall time of a replay of its answers are
+reported too).
+
 Trains one `tiny` base model on the bundled digits, then for every method and seed prunes a copy to
 BUDGET x F for one timestep group, and measures the held-out eps-MSE at that group's timesteps right
 after pruning and after a short fine-tune on the group's timesteps.
@@ -46,6 +50,34 @@ def spec(run, name, cfg, steps, lr, ema, seed, timesteps=None, extra=None):
                      ckpt_every=10 ** 9, timesteps=timesteps, extra=extra or {"arch": cfg["model"]})
 
 
+def run_proxy(base, budget, ctx, grp, sched, seed, args, work):
+    """One live proxy search, then a replay of its recorded answers (timed) that must give the same plan."""
+    from core.proxy import ProxyRun, ProxySettings, Replay
+    from core.prune import Pruner, held_out_loss
+    from core.store import open_store
+
+    store = open_store(work)
+    settings = ProxySettings(rounds=args.rounds, seed=seed)
+    if args.llm:
+        settings.model = args.llm
+    info = {"t_start": grp.t_start, "t_end": grp.t_end, "snr_min": grp.snr_min, "snr_max": grp.snr_max,
+            "num_timesteps": sched.num_timesteps}
+    pr = Pruner(base)
+    live = ProxyRun(pr, budget, ctx, settings, store, f"bench-{seed}", grp.index, info, log=lambda s: None)
+    plan, pinfo = live.search()
+    t0 = time.time()
+    calls = store.calls(f"bench-{seed}", grp.index, pinfo["session"])
+    rep_run = ProxyRun(Pruner(base), budget, ctx, settings, store, f"bench-{seed}-replay", grp.index, info,
+                       mode="replay", replay=Replay(calls, f"bench-{seed}"), log=lambda s: None)
+    plan2, _ = rep_run.search()
+    replay_s = time.time() - t0
+    pruned = pr.apply(plan)
+    rep = {**pr.report(pruned, plan, budget, 0.03), "loss_after": held_out_loss(pruned, ctx)}
+    extra = {"accepted_rounds": sum(1 for m in pinfo["memory"] if m.get("accepted")), "calls": len(calls),
+             "replay_s": replay_s, "replay_identical": plan2 == plan, "winner_round": pinfo.get("winner_round")}
+    return pruned, plan, rep, extra
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -54,8 +86,11 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=3, help="timestep group whose timesteps are used")
     ap.add_argument("--ft-steps", type=int, default=100)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; proxy too")
     ap.add_argument("--holdout", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=5, help="proxy rounds")
+    ap.add_argument("--llm", default=None, help="proxy model (default: the offline local search)")
+    ap.add_argument("--name", default="prune_methods", help="output file name in bench/results")
     ap.add_argument("-S", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -86,7 +121,11 @@ def main() -> None:
             imgs, ev = prune_images(cfg, pc["images"], pc["eval_images"], seed)
             ctx = PruneContext(diffusion, imgs, ev, grp.timesteps, pc["batch_size"], pc["batches"], seed)
             tp0 = time.time()
-            pruned, plan, rep = prune_to_budget(base, make_importance(method, seed), budget, ctx)
+            extra = {}
+            if method == "proxy":
+                pruned, plan, rep, extra = run_proxy(base, budget, ctx, grp, sched, seed, args, work)
+            else:
+                pruned, plan, rep = prune_to_budget(base, make_importance(method, seed), budget, ctx)
             prune_s = time.time() - tp0
             after_prune = region_losses(pruned, diffusion, eval_images, region)[args.group]
             name = f"{method}-{seed}"
@@ -96,7 +135,8 @@ def main() -> None:
                   copy.deepcopy(pruned).train(), diffusion, data, progress=False)
             after_ft = region_losses(load_unet(run.model(name)), diffusion, eval_images, region)[args.group]
             rows.append({"method": method, "seed": seed, "macs_ratio": rep["macs_ratio"], "params": rep["params"],
-                         "loss_after_prune": after_prune, "loss_after_finetune": after_ft, "prune_s": prune_s})
+                         "loss_after_prune": after_prune, "loss_after_finetune": after_ft, "prune_s": prune_s,
+                         **extra})
             print(f"{method:9s} seed {seed}: MACs {rep['macs_ratio']:.3f} F, after prune {after_prune:.5f}, "
                   f"after {args.ft_steps} fine-tune steps {after_ft:.5f} ({prune_s:.1f} s to prune)", flush=True)
 
@@ -122,8 +162,16 @@ def main() -> None:
                   f"| {s['loss_after_finetune'][0]:.4f} ± {s['loss_after_finetune'][1]:.4f} | {s['prune_s'][0]:.1f} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prune_methods.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "prune_methods.md").write_text("\n".join(md) + "\n")
+    proxy_rows = [r for r in rows if r["method"] == "proxy"]
+    if proxy_rows:
+        md += ["", f"Proxy: {args.llm or 'stepadapt/local-search'}, {args.rounds} rounds; mean accepted rounds "
+               f"{statistics.mean(r['accepted_rounds'] for r in proxy_rows):.1f}, LLM calls "
+               f"{statistics.mean(r['calls'] for r in proxy_rows):.1f}; live search "
+               f"{statistics.mean(r['prune_s'] for r in proxy_rows):.1f} s, replay of the same answers "
+               f"{statistics.mean(r['replay_s'] for r in proxy_rows):.1f} s (identical plans: "
+               f"{all(r['replay_identical'] for r in proxy_rows)})."]
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

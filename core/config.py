@@ -50,7 +50,7 @@ _BASE: dict[str, Any] = {
     },
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
     "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999},
-    "prune": {"method": "magnitude", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
+    "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
               "images": 256, "eval_images": 256},
     "sample": {"steps": 100, "n": 64, "batch_size": 64, "method": "ancestral"},
 }

@@ -143,10 +143,11 @@ def test_live_then_replay_without_server_is_identical(server, runs_dir, tmp_path
     assert not (runs_dir / "edited" / "prune" / "group01.json").exists()
 
 
-def test_offline_default_proxy_and_cache(runs_dir):
+def test_offline_default_proxy_cache_and_compare(runs_dir, server):
     rd = ["--runs-dir", runs_dir]
     _train("off", rd)
     _train("off2", rd)
+    _train("cmp", rd)
     run_cli("prune", "off", "--method", "proxy", "--rounds", "2", "--groups", "0", *rd, check=0)
     log = json.loads(run_cli("llm-log", "off", "--json", *rd, check=0).stdout)
     assert log and all(c["model"] == "stepadapt/local-search" and c["source"] == "live" for c in log)
@@ -154,5 +155,15 @@ def test_offline_default_proxy_and_cache(runs_dir):
     log2 = json.loads(run_cli("llm-log", "off2", "--json", *rd, check=0).stdout)
     assert [c["source"] for c in log2] == ["cache"] * len(log)
     assert [c["linked_call"] for c in log2] == [c["id"] for c in log]
+    # the same prompts to another model: live calls linked to the recorded ones
+    run_cli("prune", "cmp", "--method", "proxy", "--rounds", "2", "--groups", "0", "--replay", "off",
+            "--llm", "openai/fake", "--api-base", server.url, *rd, check=0)
+    log3 = json.loads(run_cli("llm-log", "cmp", "--json", *rd, check=0).stdout)
+    assert all(c["source"] == "live" and c["model"] == "openai/fake" for c in log3)
+    assert log3[0]["linked_call"] == log[0]["id"]
+    assert server.requests[0]["messages"] == json.loads(run_cli("llm-log", "off", "--call", log[0]["id"], "--json",
+                                                                *rd, check=0).stdout)["messages"]
+    whole = run_cli("llm-log", "off", "--call", log[0]["id"], *rd, check=0).stdout
+    assert "--- system ---" in whole and "--- answer ---" in whole and "<state>" in whole
     assert_clean_error(run_cli("prune", "off2", "--method", "magnitude", "--llm", "x", *rd))
     assert_clean_error(run_cli("llm-log", "nope", *rd))
