@@ -56,8 +56,7 @@ _litellm = None
 def _lib():
     global _litellm
     if _litellm is None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # never fetch the price list
         import litellm
 
         litellm.telemetry = False

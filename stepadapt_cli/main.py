@@ -369,7 +369,7 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
                         log=lambda m: click.echo(m, err=True), proxy=proxy, replay=replay_run, on_miss=on_miss,
                         use_cache=use_cache)
     if as_json:
-        _emit_json([{k: v for k, v in r.items() if k != "plan"} | {"removed": r["report"]["removed"]} for r in recs])
+        _emit_json([{k: v for k, v in r.items() if k != "plan"} for r in recs])
         return
     from rich.console import Console
     from rich.table import Table
