@@ -6,8 +6,9 @@ and Taylor hints), the budget, the group's timesteps and SNR, and the memory ban
 JSON object ``{"keep": {unit: ratio in (0, 1]}}``; it is parsed (code fences and surrounding prose are
 tolerated), validated (schema, known names, bounds, size) and priced with the exact MAC model: over budget
 is rejected, under budget is topped up by giving back the most important blocks. A rejected answer goes
-back to the model with the reason, up to ``retries`` times. An accepted proposal becomes a plan (lowest
-magnitude positions go first), is applied to a copy of the base and its held-out loss at the group's
+back to the model with the reason, up to ``retries`` times. An accepted proposal becomes a plan (within each unit the
+positions with the lowest first-order Taylor importance at the group's timesteps go first; magnitude when
+no data is given), is applied to a copy of the base and its held-out loss at the group's
 timesteps is measured and put in the memory bank. After ``rounds`` rounds the accepted candidate with the
 lowest loss wins; with none, a named baseline method prunes the group instead and the report says so.
 
@@ -254,6 +255,7 @@ class ProxyRun:
         magnitude = pr.scores(MagnitudeImportance())
         taylor = pr.scores(TaylorImportance(), self.ctx) if self.ctx is not None else None
         hints = unit_hints(pr, magnitude, taylor)
+        choose = taylor if taylor is not None else magnitude  # which positions of a unit go first
         base_loss = held_out_loss(pr.base, self.ctx)
         F = pr.full["macs"]
         memory, candidates = [], []
@@ -305,8 +307,8 @@ class ProxyRun:
                                "reason": "no valid answer"})
                 continue
             keep, counts, call_id = outcome
-            counts, macs = greedy_refill(pr.macs_of, pr.units, magnitude, counts, self.budget_macs)
-            plan = plan_from_counts(pr.units, magnitude, counts)
+            counts, macs = greedy_refill(pr.macs_of, pr.units, choose, counts, self.budget_macs)
+            plan = plan_from_counts(pr.units, choose, counts)
             pruned = pr.apply(plan)
             loss = held_out_loss(pruned, self.ctx)
             params = sum(p.numel() for p in pruned.parameters())
