@@ -7,7 +7,7 @@ model artifact (``models/progressive.pt``).
 from __future__ import annotations
 
 import json
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
 

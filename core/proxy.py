@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 
 from .errors import UserError
 from .llm import LOCAL_MODEL, LLMError, complete, request_key

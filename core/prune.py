@@ -96,7 +96,6 @@ class Unit:
     kind: str                  # "channels" or "heads"
     size: int                  # prunable positions (channels, or the head dimension)
     blocks: int                # removal is spread equally over this many contiguous blocks (GroupNorm groups)
-    macs_share: float = 0.0    # share of the model's MACs in layers this unit touches (filled by describe)
     members: list = field(default_factory=list)  # module names coupled in this unit
 
     @property
@@ -106,7 +105,7 @@ class Unit:
 
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "size": self.size, "blocks": self.blocks,
-                "macs_share": self.macs_share, "members": self.members}
+                "members": self.members}
 
 
 def _root_fn(module):
@@ -368,8 +367,7 @@ def measure(model: U.UNet) -> dict:
 
 
 def fit_to_budget(macs_of: Callable[[dict], int], units: list[Unit], budget_macs: float,
-                  shape: Callable[[float], dict[str, int]], tolerance: float = 0.03,
-                  iters: int = 40) -> tuple[dict[str, int], int, dict]:
+                  shape: Callable[[float], dict[str, int]], iters: int = 40) -> tuple[dict[str, int], int, dict]:
     """The largest pruning level s in [0, 1] whose removal counts ``shape(s)`` fit the budget.
 
     ``shape(s)`` maps a level to removal counts per unit, monotone in s: a uniform ratio for the
@@ -484,7 +482,7 @@ class Pruner:
     def plan_for_budget(self, scores: dict, budget_macs: float, shape: Callable[[float], dict[str, int]],
                         tolerance: float = 0.03, log: Callable[[str], None] = lambda s: None):
         """(plan, predicted MACs, search record) for the budget; see ``fit_to_budget`` and ``greedy_refill``."""
-        counts, macs, search = fit_to_budget(self.macs_of, self.units, budget_macs, shape, tolerance)
+        counts, macs, search = fit_to_budget(self.macs_of, self.units, budget_macs, shape)
         if macs < budget_macs * (1 - tolerance):
             log(f"level search landed {100 * (1 - macs / budget_macs):.1f}% under budget: giving back blocks")
             counts, macs = greedy_refill(self.macs_of, self.units, scores, counts, budget_macs)

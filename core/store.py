@@ -28,7 +28,7 @@ import datetime as _dt
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from .errors import UserError
 

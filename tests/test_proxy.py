@@ -1,14 +1,12 @@
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from core.diffusion import create_diffusion
 from core.llm import LLMError, complete
-from core.proxy import PROMPTS_DIR, ProxyRun, ProxySettings, extract_json, validate_answer
+from core.proxy import PROMPTS_DIR, ProxyRun, ProxySettings, extract_json
 from core.prune import Pruner, measure
 from core.store import open_store
 from tests.conftest import MICRO, assert_clean_error, run_cli

@@ -8,7 +8,7 @@ import torch
 from core import config as C
 from core.errors import UserError
 from core.importance import METHODS, DiffPruningImportance, TaylorImportance, make_importance
-from core.prune import (MacModel, PruneContext, Pruner, apply_plan, build_pruned, counts_for_ratio, measure,
+from core.prune import (PruneContext, Pruner, apply_plan, build_pruned, measure,
                         plan_from_counts, prune_to_budget, removal_counts, units_of, validate_plan)
 from core.diffusion import create_diffusion
 from core.unet import AttentionBlock, build_unet, load_unet

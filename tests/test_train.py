@@ -80,6 +80,6 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     ck = torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)
     stopped = ck["step"]
     assert stopped >= 3
-    r = run_cli("train", "--run", "sig", "--runs-dir", runs_dir, "--resume", "--steps", stopped + 2, check=0)
+    run_cli("train", "--run", "sig", "--runs-dir", runs_dir, "--resume", "--steps", stopped + 2, check=0)
     assert torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)["step"] == stopped + 2
     assert (runs_dir / "sig" / "models" / "base.pt").exists()
