@@ -35,16 +35,8 @@ from core.eval import region_losses  # noqa: E402
 from core.finetune import finetune_groups, run_schedule  # noqa: E402
 from core.progressive import load_progressive  # noqa: E402
 from core.runs import Run, create_run  # noqa: E402
-from core.train import TrainSpec, train  # noqa: E402
+from core.train import base_spec, train  # noqa: E402
 from core.unet import build_unet, load_unet  # noqa: E402
-
-
-def base_spec(run: Run, cfg: dict, steps: int) -> TrainSpec:
-    t = cfg["train"]
-    return TrainSpec(name="base", ckpt=run.ckpt("base"), model_out=run.model("base"), metrics=run.metrics("base"),
-                     steps=steps, batch_size=t["batch_size"], lr=t["lr"], ema_decay=t["ema_decay"], seed=cfg["seed"],
-                     grad_clip=t["grad_clip"], log_every=t["log_every"], ckpt_every=10 ** 9,
-                     extra={"arch": cfg["model"], "stage": "base"})
 
 
 def main() -> None:
@@ -70,10 +62,11 @@ def main() -> None:
         diffusion = create_diffusion(cfg)
         a = create_run(cfg, f"a-{seed}", work)
         model = build_unet(cfg["model"], seed=seed)
-        train(base_spec(a, cfg, args.base), model, diffusion, data, progress=False)
+        train(base_spec(a, cfg, args.base, ckpt_every=10 ** 9), model, diffusion, data, progress=False)
         b = Run(work / f"b-{seed}")
         shutil.copytree(a.path, b.path)
-        train(base_spec(a, cfg, args.total), build_unet(cfg["model"]), diffusion, data, resume=True, progress=False)
+        train(base_spec(a, cfg, args.total, ckpt_every=10 ** 9), build_unet(cfg["model"]), diffusion, data,
+              resume=True, progress=False)
         sched = run_schedule(b)
         per_group = (args.total - args.base) // len(sched.nonempty)
         finetune_groups(b, "all", per_group, progress=False, log=lambda s: None)

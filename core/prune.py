@@ -66,9 +66,9 @@ def _attention_stream_pruner():
 
 
 def _example_inputs(model: U.UNet):
-    p = next(model.parameters())
-    x = torch.zeros(1, model.in_channels, model.image_size, model.image_size, device=p.device)
-    return x, torch.zeros(1, dtype=torch.long, device=p.device)
+    from .macs import _probe
+
+    return _probe(model, model.image_size, model.in_channels, 0)
 
 
 def build_graph(model: U.UNet):

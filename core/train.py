@@ -51,6 +51,21 @@ class TrainSpec:
     extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
 
 
+def base_spec(run, cfg: dict, steps: Optional[int] = None, **changes) -> TrainSpec:
+    """The stage-1 job of ``run`` as its config says (``changes`` override spec fields)."""
+    t = cfg["train"]
+    spec = TrainSpec(
+        name="base", ckpt=run.ckpt("base"), model_out=run.model("base"), metrics=run.metrics("base"),
+        steps=t["steps"] if steps is None else steps, batch_size=t["batch_size"], lr=t["lr"],
+        ema_decay=t["ema_decay"], seed=cfg["seed"], weight_decay=t["weight_decay"], grad_clip=t["grad_clip"],
+        log_every=t["log_every"], ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"],
+        extra={"arch": cfg["model"], "stage": "base"},
+    )
+    for key, val in changes.items():
+        setattr(spec, key, val)
+    return spec
+
+
 def pick_device(name: str | None = None) -> torch.device:
     if name and name != "auto":
         if name.startswith("cuda") and not torch.cuda.is_available():

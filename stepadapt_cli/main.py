@@ -110,7 +110,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     from core.data import load_dataset
     from core.diffusion import create_diffusion
     from core.runs import create_run, open_run
-    from core.train import TrainSpec, pick_device, train as run_train
+    from core.train import base_spec, pick_device, train as run_train
     from core.unet import build_unet
 
     if resume:
@@ -138,14 +138,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     data = load_dataset(cfg)  # before creating the run: a missing dataset leaves nothing behind
     if not resume:
         run = create_run(cfg, run_name, runs_dir)
-    t = cfg["train"]
-    spec = TrainSpec(
-        name="base", ckpt=run.ckpt("base"), model_out=run.model("base"), metrics=run.metrics("base"),
-        steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], ema_decay=t["ema_decay"], seed=cfg["seed"],
-        weight_decay=t["weight_decay"], grad_clip=t["grad_clip"], log_every=t["log_every"],
-        ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"],
-        extra={"arch": cfg["model"], "stage": "base"},
-    )
+    spec = base_spec(run, cfg)
     click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps on {dev}",
                err=True)
     model = build_unet(cfg["model"], seed=cfg["seed"])
