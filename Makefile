@@ -18,14 +18,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 demo: venv
-	@RUN=demo-$$(date +%Y%m%d-%H%M%S); set -e; \
-	$(BIN)/stepadapt train --preset tiny --run $$RUN; \
-	$(BIN)/stepadapt schedule --run $$RUN --plot $${STEPADAPT_HOME:-runs}/$$RUN/schedule.png; \
-	$(BIN)/stepadapt prune $$RUN --method proxy --rounds 3; \
-	$(BIN)/stepadapt finetune $$RUN; \
-	$(BIN)/stepadapt sample $$RUN --model base; \
-	$(BIN)/stepadapt sample $$RUN --model progressive; \
-	$(BIN)/stepadapt macs $$RUN
+	$(BIN)/stepadapt run --preset tiny --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q

@@ -51,8 +51,10 @@ _BASE: dict[str, Any] = {
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
     "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999},
     "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
-              "images": 256, "eval_images": 256},
+              "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5},
     "sample": {"steps": 100, "n": 64, "batch_size": 64, "method": "ancestral"},
+    "eval": {"loss_images": 256, "loss_draws": 2, "fid": True, "fid_n": 50000, "steps": 100, "batch_size": 256,
+             "ref_n": 0, "inception": ""},
 }
 
 
@@ -89,6 +91,8 @@ PRESETS: dict[str, dict] = {
                "ckpt_every": 500, "threads": 0},
         finetune={"steps": 150, "lr": 1e-4, "batch_size": 32, "ema_decay": 0.99},
         sample={"steps": 50, "n": 64, "batch_size": 64},
+        prune={"rounds": 3},
+        eval={"fid_n": 256, "steps": 50},
     ),
 }
 
@@ -196,6 +200,9 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return cfg
 
 
+PRUNE_METHODS = ("proxy", "random", "magnitude", "lamp", "taylor", "diff", "none")
+
+
 def validate(cfg: dict) -> None:
     m, d, t = cfg["model"], cfg["diffusion"], cfg["train"]
     checks = [
@@ -213,11 +220,31 @@ def validate(cfg: dict) -> None:
         (t["log_every"] > 0 and t["ckpt_every"] > 0, "train.log_every and train.ckpt_every must be positive"),
         (0 < cfg["schedule"]["k"] <= 1, "schedule.k must be in (0, 1]"),
         (cfg["schedule"]["groups"] >= 1, "schedule.groups must be >= 1"),
+        (cfg["prune"]["method"] in PRUNE_METHODS, f"prune.method must be one of {', '.join(PRUNE_METHODS)}"),
+        (cfg["prune"]["rounds"] >= 1, "prune.rounds must be >= 1"),
+        (cfg["eval"]["fid_n"] >= 2 or not cfg["eval"]["fid"], "eval.fid_n must be >= 2"),
+        (1 <= cfg["eval"]["steps"] <= d["steps"], "eval.steps must be in [1, diffusion.steps]"),
         (cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"], "sample.steps must be in [1, diffusion.steps]"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(f"invalid config: {msg}")
+
+
+def complete(cfg: dict) -> dict:
+    """Fill keys a newer version added with its preset's defaults (a run made by an older version keeps
+    every value it has)."""
+    ref = PRESETS.get(cfg.get("preset") or "", _BASE)
+
+    def fill(c, r):
+        for k, v in r.items():
+            if k not in c:
+                c[k] = copy.deepcopy(v)
+            elif isinstance(v, dict) and isinstance(c[k], dict):
+                fill(c[k], v)
+
+    fill(cfg, ref)
+    return cfg
 
 
 def config_hash(cfg: dict) -> str:

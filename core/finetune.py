@@ -80,8 +80,10 @@ def group_done(spec: TrainSpec) -> bool:
 
 
 def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, device="cpu",
-                    progress: bool = True, log: Callable[[str], None] = print) -> list[int]:
-    """Fine-tune the selected groups (resuming unfinished ones); returns the groups trained now."""
+                    progress: bool = True, log: Callable[[str], None] = print, hooks=None) -> list[int]:
+    """Fine-tune the selected groups (resuming unfinished ones); returns the groups trained now.
+
+    ``hooks(g)``, if given, returns the keyword hooks (on_start, on_step, on_log) for ``train`` of group g."""
     cfg = run.config
     base_path = run.model("base")
     if not base_path.exists():
@@ -111,7 +113,8 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
                else "not pruned")
         log(f"group {g}: t in [{grp.t_start}, {grp.t_end}] ({grp.size} steps), budget {grp.budget_ratio:.2f} F, "
             f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps")
-        train(spec, model, diffusion, data, resume=resume, device=device, progress=progress)
+        train(spec, model, diffusion, data, resume=resume, device=device, progress=progress,
+              **(hooks(g) if hooks else {}))
         trained.append(g)
     assemble(run, sched)
     return trained

@@ -93,7 +93,9 @@ class Run:
 
     @property
     def config(self) -> dict:
-        return json.loads((self.path / "config.json").read_text())
+        from .config import complete
+
+        return complete(json.loads((self.path / "config.json").read_text()))
 
     @property
     def meta(self) -> dict:
@@ -112,7 +114,8 @@ class Run:
         return self.path / "samples"
 
 
-def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = None) -> Run:
+def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = None, status: str = "created",
+               parent: Optional[str] = None) -> Run:
     root = runs_root(runs_dir)
     name = name or f"{cfg['preset']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in (".", ".."):
@@ -121,21 +124,47 @@ def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = 
     try:
         path.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
-        raise UserError(f"run {name!r} already exists in {root}; use --resume to continue it or pick another --run") from None
+        raise UserError(f"run {name!r} already exists in {root}; continue it (stepadapt resume / --resume) "
+                        "or pick another name") from None
     except OSError as e:
         raise UserError(f"cannot create run folder {path}: {e.strerror or e}") from None
     from . import __version__
 
-    atomic_write_json(cfg, path / "config.json")
-    atomic_write_json({
+    meta = {
         "config_hash": config_hash(cfg),
         "seed": cfg["seed"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stepadapt_version": __version__,
         "command": sys.argv,
         **_git_state(),
-    }, path / "meta.json")
-    return Run(path)
+    }
+    if parent:
+        meta["parent"] = parent
+    atomic_write_json(cfg, path / "config.json")
+    atomic_write_json(meta, path / "meta.json")
+    run = Run(path)
+    register_run(run, status)
+    return run
+
+
+def register_run(run: Run, status: str = "created"):
+    """The run's row in the store (created from its folder if missing, e.g. a run made before the store had runs)."""
+    from .store import open_store
+
+    store = open_store(run.path.parent)
+    row = store.get_run(run.name)
+    if row is not None and row["path"] == str(run.path.resolve()) and row["config_hash"] == run.meta.get("config_hash"):
+        return store, row
+    if row is not None:  # a run of the same name whose folder was deleted: the new folder wins
+        with store.db.conn:
+            for table in ("runs", "jobs", "metrics", "artifacts"):
+                store.db.execute(f"delete from {table} where {'name' if table == 'runs' else 'run'} = ?", [run.name])
+    meta = run.meta
+    store.add_run({"name": run.name, "parent": meta.get("parent"), "status": status, "config": run.config,
+                   "config_hash": meta.get("config_hash"), "seed": meta.get("seed"), "git_sha": meta.get("git_sha"),
+                   "git_dirty": None if meta.get("git_dirty") is None else int(meta["git_dirty"]),
+                   "path": str(run.path.resolve()), "created": meta.get("created")})
+    return store, store.get_run(run.name)
 
 
 def open_run(name_or_path: str, runs_dir: Optional[str] = None) -> Run:

@@ -17,6 +17,29 @@ Schema (migration 001):
 Migration 002 adds ``session`` to both tables: one id per proxy search of a group, so that an
 interrupted search and the one that finished are never mixed up (replay reads the finished session).
 
+Migration 003 adds the experiment manager's tables:
+
+``runs`` - one row per run folder:
+    id, name (unique, the folder name), parent (the run it was derived from, or null), status
+    (created | running | succeeded | failed | killed | lost), config (resolved config JSON), config_hash,
+    seed, git_sha, git_dirty (0/1), path, created, started, ended
+
+``jobs`` - one row per tracked subprocess (a stage, or one group of a stage):
+    id, run, stage (pipeline | base | schedule | prune | finetune | assemble | sample | eval), group_index
+    (null for whole-run stages), command (JSON argv), args (JSON settings the worker reads), pid, pgid (the
+    process group signalled by ``kill``; null when the job shares its terminal's group), proc_start (the
+    process start time in clock ticks since boot, so a reused pid is not mistaken for the job), device,
+    status (queued | running | succeeded | failed | killed | lost), heartbeat (unix time of the last sign of
+    life), progress, total, message (what the job is doing), exit_code, log_path, kill_requested (0/1),
+    created, started, ended
+
+``metrics`` - training curves, one row per logged value:
+    id, run, job, stage, group_index, step, key, value, time (unix)
+
+``artifacts`` - files a job produced:
+    id, run, job, path (relative to the run folder), kind (model | checkpoint | schedule | plan | samples |
+    eval | report), sha256, bytes, created
+
 ``_migrations`` - name and time of every applied migration, in order.
 
 Readers and several writers may use the file at once: WAL lets readers proceed during writes and a busy
@@ -62,10 +85,39 @@ def _m002(db) -> None:
     db["llm_calls"].create_index(["run", "group_index", "session"])
 
 
+def _m003(db) -> None:
+    db["runs"].create({
+        "id": int, "name": str, "parent": str, "status": str, "config": str, "config_hash": str, "seed": int,
+        "git_sha": str, "git_dirty": int, "path": str, "created": str, "started": str, "ended": str,
+    }, pk="id")
+    db["runs"].create_index(["name"], unique=True)
+    db["jobs"].create({
+        "id": int, "run": str, "stage": str, "group_index": int, "command": str, "args": str, "pid": int,
+        "pgid": int, "proc_start": int, "device": str, "status": str, "heartbeat": float, "progress": int,
+        "total": int, "message": str, "exit_code": int, "log_path": str, "kill_requested": int,
+        "created": str, "started": str, "ended": str,
+    }, pk="id")
+    db["jobs"].create_index(["run", "stage", "group_index"])
+    db["jobs"].create_index(["status"])
+    db["metrics"].create({
+        "id": int, "run": str, "job": int, "stage": str, "group_index": int, "step": int, "key": str,
+        "value": float, "time": float,
+    }, pk="id")
+    db["metrics"].create_index(["run", "stage", "group_index", "step"])
+    db["artifacts"].create({
+        "id": int, "run": str, "job": int, "path": str, "kind": str, "sha256": str, "bytes": int, "created": str,
+    }, pk="id")
+    db["artifacts"].create_index(["run", "path"], unique=True)
+
+
 MIGRATIONS: list[tuple[str, Callable]] = [
     ("001_llm_calls_and_proxy_rounds", _m001),
     ("002_search_sessions", _m002),
+    ("003_runs_jobs_metrics_artifacts", _m003),
 ]
+
+JOB_ACTIVE = ("queued", "running")
+JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "command", "args")
 
 
 class Store:
@@ -144,10 +196,99 @@ class Store:
             args.append(group)
         return [_decode(r) for r in self.db["proxy_rounds"].rows_where(where, args, order_by="group_index, round, id")]
 
+    # -- runs
+    def add_run(self, row: dict) -> int:
+        row = _encode(row)
+        row.setdefault("created", _now())
+        with self.db.conn:
+            return self.db["runs"].insert(row).last_pk
+
+    def get_run(self, name: str) -> Optional[dict]:
+        rows = list(self.db["runs"].rows_where("name = ?", [name], limit=1))
+        return _decode(rows[0]) if rows else None
+
+    def update_run(self, name: str, **fields) -> None:
+        with self.db.conn:
+            self.db.execute(f"update runs set {', '.join(f'{k} = ?' for k in fields)} where name = ?",
+                            [*_encode(fields).values(), name])
+
+    def list_runs(self) -> list[dict]:
+        return [_decode(r) for r in self.db["runs"].rows_where(order_by="id")]
+
+    # -- jobs
+    def add_job(self, row: dict) -> int:
+        row = _encode(row)
+        row.setdefault("created", _now())
+        row.setdefault("status", "queued")
+        row.setdefault("kill_requested", 0)
+        with self.db.conn:
+            return self.db["jobs"].insert(row).last_pk
+
+    def update_job(self, job_id: int, **fields) -> None:
+        with self.db.conn:
+            self.db.execute(f"update jobs set {', '.join(f'{k} = ?' for k in fields)} where id = ?",
+                            [*_encode(fields).values(), job_id])
+
+    def finish_job(self, job_id: int, status: str, exit_code: Optional[int], message: Optional[str] = None) -> bool:
+        """Set a final status unless one is set already (the first writer wins); returns whether it was set."""
+        with self.db.conn:
+            cur = self.db.execute(
+                "update jobs set status = ?, exit_code = ?, ended = ?, message = coalesce(?, message) "
+                "where id = ? and status in ('queued', 'running')", [status, exit_code, _now(), message, job_id])
+            return cur.rowcount > 0
+
+    def job(self, job_id: int) -> Optional[dict]:
+        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        return _decode(rows[0]) if rows else None
+
+    def jobs(self, run: Optional[str] = None, active: bool = False) -> list[dict]:
+        where, args = [], []
+        if run is not None:
+            where.append("run = ?")
+            args.append(run)
+        if active:
+            where.append("status in ('queued', 'running')")
+        return [_decode(r) for r in self.db["jobs"].rows_where(" and ".join(where) or None, args, order_by="id")]
+
+    # -- metrics
+    def log_metrics(self, rows: list[dict]) -> None:
+        with self.db.conn:
+            self.db["metrics"].insert_all(rows)
+
+    def drop_metrics_after(self, run: str, stage: str, group: Optional[int], step: int) -> int:
+        """Forget values logged past ``step`` (a resumed job logs them again); returns how many."""
+        with self.db.conn:
+            cur = self.db.execute("delete from metrics where run = ? and stage = ? and group_index is ? and step > ?",
+                                  [run, stage, group, step])
+            return cur.rowcount
+
+    def metrics(self, run: str, stage: Optional[str] = None, group: Optional[int] = None,
+                key: Optional[str] = None) -> list[dict]:
+        where, args = ["run = ?"], [run]
+        for col, val in (("stage", stage), ("group_index", group), ("key", key)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        return list(self.db["metrics"].rows_where(" and ".join(where), args, order_by="stage, group_index, step, id"))
+
+    # -- artifacts
+    def add_artifact(self, row: dict) -> None:
+        row.setdefault("created", _now())
+        with self.db.conn:
+            self.db.execute("delete from artifacts where run = ? and path = ?", [row["run"], row["path"]])
+            self.db["artifacts"].insert(row)
+
+    def artifacts(self, run: str) -> list[dict]:
+        return list(self.db["artifacts"].rows_where("run = ?", [run], order_by="id"))
+
+
+def _encode(row: dict) -> dict:
+    return {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
+
 
 def _decode(row: dict) -> dict:
     out = dict(row)
-    for k in ("messages", "params", "parsed", "keep", "plan"):
+    for k in JSON_COLUMNS:
         if isinstance(out.get(k), str):
             try:
                 out[k] = json.loads(out[k])

@@ -153,8 +153,12 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 
 def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
           resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
-          on_log: Optional[Callable[[dict], None]] = None) -> dict:
-    """Train ``model`` per ``spec``; returns the final metrics. Writes ckpt, metrics and the EMA model."""
+          on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
+          on_step: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Train ``model`` per ``spec``; returns the final metrics. Writes ckpt, metrics and the EMA model.
+
+    Hooks: ``on_start(step)`` once with the step training starts from (0, or the checkpoint's),
+    ``on_step(done, total)`` after every step, ``on_log(record)`` with every logged record."""
     import copy
 
     device = torch.device(device)
@@ -182,6 +186,8 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
     else:
         torch.manual_seed(spec.seed)
 
+    if on_start:
+        on_start(start)
     sampler = TimestepSampler(spec.timesteps if spec.timesteps is not None else range(diffusion.num_timesteps))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and spec.bf16 else contextlib.nullcontext())
     spec.metrics.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +244,8 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
                         on_log(rec)
                     acc.zero_()
                     n_acc, t_last = 0, now
+                if on_step:
+                    on_step(done, spec.steps)
                 bar.update(done, f"loss {last.get('loss', float('nan')):.4f} {last.get('it_s', 0):.1f} it/s", logged)
                 if done % spec.ckpt_every == 0 and done != spec.steps:
                     save(done)

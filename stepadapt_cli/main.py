@@ -1,64 +1,14 @@
 """The ``stepadapt`` command line."""
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
-import traceback
 
 import click
 
 from core import __version__
 from core.errors import UserError
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class Cli(click.Group):
-    """Click group whose commands report UserError (and any other failure) as one line, never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            ctx.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except Exception as e:  # an unexpected failure: one line here, the traceback in a file
-            if os.environ.get("STEPADAPT_DEBUG"):
-                raise
-            fd, path = tempfile.mkstemp(prefix="stepadapt-crash-", suffix=".txt")
-            with os.fdopen(fd, "w") as f:
-                traceback.print_exc(file=f)
-            click.echo(f"error: internal error {type(e).__name__}: {e} (traceback in {path})", err=True)
-            ctx.exit(1)
-
-
-def _overrides_option(f):
-    return click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                        help="Override a config value, e.g. -S train.steps=200 (repeatable).")(f)
-
-
-def _runs_dir_option(f):
-    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
-                        help="Runs directory (default: $STEPADAPT_HOME or ./runs).")(f)
-
-
-def _emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True))
-
-
-def _threads(cfg: dict) -> None:
-    import torch
-
-    if cfg["train"].get("threads"):
-        torch.set_num_threads(int(cfg["train"]["threads"]))
-
+from .common import CONTEXT, Cli, _emit_json, _overrides_option, _runs_dir_option, _threads, console
 
 @click.group(cls=Cli, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="stepadapt")
@@ -207,7 +157,6 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
 
 
 def _schedule_table(data: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     full = data["full_macs"]
@@ -221,7 +170,7 @@ def _schedule_table(data: dict) -> None:
             continue
         tab.add_row(str(g["index"]), str(g["t_start"]), str(g["t_end"]), str(g["size"]), f"{g['budget_ratio']:.3f}",
                     f"{g['budget_macs'] / 1e9:.3f}", f"{g['snr_min']:.1f} .. {g['snr_max']:.1f}")
-    con = Console()
+    con = console()
     con.print(tab)
     con.print(f"average budget over all T: {data['avg_budget_ratio']:.4f} F = {data['avg_budget_macs'] / 1e9:.3f} GMACs")
 
@@ -364,7 +313,6 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
     if as_json:
         _emit_json([{k: v for k, v in r.items() if k != "plan"} for r in recs])
         return
-    from rich.console import Console
     from rich.table import Table
 
     tab = Table(title=f"{run.name}: pruned group models")
@@ -376,7 +324,7 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
                     f"{rep['macs'] / 1e9:.4f}", f"{rep['macs_ratio']:.3f}", f"{100 * rep['budget_gap']:.2f}%",
                     f"{rep['params'] / 1e6:.3f}", f"{rep.get('loss_before', float('nan')):.4f}",
                     f"{rep.get('loss_after', float('nan')):.4f}")
-    Console().print(tab)
+    console().print(tab)
     click.echo(f"plans in {run.path / 'prune'}; next: stepadapt finetune {run.name}")
 
 
@@ -412,7 +360,6 @@ def macs(run_name, steps, as_json, runs_dir):
     if as_json:
         _emit_json(out)
         return
-    from rich.console import Console
     from rich.table import Table
 
     tab = Table(title=f"{run.name}: per-sample cost, averaged over timesteps")
@@ -426,7 +373,7 @@ def macs(run_name, steps, as_json, runs_dir):
         p = out["progressive"]
         tab.add_row("progressive", f"{p['avg_all']['params'] / 1e6:.2f}", f"{p['avg_all']['macs'] / 1e9:.3f}",
                     f"{p['avg_sampled']['macs'] / 1e9:.3f}", f"{p['avg_all']['attn_macs'] / 1e9:.3f}")
-    Console().print(tab)
+    console().print(tab)
 
 
 @cli.command("llm-log")
@@ -470,7 +417,6 @@ def llm_log(run_name, group, call_id, as_json, runs_dir):
     if as_json:
         _emit_json(rows)
         return
-    from rich.console import Console
     from rich.table import Table
 
     tab = Table(title=f"{run_name}: LLM calls")
@@ -481,7 +427,26 @@ def llm_log(run_name, group, call_id, as_json, runs_dir):
         verdict = r["verdict"] + (f": {r['reason'][:40]}" if r["reason"] else "")
         tab.add_row(str(r["id"]), str(r["group"]), str(r["round"]), str(r["attempt"]), r["source"], r["model"], tok,
                     f"{r['latency_s'] or 0:.2f}s", verdict)
-    Console().print(tab)
+    console().print(tab)
+
+
+from . import evalcmd, manage  # noqa: E402
+
+
+@cli.command()
+@click.argument("run_name", metavar="[RUN]", required=False)
+@_runs_dir_option
+def tui(run_name, runs_dir):
+    """Watch runs live in the terminal: runs, groups training, job logs, proxy rounds (press ? for keys)."""
+    from core.runs import runs_root
+
+    from .tui import StepadaptApp
+
+    StepadaptApp(runs_root(runs_dir), run_name).run()
+
+
+for _cmd in manage.COMMANDS + evalcmd.COMMANDS:
+    cli.add_command(_cmd)
 
 
 def main():

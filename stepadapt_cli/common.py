@@ -1,0 +1,67 @@
+"""Shared pieces of the CLI: the error-reporting group class and common options."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import traceback
+
+import click
+
+from core.errors import UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Cli(click.Group):
+    """Click group whose commands report UserError (and any other failure) as one line, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # an unexpected failure: one line here, the traceback in a file
+            if os.environ.get("STEPADAPT_DEBUG"):
+                raise
+            fd, path = tempfile.mkstemp(prefix="stepadapt-crash-", suffix=".txt")
+            with os.fdopen(fd, "w") as f:
+                traceback.print_exc(file=f)
+            click.echo(f"error: internal error {type(e).__name__}: {e} (traceback in {path})", err=True)
+            ctx.exit(1)
+
+
+def _overrides_option(f):
+    return click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a config value, e.g. -S train.steps=200 (repeatable).")(f)
+
+
+def _runs_dir_option(f):
+    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
+                        help="Runs directory (default: $STEPADAPT_HOME or ./runs).")(f)
+
+
+def _emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _threads(cfg: dict) -> None:
+    import torch
+
+    if cfg["train"].get("threads"):
+        torch.set_num_threads(int(cfg["train"]["threads"]))
+
+
+def console():
+    """A rich console; when output is not a terminal, wide enough that tables are not squeezed."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)

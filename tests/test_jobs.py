@@ -1,0 +1,201 @@
+"""The experiment manager with real subprocesses: `stepadapt run/resume/kill/runs/show/compare/logs`."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import torch
+
+from core.jobs import group_pids, pid_alive
+from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
+
+# the whole method on a micro model: 3 groups, one proxy round, a few steps everywhere
+FAST = [*MICRO, "-S", "train.log_every=10", "-S", "finetune.steps=4", "-S", "finetune.batch_size=8",
+        "-S", "schedule.groups=3", "-S", "prune.rounds=1", "-S", "prune.images=32", "-S", "prune.eval_images=16",
+        "-S", "prune.batches=1", "-S", "prune.batch_size=8", "-S", "sample.n=4", "-S", "sample.steps=5",
+        "-S", "eval.loss_images=16", "-S", "eval.fid_n=8", "-S", "eval.steps=3"]
+
+
+def _db(runs_dir):
+    con = sqlite3.connect(runs_dir / "stepadapt.db", timeout=30)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def _jobs(runs_dir, run):
+    with _db(runs_dir) as con:
+        return [dict(r) for r in con.execute("select * from jobs where run = ? order by id", [run])]
+
+
+def _wait(cond, timeout=120, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_run_end_to_end_then_listing_and_bad_input(runs_dir):
+    rd = ["--runs-dir", runs_dir]
+    p = run_cli("run", "--preset", "tiny", "--name", "e2e", *FAST, "-S", "train.steps=30", *rd, check=0)
+    # the final table compares the base and the progressive model
+    assert "Table 1 style" in p.stdout and "base" in p.stdout and "progressive" in p.stdout
+    run = runs_dir / "e2e"
+    for f in ("schedule.json", "schedule.png", "eval.json", "models/base.pt", "models/progressive.pt",
+              "samples/base_s5_seed0.png", "samples/progressive_s5_seed0.png"):
+        assert (run / f).exists(), f
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(ev["models"]) == {"base", "progressive"}
+    assert ev["models"]["progressive"]["macs"] < ev["models"]["base"]["macs"]
+    jobs = _jobs(runs_dir, "e2e")
+    stages = [j["stage"] for j in jobs]
+    assert stages[:3] == ["pipeline", "base", "schedule"] and "eval" in stages
+    sched = json.loads((run / "schedule.json").read_text())
+    nonempty = [g["index"] for g in sched["groups"] if g["size"]]
+    assert sorted(j["group_index"] for j in jobs if j["stage"] == "finetune") == nonempty
+    assert all(j["status"] == "succeeded" and j["exit_code"] == 0 for j in jobs)
+    assert all(os.path.exists(j["log_path"]) for j in jobs if j["stage"] != "pipeline")
+    # metrics went to the store: base logged at steps 10, 20, 30
+    with _db(runs_dir) as con:
+        steps = [r[0] for r in con.execute("select step from metrics where run='e2e' and stage='base' and key='loss' "
+                                           "order by step")]
+        arts = {r[0]: r[1] for r in con.execute("select path, sha256 from artifacts where run='e2e'")}
+    assert steps == [10, 20, 30]
+    import hashlib
+
+    assert arts["models/base.pt"] == hashlib.sha256((run / "models/base.pt").read_bytes()).hexdigest()
+
+    lst = json.loads(run_cli("runs", "--json", *rd, check=0).stdout)
+    assert [(r["name"], r["status"], r["stages_done"]) for r in lst] == [("e2e", "succeeded", 7)]
+    show = json.loads(run_cli("show", "e2e", "--json", *rd, check=0).stdout)
+    for g in show["groups"]:
+        if g["size"]:
+            assert g["macs"] <= g["budget_macs"] * 1.0001 and g["finetuned"]
+    assert show["metrics_last"]["base"]["step"] == 30
+    cmp = json.loads(run_cli("compare", "e2e", "e2e", "--json", *rd, check=0).stdout)
+    assert [r["model"] for r in cmp["rows"]] == ["base", "progressive"] * 2 and cmp["config_differences"] == {}
+    base_job = next(j for j in jobs if j["stage"] == "base")
+    log = run_cli("logs", str(base_job["id"]), *rd, check=0).stdout
+    assert "step 30/30" in log and "succeeded (exit 0)" in log
+    assert "==> job" in run_cli("logs", "e2e", *rd, check=0).stdout
+
+    # bad input: one clear line, non-zero exit
+    assert_clean_error(run_cli("resume", "e2e", *rd))                       # finished
+    assert_clean_error(run_cli("resume", "nope", *rd))                      # unknown
+    assert_clean_error(run_cli("run", "--preset", "tiny", "--name", "e2e", *FAST, *rd))  # same name
+    assert_clean_error(run_cli("kill", str(base_job["id"]), *rd))           # finished job
+    assert_clean_error(run_cli("kill", "e2e", *rd))                         # nothing running
+    assert_clean_error(run_cli("logs", "nope", *rd))
+    bad = runs_dir / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    p = run_cli("run", str(bad), "--name", "bad", *rd)
+    assert_clean_error(p)
+    assert "stepz" in p.stderr and not (runs_dir / "bad").exists()
+
+
+def test_sigkill_mid_training_is_lost_then_resume_completes(runs_dir):
+    rd = ["--runs-dir", runs_dir]
+    p = run_cli("run", "--preset", "tiny", "--name", "crash", *FAST, "-S", "train.steps=300",
+                "-S", "train.ckpt_every=50", "--method", "none", "--detach", *rd, check=0)
+    assert "background" in p.stdout
+
+    def base_running():
+        js = [j for j in _jobs(runs_dir, "crash") if j["stage"] == "base"]
+        return js[0] if js and (js[0]["progress"] or 0) >= 120 else None
+
+    base = _wait(base_running, what="base training past step 120")
+    pipe = next(j for j in _jobs(runs_dir, "crash") if j["stage"] == "pipeline")
+    # a crash: the orchestrator and the training job die at once, without any chance to clean up
+    for j in (pipe, base):
+        os.killpg(j["pgid"], signal.SIGKILL)
+    _wait(lambda: not pid_alive(base["pid"]) and not pid_alive(pipe["pid"]), 30, "processes to die")
+    ckpt = torch.load(runs_dir / "crash" / "checkpoints" / "base.pt", weights_only=False)
+    assert 100 <= ckpt["step"] < 300
+
+    lst = json.loads(run_cli("runs", "--json", *rd, check=0).stdout)
+    assert lst[0]["status"] == "lost"
+    st = {j["stage"]: j["status"] for j in _jobs(runs_dir, "crash")}
+    assert st == {"pipeline": "lost", "base": "lost"}
+
+    p = run_cli("resume", "crash", *rd, check=0)
+    assert "resuming from step" in run_cli("logs", "crash", *rd, check=0).stdout
+    jobs = _jobs(runs_dir, "crash")
+    assert [j["status"] for j in jobs if j["stage"] == "base"] == ["lost", "succeeded"]
+    assert "prune" not in {j["stage"] for j in jobs}  # --method none
+    # nothing lost: every logged step exactly once, checkpoint and model complete
+    with _db(runs_dir) as con:
+        steps = [r[0] for r in con.execute("select step from metrics where run='crash' and stage='base' "
+                                           "and key='loss' order by step")]
+        run_status = con.execute("select status from runs where name='crash'").fetchone()[0]
+    assert steps == list(range(10, 301, 10))
+    assert torch.load(runs_dir / "crash" / "checkpoints" / "base.pt", weights_only=False)["step"] == 300
+    assert run_status == "succeeded"
+    lines = (runs_dir / "crash" / "metrics" / "base.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(10, 301, 10))
+
+
+def test_kill_stops_running_job_and_its_children(runs_dir):
+    rd = ["--runs-dir", runs_dir]
+    run_cli("run", "--preset", "tiny", "--name", "long", *FAST, "-S", "train.steps=100000", "--method", "none",
+            "--detach", *rd, check=0)
+
+    def base_started():
+        js = [j for j in _jobs(runs_dir, "long") if j["stage"] == "base"]
+        return js[0] if js and (js[0]["progress"] or 0) >= 5 else None
+
+    base = _wait(base_started, what="base training")
+    pipe = next(j for j in _jobs(runs_dir, "long") if j["stage"] == "pipeline")
+    p = run_cli("kill", "long", "--grace", "20", *rd, check=0)
+    assert "killed" in p.stdout
+    for j in (pipe, base):
+        assert not pid_alive(j["pid"]) and group_pids(j["pgid"]) == []
+    st = {j["stage"]: (j["status"], j["exit_code"]) for j in _jobs(runs_dir, "long")}
+    assert st["base"] == ("killed", 130)  # SIGINT: it checkpointed and exited 130
+    assert st["pipeline"][0] == "killed"
+    ck = torch.load(runs_dir / "long" / "checkpoints" / "base.pt", weights_only=False)
+    assert ck["step"] >= 5
+    assert json.loads(run_cli("runs", "--json", *rd, check=0).stdout)[0]["status"] == "killed"
+    assert_clean_error(run_cli("kill", str(base["id"]), *rd))
+
+
+WRITER = """
+import sys
+from core.store import open_store
+s = open_store(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    s.log_metrics([{"run": "w", "job": int(sys.argv[2]), "stage": "base", "group_index": None, "step": i,
+                    "key": "loss", "value": float(i), "time": 0.0}])
+"""
+
+READER = """
+import sys, time
+from core.store import open_store
+s = open_store(sys.argv[1])
+n, reads = 0, 0
+while n < int(sys.argv[2]):
+    n = len(s.metrics("w"))
+    reads += 1
+print(reads)
+"""
+
+
+def test_two_writers_and_a_reader_lose_nothing(runs_dir):
+    from core.store import open_store
+
+    open_store(runs_dir)  # migrate once
+    n = 300
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(runs_dir), str(k), str(n)], env=env)
+             for k in (1, 2)]
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(runs_dir), str(2 * n)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    out, _ = reader.communicate(timeout=120)
+    assert reader.returncode == 0 and int(out) >= 1
+    rows = open_store(runs_dir).metrics("w")
+    assert sorted((r["job"], r["step"]) for r in rows) == [(k, i) for k in (1, 2) for i in range(n)]

@@ -1,0 +1,175 @@
+"""`stepadapt tui` headless with App.run_test(), over a store written through the real store API."""
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Static
+
+from core import config as C
+from core.finetune import run_schedule
+from core.jobs import pid_alive, proc_start
+from core.runs import create_run
+from core.store import MIGRATIONS, Store, open_store
+from stepadapt_cli.tui import JobScreen, RunScreen, RunsScreen, StepadaptApp
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "run_screen.txt"
+MICRO = ["model.model_channels=16", "model.channel_mult=[1,2]", "model.attention_resolutions=[16]",
+         "diffusion.steps=100", "schedule.groups=3"]
+
+
+def _text(widget: Static) -> str:
+    return str(widget.content)
+
+
+def _rows(screen) -> list[list[str]]:
+    t = screen.query_one(DataTable)
+    return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
+
+
+async def _until(pilot, cond, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        await pilot.pause(0.1)
+        if cond():
+            return True
+    raise AssertionError("timed out waiting for the UI")
+
+
+@pytest.fixture
+def run_in_store(tmp_path):
+    """A run with its schedule, a base job done and group 0 fine-tuning, all through the real APIs."""
+    cfg = C.resolve("tiny", None, MICRO)
+    run = create_run(cfg, "live", tmp_path)
+    run_schedule(run)
+    store = open_store(tmp_path)
+    base = store.add_job({"run": "live", "stage": "base", "status": "running", "progress": 0, "total": 30})
+    store.update_job(base, progress=30)
+    store.finish_job(base, "succeeded", 0)
+    store.log_metrics([{"run": "live", "job": base, "stage": "base", "group_index": None, "step": s, "key": "loss",
+                        "value": v, "time": 0.0} for s, v in ((10, 0.9), (20, 0.5), (30, 0.3))])
+    # a real process stands in for the training job (a running job without a live process is marked lost)
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"],
+                            start_new_session=True)
+    time.sleep(0.2)
+    ft = store.add_job({"run": "live", "stage": "finetune", "group_index": 0, "status": "running", "progress": 10,
+                        "total": 150, "heartbeat": time.time(), "pid": proc.pid, "pgid": proc.pid,
+                        "proc_start": proc_start(proc.pid)})
+    yield tmp_path, store, ft, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_empty_and_missing_runs_dir(tmp_path):
+    async def go():
+        app = StepadaptApp(tmp_path / "nothing-here")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            assert isinstance(app.screen, RunsScreen)
+            assert "No runs in" in _text(app.screen.query_one("#message"))
+            assert "stepadapt run --preset tiny" in _text(app.screen.query_one("#message"))
+
+    asyncio.run(go())
+
+
+def test_store_of_an_older_schema_is_migrated(tmp_path):
+    import sqlite3
+
+    import sqlite_utils
+
+    db = sqlite_utils.Database(sqlite3.connect(tmp_path / "stepadapt.db"))
+    db["_migrations"].create({"name": str, "applied": str}, pk="name")
+    for name, fn in MIGRATIONS[:2]:  # the store as the proxy issue left it
+        fn(db)
+        db["_migrations"].insert({"name": name, "applied": "then"})
+    db.conn.commit()
+    db.conn.close()
+
+    async def go():
+        app = StepadaptApp(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            assert "No runs in" in _text(app.screen.query_one("#message"))
+
+    asyncio.run(go())
+    names = [r["name"] for r in Store(tmp_path / "stepadapt.db").db["_migrations"].rows]
+    assert names == [n for n, _ in MIGRATIONS]
+
+
+def test_group_rows_update_as_rows_are_written(run_in_store):
+    root, store, ft, proc = run_in_store
+
+    async def go():
+        app = StepadaptApp(root, poll=0.1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            assert [r[0] for r in _rows(app.screen)] == ["live"]
+            await pilot.press("enter")
+            await _until(pilot, lambda: isinstance(app.screen, RunScreen))
+            rows = {r[0]: r for r in _rows(app.screen)}
+            assert rows["0"][4] == "running" and rows["0"][5] == "10/150"
+            # another process's writes (here: another connection) show up without any key press
+            writer = Store(root / "stepadapt.db")
+            writer.update_job(ft, progress=75)
+            writer.log_metrics([{"run": "live", "job": ft, "stage": "finetune", "group_index": 0, "step": 75,
+                                 "key": "loss", "value": 0.25, "time": 0.0}])
+            await _until(pilot, lambda: {r[0]: r for r in _rows(app.screen)}["0"][5] == "75/150")
+            row = {r[0]: r for r in _rows(app.screen)}["0"]
+            assert row[6] == "#####-----" and row[7] == "0.2500"
+
+    asyncio.run(go())
+
+
+def test_run_screen_snapshot(run_in_store):
+    root, store, ft, proc = run_in_store
+
+    async def go():
+        app = StepadaptApp(root, "live")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _until(pilot, lambda: isinstance(app.screen, RunScreen) and _rows(app.screen))
+            scr = app.screen
+            t = scr.query_one(DataTable)
+            text = "\n".join([_text(scr.query_one("#stages")), _text(scr.query_one("#schedule")),
+                              " | ".join(str(c.label) for c in t.columns.values()),
+                              *(" | ".join(r) for r in _rows(scr))]) + "\n"
+            return text
+
+    text = asyncio.run(go())
+    if os.environ.get("UPDATE_SNAPSHOTS"):  # UPDATE_SNAPSHOTS=1 pytest tests/test_tui.py, then review the diff
+        SNAPSHOT.write_text(text)
+    assert text == SNAPSHOT.read_text()
+
+
+def test_kill_action_reaches_the_job_layer(run_in_store):
+    root, store, ft, proc = run_in_store
+    # a real process stands in for the training job
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"],
+                            start_new_session=True)
+    time.sleep(0.2)
+    store.update_job(ft, pid=proc.pid, pgid=proc.pid, proc_start=proc_start(proc.pid), heartbeat=time.time())
+
+    async def go():
+        app = StepadaptApp(root, "live", poll=0.1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _until(pilot, lambda: isinstance(app.screen, RunScreen) and _rows(app.screen))
+            # the job log screen of the selected group row, then kill with confirmation
+            t = app.screen.query_one(DataTable)
+            t.move_cursor(row=1)
+            await pilot.press("l")
+            await _until(pilot, lambda: isinstance(app.screen, JobScreen))
+            await pilot.press("k")
+            await pilot.pause(0.2)
+            await pilot.press("n")  # no: nothing happens
+            await pilot.pause(0.3)
+            assert Store(root / "stepadapt.db").job(ft)["status"] == "running"
+            await pilot.press("k")
+            await pilot.pause(0.2)
+            await pilot.press("y")
+            await _until(pilot, lambda: Store(root / "stepadapt.db").job(ft)["status"] == "killed", 20)
+
+    asyncio.run(go())
+    assert proc.wait(timeout=10) != 0  # it was interrupted, not finished
+    assert not pid_alive(proc.pid)
