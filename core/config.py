@@ -92,7 +92,7 @@ PRESETS: dict[str, dict] = {
         finetune={"steps": 150, "lr": 1e-4, "batch_size": 32, "ema_decay": 0.99},
         sample={"steps": 50, "n": 64, "batch_size": 64},
         prune={"rounds": 3},
-        eval={"fid_n": 256, "steps": 50},
+        eval={"fid_n": 256, "steps": 25},
     ),
 }
 

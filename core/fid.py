@@ -6,7 +6,7 @@ Two feature extractors:
   or ``eval.inception``, through clean-fid's ``InceptionV3W`` wrapper and its "clean" resize to 299 px.
   Comparable to published FID when computed on 50k samples against the full training set.
 * **Domain features** (offline): a small CNN trained here on the dataset's labels and cached per dataset
-  (``RUNS_DIR/.cache/features/``); its penultimate layer is the feature space. The number it gives is
+  (``RUNS_DIR/.cache/features/``, or ``$STEPADAPT_CACHE``); its penultimate layer is the feature space. The number it gives is
   labelled "domain FID" everywhere: it ranks models on one dataset, it is not comparable to published FID.
 
 Reference statistics (mean and covariance of the reference features) are cached per dataset and extractor
@@ -30,7 +30,8 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 
 
 def cache_dir(runs_dir) -> Path:
-    return Path(runs_dir) / ".cache"
+    """``$STEPADAPT_CACHE``, else ``RUNS_DIR/.cache``: feature nets and reference statistics."""
+    return Path(os.environ.get("STEPADAPT_CACHE") or Path(runs_dir) / ".cache")
 
 
 def dataset_key(data, cfg: dict) -> str:
@@ -75,7 +76,7 @@ class _Features(nn.Module):
         return self.net.features(x)
 
 
-def train_domain_net(data, cfg: dict, epochs: int = 4, batch_size: int = 128, seed: int = 0, device="cpu",
+def train_domain_net(data, cfg: dict, epochs: int = 3, batch_size: int = 128, seed: int = 0, device="cpu",
                      log: Callable[[str], None] = print) -> tuple[DomainNet, dict]:
     labels = getattr(data, "labels", None)
     if labels is None:
@@ -90,6 +91,7 @@ def train_domain_net(data, cfg: dict, epochs: int = 4, batch_size: int = 128, se
     perm = torch.randperm(len(data), generator=g)
     n_val = max(1, len(data) // 10)
     val, tr = perm[:n_val], perm[n_val:]
+    epochs = max(epochs, -(-12000 // len(tr)))  # small datasets: at least ~12k images seen
     net = DomainNet(cfg["model"]["in_channels"], classes).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     for ep in range(epochs):
@@ -171,8 +173,12 @@ def inception_extractor(path, runs_dir, device="cpu") -> tuple[nn.Module, dict]:
         here.parent.mkdir(parents=True, exist_ok=True)
         if not here.exists():
             os.symlink(src.resolve(), here)
+    import warnings
+
     try:
-        ext = _Inception(here).to(device).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice: the file is TorchScript
+            ext = _Inception(here).to(device).eval()
     except Exception as e:
         raise UserError(f"cannot load the Inception file {src}: not the TorchScript {INCEPTION_FILE} "
                         f"({type(e).__name__})") from None

@@ -106,16 +106,18 @@ def _now() -> str:
 
 
 # -- launching ---------------------------------------------------------------------------------------
-def child_env(device: Optional[str]) -> dict:
+def child_env(device: Optional[str], threads: Optional[int] = None) -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    if threads:  # CPU jobs side by side share the cores instead of each using all of them
+        env["OMP_NUM_THREADS"] = env["STEPADAPT_THREADS"] = str(threads)
     if device and device.startswith("cuda:"):
         env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
     return env
 
 
 def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Optional[dict] = None,
-           device: str = "cpu", nproc: int = 1) -> tuple[int, subprocess.Popen]:
+           device: str = "cpu", nproc: int = 1, threads: Optional[int] = None) -> tuple[int, subprocess.Popen]:
     """Start ``stage`` (of ``group``) of ``run`` as a worker subprocess in its own process group."""
     job_id = store.add_job({"run": run.name, "stage": stage, "group_index": group, "args": args or {},
                             "device": device})
@@ -132,7 +134,7 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
     else:
         cmd = [sys.executable, *worker]
-    env = child_env(device)
+    env = child_env(device, threads)
     try:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True, env=env, cwd=os.getcwd())

@@ -11,6 +11,7 @@ holds what a worker process does for each stage.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -311,10 +312,14 @@ class Pipeline:
         failed = []
         if stage not in GROUP_STAGES:
             free = free[:1]
+        threads = None
+        if free[0] == "cpu" and len(free) > 1 and stage in GROUP_STAGES:
+            threads = max(1, (os.cpu_count() or 1) // min(len(free), len(todo)))
         while todo or self.active:
             while todo and free and not failed:
                 unit, slot = todo.pop(0), free.pop(0)
-                job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot)
+                job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
+                                      threads=threads)
                 self.active[job_id] = (proc, slot)
                 self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} "
                          f"(pid {proc.pid})")

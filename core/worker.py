@@ -81,7 +81,7 @@ def _work(store, job, a, hb) -> None:
     from .train import pick_device
 
     run = open_run(job["run"], a.runs_dir)
-    threads = run.config["train"].get("threads")
+    threads = os.environ.get("STEPADAPT_THREADS") or run.config["train"].get("threads")
     if threads:
         import torch
 

@@ -1,12 +1,15 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# one cache of feature nets and FID statistics for the whole session (the domain net trains once)
+os.environ.setdefault("STEPADAPT_CACHE", tempfile.mkdtemp(prefix="stepadapt-cache-"))
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -18,8 +18,12 @@ def digits():
     return cfg, load_dataset(cfg, split="all")
 
 
-def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digits, tmp_path):
-    cfg, data = digits
+def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digits, tmp_path, monkeypatch):
+    from core.data import Subset
+
+    monkeypatch.delenv("STEPADAPT_CACHE")  # this test's own cache: RUNS_DIR/.cache
+    cfg, full = digits
+    data = Subset(full, torch.arange(2000), "-first2000")  # a dataset of its own: the net is trained here, then cached
     logs = []
     ext, info = make_extractor(cfg, data, tmp_path, log=logs.append)
     assert info["kind"].startswith("domain FID") and not info["cached"]

@@ -1,0 +1,111 @@
+"""Sampling speed: base vs progressive model of one run, same batch, same steps, one process.
+
+    python bench/sampling.py [--run RUN] [--runs-dir DIR] [--batch 64] [--steps 50] [--repeats 3]
+
+Without --run, the newest run in the runs folder that has a progressive model is used. Prints and writes
+bench/results/sampling.{json,md}: images/s of each model, the time ratio (progressive / base) and the MACs
+ratio (progressive / base, averaged over the steps sampled): the limit the time ratio should approach.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def newest_run(root: Path) -> Path:
+    runs = sorted((p for p in root.iterdir() if (p / "models" / "progressive.pt").exists()),
+                  key=lambda p: (p / "models" / "progressive.pt").stat().st_mtime)
+    if not runs:
+        sys.exit(f"no run with a progressive model in {root}; run `make demo` first")
+    return runs[-1]
+
+
+def main() -> None:
+    from core.diffusion import create_diffusion
+    from core.macs import count, progressive_cost
+    from core.progressive import load_progressive
+    from core.respace import respaced
+    from core.runs import Run, runs_root
+    from core.train import pick_device
+    from core.unet import load_unet
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default=None)
+    ap.add_argument("--runs-dir", default=None)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--name", default="sampling")
+    a = ap.parse_args()
+
+    root = runs_root(a.runs_dir)
+    run = Run(root / a.run) if a.run else Run(newest_run(root))
+    dev = pick_device(a.device)
+    cfg = run.config
+    m = cfg["model"]
+    models = {"base": load_unet(run.model("base"), dev), "progressive": load_progressive(run.model("progressive"), dev)}
+    proc = respaced(create_diffusion(cfg), a.steps)
+    shape = (a.batch, m["in_channels"], m["image_size"], m["image_size"])
+    base_macs = count(models["base"], m["image_size"], m["in_channels"])
+    prog_cost = progressive_cost(models["progressive"], m["image_size"], m["in_channels"], a.steps)
+
+    def once(model) -> float:
+        g = torch.Generator(device=dev).manual_seed(0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            proc.sample(model, shape, method="ancestral", generator=g, device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for model in models.values():  # warm-up
+        once(model)
+    times = {k: [] for k in models}
+    for _ in range(a.repeats):  # interleaved, so drifts in machine load hit both alike
+        for k, model in models.items():
+            times[k].append(once(model))
+    best = {k: min(v) for k, v in times.items()}
+    macs_ratio = prog_cost["avg_sampled"]["macs"] / base_macs["macs"]
+    macs_attn_ratio = ((prog_cost["avg_sampled"]["macs"] + prog_cost["avg_sampled"]["attn_macs"])
+                       / (base_macs["macs"] + base_macs["attn_macs"]))
+    time_ratio = best["progressive"] / best["base"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        sha = "?"
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU {platform.machine()}"
+    res = {"run": run.name, "preset": cfg["preset"], "batch": a.batch, "steps": a.steps, "repeats": a.repeats,
+           "device": device_name, "threads": torch.get_num_threads(), "commit": sha,
+           "seconds": times, "images_per_s": {k: a.batch / v for k, v in best.items()},
+           "time_ratio": time_ratio, "macs_ratio": macs_ratio, "macs_ratio_with_attention": macs_attn_ratio,
+           "time_vs_macs": time_ratio / macs_ratio}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = (f"Sampling speed, run `{run.name}` (preset `{cfg['preset']}`), batch {a.batch}, {a.steps} respaced steps, "
+          f"ancestral, best of {a.repeats} interleaved repeats; {device_name}, {res['threads']} threads, commit {sha}.\n\n"
+          "| model | images/s | s per batch | MACs per step, avg over the steps (G) |\n|---|---|---|---|\n"
+          f"| base | {res['images_per_s']['base']:.2f} | {best['base']:.2f} | {base_macs['macs'] / 1e9:.4f} |\n"
+          f"| progressive | {res['images_per_s']['progressive']:.2f} | {best['progressive']:.2f} | "
+          f"{prog_cost['avg_sampled']['macs'] / 1e9:.4f} |\n\n"
+          f"Time ratio (progressive / base) **{time_ratio:.3f}** vs MACs ratio **{macs_ratio:.3f}** "
+          f"({macs_attn_ratio:.3f} with attention matmuls): time/MACs = {time_ratio / macs_ratio:.3f}.\n")
+    (out / f"{a.name}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
