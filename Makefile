@@ -6,7 +6,7 @@ BIN   := $(VENV)/bin
 # e.g. make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,15 @@ demo: venv
 
 test: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=10
+
+# every benchmark (hours on 2 CPU cores), then the README tables
+bench: venv
+	$(BIN)/python bench/training.py
+	test -f runs/bench-tiny/models/progressive.pt || $(BIN)/stepadapt run --preset tiny --parallel 2 --name bench-tiny
+	$(BIN)/python bench/sampling.py --run bench-tiny
+	$(BIN)/python bench/two_stage.py
+	$(BIN)/python bench/proxy_vs_baselines.py
+	$(BIN)/python bench/readme.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

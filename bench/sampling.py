@@ -71,6 +71,27 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    # control: a dense model of the same architecture, uniformly narrower (clean channel counts), with MACs
+    # near the progressive average: shows how this hardware scales time with MACs at these widths
+    from core.unet import build_unet
+
+    arch = dict(m)
+    best_ctrl = None
+    for ch in range(arch["norm_groups"], arch["model_channels"], arch["norm_groups"]):
+        if any(ch * x % arch["num_heads"] for x in arch["channel_mult"]):
+            continue
+        cand = build_unet({**arch, "model_channels": ch}).eval().to(dev)
+        r = count(cand, m["image_size"], m["in_channels"])["macs"] / base_macs["macs"]
+        if best_ctrl is None or abs(r - prog_cost["avg_sampled"]["macs"] / base_macs["macs"]) < abs(best_ctrl[1] - prog_cost["avg_sampled"]["macs"] / base_macs["macs"]):
+            best_ctrl = (ch, r, cand)
+    if best_ctrl is not None:
+        models[f"dense {best_ctrl[0]} ch (control)"] = best_ctrl[2]
+
+    class Zero(torch.nn.Module):  # the sampler's own cost per step: a model that costs nothing
+        def forward(self, x, t):
+            return torch.zeros((x.shape[0], models["base"].out_channels, *x.shape[2:]), device=x.device)
+
+    models["no model (sampler only)"] = Zero()
     for model in models.values():  # warm-up
         once(model)
     times = {k: [] for k in models}
@@ -82,6 +103,12 @@ def main() -> None:
     macs_attn_ratio = ((prog_cost["avg_sampled"]["macs"] + prog_cost["avg_sampled"]["attn_macs"])
                        / (base_macs["macs"] + base_macs["attn_macs"]))
     time_ratio = best["progressive"] / best["base"]
+    sampler = best["no model (sampler only)"]
+    net_ratio = (best["progressive"] - sampler) / (best["base"] - sampler)
+    ctrl = None
+    if best_ctrl is not None:
+        key = f"dense {best_ctrl[0]} ch (control)"
+        ctrl = {"channels": best_ctrl[0], "macs_ratio": best_ctrl[1], "time_ratio": best[key] / best["base"]}
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -91,18 +118,25 @@ def main() -> None:
            "device": device_name, "threads": torch.get_num_threads(), "commit": sha,
            "seconds": times, "images_per_s": {k: a.batch / v for k, v in best.items()},
            "time_ratio": time_ratio, "macs_ratio": macs_ratio, "macs_ratio_with_attention": macs_attn_ratio,
-           "time_vs_macs": time_ratio / macs_ratio}
+           "time_vs_macs": time_ratio / macs_ratio, "sampler_share_of_base": sampler / best["base"],
+           "model_time_ratio": net_ratio, "control": ctrl}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = (f"Sampling speed, run `{run.name}` (preset `{cfg['preset']}`), batch {a.batch}, {a.steps} respaced steps, "
           f"ancestral, best of {a.repeats} interleaved repeats; {device_name}, {res['threads']} threads, commit {sha}.\n\n"
-          "| model | images/s | s per batch | MACs per step, avg over the steps (G) |\n|---|---|---|---|\n"
-          f"| base | {res['images_per_s']['base']:.2f} | {best['base']:.2f} | {base_macs['macs'] / 1e9:.4f} |\n"
-          f"| progressive | {res['images_per_s']['progressive']:.2f} | {best['progressive']:.2f} | "
-          f"{prog_cost['avg_sampled']['macs'] / 1e9:.4f} |\n\n"
+          "| model | images/s | s per batch | time / base | MACs / base |\n|---|---|---|---|---|\n"
+          f"| base | {res['images_per_s']['base']:.2f} | {best['base']:.2f} | 1.000 | 1.000 |\n"
+          f"| progressive | {res['images_per_s']['progressive']:.2f} | {best['progressive']:.2f} | {time_ratio:.3f} | "
+          f"{macs_ratio:.3f} |\n"
+          + (f"| dense, {ctrl['channels']} channels (control) | {a.batch / best[key]:.2f} | {best[key]:.2f} | "
+             f"{ctrl['time_ratio']:.3f} | {ctrl['macs_ratio']:.3f} |\n" if ctrl else "")
+          + f"| no model (the sampler's own work) | - | {sampler:.2f} | {sampler / best['base']:.3f} | 0 |\n\n"
           f"Time ratio (progressive / base) **{time_ratio:.3f}** vs MACs ratio **{macs_ratio:.3f}** "
-          f"({macs_attn_ratio:.3f} with attention matmuls): time/MACs = {time_ratio / macs_ratio:.3f}.\n")
+          f"({macs_attn_ratio:.3f} with attention matmuls): time/MACs = {time_ratio / macs_ratio:.3f}; "
+          f"model time only (sampler's share removed): {net_ratio:.3f}."
+          + (f" The dense control shows this device's own scaling at these widths: time/MACs = "
+             f"{ctrl['time_ratio'] / ctrl['macs_ratio']:.3f}.\n" if ctrl else "\n"))
     (out / f"{a.name}.md").write_text(md)
     print(md)
 

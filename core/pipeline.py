@@ -318,8 +318,13 @@ class Pipeline:
         while todo or self.active:
             while todo and free and not failed:
                 unit, slot = todo.pop(0), free.pop(0)
-                job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
-                                      threads=threads)
+                gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
+                if stage == "base" and len(gpus) > 1:  # stage 1 on every GPU: torchrun, DDP
+                    job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cuda"},
+                                          device="cuda:" + ",".join(gpus), nproc=len(gpus))
+                else:
+                    job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
+                                          threads=threads)
                 self.active[job_id] = (proc, slot)
                 self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} "
                          f"(pid {proc.pid})")

@@ -47,6 +47,9 @@ class TrainSpec:
     ckpt_every: int = 1000
     bf16: bool = True
     workers: int = 0
+    channels_last: bool = True         # CUDA only
+    compile: bool = False              # torch.compile the forward/backward
+    accum: int = 1                     # micro-batches per optimiser step (batch_size is the total)
     timesteps: Optional[list[int]] = None  # None: all T
     extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
 
@@ -59,6 +62,7 @@ def base_spec(run, cfg: dict, steps: Optional[int] = None, **changes) -> TrainSp
         steps=t["steps"] if steps is None else steps, batch_size=t["batch_size"], lr=t["lr"],
         ema_decay=t["ema_decay"], seed=cfg["seed"], weight_decay=t["weight_decay"], grad_clip=t["grad_clip"],
         log_every=t["log_every"], ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"],
+        channels_last=t["channels_last"], compile=t["compile"], accum=t["accum"],
         extra={"arch": cfg["model"], "stage": "base"},
     )
     for key, val in changes.items():
@@ -80,6 +84,32 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     e = [p for p in ema.parameters()]
     m = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(e, m, 1.0 - decay)
+
+
+def _distributed():
+    """(torch.distributed, rank, world size) when a process group is up, else (None, 0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+def init_distributed() -> Optional[torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; returns this rank's device, else None."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
 
 
 def _step_seed(seed: int, step: int, salt: int) -> int:
@@ -158,13 +188,26 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
     """Train ``model`` per ``spec``; returns the final metrics. Writes ckpt, metrics and the EMA model.
 
     Hooks: ``on_start(step)`` once with the step training starts from (0, or the checkpoint's),
-    ``on_step(done, total)`` after every step, ``on_log(record)`` with every logged record."""
+    ``on_step(done, total)`` after every step, ``on_log(record)`` with every logged record.
+
+    Under ``torch.distributed`` (torchrun), every rank takes an equal slice of each step's batch (the batch,
+    timesteps and noise are the same functions of (seed, step) as on one device, so the gradient is the
+    same mean), gradients are averaged by DDP, and only rank 0 writes files and calls the hooks.
+    On CUDA: bf16 autocast, channels-last, fused AdamW; ``spec.compile`` compiles the model;
+    ``spec.accum`` splits each step's batch into micro-batches."""
     import copy
 
     device = torch.device(device)
-    model.to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    dist, rank, world = _distributed()
+    main = rank == 0
+    if not main:
+        on_log = on_start = on_step = None
+        progress = False
     cuda = device.type == "cuda"
+    model.to(device)
+    if cuda and spec.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay,
                             fused=True if cuda else None)
     start = 0
@@ -182,7 +225,8 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
         torch.set_rng_state(state["rng"]["torch"])
         if cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        _truncate_metrics(spec.metrics, start)
+        if main:
+            _truncate_metrics(spec.metrics, start)
     else:
         torch.manual_seed(spec.seed)
 
@@ -193,12 +237,21 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
     spec.metrics.parent.mkdir(parents=True, exist_ok=True)
 
     def save(step):
+        if not main:
+            return
         atomic_torch_save({
             "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None},
             "spec": {k: str(v) if isinstance(v, Path) else v for k, v in spec.__dict__.items()},
         }, spec.ckpt)
 
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if spec.compile:
+        net = torch.compile(net)
     bar = _Progress(spec.name, start, spec.steps, progress)
     last = {"step": start}
     acc = torch.zeros(3, device=device)
@@ -215,21 +268,37 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
                 gen_dev.manual_seed(_step_seed(spec.seed, step, 2))
                 t = sampler.sample(x0.shape[0], gen_cpu, device)
                 noise = torch.randn(x0.shape, generator=gen_dev, device=device)
-                with autocast:
-                    terms = diffusion.training_losses(model, x0, t, noise)
-                loss = terms["loss"].mean()
+                if world > 1:  # this rank's slice of the step's batch
+                    x0, t, noise = x0[rank::world], t[rank::world], noise[rank::world]
+                if cuda and spec.channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                    noise = noise.contiguous(memory_format=torch.channels_last)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                k = max(1, min(spec.accum, x0.shape[0]))
+                parts = list(zip(x0.tensor_split(k), t.tensor_split(k), noise.tensor_split(k)))
+                loss = mse = vb = 0.0
+                for i, (xc, tc, nc) in enumerate(parts):
+                    w = xc.shape[0] / x0.shape[0]
+                    sync = (world > 1 and i < len(parts) - 1)
+                    with (net.no_sync() if sync and hasattr(net, "no_sync") else contextlib.nullcontext()), autocast:
+                        terms = diffusion.training_losses(net, xc, tc, nc)
+                        part = terms["loss"].mean() * w
+                    part.backward()
+                    loss = loss + part.detach()
+                    mse = mse + terms["mse"].mean().detach() * w
+                    vb = vb + terms.get("vb", torch.zeros_like(part)).mean().detach() * w
                 if spec.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
                 opt.step()
                 ema_update(ema, model, spec.ema_decay)
-                acc += torch.stack([loss.detach(), terms["mse"].mean().detach(),
-                                    terms.get("vb", torch.zeros_like(loss)).mean().detach()])
+                acc += torch.stack([loss, mse, vb])
                 n_acc += 1
                 done = step + 1
                 logged = done % spec.log_every == 0 or done == spec.steps
                 if logged:
+                    if world > 1:  # the mean over every rank's slice
+                        dist.all_reduce(acc)
+                        acc /= world
                     vals = (acc / n_acc).tolist()
                     now = time.time()
                     rec = {"step": done, "loss": vals[0], "mse": vals[1], "vb": vals[2],
@@ -237,8 +306,9 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
                     if not all(math.isfinite(v) for v in vals):
                         raise UserError(f"{spec.name}: loss became {vals[0]} at step {done}; "
                                         f"last good checkpoint: {spec.ckpt}")
-                    with spec.metrics.open("a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                    if main:
+                        with spec.metrics.open("a") as f:
+                            f.write(json.dumps(rec) + "\n")
                     last = rec
                     if on_log:
                         on_log(rec)
@@ -249,7 +319,12 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
                 bar.update(done, f"loss {last.get('loss', float('nan')):.4f} {last.get('it_s', 0):.1f} it/s", logged)
                 if done % spec.ckpt_every == 0 and done != spec.steps:
                     save(done)
-                if stop.signum is not None:
+                stopping = stop.signum is not None
+                if world > 1:  # every rank stops at the same step (the signal may reach them apart)
+                    flag = torch.tensor([float(stopping)], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stopping = bool(flag.item())
+                if stopping:
                     save(done)
                     raise Interrupted(f"{spec.name}: stopped by signal at step {done}; "
                                       f"checkpoint saved, continue with --resume")
@@ -257,7 +332,10 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
                 save(spec.steps)
     finally:
         bar.close()
-    atomic_torch_save({"state": ema.state_dict(), "step": spec.steps, **spec.extra}, spec.model_out)
+    if main:
+        atomic_torch_save({"state": ema.state_dict(), "step": spec.steps, **spec.extra}, spec.model_out)
+    if world > 1:
+        dist.barrier()
     last = dict(last)
     last["elapsed_s"] = time.time() - t0
     return last

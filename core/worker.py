@@ -97,9 +97,13 @@ def _work(store, job, a, hb) -> None:
 
         Pipeline(run, store, args["slots"], grace=args.get("grace", 10.0), say=say).execute()
         return
-    ctx = WorkContext(run, store, job, pick_device(args.get("device", "auto")), hb or _NoBeat(),
-                      log=lambda s: print(s, flush=True))
+    from .train import init_distributed
+
+    device = init_distributed() or pick_device(args.get("device", "auto"))  # torchrun: this rank's GPU
+    ctx = WorkContext(run, store, job, device, hb or _NoBeat(), log=lambda s: print(s, flush=True))
     STAGE_WORK[job["stage"]](ctx)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     for path, kind in ctx.artifacts:
         path = Path(path)
         if path.exists():

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from core import config as C
@@ -83,3 +84,51 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     run_cli("train", "--run", "sig", "--runs-dir", runs_dir, "--resume", "--steps", stopped + 2, check=0)
     assert torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)["step"] == stopped + 2
     assert (runs_dir / "sig" / "models" / "base.pt").exists()
+
+
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+import pytest
+import torch
+torch.set_num_threads(1)
+from core import config as C
+from core.data import load_dataset
+from core.diffusion import create_diffusion
+from core.train import TrainSpec, init_distributed, train
+from core.unet import build_unet
+
+out, accum = Path(sys.argv[1]), int(sys.argv[2])
+dev = init_distributed() or torch.device("cpu")
+cfg = C.resolve("tiny", None, ["model.model_channels=16", "model.channel_mult=[1,2]",
+                               "model.attention_resolutions=[16]", "diffusion.steps=100"])
+spec = TrainSpec(name="base", ckpt=out / "ck.pt", model_out=out / "m.pt", metrics=out / "m.jsonl", steps=3,
+                 batch_size=8, lr=1e-3, ema_decay=0.5, seed=0, log_every=1, ckpt_every=100, accum=accum)
+train(spec, build_unet(cfg["model"], seed=0), create_diffusion(cfg), load_dataset(cfg), device=dev, progress=False)
+"""
+
+
+def test_ddp_on_two_ranks_and_grad_accumulation_match_one_process(tmp_path):
+    """torchrun with 2 CPU ranks (gloo) and accum=2 both train the same weights as one process, batch 8."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    runs = {"one": [sys.executable, str(script)],
+            "accum": [sys.executable, str(script)],
+            "ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]}
+    for name, cmd in runs.items():
+        (tmp_path / name).mkdir()
+        p = subprocess.run([*cmd, str(tmp_path / name), "2" if name == "accum" else "1"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+    ref = torch.load(tmp_path / "one" / "m.pt", weights_only=False)["state"]
+    for name in ("accum", "ddp"):
+        got = torch.load(tmp_path / name / "m.pt", weights_only=False)["state"]
+        for k in ref:
+            assert torch.allclose(ref[k], got[k], atol=2e-4), (name, k, (ref[k] - got[k]).abs().max())
+        losses = [json.loads(line)["loss"] for line in (tmp_path / name / "m.jsonl").read_text().splitlines()]
+        ref_losses = [json.loads(line)["loss"] for line in (tmp_path / "one" / "m.jsonl").read_text().splitlines()]
+        assert losses == pytest.approx(ref_losses, rel=1e-4)
+    # weights moved: the comparison is not between two untouched models
+    init = torch.load(tmp_path / "one" / "ck.pt", weights_only=False)["model"]
+    assert any(not torch.allclose(init[k], ref[k]) for k in ref if ref[k].is_floating_point())
