@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/stepadapt run --preset tiny --parallel 2 --name demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/stepadapt run --preset tiny --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=10

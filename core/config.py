@@ -92,7 +92,7 @@ PRESETS: dict[str, dict] = {
         data={"spec": "digits", "flip": False, "workers": 0},
         train={"steps": 1500, "batch_size": 32, "lr": 2e-4, "ema_decay": 0.995, "log_every": 50,
                "ckpt_every": 500, "threads": 0},
-        finetune={"steps": 150, "lr": 1e-4, "batch_size": 32, "ema_decay": 0.99},
+        finetune={"steps": 100, "lr": 1e-4, "batch_size": 32, "ema_decay": 0.99},
         sample={"steps": 50, "n": 64, "batch_size": 64},
         prune={"rounds": 3},
         eval={"fid_n": 256, "steps": 25},

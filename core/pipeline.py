@@ -237,8 +237,13 @@ def _work_sample(ctx: WorkContext) -> None:
 def _work_eval(ctx: WorkContext) -> None:
     from .eval import evaluate_run
 
+    from .report import write_report
+
     evaluate_run(ctx.run, ctx.device, log=ctx.log, progress=lambda d, t: ctx.heartbeat.set(progress=d, total=t))
     ctx.produced(ctx.run.path / "eval.json", "eval")
+    html, _ = write_report(ctx.run, [], ctx.run.path / "report")
+    ctx.log(f"report: {html}")
+    ctx.produced(html, "report")
 
 
 STAGE_WORK: dict[str, Callable[[WorkContext], None]] = {

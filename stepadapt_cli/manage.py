@@ -94,6 +94,9 @@ def _execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> Non
         if view:
             view.stop()
     _print_comparison([run])
+    report = run.path / "report" / "index.html"
+    if report.exists():
+        click.echo(f"report: {report}   (stepadapt show {run.name}; stepadapt tui {run.name})")
 
 
 def _pipeline_options(f):

@@ -69,7 +69,7 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     assert "resuming from step" in run_cli("logs", "e2e", *rd, check=0).stdout
     run = runs_dir / "e2e"
     for f in ("schedule.json", "schedule.png", "eval.json", "models/base.pt", "models/progressive.pt",
-              "samples/base_s5_seed0.png", "samples/progressive_s5_seed0.png"):
+              "samples/base_s5_seed0.png", "samples/progressive_s5_seed0.png", "report/index.html"):
         assert (run / f).exists(), f
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev["models"]) == {"base", "progressive"}
