@@ -83,19 +83,6 @@ def pending(run: Run, stage: str) -> list[Optional[int]]:
     raise ValueError(stage)
 
 
-def progress_summary(run: Run) -> dict[str, str]:
-    """Stage -> done | pending (n left) for listings."""
-    out = {}
-    for st in STAGES:
-        try:
-            left = pending(run, st)
-        except (OSError, json.JSONDecodeError, KeyError):
-            out[st] = "waiting"
-            continue
-        out[st] = "done" if not left else (f"{len(left)} groups left" if st in GROUP_STAGES else "to do")
-    return out
-
-
 # -- what a worker does ------------------------------------------------------------------------------
 @dataclass
 class WorkContext:

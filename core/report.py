@@ -94,7 +94,10 @@ def plot_proxy(rounds: list[dict], full_macs: float, path: Path) -> bool:
     ax.set_xlabel("proxy round")
     ax.set_ylabel("held-out loss of the candidate")
     ax.set_title("proxy rounds (circled: the chosen candidate)")
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no candidate was measured (every answer rejected)", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -229,8 +229,21 @@ def _eval_of(run) -> dict:
         return {}
 
 
+def _stages(store, run) -> dict:
+    """Stage -> done | running | pending | failed | killed | lost | skipped, from files and job rows only
+    (no checkpoint is loaded, so listing many large runs stays fast)."""
+    from core.monitor import stage_status
+
+    sched = run.path / "schedule.json"
+    try:
+        data = json.loads(sched.read_text()) if sched.exists() else None
+    except json.JSONDecodeError:
+        data = None
+    return stage_status(run, run.config, store.jobs(run.name), data)
+
+
 def _run_summary(store, name: str, runs_dir) -> dict:
-    from core.pipeline import STAGES, progress_summary
+    from core.pipeline import STAGES
     from core.runs import open_run
 
     row = store.get_run(name) or {}
@@ -239,12 +252,12 @@ def _run_summary(store, name: str, runs_dir) -> dict:
     except UserError:
         return {"name": name, "status": "missing", "folder": None}
     cfg = run.config
-    stages = progress_summary(run)
+    stages = _stages(store, run)
     ev = _eval_of(run).get("models", {})
     out = {"name": name, "status": row.get("status", "created"), "preset": cfg.get("preset"),
            "method": cfg["prune"]["method"], "config_hash": row.get("config_hash"), "seed": cfg.get("seed"),
            "created": row.get("created"), "ended": row.get("ended"), "parent": row.get("parent"),
-           "stages_done": sum(v == "done" for v in stages.values()), "stages_total": len(STAGES),
+           "stages_done": sum(v in ("done", "skipped") for v in stages.values()), "stages_total": len(STAGES),
            "folder": str(run.path)}
     for model in ("base", "progressive"):
         if model in ev:
@@ -295,8 +308,6 @@ def runs_cmd(as_json, runs_dir):
 
 
 def _show_data(store, run, runs_dir) -> dict:
-    from core.pipeline import progress_summary
-
     summary = _run_summary(store, run.name, runs_dir)
     groups = []
     sched_path = run.path / "schedule.json"
@@ -323,7 +334,7 @@ def _show_data(store, run, runs_dir) -> dict:
         last[key]["step"] = m["step"]
     jobs = [{k: j[k] for k in ("id", "stage", "group_index", "status", "pid", "device", "exit_code", "started",
                                "ended", "progress", "total", "message", "log_path")} for j in store.jobs(run.name)]
-    return {"run": summary, "meta": run.meta, "stages": progress_summary(run), "groups": groups, "jobs": jobs,
+    return {"run": summary, "meta": run.meta, "stages": _stages(store, run), "groups": groups, "jobs": jobs,
             "metrics_last": last, "artifacts": store.artifacts(run.name), "eval": _eval_of(run)}
 
 
