@@ -33,6 +33,16 @@ def region_losses(model, diffusion: GaussianDiffusion, images: torch.Tensor, reg
     return out
 
 
+def load_eval(run) -> dict:
+    """``RUN/eval.json``, or {} when the run has not been evaluated (or the file is unreadable)."""
+    import json
+
+    try:
+        return json.loads((run.path / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def eval_images(cfg: dict, n: int, seed: int = 0) -> torch.Tensor:
     """Images to measure losses on: the held-out split when ``data.holdout`` is set, else a fixed subset."""
     from .data import load_dataset, split_holdout
@@ -57,7 +67,6 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=("base", "p
     with ``steps`` respaced steps, params and MACs averaged over timesteps, and held-out loss per group.
     Merged into ``RUN/eval.json`` (an FID computed with the same n, steps and extractor is reused)."""
     import datetime as _dt
-    import json
 
     from .data import load_dataset
     from .diffusion import create_diffusion
@@ -83,12 +92,7 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=("base", "p
         raise UserError(f"run {run.name} has no trained model to evaluate ({', '.join(models)}); "
                         f"train it first (stepadapt run / stepadapt resume {run.name})")
     path = run.path / "eval.json"
-    out = {}
-    if path.exists():
-        try:
-            out = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            out = {}
+    out = load_eval(run)
     out.setdefault("models", {})
     sched = run_schedule(run)
     diffusion = create_diffusion(cfg)

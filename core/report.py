@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .eval import load_eval
 from .runs import Run
 
 
@@ -28,14 +29,6 @@ def _read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
-
-
-def _eval(run: Run) -> dict:
-    p = run.path / "eval.json"
-    try:
-        return json.loads(p.read_text()) if p.exists() else {}
-    except json.JSONDecodeError:
-        return {}
 
 
 def plot_losses(run: Run, path: Path) -> bool:
@@ -107,7 +100,7 @@ def plot_proxy(rounds: list[dict], full_macs: float, path: Path) -> bool:
 def plot_fid_macs(runs: list[Run], path: Path) -> bool:
     pts = []
     for r in runs:
-        for model, row in _eval(r).get("models", {}).items():
+        for model, row in load_eval(r).get("models", {}).items():
             if row.get("fid") is not None:
                 pts.append((r.name, model, row["macs"] / 1e9, row["fid"], row.get("fid_kind", "")))
     if not pts:
@@ -139,7 +132,7 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
     if plot_losses(run, out / "losses.png"):
         figs.append(("Training losses", "losses.png", "stage 1 and every group's fine-tune"))
     rounds = proxy_rounds(run)
-    ev = _eval(run)
+    ev = load_eval(run)
     full = ev.get("models", {}).get("base", {}).get("macs", 1.0)
     if plot_proxy(rounds, full, out / "proxy.png"):
         figs.append(("Proxy rounds", "proxy.png", "held-out loss of every candidate the proxy proposed, per group"))
@@ -154,7 +147,7 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
 
     rows = []
     for r in [run, *baselines]:
-        for model, row in _eval(r).get("models", {}).items():
+        for model, row in load_eval(r).get("models", {}).items():
             rows.append([r.name, model, "-" if row.get("fid") is None else f"{row['fid']:.3f}",
                          f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e9:.4f}", f"{row['macs_sampled'] / 1e9:.4f}",
                          f"{row['loss']:.5f}", str(row["train_steps"])])

@@ -219,14 +219,10 @@ def kill(target, grace, runs_dir):
     click.echo(f"run {ref}: killed; continue it with stepadapt resume {ref}")
 
 
-def _eval_of(run) -> dict:
-    p = run.path / "eval.json"
-    if not p.exists():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return {}
+def load_eval(run) -> dict:
+    from core.eval import load_eval as load  # torch comes with it: imported when needed
+
+    return load(run)
 
 
 def _stages(store, run) -> dict:
@@ -253,7 +249,7 @@ def _run_summary(store, name: str, runs_dir) -> dict:
         return {"name": name, "status": "missing", "folder": None}
     cfg = run.config
     stages = _stages(store, run)
-    ev = _eval_of(run).get("models", {})
+    ev = load_eval(run).get("models", {})
     out = {"name": name, "status": row.get("status", "created"), "preset": cfg.get("preset"),
            "method": cfg["prune"]["method"], "config_hash": row.get("config_hash"), "seed": cfg.get("seed"),
            "created": row.get("created"), "ended": row.get("ended"), "parent": row.get("parent"),
@@ -335,7 +331,7 @@ def _show_data(store, run, runs_dir) -> dict:
     jobs = [{k: j[k] for k in ("id", "stage", "group_index", "status", "pid", "device", "exit_code", "started",
                                "ended", "progress", "total", "message", "log_path")} for j in store.jobs(run.name)]
     return {"run": summary, "meta": run.meta, "stages": _stages(store, run), "groups": groups, "jobs": jobs,
-            "metrics_last": last, "artifacts": store.artifacts(run.name), "eval": _eval_of(run)}
+            "metrics_last": last, "artifacts": store.artifacts(run.name), "eval": load_eval(run)}
 
 
 @click.command()
@@ -404,7 +400,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def comparison(runs: list) -> dict:
     rows = []
     for run in runs:
-        ev = _eval_of(run)
+        ev = load_eval(run)
         for model, r in ev.get("models", {}).items():
             rows.append({"run": run.name, "model": model, "fid": r.get("fid"), "fid_kind": r.get("fid_kind"),
                          "params": r["params"], "macs": r["macs"], "macs_sampled": r["macs_sampled"],
