@@ -165,8 +165,9 @@ def inception_extractor(path, runs_dir, device="cpu") -> tuple[nn.Module, dict]:
     src = Path(path).expanduser()
     if not src.is_file():
         raise UserError(f"Inception weights not found: {src} (the TorchScript file {INCEPTION_FILE})")
-    with open(src, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    from .runs import file_sha256
+
+    digest = file_sha256(src)[:16]
     here = src
     if src.name != INCEPTION_FILE:  # the wrapper loads DIR/inception-2015-12-05.pt: link under that name
         here = cache_dir(runs_dir) / "inception" / digest / INCEPTION_FILE

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
-from .store import Store, open_store
+from .store import Store, _now, open_store
 
 HEARTBEAT_S = float(os.environ.get("STEPADAPT_HEARTBEAT", "3"))
 STALE_S = float(os.environ.get("STEPADAPT_STALE", "120"))
@@ -97,12 +97,6 @@ def reconcile(store: Store) -> list[int]:
         if run["status"] == "running" and run["name"] not in active:
             store.update_run(run["name"], status="lost", ended=_now())
     return lost
-
-
-def _now() -> str:
-    from .store import _now as now
-
-    return now()
 
 
 # -- launching ---------------------------------------------------------------------------------------

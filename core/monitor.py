@@ -29,7 +29,8 @@ def bar(done: int, total: int, width: int = 10) -> str:
     return "#" * k + "-" * (width - k)
 
 
-def _json(path: Path) -> Optional[dict]:
+def read_json(path: Path) -> Optional[dict]:
+    """A JSON file's content, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -77,12 +78,12 @@ def runs_overview(store: Store) -> list[dict]:
         if not (run.path / "config.json").exists():
             continue
         jobs = store.jobs(r["name"])
-        sched = _json(run.path / "schedule.json")
+        sched = read_json(run.path / "schedule.json")
         try:
             st = stage_status(run, cfg, jobs, sched)
         except (KeyError, TypeError):
             st = {}
-        ev = _json(run.path / "eval.json") or {}
+        ev = read_json(run.path / "eval.json") or {}
         fids = [m["fid"] for m in ev.get("models", {}).values() if m.get("fid") is not None]
         prune = cfg.get("prune", {})
         rows.append({"name": r["name"], "status": r["status"], "preset": cfg.get("preset"),
@@ -95,7 +96,7 @@ def runs_overview(store: Store) -> list[dict]:
 def run_detail(store: Store, run: Run) -> dict:
     cfg = run.config
     jobs = store.jobs(run.name)
-    sched = _json(run.path / "schedule.json")
+    sched = read_json(run.path / "schedule.json")
     row = store.get_run(run.name) or {}
     groups = []
     base_job = _latest(jobs, "base")
@@ -112,7 +113,7 @@ def run_detail(store: Store, run: Run) -> dict:
                 groups.append({"group": g["index"], "t": "empty", "budget": g["budget_ratio"], "macs": None,
                                "status": "empty", "progress": 0, "total": 0, "loss": None, "spark": "", "job": None})
                 continue
-            rec = _json(run.path / "prune" / f"group{g['index']:02d}.json")
+            rec = read_json(run.path / "prune" / f"group{g['index']:02d}.json")
             ft = _latest(jobs, "finetune", g["index"])
             pj = _latest(jobs, "prune", g["index"])
             job = ft or pj
@@ -130,7 +131,7 @@ def run_detail(store: Store, run: Run) -> dict:
                            "job": job["id"] if job else None})
     return {"name": run.name, "status": row.get("status", "created"), "preset": cfg.get("preset"),
             "method": cfg["prune"]["method"], "stages": stage_status(run, cfg, jobs, sched), "groups": groups,
-            "jobs": jobs, "schedule": sched, "eval": _json(run.path / "eval.json")}
+            "jobs": jobs, "schedule": sched, "eval": read_json(run.path / "eval.json")}
 
 
 def schedule_text(run: Run, width: int = 64) -> str:

@@ -75,6 +75,17 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise UserError(f"cannot write {path}: {e} (is the disk full?); the previous file is intact") from None
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (checkpoints can be large)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
 

@@ -8,21 +8,12 @@ traceback for an unexpected failure, is in the job's log).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _interrupt(signum, frame):
@@ -77,7 +68,7 @@ def main(argv=None) -> int:
 
 def _work(store, job, a, hb) -> None:
     from .pipeline import STAGE_WORK, WorkContext
-    from .runs import open_run
+    from .runs import file_sha256, open_run
     from .train import pick_device
 
     run = open_run(job["run"], a.runs_dir)
@@ -108,7 +99,7 @@ def _work(store, job, a, hb) -> None:
         path = Path(path)
         if path.exists():
             store.add_artifact({"run": run.name, "job": job["id"], "path": str(path.relative_to(run.path)),
-                                "kind": kind, "sha256": _sha256(path), "bytes": path.stat().st_size})
+                                "kind": kind, "sha256": file_sha256(path), "bytes": path.stat().st_size})
 
 
 class _NoBeat:

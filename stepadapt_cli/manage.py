@@ -228,14 +228,9 @@ def load_eval(run) -> dict:
 def _stages(store, run) -> dict:
     """Stage -> done | running | pending | failed | killed | lost | skipped, from files and job rows only
     (no checkpoint is loaded, so listing many large runs stays fast)."""
-    from core.monitor import stage_status
+    from core.monitor import read_json, stage_status
 
-    sched = run.path / "schedule.json"
-    try:
-        data = json.loads(sched.read_text()) if sched.exists() else None
-    except json.JSONDecodeError:
-        data = None
-    return stage_status(run, run.config, store.jobs(run.name), data)
+    return stage_status(run, run.config, store.jobs(run.name), read_json(run.path / "schedule.json"))
 
 
 def _run_summary(store, name: str, runs_dir) -> dict:
