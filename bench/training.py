@@ -69,7 +69,7 @@ def one(preset: str, device: str, steps: int, warmup: int, batch: int | None, ov
             "batch": bs, "steps": steps, "seconds_per_step": dt / steps, "images_per_s": bs * steps / dt,
             "peak_memory_bytes": peak, "params": sum(p.numel() for p in model.parameters()),
             "flags": {"bf16": bool(t["bf16"] and dev.type == "cuda"),
-                      "channels_last": bool(t["channels_last"] and dev.type == "cuda"),
+                      "channels_last": bool(t["channels_last"]),
                       "compile": t["compile"], "accum": t["accum"], "fused_adamw": dev.type == "cuda"}}
 
 

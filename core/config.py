@@ -55,7 +55,7 @@ _BASE: dict[str, Any] = {
     "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999},
     "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
               "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5},
-    "sample": {"steps": 100, "n": 64, "batch_size": 64, "method": "ancestral"},
+    "sample": {"steps": 100, "n": 64, "batch_size": 64, "method": "ancestral", "channels_last": True},
     "eval": {"loss_images": 256, "loss_draws": 2, "fid": True, "fid_n": 50000, "steps": 100, "batch_size": 256,
              "ref_n": 0, "inception": ""},
 }

@@ -140,7 +140,8 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=("base", "p
                 log(f"{which}: sampling {n} images with {steps} steps for FID")
                 imgs = sample_images(model, diffusion, n, image_size=m["image_size"], channels=m["in_channels"],
                                      steps=steps, batch_size=e["batch_size"], seed=cfg["seed"] + 1000,
-                                     method=s["method"], device=device, progress=tick)
+                                     method=s["method"], device=device, progress=tick,
+                                     channels_last=s["channels_last"])
                 save_grid(imgs[:64], run.samples() / f"eval_{which}.png")
                 row.update({"fid": F.fid_from_features(F.features(ext, imgs, device=device), ref),
                             "fid_kind": ext_info["kind"], "fid_extractor": ext_info["id"], "fid_n": n,

@@ -215,7 +215,8 @@ def _work_sample(ctx: WorkContext) -> None:
         ctx.heartbeat.set(message=f"sampling {s['n']} images from the {which} model, {s['steps']} steps")
         imgs = sample_images(model, create_diffusion(cfg), s["n"], image_size=m["image_size"],
                              channels=m["in_channels"], steps=s["steps"], batch_size=s["batch_size"], seed=0,
-                             method=s["method"], device=ctx.device, progress=tick)
+                             method=s["method"], device=ctx.device, progress=tick,
+                             channels_last=s["channels_last"])
         save_grid(imgs, path)
         ctx.log(f"{which}: {path}")
         ctx.produced(path, "samples")

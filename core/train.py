@@ -47,7 +47,7 @@ class TrainSpec:
     ckpt_every: int = 1000
     bf16: bool = True
     workers: int = 0
-    channels_last: bool = True         # CUDA only
+    channels_last: bool = True         # NHWC weights and inputs (oneDNN and cuDNN run these fastest)
     compile: bool = False              # torch.compile the forward/backward
     accum: int = 1                     # micro-batches per optimiser step (batch_size is the total)
     timesteps: Optional[list[int]] = None  # None: all T
@@ -205,7 +205,7 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
         progress = False
     cuda = device.type == "cuda"
     model.to(device)
-    if cuda and spec.channels_last:
+    if spec.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay,
@@ -270,7 +270,7 @@ def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion,
                 noise = torch.randn(x0.shape, generator=gen_dev, device=device)
                 if world > 1:  # this rank's slice of the step's batch
                     x0, t, noise = x0[rank::world], t[rank::world], noise[rank::world]
-                if cuda and spec.channels_last:
+                if spec.channels_last:
                     x0 = x0.contiguous(memory_format=torch.channels_last)
                     noise = noise.contiguous(memory_format=torch.channels_last)
                 opt.zero_grad(set_to_none=True)

@@ -149,7 +149,8 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
         task = bar.add_task(f"sampling {n} images, {steps} steps", total=total)
         imgs = sample_images(model, create_diffusion(cfg), n, image_size=m["image_size"], channels=m["in_channels"],
                              steps=steps, batch_size=s["batch_size"], seed=seed, method=method or s["method"],
-                             device=dev, progress=lambda k: bar.advance(task, k))
+                             device=dev, progress=lambda k: bar.advance(task, k),
+                             channels_last=s["channels_last"])
     out_dir = Path(out) if out else run.samples()
     grid = save_grid(imgs, out_dir / f"{which}_s{steps}_seed{seed}.png")
     torch.save(imgs, out_dir / f"{which}_s{steps}_seed{seed}.pt")
