@@ -1,6 +1,6 @@
 """Sampling speed: base vs progressive model of one run, same batch, same steps, one process.
 
-    python bench/sampling.py [--run RUN] [--runs-dir DIR] [--batch 64] [--steps 50] [--repeats 7]
+    python bench/sampling.py [--run RUN] [--runs-dir DIR] [--batch N] [--steps 50] [--repeats 7]
                              [--layout channels_last|contiguous] [--name sampling]
 
 Without --run, the newest run in the runs folder that has a progressive model is used. Prints and writes
