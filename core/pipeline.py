@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -300,63 +301,73 @@ class Pipeline:
         return {"device": "cuda" if slot.startswith("cuda") else "cpu"}
 
     def _run_stage(self, stage: str, units: list) -> None:
+        """Launch the stage's units on free slots until all ended. The first failed job ends the stage at
+        once: nothing more is launched, running siblings are stopped (training checkpoints on SIGINT) and
+        ``StageFailed`` is raised, so the run ends ``failed`` and ``resume`` continues it."""
         todo = list(units)
-        free = list(self.slots)
-        failed = []
-        if stage not in GROUP_STAGES:
-            free = free[:1]
+        free = list(self.slots) if stage in GROUP_STAGES else list(self.slots)[:1]
         threads = None
         if free[0] == "cpu" and len(free) > 1 and stage in GROUP_STAGES:
             threads = max(1, (os.cpu_count() or 1) // min(len(free), len(todo)))
         while todo or self.active:
-            while todo and free and not failed:
-                unit, slot = todo.pop(0), free.pop(0)
-                gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
-                if stage == "base" and len(gpus) > 1:  # stage 1 on every GPU: torchrun, DDP
-                    job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cuda"},
-                                          device="cuda:" + ",".join(gpus), nproc=len(gpus))
-                else:
-                    job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
-                                          threads=threads)
-                self.active[job_id] = (proc, slot)
-                self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} "
-                         f"(pid {proc.pid})")
+            while todo and free:
+                self._launch(stage, todo.pop(0), free.pop(0), threads)
             if self.view:
                 self.view(self.store.jobs(self.run.name))
             time.sleep(self.poll)
-            for job_id, (proc, slot) in list(self.active.items()):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                del self.active[job_id]
-                free.append(slot)
-                job = settle(self.store, job_id, rc)
-                what = f"{stage}{'' if job['group_index'] is None else ' group ' + str(job['group_index'])}"
-                self.say(f"job {job_id}: {what} {job['status']} (exit {rc})"
-                         + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else ""))
-                if job["status"] == "killed":
-                    raise Stopped(f"job {job_id} ({what}) was killed; run {self.run.name} stopped "
-                                  f"(continue with stepadapt resume {self.run.name})")
-                if job["status"] != "succeeded":
-                    failed.append((job_id, what, job))
+            failed = self._reap(stage, free)
+            if failed:
+                self._stop_all()
+                if self.view:
+                    self.view(self.store.jobs(self.run.name))
+                job_id, what, job = failed[0]
+                raise StageFailed(f"job {job_id} ({what}) failed (exit {job['exit_code']}); see stepadapt logs "
+                                  f"{job_id}; after fixing, continue with stepadapt resume {self.run.name}")
         if self.view:
             self.view(self.store.jobs(self.run.name))
-        if failed:
-            job_id, what, job = failed[0]
-            raise StageFailed(f"job {job_id} ({what}) failed (exit {job['exit_code']}); see stepadapt logs {job_id}; "
-                              f"after fixing, continue with stepadapt resume {self.run.name}")
+
+    def _launch(self, stage: str, unit, slot: str, threads: Optional[int]) -> None:
+        gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
+        if stage == "base" and len(gpus) > 1:  # stage 1 on every GPU: torchrun, DDP
+            job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cuda"},
+                                  device="cuda:" + ",".join(gpus), nproc=len(gpus))
+        else:
+            job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
+                                  threads=threads)
+        self.active[job_id] = (proc, slot)
+        self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} (pid {proc.pid})")
+
+    def _reap(self, stage: str, free: list) -> list[tuple]:
+        """Settle the jobs that ended (their slots become free); returns the failed ones."""
+        failed = []
+        for job_id, (proc, slot) in list(self.active.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del self.active[job_id]
+            free.append(slot)
+            job = settle(self.store, job_id, rc)
+            what = f"{stage}{'' if job['group_index'] is None else ' group ' + str(job['group_index'])}"
+            self.say(f"job {job_id}: {what} {job['status']} (exit {rc})"
+                     + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else ""))
+            if job["status"] == "killed":
+                raise Stopped(f"job {job_id} ({what}) was killed; run {self.run.name} stopped "
+                              f"(continue with stepadapt resume {self.run.name})")
+            if job["status"] != "succeeded":
+                failed.append((job_id, what, job))
+        return failed
 
     def _stop_all(self) -> None:
+        """Stop every active job (SIGINT first: training checkpoints) and record how each ended."""
         for job_id, (proc, _) in list(self.active.items()):
             try:
                 stop_job(self.store, job_id, self.grace, log=self.say)
-            except UserError:
+            except UserError:  # it ended by itself meanwhile
                 pass
             try:
-                rc = proc.wait(timeout=self.grace)
-                settle(self.store, job_id, rc)
-            except Exception:
-                pass
+                settle(self.store, job_id, proc.wait(timeout=self.grace))
+            except subprocess.TimeoutExpired:
+                self.say(f"job {job_id}: pid {proc.pid} still there after SIGKILL")
             self.active.pop(job_id, None)
 
 

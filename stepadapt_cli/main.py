@@ -443,7 +443,10 @@ def tui(run_name, runs_dir):
 
     from .tui import StepadaptApp
 
-    StepadaptApp(runs_root(runs_dir), run_name).run()
+    app = StepadaptApp(runs_root(runs_dir), run_name)
+    app.run()
+    if app.return_code:  # a crash inside the app must not look like a clean quit
+        raise click.exceptions.Exit(app.return_code)
 
 
 for _cmd in manage.COMMANDS + evalcmd.COMMANDS:

@@ -415,8 +415,9 @@ class StepadaptApp(App):
     def runs_overview(self) -> list[dict]:
         return runs_overview(self.store)
 
-    def get_run(self, name: str) -> Run:
-        row = self.store.get_run(name)
+    def get_run(self, name: str, store: Optional[Store] = None) -> Run:
+        """The run's folder; from a worker thread pass that thread's own ``store`` (connections are per thread)."""
+        row = (store or self.store).get_run(name)
         return Run(Path(row["path"]) if row else self.runs_dir / name)
 
     def run_detail(self, name: str) -> dict:
@@ -506,7 +507,7 @@ class StepadaptApp(App):
             row = store.get_run(name)
             if row and row["status"] == "succeeded":
                 raise UserError(f"run {name} has finished; nothing to resume")
-            job_id, pid = start_detached(self.get_run(name), store, device_slots(1))
+            job_id, pid = start_detached(self.get_run(name, store), store, device_slots(1))
             self.call_from_thread(self.notify, f"run {name}: resumed in the background (job {job_id}, pid {pid})")
         except UserError as e:
             self.call_from_thread(self.notify, str(e), severity="error")

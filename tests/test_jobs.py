@@ -185,3 +185,44 @@ def test_two_writers_and_a_reader_lose_nothing(runs_dir):
     assert reader.returncode == 0 and int(out) >= 1
     rows = open_store(runs_dir).metrics("w")
     assert sorted((r["job"], r["step"]) for r in rows) == [(k, i) for k in (1, 2) for i in range(n)]
+
+
+def test_a_failed_group_job_ends_the_run_failed_within_seconds_and_resume_completes_it(runs_dir):
+    """kill -9 of one group's fine-tune while its sibling trains and a third group waits: the orchestrator
+    stops the sibling (it checkpoints), launches nothing more and ends the run `failed` (it used to wait
+    forever on the queued group); `resume` then finishes every group."""
+    rd = ["--runs-dir", runs_dir]
+    env = {"STEPADAPT_HEARTBEAT": "0.3"}
+    run_cli("run", "--preset", "tiny", "--name", "fail", *FAST, "-S", "train.steps=10", "-S", "finetune.steps=40",
+            "-S", "train.ckpt_every=20", "--method", "none", "--parallel", "2", "--grace", "5", "--detach", *rd,
+            env=env, check=0)
+
+    def two_training():
+        ft = [j for j in _jobs(runs_dir, "fail") if j["stage"] == "finetune" and j["status"] == "running"]
+        return ft if len(ft) == 2 and all((j["progress"] or 0) >= 2 for j in ft) else None
+
+    ft = _wait(two_training, what="two group fine-tunes training")
+    victim, sibling = sorted(ft, key=lambda j: j["group_index"])
+    os.killpg(victim["pgid"], signal.SIGKILL)
+    killed_at = time.time()
+    _wait(lambda: _run_status(runs_dir, "fail") == "failed", 30, "the run to end failed")
+    assert time.time() - killed_at < 30
+    jobs = {(j["stage"], j["group_index"]): j for j in _jobs(runs_dir, "fail")}
+    assert jobs[("finetune", victim["group_index"])]["status"] == "failed"
+    assert jobs[("finetune", sibling["group_index"])]["status"] == "killed"
+    assert jobs[("pipeline", None)]["status"] == "failed"
+    assert [g for s, g in jobs if s == "finetune"] == sorted([victim["group_index"], sibling["group_index"]])
+    pipe = jobs[("pipeline", None)]
+    _wait(lambda: not pid_alive(sibling["pid"]) and not pid_alive(pipe["pid"]), 10, "the jobs' processes to exit")
+
+    p = run_cli("resume", "fail", *rd, env=env, check=0)
+    assert "all stages done" in p.stderr + p.stdout
+    assert _run_status(runs_dir, "fail") == "succeeded"
+    sib_logs = [j for j in _jobs(runs_dir, "fail")
+                if j["stage"] == "finetune" and j["group_index"] == sibling["group_index"]]
+    assert "resuming from step" in open(sib_logs[-1]["log_path"]).read()
+
+
+def _run_status(runs_dir, name):
+    with _db(runs_dir) as con:
+        return con.execute("select status from runs where name = ?", [name]).fetchone()[0]

@@ -173,3 +173,35 @@ def test_kill_action_reaches_the_job_layer(run_in_store):
     asyncio.run(go())
     assert proc.wait(timeout=10) != 0  # it was interrupted, not finished
     assert not pid_alive(proc.pid)
+
+
+def test_resume_and_kill_from_the_run_screen(tmp_path):
+    """`r` `y` on a stopped run starts its pipeline in the background from a worker thread (which must use its
+    own store connection: it used to crash the app), `k` `y` then stops it; the app stays up throughout."""
+    cfg = C.resolve("tiny", None, MICRO + ["train.steps=100000", "train.batch_size=8", "prune.method=none"])
+    create_run(cfg, "paused", tmp_path)
+    open_store(tmp_path).update_run("paused", status="killed")
+
+    def jobs():
+        return {j["stage"]: j for j in Store(tmp_path / "stepadapt.db").jobs("paused")}
+
+    async def go():
+        app = StepadaptApp(tmp_path, "paused", poll=0.1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _until(pilot, lambda: isinstance(app.screen, RunScreen))
+            await pilot.press("r")
+            await pilot.pause(0.2)
+            await pilot.press("y")
+            await _until(pilot, lambda: jobs().get("base", {}).get("status") == "running", 60)
+            assert app.is_running and isinstance(app.screen, RunScreen)
+            await pilot.press("k")
+            await pilot.pause(0.2)
+            await pilot.press("y")
+            await _until(pilot, lambda: Store(tmp_path / "stepadapt.db").get_run("paused")["status"] == "killed"
+                         and not Store(tmp_path / "stepadapt.db").jobs("paused", active=True), 60)
+            assert app.is_running
+
+    asyncio.run(go())
+    js = jobs()
+    assert js["pipeline"]["status"] == "killed" and js["base"]["status"] == "killed"
+    assert not pid_alive(js["pipeline"]["pid"]) and not pid_alive(js["base"]["pid"])
