@@ -28,7 +28,7 @@ WIDTHS = (16, 24, 32, 40, 48, 56, 57, 64)
 
 
 def main() -> None:
-    from core.train import pick_device
+    from core.training.devices import pick_device
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)

@@ -31,16 +31,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import config as C  # noqa: E402
-from core.data import load_dataset  # noqa: E402
-from core.diffusion import create_diffusion  # noqa: E402
-from core.eval import region_losses  # noqa: E402
-from core.finetune import run_schedule  # noqa: E402
-from core.importance import METHODS, make_importance  # noqa: E402
-from core.prune import PruneContext, prune_to_budget  # noqa: E402
-from core.prune_stage import prune_images  # noqa: E402
+from core.training.data import load_dataset  # noqa: E402
+from core.model.diffusion import create_diffusion  # noqa: E402
+from core.evaluation.losses import region_losses  # noqa: E402
+from core.method.schedule import run_schedule  # noqa: E402
+from core.method.importance import make_importance  # noqa: E402
+from core.names import IMPORTANCE_METHODS as METHODS  # noqa: E402
+from core.method.prune import PruneContext, prune_to_budget  # noqa: E402
+from core.manager.stages.prune import prune_images  # noqa: E402
 from core.runs import create_run  # noqa: E402
-from core.train import TrainSpec, train  # noqa: E402
-from core.unet import build_unet, load_unet  # noqa: E402
+from core.training.loop import TrainSpec, train  # noqa: E402
+from core.method.artifacts import load_unet
+from core.model.unet import build_unet  # noqa: E402
 
 
 def spec(run, name, cfg, steps, lr, ema, seed, timesteps=None, extra=None):
@@ -52,8 +54,8 @@ def spec(run, name, cfg, steps, lr, ema, seed, timesteps=None, extra=None):
 
 def run_proxy(base, budget, ctx, grp, sched, seed, args, work):
     """One live proxy search, then a replay of its recorded answers (timed) that must give the same plan."""
-    from core.proxy import ProxyRun, ProxySettings, Replay
-    from core.prune import Pruner, held_out_loss
+    from core.method.proxy import ProxyRun, ProxySettings, Replay
+    from core.method.prune import Pruner, held_out_loss
     from core.store import open_store
 
     store = open_store(work)

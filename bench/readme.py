@@ -1,4 +1,7 @@
-"""Copy bench/results/NAME.md into README.md between <!-- bench:NAME --> and <!-- /bench:NAME --> markers.
+"""Copy bench/results/NAME.md into bench/README.md between <!-- bench:NAME --> and <!-- /bench:NAME --> markers.
+
+The top-level README.md shows one of these tables too (the demo's base vs progressive sampling table), so
+its markers are filled the same way.
 
     python bench/readme.py
 """
@@ -6,18 +9,19 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGETS = (ROOT / "bench" / "README.md", ROOT / "README.md")
 
 
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    for md in sorted((ROOT / "bench" / "results").glob("*.md")):
-        name = md.stem
-        pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
-        if pat.search(text):
-            text = pat.sub(lambda m: m.group(1) + md.read_text().strip() + "\n" + m.group(2), text)
-            print(f"README: {name} updated")
-    readme.write_text(text)
+    for readme in TARGETS:
+        text = readme.read_text()
+        for md in sorted((ROOT / "bench" / "results").glob("*.md")):
+            name = md.stem
+            pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+            if pat.search(text):
+                text = pat.sub(lambda m: m.group(1) + md.read_text().strip() + "\n" + m.group(2), text)
+                print(f"{readme.relative_to(ROOT)}: {name} updated")
+        readme.write_text(text)
 
 
 if __name__ == "__main__":

@@ -36,14 +36,14 @@ def newest_run(root: Path) -> Path:
 
 
 def main() -> None:
-    from core.diffusion import create_diffusion
-    from core.macs import count, progressive_cost
-    from core.progressive import load_progressive
-    from core.respace import respaced
+    from core.model.diffusion import create_diffusion
+    from core.model.macs import count, progressive_cost
+    from core.method.artifacts import load_progressive
+    from core.model.respace import respaced
     from core.runs import Run, runs_root
-    from core.sampling import set_layout
-    from core.train import pick_device
-    from core.unet import load_unet
+    from core.model.sampling import set_layout
+    from core.training.devices import pick_device
+    from core.method.artifacts import load_unet
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default=None)
@@ -84,7 +84,7 @@ def main() -> None:
 
     # control: a dense model of the same architecture, uniformly narrower (clean channel counts), with MACs
     # near the progressive average: shows how this hardware scales time with MACs at these widths
-    from core.unet import build_unet
+    from core.model.unet import build_unet
 
     arch = dict(m)
     best_ctrl = None

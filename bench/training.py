@@ -1,4 +1,4 @@
-"""Training speed and peak memory of the stage-1 loop (core.train.train, as `stepadapt train` runs it).
+"""Training speed and peak memory of the stage-1 loop (core.training.loop.train, as `stepadapt train` runs it).
 
     python bench/training.py [--presets tiny,cifar10] [--steps 20] [--device auto]
 
@@ -30,10 +30,11 @@ def one(preset: str, device: str, steps: int, warmup: int, batch: int | None, ov
     import torch
 
     from core import config as C
-    from core.data import TensorImages
-    from core.diffusion import create_diffusion
-    from core.train import TrainSpec, pick_device, train
-    from core.unet import build_unet
+    from core.training.data import TensorImages
+    from core.model.diffusion import create_diffusion
+    from core.training.devices import pick_device
+    from core.training.loop import TrainSpec, train
+    from core.model.unet import build_unet
 
     cfg = C.resolve(preset, None, overrides)
     dev = pick_device(device)
@@ -104,7 +105,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{a.name}.json").write_text(json.dumps({"commit": sha, "rows": rows}, indent=2) + "\n")
-    md = [f"Stage-1 training loop (`core.train.train`: AdamW, EMA, grad clipping, hybrid loss), synthetic images, "
+    md = [f"Stage-1 training loop (`core.training.loop.train`: AdamW, EMA, grad clipping, hybrid loss), synthetic images, "
           f"{a.warmup} warm-up steps excluded; commit {sha}.", "",
           "| preset | device | threads | params (M) | batch | s/step | images/s | peak memory | flags |",
           "|---|---|---|---|---|---|---|---|---|"]

@@ -29,14 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import config as C  # noqa: E402
-from core.data import load_dataset  # noqa: E402
-from core.diffusion import create_diffusion  # noqa: E402
-from core.eval import region_losses  # noqa: E402
-from core.finetune import finetune_groups, run_schedule  # noqa: E402
-from core.progressive import load_progressive  # noqa: E402
+from core.training.data import load_dataset  # noqa: E402
+from core.model.diffusion import create_diffusion  # noqa: E402
+from core.evaluation.losses import region_losses  # noqa: E402
+from core.manager.stages.finetune import finetune_groups  # noqa: E402
+from core.method.schedule import run_schedule  # noqa: E402
+from core.method.artifacts import load_progressive  # noqa: E402
 from core.runs import Run, create_run  # noqa: E402
-from core.train import base_spec, train  # noqa: E402
-from core.unet import build_unet, load_unet  # noqa: E402
+from core.manager.stages.base import base_spec  # noqa: E402
+from core.training.loop import train  # noqa: E402
+from core.method.artifacts import load_unet
+from core.model.unet import build_unet  # noqa: E402
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from .errors import UserError
+from core.errors import UserError
+from core.names import NOISE_SCHEDULES, PRUNE_METHODS, SAMPLERS, SCHEDULE_KINDS
 
 _BASE: dict[str, Any] = {
     "preset": None,
@@ -203,9 +204,6 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return cfg
 
 
-PRUNE_METHODS = ("proxy", "random", "magnitude", "lamp", "taylor", "diff", "none")
-
-
 def validate(cfg: dict) -> None:
     m, d, t = cfg["model"], cfg["diffusion"], cfg["train"]
     checks = [
@@ -217,13 +215,15 @@ def validate(cfg: dict) -> None:
         (all(m["model_channels"] * x % m["num_heads"] == 0 for x in m["channel_mult"]), "channels must divide into model.num_heads"),
         (0 <= m["dropout"] < 1, "model.dropout must be in [0, 1)"),
         (d["steps"] >= 2, "diffusion.steps must be >= 2"),
-        (d["noise_schedule"] in ("cosine", "linear"), "diffusion.noise_schedule must be cosine or linear"),
+        (d["noise_schedule"] in NOISE_SCHEDULES, f"diffusion.noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}"),
         (t["steps"] >= 0 and t["batch_size"] > 0 and t["lr"] > 0, "train.steps/batch_size/lr must be positive"),
         (0 < t["ema_decay"] < 1, "train.ema_decay must be in (0, 1)"),
         (t["log_every"] > 0 and t["ckpt_every"] > 0, "train.log_every and train.ckpt_every must be positive"),
         (t["accum"] >= 1 and t["batch_size"] % t["accum"] == 0, "train.accum must be >= 1 and divide train.batch_size"),
         (0 < cfg["schedule"]["k"] <= 1, "schedule.k must be in (0, 1]"),
         (cfg["schedule"]["groups"] >= 1, "schedule.groups must be >= 1"),
+        (cfg["schedule"]["kind"] in SCHEDULE_KINDS, f"schedule.kind must be one of {', '.join(SCHEDULE_KINDS)}"),
+        (cfg["sample"]["method"] in SAMPLERS, f"sample.method must be one of {', '.join(SAMPLERS)}"),
         (cfg["prune"]["method"] in PRUNE_METHODS, f"prune.method must be one of {', '.join(PRUNE_METHODS)}"),
         (cfg["prune"]["rounds"] >= 1, "prune.rounds must be >= 1"),
         (cfg["eval"]["fid_n"] >= 2 or not cfg["eval"]["fid"], "eval.fid_n must be >= 2"),

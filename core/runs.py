@@ -1,12 +1,18 @@
-"""Run folders: where a run's config, checkpoints, models, metrics and samples live.
+"""Run folders: where a run's config, checkpoints, models, metrics and samples live. Every path of a run
+is a ``Run`` method; nothing else spells a run's file names.
 
     RUNS_DIR/NAME/
         config.json        resolved config (what every stage of the run uses)
         meta.json          config hash, seed, git sha/dirty, created, stepadapt version, command line
-        checkpoints/       resumable training state per stage (base.pt, group03.pt, ...)
-        models/            EMA weights for use (base.pt, ...)
-        metrics/           one JSON line per logged step (base.jsonl, ...)
+        schedule.json/png  the SNR schedule and its timestep groups
+        checkpoints/       resumable training state per training stage (base.pt, group03.pt, ...)
+        models/            EMA weights for use (base.pt, group03.pt, ..., progressive.pt)
+        metrics/           one JSON line per logged step (base.jsonl, group03.jsonl, ...)
+        prune/             one record per pruned group (group03.json: plan and report)
         samples/           sample grids (PNG)
+        eval.json          evaluation (FID, MACs, params, held-out losses)
+        report/            index.html and report.md
+        logs/              one log per job (0007-finetune-g03.log)
 
 The runs directory is ``--runs-dir``, else ``$STEPADAPT_HOME``, else ``./runs``.
 """
@@ -22,10 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
-from .config import config_hash
-from .errors import UserError
+from core.config import config_hash
+from core.errors import UserError
 
 
 def runs_root(runs_dir: Optional[str] = None) -> Path:
@@ -86,7 +90,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_json(path: Path) -> Optional[Any]:
+    """A JSON file's content, or None when it is missing or unreadable (a reader never fails on a run file)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch  # only where tensors are written: listing runs stays torch-free
+
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
@@ -104,13 +118,18 @@ class Run:
 
     @property
     def config(self) -> dict:
-        from .config import complete
+        from core.config import complete
 
         return complete(json.loads((self.path / "config.json").read_text()))
 
     @property
     def meta(self) -> dict:
         return json.loads((self.path / "meta.json").read_text())
+
+    @staticmethod
+    def group_stage(g: int) -> str:
+        """The training stage name of timestep group ``g``: its checkpoint, model and metrics file name."""
+        return f"group{g:02d}"
 
     def ckpt(self, stage: str) -> Path:
         return self.path / "checkpoints" / f"{stage}.pt"
@@ -123,6 +142,28 @@ class Run:
 
     def samples(self) -> Path:
         return self.path / "samples"
+
+    def sample_grid(self, which: str, steps: int, seed: int = 0) -> Path:
+        return self.samples() / f"{which}_s{steps}_seed{seed}.png"
+
+    def prune_record(self, g: int) -> Path:
+        return self.path / "prune" / f"{self.group_stage(g)}.json"
+
+    def schedule_file(self) -> Path:
+        return self.path / "schedule.json"
+
+    def schedule_plot(self) -> Path:
+        return self.path / "schedule.png"
+
+    def eval_file(self) -> Path:
+        return self.path / "eval.json"
+
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    def job_log(self, job_id: int, stage: str, group: Optional[int]) -> Path:
+        tag = stage if group is None else f"{stage}-g{group:02d}"
+        return self.path / "logs" / f"{job_id:04d}-{tag}.log"
 
 
 def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = None, status: str = "created",
@@ -139,7 +180,7 @@ def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = 
                         "or pick another name") from None
     except OSError as e:
         raise UserError(f"cannot create run folder {path}: {e.strerror or e}") from None
-    from . import __version__
+    from core import __version__
 
     meta = {
         "config_hash": config_hash(cfg),
@@ -160,7 +201,7 @@ def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = 
 
 def register_run(run: Run, status: str = "created"):
     """The run's row in the store (created from its folder if missing, e.g. a run made before the store had runs)."""
-    from .store import open_store
+    from core.store import open_store
 
     store = open_store(run.path.parent)
     row = store.get_run(run.name)

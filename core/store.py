@@ -21,24 +21,24 @@ Migration 003 adds the experiment manager's tables:
 
 ``runs`` - one row per run folder:
     id, name (unique, the folder name), parent (the run it was derived from, or null), status
-    (created | running | succeeded | failed | killed | lost), config (resolved config JSON), config_hash,
-    seed, git_sha, git_dirty (0/1), path, created, started, ended
+    (``names.RUN_STATUSES``: created | running | succeeded | failed | killed | lost), config (resolved
+    config JSON), config_hash, seed, git_sha, git_dirty (0/1), path, created, started, ended
 
 ``jobs`` - one row per tracked subprocess (a stage, or one group of a stage):
     id, run, stage (pipeline | base | schedule | prune | finetune | assemble | sample | eval), group_index
     (null for whole-run stages), command (JSON argv), args (JSON settings the worker reads), pid, pgid (the
     process group signalled by ``kill``; null when the job shares its terminal's group), proc_start (the
     process start time in clock ticks since boot, so a reused pid is not mistaken for the job), device,
-    status (queued | running | succeeded | failed | killed | lost), heartbeat (unix time of the last sign of
-    life), progress, total, message (what the job is doing), exit_code, log_path, kill_requested (0/1),
-    created, started, ended
+    status (``names.JOB_ACTIVE`` + ``names.JOB_FINAL``: queued | running | succeeded | failed | killed | lost),
+    heartbeat (unix time of the last sign of life), progress, total, message (what the job is doing),
+    exit_code, log_path, kill_requested (0/1), created, started, ended
 
 ``metrics`` - training curves, one row per logged value:
     id, run, job, stage, group_index, step, key, value, time (unix)
 
 ``artifacts`` - files a job produced:
-    id, run, job, path (relative to the run folder), kind (model | checkpoint | schedule | plan | samples |
-    eval | report), sha256, bytes, created
+    id, run, job, path (relative to the run folder), kind (``names.ARTIFACT_KINDS``: model | checkpoint |
+    schedule | plot | plan | samples | eval | report), sha256, bytes, created
 
 ``_migrations`` - name and time of every applied migration, in order.
 
@@ -53,12 +53,13 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import UserError
+from core.errors import UserError
+from core.names import ARTIFACT_KINDS, JOB_ACTIVE, JOB_FINAL, RUN_STATUSES
 
 DB_NAME = "stepadapt.db"
 
 
-def _now() -> str:
+def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -116,7 +117,6 @@ MIGRATIONS: list[tuple[str, Callable]] = [
     ("003_runs_jobs_metrics_artifacts", _m003),
 ]
 
-JOB_ACTIVE = ("queued", "running")
 JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "command", "args")
 
 
@@ -146,14 +146,14 @@ class Store:
                 continue
             with self.db.conn:
                 fn(self.db)
-                self.db["_migrations"].insert({"name": name, "applied": _now()})
+                self.db["_migrations"].insert({"name": name, "applied": utc_now()})
             applied.append(name)
         return applied
 
     # -- LLM calls
     def log_call(self, row: dict) -> int:
         row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
-        row.setdefault("created", _now())
+        row.setdefault("created", utc_now())
         with self.db.conn:
             return self.db["llm_calls"].insert(row).last_pk
 
@@ -185,7 +185,7 @@ class Store:
     # -- proxy rounds
     def log_round(self, row: dict) -> int:
         row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
-        row.setdefault("created", _now())
+        row.setdefault("created", utc_now())
         with self.db.conn:
             return self.db["proxy_rounds"].insert(row).last_pk
 
@@ -199,7 +199,7 @@ class Store:
     # -- runs
     def add_run(self, row: dict) -> int:
         row = _encode(row)
-        row.setdefault("created", _now())
+        row.setdefault("created", utc_now())
         with self.db.conn:
             return self.db["runs"].insert(row).last_pk
 
@@ -208,6 +208,8 @@ class Store:
         return _decode(rows[0]) if rows else None
 
     def update_run(self, name: str, **fields) -> None:
+        if "status" in fields and fields["status"] not in RUN_STATUSES:
+            raise ValueError(f"not a run status: {fields['status']!r}")
         with self.db.conn:
             self.db.execute(f"update runs set {', '.join(f'{k} = ?' for k in fields)} where name = ?",
                             [*_encode(fields).values(), name])
@@ -218,7 +220,7 @@ class Store:
     # -- jobs
     def add_job(self, row: dict) -> int:
         row = _encode(row)
-        row.setdefault("created", _now())
+        row.setdefault("created", utc_now())
         row.setdefault("status", "queued")
         row.setdefault("kill_requested", 0)
         with self.db.conn:
@@ -231,10 +233,12 @@ class Store:
 
     def finish_job(self, job_id: int, status: str, exit_code: Optional[int], message: Optional[str] = None) -> bool:
         """Set a final status unless one is set already (the first writer wins); returns whether it was set."""
+        if status not in JOB_FINAL:
+            raise ValueError(f"not a final job status: {status!r}")
         with self.db.conn:
             cur = self.db.execute(
                 "update jobs set status = ?, exit_code = ?, ended = ?, message = coalesce(?, message) "
-                "where id = ? and status in ('queued', 'running')", [status, exit_code, _now(), message, job_id])
+                f"where id = ? and status in {JOB_ACTIVE}", [status, exit_code, utc_now(), message, job_id])
             return cur.rowcount > 0
 
     def job(self, job_id: int) -> Optional[dict]:
@@ -247,7 +251,7 @@ class Store:
             where.append("run = ?")
             args.append(run)
         if active:
-            where.append("status in ('queued', 'running')")
+            where.append(f"status in {JOB_ACTIVE}")
         return [_decode(r) for r in self.db["jobs"].rows_where(" and ".join(where) or None, args, order_by="id")]
 
     # -- metrics
@@ -273,7 +277,9 @@ class Store:
 
     # -- artifacts
     def add_artifact(self, row: dict) -> None:
-        row.setdefault("created", _now())
+        if row["kind"] not in ARTIFACT_KINDS:
+            raise ValueError(f"not an artifact kind: {row['kind']!r}")
+        row.setdefault("created", utc_now())
         with self.db.conn:
             self.db.execute("delete from artifacts where run = ? and path = ?", [row["run"], row["path"]])
             self.db["artifacts"].insert(row)

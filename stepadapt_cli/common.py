@@ -1,4 +1,4 @@
-"""Shared pieces of the CLI: the error-reporting group class and common options."""
+"""Shared pieces of the CLI: the error-reporting group class, common options, JSON output, the console."""
 from __future__ import annotations
 
 import json
@@ -37,21 +37,30 @@ class Cli(click.Group):
             ctx.exit(1)
 
 
-def _overrides_option(f):
+def overrides_option(f):
     return click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
                         help="Override a config value, e.g. -S train.steps=200 (repeatable).")(f)
 
 
-def _runs_dir_option(f):
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+def device_option(f):
+    return click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")(f)
+
+
+def runs_dir_option(f):
     return click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
                         help="Runs directory (default: $STEPADAPT_HOME or ./runs).")(f)
 
 
-def _emit_json(obj) -> None:
+def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
-def _threads(cfg: dict) -> None:
+def set_threads(cfg: dict) -> None:
+    """Torch's thread count as the config says (``train.threads``; unset: torch's default)."""
     import torch
 
     if cfg["train"].get("threads"):

@@ -8,7 +8,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from core.llm import STATE_RE, LocalSearchPolicy
+from core.method.llm import STATE_RE, LocalSearchPolicy
 
 
 class Server:

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from core import config as C
-from core.data import BatchStream, load_dataset, to_model_range
+from core.model.diffusion import to_model_range
+from core.training.data import BatchStream, load_dataset
 from core.errors import UserError
 
 

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import torch
 
-from core.diffusion import GaussianDiffusion, TimestepSampler, betas_for, discretized_gaussian_log_likelihood
-from core.respace import SpacedDiffusion, respaced, space_timesteps
+from core.model.diffusion import GaussianDiffusion, TimestepSampler, betas_for, discretized_gaussian_log_likelihood
+from core.model.respace import SpacedDiffusion, respaced, space_timesteps
 
 
 def test_cosine_schedule_matches_closed_form():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from core import config as C
-from core.data import load_dataset
-from core.fid import features, fid_between, make_extractor, reference_stats
+from core.training.data import load_dataset
+from core.evaluation.fid import features, fid_between, make_extractor, reference_stats
 from tests.conftest import MICRO, assert_clean_error, run_cli
 
 
@@ -19,7 +19,7 @@ def digits():
 
 
 def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digits, tmp_path, monkeypatch):
-    from core.data import Subset
+    from core.training.data import Subset
 
     monkeypatch.delenv("STEPADAPT_CACHE")  # this test's own cache: RUNS_DIR/.cache
     cfg, full = digits

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from core.jobs import group_pids, pid_alive
+from core.manager.jobs import group_pids, pid_alive
 from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
 
 # the whole method on a micro model: 3 groups, one proxy round, a few steps everywhere
@@ -193,7 +193,7 @@ def test_a_failed_group_job_ends_the_run_failed_within_seconds_and_resume_comple
     forever on the queued group); `resume` then finishes every group."""
     rd = ["--runs-dir", runs_dir]
     env = {"STEPADAPT_HEARTBEAT": "0.3"}
-    run_cli("run", "--preset", "tiny", "--name", "fail", *FAST, "-S", "train.steps=10", "-S", "finetune.steps=40",
+    run_cli("run", "--preset", "tiny", "--name", "fail", *FAST, "-S", "train.steps=10", "-S", "finetune.steps=40", "-S", "eval.fid=false",
             "-S", "train.ckpt_every=20", "--method", "none", "--parallel", "2", "--grace", "5", "--detach", *rd,
             env=env, check=0)
 

@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from core.llm import LLMError, complete
-from core.proxy import PROMPTS_DIR, ProxyRun, ProxySettings, extract_json
-from core.prune import Pruner, measure
+from core.method.llm import LLMError, complete
+from core.method.proxy import PROMPTS_DIR, ProxyRun, ProxySettings, extract_json
+from core.method.prune import Pruner, measure
 from core.store import open_store
 from tests.conftest import MICRO, assert_clean_error, run_cli
 from tests.llm_server import Server
@@ -97,7 +97,7 @@ def _train(name, rd):
 
 
 def test_live_then_replay_without_server_is_identical(server, runs_dir, tmp_path):
-    from core.prune_stage import load_prune_record, pruned_base
+    from core.manager.stages.prune import load_prune_record, pruned_base
     from core.runs import open_run
 
     rd = ["--runs-dir", runs_dir]
@@ -105,8 +105,8 @@ def test_live_then_replay_without_server_is_identical(server, runs_dir, tmp_path
         _train(name, rd)
     # round 2's first answer is rejected, so the retry template is used there and only there
     from core import config as C
-    from core.prune import units_of
-    from core.unet import build_unet
+    from core.method.prune import units_of
+    from core.model.unet import build_unet
 
     cfg = C.resolve("tiny", None, [*MICRO[1::2], "model.norm_groups=8"])
     names = [u.name for u in units_of(build_unet(cfg["model"]))]

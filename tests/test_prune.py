@@ -7,11 +7,13 @@ import torch
 
 from core import config as C
 from core.errors import UserError
-from core.importance import METHODS, DiffPruningImportance, TaylorImportance, make_importance
-from core.prune import (PruneContext, Pruner, apply_plan, build_pruned, measure,
+from core.method.importance import DiffPruningImportance, TaylorImportance, make_importance
+from core.names import IMPORTANCE_METHODS as METHODS
+from core.method.prune import (PruneContext, Pruner, apply_plan, build_pruned, measure,
                         plan_from_counts, prune_to_budget, removal_counts, units_of, validate_plan)
-from core.diffusion import create_diffusion
-from core.unet import AttentionBlock, build_unet, load_unet
+from core.model.diffusion import create_diffusion
+from core.method.artifacts import load_unet
+from core.model.unet import AttentionBlock, build_unet
 from tests.conftest import MICRO, assert_clean_error, run_cli
 
 

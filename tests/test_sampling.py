@@ -2,9 +2,9 @@
 import torch
 
 from core.config import preset
-from core.diffusion import create_diffusion
-from core.sampling import sample_images, set_layout
-from core.unet import build_unet
+from core.model.diffusion import create_diffusion
+from core.model.sampling import sample_images, set_layout
+from core.model.unet import build_unet
 
 
 def _model():

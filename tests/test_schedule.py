@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.diffusion import GaussianDiffusion, betas_for
-from core.macs import progressive_cost
-from core.progressive import ProgressiveDenoiser
-from core.respace import respaced, space_timesteps
-from core.schedule import budget_ratios, make_schedule, snr_db
-from core.unet import UNet
+from core.model.diffusion import GaussianDiffusion, betas_for
+from core.model.macs import progressive_cost
+from core.method.progressive import ProgressiveDenoiser
+from core.model.respace import respaced, space_timesteps
+from core.method.schedule import budget_ratios, make_schedule, snr_db
+from core.model.unet import UNet
 from tests.conftest import assert_clean_error, run_cli
 
 AB = GaussianDiffusion(betas_for("cosine", 4000)).alphas_cumprod
@@ -65,10 +65,19 @@ def test_comparison_schedules_behave_as_named():
     assert all(g.budget_ratio == pytest.approx(eq.ratio[g.t_end]) for g in eq.groups)
 
 
-def test_average_budget_is_the_timestep_weighted_mean():
-    s = make_schedule(AB, "snr", 0.5, 10)
-    hand = sum(g.size * g.budget_ratio for g in s.groups) / 4000
+def test_average_budget_is_the_mean_over_timesteps_of_each_ones_group_budget():
+    """Computed here from Eq. 7-10 alone, without the schedule's groups: SNR in dB, normalised -SNR scaled to
+    [k, 1], each timestep's group i = ceil((r - k) / (1 - k) N) - 1, its budget the upper limit
+    k + (1 - k)(i + 1) / N; the mean over the 4000 timesteps of cosine IDDPM is 0.695 F."""
+    k, n = 0.5, 10
+    snr = 10 * np.log10(AB / (1 - AB))
+    z = (-snr - (-snr).mean()) / (-snr).std()
+    r = k + (1 - k) * (z - z.min()) / (z.max() - z.min())
+    i = np.clip(np.ceil((r - k) / (1 - k) * n - 1e-9).astype(int) - 1, 0, n - 1)
+    hand = float(np.mean(k + (1 - k) * (i + 1) / n))
+    s = make_schedule(AB, "snr", k, n)
     assert s.avg_budget_ratio == pytest.approx(hand)
+    assert round(hand, 3) == 0.695
 
 
 class GroupId(torch.nn.Module):

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from core import config as C
-from core.data import load_dataset
-from core.diffusion import create_diffusion
+from core.training.data import load_dataset
+from core.model.diffusion import create_diffusion
 from core.runs import create_run
-from core.train import TrainSpec, train
-from core.unet import build_unet, load_unet
+from core.training.loop import TrainSpec, train
+from core.method.artifacts import load_unet
+from core.model.unet import build_unet
 from tests.conftest import MICRO, REPO, run_cli
 
 
@@ -93,10 +94,11 @@ import pytest
 import torch
 torch.set_num_threads(1)
 from core import config as C
-from core.data import load_dataset
-from core.diffusion import create_diffusion
-from core.train import TrainSpec, init_distributed, train
-from core.unet import build_unet
+from core.training.data import load_dataset
+from core.model.diffusion import create_diffusion
+from core.training.devices import init_distributed
+from core.training.loop import TrainSpec, train
+from core.model.unet import build_unet
 
 out, accum = Path(sys.argv[1]), int(sys.argv[2])
 dev = init_distributed() or torch.device("cpu")

@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from core.progressive import load_progressive
+from core.method.artifacts import load_progressive
 from tests.conftest import MICRO, assert_clean_error, run_cli
 
 

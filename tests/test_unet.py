@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from core import config as C
-from core.macs import count
-from core.unet import AttentionBlock, build_unet
+from core.model.macs import count
+from core.model.unet import AttentionBlock, build_unet
 from tests.conftest import run_cli
 
 
@@ -34,7 +34,27 @@ def test_tiny_forward_shapes_and_learn_sigma():
     assert net2(x, torch.tensor([1, 2, 3])).shape == (3, 1, 32, 32)
 
 
-def test_attention_is_chunk_ordered_with_fixed_scale():
+def test_attention_reads_q_k_v_as_three_chunks_of_all_heads():
+    """qkv's output rows are [q of every head | k of every head | v of every head]. With the q chunk zero,
+    attention is uniform and each output is the spatial mean of v; with the v chunk the identity of the
+    normalised input and proj the identity, the block returns x + mean(norm(x)). Read per head
+    (q0, k0, v0, q1, ...), the same weights give another output."""
+    c = 8
+    blk = AttentionBlock(c, 2, norm_groups=2).eval()
+    with torch.no_grad():
+        blk.qkv.weight.zero_()
+        blk.qkv.bias.zero_()
+        blk.qkv.weight[c:2 * c, :, 0, 0] = torch.randn(c, c)           # k: anything
+        blk.qkv.weight[2 * c:, :, 0, 0] = torch.eye(c)                  # v: the normalised input
+        blk.proj.weight.copy_(torch.eye(c)[:, :, None, None])
+        blk.proj.bias.zero_()
+    x = torch.randn(2, c, 4, 4)
+    h = blk.norm(x)
+    expected = x + h.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(blk(x), expected, atol=1e-5)
+
+
+def test_attention_has_a_fixed_scale_and_counts_its_matmuls():
     blk = AttentionBlock(64, 4)
     assert blk.qkv.out_channels == 3 * 64 and blk.num_heads == 4
     assert blk.scale == pytest.approx(16 ** -0.25)

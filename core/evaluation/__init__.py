@@ -1,0 +1,1 @@
+"""Evaluation: FID/KID with its feature extractors, held-out losses, the report."""

@@ -1,0 +1,210 @@
+"""A run's report: one self-contained folder with ``index.html``, ``report.md`` and the figures they show."""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+from core.evaluation.evaluate import load_eval
+from core.runs import Run
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def plot_losses(run: Run, path: Path) -> bool:
+    base = _read_jsonl(run.metrics("base"))
+    groups = sorted(run.path.glob("metrics/group*.jsonl"))
+    if not base and not groups:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    if base:
+        axes[0].plot([r["step"] for r in base], [r["loss"] for r in base], label="loss (hybrid)")
+        axes[0].plot([r["step"] for r in base], [r["mse"] for r in base], label="L_simple (eps MSE)")
+        axes[0].set_yscale("log")
+        axes[0].legend()
+    axes[0].set_title("stage 1: base model")
+    axes[0].set_xlabel("step")
+    for p in groups:
+        rows = _read_jsonl(p)
+        if rows:
+            axes[1].plot([r["step"] for r in rows], [r["mse"] for r in rows], label=p.stem)
+    axes[1].set_yscale("log")
+    axes[1].set_title("stage 2: fine-tuning per group (eps MSE)")
+    axes[1].set_xlabel("step")
+    if groups:
+        axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def proxy_rounds(run: Run) -> list[dict]:
+    from core.store import open_store
+
+    db = run.path.parent / "stepadapt.db"
+    if not db.exists():
+        return []
+    return open_store(run.path.parent).rounds(run.name)
+
+
+def plot_proxy(rounds: list[dict], full_macs: float, path: Path) -> bool:
+    if not rounds:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    groups = sorted({r["group_index"] for r in rounds})
+    for g in groups:
+        rs = [r for r in rounds if r["group_index"] == g and r["loss"] is not None]
+        if not rs:
+            continue
+        ax.plot([r["round"] + 1 for r in rs], [r["loss"] for r in rs], marker="o", lw=0.8, label=f"group {g}")
+        ok = [r for r in rs if r["accepted"]]
+        if ok:
+            best = min(ok, key=lambda r: r["loss"])
+            ax.scatter([best["round"] + 1], [best["loss"]], s=140, facecolors="none", edgecolors="k")
+    ax.set_xlabel("proxy round")
+    ax.set_ylabel("held-out loss of the candidate")
+    ax.set_title("proxy rounds (circled: the chosen candidate)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no candidate was measured (every answer rejected)", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_fid_macs(runs: list[Run], path: Path) -> bool:
+    pts = []
+    for r in runs:
+        for model, row in load_eval(r).get("models", {}).items():
+            if row.get("fid") is not None:
+                pts.append((r.name, model, row["macs"] / 1e9, row["fid"], row.get("fid_kind", "")))
+    if not pts:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, model, macs, fid, _ in pts:
+        ax.scatter([macs], [fid], marker="o" if model == "base" else "s")
+        ax.annotate(f"{name}/{model}", (macs, fid), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("GMACs per step, averaged over timesteps")
+    kind = pts[0][4].split(" (")[0] or "FID"
+    ax.set_ylabel(kind)
+    ax.set_title(f"{kind} vs MACs (lower left is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]:
+    from core.method.schedule import run_schedule
+    from core.method.schedule import plot_schedule
+
+    out.mkdir(parents=True, exist_ok=True)
+    figs = []  # (title, file, caption)
+    if (run.path / "schedule.json").exists():
+        plot_schedule(run_schedule(run), out / "schedule.png")
+        figs.append(("Schedule", "schedule.png", "SNR (dB) and MACs budget per timestep, with the group bounds"))
+    if plot_losses(run, out / "losses.png"):
+        figs.append(("Training losses", "losses.png", "stage 1 and every group's fine-tune"))
+    rounds = proxy_rounds(run)
+    ev = load_eval(run)
+    full = ev.get("models", {}).get("base", {}).get("macs", 1.0)
+    if plot_proxy(rounds, full, out / "proxy.png"):
+        figs.append(("Proxy rounds", "proxy.png", "held-out loss of every candidate the proxy proposed, per group"))
+    if plot_fid_macs([run, *baselines], out / "fid_macs.png"):
+        figs.append(("FID vs MACs", "fid_macs.png", "base and progressive models (and baselines)"))
+    for which in ("base", "progressive"):
+        cands = [run.samples() / f"eval_{which}.png", *sorted(run.samples().glob(f"{which}_s*_seed0.png"))]
+        src = next((p for p in cands if p.exists()), None)
+        if src is not None:
+            shutil.copyfile(src, out / f"samples_{which}.png")
+            figs.append((f"Samples: {which}", f"samples_{which}.png", src.name))
+
+    rows = []
+    for r in [run, *baselines]:
+        for model, row in load_eval(r).get("models", {}).items():
+            rows.append([r.name, model, "-" if row.get("fid") is None else f"{row['fid']:.3f}",
+                         f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e9:.4f}", f"{row['macs_sampled'] / 1e9:.4f}",
+                         f"{row['loss']:.5f}", str(row["train_steps"])])
+    head = ["run", "model", "FID", "params (M)", "MACs avg T (G)", f"MACs avg {ev.get('sample_steps', '?')} steps (G)",
+            "held-out loss", "train steps"]
+    kind = next((m.get("fid_kind") for m in ev.get("models", {}).values() if m.get("fid_kind")), None)
+    proxy_rows = [[str(r["group_index"]), str(r["round"] + 1),
+                   "-" if r["macs"] is None else f"{r['macs'] / full:.3f}",
+                   "-" if r["loss"] is None else f"{r['loss']:.5f}", "yes" if r["accepted"] else "no",
+                   (r["reason"] or "")[:80]] for r in rounds]
+    proxy_head = ["group", "round", "MACs / F", "loss", "accepted", "reason"]
+    meta = run.meta
+
+    # Markdown
+    md = [f"# Report: {run.name}", "",
+          f"preset `{run.config.get('preset')}`, prune method `{run.config['prune']['method']}`, config "
+          f"`{meta.get('config_hash')}`, seed {meta.get('seed')}, git `{str(meta.get('git_sha'))[:10]}`", ""]
+    if rows:
+        md += ["## Table 1 style", ""]
+        if kind:
+            md += [f"FID here is **{kind}**.", ""]
+        md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    for title, f, cap in figs:
+        md += [f"## {title}", "", f"![{cap}]({f})", "", f"*{cap}*", ""]
+    if proxy_rows:
+        md += ["## Proxy rounds", "", "| " + " | ".join(proxy_head) + " |", "|" + "---|" * len(proxy_head)]
+        md += ["| " + " | ".join(r) + " |" for r in proxy_rows] + [""]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md))
+
+    # HTML
+    e = html.escape
+
+    def table(h, rs):
+        return ("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in h) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rs) + "</table>")
+
+    body = [f"<h1>Report: {e(run.name)}</h1>",
+            f"<p>preset <code>{e(str(run.config.get('preset')))}</code>, prune method "
+            f"<code>{e(run.config['prune']['method'])}</code>, config <code>{e(str(meta.get('config_hash')))}</code>, "
+            f"seed {e(str(meta.get('seed')))}, git <code>{e(str(meta.get('git_sha'))[:10])}</code></p>"]
+    if rows:
+        body.append("<h2>Table 1 style</h2>")
+        if kind:
+            body.append(f"<p>FID here is <b>{e(kind)}</b>.</p>")
+        body.append(table(head, rows))
+    for title, f, cap in figs:
+        body.append(f"<h2>{e(title)}</h2><figure><img src=\"{e(f)}\" alt=\"{e(cap)}\"><figcaption>{e(cap)}"
+                    "</figcaption></figure>")
+    if proxy_rows:
+        body.append("<h2>Proxy rounds</h2>" + table(proxy_head, proxy_rows))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+             "text-align:right}img{max-width:100%}figcaption{color:#555;font-size:90%}")
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>stepadapt report: {e(run.name)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    html_path = out / "index.html"
+    html_path.write_text(page)
+    return html_path, md_path

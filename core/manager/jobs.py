@@ -1,0 +1,249 @@
+"""Tracked subprocess jobs: every stage (and every group of a stage) runs as ``python -m core.manager.worker``.
+
+A job row (see ``store``) holds its pid, process group, the process start time and a heartbeat. A job is
+alive only if its pid exists with the recorded start time (a reused pid is another process) and is not a
+zombie; a running job whose process is gone, or whose heartbeat is older than ``STALE_S``, is marked
+``lost`` by ``reconcile`` (every CLI/TUI start calls it). Stopping a job sends SIGINT to its process
+group (training checkpoints and exits 130), then SIGTERM, then SIGKILL, each after a grace period.
+
+Devices: a job's ``device`` is ``cpu`` or ``cuda:N``; for ``cuda:N`` the child sees only that GPU
+(``CUDA_VISIBLE_DEVICES=N``) and uses it as ``cuda``.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from core.errors import UserError
+from core.store import Store, utc_now, open_store
+
+HEARTBEAT_S = float(os.environ.get("STEPADAPT_HEARTBEAT", "3"))
+STALE_S = float(os.environ.get("STEPADAPT_STALE", "120"))
+
+
+# -- process identity -------------------------------------------------------------------------------
+def _stat(pid: int) -> Optional[list[str]]:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2:].split()  # fields from 3 (state) on; the name may contain spaces
+
+
+def proc_start(pid: int) -> Optional[int]:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), None if gone."""
+    f = _stat(pid)
+    return int(f[19]) if f else None
+
+
+def pid_alive(pid: Optional[int], start: Optional[int] = None) -> bool:
+    """True if ``pid`` runs (not a zombie) and, when ``start`` is given, is the process started then."""
+    if not pid:
+        return False
+    f = _stat(pid)
+    if f is None:
+        if Path("/proc/self/stat").exists():
+            return False
+        try:  # no /proc (macOS): existence only
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    if f[0] in ("Z", "X"):
+        return False
+    return start is None or int(f[19]) == int(start)
+
+
+def job_alive(job: dict) -> bool:
+    return pid_alive(job.get("pid"), job.get("proc_start"))
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid`` (Linux)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            f = _stat(int(d.name))
+            if f and int(f[2]) == pgid and f[0] not in ("Z", "X"):
+                out.append(int(d.name))
+    return out
+
+
+# -- reconcile ---------------------------------------------------------------------------------------
+def reconcile(store: Store) -> list[int]:
+    """Mark running jobs whose process is gone or silent as lost, and their runs too; returns the job ids."""
+    lost = []
+    now = time.time()
+    for job in store.jobs(active=True):
+        if job["status"] == "queued" and job["pid"] is None:
+            continue  # its launcher fills in the pid right after the fork
+        gone = not job_alive(job)
+        silent = job["heartbeat"] is not None and now - job["heartbeat"] > STALE_S
+        if gone or silent:
+            why = "process gone" if gone else f"no heartbeat for {now - job['heartbeat']:.0f} s"
+            if store.finish_job(job["id"], "lost", None, f"lost: {why}"):
+                lost.append(job["id"])
+    active = {j["run"] for j in store.jobs(active=True)}
+    for run in store.list_runs():
+        if run["status"] == "running" and run["name"] not in active:
+            store.update_run(run["name"], status="lost", ended=utc_now())
+    return lost
+
+
+# -- launching ---------------------------------------------------------------------------------------
+def child_env(device: Optional[str], threads: Optional[int] = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if threads:  # CPU jobs side by side share the cores instead of each using all of them
+        env["OMP_NUM_THREADS"] = env["STEPADAPT_THREADS"] = str(threads)
+    if device and device.startswith("cuda:"):
+        env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+    return env
+
+
+def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Optional[dict] = None,
+           device: str = "cpu", nproc: int = 1, threads: Optional[int] = None) -> tuple[int, subprocess.Popen]:
+    """Start ``stage`` (of ``group``) of ``run`` as a worker subprocess in its own process group."""
+    job_id = store.add_job({"run": run.name, "stage": stage, "group_index": group, "args": args or {},
+                            "device": device})
+    tag = stage if group is None else f"{stage}-g{group:02d}"
+    log_path = run.path / "logs" / f"{job_id:04d}-{tag}.log"
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+    except OSError as e:
+        store.finish_job(job_id, "failed", None, f"cannot open log: {e}")
+        raise UserError(f"cannot write the job log {log_path}: {e.strerror or e}") from None
+    worker = ["-m", "core.manager.worker", "--runs-dir", str(run.path.parent.resolve()), "--job", str(job_id)]
+    if nproc > 1:  # several GPUs for one job: torchrun (DDP), one process per GPU
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
+    else:
+        cmd = [sys.executable, *worker]
+    env = child_env(device, threads)
+    try:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env=env, cwd=os.getcwd())
+    except OSError as e:
+        store.finish_job(job_id, "failed", None, f"cannot start: {e}")
+        raise UserError(f"cannot start a worker process: {e}") from None
+    finally:
+        log.close()
+    store.update_job(job_id, command=cmd, pid=p.pid, pgid=p.pid, proc_start=proc_start(p.pid),
+                     status="running", started=utc_now(), heartbeat=time.time(), log_path=str(log_path))
+    return job_id, p
+
+
+def settle(store: Store, job_id: int, returncode: int) -> dict:
+    """After ``wait()``: give the job a final status if its worker could not write one (e.g. SIGKILL)."""
+    job = store.job(job_id)
+    if job["status"] in ("queued", "running"):
+        if job["kill_requested"]:
+            store.finish_job(job_id, "killed", returncode)
+        elif returncode < 0:
+            sig = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode
+            store.finish_job(job_id, "failed", returncode, f"killed by {sig} (out of memory?)")
+        else:
+            store.finish_job(job_id, "failed" if returncode else "succeeded", returncode)
+    return store.job(job_id)
+
+
+# -- stopping ----------------------------------------------------------------------------------------
+def _signal(job: dict, sig: int) -> None:
+    try:
+        if job.get("pgid") and job["pgid"] == job["pid"]:
+            os.killpg(job["pgid"], sig)
+        else:
+            os.kill(job["pid"], sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(job: dict, seconds: float) -> bool:
+    end = time.time() + seconds
+    while time.time() < end:
+        if not job_alive(job) and not (job.get("pgid") == job.get("pid") and group_pids(job["pgid"])):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def stop_job(store: Store, job_id: int, grace: float = 10.0, log=lambda s: None) -> str:
+    """SIGINT, then SIGTERM, then SIGKILL (each after ``grace`` seconds) to the job's process group.
+    Returns the job's final status."""
+    job = store.job(job_id)
+    if job is None:
+        raise UserError(f"no job {job_id}")
+    if job["status"] not in ("queued", "running"):
+        raise UserError(f"job {job_id} ({job['stage']}) is not running: it is {job['status']}")
+    store.update_job(job_id, kill_requested=1)
+    if job_alive(job):
+        for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            _signal(job, sig)
+            log(f"job {job_id}: sent {sig.name}")
+            if _wait_gone(job, wait):
+                break
+    # the worker writes 'killed' itself when it could; otherwise do it here
+    store.finish_job(job_id, "killed", None, "killed")
+    return store.job(job_id)["status"]
+
+
+# -- heartbeat ---------------------------------------------------------------------------------------
+class Heartbeat:
+    """A thread that writes the job's heartbeat, progress and message every ``HEARTBEAT_S`` seconds."""
+
+    def __init__(self, db_path: Path, job_id: int):
+        self.db_path, self.job_id = db_path, job_id
+        self.progress = None
+        self.total = None
+        self.message = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="heartbeat")
+
+    def set(self, progress: Optional[int] = None, total: Optional[int] = None, message: Optional[str] = None):
+        if progress is not None:
+            self.progress = progress
+        if total is not None:
+            self.total = total
+        if message is not None:
+            self.message = message
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def _beat(self, store: Store) -> None:
+        fields = {"heartbeat": time.time()}
+        for k in ("progress", "total", "message"):
+            if getattr(self, k) is not None:
+                fields[k] = getattr(self, k)
+        try:
+            store.update_job(self.job_id, **fields)
+        except sqlite3.Error:  # a busy or full disk must not kill the job; the next beat retries
+            pass
+
+    def _loop(self) -> None:
+        store = Store(self.db_path)  # its own connection: sqlite connections are per thread
+        while True:
+            self._beat(store)
+            if self._stop.wait(HEARTBEAT_S):
+                self._beat(store)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def open_reconciled(runs_dir) -> Store:
+    store = open_store(runs_dir)
+    reconcile(store)
+    return store

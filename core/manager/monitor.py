@@ -1,0 +1,222 @@
+"""Read-only snapshots of runs for the listings (``runs``, ``show``) and the TUI: store rows and run files.
+
+A stage's state comes from the stage's own ``pending`` answer (``stages/``) and its latest job, so what the
+listings call done is exactly what ``resume`` will skip. No checkpoint is loaded: training stages read the
+step of their model artifact memory-mapped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from core.errors import UserError
+from core.evaluation.evaluate import load_eval
+from core.manager import stages
+from core.names import JOB_ACTIVE, STAGES
+from core.runs import Run, read_json
+from core.store import Store
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 12) -> str:
+    vals = [v for v in values if v is not None][-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = (hi - lo) or 1.0
+    return "".join(SPARK[min(7, int((v - lo) / span * 7.999))] for v in vals)
+
+
+def bar(done: int, total: int, width: int = 10) -> str:
+    if not total:
+        return ""
+    k = int(round(width * min(done, total) / total))
+    return "#" * k + "-" * (width - k)
+
+
+def _latest(jobs: list[dict], stage: str, group: Optional[int] = None) -> Optional[dict]:
+    js = [j for j in jobs if j["stage"] == stage and j["group_index"] == group]
+    return js[-1] if js else None
+
+
+def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
+    """Stage -> running | done | skipped | failed | killed | lost | pending."""
+    skipped = run.config["prune"]["method"] == "none"
+    out = {}
+    for st in STAGES:
+        js = [j for j in jobs if j["stage"] == st]
+        if any(j["status"] in JOB_ACTIVE for j in js):
+            out[st] = "running"
+        elif not stages.pending(run, st):
+            out[st] = "skipped" if st == "prune" and skipped else "done"
+        elif js and js[-1]["status"] in ("failed", "killed", "lost"):
+            out[st] = js[-1]["status"]
+        else:
+            out[st] = "pending"
+    return out
+
+
+def stages_done(status: dict[str, str]) -> int:
+    return sum(v in ("done", "skipped") for v in status.values())
+
+
+def run_summary(store: Store, row: dict) -> dict:
+    """One line about a run for ``runs`` and the TUI's runs screen. A run whose folder is gone is listed as
+    ``missing``, one whose config cannot be read as ``broken``."""
+    run = Run(Path(row["path"]))
+    out = {"name": row["name"], "status": row["status"], "config_hash": row.get("config_hash"),
+           "seed": row.get("seed"), "created": row.get("created"), "ended": row.get("ended"),
+           "parent": row.get("parent"), "folder": str(run.path), "stages_total": len(STAGES)}
+    if not (run.path / "config.json").exists():
+        return {**out, "status": "missing", "folder": None, "stages_done": 0}
+    try:
+        cfg = run.config
+        st = stage_status(run, store.jobs(row["name"]))
+    except (OSError, ValueError, KeyError, TypeError, UserError) as e:
+        return {**out, "status": "broken", "error": f"{type(e).__name__}: {e}", "stages_done": 0}
+    prune = cfg["prune"]
+    out.update({"preset": cfg.get("preset"), "method": prune["method"],
+                "llm": prune["llm"] if prune["method"] == "proxy" else "", "stages_done": stages_done(st)})
+    models = load_eval(run).get("models", {})
+    for model, r in models.items():
+        for key in ("macs", "loss", "fid"):
+            if r.get(key) is not None:
+                out[f"{model}_{key}"] = r[key]
+    fids = [r["fid"] for r in models.values() if r.get("fid") is not None]
+    out["best_fid"] = min(fids) if fids else None
+    return out
+
+
+def runs_overview(store: Store) -> list[dict]:
+    return [run_summary(store, r) for r in store.list_runs()]
+
+
+def group_rows(store: Store, run: Run) -> list[dict]:
+    """Per timestep group: size, budget, achieved MACs and params after pruning, fine-tune state and loss."""
+    sched = read_json(run.schedule_file())
+    if not sched:
+        return []
+    rows = []
+    for g in sched["groups"]:
+        rec = read_json(run.prune_record(g["index"])) if g["size"] else None
+        ft = store.metrics(run.name, "finetune", g["index"], "loss")
+        rows.append({"index": g["index"], "size": g["size"], "t_start": g.get("t_start"), "t_end": g.get("t_end"),
+                     "budget_ratio": g["budget_ratio"], "budget_macs": g["budget_macs"],
+                     "macs": rec["report"]["macs"] if rec else None,
+                     "params": rec["report"]["params"] if rec else None,
+                     "prune_method": rec["method"]["method"] if rec else None,
+                     "finetuned": run.model(run.group_stage(g["index"])).exists(),
+                     "finetune_loss": ft[-1]["value"] if ft else None})
+    return rows
+
+
+def show_data(store: Store, run: Run) -> dict:
+    """Everything ``stepadapt show`` prints (and ``--json`` returns)."""
+    summary = run_summary(store, store.get_run(run.name))
+    last = {}
+    for m in store.metrics(run.name):
+        key = m["stage"] + ("" if m["group_index"] is None else f"/g{m['group_index']:02d}")
+        last.setdefault(key, {})[m["key"]] = m["value"]
+        last[key]["step"] = m["step"]
+    jobs = [{k: j[k] for k in ("id", "stage", "group_index", "status", "pid", "device", "exit_code", "started",
+                               "ended", "progress", "total", "message", "log_path")} for j in store.jobs(run.name)]
+    return {"run": summary, "meta": run.meta, "stages": stage_status(run, store.jobs(run.name)),
+            "groups": group_rows(store, run), "jobs": jobs, "metrics_last": last,
+            "artifacts": store.artifacts(run.name), "eval": load_eval(run)}
+
+
+def run_detail(store: Store, run: Run) -> dict:
+    """The TUI's run screen: stages, one row for the base and one per group with live training state."""
+    cfg = run.config
+    jobs = store.jobs(run.name)
+    sched = read_json(run.schedule_file())
+    row = store.get_run(run.name) or {}
+    groups = [_base_row(store, run, cfg, jobs)]
+    if sched:
+        full = sched.get("full_macs") or 1
+        groups += [_group_row(store, run, g, jobs, full) for g in sched["groups"]]
+    return {"name": run.name, "status": row.get("status", "created"), "preset": cfg.get("preset"),
+            "method": cfg["prune"]["method"], "stages": stage_status(run, jobs), "groups": groups,
+            "jobs": jobs, "schedule": sched, "eval": read_json(run.eval_file())}
+
+
+def _base_row(store: Store, run: Run, cfg: dict, jobs: list[dict]) -> dict:
+    job = _latest(jobs, "base")
+    loss = [m["value"] for m in store.metrics(run.name, "base", None, "loss")]
+    if job:
+        status = "done" if job["status"] == "succeeded" else job["status"]
+    else:
+        status = "done" if not stages.pending(run, "base") else "pending"
+    return {"group": "base", "t": f"0-{cfg['diffusion']['steps'] - 1}", "budget": None, "macs": None,
+            "status": status, "progress": (job or {}).get("progress") or 0, "total": (job or {}).get("total") or 0,
+            "loss": loss[-1] if loss else None, "spark": sparkline(loss), "job": job["id"] if job else None}
+
+
+def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -> dict:
+    if not g["size"]:
+        return {"group": g["index"], "t": "empty", "budget": g["budget_ratio"], "macs": None, "status": "empty",
+                "progress": 0, "total": 0, "loss": None, "spark": "", "job": None}
+    rec = read_json(run.prune_record(g["index"]))
+    ft, pj = _latest(jobs, "finetune", g["index"]), _latest(jobs, "prune", g["index"])
+    losses = [m["value"] for m in store.metrics(run.name, "finetune", g["index"], "loss")]
+    if ft:
+        status = ft["status"] if ft["status"] != "succeeded" else "done"
+    elif pj:
+        status = "pruning" if pj["status"] == "running" else f"prune {pj['status']}"
+    else:
+        status = "done" if run.model(run.group_stage(g["index"])).exists() else "pending"
+    job = ft or pj
+    return {"group": g["index"], "t": f"{g['t_start']}-{g['t_end']}", "budget": g["budget_ratio"],
+            "macs": rec["report"]["macs"] / full if rec else None, "status": status,
+            "progress": (ft or {}).get("progress") or 0, "total": (ft or {}).get("total") or 0,
+            "loss": losses[-1] if losses else None, "spark": sparkline(losses), "job": job["id"] if job else None}
+
+
+def schedule_text(run: Run, width: int = 64) -> str:
+    """The schedule drawn in text: budget (k F .. F) over t, and where each group starts."""
+    from core.method.schedule import schedule_from_config
+
+    sched = schedule_from_config(run.config)
+    T = sched.num_timesteps
+    width = min(width, T)
+    cols = [range(i * T // width, max(i * T // width + 1, (i + 1) * T // width)) for i in range(width)]
+    k = sched.k
+    levels = "".join(SPARK[min(7, int((max(sched.ratio[c]) - k) / max(1 - k, 1e-9) * 7.999))] for c in cols)
+    snr = sched.snr
+    lo, hi = float(snr.min()), float(snr.max())
+    snr_line = "".join(SPARK[min(7, int((float(snr[c].mean()) - lo) / max(hi - lo, 1e-9) * 7.999))] for c in cols)
+    marks = [" "] * width
+    for g in sched.nonempty:
+        i = min(width - 1, g.t_start * width // T)
+        marks[i] = str(g.index % 10)
+    return (f"SNR dB  {snr_line}  {hi:.0f}..{lo:.0f}\n"
+            f"budget  {levels}  {k:.2f}F..1F\n"
+            f"groups  {''.join(marks)}  t=0..{T - 1}")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def comparison(runs: list[Run]) -> dict:
+    """Table 1 style rows (one per run and model) from each run's ``eval.json``, and the config keys that differ."""
+    import json
+
+    rows = []
+    for run in runs:
+        ev = load_eval(run)
+        for model, r in ev.get("models", {}).items():
+            rows.append({"run": run.name, "model": model, "fid": r.get("fid"), "fid_kind": r.get("fid_kind"),
+                         "params": r["params"], "macs": r["macs"], "macs_sampled": r["macs_sampled"],
+                         "loss": r["loss"], "train_steps": r["train_steps"], "sample_steps": ev.get("sample_steps")})
+    flat = [_flatten(r.config) for r in runs]
+    keys = sorted(set().union(*flat)) if flat else []
+    diff = {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1}
+    return {"rows": rows, "config_differences": diff, "runs": [r.name for r in runs]}

@@ -1,0 +1,185 @@
+"""The orchestrator: the whole method as one pipeline of tracked jobs (the stages are in ``stages/``).
+
+    base -> schedule -> prune (per group) -> finetune (per group) -> assemble -> sample -> eval
+
+Each stage knows what is left to do from the run folder (``stages.pending``), so ``resume`` skips finished
+stages and groups and continues interrupted ones from their checkpoints. Group jobs run in parallel, one per
+free device slot: one per GPU (``CUDA_VISIBLE_DEVICES``), on CPU one at a time unless ``parallel`` says more.
+The first failed job ends the run ``failed`` at once. ``Pipeline`` runs as a tracked ``pipeline`` job
+(``start_detached``); the foreground ``stepadapt run`` starts the same job and follows it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Callable, Optional
+
+import torch
+
+from core.errors import Interrupted, StageFailed, UserError
+from core.manager import stages
+from core.manager.jobs import launch, settle, stop_job
+from core.names import GROUP_STAGES, STAGES
+from core.runs import Run
+from core.store import Store, utc_now
+
+
+# -- the orchestrator --------------------------------------------------------------------------------
+def device_slots(parallel: int = 1, gpus: Optional[list[int]] = None) -> list[str]:
+    """One slot per GPU (``gpus``: indices, default all visible), or ``parallel`` CPU slots without CUDA."""
+    if gpus is None and torch.cuda.is_available():
+        gpus = list(range(torch.cuda.device_count()))
+    if gpus:
+        return [f"cuda:{i}" for i in gpus]
+    return ["cpu"] * max(1, parallel)
+
+
+class Pipeline:
+    """Runs the stages left of ``run`` as jobs; ``view(jobs)`` is called while waiting, ``say(line)`` on events."""
+
+    def __init__(self, run: Run, store: Store, slots: list[str], grace: float = 10.0, poll: float = 0.5,
+                 say: Callable[[str], None] = print, view: Optional[Callable[[list[dict]], None]] = None,
+                 stages: tuple = STAGES):
+        self.run, self.store, self.slots, self.grace, self.poll = run, store, slots, grace, poll
+        self.say, self.view, self.stages = say, view, stages
+        self.active: dict[int, tuple] = {}  # job id -> (Popen, slot)
+
+    def execute(self) -> None:
+        row = self.store.get_run(self.run.name)
+        self.store.update_run(self.run.name, status="running", started=row.get("started") or utc_now(), ended=None)
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            for stage in self.stages:
+                units = stages.pending(self.run, stage)
+                if not units:
+                    continue
+                self._run_stage(stage, units)
+            self.store.update_run(self.run.name, status="succeeded", ended=utc_now())
+            self.say(f"run {self.run.name}: all stages done")
+        except KeyboardInterrupt:
+            self._stop_all()
+            self.store.update_run(self.run.name, status="killed", ended=utc_now())
+            raise Interrupted(f"run {self.run.name} stopped; continue it with: stepadapt resume {self.run.name}") from None
+        except Interrupted:
+            self._stop_all()
+            self.store.update_run(self.run.name, status="killed", ended=utc_now())
+            raise
+        except StageFailed:
+            self.store.update_run(self.run.name, status="failed", ended=utc_now())
+            raise
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _device_args(self, slot: str) -> dict:
+        return {"device": "cuda" if slot.startswith("cuda") else "cpu"}
+
+    def _run_stage(self, stage: str, units: list) -> None:
+        """Launch the stage's units on free slots until all ended. The first failed job ends the stage at
+        once: nothing more is launched, running siblings are stopped (training checkpoints on SIGINT) and
+        ``StageFailed`` is raised, so the run ends ``failed`` and ``resume`` continues it."""
+        todo = list(units)
+        free = list(self.slots) if stage in GROUP_STAGES else list(self.slots)[:1]
+        threads = None
+        if free[0] == "cpu" and len(free) > 1 and stage in GROUP_STAGES:
+            threads = max(1, (os.cpu_count() or 1) // min(len(free), len(todo)))
+        while todo or self.active:
+            while todo and free:
+                self._launch(stage, todo.pop(0), free.pop(0), threads)
+            if self.view:
+                self.view(self.store.jobs(self.run.name))
+            time.sleep(self.poll)
+            failed = self._reap(stage, free)
+            if failed:
+                self._stop_all()
+                if self.view:
+                    self.view(self.store.jobs(self.run.name))
+                job_id, what, job = failed[0]
+                raise StageFailed(f"job {job_id} ({what}) failed (exit {job['exit_code']}); see stepadapt logs "
+                                  f"{job_id}; after fixing, continue with stepadapt resume {self.run.name}")
+        if self.view:
+            self.view(self.store.jobs(self.run.name))
+
+    def _launch(self, stage: str, unit, slot: str, threads: Optional[int]) -> None:
+        gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
+        if stage == "base" and len(gpus) > 1:  # stage 1 on every GPU: torchrun, DDP
+            job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cuda"},
+                                  device="cuda:" + ",".join(gpus), nproc=len(gpus))
+        else:
+            job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
+                                  threads=threads)
+        self.active[job_id] = (proc, slot)
+        self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} (pid {proc.pid})")
+
+    def _reap(self, stage: str, free: list) -> list[tuple]:
+        """Settle the jobs that ended (their slots become free); returns the failed ones."""
+        failed = []
+        for job_id, (proc, slot) in list(self.active.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del self.active[job_id]
+            free.append(slot)
+            job = settle(self.store, job_id, rc)
+            what = f"{stage}{'' if job['group_index'] is None else ' group ' + str(job['group_index'])}"
+            self.say(f"job {job_id}: {what} {job['status']} (exit {rc})"
+                     + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else ""))
+            if job["status"] == "killed":
+                raise Interrupted(f"job {job_id} ({what}) was killed; run {self.run.name} stopped "
+                              f"(continue with stepadapt resume {self.run.name})")
+            if job["status"] != "succeeded":
+                failed.append((job_id, what, job))
+        return failed
+
+    def _stop_all(self) -> None:
+        """Stop every active job (SIGINT first: training checkpoints) and record how each ended."""
+        for job_id, (proc, _) in list(self.active.items()):
+            try:
+                stop_job(self.store, job_id, self.grace, log=self.say)
+            except UserError:  # it ended by itself meanwhile
+                pass
+            try:
+                settle(self.store, job_id, proc.wait(timeout=self.grace))
+            except subprocess.TimeoutExpired:
+                self.say(f"job {job_id}: pid {proc.pid} still there after SIGKILL")
+            self.active.pop(job_id, None)
+
+
+def ensure_idle(store: Store, run: Run) -> None:
+    for j in store.jobs(run.name, active=True):
+        raise UserError(f"run {run.name} is running already (job {j['id']}, {j['stage']}, pid {j['pid']}); "
+                        f"stop it with stepadapt kill {run.name}")
+
+
+def start_detached(run: Run, store: Store, slots: list[str], grace: float = 10.0) -> tuple[int, int]:
+    """Run the pipeline in the background as a tracked ``pipeline`` job; returns (job id, pid)."""
+    ensure_idle(store, run)
+    job_id, proc = launch(store, run, "pipeline", None, {"slots": slots, "grace": grace}, device=None)
+    store.update_run(run.name, status="running")
+    return job_id, proc.pid
+
+
+def stop_run(store: Store, name: str, grace: float = 10.0, log=lambda s: None) -> list[tuple[dict, str]]:
+    """Stop a run: its orchestrator first (it launches nothing more), then every running job."""
+    active = store.jobs(name, active=True)
+    if not active:
+        row = store.get_run(name)
+        raise UserError(f"run {name} has no running jobs (it is {row['status'] if row else 'not started'})")
+    active.sort(key=lambda j: j["stage"] != "pipeline")
+    done = []
+    for j in active:
+        if store.job(j["id"])["status"] in ("queued", "running"):
+            wait = 3 * grace if j["stage"] == "pipeline" else grace
+            done.append((j, stop_job(store, j["id"], wait, log=log)))
+    row = store.get_run(name)
+    if row and row["status"] == "running":
+        store.update_run(name, status="killed", ended=utc_now())
+    return done
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+

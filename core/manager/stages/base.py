@@ -1,0 +1,48 @@
+"""Stage 1: the base denoiser trained on all timesteps (``models/base.pt``)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from core.method.artifacts import artifact_step
+from core.training.loop import TrainSpec
+
+NAME = "base"
+GROUPED = False
+
+
+def pending(run) -> list:
+    step = artifact_step(run.model("base"))
+    return [] if step is not None and step >= run.config["train"]["steps"] else [None]
+
+
+def base_spec(run, cfg: dict, steps: Optional[int] = None, **changes) -> TrainSpec:
+    """The stage-1 job of ``run`` as its config says (``changes`` override spec fields)."""
+    t = cfg["train"]
+    spec = TrainSpec(
+        name="base", ckpt=run.ckpt("base"), model_out=run.model("base"), metrics=run.metrics("base"),
+        steps=t["steps"] if steps is None else steps, batch_size=t["batch_size"], lr=t["lr"],
+        ema_decay=t["ema_decay"], seed=cfg["seed"], weight_decay=t["weight_decay"], grad_clip=t["grad_clip"],
+        log_every=t["log_every"], ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"],
+        channels_last=t["channels_last"], compile=t["compile"], accum=t["accum"],
+        extra={"arch": cfg["model"], "stage": "base"},
+    )
+    for key, val in changes.items():
+        setattr(spec, key, val)
+    return spec
+
+
+def work(ctx) -> None:
+    from core.model.diffusion import create_diffusion
+    from core.model.unet import build_unet
+    from core.training.data import load_dataset
+    from core.training.loop import train
+
+    cfg = ctx.run.config
+    data = load_dataset(cfg)
+    spec = base_spec(ctx.run, cfg)
+    ctx.heartbeat.set(progress=0, total=spec.steps)
+    model = build_unet(cfg["model"], seed=cfg["seed"])
+    train(spec, model, create_diffusion(cfg), data, resume=spec.ckpt.exists(), device=ctx.device,
+          **ctx.train_hooks("base", None))
+    ctx.produced(spec.model_out, "model")
+    ctx.produced(spec.ckpt, "checkpoint")

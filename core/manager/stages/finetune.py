@@ -1,0 +1,106 @@
+"""Stage 2b: one copy of the base model per non-empty timestep group (pruned if the prune stage ran),
+fine-tuned on that group's timesteps only (paper Eq. 13: U*(i) = argmin_theta Loss(U(i))(T(i), D, S)).
+
+Each group is its own training job (``group03`` ...) with its own EMA, checkpoint and metrics, so groups
+resume independently. When every non-empty group has a model, they are assembled into one progressive
+model artifact (``models/progressive.pt``, see ``assemble``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from core.errors import UserError
+from core.manager.stages.assemble import assemble
+from core.method.artifacts import artifact_step
+from core.method.schedule import Schedule, nonempty_groups, parse_groups, run_schedule
+from core.runs import Run
+from core.training.loop import TrainSpec
+
+NAME = "finetune"
+GROUPED = True
+
+
+def pending(run) -> list:
+    groups = nonempty_groups(run)
+    if groups is None:  # no schedule yet: every group is still to do
+        return list(range(run.config["schedule"]["groups"]))
+    steps = run.config["finetune"]["steps"]
+    return [g for g in groups if not _trained(run.model(run.group_stage(g)), steps)]
+
+
+def _trained(model_path, steps: int) -> bool:
+    step = artifact_step(model_path)
+    return step is not None and step >= steps
+
+
+def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int] = None) -> TrainSpec:
+    f, t = cfg["finetune"], cfg["train"]
+    grp = sched.groups[g]
+    name = run.group_stage(g)
+    return TrainSpec(
+        name=name, ckpt=run.ckpt(name), model_out=run.model(name), metrics=run.metrics(name),
+        steps=steps if steps is not None else f["steps"], batch_size=f["batch_size"], lr=f["lr"],
+        ema_decay=f["ema_decay"], seed=cfg["seed"] + 1 + g, weight_decay=t["weight_decay"],
+        grad_clip=t["grad_clip"], log_every=min(t["log_every"], max(1, (steps or f["steps"]) // 10)),
+        ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"], timesteps=grp.timesteps,
+        channels_last=t["channels_last"], compile=t["compile"],
+        accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
+        extra={"arch": cfg["model"], "stage": "finetune", "group": g, "t_start": grp.t_start, "t_end": grp.t_end,
+               "budget_macs": grp.budget_macs},
+    )
+
+
+def group_done(spec: TrainSpec) -> bool:
+    return _trained(spec.model_out, spec.steps)
+
+
+def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, device="cpu",
+                    progress: bool = True, log: Callable[[str], None] = print, hooks=None) -> list[int]:
+    """Fine-tune the selected groups (resuming unfinished ones); returns the groups trained now.
+
+    ``hooks(g)``, if given, returns the keyword hooks (on_start, on_step, on_log) for ``train`` of group g."""
+    from core.manager.stages.prune import pruned_base
+    from core.model.diffusion import create_diffusion
+    from core.training.data import load_dataset
+    from core.training.loop import train
+
+    cfg = run.config
+    base_path = run.model("base")
+    if not base_path.exists():
+        raise UserError(f"run {run.name} has no base model yet ({base_path}); run stage 1 (stepadapt train) first")
+    sched = run_schedule(run, cfg)
+    empty = [g.index for g in sched.groups if g.size == 0]
+    if empty:
+        log(f"empty groups (no timestep falls in their budget interval; skipped): {', '.join(map(str, empty))}")
+    selected = parse_groups(groups, sched)
+    data = load_dataset(cfg)
+    diffusion = create_diffusion(cfg)
+    trained = []
+    for g in selected:
+        spec = group_spec(run, cfg, sched, g, steps)
+        grp = sched.groups[g]
+        if group_done(spec):
+            log(f"group {g}: done already ({spec.steps} steps), skipped")
+            continue
+        resume = spec.ckpt.exists()
+        model, rec = pruned_base(run, g)  # a fresh copy of the base EMA weights, pruned by the group's plan
+        model.train()
+        spec.extra["plan"] = rec["plan"] if rec else None
+        spec.extra["prune_method"] = rec["method"]["method"] if rec else "none"
+        how = (f"pruned by {spec.extra['prune_method']} to {rec['report']['macs'] / 1e9:.4f} GMACs" if rec
+               else "not pruned")
+        log(f"group {g}: t in [{grp.t_start}, {grp.t_end}] ({grp.size} steps), budget {grp.budget_ratio:.2f} F, "
+            f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps")
+        train(spec, model, diffusion, data, resume=resume, device=device, progress=progress,
+              **(hooks(g) if hooks else {}))
+        trained.append(g)
+    assemble(run, sched)
+    return trained
+
+
+def work(ctx) -> None:
+    g = ctx.group
+    ctx.heartbeat.set(progress=0, total=ctx.run.config["finetune"]["steps"])
+    finetune_groups(ctx.run, str(g), None, ctx.device, log=ctx.log, hooks=lambda gg: ctx.train_hooks("finetune", gg))
+    ctx.produced(ctx.run.model(ctx.run.group_stage(g)), "model")
+    ctx.produced(ctx.run.ckpt(ctx.run.group_stage(g)), "checkpoint")

@@ -1,0 +1,196 @@
+"""Stage 2a: prune one copy of the base per non-empty group to that group's MACs budget (Eq. 14/15; with the
+LLM proxy Eq. 16/17, see ``method/proxy.py``).
+
+Each group's result is ``RUN/prune/groupNN.json``: the method and its settings, the plan, and the report
+(budget, MACs, params, loss before/after on held-out images at the group's timesteps). The pruned model is
+never stored separately: base EMA + plan rebuilds it exactly, and ``finetune`` starts from it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Callable, Optional
+
+import torch
+
+from core.errors import UserError
+from core.method.artifacts import load_unet
+from core.method.importance import make_importance
+from core.method.prune import PruneContext, apply_plan, prune_to_budget
+from core.method.schedule import nonempty_groups, parse_groups, run_schedule
+from core.model.diffusion import create_diffusion
+from core.runs import Run, atomic_write_json
+from core.training.data import load_dataset, split_holdout
+
+NAME = "prune"
+GROUPED = True
+
+
+def pending(run) -> list:
+    if run.config["prune"]["method"] == "none":
+        return []
+    groups = nonempty_groups(run)
+    if groups is None:  # no schedule yet: every group is still to do
+        return list(range(run.config["schedule"]["groups"]))
+    return [g for g in groups if not run.prune_record(g).exists()]
+
+
+def load_prune_record(run: Run, g: int) -> Optional[dict]:
+    p = run.prune_record(g)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{p} is corrupt; delete it to prune group {g} again") from None
+
+
+def prune_images(cfg: dict, n: int, n_eval: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images for importance estimation and disjoint ones for the loss before/after (held-out when configured)."""
+    data = load_dataset(cfg, split="all")
+    train, held = split_holdout(data, cfg["data"].get("holdout", 0))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train), generator=g)
+    imp = train.get(perm[:n])
+    if held is not None:
+        ev = held.get(torch.arange(min(n_eval, len(held))))
+    else:
+        ev = train.get(perm[n:n + n_eval])
+    if len(ev) < 2:
+        raise UserError("not enough images to measure the loss before/after pruning")
+    return imp, ev
+
+
+def pruned_base(run: Run, g: int, device="cpu"):
+    """The starting point of group g's fine-tune: base EMA, pruned by the group's plan if it has one."""
+    model = load_unet(run.model("base"), device)
+    rec = load_prune_record(run, g)
+    if rec is not None and rec["plan"]["remove"]:
+        apply_plan(model, rec["plan"])
+    return model, rec
+
+
+def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", seed: Optional[int] = None,
+                 allocation: Optional[str] = None, device="cpu", log: Callable[[str], None] = print,
+                 proxy=None, replay: Optional[str] = None, on_miss: str = "fail",
+                 use_cache: bool = False) -> list[dict]:
+    """Prune the selected groups (skipping those already pruned the same way); returns their records.
+
+    ``method="proxy"``: the LLM proxy with ``proxy`` (``ProxySettings``); ``replay``: another run whose
+    recorded answers are replayed in order (``on_miss``: fail, or live from the first mismatch);
+    with ``proxy.model`` different from the recorded one, the same prompts go to the new model and its
+    calls are linked to the recorded ones (compare); ``use_cache``: reuse answers to identical requests.
+    """
+    cfg = run.config
+    pc = cfg["prune"]
+    method = method or pc["method"]
+    allocation = allocation or pc["allocation"]
+    seed = cfg["seed"] if seed is None else seed
+    if not run.model("base").exists():
+        raise UserError(f"run {run.name} has no base model yet; run stage 1 (stepadapt train) first")
+    sched = run_schedule(run, cfg)
+    selected = parse_groups(groups, sched)
+    empty = [gr.index for gr in sched.groups if gr.size == 0]
+    if empty:
+        log(f"empty groups (skipped): {', '.join(map(str, empty))}")
+    store = None
+    if method == "proxy":
+        from core.method.proxy import ProxySettings
+        from core.store import open_store
+
+        proxy = proxy or ProxySettings(seed=seed)
+        importance = None
+        store = open_store(run.path.parent)
+        describe = proxy.describe()
+        if replay is not None:
+            if not store.calls(replay):
+                raise UserError(f"run {replay!r} has no recorded proxy calls in {store.path}")
+    else:
+        try:
+            importance = make_importance(method, seed)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        describe = importance.describe()
+    diffusion = create_diffusion(cfg)
+    images = None
+    records = []
+    for g in selected:
+        grp = sched.groups[g]
+        old = load_prune_record(run, g)
+        want = {"method": describe, "allocation": allocation, "seed": seed}
+        if old is not None:
+            if {k: old.get(k) for k in want} == want:
+                log(f"group {g}: pruned already ({method}), skipped")
+                records.append(old)
+                continue
+            raise UserError(f"group {g} was already pruned with {old['method']['method']} (seed {old['seed']}); "
+                            "start a new run to compare methods")
+        if run.ckpt(run.group_stage(g)).exists():
+            raise UserError(f"group {g} is already fine-tuned without this plan; start a new run to prune it")
+        if images is None:
+            images = prune_images(cfg, pc["images"], pc["eval_images"], seed)
+        ctx = PruneContext(diffusion, images[0], images[1], grp.timesteps, pc["batch_size"], pc["batches"], seed,
+                           str(device))
+        base = load_unet(run.model("base"), device)
+        log(f"group {g}: t in [{grp.t_start}, {grp.t_end}], pruning to {grp.budget_macs / 1e9:.4f} GMACs "
+            f"({grp.budget_ratio:.3f} F) with {method}")
+        if method == "proxy":
+            plan, report = _proxy_group(run, g, grp, sched, base, ctx, proxy, store, replay, on_miss, use_cache,
+                                        allocation, pc["tolerance"], seed, log)
+        else:
+            _, plan, report = prune_to_budget(base, importance, grp.budget_macs, ctx, allocation=allocation,
+                                              tolerance=pc["tolerance"], log=log)
+        rec = {"group": g, "t_start": grp.t_start, "t_end": grp.t_end, "budget_ratio": grp.budget_ratio,
+               "budget_macs": grp.budget_macs, **want, "plan": plan, "report": report,
+               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_json(rec, run.prune_record(g))
+        records.append(rec)
+    return records
+
+
+def _proxy_group(run, g, grp, sched, base, ctx, settings, store, replay, on_miss, use_cache, allocation,
+                 tolerance, seed, log):
+    from core.method.prune import Pruner, held_out_loss
+    from core.method.proxy import ProxyRun, Replay
+
+    pr = Pruner(base)
+    mode, rep = "live", None
+    if replay is not None:
+        src = load_prune_record(Run(run.path.parent / replay), g) if (run.path.parent / replay).is_dir() else None
+        session = (src or {}).get("report", {}).get("proxy", {}).get("session") or store.last_session(replay, g)
+        calls = store.calls(replay, g, session) if session else []
+        if not calls:
+            raise UserError(f"run {replay!r} has no recorded proxy calls for group {g}")
+        rep = Replay(calls, replay)
+        mode = "replay" if calls[0]["model_asked"] == settings.model else "compare"
+    info_group = {"t_start": grp.t_start, "t_end": grp.t_end, "snr_min": grp.snr_min, "snr_max": grp.snr_max,
+                  "num_timesteps": sched.num_timesteps}
+    search = ProxyRun(pr, grp.budget_macs, ctx, settings, store, run.name, g, info_group, mode=mode, replay=rep,
+                      on_miss=on_miss, use_cache=use_cache, log=log)
+    plan, info = search.search()
+    if plan is None:
+        log(f"group {g}: no valid proposal in {settings.rounds} rounds; falling back to {settings.fallback}")
+        _, plan, fb = prune_to_budget(base, make_importance(settings.fallback, seed), grp.budget_macs, ctx,
+                                      allocation=allocation, tolerance=tolerance, log=log)
+        info["fallback"] = settings.fallback
+    pruned = pr.apply(plan)
+    report = {**settings.describe(), "allocation": "proxy", **pr.report(pruned, plan, grp.budget_macs, tolerance),
+              "proxy": info, "loss_before": info["base_loss"], "loss_after": held_out_loss(pruned, ctx)}
+    return plan, report
+
+
+def proxy_settings(cfg: dict):
+    """The proxy as the run's config says (``prune.llm``, ``prune.api_base``, ``prune.rounds``, seed)."""
+    from core.method.proxy import ProxySettings
+
+    p = cfg["prune"]
+    return ProxySettings(model=p["llm"], api_base=p["api_base"] or None, rounds=p["rounds"], seed=cfg["seed"])
+
+
+def work(ctx) -> None:
+    cfg = ctx.run.config
+    method = cfg["prune"]["method"]
+    ctx.heartbeat.set(message=f"pruning with {method}")
+    prune_groups(ctx.run, method, str(ctx.group), device=ctx.device, log=ctx.say,
+                 proxy=proxy_settings(cfg) if method == "proxy" else None)
+    ctx.produced(ctx.run.prune_record(ctx.group), "plan")

@@ -1,0 +1,112 @@
+"""Entry point of a tracked job: ``python -m core.manager.worker --runs-dir DIR --job ID``.
+
+Reads its job row, beats its heartbeat, does the stage's work (``stages.work``, or the whole
+pipeline for a detached run), records what it produced (with sha256) and its final status and exit code:
+0 succeeded, 130 killed (SIGINT/SIGTERM: training checkpoints first), otherwise failed (the error line, or a
+traceback for an unexpected failure, is in the job's log).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m core.manager.worker")
+    ap.add_argument("--runs-dir", required=True)
+    ap.add_argument("--job", type=int, required=True)
+    a = ap.parse_args(argv)
+
+    from core.errors import UserError
+    from core.manager.jobs import Heartbeat, proc_start
+    from core.store import open_store
+
+    store = open_store(a.runs_dir)
+    job = store.job(a.job)
+    if job is None:
+        print(f"error: no job {a.job} in {store.path}", flush=True)
+        return 2
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # a torchrun helper process: only rank 0 keeps the books
+        return _work(store, job, a, None)
+    store.update_job(a.job, pid=os.getpid(), proc_start=proc_start(os.getpid()), status="running",
+                     heartbeat=time.time())
+    hb = Heartbeat(store.path, a.job).start()
+    signal.signal(signal.SIGTERM, _interrupt)
+    what = job["stage"] + ("" if job["group_index"] is None else f" group {job['group_index']}")
+    print(f"[job {a.job}] {what} of run {job['run']}: pid {os.getpid()}, device {job['device']}", flush=True)
+    status, rc, message = "failed", 1, None
+    try:
+        _work(store, job, a, hb)
+        status, rc = "succeeded", 0
+    except KeyboardInterrupt:
+        status, rc, message = "killed", 130, "stopped by signal"
+        print(f"[job {a.job}] stopped by signal", flush=True)
+    except UserError as e:
+        interrupted = e.exit_code == 130
+        status, rc, message = ("killed" if interrupted else "failed"), e.exit_code, str(e)
+        print(f"error: {e}", flush=True)
+    except Exception as e:  # a bug: the job fails with its traceback in the log
+        message = f"internal error {type(e).__name__}: {e}"
+        traceback.print_exc()
+        sys.stdout.flush()
+    finally:
+        hb.stop()
+    store.finish_job(a.job, status, rc, message[:500] if message else None)
+    print(f"[job {a.job}] {status} (exit {rc})", flush=True)
+    return rc
+
+
+def _work(store, job, a, hb) -> None:
+    from core.manager import stages
+    from core.manager.context import WorkContext
+    from core.runs import file_sha256, open_run
+    from core.training.devices import pick_device
+
+    run = open_run(job["run"], a.runs_dir)
+    threads = os.environ.get("STEPADAPT_THREADS") or run.config["train"].get("threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    args = job["args"] or {}
+    if job["stage"] == "pipeline":
+        from core.manager.pipeline import Pipeline
+
+        def say(line):
+            print(line, flush=True)
+            if hb is not None:
+                hb.set(message=line[:200])
+
+        Pipeline(run, store, args["slots"], grace=args.get("grace", 10.0), say=say).execute()
+        return
+    from core.training.devices import init_distributed
+
+    device = init_distributed() or pick_device(args.get("device", "auto"))  # torchrun: this rank's GPU
+    ctx = WorkContext(run, store, job, device, hb or _NoBeat(), log=lambda s: print(s, flush=True))
+    stages.work(ctx)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for path, kind in ctx.artifacts:
+        path = Path(path)
+        if path.exists():
+            store.add_artifact({"run": run.name, "job": job["id"], "path": str(path.relative_to(run.path)),
+                                "kind": kind, "sha256": file_sha256(path), "bytes": path.stat().st_size})
+
+
+class _NoBeat:
+    def set(self, **kw):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

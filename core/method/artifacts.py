@@ -1,0 +1,88 @@
+"""Model artifacts on disk: loading and saving models, pruned or not, and the progressive model.
+
+    models/base.pt, models/groupNN.pt   {"arch": model config, "state": EMA weights, "step", "plan"?, ...}
+                                        (written by the training loop; "plan" for a pruned group model)
+    models/progressive.pt               {"kind": "progressive", "group_of": [T], "groups": {g: {"arch", "plan",
+                                        "state"}}, "schedule": ...}
+
+A pruned model is stored as its base architecture plus its plan and rebuilt by ``prune.build_pruned``.
+A file that is missing, unreadable or does not fit its architecture is a ``UserError`` (one line);
+any other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from typing import Optional
+
+import torch
+
+from core.errors import UserError
+from core.method.progressive import ProgressiveDenoiser
+from core.method.prune import build_pruned
+from core.runs import atomic_torch_save
+
+# what torch.load raises on a truncated, foreign or corrupt file
+UNREADABLE = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, AttributeError,
+              ImportError)
+
+
+def read_artifact(path, device="cpu", what: str = "model") -> dict:
+    """The artifact's dict, or a one-line ``UserError`` for a missing or unreadable file."""
+    try:
+        art = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder, not a file") from None
+    except UNREADABLE as e:
+        raise UserError(f"cannot read {what} {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(art, dict):
+        raise UserError(f"{path} is not a stepadapt {what} artifact")
+    return art
+
+
+def _rebuild(arch, plan, state, path):
+    """The model of ``arch`` pruned by ``plan`` with ``state``; a state that does not fit is the user's error."""
+    try:
+        return build_pruned(arch, plan, state)
+    except RuntimeError as e:  # load_state_dict: missing, unexpected or wrongly shaped tensors
+        raise UserError(f"the weights in {path} do not fit their architecture: {str(e).splitlines()[0]}") from None
+
+
+def load_unet(path, device="cpu"):
+    """A model artifact (base or group model, pruned or not) as an eval-mode UNet on ``device``."""
+    art = read_artifact(path, device)
+    if "arch" not in art or "state" not in art:
+        raise UserError(f"{path} is not a model artifact (no arch/state); is it a checkpoint?")
+    return _rebuild(art["arch"], art.get("plan"), art["state"], path).to(device).eval()
+
+
+def save_progressive(path, group_models: dict[int, dict], group_of, meta: Optional[dict] = None) -> None:
+    """One artifact: ``{"kind": "progressive", "group_of": [T], "groups": {g: {"arch", "plan", "state"}}, ...}``."""
+    atomic_torch_save({"kind": "progressive", "group_of": [int(g) for g in group_of],
+                       "groups": {int(g): a for g, a in group_models.items()}, **(meta or {})}, path)
+
+
+def load_progressive(path, device="cpu") -> ProgressiveDenoiser:
+    """The progressive model: every group's model, routed by the artifact's timestep -> group table."""
+    art = read_artifact(path, device, "progressive model")
+    if art.get("kind") != "progressive":
+        raise UserError(f"{path} is not a progressive model artifact")
+    models = {int(g): _rebuild(a["arch"], a.get("plan"), a["state"], path) for g, a in art["groups"].items()}
+    try:
+        model = ProgressiveDenoiser(models, art["group_of"])
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    return model.to(device).eval()
+
+
+def artifact_step(path) -> Optional[int]:
+    """The training step recorded in a model artifact or checkpoint, read without loading its tensors
+    (memory-mapped), or None if the file is missing or unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["step"])
+    except FileNotFoundError:
+        return None
+    except (*UNREADABLE, KeyError, TypeError):
+        return None

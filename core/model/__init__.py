@@ -1,0 +1,1 @@
+"""The model: the UNet, the diffusion process, respacing, sampling and MAC counting."""

@@ -1,0 +1,29 @@
+"""The names the tool is built from, defined once and torch-free: click choices, the store, the monitor and
+the TUI read them from here."""
+
+# the pipeline, in order; group stages run one job per non-empty timestep group
+STAGES = ("base", "schedule", "prune", "finetune", "assemble", "sample", "eval")
+GROUP_STAGES = ("prune", "finetune")
+
+# how group models are pruned: the LLM proxy, an importance criterion, or not at all
+IMPORTANCE_METHODS = ("random", "magnitude", "lamp", "taylor", "diff")
+PRUNE_METHODS = ("proxy", *IMPORTANCE_METHODS, "none")
+ALLOCATIONS = ("uniform", "global")
+
+# budget over timesteps: Eq. 8 (snr), the Table 3 comparisons, or equal-size groups
+SCHEDULE_KINDS = ("snr", "constant", "increasing", "decreasing", "equal")
+
+SAMPLERS = ("ancestral", "ddim")
+NOISE_SCHEDULES = ("cosine", "linear")
+SAMPLE_MODELS = ("base", "progressive")
+
+# files a job produced (store table ``artifacts``)
+ARTIFACT_KINDS = ("model", "checkpoint", "schedule", "plot", "plan", "samples", "eval", "report")
+
+# job and run states (store tables ``jobs`` and ``runs``)
+JOB_ACTIVE = ("queued", "running")
+JOB_FINAL = ("succeeded", "failed", "killed", "lost")
+RUN_STATUSES = ("created", "running", "succeeded", "failed", "killed", "lost")
+
+# a stage as the monitor shows it
+STAGE_STATES = ("pending", "running", "done", "skipped", "failed", "killed", "lost")

@@ -1,0 +1,1 @@
+"""Training: data sets and the training loop."""

@@ -1,0 +1,338 @@
+"""The training loop shared by stage 1 (all timesteps) and stage 2 (one group's timesteps).
+
+``TrainLoop`` is split into the steps of a run: ``setup`` (model, EMA, optimiser on the device), ``resume``
+(state from the checkpoint), ``step`` (one optimisation step: L_hybrid = L_simple + lambda L_vlb on a batch,
+Eq. 16 of IDDPM, see ``diffusion.training_losses``), ``log`` (metrics), ``checkpoint``, and the signal
+handling that turns SIGINT/SIGTERM into a checkpoint and ``Interrupted``.
+
+Determinism: batch k comes from ``data.BatchStream`` (a function of (seed, k)); the timesteps and
+noise of step k come from generators seeded by (seed, k); the only global-RNG consumer (dropout)
+has its state saved in the checkpoint. So ``resume`` gives the same weights as an uninterrupted run.
+
+Under ``torch.distributed`` (torchrun), every rank takes an equal slice of each step's batch (the batch,
+timesteps and noise are the same functions of (seed, step) as on one device, so the gradient is the
+same mean), gradients are averaged by DDP, and only rank 0 writes files and calls the hooks.
+On CUDA: bf16 autocast, channels-last, fused AdamW; ``spec.compile`` compiles the model;
+``spec.accum`` splits each step's batch into micro-batches.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from core.errors import Interrupted, UserError
+from core.model.diffusion import GaussianDiffusion, TimestepSampler, to_model_range
+from core.runs import atomic_torch_save
+from core.training.data import batches
+from core.training.devices import distributed
+
+
+@dataclass
+class TrainSpec:
+    """One training job: what to train for how long, and where its state goes."""
+
+    name: str                          # "base", "group03", ...
+    ckpt: Path                         # resumable state
+    model_out: Path                    # EMA weights written at the end
+    metrics: Path                      # JSON lines
+    steps: int
+    batch_size: int
+    lr: float
+    ema_decay: float
+    seed: int
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 100
+    ckpt_every: int = 1000
+    bf16: bool = True
+    workers: int = 0
+    channels_last: bool = True         # NHWC weights and inputs (oneDNN and cuDNN run these fastest)
+    compile: bool = False              # torch.compile the forward/backward
+    accum: int = 1                     # micro-batches per optimiser step (batch_size is the total)
+    timesteps: Optional[list[int]] = None  # None: all T
+    extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """theta_ema <- decay * theta_ema + (1 - decay) * theta."""
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+
+
+def _step_seed(seed: int, step: int, salt: int) -> int:
+    return (seed * 1_000_003 + step * 7 + salt) % (2 ** 63)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and stops. A second signal stops at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class ProgressLine:
+    """A rich progress bar on a terminal; a plain line every ``log_every`` steps otherwise."""
+
+    def __init__(self, name: str, start: int, total: int, enabled: bool):
+        self.total, self.name, self.enabled = total, name, enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.task = self.bar.add_task(name, total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, step: int, info: str, logged: bool):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif self.enabled and logged:
+            print(f"[{self.name}] step {step}/{self.total} {info}", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop metric lines past the checkpoint we resume from (they will be written again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= after_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+class TrainLoop:
+    """One training job (``spec``) of ``model``; ``run()`` trains it and returns the last logged metrics.
+
+    Hooks: ``on_start(step)`` once with the step training starts from (0, or the checkpoint's),
+    ``on_step(done, total)`` after every step, ``on_log(record)`` with every logged record."""
+
+    def __init__(self, spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
+                 resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
+                 on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
+                 on_step: Optional[Callable[[int, int], None]] = None):
+        self.spec, self.model, self.diffusion, self.data = spec, model, diffusion, data
+        self.device = torch.device(device)
+        self.dist, self.rank, self.world = distributed()
+        self.main = self.rank == 0
+        self.hooks = {"on_log": on_log, "on_start": on_start, "on_step": on_step} if self.main else {}
+        self.progress = progress and self.main
+        self.cuda = self.device.type == "cuda"
+        self.setup()
+        if spec.ckpt.exists() and not resume:
+            raise UserError(f"{spec.ckpt} exists; pass --resume to continue it (nothing was overwritten)")
+        self.start = self.resume() if spec.ckpt.exists() else self.fresh()
+
+    # -- setup and resume -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Model, EMA copy and optimiser on the device; the network that runs the steps (DDP, compiled)."""
+        spec = self.spec
+        self.model.to(self.device)
+        if spec.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay,
+                                     fused=True if self.cuda else None)
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
+        if spec.compile:
+            self.net = torch.compile(self.net)
+        self.sampler = TimestepSampler(spec.timesteps if spec.timesteps is not None
+                                       else range(self.diffusion.num_timesteps))
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and spec.bf16
+                         else contextlib.nullcontext())
+        self.gen_cpu = torch.Generator()
+        self.gen_dev = torch.Generator(device=self.device)
+
+    def fresh(self) -> int:
+        torch.manual_seed(self.spec.seed)
+        return 0
+
+    def resume(self) -> int:
+        """Weights, EMA, optimiser and RNG state from the checkpoint; returns its step."""
+        spec = self.spec
+        try:
+            state = torch.load(spec.ckpt, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+        except (OSError, RuntimeError, KeyError, ValueError, EOFError) as e:
+            raise UserError(f"cannot resume from {spec.ckpt}: {type(e).__name__}: {e}") from None
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.main:
+            truncate_metrics(spec.metrics, state["step"])
+        return state["step"]
+
+    # -- one optimisation step ------------------------------------------------------------------------
+    def batch(self, step: int, stream):
+        """Step ``step``'s images, timesteps and noise (this rank's slice of them)."""
+        spec = self.spec
+        x0 = to_model_range(next(stream).to(self.device, non_blocking=True))
+        self.gen_cpu.manual_seed(_step_seed(spec.seed, step, 1))
+        self.gen_dev.manual_seed(_step_seed(spec.seed, step, 2))
+        t = self.sampler.sample(x0.shape[0], self.gen_cpu, self.device)
+        noise = torch.randn(x0.shape, generator=self.gen_dev, device=self.device)
+        if self.world > 1:
+            x0, t, noise = x0[self.rank::self.world], t[self.rank::self.world], noise[self.rank::self.world]
+        if spec.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+            noise = noise.contiguous(memory_format=torch.channels_last)
+        return x0, t, noise
+
+    def step(self, x0, t, noise) -> torch.Tensor:
+        """Gradient of the mean loss over the batch (in ``accum`` micro-batches), clip, AdamW, EMA.
+        Returns [loss, mse, vb] of the step."""
+        self.opt.zero_grad(set_to_none=True)
+        k = max(1, min(self.spec.accum, x0.shape[0]))
+        parts = list(zip(x0.tensor_split(k), t.tensor_split(k), noise.tensor_split(k)))
+        total = torch.zeros(3, device=self.device)
+        for i, (xc, tc, nc) in enumerate(parts):
+            w = xc.shape[0] / x0.shape[0]
+            sync_later = self.world > 1 and i < len(parts) - 1 and hasattr(self.net, "no_sync")
+            with (self.net.no_sync() if sync_later else contextlib.nullcontext()), self.autocast:
+                terms = self.diffusion.training_losses(self.net, xc, tc, nc)
+                part = terms["loss"].mean() * w
+            part.backward()
+            vb = terms.get("vb", torch.zeros_like(terms["mse"])).mean()
+            total += torch.stack([part.detach(), terms["mse"].mean().detach() * w, vb.detach() * w])
+        if self.spec.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
+        self.opt.step()
+        ema_update(self.ema, self.model, self.spec.ema_decay)
+        return total
+
+    # -- logging and checkpoints ----------------------------------------------------------------------
+    def log(self, done: int, acc: torch.Tensor, n: int, since: float) -> dict:
+        """The mean of the last ``n`` steps (over every rank) as a record: to the metrics file and ``on_log``."""
+        if self.world > 1:
+            self.dist.all_reduce(acc)
+            acc /= self.world
+        vals = (acc / n).tolist()
+        now = time.time()
+        rec = {"step": done, "loss": vals[0], "mse": vals[1], "vb": vals[2], "it_s": n / max(now - since, 1e-9),
+               "time": now}
+        if not all(math.isfinite(v) for v in vals):
+            raise UserError(f"{self.spec.name}: loss became {vals[0]} at step {done}; "
+                            f"last good checkpoint: {self.spec.ckpt}")
+        if self.main:
+            with self.spec.metrics.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+        self._hook("on_log", rec)
+        return rec
+
+    def checkpoint(self, step: int) -> None:
+        if not self.main:
+            return
+        atomic_torch_save({
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+            "step": step,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
+            "spec": {k: str(v) if isinstance(v, Path) else v for k, v in self.spec.__dict__.items()},
+        }, self.spec.ckpt)
+
+    def stopping(self, stop: StopFlag) -> bool:
+        """Whether a signal asked to stop; every rank stops at the same step (the signal may reach them apart)."""
+        flag = stop.signum is not None
+        if self.world > 1:
+            t = torch.tensor([float(flag)], device=self.device)
+            self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def _hook(self, name: str, *args) -> None:
+        if self.hooks.get(name):
+            self.hooks[name](*args)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        spec, start = self.spec, self.start
+        self._hook("on_start", start)
+        spec.metrics.parent.mkdir(parents=True, exist_ok=True)
+        bar = ProgressLine(spec.name, start, spec.steps, self.progress)
+        last, acc, n, t0, since = {"step": start}, torch.zeros(3, device=self.device), 0, time.time(), time.time()
+        self.model.train()
+        stream = batches(self.data, spec.batch_size, spec.seed, start, spec.steps, spec.workers, pin=self.cuda)
+        try:
+            with StopFlag() as stop:
+                for step in range(start, spec.steps):
+                    acc += self.step(*self.batch(step, stream))
+                    n, done = n + 1, step + 1
+                    logged = done % spec.log_every == 0 or done == spec.steps
+                    if logged:
+                        last = self.log(done, acc, n, since)
+                        acc.zero_()
+                        n, since = 0, time.time()
+                    self._hook("on_step", done, spec.steps)
+                    bar.update(done, f"loss {last.get('loss', float('nan')):.4f} {last.get('it_s', 0):.1f} it/s",
+                               logged)
+                    if done % spec.ckpt_every == 0 and done != spec.steps:
+                        self.checkpoint(done)
+                    if self.stopping(stop):
+                        self.checkpoint(done)
+                        raise Interrupted(f"{spec.name}: stopped by signal at step {done}; "
+                                          f"checkpoint saved, continue with --resume")
+                if spec.steps > start or not spec.ckpt.exists():
+                    self.checkpoint(spec.steps)
+        finally:
+            bar.close()
+        self.finish()
+        return {**last, "elapsed_s": time.time() - t0}
+
+    def finish(self) -> None:
+        """The EMA weights as the job's model artifact (rank 0), then every rank waits for it."""
+        if self.main:
+            atomic_torch_save({"state": self.ema.state_dict(), "step": self.spec.steps, **self.spec.extra},
+                              self.spec.model_out)
+        if self.world > 1:
+            self.dist.barrier()
+
+
+def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
+          resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
+          on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
+          on_step: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Train ``model`` per ``spec`` (see ``TrainLoop``); returns the final metrics. Writes the checkpoint, the
+    metrics file and the EMA model. ``resume``: continue from an existing checkpoint (else one is an error)."""
+    return TrainLoop(spec, model, diffusion, data, resume=resume, device=device, progress=progress,
+                     on_log=on_log, on_start=on_start, on_step=on_step).run()

@@ -1,0 +1,127 @@
+"""Evaluation: `stepadapt eval` (a CI gate), `report`, `compare`."""
+from __future__ import annotations
+
+import click
+
+from core.errors import UserError
+
+from .. import render
+from ..common import device_option, emit_json, json_option, runs_dir_option
+
+EXIT_MAX_FID = 4
+EXIT_BASELINE = 5
+
+
+def _gated(models: dict) -> str:
+    return "progressive" if "progressive" in models else "base"
+
+
+@click.command("eval")
+@click.argument("run_name", metavar="RUN")
+@click.option("--model", "which", type=click.Choice(["base", "progressive", "both"]), default="both",
+              show_default=True)
+@click.option("--n", "n", type=int, default=None, help="Samples for FID (default eval.fid_n: 50000 cifar10, 256 tiny).")
+@click.option("--steps", type=int, default=None, help="Respaced sampling steps (default eval.steps: 100; tiny 50).")
+@click.option("--inception", type=click.Path(dir_okay=False), default=None,
+              help="TorchScript inception-2015-12-05.pt for standard FID (default: eval.inception, else domain FID).")
+@click.option("--max-fid", type=float, default=None, help=f"Exit {EXIT_MAX_FID} if the gated model's FID is above this.")
+@click.option("--baseline", "baseline_run", default=None, metavar="RUN",
+              help=f"Exit {EXIT_BASELINE} if the progressive model's FID is worse than RUN's by more than --tolerance.")
+@click.option("--tolerance", type=float, default=0.05, show_default=True,
+              help="Relative: fail if FID > baseline FID x (1 + tolerance); negative demands an improvement.")
+@click.option("--force", is_flag=True, help="Recompute FID even if eval.json has it for the same n, steps, extractor.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys documented in README).")
+@runs_dir_option
+def eval_cmd(run_name, which, n, steps, inception, max_fid, baseline_run, tolerance, force, device, as_json, runs_dir):
+    """FID, params and MACs (averaged over timesteps) of a run's models, stored in RUN/eval.json.
+
+    Exit codes: 0 all checks passed, 4 --max-fid missed, 5 worse than --baseline, 2 bad input."""
+    from core.evaluation.evaluate import evaluate_run
+    from core.runs import open_run
+    from core.training.devices import pick_device
+
+    run = open_run(run_name, runs_dir)
+    base_run = open_run(baseline_run, runs_dir) if baseline_run else None
+    dev = pick_device(device)
+    models = ("base", "progressive") if which == "both" else (which,)
+    say = (lambda s: click.echo(s, err=True))
+    ev = evaluate_run(run, dev, log=say, models=models, n=n, steps=steps, inception=inception, fid=True, force=force)
+    got = {w: ev["models"][w] for w in models if w in ev["models"]}
+    if not got:
+        raise UserError(f"run {run.name} has no {which} model to evaluate")
+    first = next(iter(got.values()))
+    result = {"run": run.name, "kind": first["fid_kind"], "extractor": first["fid_extractor"],
+              "n": first["fid_n"], "steps": first["fid_steps"],
+              "models": {w: {k: r[k] for k in ("fid", "params", "macs", "macs_sampled", "loss", "train_steps")}
+                         for w, r in got.items()},
+              "baseline": None, "checks": {"max_fid": max_fid, "max_fid_ok": None, "baseline_ok": None,
+                                           "tolerance": tolerance}}
+    gated = _gated(got)
+    code = 0
+    if max_fid is not None:
+        ok = got[gated]["fid"] <= max_fid
+        result["checks"]["max_fid_ok"] = ok
+        if not ok:
+            code = EXIT_MAX_FID
+    if base_run is not None:
+        bm = "progressive" if base_run.model("progressive").exists() else "base"
+        bev = evaluate_run(base_run, dev, log=say, models=(bm,), n=first["fid_n"], steps=first["fid_steps"],
+                           inception=inception, fid=True)
+        bfid = bev["models"][bm]["fid"]
+        result["baseline"] = {"run": base_run.name, "model": bm, "fid": bfid}
+        ok = got[gated]["fid"] <= bfid * (1 + tolerance)
+        result["checks"]["baseline_ok"] = ok
+        if not ok and code == 0:
+            code = EXIT_BASELINE
+    result["passed"] = code == 0
+    result["exit_code"] = code
+    if as_json:
+        emit_json(result)
+    else:
+        render.print_eval(result)
+        if max_fid is not None:
+            click.echo(f"max FID {max_fid}: {'ok' if result['checks']['max_fid_ok'] else 'MISSED'} ({gated})")
+        if base_run is not None:
+            click.echo(f"vs baseline (tolerance {tolerance:+.0%}): "
+                       f"{'ok' if result['checks']['baseline_ok'] else 'WORSE'}")
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@click.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("--baseline", "baselines", multiple=True, metavar="RUN", help="Runs to show on the FID vs MACs plot.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default RUN/report).")
+@runs_dir_option
+def report(run_name, baselines, out, runs_dir):
+    """One HTML page and a Markdown file: schedule, training losses, proxy rounds, FID vs MACs, sample grids."""
+    from pathlib import Path
+
+    from core.evaluation.report import write_report
+    from core.runs import open_run
+
+    run = open_run(run_name, runs_dir)
+    others = [open_run(b, runs_dir) for b in baselines]
+    html, md = write_report(run, others, Path(out) if out else run.report_dir())
+    click.echo(f"report  {html}\nmarkdown {md}")
+
+
+@click.command()
+@click.argument("run_names", metavar="RUN...", nargs=-1, required=True)
+@json_option
+@runs_dir_option
+def compare(run_names, as_json, runs_dir):
+    """Compare runs like the paper's Table 1 (FID, MACs and params averaged over timesteps, training steps)
+    and list the config keys that differ."""
+    from core.manager.monitor import comparison
+    from core.runs import open_run
+
+    data = comparison([open_run(n, runs_dir) for n in run_names])
+    if as_json:
+        emit_json(data)
+    else:
+        render.print_comparison(data)
+
+
+COMMANDS = [eval_cmd, report, compare]

@@ -1,0 +1,221 @@
+"""The method as one pipeline of tracked jobs: run, resume, kill.
+
+A run's pipeline is always a tracked ``pipeline`` job (``pipeline.start_detached``): ``--detach`` returns
+at once, otherwise this process follows the job (its log lines and a live table of its jobs) until it ends;
+Ctrl-C stops the run as ``stepadapt kill`` would.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from core.errors import Interrupted, StageFailed, UserError
+from core.names import JOB_ACTIVE, PRUNE_METHODS
+
+from .. import render
+from ..common import overrides_option, runs_dir_option
+
+
+def open_store(runs_dir):
+    """The runs folder's store, with jobs whose process is gone marked lost."""
+    from core.manager.jobs import open_reconciled
+    from core.runs import runs_root
+
+    return open_reconciled(runs_root(runs_dir))
+
+
+def pipeline_options(f):
+    for opt in reversed([
+        click.option("--detach", is_flag=True, help="Run in the background as a tracked job and return."),
+        click.option("--parallel", type=int, default=1, show_default=True,
+                     help="Group jobs at once on CPU (with CUDA: one per GPU)."),
+        click.option("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all visible)."),
+        click.option("--grace", type=float, default=10.0, show_default=True,
+                     help="Seconds a job gets to checkpoint after SIGINT before SIGTERM/SIGKILL."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _parse_gpus(gpus):
+    if gpus is None:
+        return None
+    try:
+        return [int(x) for x in gpus.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"bad --gpus {gpus!r}: use indices like 0,1") from None
+
+
+def execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> None:
+    """Start the run's pipeline job; unless ``detach``, follow it to its end."""
+    from core.manager.pipeline import device_slots, start_detached
+
+    if parallel < 1:
+        raise UserError("--parallel must be >= 1")
+    slots = device_slots(parallel, _parse_gpus(gpus))
+    job_id, pid = start_detached(run, store, slots, grace)
+    if detach:
+        click.echo(f"run {run.name}: started in the background (job {job_id}, pid {pid}) on "
+                   f"{', '.join(sorted(set(slots)))}")
+        click.echo(f"follow it with: stepadapt logs {run.name} -f   |   stepadapt tui   |   stepadapt kill {run.name}")
+        return
+    job = follow(run, store, job_id, grace)
+    if job["status"] == "killed":
+        raise Interrupted(f"run {run.name} stopped; continue it with: stepadapt resume {run.name}")
+    if job["status"] != "succeeded":
+        raise StageFailed(job["message"] or f"run {run.name} {job['status']}; see stepadapt logs {run.name}")
+    from core.manager.monitor import comparison
+
+    render.print_comparison(comparison([run]))
+    report = run.report_dir() / "index.html"
+    if report.exists():
+        click.echo(f"report: {report}   (stepadapt show {run.name}; stepadapt tui {run.name})")
+
+
+def follow(run, store, job_id: int, grace: float) -> dict:
+    """Print the pipeline job's log lines (and, on a terminal, a live table of the run's jobs) until the job
+    ends; Ctrl-C stops the run. Returns the job's final row."""
+    from core.manager.jobs import job_alive, reconcile
+    from core.manager.pipeline import stop_run
+
+    view = render.LiveJobs(f"run {run.name}") if sys.stdout.isatty() else None
+    say = view.say if view else (lambda s: click.echo(s, err=True))
+    log, pos = Path(store.job(job_id)["log_path"]), 0
+    try:
+        while True:
+            pos = _echo_new_lines(log, pos, say)
+            job = store.job(job_id)
+            if view:
+                view(store.jobs(run.name))
+            if job["status"] not in JOB_ACTIVE:
+                break
+            if not job_alive(job):
+                reconcile(store)  # it died without a word: lost
+            time.sleep(0.3)
+        end = time.time() + 5
+        while job_alive(job) and time.time() < end:  # its last lines are written after its status
+            time.sleep(0.05)
+        _echo_new_lines(log, pos, say, final=True)
+    except KeyboardInterrupt:
+        say(f"stopping run {run.name} ...")
+        stop_run(store, run.name, grace, log=say)
+        raise Interrupted(f"run {run.name} stopped; continue it with: stepadapt resume {run.name}") from None
+    finally:
+        if view:
+            view.stop()
+    return store.job(job_id)
+
+
+def _echo_new_lines(path: Path, pos: int, say, final: bool = False) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            chunk = f.read()
+    except FileNotFoundError:
+        return pos
+    end = len(chunk) if final else chunk.rfind(b"\n") + 1
+    for line in chunk[:end].decode(errors="replace").splitlines():
+        say(line)
+    return pos + end
+
+
+@click.command("run")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
+@click.option("--name", "run_name", default=None, help="Run name (default: PRESET-DATE-TIME).")
+@click.option("--method", type=click.Choice(PRUNE_METHODS), default=None,
+              help="How group models are pruned (none: fine-tune unpruned copies).")
+@click.option("--llm", default=None, help="Proxy LLM (litellm model string; default the offline local search).")
+@click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server.")
+@click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
+@click.option("--seed", type=int, default=None)
+@pipeline_options
+@runs_dir_option
+@overrides_option
+def run_cmd(config_file, preset, run_name, method, llm, api_base, data_spec, seed, detach, parallel, gpus, grace,
+            runs_dir, overrides):
+    """The whole method as one pipeline of tracked jobs: base training -> schedule -> per-group prune ->
+    per-group fine-tune -> progressive model -> samples -> evaluation. Ends with a base vs progressive table."""
+    from core import config as C
+    from core.runs import create_run
+    from core.training.data import load_dataset
+
+    extra = list(overrides)
+    for key, val in (("prune.method", method), ("prune.llm", llm), ("prune.api_base", api_base),
+                     ("data.spec", data_spec), ("seed", seed)):
+        if val is not None:
+            extra.append(f"{key}={val}")
+    cfg = C.resolve(preset, config_file, extra)
+    if parallel < 1:
+        raise UserError("--parallel must be >= 1")
+    _parse_gpus(gpus)
+    store = open_store(runs_dir)
+    load_dataset(cfg)  # a missing dataset fails here, before a run folder exists
+    run = create_run(cfg, run_name, runs_dir)
+    click.echo(f"run {run.name}: {cfg['preset']} preset, prune method {cfg['prune']['method']}, "
+               f"config {run.meta['config_hash']}, folder {run.path}", err=True)
+    execute(run, store, detach, parallel, gpus, grace)
+
+
+@click.command()
+@click.argument("run_name", metavar="RUN")
+@pipeline_options
+@runs_dir_option
+def resume(run_name, detach, parallel, gpus, grace, runs_dir):
+    """Continue a stopped, failed or lost run: finished stages and groups are skipped, interrupted
+    training continues from its last checkpoint."""
+    from core.runs import open_run, register_run
+
+    store = open_store(runs_dir)
+    run = open_run(run_name, runs_dir)
+    _, row = register_run(run)
+    if row["status"] == "succeeded":
+        raise UserError(f"run {run.name} has finished (succeeded); nothing to resume")
+    click.echo(f"run {run.name}: resuming ({row['status']})", err=True)
+    execute(run, store, detach, parallel, gpus, grace)
+
+
+def resolve_target(store, target: str, runs_dir):
+    """RUN name (a run of that name exists) or JOB id."""
+    from core.runs import runs_root
+
+    if store.get_run(target) is not None or (runs_root(runs_dir) / target / "config.json").is_file():
+        return "run", target
+    if target.isdigit() and store.job(int(target)) is not None:
+        return "job", int(target)
+    raise UserError(f"no run or job {target!r} in {store.path.parent}")
+
+
+def job_tag(j: dict) -> str:
+    return j["stage"] + ("" if j["group_index"] is None else f"-g{j['group_index']:02d}")
+
+
+@click.command()
+@click.argument("target", metavar="RUN|JOB")
+@click.option("--grace", type=float, default=10.0, show_default=True,
+              help="Seconds between SIGINT, SIGTERM and SIGKILL.")
+@runs_dir_option
+def kill(target, grace, runs_dir):
+    """Stop a run (its pipeline and every running job) or one job: SIGINT (training checkpoints), then SIGTERM,
+    then SIGKILL to the job's process group."""
+    from core.manager.jobs import stop_job
+    from core.manager.pipeline import stop_run
+
+    store = open_store(runs_dir)
+    kind, ref = resolve_target(store, target, runs_dir)
+
+    def say(line):
+        click.echo(line, err=True)
+
+    if kind == "job":
+        click.echo(f"job {ref}: {stop_job(store, ref, grace, log=say)}")
+        return
+    for j, status in stop_run(store, ref, grace, log=say):
+        click.echo(f"job {j['id']} ({job_tag(j)}): {status}")
+    click.echo(f"run {ref}: killed; continue it with stepadapt resume {ref}")
+
+
+COMMANDS = [run_cmd, resume, kill]

@@ -1,0 +1,272 @@
+"""Each stage of the method on its own: train, schedule, prune, finetune, sample."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from core.errors import UserError
+from core.names import ALLOCATIONS, PRUNE_METHODS, SAMPLE_MODELS, SAMPLERS, SCHEDULE_KINDS
+
+from ..common import device_option, emit_json, json_option, overrides_option, runs_dir_option, set_threads
+from .. import render
+
+
+@click.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
+@click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
+@click.option("--download", is_flag=True, help="Allow downloading CIFAR-10 if it is missing.")
+@click.option("--steps", type=int, default=None, help="Training steps (total, also when resuming).")
+@click.option("--run", "run_name", default=None, help="Run name (default: PRESET-DATE-TIME).")
+@runs_dir_option
+@click.option("--resume", is_flag=True, help="Continue the run named by --run from its checkpoint.")
+@device_option
+@click.option("--seed", type=int, default=None, help="Seed (default: the config's).")
+@overrides_option
+def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, resume, device, seed, overrides):
+    """Stage 1: train the base denoiser on all timesteps."""
+    from core import config as C
+    from core.manager.stages.base import base_spec
+    from core.model.diffusion import create_diffusion
+    from core.model.unet import build_unet
+    from core.runs import create_run, open_run
+    from core.training.data import load_dataset
+    from core.training.devices import pick_device
+    from core.training.loop import train as run_train
+
+    if resume:
+        if not run_name:
+            raise UserError("--resume needs --run NAME")
+        if config_file or preset or overrides or data_spec or seed is not None:
+            raise UserError("--resume continues a run with its saved config; only --steps and --device may change")
+        run = open_run(run_name, runs_dir)
+        cfg = run.config
+        if steps is not None:
+            cfg["train"]["steps"] = steps
+    else:
+        extra = list(overrides)
+        for key, val in (("data.spec", data_spec), ("data.download", "true" if download else None),
+                         ("train.steps", steps), ("seed", seed)):
+            if val is not None:
+                extra.append(f"{key}={val}")
+        cfg = C.resolve(preset, config_file, extra)
+    dev = pick_device(device)
+    set_threads(cfg)
+    data = load_dataset(cfg)  # before creating the run: a missing dataset leaves nothing behind
+    if not resume:
+        run = create_run(cfg, run_name, runs_dir)
+    spec = base_spec(run, cfg)
+    click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps on {dev}",
+               err=True)
+    model = build_unet(cfg["model"], seed=cfg["seed"])
+    last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev)
+    click.echo(f"run folder   {run.path}")
+    click.echo(f"base model   {spec.model_out}  (EMA, step {spec.steps}, last loss {last.get('loss', float('nan')):.4f})")
+
+
+@click.command()
+@click.option("--preset", default=None, help="Preset (default tiny, or the run's with --run).")
+@click.option("--run", "run_name", default=None, help="Use a run's config.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML config file.")
+@click.option("--k", "k", type=float, default=None, help="Smallest budget as a fraction of F (paper: 0.5).")
+@click.option("--groups", "n_groups", type=int, default=None, help="Number of groups N (paper: 10).")
+@click.option("--kind", type=click.Choice(SCHEDULE_KINDS), default=None,
+              help="snr (Eq. 8), the Table 3 comparisons, or equal-size groups.")
+@json_option
+@click.option("--timesteps", "with_ts", is_flag=True, help="With --json: list every group's timesteps.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG: SNR, budget, groups.")
+@runs_dir_option
+@overrides_option
+def schedule(preset, run_name, config_file, k, n_groups, kind, as_json, with_ts, plot, runs_dir, overrides):
+    """SNR -> MACs budget per timestep (Eq. 7/8) and the timestep groups (Eq. 9/10)."""
+    from core import config as C
+    from core.method.schedule import plot_schedule, schedule_from_config
+    from core.model.macs import count
+    from core.model.unet import build_unet
+    from core.runs import open_run
+
+    extra = list(overrides)
+    for key, val in (("k", k), ("groups", n_groups), ("kind", kind)):
+        if val is not None:
+            extra.append(f"schedule.{key}={val}")
+    if run_name:
+        cfg = C.apply_overrides(open_run(run_name, runs_dir).config, extra)
+    else:
+        cfg = C.resolve(preset, config_file, extra)
+    m = cfg["model"]
+    full = count(build_unet(m), m["image_size"], m["in_channels"])["macs"]
+    sched = schedule_from_config(cfg, full)
+    data = sched.to_json(with_timesteps=with_ts)
+    if plot:
+        plot_schedule(sched, plot)
+    if as_json:
+        emit_json(data)
+        return
+    render.print_schedule(data)
+    if plot:
+        click.echo(f"plot written to {plot}")
+
+
+PROXY_FLAGS = ("llm", "api_base", "rounds", "retries", "temperature", "timeout", "replay_run", "prompts_dir")
+
+
+def _proxy_settings(run, seed, flags: dict):
+    """The proxy as the flags say, on top of the defaults; a replay asks what the recording asked."""
+    from pathlib import Path
+
+    from core.method.proxy import ProxySettings
+
+    ps = ProxySettings(seed=run.config["seed"] if seed is None else seed)
+    for key, flag in (("model", "llm"), ("api_base", "api_base"), ("rounds", "rounds"), ("retries", "retries"),
+                      ("temperature", "temperature"), ("timeout", "timeout")):
+        if flags[flag] is not None:
+            setattr(ps, key, flags[flag])
+    if flags["prompts_dir"]:
+        ps.prompts_dir = Path(flags["prompts_dir"])
+    if ps.rounds < 1 or ps.retries < 0:
+        raise UserError("--rounds must be >= 1 and --retries >= 0")
+    if flags["replay_run"] and flags["llm"] is None:
+        from core.store import open_store
+
+        calls = open_store(run.path.parent).calls(flags["replay_run"])
+        if calls:
+            ps.model = calls[0]["model_asked"]
+    return ps
+
+
+@click.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("--method", type=click.Choice([m for m in PRUNE_METHODS if m != "none"]), default=None,
+              help="proxy (LLM or offline search) or an importance criterion (default: prune.method).")
+@click.option("--groups", "groups", default="all", show_default=True, help="all, or group indices like 0,3,9.")
+@click.option("--seed", type=int, default=None, help="Seed for random scores and data batches (default: run seed).")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
+              help="uniform: one ratio for every unit; global: one threshold on unit-normalised scores.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the per-group reports as JSON.")
+@click.option("--llm", default=None, help="Proxy: litellm model string (default stepadapt/local-search, offline).")
+@click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+@click.option("--rounds", type=int, default=None, help="Proxy: rounds per group (default 5).")
+@click.option("--retries", type=int, default=None, help="Proxy: re-asks after a rejected answer (default 2).")
+@click.option("--temperature", type=float, default=None, help="Proxy: sampling temperature (default 0).")
+@click.option("--timeout", type=float, default=None, help="Proxy: seconds per LLM call (default 120).")
+@click.option("--replay", "replay_run", default=None, metavar="RUN",
+              help="Proxy: replay RUN's recorded answers in order (with another --llm: ask it the same and compare).")
+@click.option("--on-miss", type=click.Choice(["fail", "live"]), default="fail", show_default=True,
+              help="Proxy replay: stop at the first diverging request (exit 3) or ask the LLM from there.")
+@click.option("--cache", "use_cache", is_flag=True, help="Proxy: reuse a recorded answer to an identical request.")
+@click.option("--prompts", "prompts_dir", type=click.Path(file_okay=False), default=None,
+              help="Proxy: folder of prompt templates (default: the project's prompts/).")
+@runs_dir_option
+def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_base, rounds, retries, temperature,
+          timeout, replay_run, on_miss, use_cache, prompts_dir, runs_dir):
+    """Stage 2a: prune a copy of the base for every group to its MACs budget (Eq. 14/15).
+
+    Writes RUN/prune/groupNN.json (plan and report); `stepadapt finetune RUN` then fine-tunes the pruned
+    copies. A pruned model is rebuilt from the base and its plan."""
+    from core.manager.stages.prune import prune_groups
+    from core.runs import open_run
+    from core.training.devices import pick_device
+
+    run = open_run(run_name, runs_dir)
+    set_threads(run.config)
+    flags = dict(llm=llm, api_base=api_base, rounds=rounds, retries=retries, temperature=temperature,
+                 timeout=timeout, replay_run=replay_run, prompts_dir=prompts_dir)
+    proxy = None
+    if (method or run.config["prune"]["method"]) == "proxy":
+        proxy = _proxy_settings(run, seed, flags)
+    elif any(v is not None for v in flags.values()) or use_cache:
+        raise UserError("--llm, --api-base, --rounds, --retries, --temperature, --timeout, --replay, --cache "
+                        "and --prompts are for --method proxy")
+    recs = prune_groups(run, method, groups, seed, allocation, pick_device(device),
+                        log=lambda m: click.echo(m, err=True), proxy=proxy, replay=replay_run, on_miss=on_miss,
+                        use_cache=use_cache)
+    if as_json:
+        emit_json([{k: v for k, v in r.items() if k != "plan"} for r in recs])
+        return
+    render.print_prune_records(run.name, recs)
+    click.echo(f"plans in {run.path / 'prune'}; next: stepadapt finetune {run.name}")
+
+
+@click.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("--steps", type=int, default=None, help="Fine-tuning steps per group (default: finetune.steps).")
+@click.option("--groups", "groups", default="all", show_default=True, help="all, or group indices like 0,3,9.")
+@device_option
+@runs_dir_option
+def finetune(run_name, steps, groups, device, runs_dir):
+    """Stage 2b: fine-tune each group's copy of the base (pruned if `stepadapt prune` ran) on its timesteps only.
+
+    Resumable: finished groups are skipped, interrupted ones continue from their checkpoint. When every
+    non-empty group has a model, they are assembled into RUN/models/progressive.pt."""
+    from core.manager.stages.finetune import finetune_groups
+    from core.runs import open_run
+    from core.training.devices import pick_device
+
+    run = open_run(run_name, runs_dir)
+    set_threads(run.config)
+    if steps is not None and steps < 1:
+        raise UserError("--steps must be >= 1")
+    trained = finetune_groups(run, groups, steps, pick_device(device), log=lambda s: click.echo(s, err=True))
+    prog = run.model("progressive")
+    click.echo(f"fine-tuned groups: {', '.join(map(str, trained)) or 'none (all done)'}")
+    if prog.exists():
+        click.echo(f"progressive model  {prog}")
+
+
+@click.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("--n", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
+@click.option("--steps", type=int, default=None, help="Sampling steps, respaced (default: the config's).")
+@click.option("--model", "which", type=click.Choice(SAMPLE_MODELS), default="base", show_default=True,
+              help="The stage-1 model, or the group models routed by timestep.")
+@click.option("--method", type=click.Choice(SAMPLERS), default=None, help="Sampler (default: sample.method).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: RUN/samples).")
+@device_option
+@runs_dir_option
+def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
+    """Sample images from a run's model and save them as a PNG grid (and a .pt tensor)."""
+    from pathlib import Path
+
+    import torch
+    from rich.progress import Progress
+
+    from core.method.artifacts import load_progressive, load_unet
+    from core.model.diffusion import create_diffusion
+    from core.model.sampling import sample_images, save_grid
+    from core.runs import open_run
+    from core.training.devices import pick_device
+
+    run = open_run(run_name, runs_dir)
+    cfg = run.config
+    set_threads(cfg)
+    s, m = cfg["sample"], cfg["model"]
+    n = n if n is not None else s["n"]
+    steps = steps if steps is not None else s["steps"]
+    if n < 1:
+        raise UserError("--n must be >= 1")
+    if not 1 <= steps <= cfg["diffusion"]["steps"]:
+        raise UserError(f"--steps must be in [1, {cfg['diffusion']['steps']}]")
+    path = run.model(which)
+    if not path.exists():
+        hint = "stepadapt train" if which == "base" else f"stepadapt finetune {run.name}"
+        raise UserError(f"run {run.name} has no {which} model yet ({path}); run {hint} first")
+    dev = pick_device(device)
+    model = load_progressive(path, dev) if which == "progressive" else load_unet(path, dev)
+    total = -(-n // s["batch_size"]) * steps
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(f"sampling {n} images, {steps} steps", total=total)
+        imgs = sample_images(model, create_diffusion(cfg), n, image_size=m["image_size"], channels=m["in_channels"],
+                             steps=steps, batch_size=s["batch_size"], seed=seed, method=method or s["method"],
+                             device=dev, progress=lambda k: bar.advance(task, k), channels_last=s["channels_last"])
+    grid_path = run.sample_grid(which, steps, seed)
+    if out:
+        grid_path = Path(out) / grid_path.name
+    grid = save_grid(imgs, grid_path)
+    torch.save(imgs, grid_path.with_suffix(".pt"))
+    click.echo(f"sample grid  {grid}")
+
+
+COMMANDS = [train, schedule, prune, finetune, sample]

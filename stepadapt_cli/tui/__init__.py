@@ -1,0 +1,1 @@
+"""`stepadapt tui`: a Textual app over the run store (see app.py)."""

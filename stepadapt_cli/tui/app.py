@@ -1,0 +1,138 @@
+"""`stepadapt tui`: a Textual app over the run store.
+
+Screens (one module each): runs (filter, sort) -> run (stage pipeline, one row per timestep group, the
+schedule) -> job log (follows the file) and proxy rounds (prompt and response of each round).
+
+Data flows one way. The screen on top names its view (``ViewScreen.key``); one worker thread, with its own
+store connection, reads that view whenever the store changes (``PRAGMA data_version`` moves when another
+connection commits), a run folder changes, or the view changes, and posts a ``Snapshot``; the app hands it
+to the screen, which redraws. The UI thread never touches SQLite. Actions that reach the job layer (kill,
+resume) run in worker threads with their own connections too.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+
+from core.errors import UserError
+from core.manager.jobs import reconcile
+from core.store import Store, open_store
+
+from .data import read_view, run_of
+from .dialogs import Help
+from .messages import Snapshot
+from .runs_screen import RunsScreen
+from .view import ViewScreen
+
+POLL_S = 0.5
+RECONCILE_S = 5.0
+
+
+class StepadaptApp(App):
+    TITLE = "stepadapt"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [Binding("ctrl+q", "quit", "quit"), Binding("question_mark", "push_screen('help')", "help")]
+    SCREENS = {"help": Help}
+
+    def __init__(self, runs_dir, run_name: Optional[str] = None, poll: float = POLL_S):
+        super().__init__()
+        self.runs_dir = Path(runs_dir)
+        self.start_run = run_name
+        self.poll = poll
+        self.view_key: tuple = ("runs",)
+        self._view_changed = threading.Event()
+
+    def on_mount(self) -> None:
+        self.push_screen(RunsScreen())
+        if self.start_run:
+            from .run_screen import RunScreen
+
+            self.push_screen(RunScreen(self.start_run))
+        self.watch_store()
+
+    # -- data: the worker reads, the UI thread draws ----------------------------------------------------
+    def watch_view(self, key: tuple) -> None:
+        """Called by the screen on top: read its view from now on (at once)."""
+        self.view_key = key
+        self._view_changed.set()
+
+    @work(thread=True, exclusive=True, group="poll")
+    def watch_store(self) -> None:
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        store = open_store(self.runs_dir)  # creates or migrates the store; this thread's connection
+        reconcile(store)
+        con = sqlite3.connect(str(store.path), timeout=5)
+        last, last_reconcile = None, time.time()
+        while not worker.is_cancelled:
+            key = self.view_key
+            stamp = (key, _data_version(con), self._folder_stamp())
+            if stamp != last:
+                last = stamp
+                self.post_message(Snapshot(key, read_view(store, self.runs_dir, key)))
+            if time.time() - last_reconcile > RECONCILE_S:
+                last_reconcile = time.time()
+                reconcile(store)
+            self._view_changed.wait(self.poll)
+            self._view_changed.clear()
+        con.close()
+
+    def _folder_stamp(self) -> float:
+        try:
+            return self.runs_dir.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def on_snapshot(self, message: Snapshot) -> None:
+        scr = self.screen
+        if isinstance(scr, ViewScreen) and scr.key == message.key:
+            scr.show(message.data)
+
+    # -- actions that reach the job layer (in threads: stopping waits for the process) -----------------
+    @work(thread=True, group="actions")
+    def kill_run(self, name: str) -> None:
+        from core.manager.pipeline import stop_run
+
+        self._act(lambda store: f"run {name}: " + ", ".join(
+            f"job {j['id']} {s}" for j, s in stop_run(store, name, grace=10.0)))
+
+    @work(thread=True, group="actions")
+    def kill_job(self, job_id: int) -> None:
+        from core.manager.jobs import stop_job
+
+        self._act(lambda store: f"job {job_id}: {stop_job(store, job_id, grace=10.0)}")
+
+    @work(thread=True, group="actions")
+    def resume_run(self, name: str) -> None:
+        from core.manager.pipeline import device_slots, start_detached
+
+        def resume(store: Store) -> str:
+            row = store.get_run(name)
+            if row and row["status"] == "succeeded":
+                raise UserError(f"run {name} has finished; nothing to resume")
+            job_id, pid = start_detached(run_of(store, self.runs_dir, name), store, device_slots(1))
+            return f"run {name}: resumed in the background (job {job_id}, pid {pid})"
+
+        self._act(resume)
+
+    def _act(self, action) -> None:
+        """Run ``action(store)`` with this thread's own store; its line, or its error, as a notification."""
+        try:
+            self.call_from_thread(self.notify, action(open_store(self.runs_dir)))
+        except UserError as e:
+            self.call_from_thread(self.notify, str(e), severity="error")
+
+
+def _data_version(con: sqlite3.Connection) -> Optional[int]:
+    try:
+        return con.execute("PRAGMA data_version").fetchone()[0]
+    except sqlite3.Error:  # busy or locked for a moment: try again next poll
+        return None

@@ -1,0 +1,77 @@
+"""A job's log, followed live (the file is read in a worker thread), with its status line."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, Header, RichLog, Static
+
+from .dialogs import Confirm
+from .view import ViewScreen
+
+FOLLOW_S = 0.5
+
+
+class JobScreen(ViewScreen):
+    BINDINGS = [Binding("escape", "app.pop_screen", "back"), Binding("k", "kill", "kill job"),
+                Binding("question_mark", "app.push_screen('help')", "help")]
+
+    def __init__(self, job_id: int):
+        super().__init__()
+        self.job_id = job_id
+        self.key = ("job", job_id)
+        self.following = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="jobinfo")
+        yield RichLog(id="log", wrap=False, max_lines=5000)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"job {self.job_id}"
+
+    def show(self, j) -> None:
+        if not j:
+            self.query_one("#jobinfo", Static).update(f"job {self.job_id} not found")
+            return
+        grp = "" if j["group_index"] is None else f" group {j['group_index']}"
+        self.query_one("#jobinfo", Static).update(
+            f"job {j['id']}  {j['stage']}{grp}  run {j['run']}  [{j['status']}]  pid {j['pid']}  "
+            f"exit {j['exit_code']}\n{j['log_path']}")
+        if not self.following:
+            self.following = True
+            self.follow(Path(j["log_path"]) if j["log_path"] else None)
+
+    @work(thread=True, exclusive=True, group="log")
+    def follow(self, path: Optional[Path]) -> None:
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        pos = 0
+        while not worker.is_cancelled:
+            if path and path.exists():
+                with open(path, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                end = chunk.rfind(b"\n") + 1
+                if end:
+                    pos += end
+                    self.app.call_from_thread(self._append, chunk[:end].decode(errors="replace"))
+            time.sleep(FOLLOW_S)
+
+    def _append(self, text: str) -> None:
+        log = self.query_one(RichLog)
+        for line in text.splitlines():
+            log.write(line)
+
+    def action_kill(self) -> None:
+        def answer(yes: bool) -> None:
+            if yes:
+                self.app.kill_job(self.job_id)
+
+        self.app.push_screen(Confirm(f"Kill job {self.job_id}?"), answer)

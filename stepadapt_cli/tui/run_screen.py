@@ -1,0 +1,98 @@
+"""The run screen: the stage pipeline, the schedule, and one row for the base and per timestep group."""
+from __future__ import annotations
+
+from typing import Optional
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Static
+
+from core.manager.monitor import bar
+
+from .dialogs import Confirm
+from .view import ViewScreen, fmt
+
+
+class RunScreen(ViewScreen):
+    BINDINGS = [Binding("escape", "app.pop_screen", "back"), Binding("l", "log", "log"),
+                Binding("p", "proxy", "proxy"), Binding("k", "kill", "kill run"), Binding("r", "resume", "resume"),
+                Binding("question_mark", "app.push_screen('help')", "help")]
+    COLUMNS = ("group", "t", "budget", "MACs", "status", "step", "", "loss", "trend")
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.run_name = name
+        self.key = ("run", name)
+        self.detail: dict = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="stages")
+        yield Static("", id="schedule")
+        yield DataTable(id="groups", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns(*self.COLUMNS)
+        self.query_one(DataTable).focus()
+        self.title = f"run {self.run_name}"
+
+    def show(self, d) -> None:
+        self.detail = d or {}
+        if not d:
+            self.query_one("#stages", Static).update(f"run {self.run_name} not found")
+            return
+        stages = "  ".join(f"{k}:{v}" for k, v in d["stages"].items())
+        self.query_one("#stages", Static).update(f"{d['name']}  [{d['status']}]  {d['preset']}  "
+                                                 f"prune {d['method']}\n{stages}")
+        if d["schedule"]:
+            self.query_one("#schedule", Static).update(d["schedule_text"])
+        t = self.query_one(DataTable)
+        cur = t.cursor_row
+        t.clear()
+        for g in d["groups"]:
+            t.add_row(str(g["group"]), g["t"], fmt(g["budget"], "{:.3f}"), fmt(g["macs"], "{:.3f}"), g["status"],
+                      f"{g['progress']}/{g['total']}" if g["total"] else "", bar(g["progress"], g["total"], 10),
+                      fmt(g["loss"]), g["spark"], key=str(g["group"]))
+        if d["groups"]:
+            t.move_cursor(row=min(cur, len(d["groups"]) - 1))
+
+    def _selected_job(self) -> Optional[int]:
+        t = self.query_one(DataTable)
+        if not t.row_count:
+            return None
+        key = t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
+        g = next((g for g in self.detail.get("groups", []) if str(g["group"]) == key), None)
+        if g and g["job"]:
+            return g["job"]
+        jobs = [j for j in self.detail.get("jobs", []) if j["log_path"]]
+        return jobs[-1]["id"] if jobs else None
+
+    def action_log(self) -> None:
+        from .job_screen import JobScreen
+
+        job = self._selected_job()
+        if job is None:
+            self.notify("no job log yet", severity="warning")
+            return
+        self.app.push_screen(JobScreen(job))
+
+    def action_proxy(self) -> None:
+        from .proxy_screen import ProxyScreen
+
+        self.app.push_screen(ProxyScreen(self.run_name))
+
+    def action_kill(self) -> None:
+        def answer(yes: bool) -> None:
+            if yes:
+                self.app.kill_run(self.run_name)
+
+        self.app.push_screen(Confirm(f"Kill run {self.run_name}? (training checkpoints first)"), answer)
+
+    def action_resume(self) -> None:
+        def answer(yes: bool) -> None:
+            if yes:
+                self.app.resume_run(self.run_name)
+
+        self.app.push_screen(Confirm(f"Resume run {self.run_name} in the background?"), answer)

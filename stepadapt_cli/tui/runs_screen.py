@@ -1,0 +1,94 @@
+"""The runs screen: every run in the runs folder, with a filter and a sort key."""
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from .view import ViewScreen, fmt
+
+
+class RunsScreen(ViewScreen):
+    BINDINGS = [Binding("enter", "open", "open"), Binding("slash", "filter", "filter"),
+                Binding("s", "sort", "sort"), Binding("q", "app.quit", "quit"),
+                Binding("question_mark", "app.push_screen('help')", "help")]
+    COLUMNS = ("name", "status", "preset", "method", "llm", "stages", "best FID")
+    SORT_KEYS = ("created", "name", "status", "method", "best_fid")
+    key = ("runs",)
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[dict] = []
+        self.filter = ""
+        self.sort = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="message")
+        yield Input(placeholder="filter runs (name, status, preset, method)", id="filter")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        t = self.query_one(DataTable)
+        t.add_columns(*self.COLUMNS)
+        self.query_one("#filter").display = False
+        t.focus()
+
+    def show(self, rows) -> None:
+        self.rows = rows or []
+        self.render_rows()
+
+    def render_rows(self) -> None:
+        t = self.query_one(DataTable)
+        msg = self.query_one("#message", Static)
+        runs_dir = self.app.runs_dir
+        if not self.rows:
+            msg.update(f"No runs in {runs_dir}.\nStart one with:  stepadapt run --preset tiny --runs-dir {runs_dir}")
+        else:
+            msg.update(f"{len(self.rows)} runs in {runs_dir}   sort: {self.SORT_KEYS[self.sort]}"
+                       + (f"   filter: {self.filter}" if self.filter else ""))
+        key = self.SORT_KEYS[self.sort]
+        rows = [r for r in self.rows if not self.filter or any(
+            self.filter.lower() in str(r.get(k) or "").lower() for k in ("name", "status", "preset", "method"))]
+        rows.sort(key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else 0),
+                  reverse=key == "created")
+        cur = t.cursor_row
+        t.clear()
+        for r in rows:
+            t.add_row(r["name"], r["status"], r.get("preset") or "-", r.get("method") or "-",
+                      (r.get("llm") or "")[:20], f"{r['stages_done']}/{r['stages_total']}",
+                      fmt(r.get("best_fid"), "{:.2f}"), key=r["name"])
+        if rows:
+            t.move_cursor(row=min(cur, len(rows) - 1))
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#filter")
+    def filtered(self, event: Input.Submitted) -> None:
+        self.filter = event.value.strip()
+        event.input.display = bool(self.filter)
+        self.query_one(DataTable).focus()
+        self.render_rows()
+
+    def action_sort(self) -> None:
+        self.sort = (self.sort + 1) % len(self.SORT_KEYS)
+        self.render_rows()
+
+    def action_open(self) -> None:
+        t = self.query_one(DataTable)
+        if t.row_count:
+            self._open(t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value)
+
+    @on(DataTable.RowSelected, "#runs")
+    def selected(self, event: DataTable.RowSelected) -> None:
+        self._open(event.row_key.value)
+
+    def _open(self, name: str) -> None:
+        from .run_screen import RunScreen
+
+        self.app.push_screen(RunScreen(name))

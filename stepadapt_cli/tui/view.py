@@ -1,0 +1,20 @@
+"""The base of every data screen: it names the view it shows and redraws from the app's snapshots."""
+from __future__ import annotations
+
+from textual.screen import Screen
+
+
+class ViewScreen(Screen):
+    """A screen that shows one view (``key``); ``show(data)`` is called on the UI thread with fresh data."""
+
+    key: tuple = ()
+
+    def on_screen_resume(self) -> None:
+        self.app.watch_view(self.key)
+
+    def show(self, data) -> None:  # pragma: no cover - every screen overrides it
+        raise NotImplementedError
+
+
+def fmt(v, spec="{:.4f}"):
+    return "-" if v is None else spec.format(v)

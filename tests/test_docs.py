@@ -1,0 +1,46 @@
+"""The documentation: the generated parts (README's commands table, docs/commands.md, docs/store.md) match
+the code, and README.md stays a short user README that links to the detailed documents."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FIX = "the generated docs are stale; run `python docs/generate.py` and commit the result"
+
+
+def test_readme_commands_block_and_generated_docs_match_the_cli_and_store():
+    env = dict(os.environ, COLUMNS="100")
+    p = subprocess.run([sys.executable, "docs/generate.py", "--check"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, f"{FIX}\n{p.stdout}{p.stderr}"
+
+
+def test_check_mode_names_the_stale_file_and_the_fix_in_one_line(tmp_path):
+    """On a copy of the repository whose README commands table lost its last row, --check exits 1 with one
+    line that names README.md (and no other file) and the command that fixes it."""
+    for name in ("core", "stepadapt_cli"):
+        (tmp_path / name).symlink_to(REPO / name)
+    for name in ("README.md", "docs/commands.md", "docs/store.md", "docs/generate.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
+    readme = (REPO / "README.md").read_text()
+    stale = re.sub(r"\n[^\n]*\n(<!-- commands:end -->)", r"\n\1", readme, count=1)
+    assert stale != readme
+    (tmp_path / "README.md").write_text(stale)
+    p = subprocess.run([sys.executable, "docs/generate.py", "--check"], cwd=tmp_path,
+                       env=dict(os.environ, COLUMNS="100"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 1 and "README.md" in lines[0] and "python docs/generate.py" in lines[0], p.stdout
+    assert "docs/commands.md" not in lines[0] and "docs/store.md" not in lines[0], p.stdout
+
+
+def test_readme_is_a_short_user_readme_linking_the_detailed_docs():
+    text = (REPO / "README.md").read_text()
+    n = len(text.splitlines())
+    assert 150 <= n <= 300, f"README.md has {n} lines; keep it a user README (150-300 lines), details go to docs/"
+    for target in ("docs/method.md", "docs/store.md", "docs/architecture.md", "bench/README.md"):
+        assert f"]({target})" in text, f"README.md does not link to {target}"
+        assert (REPO / target).exists(), f"README.md links to {target}, which does not exist"
