@@ -23,7 +23,7 @@ demo: venv
 test: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=10
 
-# every benchmark (hours on 2 CPU cores), then the README tables
+# every benchmark (hours on 2 CPU cores), then the tables in bench/README.md
 bench: venv
 	$(BIN)/python bench/training.py
 	test -f runs/bench-tiny/models/progressive.pt || $(BIN)/stepadapt run --preset tiny --parallel 2 --name bench-tiny

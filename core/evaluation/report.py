@@ -121,90 +121,102 @@ def plot_fid_macs(runs: list[Run], path: Path) -> bool:
 
 
 def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]:
-    from core.method.schedule import run_schedule
-    from core.method.schedule import plot_schedule
-
+    """``out/index.html`` and ``out/report.md`` with the same sections: the Table 1 style comparison, the
+    figures (schedule, losses, proxy rounds, FID vs MACs, samples) and the proxy rounds."""
     out.mkdir(parents=True, exist_ok=True)
-    figs = []  # (title, file, caption)
-    if (run.path / "schedule.json").exists():
-        plot_schedule(run_schedule(run), out / "schedule.png")
-        figs.append(("Schedule", "schedule.png", "SNR (dB) and MACs budget per timestep, with the group bounds"))
-    if plot_losses(run, out / "losses.png"):
-        figs.append(("Training losses", "losses.png", "stage 1 and every group's fine-tune"))
-    rounds = proxy_rounds(run)
     ev = load_eval(run)
     full = ev.get("models", {}).get("base", {}).get("macs", 1.0)
-    if plot_proxy(rounds, full, out / "proxy.png"):
-        figs.append(("Proxy rounds", "proxy.png", "held-out loss of every candidate the proxy proposed, per group"))
-    if plot_fid_macs([run, *baselines], out / "fid_macs.png"):
-        figs.append(("FID vs MACs", "fid_macs.png", "base and progressive models (and baselines)"))
-    for which in ("base", "progressive"):
-        cands = [run.samples() / f"eval_{which}.png", *sorted(run.samples().glob(f"{which}_s*_seed0.png"))]
-        src = next((p for p in cands if p.exists()), None)
-        if src is not None:
-            shutil.copyfile(src, out / f"samples_{which}.png")
-            figs.append((f"Samples: {which}", f"samples_{which}.png", src.name))
+    rounds = proxy_rounds(run)
+    sections = [*_comparison(run, baselines, ev), *_figures(run, baselines, out, rounds, full),
+                *_proxy_table(rounds, full)]
+    meta, cfg = run.meta, run.config
+    title = f"Report: {run.name}"
+    facts = [("preset", str(cfg.get("preset"))), ("prune method", cfg["prune"]["method"]),
+             ("config", str(meta.get("config_hash"))), ("seed", str(meta.get("seed"))),
+             ("git", str(meta.get("git_sha"))[:10])]
+    md_path, html_path = out / "report.md", out / "index.html"
+    md_path.write_text(_markdown(title, facts, sections))
+    html_path.write_text(_html(title, facts, sections))
+    return html_path, md_path
 
+
+# a section is ("table", title, note, head, rows) or ("figure", title, file, caption)
+def _comparison(run: Run, baselines: list[Run], ev: dict) -> list[tuple]:
     rows = []
     for r in [run, *baselines]:
         for model, row in load_eval(r).get("models", {}).items():
             rows.append([r.name, model, "-" if row.get("fid") is None else f"{row['fid']:.3f}",
                          f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e9:.4f}", f"{row['macs_sampled'] / 1e9:.4f}",
                          f"{row['loss']:.5f}", str(row["train_steps"])])
+    if not rows:
+        return []
     head = ["run", "model", "FID", "params (M)", "MACs avg T (G)", f"MACs avg {ev.get('sample_steps', '?')} steps (G)",
             "held-out loss", "train steps"]
     kind = next((m.get("fid_kind") for m in ev.get("models", {}).values() if m.get("fid_kind")), None)
-    proxy_rows = [[str(r["group_index"]), str(r["round"] + 1),
-                   "-" if r["macs"] is None else f"{r['macs'] / full:.3f}",
-                   "-" if r["loss"] is None else f"{r['loss']:.5f}", "yes" if r["accepted"] else "no",
-                   (r["reason"] or "")[:80]] for r in rounds]
-    proxy_head = ["group", "round", "MACs / F", "loss", "accepted", "reason"]
-    meta = run.meta
+    return [("table", "Table 1 style", f"FID here is {kind}." if kind else "", head, rows)]
 
-    # Markdown
-    md = [f"# Report: {run.name}", "",
-          f"preset `{run.config.get('preset')}`, prune method `{run.config['prune']['method']}`, config "
-          f"`{meta.get('config_hash')}`, seed {meta.get('seed')}, git `{str(meta.get('git_sha'))[:10]}`", ""]
-    if rows:
-        md += ["## Table 1 style", ""]
-        if kind:
-            md += [f"FID here is **{kind}**.", ""]
-        md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
-    for title, f, cap in figs:
-        md += [f"## {title}", "", f"![{cap}]({f})", "", f"*{cap}*", ""]
-    if proxy_rows:
-        md += ["## Proxy rounds", "", "| " + " | ".join(proxy_head) + " |", "|" + "---|" * len(proxy_head)]
-        md += ["| " + " | ".join(r) + " |" for r in proxy_rows] + [""]
-    md_path = out / "report.md"
-    md_path.write_text("\n".join(md))
 
-    # HTML
+def _figures(run: Run, baselines: list[Run], out: Path, rounds: list[dict], full: float) -> list[tuple]:
+    from core.method.schedule import plot_schedule, run_schedule
+
+    figs = []
+    if run.schedule_file().exists():
+        plot_schedule(run_schedule(run), out / "schedule.png")
+        figs.append(("figure", "Schedule", "schedule.png", "SNR (dB) and MACs budget per timestep, with the group bounds"))
+    if plot_losses(run, out / "losses.png"):
+        figs.append(("figure", "Training losses", "losses.png", "stage 1 and every group's fine-tune"))
+    if plot_proxy(rounds, full, out / "proxy.png"):
+        figs.append(("figure", "Proxy rounds", "proxy.png",
+                     "held-out loss of every candidate the proxy proposed, per group"))
+    if plot_fid_macs([run, *baselines], out / "fid_macs.png"):
+        figs.append(("figure", "FID vs MACs", "fid_macs.png", "base and progressive models (and baselines)"))
+    for which in ("base", "progressive"):
+        cands = [run.samples() / f"eval_{which}.png", *sorted(run.samples().glob(f"{which}_s*_seed0.png"))]
+        src = next((p for p in cands if p.exists()), None)
+        if src is not None:
+            shutil.copyfile(src, out / f"samples_{which}.png")
+            figs.append(("figure", f"Samples: {which}", f"samples_{which}.png", src.name))
+    return figs
+
+
+def _proxy_table(rounds: list[dict], full: float) -> list[tuple]:
+    rows = [[str(r["group_index"]), str(r["round"] + 1), "-" if r["macs"] is None else f"{r['macs'] / full:.3f}",
+             "-" if r["loss"] is None else f"{r['loss']:.5f}", "yes" if r["accepted"] else "no",
+             (r["reason"] or "")[:80]] for r in rounds]
+    head = ["group", "round", "MACs / F", "loss", "accepted", "reason"]
+    return [("table", "Proxy rounds", "", head, rows)] if rows else []
+
+
+def _markdown(title: str, facts: list[tuple], sections: list[tuple]) -> str:
+    md = [f"# {title}", "", ", ".join(f"{k} `{v}`" for k, v in facts), ""]
+    for sec in sections:
+        if sec[0] == "table":
+            _, name, note, head, rows = sec
+            md += [f"## {name}", ""] + ([note, ""] if note else [])
+            md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        else:
+            _, name, f, cap = sec
+            md += [f"## {name}", "", f"![{cap}]({f})", "", f"*{cap}*", ""]
+    return "\n".join(md)
+
+
+def _html(title: str, facts: list[tuple], sections: list[tuple]) -> str:
     e = html.escape
-
-    def table(h, rs):
-        return ("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in h) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rs) + "</table>")
-
-    body = [f"<h1>Report: {e(run.name)}</h1>",
-            f"<p>preset <code>{e(str(run.config.get('preset')))}</code>, prune method "
-            f"<code>{e(run.config['prune']['method'])}</code>, config <code>{e(str(meta.get('config_hash')))}</code>, "
-            f"seed {e(str(meta.get('seed')))}, git <code>{e(str(meta.get('git_sha'))[:10])}</code></p>"]
-    if rows:
-        body.append("<h2>Table 1 style</h2>")
-        if kind:
-            body.append(f"<p>FID here is <b>{e(kind)}</b>.</p>")
-        body.append(table(head, rows))
-    for title, f, cap in figs:
-        body.append(f"<h2>{e(title)}</h2><figure><img src=\"{e(f)}\" alt=\"{e(cap)}\"><figcaption>{e(cap)}"
-                    "</figcaption></figure>")
-    if proxy_rows:
-        body.append("<h2>Proxy rounds</h2>" + table(proxy_head, proxy_rows))
+    body = [f"<h1>{e(title)}</h1>", "<p>" + ", ".join(f"{e(k)} <code>{e(v)}</code>" for k, v in facts) + "</p>"]
+    for sec in sections:
+        if sec[0] == "table":
+            _, name, note, head, rows = sec
+            body.append(f"<h2>{e(name)}</h2>" + (f"<p>{e(note)}</p>" if note else ""))
+            body.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+                        + "</table>")
+        else:
+            _, name, f, cap = sec
+            body.append(f"<h2>{e(name)}</h2><figure><img src=\"{e(f)}\" alt=\"{e(cap)}\"><figcaption>{e(cap)}"
+                        "</figcaption></figure>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
              "text-align:right}img{max-width:100%}figcaption{color:#555;font-size:90%}")
-    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>stepadapt report: {e(run.name)}</title>"
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>stepadapt {e(title.lower())}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-    html_path = out / "index.html"
-    html_path.write_text(page)
-    return html_path, md_path

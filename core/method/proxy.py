@@ -1,6 +1,13 @@
 """Proxy pruning (paper Eq. 16/17): an LLM asked round after round how much of each unit to keep,
 fed a memory bank of earlier proposals and their measured loss.
 
+Eq. 16: theta' = GPT(theta, T, D, S, M), theta' a subset of theta, s.t. FLOPs(U_{theta - theta'}) <= f
+Eq. 17: M_{i+1} = M_i  U  (theta'_i, Loss(U_{theta - theta'_i}(T, D, S)))
+
+theta' is the proposal of round i (here: keep ratios per unit, made a plan), f the group's MACs budget, T the
+group's timesteps, D held-out images, S the settings, and M the memory bank (``memory`` below: every
+proposal with its MACs and its measured loss, or why it was rejected).
+
 Round r: the prompt (templates in ``prompts/``) carries the units (name, kind, size, MACs share, magnitude
 and Taylor hints), the budget, the group's timesteps and SNR, and the memory bank. The answer must be a
 JSON object ``{"keep": {unit: ratio in (0, 1]}}``; it is parsed (code fences and surrounding prose are
@@ -246,76 +253,22 @@ class ProxyRun:
         from core.method.importance import MagnitudeImportance, TaylorImportance
 
         s, pr = self.settings, self.pruner
-        tpl = load_templates(s.prompts_dir)
+        self.tpl = load_templates(s.prompts_dir)
         magnitude = pr.scores(MagnitudeImportance())
         taylor = pr.scores(TaylorImportance(), self.ctx) if self.ctx is not None else None
-        hints = unit_hints(pr, magnitude, taylor)
-        choose = taylor if taylor is not None else magnitude  # which positions of a unit go first
-        base_loss = held_out_loss(pr.base, self.ctx)
-        F = pr.full["macs"]
-        memory, candidates = [], []
-        system = {"role": "system", "content": tpl["proxy_system"].substitute()}
+        self.hints = unit_hints(pr, magnitude, taylor)
+        self.choose = taylor if taylor is not None else magnitude  # which positions of a unit go first
+        self.base_loss = held_out_loss(pr.base, self.ctx)
+        memory, candidates = [], []  # M of Eq. 17, and the accepted candidates
         for rnd in range(s.rounds):
-            state = {"budget_ratio": round(self.budget_macs / F, 6), "units": hints, "memory": memory}
-            user = tpl["proxy_round"].substitute(
-                round=rnd + 1, rounds=s.rounds, budget_gmacs=_fmt(self.budget_macs / 1e9),
-                budget_pct=f"{100 * self.budget_macs / F:.1f}", full_gmacs=_fmt(F / 1e9),
-                t_start=self.group_info["t_start"], t_end=self.group_info["t_end"],
-                num_timesteps=self.group_info["num_timesteps"], snr_min=f"{self.group_info['snr_min']:.1f}",
-                snr_max=f"{self.group_info['snr_max']:.1f}", base_loss=_fmt(base_loss),
-                state=json.dumps(state, indent=1, sort_keys=True))
-            messages = [system, {"role": "user", "content": user}]
-            outcome = None
-            for attempt in range(s.retries + 1):
-                row = self.ask(rnd, attempt, messages)
-                error = row.get("error")
-                keep = counts = None
-                if not error:
-                    try:
-                        keep = validate_answer(extract_json(row["response_text"]), pr.units)
-                        counts = counts_for_ratio(pr.units, {n: 1 - k for n, k in keep.items()}, nearest=True)
-                        macs = pr.macs_of(counts)
-                        if macs > self.budget_macs:
-                            memory.append({"round": rnd, "keep": keep, "macs_ratio": round(macs / F, 5),
-                                           "loss": None, "accepted": False, "reason": "over budget"})
-                            raise ValueError(f"the proposal needs {macs / 1e9:.4f} GMACs ({100 * macs / F:.1f}% of the "
-                                             f"model), over the budget of {self.budget_macs / 1e9:.4f} GMACs "
-                                             f"({100 * self.budget_macs / F:.1f}%): keep less")
-                        row["parsed"] = {"keep": keep}
-                    except ValueError as e:
-                        row["validation_error"] = str(e)
-                call_id = self.store.log_call(row)
-                if row.get("parsed"):
-                    outcome = (keep, counts, call_id)
-                    break
-                reason = row.get("validation_error") or row.get("error")
-                self.log(f"group {self.group} round {rnd + 1}: answer rejected ({reason[:120]})")
-                if row.get("error"):
-                    continue  # a transport failure: ask the same again
-                messages = messages + [{"role": "assistant", "content": (row["response_text"] or "")[:2000]},
-                                       {"role": "user", "content": tpl["proxy_retry"].substitute(error=reason)}]
+            outcome = self._propose(rnd, self._prompt(rnd, memory), memory)
             if outcome is None:
-                self.store.log_round({"run": self.run, "group_index": self.group, "session": self.session,
-                                      "round": rnd, "accepted": 0,
-                                      "reason": "no valid answer"})
+                self._record_round(rnd, {"accepted": 0, "reason": "no valid answer"})
                 memory.append({"round": rnd, "keep": None, "macs_ratio": None, "loss": None, "accepted": False,
                                "reason": "no valid answer"})
                 continue
-            keep, counts, call_id = outcome
-            counts, macs = greedy_refill(pr.macs_of, pr.units, choose, counts, self.budget_macs)
-            plan = plan_from_counts(pr.units, choose, counts)
-            pruned = pr.apply(plan)
-            loss = held_out_loss(pruned, self.ctx)
-            params = sum(p.numel() for p in pruned.parameters())
-            self.store.log_round({"run": self.run, "group_index": self.group, "session": self.session,
-                                  "round": rnd, "keep": keep,
-                                  "plan": plan, "macs": macs, "params": params, "loss": loss, "accepted": 1,
-                                  "reason": None, "call_id": call_id})
-            memory.append({"round": rnd, "keep": keep, "macs_ratio": round(macs / F, 5), "loss": round(loss, 6),
-                           "accepted": True})
-            candidates.append((loss, rnd, plan, macs))
-            self.log(f"group {self.group} round {rnd + 1}: {100 * macs / F:.1f}% of F, loss {loss:.5f}")
-        info = {"rounds": s.rounds, "memory": memory, "base_loss": base_loss, "sources": self.sources,
+            candidates.append(self._measure(rnd, *outcome, memory))
+        info = {"rounds": s.rounds, "memory": memory, "base_loss": self.base_loss, "sources": self.sources,
                 "diverged_at": self.diverged_at, "replay_of": self.replay.source_run if self.replay else None,
                 "llm": s.model, "session": self.session}
         if not candidates:
@@ -323,3 +276,73 @@ class ProxyRun:
         loss, rnd, plan, macs = min(candidates, key=lambda c: (c[0], c[1]))
         info["winner_round"] = rnd
         return plan, info
+
+    def _prompt(self, rnd: int, memory: list) -> list:
+        """The messages of round ``rnd``: the system prompt and the round's state with the memory bank."""
+        F, g = self.pruner.full["macs"], self.group_info
+        state = {"budget_ratio": round(self.budget_macs / F, 6), "units": self.hints, "memory": memory}
+        user = self.tpl["proxy_round"].substitute(
+            round=rnd + 1, rounds=self.settings.rounds, budget_gmacs=_fmt(self.budget_macs / 1e9),
+            budget_pct=f"{100 * self.budget_macs / F:.1f}", full_gmacs=_fmt(F / 1e9),
+            t_start=g["t_start"], t_end=g["t_end"], num_timesteps=g["num_timesteps"], snr_min=f"{g['snr_min']:.1f}",
+            snr_max=f"{g['snr_max']:.1f}", base_loss=_fmt(self.base_loss),
+            state=json.dumps(state, indent=1, sort_keys=True))
+        return [{"role": "system", "content": self.tpl["proxy_system"].substitute()},
+                {"role": "user", "content": user}]
+
+    def _propose(self, rnd: int, messages: list, memory: list) -> Optional[tuple]:
+        """Ask until an answer is valid (re-asking with the reason, up to ``retries`` times); every call is
+        recorded. Returns (keep, counts, call id) or None."""
+        for attempt in range(self.settings.retries + 1):
+            row = self.ask(rnd, attempt, messages)
+            keep, counts = self._judge(rnd, row, memory) if not row.get("error") else (None, None)
+            call_id = self.store.log_call(row)
+            if row.get("parsed"):
+                return keep, counts, call_id
+            reason = row.get("validation_error") or row.get("error")
+            self.log(f"group {self.group} round {rnd + 1}: answer rejected ({reason[:120]})")
+            if row.get("error"):
+                continue  # a transport failure: ask the same again
+            messages = messages + [{"role": "assistant", "content": (row["response_text"] or "")[:2000]},
+                                   {"role": "user", "content": self.tpl["proxy_retry"].substitute(error=reason)}]
+        return None
+
+    def _judge(self, rnd: int, row: dict, memory: list) -> tuple:
+        """Parse, validate and price an answer; sets ``parsed`` or ``validation_error`` on the call's row.
+        An answer over the budget goes to the memory bank too (the model learns from it)."""
+        pr, F = self.pruner, self.pruner.full["macs"]
+        try:
+            keep = validate_answer(extract_json(row["response_text"]), pr.units)
+            counts = counts_for_ratio(pr.units, {n: 1 - k for n, k in keep.items()}, nearest=True)
+            macs = pr.macs_of(counts)
+            if macs > self.budget_macs:
+                memory.append({"round": rnd, "keep": keep, "macs_ratio": round(macs / F, 5), "loss": None,
+                               "accepted": False, "reason": "over budget"})
+                raise ValueError(f"the proposal needs {macs / 1e9:.4f} GMACs ({100 * macs / F:.1f}% of the model), "
+                                 f"over the budget of {self.budget_macs / 1e9:.4f} GMACs "
+                                 f"({100 * self.budget_macs / F:.1f}%): keep less")
+        except ValueError as e:
+            row["validation_error"] = str(e)
+            return None, None
+        row["parsed"] = {"keep": keep}
+        return keep, counts
+
+    def _measure(self, rnd: int, keep: dict, counts: dict, call_id: int, memory: list) -> tuple:
+        """Top the proposal up to the budget, make it a plan, measure its held-out loss; into the memory bank
+        (Eq. 17). Returns the candidate (loss, round, plan, MACs)."""
+        pr, F = self.pruner, self.pruner.full["macs"]
+        counts, macs = greedy_refill(pr.macs_of, pr.units, self.choose, counts, self.budget_macs)
+        plan = plan_from_counts(pr.units, self.choose, counts)
+        pruned = pr.apply(plan)
+        loss = held_out_loss(pruned, self.ctx)
+        params = sum(p.numel() for p in pruned.parameters())
+        self._record_round(rnd, {"keep": keep, "plan": plan, "macs": macs, "params": params, "loss": loss,
+                                 "accepted": 1, "reason": None, "call_id": call_id})
+        memory.append({"round": rnd, "keep": keep, "macs_ratio": round(macs / F, 5), "loss": round(loss, 6),
+                       "accepted": True})
+        self.log(f"group {self.group} round {rnd + 1}: {100 * macs / F:.1f}% of F, loss {loss:.5f}")
+        return loss, rnd, plan, macs
+
+    def _record_round(self, rnd: int, fields: dict) -> None:
+        self.store.log_round({"run": self.run, "group_index": self.group, "session": self.session, "round": rnd,
+                              **fields})

@@ -16,12 +16,29 @@ def _gated(models: dict) -> str:
     return "progressive" if "progressive" in models else "base"
 
 
+def _check_max_fid(result: dict, got: dict, max_fid) -> int:
+    """The gated model's FID against ``--max-fid``: the exit code it asks for (0 when met or not asked)."""
+    if max_fid is None:
+        return 0
+    ok = got[_gated(got)]["fid"] <= max_fid
+    result["checks"]["max_fid_ok"] = ok
+    return 0 if ok else EXIT_MAX_FID
+
+
+def _check_baseline(result: dict, got: dict, run: str, model: str, fid: float, tolerance: float) -> int:
+    """The gated model's FID against the baseline run's: the exit code it asks for."""
+    result["baseline"] = {"run": run, "model": model, "fid": fid}
+    ok = got[_gated(got)]["fid"] <= fid * (1 + tolerance)
+    result["checks"]["baseline_ok"] = ok
+    return 0 if ok else EXIT_BASELINE
+
+
 @click.command("eval")
 @click.argument("run_name", metavar="RUN")
 @click.option("--model", "which", type=click.Choice(["base", "progressive", "both"]), default="both",
               show_default=True)
 @click.option("--n", "n", type=int, default=None, help="Samples for FID (default eval.fid_n: 50000 cifar10, 256 tiny).")
-@click.option("--steps", type=int, default=None, help="Respaced sampling steps (default eval.steps: 100; tiny 50).")
+@click.option("--steps", type=int, default=None, help="Respaced sampling steps (default eval.steps: 100; tiny 25).")
 @click.option("--inception", type=click.Path(dir_okay=False), default=None,
               help="TorchScript inception-2015-12-05.pt for standard FID (default: eval.inception, else domain FID).")
 @click.option("--max-fid", type=float, default=None, help=f"Exit {EXIT_MAX_FID} if the gated model's FID is above this.")
@@ -31,7 +48,7 @@ def _gated(models: dict) -> str:
               help="Relative: fail if FID > baseline FID x (1 + tolerance); negative demands an improvement.")
 @click.option("--force", is_flag=True, help="Recompute FID even if eval.json has it for the same n, steps, extractor.")
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys documented in README).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys in docs/evaluation.md).")
 @runs_dir_option
 def eval_cmd(run_name, which, n, steps, inception, max_fid, baseline_run, tolerance, force, device, as_json, runs_dir):
     """FID, params and MACs (averaged over timesteps) of a run's models, stored in RUN/eval.json.
@@ -57,23 +74,13 @@ def eval_cmd(run_name, which, n, steps, inception, max_fid, baseline_run, tolera
                          for w, r in got.items()},
               "baseline": None, "checks": {"max_fid": max_fid, "max_fid_ok": None, "baseline_ok": None,
                                            "tolerance": tolerance}}
-    gated = _gated(got)
-    code = 0
-    if max_fid is not None:
-        ok = got[gated]["fid"] <= max_fid
-        result["checks"]["max_fid_ok"] = ok
-        if not ok:
-            code = EXIT_MAX_FID
+    code = _check_max_fid(result, got, max_fid)
     if base_run is not None:
         bm = "progressive" if base_run.model("progressive").exists() else "base"
         bev = evaluate_run(base_run, dev, log=say, models=(bm,), n=first["fid_n"], steps=first["fid_steps"],
                            inception=inception, fid=True)
-        bfid = bev["models"][bm]["fid"]
-        result["baseline"] = {"run": base_run.name, "model": bm, "fid": bfid}
-        ok = got[gated]["fid"] <= bfid * (1 + tolerance)
-        result["checks"]["baseline_ok"] = ok
-        if not ok and code == 0:
-            code = EXIT_BASELINE
+        baseline_code = _check_baseline(result, got, base_run.name, bm, bev["models"][bm]["fid"], tolerance)
+        code = code or baseline_code
     result["passed"] = code == 0
     result["exit_code"] = code
     if as_json:
@@ -81,7 +88,7 @@ def eval_cmd(run_name, which, n, steps, inception, max_fid, baseline_run, tolera
     else:
         render.print_eval(result)
         if max_fid is not None:
-            click.echo(f"max FID {max_fid}: {'ok' if result['checks']['max_fid_ok'] else 'MISSED'} ({gated})")
+            click.echo(f"max FID {max_fid}: {'ok' if result['checks']['max_fid_ok'] else 'MISSED'} ({_gated(got)})")
         if base_run is not None:
             click.echo(f"vs baseline (tolerance {tolerance:+.0%}): "
                        f"{'ok' if result['checks']['baseline_ok'] else 'WORSE'}")

@@ -11,20 +11,17 @@ from textual.binding import Binding
 from textual.widgets import Footer, Header, RichLog, Static
 
 from .dialogs import Confirm
-from .view import ViewScreen
+from .view import BACK, HELP, ViewScreen
 
 FOLLOW_S = 0.5
 
 
 class JobScreen(ViewScreen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "back"), Binding("k", "kill", "kill job"),
-                Binding("question_mark", "app.push_screen('help')", "help")]
+    BINDINGS = [BACK, Binding("k", "kill", "kill job"), HELP]
 
     def __init__(self, job_id: int):
-        super().__init__()
-        self.job_id = job_id
-        self.key = ("job", job_id)
-        self.following = False
+        super().__init__(("job", job_id))
+        self.job_id, self.following = job_id, False
 
     def compose(self) -> ComposeResult:
         yield Header()

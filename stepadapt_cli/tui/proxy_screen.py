@@ -7,20 +7,16 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
-from .view import ViewScreen, fmt
+from .view import BACK, HELP, ViewScreen, fmt
 
 
 class ProxyScreen(ViewScreen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "back"), Binding("enter", "show_call", "prompt/response"),
-                Binding("question_mark", "app.push_screen('help')", "help")]
+    BINDINGS = [BACK, Binding("enter", "show_call", "prompt/response"), HELP]
 
     def __init__(self, name: str):
-        super().__init__()
+        super().__init__(("proxy", name))
         self.run_name = name
-        self.key = ("proxy", name)
-        self.rounds: dict = {}
-        self.calls: dict = {}
-        self.loaded = False
+        self.rounds, self.calls, self.loaded = {}, {}, False
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -10,19 +10,18 @@ from textual.widgets import DataTable, Footer, Header, Static
 from core.manager.monitor import bar
 
 from .dialogs import Confirm
-from .view import ViewScreen, fmt
+from .view import BACK, HELP, ViewScreen, fmt
 
 
 class RunScreen(ViewScreen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "back"), Binding("l", "log", "log"),
+    BINDINGS = [BACK, Binding("l", "log", "log"),
                 Binding("p", "proxy", "proxy"), Binding("k", "kill", "kill run"), Binding("r", "resume", "resume"),
-                Binding("question_mark", "app.push_screen('help')", "help")]
+                HELP]
     COLUMNS = ("group", "t", "budget", "MACs", "status", "step", "", "loss", "trend")
 
     def __init__(self, name: str):
-        super().__init__()
+        super().__init__(("run", name))
         self.run_name = name
-        self.key = ("run", name)
         self.detail: dict = {}
 
     def compose(self) -> ComposeResult:

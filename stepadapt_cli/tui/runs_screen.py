@@ -6,19 +6,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from .view import ViewScreen, fmt
+from .view import BACK, HELP, ViewScreen, fmt
 
 
 class RunsScreen(ViewScreen):
     BINDINGS = [Binding("enter", "open", "open"), Binding("slash", "filter", "filter"),
                 Binding("s", "sort", "sort"), Binding("q", "app.quit", "quit"),
-                Binding("question_mark", "app.push_screen('help')", "help")]
+                HELP]
     COLUMNS = ("name", "status", "preset", "method", "llm", "stages", "best FID")
     SORT_KEYS = ("created", "name", "status", "method", "best_fid")
-    key = ("runs",)
 
     def __init__(self):
-        super().__init__()
+        super().__init__(("runs",))
         self.rows: list[dict] = []
         self.filter = ""
         self.sort = 0

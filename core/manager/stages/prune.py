@@ -84,7 +84,6 @@ def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", se
     cfg = run.config
     pc = cfg["prune"]
     method = method or pc["method"]
-    allocation = allocation or pc["allocation"]
     seed = cfg["seed"] if seed is None else seed
     if not run.model("base").exists():
         raise UserError(f"run {run.name} has no base model yet; run stage 1 (stepadapt train) first")
@@ -93,59 +92,87 @@ def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", se
     empty = [gr.index for gr in sched.groups if gr.size == 0]
     if empty:
         log(f"empty groups (skipped): {', '.join(map(str, empty))}")
-    store = None
     if method == "proxy":
         from core.method.proxy import ProxySettings
-        from core.store import open_store
 
         proxy = proxy or ProxySettings(seed=seed)
-        importance = None
-        store = open_store(run.path.parent)
-        describe = proxy.describe()
-        if replay is not None:
-            if not store.calls(replay):
-                raise UserError(f"run {replay!r} has no recorded proxy calls in {store.path}")
+        prune_one = _ProxyPruning(run, sched, proxy, replay, on_miss, use_cache, seed, log)
     else:
-        try:
-            importance = make_importance(method, seed)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        describe = importance.describe()
-    diffusion = create_diffusion(cfg)
-    images = None
-    records = []
+        prune_one = _CriterionPruning(method, seed, log)
+    want = {"method": prune_one.describe(), "allocation": allocation or pc["allocation"], "seed": seed}
+    diffusion, images, records = create_diffusion(cfg), None, []
     for g in selected:
-        grp = sched.groups[g]
-        old = load_prune_record(run, g)
-        want = {"method": describe, "allocation": allocation, "seed": seed}
+        old = _pruned_already(run, g, want, log)
         if old is not None:
-            if {k: old.get(k) for k in want} == want:
-                log(f"group {g}: pruned already ({method}), skipped")
-                records.append(old)
-                continue
-            raise UserError(f"group {g} was already pruned with {old['method']['method']} (seed {old['seed']}); "
-                            "start a new run to compare methods")
-        if run.ckpt(run.group_stage(g)).exists():
-            raise UserError(f"group {g} is already fine-tuned without this plan; start a new run to prune it")
-        if images is None:
-            images = prune_images(cfg, pc["images"], pc["eval_images"], seed)
+            records.append(old)
+            continue
+        grp = sched.groups[g]
+        images = images or prune_images(cfg, pc["images"], pc["eval_images"], seed)
         ctx = PruneContext(diffusion, images[0], images[1], grp.timesteps, pc["batch_size"], pc["batches"], seed,
                            str(device))
-        base = load_unet(run.model("base"), device)
         log(f"group {g}: t in [{grp.t_start}, {grp.t_end}], pruning to {grp.budget_macs / 1e9:.4f} GMACs "
             f"({grp.budget_ratio:.3f} F) with {method}")
-        if method == "proxy":
-            plan, report = _proxy_group(run, g, grp, sched, base, ctx, proxy, store, replay, on_miss, use_cache,
-                                        allocation, pc["tolerance"], seed, log)
-        else:
-            _, plan, report = prune_to_budget(base, importance, grp.budget_macs, ctx, allocation=allocation,
-                                              tolerance=pc["tolerance"], log=log)
+        plan, report = prune_one(g, grp, load_unet(run.model("base"), device), ctx, want["allocation"],
+                                 pc["tolerance"])
         rec = {"group": g, "t_start": grp.t_start, "t_end": grp.t_end, "budget_ratio": grp.budget_ratio,
                "budget_macs": grp.budget_macs, **want, "plan": plan, "report": report,
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         atomic_write_json(rec, run.prune_record(g))
         records.append(rec)
     return records
+
+
+def _pruned_already(run: Run, g: int, want: dict, log) -> Optional[dict]:
+    """The group's record when it was pruned the same way; an error when pruned another way or fine-tuned."""
+    old = load_prune_record(run, g)
+    if old is not None:
+        if {k: old.get(k) for k in want} == want:
+            log(f"group {g}: pruned already ({want['method']['method']}), skipped")
+            return old
+        raise UserError(f"group {g} was already pruned with {old['method']['method']} (seed {old['seed']}); "
+                        "start a new run to compare methods")
+    if run.ckpt(run.group_stage(g)).exists():
+        raise UserError(f"group {g} is already fine-tuned without this plan; start a new run to prune it")
+    return None
+
+
+class _CriterionPruning:
+    """Eq. 15: an importance criterion P picks theta'; the lowest-scoring positions go until the MACs fit f."""
+
+    def __init__(self, method: str, seed: int, log):
+        try:
+            self.importance = make_importance(method, seed)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.log = log
+
+    def describe(self) -> dict:
+        return self.importance.describe()
+
+    def __call__(self, g, grp, base, ctx, allocation, tolerance):
+        _, plan, report = prune_to_budget(base, self.importance, grp.budget_macs, ctx, allocation=allocation,
+                                          tolerance=tolerance, log=self.log)
+        return plan, report
+
+
+class _ProxyPruning:
+    """Eq. 16/17: the LLM proxy with its memory bank (live, replayed, cached or compared)."""
+
+    def __init__(self, run: Run, sched, settings, replay, on_miss, use_cache, seed: int, log):
+        from core.store import open_store
+
+        self.run, self.sched, self.settings, self.replay = run, sched, settings, replay
+        self.on_miss, self.use_cache, self.seed, self.log = on_miss, use_cache, seed, log
+        self.store = open_store(run.path.parent)
+        if replay is not None and not self.store.calls(replay):
+            raise UserError(f"run {replay!r} has no recorded proxy calls in {self.store.path}")
+
+    def describe(self) -> dict:
+        return self.settings.describe()
+
+    def __call__(self, g, grp, base, ctx, allocation, tolerance):
+        return _proxy_group(self.run, g, grp, self.sched, base, ctx, self.settings, self.store, self.replay,
+                            self.on_miss, self.use_cache, allocation, tolerance, self.seed, self.log)
 
 
 def _proxy_group(run, g, grp, sched, base, ctx, settings, store, replay, on_miss, use_cache, allocation,
