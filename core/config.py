@@ -1,12 +1,15 @@
 """Configuration: a preset, optionally a YAML/TOML file, then ``-S key=value`` overrides.
 
 The resolved config is a plain nested dict; its hash (sha256 of canonical JSON) identifies it.
-Every key a file or override sets must already exist in the preset, with a value of the same type,
-so a typo fails loudly instead of being ignored.
+Every key a file or override sets must already exist in the preset, with a value of the same type
+(lists element by element), so a typo fails loudly instead of being ignored. Files are bounded: at most
+``MAX_FILE_BYTES``, UTF-8, no YAML aliases (an alias bomb expands a few hundred bytes into gigabytes),
+nesting at most ``MAX_DEPTH`` deep, lists at most ``MAX_LIST`` long.
 """
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import os
@@ -18,6 +21,24 @@ import yaml
 
 from core.errors import UserError
 from core.names import NOISE_SCHEDULES, PRUNE_METHODS, SAMPLERS, SCHEDULE_KINDS
+
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 8
+MAX_LIST = 64
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` is refused where it is met, before anything is expanded."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in config files", mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader without aliases)
 
 _BASE: dict[str, Any] = {
     "preset": None,
@@ -111,7 +132,9 @@ def _merge(cfg: dict, update: dict, where: str, prefix: str = "") -> None:
     for key, val in update.items():
         path = f"{prefix}{key}"
         if key not in cfg:
-            raise UserError(f"{where}: unknown config key {path!r}")
+            close = difflib.get_close_matches(str(key), [str(k) for k in cfg], n=1)
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known: {', '.join(map(str, cfg))}"
+            raise UserError(f"{where}: unknown config key {path!r}{hint}")
         if isinstance(cfg[key], dict):
             if not isinstance(val, dict):
                 raise UserError(f"{where}: {path!r} must be a table of settings, got {val!r}")
@@ -121,8 +144,12 @@ def _merge(cfg: dict, update: dict, where: str, prefix: str = "") -> None:
 
 
 def _coerce(default: Any, val: Any, path: str, where: str) -> Any:
-    if default is None or val is None:
-        return val
+    if default is None:  # an optional setting (a path, a URL): text or nothing
+        if val is None or isinstance(val, str):
+            return val
+        raise UserError(f"{where}: {path!r} expects text, got {val!r}")
+    if val is None:
+        raise UserError(f"{where}: {path!r} needs a value ({type(default).__name__}), got null")
     kind = type(default)
     if kind is bool:
         if isinstance(val, bool):
@@ -138,10 +165,14 @@ def _coerce(default: Any, val: Any, path: str, where: str) -> Any:
         if isinstance(val, (int, float)) and not isinstance(val, bool):
             return float(val)
     elif kind is list:
+        if isinstance(val, int) and not isinstance(val, bool):
+            val = [val]
         if isinstance(val, (list, tuple)):
-            return list(val)
-        if isinstance(val, int):
-            return [val]
+            if len(val) > MAX_LIST:
+                raise UserError(f"{where}: {path!r} has {len(val)} items; at most {MAX_LIST}")
+            if not default:
+                return list(val)
+            return [_coerce(default[0], v, f"{path}[{i}]", where) for i, v in enumerate(val)]
     elif kind is str:
         if isinstance(val, (str, int, float)) and not isinstance(val, bool):
             return str(val)
@@ -152,20 +183,37 @@ def load_file(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
-    text = p.read_text()
+    if p.stat().st_size > MAX_FILE_BYTES:
+        raise UserError(f"config file {p} is larger than {MAX_FILE_BYTES // 1024} KiB")
     try:
-        if p.suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text)
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {p} is not UTF-8 text (byte {e.start})") from None
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else _yaml(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        raise UserError(f"malformed config file {where}: {e.problem or e.context}") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"malformed config file {p}: {first}") from None
+    except RecursionError:
+        raise UserError(f"config file {p} is nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"malformed config file {p}: top level must be a mapping of settings")
+    _check_depth(data, str(p))
     return data
+
+
+def _check_depth(value, where: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise UserError(f"{where}: settings nested more than {MAX_DEPTH} levels deep")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for v in children:
+        _check_depth(v, where, depth + 1)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -175,10 +223,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"bad -S value {item!r}: empty key")
+    if len(key.split(".")) > MAX_DEPTH:
+        raise UserError(f"bad -S value {item!r}: key nested too deeply")
     try:
-        val = yaml.safe_load(raw) if raw.strip() else ""
+        val = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         val = raw
+    except RecursionError:
+        raise UserError(f"bad -S value {item!r}: nested too deeply") from None
+    _check_depth(val, f"bad -S value {item!r}")
     return key.split("."), val
 
 
@@ -206,6 +259,11 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
 
 def validate(cfg: dict) -> None:
     m, d, t = cfg["model"], cfg["diffusion"], cfg["train"]
+    for key in ("image_size", "model_channels", "num_res_blocks", "num_heads", "norm_groups"):
+        if m.get(key) is not None and m[key] < 1:
+            raise UserError(f"invalid config: model.{key} must be >= 1")
+    if m["image_size"] > 1024 or m["model_channels"] > 4096:
+        raise UserError("invalid config: model.image_size at most 1024, model.model_channels at most 4096")
     checks = [
         (m["image_size"] >= 8 and m["image_size"] & (m["image_size"] - 1) == 0, "model.image_size must be a power of two >= 8"),
         (m["in_channels"] in (1, 3), "model.in_channels must be 1 or 3"),

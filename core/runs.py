@@ -18,10 +18,12 @@ The runs directory is ``--runs-dir``, else ``$STEPADAPT_HOME``, else ``./runs``.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -77,6 +79,17 @@ def atomic_write_bytes(path: Path, write) -> None:
         if isinstance(e, OSError):
             raise _disk_error(e, path) from None
         raise UserError(f"cannot write {path}: {e} (is the disk full?); the previous file is intact") from None
+
+
+def sweep_partial_writes(path: Path) -> list[Path]:
+    """Remove what an ``atomic_write_bytes`` of ``path`` left behind when its process was killed mid-write
+    (``.NAME.XXXX.tmp`` beside it); returns what was removed."""
+    path = Path(path)
+    gone = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        gone.append(tmp)
+    return gone
 
 
 def file_sha256(path: Path) -> str:
@@ -161,17 +174,56 @@ class Run:
     def report_dir(self) -> Path:
         return self.path / "report"
 
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
     def job_log(self, job_id: int, stage: str, group: Optional[int]) -> Path:
         tag = stage if group is None else f"{stage}-g{group:02d}"
         return self.path / "logs" / f"{job_id:04d}-{tag}.log"
 
 
+@contextlib.contextmanager
+def run_lock(run: Run, what: str, wait: float = 0.0):
+    """Hold the run's writer lock while writing it: one writer per run. Another process that holds it (waited
+    for up to ``wait`` seconds) is a ``UserError`` naming it; a lock of a dead process is free (the kernel drops
+    an ``flock`` with its process)."""
+    import fcntl
+    import socket
+    import time
+
+    f = open(run.lock_file(), "a+")
+    end = time.time() + wait
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.time() >= end:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise UserError(f"run {run.name} is being written by {holder}; wait for it to end or stop it "
+                                f"(stepadapt kill {shlex.quote(run.name)})") from None
+            time.sleep(0.1)
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} ({what})\n")
+        f.flush()
+        yield
+    finally:
+        f.truncate(0)
+        f.close()  # closing drops the lock
+
+
 def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = None, status: str = "created",
                parent: Optional[str] = None) -> Run:
     root = runs_root(runs_dir)
+    if name is not None and not name.strip():
+        raise UserError("the run name is empty; give one, or leave the option out for PRESET-DATE-TIME")
     name = name or f"{cfg['preset']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if "/" in name or name in (".", ".."):
-        raise UserError(f"bad run name {name!r}")
+    if "/" in name or name in (".", "..") or name.startswith(".") or len(name) > 200:
+        raise UserError(f"bad run name {name!r}: no '/', no leading '.', at most 200 characters")
     path = root / name
     try:
         path.mkdir(parents=True, exist_ok=False)
@@ -192,8 +244,14 @@ def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = 
     }
     if parent:
         meta["parent"] = parent
-    atomic_write_json(cfg, path / "config.json")
-    atomic_write_json(meta, path / "meta.json")
+    try:
+        atomic_write_json(cfg, path / "config.json")
+        atomic_write_json(meta, path / "meta.json")
+    except UserError:  # a half-made folder would say "exists" to train and "not found" to resume
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     run = Run(path)
     register_run(run, status)
     return run

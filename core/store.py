@@ -140,6 +140,10 @@ class Store:
         if "_migrations" not in self.db.table_names():
             self.db["_migrations"].create({"name": str, "applied": str}, pk="name")
         done = {r["name"] for r in self.db["_migrations"].rows}
+        newer = sorted(done - {name for name, _ in MIGRATIONS})
+        if newer:
+            raise UserError(f"the store {self.path} was made by a newer stepadapt (it has migration "
+                            f"{', '.join(newer)}; this version knows up to {MIGRATIONS[-1][0]}); upgrade stepadapt")
         applied = []
         for name, fn in MIGRATIONS:
             if name in done:
@@ -156,6 +160,11 @@ class Store:
         row.setdefault("created", utc_now())
         with self.db.conn:
             return self.db["llm_calls"].insert(row).last_pk
+
+    def update_call(self, call_id: int, **fields) -> None:
+        with self.db.conn:
+            self.db.execute(f"update llm_calls set {', '.join(f'{k} = ?' for k in fields)} where id = ?",
+                            [*_encode(fields).values(), call_id])
 
     def calls(self, run: str, group: Optional[int] = None, session: Optional[str] = None) -> list[dict]:
         where, args = "run = ?", [run]

@@ -6,13 +6,16 @@ import json
 
 import click
 
+from rich.markup import escape
+
 from .common import console
 
 
 def _table(title: str, columns, justify: str = "left"):
+    """A table whose title is plain text (run names may hold brackets: never markup)."""
     from rich.table import Table
 
-    tab = Table(title=title)
+    tab = Table(title=escape(title))
     for col in columns:
         tab.add_column(col, justify=justify)
     return tab
@@ -89,8 +92,8 @@ def print_llm_calls(run_name: str, rows: list[dict]) -> None:
     for r in rows:
         tok = f"{r['prompt_tokens']}/{r['completion_tokens']}" if r["prompt_tokens"] is not None else "-"
         verdict = r["verdict"] + (f": {r['reason'][:40]}" if r["reason"] else "")
-        tab.add_row(str(r["id"]), str(r["group"]), str(r["round"]), str(r["attempt"]), r["source"], r["model"], tok,
-                    f"{r['latency_s'] or 0:.2f}s", verdict)
+        tab.add_row(str(r["id"]), str(r["group"]), str(r["round"]), str(r["attempt"]), r["source"],
+                    escape(r["model"]), tok, f"{r['latency_s'] or 0:.2f}s", escape(verdict))
     console().print(tab)
 
 
@@ -98,7 +101,7 @@ def print_runs(root, rows: list[dict]) -> None:
     tab = _table(f"runs in {root}", ("name", "status", "preset", "method", "stages", "created", "base GMACs",
                                      "prog. GMACs", "base loss", "prog. loss"))
     for r in rows:
-        tab.add_row(r["name"], r["status"], r.get("preset") or "-", r.get("method") or "-",
+        tab.add_row(escape(r["name"]), r["status"], escape(r.get("preset") or "-"), r.get("method") or "-",
                     f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}", (r.get("created") or "-")[:19],
                     fmt(r.get("base_macs"), scale=1e9), fmt(r.get("progressive_macs"), scale=1e9),
                     fmt(r.get("base_loss"), "{:.5f}"), fmt(r.get("progressive_loss"), "{:.5f}"))
@@ -108,9 +111,10 @@ def print_runs(root, rows: list[dict]) -> None:
 def print_show(run, data: dict) -> None:
     con = console()
     s, meta = data["run"], data["meta"]
-    con.print(f"[bold]{run.name}[/]  {s['status']}  preset {s.get('preset')}  method {s.get('method')}  config "
-              f"{meta.get('config_hash')}  seed {meta.get('seed')}  git {str(meta.get('git_sha'))[:10]}"
-              f"{' (dirty)' if meta.get('git_dirty') else ''}\nfolder {run.path}")
+    con.print(f"[bold]{escape(run.name)}[/]  {s['status']}  preset {escape(str(s.get('preset')))}  method "
+              f"{s.get('method')}  config {meta.get('config_hash')}  seed {meta.get('seed')}  git "
+              f"{str(meta.get('git_sha'))[:10]}{' (dirty)' if meta.get('git_dirty') else ''}")
+    con.print(f"folder {run.path}", markup=False, highlight=False)
     con.print("stages: " + "  ".join(f"{k} [{'green' if v == 'done' else 'yellow'}]{v}[/]"
                                       for k, v in data["stages"].items()))
     if data["groups"]:
@@ -128,7 +132,7 @@ def print_show(run, data: dict) -> None:
             tab.add_row(str(j["id"]), j["stage"], "" if j["group_index"] is None else str(j["group_index"]),
                         j["status"], "" if j["exit_code"] is None else str(j["exit_code"]),
                         f"{j['progress']}/{j['total']}" if j["total"] else "", (j["started"] or "")[:19],
-                        (j["message"] or "")[:50])
+                        escape((j["message"] or "")[:50]))
         con.print(tab)
     if data["artifacts"]:
         con.print("artifacts: " + ", ".join(f"{a['path']} ({a['bytes'] / 1e6:.1f} MB)" for a in data["artifacts"]))
@@ -145,7 +149,7 @@ def print_comparison(data: dict) -> None:
                   f"MACs avg {data['rows'][0]['sample_steps']} steps (G)", "held-out loss", "train steps"), "right")
     for r in data["rows"]:
         b = base.get(r["run"])
-        tab.add_row(r["run"], r["model"], fmt(r["fid"], "{:.2f}"), f"{r['params'] / 1e6:.3f}",
+        tab.add_row(escape(r["run"]), r["model"], fmt(r["fid"], "{:.2f}"), f"{r['params'] / 1e6:.3f}",
                     f"{r['macs'] / 1e9:.4f}", f"{r['macs'] / b['macs']:.3f}" if b else "-",
                     f"{r['macs_sampled'] / 1e9:.4f}", f"{r['loss']:.5f}", str(r["train_steps"]))
     con = console()
@@ -156,9 +160,9 @@ def print_comparison(data: dict) -> None:
         t2 = Table(title="config keys that differ")
         t2.add_column("key")
         for name in data["runs"]:
-            t2.add_column(name)
+            t2.add_column(escape(name))
         for k, vals in data["config_differences"].items():
-            t2.add_row(k, *[json.dumps(v) for v in vals])
+            t2.add_row(k, *[escape(json.dumps(v)) for v in vals])
         con.print(t2)
 
 
@@ -171,7 +175,7 @@ def print_eval(result: dict) -> None:
                     f"{r['macs_sampled'] / 1e9:.4f}", f"{r['loss']:.5f}", str(r["train_steps"]))
     if result["baseline"]:
         b = result["baseline"]
-        tab.add_row(f"baseline {b['run']} ({b['model']})", f"{b['fid']:.3f}", "", "", "", "", "")
+        tab.add_row(escape(f"baseline {b['run']} ({b['model']})"), f"{b['fid']:.3f}", "", "", "", "", "")
     console().print(tab)
 
 

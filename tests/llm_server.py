@@ -13,8 +13,12 @@ from core.method.llm import STATE_RE, LocalSearchPolicy
 
 class Server:
     def __init__(self):
-        self.script = []          # items: ("text", str) | ("status", code, headers) | ("sleep", seconds, str)
+        # items: ("text", str) | ("status", code, headers) | ("sleep", seconds, str) | ("trickle", seconds, str):
+        # headers at once, then one byte every `seconds` | ("echo_auth", code): an error that echoes the
+        # Authorization header, as some servers do
+        self.script = []
         self.requests = []
+        self.headers = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -24,7 +28,18 @@ class Server:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body)
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                 item = outer.script.pop(0) if outer.script else ("policy",)
+                if item[0] == "echo_auth":
+                    self.send_response(item[1])
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    said = f"invalid key in header Authorization: {self.headers.get('Authorization')}"
+                    self.wfile.write(json.dumps({"error": {"message": said, "type": "auth"}}).encode())
+                    return
+                if item[0] == "trickle":
+                    self._trickle(item[1], item[2])
+                    return
                 if item[0] == "status":
                     self.send_response(item[1])
                     for k, v in (item[2] if len(item) > 2 else {}).items():
@@ -53,6 +68,22 @@ class Server:
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _trickle(self, seconds, text):
+                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "slow",
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": text}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    for i in range(len(data)):
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(seconds)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

@@ -47,6 +47,17 @@ def test_transport_errors_over_http(server):
         complete("openai/fake", msgs, {}, api_base=server.url, retries=0, timeout=0.5)
 
 
+def test_timeout_is_a_deadline_for_the_whole_call_even_when_bytes_trickle(server):
+    """A server that sends its headers and then a byte every 0.3 s never trips a read timeout; the call still
+    ends at its deadline (retries included), not when the server is done."""
+    server.script = [("trickle", 0.3, "slow"), ("trickle", 0.3, "slow")]
+    t0 = time.time()
+    with pytest.raises(LLMError, match="Timeout"):
+        complete("openai/fake", [{"role": "user", "content": "hi"}], {}, api_base=server.url, retries=3,
+                 backoff=0.01, timeout=1.5)
+    assert time.time() - t0 < 3.0
+
+
 def test_hostile_and_broken_answers_are_rejected_and_recorded(server, tmp_path):
     cfg, base = randomized("tiny")
     pr = Pruner(base)
@@ -59,6 +70,7 @@ def test_hostile_and_broken_answers_are_rejected_and_recorded(server, tmp_path):
         ("sleep", 1.2, good), ("sleep", 1.2, good),              # timeouts
         ("text", ""),
         ("text", "{" + "x" * 1_000_000 + "}"),
+        ("text", '{"keep": ' + "[" * 1000 + "]" * 1000 + "}"),   # nested 1,000 deep
         ("text", json.dumps({"keep": {"no_such_unit": 0.5}})),
         ("text", json.dumps({"keep": {names[0]: -0.2}})),
         ("text", json.dumps({"keep": {names[0]: 1.5}})),
@@ -69,7 +81,7 @@ def test_hostile_and_broken_answers_are_rejected_and_recorded(server, tmp_path):
         ("text", "Here is my proposal: " + good + " Let me know how it does."),  # prose: accepted
     ]
     store = open_store(tmp_path)
-    settings = ProxySettings(model="openai/fake", api_base=server.url, rounds=2, retries=10, timeout=0.6,
+    settings = ProxySettings(model="openai/fake", api_base=server.url, rounds=2, retries=12, timeout=0.6,
                              call_retries=1, backoff=0.01)
     run = ProxyRun(pr, 0.97 * F, context(cfg), settings, store, "hostile", 0,
                    {"t_start": 100, "t_end": 299, "snr_min": -1.0, "snr_max": 5.0, "num_timesteps": 1000},
@@ -77,12 +89,13 @@ def test_hostile_and_broken_answers_are_rejected_and_recorded(server, tmp_path):
     plan, info = run.search()
     calls = store.calls("hostile", 0)
     verdicts = [(c["round"], c["error"] or c["validation_error"] or "accepted") for c in calls]
-    expect = ["InternalServer", "no JSON object", "Timeout", "empty answer", "too long", "unknown unit names",
-              "must be in (0, 1]", "must be in (0, 1]", "over the budget", "no JSON object", "accepted", "accepted"]
+    expect = ["InternalServer", "no JSON object", "Timeout", "Timeout", "empty answer", "too long", "nested more than",
+              "unknown unit names", "must be in (0, 1]", "must be in (0, 1]", "over the budget", "no JSON object",
+              "accepted", "accepted"]
     assert len(verdicts) == len(expect), "\n".join(v[:100] for _, v in verdicts)
     for (rnd, v), e in zip(verdicts, expect):
         assert e in v, (v, e)
-    assert [r for r, _ in verdicts] == [0] * 11 + [1]
+    assert [r for r, _ in verdicts] == [0] * 13 + [1]
     rounds = store.rounds("hostile", 0)
     assert [r["accepted"] for r in rounds] == [1, 1]
     assert plan is not None and measure(pr.apply(plan))["macs"] <= 0.97 * F
@@ -165,3 +178,34 @@ def test_offline_default_proxy_cache_and_compare(runs_dir, server):
     assert "--- system ---" in whole and "--- answer ---" in whole and "<state>" in whole
     assert_clean_error(run_cli("prune", "off2", "--method", "magnitude", "--llm", "x", *rd))
     assert_clean_error(run_cli("llm-log", "nope", *rd))
+
+
+def test_keys_go_only_to_their_server_and_are_never_recorded_or_printed(server, runs_dir, monkeypatch):
+    """An OpenAI key is not sent to another host; a key given for the base (STEPADAPT_API_KEY) is, and when the
+    server echoes it in an error, neither the runs folder, the database nor any output holds it."""
+    openai_key, base_key = "sk-planted-openai-0123456789", "sk-planted-base-9876543210"
+    rd = ["--runs-dir", runs_dir]
+    _train("keys", rd)
+    server.script = [("echo_auth", 401)]
+    env = {"OPENAI_API_KEY": openai_key, "STEPADAPT_API_KEY": base_key}
+    p = run_cli("prune", "keys", "--method", "proxy", "--llm", "openai/fake", "--api-base", server.url,
+                "--rounds", "1", "--groups", "0", "--json", *rd, env=env, check=0)
+    assert server.headers and all(h.get("authorization") == f"Bearer {base_key}" for h in server.headers)
+    calls = json.loads(run_cli("llm-log", "keys", "--json", *rd, env=env, check=0).stdout)
+    assert "invalid key" in calls[0]["reason"] and "[redacted]" in calls[0]["reason"]
+    import sqlite3
+
+    con = sqlite3.connect(runs_dir / "stepadapt.db")
+    dump = "\n".join(con.iterdump())
+    con.close()
+    seen = [dump, p.stdout, p.stderr, run_cli("llm-log", "keys", "--call", str(calls[0]["id"]), *rd).stdout]
+    seen += [f.read_bytes().decode(errors="replace") for f in runs_dir.rglob("*") if f.is_file()]
+    for key in (openai_key, base_key):
+        assert not any(key in text for text in seen)
+    # with only the OpenAI key set, a local server gets no key at all
+    monkeypatch.delenv("STEPADAPT_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", openai_key)
+    server.headers.clear()
+    server.script = [("text", "ok")]
+    complete("openai/fake", [{"role": "user", "content": "hi"}], {}, api_base=server.url, retries=0)
+    assert server.headers[0]["authorization"] == "Bearer none"

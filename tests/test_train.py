@@ -55,6 +55,22 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(runs_dir):
     assert all(torch.equal(p, sb["ema"][n]) for n, p in m.state_dict().items())
 
 
+def test_a_restart_before_the_first_checkpoint_keeps_no_stale_metrics_or_partial_files(runs_dir):
+    """A job killed before its first checkpoint left metric lines and a half-written checkpoint; training
+    again from step 0 logs each step once and sweeps the partial file."""
+    cfg = micro_cfg()
+    run = create_run(cfg, "restart", runs_dir)
+    spec = spec_for(run, cfg, 3)
+    spec.metrics.parent.mkdir(parents=True, exist_ok=True)
+    spec.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2)))
+    spec.ckpt.parent.mkdir(parents=True, exist_ok=True)
+    partial = spec.ckpt.parent / ".base.pt.k3j9x.tmp"
+    partial.write_bytes(b"half a checkpoint")
+    train(spec, build_unet(cfg["model"], seed=0), create_diffusion(cfg), load_dataset(cfg), progress=False)
+    assert [json.loads(l)["step"] for l in spec.metrics.read_text().splitlines()] == [1, 2, 3]
+    assert not partial.exists() and spec.ckpt.exists()
+
+
 def test_tiny_loss_falls_on_digits(runs_dir):
     cfg = C.resolve("tiny", None, ["train.batch_size=16"])
     run = create_run(cfg, "fall", runs_dir)

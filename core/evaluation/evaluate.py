@@ -2,6 +2,7 @@
 held-out loss per timestep group, for the base and the progressive model (the paper's Table 1)."""
 from __future__ import annotations
 
+import shlex
 from core.evaluation.losses import eval_images, loss_report
 
 
@@ -75,7 +76,7 @@ def _present(run, models) -> list[str]:
     present = [w for w in models if run.model(w).exists()]
     if not present:
         raise UserError(f"run {run.name} has no trained model to evaluate ({', '.join(models)}); "
-                        f"train it first (stepadapt run / stepadapt resume {run.name})")
+                        f"train it first (stepadapt run / stepadapt resume {shlex.quote(run.name)})")
     return present
 
 

@@ -115,8 +115,7 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
     """Start ``stage`` (of ``group``) of ``run`` as a worker subprocess in its own process group."""
     job_id = store.add_job({"run": run.name, "stage": stage, "group_index": group, "args": args or {},
                             "device": device})
-    tag = stage if group is None else f"{stage}-g{group:02d}"
-    log_path = run.path / "logs" / f"{job_id:04d}-{tag}.log"
+    log_path = run.job_log(job_id, stage, group)
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")

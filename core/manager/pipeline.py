@@ -11,6 +11,7 @@ The first failed job ends the run ``failed`` at once. ``Pipeline`` runs as a tra
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -22,7 +23,7 @@ from core.errors import Interrupted, StageFailed, UserError
 from core.manager import stages
 from core.manager.jobs import launch, settle, stop_job
 from core.names import GROUP_STAGES, STAGES
-from core.runs import Run
+from core.runs import Run, run_lock
 from core.store import Store, utc_now
 
 
@@ -62,7 +63,7 @@ class Pipeline:
         except KeyboardInterrupt:
             self._stop_all()
             self.store.update_run(self.run.name, status="killed", ended=utc_now())
-            raise Interrupted(f"run {self.run.name} stopped; continue it with: stepadapt resume {self.run.name}") from None
+            raise Interrupted(f"run {self.run.name} stopped; continue it with: stepadapt resume {shlex.quote(self.run.name)}") from None
         except Interrupted:
             self._stop_all()
             self.store.update_run(self.run.name, status="killed", ended=utc_now())
@@ -99,7 +100,7 @@ class Pipeline:
                     self.view(self.store.jobs(self.run.name))
                 job_id, what, job = failed[0]
                 raise StageFailed(f"job {job_id} ({what}) failed (exit {job['exit_code']}); see stepadapt logs "
-                                  f"{job_id}; after fixing, continue with stepadapt resume {self.run.name}")
+                                  f"{job_id}; after fixing, continue with stepadapt resume {shlex.quote(self.run.name)}")
         if self.view:
             self.view(self.store.jobs(self.run.name))
 
@@ -129,7 +130,7 @@ class Pipeline:
                      + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else ""))
             if job["status"] == "killed":
                 raise Interrupted(f"job {job_id} ({what}) was killed; run {self.run.name} stopped "
-                              f"(continue with stepadapt resume {self.run.name})")
+                              f"(continue with stepadapt resume {shlex.quote(self.run.name)})")
             if job["status"] != "succeeded":
                 failed.append((job_id, what, job))
         return failed
@@ -151,13 +152,15 @@ class Pipeline:
 def ensure_idle(store: Store, run: Run) -> None:
     for j in store.jobs(run.name, active=True):
         raise UserError(f"run {run.name} is running already (job {j['id']}, {j['stage']}, pid {j['pid']}); "
-                        f"stop it with stepadapt kill {run.name}")
+                        f"stop it with stepadapt kill {shlex.quote(run.name)}")
 
 
 def start_detached(run: Run, store: Store, slots: list[str], grace: float = 10.0) -> tuple[int, int]:
-    """Run the pipeline in the background as a tracked ``pipeline`` job; returns (job id, pid)."""
-    ensure_idle(store, run)
-    job_id, proc = launch(store, run, "pipeline", None, {"slots": slots, "grace": grace}, device=None)
+    """Run the pipeline in the background as a tracked ``pipeline`` job; returns (job id, pid). Two at once
+    cannot both start: the check that the run is idle and the launch happen under the run's writer lock."""
+    with run_lock(run, "starting its pipeline", wait=5.0):
+        ensure_idle(store, run)
+        job_id, proc = launch(store, run, "pipeline", None, {"slots": slots, "grace": grace}, device=None)
     store.update_run(run.name, status="running")
     return job_id, proc.pid
 

@@ -87,7 +87,10 @@ def _work(store, job, a, hb) -> None:
             if hb is not None:
                 hb.set(message=line[:200])
 
-        Pipeline(run, store, args["slots"], grace=args.get("grace", 10.0), say=say).execute()
+        from core.runs import run_lock
+
+        with run_lock(run, f"its pipeline, job {job['id']}", wait=10.0):  # one writer per run
+            Pipeline(run, store, args["slots"], grace=args.get("grace", 10.0), say=say).execute()
         return
     from core.training.devices import init_distributed
 

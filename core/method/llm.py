@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -30,6 +31,66 @@ class LLMError(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(f"{kind}: {message}")
         self.kind = kind
+
+
+class CallTimeout(Exception):
+    """No complete answer before the call's deadline (a server may trickle bytes to defeat read timeouts)."""
+
+
+def _before(deadline: float, fn):
+    """``fn()`` in a daemon thread; ``CallTimeout`` if it has not returned by ``deadline`` (the thread is left
+    to die with its connection). Ctrl-C still reaches the caller: it waits in an interruptible join."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller as it is
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True, name="llm-call")
+    t.start()
+    t.join(max(0.0, deadline - time.time()))
+    if t.is_alive():
+        raise CallTimeout("no complete answer before the deadline")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def key_for_base(api_base: str) -> Optional[str]:
+    """The key sent to an OpenAI-compatible server at ``api_base``: ``STEPADAPT_API_KEY`` (a key the user gives
+    for that server), else ``OPENAI_API_KEY`` only when the server is OpenAI's own; never a provider's key to
+    another host."""
+    from urllib.parse import urlparse
+
+    if os.environ.get("STEPADAPT_API_KEY"):
+        return os.environ["STEPADAPT_API_KEY"]
+    host = (urlparse(api_base).hostname or "").lower()
+    if host == "api.openai.com" or host.endswith(".openai.com"):
+        return os.environ.get("OPENAI_API_KEY")
+    return None
+
+
+SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|_SECRET|_PASSWORD)$")
+SECRET_TEXT = re.compile(r"(?i)\b(bearer\s+|authorization[\"']?\s*[:=]\s*[\"']?(bearer\s+)?|api[-_]?key[\"']?\s*[:=]\s*[\"']?)"
+                         r"[A-Za-z0-9._~+/=-]{8,}")
+
+
+def secrets(extra: Optional[str] = None) -> list[str]:
+    """Every secret the tool knows: keys passed to it, and provider keys and tokens in the environment."""
+    found = [v for k, v in os.environ.items() if SECRET_ENV.search(k) and v and len(v) >= 8]
+    return sorted({*found, *([extra] if extra and len(extra) >= 8 else [])}, key=len, reverse=True)
+
+
+def scrub(text: Optional[str], extra: Optional[str] = None) -> Optional[str]:
+    """``text`` with every known secret, and anything that looks like a bearer token or an API key, replaced
+    by ``[redacted]``: nothing the tool records or prints carries a key."""
+    if not text:
+        return text
+    for s in secrets(extra):
+        text = text.replace(s, "[redacted]")
+    return SECRET_TEXT.sub(lambda m: m.group(1) + "[redacted]", text)
 
 
 def request_key(model: str, messages: list, params: dict) -> str:
@@ -81,21 +142,27 @@ def _retry_after(exc) -> Optional[float]:
 def complete(model: str, messages: list, params: dict, *, api_base: Optional[str] = None,
              api_key: Optional[str] = None, timeout: float = 120.0, retries: int = 3,
              backoff: float = 2.0, max_wait: float = 60.0) -> Reply:
-    """One chat completion; retries timeouts, 429 (honouring Retry-After) and 5xx with backoff."""
+    """One chat completion; retries timeouts, 429 (honouring Retry-After) and 5xx with backoff, all within
+    ``timeout`` seconds from the start of the call: a deadline for the whole call, not per read."""
     lib = _lib()
     kwargs = {k: v for k, v in params.items() if v is not None}
     if api_base:
         kwargs["api_base"] = api_base
-        kwargs["api_key"] = api_key or os.environ.get("OPENAI_API_KEY") or "none"
+        api_key = api_key or key_for_base(api_base)
+        kwargs["api_key"] = api_key or "none"
     elif api_key:
         kwargs["api_key"] = api_key
     attempts = []
     t0 = time.time()
+    deadline = t0 + timeout
     for attempt in range(retries + 1):
         try:
-            resp = lib.completion(model=model, messages=messages, timeout=timeout, num_retries=0, max_retries=0,
-                                  **kwargs)
-            text = resp.choices[0].message.content or ""
+            left = deadline - time.time()
+            if left <= 0:
+                raise CallTimeout(f"the call's {timeout:g} s are used up")
+            resp = _before(deadline, lambda: lib.completion(model=model, messages=messages, timeout=left,
+                                                            num_retries=0, max_retries=0, **kwargs))
+            text = scrub(resp.choices[0].message.content or "", api_key)
             usage = getattr(resp, "usage", None)
             try:
                 cost = float(lib.completion_cost(completion_response=resp))
@@ -111,11 +178,11 @@ def complete(model: str, messages: list, params: dict, *, api_base: Optional[str
             transient = ("Timeout" in name or "RateLimit" in name or "APIConnection" in name
                          or "ServiceUnavailable" in name or "InternalServer" in name
                          or (isinstance(status, int) and (status == 429 or status >= 500)))
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else name
+            msg = scrub(str(e).strip().splitlines()[0][:300] if str(e).strip() else name, api_key)
             wait = _retry_after(e) if ("RateLimit" in name or status == 429) else None
-            wait = min(max_wait, wait if wait is not None else backoff * (2 ** attempt))
+            wait = min(max_wait, wait if wait is not None else backoff * (2 ** attempt), max(0.0, deadline - time.time()))
             attempts.append({"error": f"{name}: {msg}", "status": status, "wait_s": wait if transient else 0})
-            if not transient or attempt == retries:
+            if not transient or attempt == retries or time.time() + wait >= deadline:
                 raise LLMError(name, msg) from None
             time.sleep(wait)
     raise AssertionError("unreachable")

@@ -40,6 +40,7 @@ from core.method.prune import Pruner, counts_for_ratio, greedy_refill, held_out_
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"  # the project's prompts/
 MAX_ANSWER_CHARS = 100_000
+MAX_ANSWER_DEPTH = 32  # nesting of {...} and [...]; a real answer needs 2
 
 
 @dataclass
@@ -92,6 +93,8 @@ def extract_json(text: str) -> dict:
         raise ValueError("empty answer")
     if len(text) > MAX_ANSWER_CHARS:
         raise ValueError(f"answer too long ({len(text)} characters; at most {MAX_ANSWER_CHARS})")
+    if nesting_depth(text) > MAX_ANSWER_DEPTH:
+        raise ValueError(f"answer nested more than {MAX_ANSWER_DEPTH} levels deep")
     candidates = [text.strip()]
     candidates += re.findall(r"```(?:json)?\s*(\{.*?\})\s*```", text, re.S)
     i, j = text.find("{"), text.rfind("}")
@@ -105,6 +108,28 @@ def extract_json(text: str) -> dict:
         if isinstance(obj, dict):
             return obj
     raise ValueError("no JSON object found in the answer")
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest nesting of brackets outside JSON strings (a bound checked before any parser recurses)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "}]":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def validate_answer(obj: dict, units) -> dict[str, float]:
@@ -295,8 +320,10 @@ class ProxyRun:
         recorded. Returns (keep, counts, call id) or None."""
         for attempt in range(self.settings.retries + 1):
             row = self.ask(rnd, attempt, messages)
-            keep, counts = self._judge(rnd, row, memory) if not row.get("error") else (None, None)
-            call_id = self.store.log_call(row)
+            call_id = self.store.log_call(row)  # recorded before it is parsed: nothing an answer does is lost
+            if not row.get("error"):
+                keep, counts = self._judge(rnd, row, memory)
+                self.store.update_call(call_id, parsed=row.get("parsed"), validation_error=row.get("validation_error"))
             if row.get("parsed"):
                 return keep, counts, call_id
             reason = row.get("validation_error") or row.get("error")

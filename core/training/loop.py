@@ -32,7 +32,7 @@ import torch
 
 from core.errors import Interrupted, UserError
 from core.model.diffusion import GaussianDiffusion, TimestepSampler, to_model_range
-from core.runs import atomic_torch_save
+from core.runs import atomic_torch_save, sweep_partial_writes
 from core.training.data import batches
 from core.training.devices import distributed
 
@@ -155,6 +155,9 @@ class TrainLoop:
         self.progress = progress and self.main
         self.cuda = self.device.type == "cuda"
         self.setup()
+        if self.main:  # a job killed while writing leaves partial files: large at real sizes
+            sweep_partial_writes(spec.ckpt)
+            sweep_partial_writes(spec.model_out)
         if spec.ckpt.exists() and not resume:
             raise UserError(f"{spec.ckpt} exists; pass --resume to continue it (nothing was overwritten)")
         self.start = self.resume() if spec.ckpt.exists() else self.fresh()
@@ -184,7 +187,10 @@ class TrainLoop:
         self.gen_dev = torch.Generator(device=self.device)
 
     def fresh(self) -> int:
+        """From step 0: metric lines of an earlier attempt that died before its first checkpoint go."""
         torch.manual_seed(self.spec.seed)
+        if self.main:
+            truncate_metrics(self.spec.metrics, 0)
         return 0
 
     def resume(self) -> int:

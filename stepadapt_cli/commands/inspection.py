@@ -79,11 +79,16 @@ def runs_cmd(as_json, runs_dir):
     store = open_store(runs_dir)
     root = runs_root(runs_dir)
     known = {r["name"] for r in store.list_runs()}
+    broken = []
     if root.is_dir():  # folders made before the store had runs
         for d in sorted(root.iterdir()):
             if (d / "config.json").is_file() and (d / "meta.json").is_file() and d.name not in known:
-                register_run(Run(d))
-    rows = [run_summary(store, r) for r in store.list_runs()]
+                try:
+                    register_run(Run(d))
+                except (ValueError, OSError) as e:  # a truncated config.json or meta.json: list it as broken
+                    broken.append({"name": d.name, "status": "broken", "folder": str(d), "stages_done": 0,
+                                   "stages_total": 0, "error": f"{type(e).__name__}: {e}"})
+    rows = [run_summary(store, r) for r in store.list_runs()] + broken
     if as_json:
         emit_json(rows)
     elif not rows:

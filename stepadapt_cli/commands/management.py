@@ -6,6 +6,7 @@ Ctrl-C stops the run as ``stepadapt kill`` would.
 """
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ def _parse_gpus(gpus):
 def execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> None:
     """Start the run's pipeline job; unless ``detach``, follow it to its end."""
     from core.manager.pipeline import device_slots, start_detached
+    from core.runs import runs_root
 
     if parallel < 1:
         raise UserError("--parallel must be >= 1")
@@ -60,19 +62,23 @@ def execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> None
     if detach:
         click.echo(f"run {run.name}: started in the background (job {job_id}, pid {pid}) on "
                    f"{', '.join(sorted(set(slots)))}")
-        click.echo(f"follow it with: stepadapt logs {run.name} -f   |   stepadapt tui   |   stepadapt kill {run.name}")
+        rd = "" if run.path.parent.resolve() == runs_root(None).resolve() else \
+            f" --runs-dir {shlex.quote(str(run.path.parent))}"
+        name = shlex.quote(run.name)
+        click.echo(f"follow it with: stepadapt logs {name}{rd} -f   |   stepadapt tui{rd}   |   "
+                   f"stepadapt kill {name}{rd}")
         return
     job = follow(run, store, job_id, grace)
     if job["status"] == "killed":
-        raise Interrupted(f"run {run.name} stopped; continue it with: stepadapt resume {run.name}")
+        raise Interrupted(f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}")
     if job["status"] != "succeeded":
-        raise StageFailed(job["message"] or f"run {run.name} {job['status']}; see stepadapt logs {run.name}")
+        raise StageFailed(job["message"] or f"run {run.name} {job['status']}; see stepadapt logs {shlex.quote(run.name)}")
     from core.manager.monitor import comparison
 
     render.print_comparison(comparison([run]))
     report = run.report_dir() / "index.html"
     if report.exists():
-        click.echo(f"report: {report}   (stepadapt show {run.name}; stepadapt tui {run.name})")
+        click.echo(f"report: {report}   (stepadapt show {shlex.quote(run.name)}; stepadapt tui {shlex.quote(run.name)})")
 
 
 def follow(run, store, job_id: int, grace: float) -> dict:
@@ -102,7 +108,7 @@ def follow(run, store, job_id: int, grace: float) -> dict:
     except KeyboardInterrupt:
         say(f"stopping run {run.name} ...")
         stop_run(store, run.name, grace, log=say)
-        raise Interrupted(f"run {run.name} stopped; continue it with: stepadapt resume {run.name}") from None
+        raise Interrupted(f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}") from None
     finally:
         if view:
             view.stop()
@@ -215,7 +221,7 @@ def kill(target, grace, runs_dir):
         return
     for j, status in stop_run(store, ref, grace, log=say):
         click.echo(f"job {j['id']} ({job_tag(j)}): {status}")
-    click.echo(f"run {ref}: killed; continue it with stepadapt resume {ref}")
+    click.echo(f"run {ref}: killed; continue it with stepadapt resume {shlex.quote(ref)}")
 
 
 COMMANDS = [run_cmd, resume, kill]

@@ -1,6 +1,7 @@
 """Each stage of the method on its own: train, schedule, prune, finetune, sample."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -28,9 +29,10 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     """Stage 1: train the base denoiser on all timesteps."""
     from core import config as C
     from core.manager.stages.base import base_spec
+    from core.method.artifacts import artifact_step
     from core.model.diffusion import create_diffusion
     from core.model.unet import build_unet
-    from core.runs import create_run, open_run
+    from core.runs import create_run, open_run, run_lock
     from core.training.data import load_dataset
     from core.training.devices import pick_device
     from core.training.loop import train as run_train
@@ -57,10 +59,15 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     if not resume:
         run = create_run(cfg, run_name, runs_dir)
     spec = base_spec(run, cfg)
-    click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps on {dev}",
-               err=True)
-    model = build_unet(cfg["model"], seed=cfg["seed"])
-    last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev)
+    with run_lock(run, "stepadapt train"):  # one writer per run
+        done = artifact_step(spec.ckpt) if resume else None
+        if done is not None and done > spec.steps:
+            raise UserError(f"run {run.name} is at step {done} already; --steps {spec.steps} would label its "
+                            f"step-{done} weights as step {spec.steps} (give --steps {done} or more)")
+        click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps "
+                   f"on {dev}", err=True)
+        model = build_unet(cfg["model"], seed=cfg["seed"])
+        last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev)
     click.echo(f"run folder   {run.path}")
     click.echo(f"base model   {spec.model_out}  (EMA, step {spec.steps}, last loss {last.get('loss', float('nan')):.4f})")
 
@@ -112,12 +119,15 @@ PROXY_FLAGS = ("llm", "api_base", "rounds", "retries", "temperature", "timeout",
 
 
 def _proxy_settings(run, seed, flags: dict):
-    """The proxy as the flags say, on top of the defaults; a replay asks what the recording asked."""
+    """The proxy as the flags say, on top of the run's config (prune.llm, prune.api_base, prune.rounds); a replay
+    asks what the recording asked."""
     from pathlib import Path
 
-    from core.method.proxy import ProxySettings
+    from core.manager.stages.prune import proxy_settings
 
-    ps = ProxySettings(seed=run.config["seed"] if seed is None else seed)
+    ps = proxy_settings(run.config)
+    if seed is not None:
+        ps.seed = seed
     for key, flag in (("model", "llm"), ("api_base", "api_base"), ("rounds", "rounds"), ("retries", "retries"),
                       ("temperature", "temperature"), ("timeout", "timeout")):
         if flags[flag] is not None:
@@ -186,7 +196,7 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
         emit_json([{k: v for k, v in r.items() if k != "plan"} for r in recs])
         return
     render.print_prune_records(run.name, recs)
-    click.echo(f"plans in {run.path / 'prune'}; next: stepadapt finetune {run.name}")
+    click.echo(f"plans in {run.path / 'prune'}; next: stepadapt finetune {shlex.quote(run.name)}")
 
 
 @click.command()

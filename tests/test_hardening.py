@@ -1,0 +1,92 @@
+"""What a round of attacks on the tool found, pinned: one writer per run, store and folder robustness,
+names that look like markup, settings the run's config holds."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
+
+
+def _train(name, rd, *extra):
+    return run_cli("train", "--preset", "tiny", "--run", name, "--steps", "2", *MICRO, *extra, *rd, check=0)
+
+
+def test_a_second_writer_of_a_run_is_refused_with_the_holder_named(runs_dir):
+    """Two `train --resume` of one run at once used to both train it; the second now gets one line naming the
+    first (its pid), and once the first is gone (even by SIGKILL) the lock is free again."""
+    rd = ["--runs-dir", runs_dir]
+    _train("one", rd)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "train", "--run", "one", "--resume",
+                              "--steps", "100000", *map(str, rd)], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        lock = runs_dir / "one" / ".lock"
+        end = time.time() + 60
+        while time.time() < end and f"pid {first.pid}" not in (lock.read_text() if lock.exists() else ""):
+            time.sleep(0.2)
+        p = run_cli("train", "--run", "one", "--resume", "--steps", "100000", *rd)
+        assert_clean_error(p)
+        assert f"being written by pid {first.pid}" in p.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    run_cli("train", "--run", "one", "--resume", "--steps", "3", *rd, check=0)  # a dead holder's lock is free
+
+
+def test_resume_with_fewer_steps_than_done_is_refused(runs_dir):
+    rd = ["--runs-dir", runs_dir]
+    _train("done", rd)
+    p = run_cli("train", "--run", "done", "--resume", "--steps", "1", *rd)
+    assert_clean_error(p)
+    assert "at step 2 already" in p.stderr
+
+
+def test_a_store_from_a_newer_version_is_refused_with_both_versions_named(runs_dir):
+    run_cli("runs", "--runs-dir", runs_dir, check=0)
+    con = sqlite3.connect(runs_dir / "stepadapt.db")
+    con.execute("insert into _migrations (name, applied) values ('099_from_the_future', 'later')")
+    con.commit()
+    con.close()
+    p = run_cli("runs", "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert "099_from_the_future" in p.stderr and "003_runs_jobs_metrics_artifacts" in p.stderr
+
+
+def test_a_folder_with_a_truncated_config_does_not_hide_the_others(runs_dir):
+    rd = ["--runs-dir", runs_dir]
+    _train("good", rd)
+    _train("bad", rd)
+    cfg = runs_dir / "bad" / "config.json"
+    cfg.write_text(cfg.read_text()[:40])
+    rows = {r["name"]: r for r in json.loads(run_cli("runs", "--json", *rd, check=0).stdout)}
+    assert rows["good"]["status"] == "created" and rows["good"]["stages_done"] == 1
+    assert rows["bad"]["status"] == "broken" and "JSONDecodeError" in rows["bad"]["error"]
+    assert "bad" in run_cli("runs", *rd, check=0).stdout
+
+
+def test_an_empty_run_name_is_an_error_not_the_default(runs_dir):
+    p = run_cli("run", "--preset", "tiny", "--name", "", "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert list(runs_dir.iterdir()) in ([], [runs_dir / "stepadapt.db"])
+
+
+def test_a_name_with_markup_is_printed_as_written(runs_dir):
+    rd = ["--runs-dir", runs_dir]
+    _train("[red]x", rd)
+    out = run_cli("show", "[red]x", *rd, check=0).stdout
+    assert "[red]x" in out and str(runs_dir / "[red]x") in out
+    assert "[red]x" in run_cli("runs", *rd, check=0).stdout
+
+
+def test_prune_on_its_own_uses_the_runs_proxy_settings(runs_dir):
+    """`stepadapt prune RUN --method proxy` asks as many rounds as the run's prune.rounds says."""
+    rd = ["--runs-dir", runs_dir]
+    _train("cfg", rd, "-S", "prune.rounds=2", "-S", "schedule.groups=3", "-S", "prune.images=8",
+           "-S", "prune.eval_images=4", "-S", "prune.batch_size=2", "-S", "prune.batches=1")
+    recs = json.loads(run_cli("prune", "cfg", "--method", "proxy", "--groups", "0", "--json", *rd, check=0).stdout)
+    assert recs[0]["report"]["proxy"]["rounds"] == 2
