@@ -74,8 +74,8 @@ def test_a_restart_before_the_first_checkpoint_keeps_no_stale_metrics_or_partial
 def test_tiny_loss_falls_on_digits(runs_dir):
     cfg = C.resolve("tiny", None, ["train.batch_size=16"])
     run = create_run(cfg, "fall", runs_dir)
-    spec = spec_for(run, cfg, 300)
-    spec.log_every = 50
+    spec = spec_for(run, cfg, 120)
+    spec.log_every = 20
     train(spec, build_unet(cfg["model"], seed=0), create_diffusion(cfg), load_dataset(cfg), progress=False)
     mse = [json.loads(l)["mse"] for l in run.metrics("base").read_text().splitlines()]
     assert len(mse) == 6
