@@ -40,6 +40,9 @@ Migration 003 adds the experiment manager's tables:
     id, run, job, path (relative to the run folder), kind (``names.ARTIFACT_KINDS``: model | checkpoint |
     schedule | plot | plan | samples | eval | report), sha256, bytes, created
 
+Migration 004 adds ``system_fingerprint`` to ``llm_calls``: the provider's backend configuration identifier,
+when it sends one (with ``model_resolved``, it shows when a provider changed what answers a request).
+
 ``_migrations`` - name and time of every applied migration, in order.
 
 Readers and several writers may use the file at once: WAL lets readers proceed during writes and a busy
@@ -111,10 +114,15 @@ def _m003(db) -> None:
     db["artifacts"].create_index(["run", "path"], unique=True)
 
 
+def _m004(db) -> None:
+    db["llm_calls"].add_column("system_fingerprint", str)
+
+
 MIGRATIONS: list[tuple[str, Callable]] = [
     ("001_llm_calls_and_proxy_rounds", _m001),
     ("002_search_sessions", _m002),
     ("003_runs_jobs_metrics_artifacts", _m003),
+    ("004_system_fingerprint", _m004),
 ]
 
 JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "command", "args")
@@ -185,6 +193,10 @@ class Store:
         rows = list(self.db["llm_calls"].rows_where("id = ?", [call_id]))
         return _decode(rows[0]) if rows else None
 
+    def same_request(self, key: str) -> list[dict]:
+        """Every call made with this request key, from any run, oldest first."""
+        return [_decode(r) for r in self.db["llm_calls"].rows_where("request_key = ?", [key], order_by="id")]
+
     def cached(self, key: str) -> Optional[dict]:
         """The earliest successful answer recorded for this request key, from any run."""
         rows = list(self.db["llm_calls"].rows_where(
@@ -204,6 +216,54 @@ class Store:
             where += " and group_index = ?"
             args.append(group)
         return [_decode(r) for r in self.db["proxy_rounds"].rows_where(where, args, order_by="group_index, round, id")]
+
+    # -- portable decisions: export and import of recorded calls and rounds
+    def export_decisions(self, run: Optional[str] = None) -> list[dict]:
+        """Every recorded LLM call and proxy round (of ``run``, or of the whole store) as JSON-able records:
+        ``{"type": "call" | "round", ...row}``; a round's ``call_id`` refers to a call's ``id`` in the same export."""
+        where, args = ("run = ?", [run]) if run else (None, [])
+        calls = [{"type": "call", **_decode(r)} for r in self.db["llm_calls"].rows_where(where, args, order_by="id")]
+        rounds = [{"type": "round", **_decode(r)}
+                  for r in self.db["proxy_rounds"].rows_where(where, args, order_by="id")]
+        return calls + rounds
+
+    def import_decisions(self, records: list[dict]) -> dict:
+        """Add exported records. A record already here (same run, group, session and position) is skipped when
+        it is the same and refused when it differs: an import never overwrites. Returns the counts."""
+        calls = [r for r in records if r.get("type") == "call"]
+        rounds = [r for r in records if r.get("type") == "round"]
+        ids, counts = {}, {"calls": 0, "rounds": 0, "skipped": 0}
+        with self.db.conn:
+            for rec in calls:
+                key = [rec["run"], rec["group_index"], rec["session"], rec["seq"]]
+                have = list(self.db["llm_calls"].rows_where(
+                    "run = ? and group_index = ? and session = ? and seq = ?", key, limit=1))
+                row = _encode({k: v for k, v in rec.items() if k not in ("type", "id")})
+                if have:
+                    same = all(have[0].get(k) == row.get(k) for k in ("request_key", "response_text", "error"))
+                    if not same:
+                        raise UserError(f"import refused: call {rec['seq']} of run {rec['run']!r} group "
+                                        f"{rec['group_index']} is recorded here with a different answer")
+                    ids[rec["id"]] = have[0]["id"]
+                    counts["skipped"] += 1
+                    continue
+                ids[rec["id"]] = self.db["llm_calls"].insert(row).last_pk
+                counts["calls"] += 1
+            for rec in rounds:
+                key = [rec["run"], rec["group_index"], rec["session"], rec["round"]]
+                have = list(self.db["proxy_rounds"].rows_where(
+                    "run = ? and group_index = ? and session = ? and round = ?", key, limit=1))
+                if have:
+                    if (have[0]["accepted"], have[0]["loss"]) != (rec.get("accepted"), rec.get("loss")):
+                        raise UserError(f"import refused: round {rec['round'] + 1} of run {rec['run']!r} group "
+                                        f"{rec['group_index']} is recorded here with another outcome")
+                    counts["skipped"] += 1
+                    continue
+                row = _encode({k: v for k, v in rec.items() if k not in ("type", "id")})
+                row["call_id"] = ids.get(rec.get("call_id"))
+                self.db["proxy_rounds"].insert(row)
+                counts["rounds"] += 1
+        return counts
 
     # -- runs
     def add_run(self, row: dict) -> int:

@@ -16,14 +16,17 @@ def cli():
     split timesteps into SNR groups, prune and fine-tune one model per group, sample progressively."""
 
 
-@cli.command()
+@cli.command(short_help='Watch runs live in the terminal.')
 @click.argument("run_name", metavar="[RUN]", required=False)
 @runs_dir_option
 def tui(run_name, runs_dir):
     """Watch runs live in the terminal: runs, groups training, job logs, proxy rounds (press ? for keys)."""
-    from core.runs import runs_root
+    from core.runs import open_run, runs_root
 
     from .tui.app import StepadaptApp
+
+    if run_name:
+        open_run(run_name, runs_dir)  # an unknown run: one error line, before the screen is taken
 
     app = StepadaptApp(runs_root(runs_dir), run_name)
     app.run()

@@ -79,7 +79,8 @@ def print_llm_call(c: dict) -> None:
     click.echo(f"call {c['id']}  run {c['run']}  group {c['group_index']}  round {c['round'] + 1}  "
                f"attempt {c['attempt']}  source {c['source']}  model {c['model_asked']} -> {c['model_resolved']}")
     click.echo(f"request key {c['request_key']}  latency {c['latency_s'] or 0:.2f}s  tokens "
-               f"{c['prompt_tokens']}/{c['completion_tokens']}  cost {c['cost']}")
+               f"{fmt(c['prompt_tokens'], '{}')}/{fmt(c['completion_tokens'], '{}')}  cost {fmt(c['cost'], '{}')}  "
+               f"fingerprint {c.get('system_fingerprint') or '-'}  at {c.get('created') or '-'}")
     for m in c["messages"]:
         click.echo(f"\n--- {m['role']} ---\n{m['content']}")
     click.echo(f"\n--- answer ---\n{c['response_text']}")
@@ -87,24 +88,28 @@ def print_llm_call(c: dict) -> None:
 
 
 def print_llm_calls(run_name: str, rows: list[dict]) -> None:
-    tab = _table(f"{run_name}: LLM calls", ("id", "group", "round", "try", "source", "model", "tokens", "latency",
-                                            "verdict"))
+    tab = _table(f"{run_name}: LLM calls", ("id", "time", "group", "round", "try", "source", "model", "tokens",
+                                            "latency", "GMACs", "loss", "verdict"))
     for r in rows:
-        tok = f"{r['prompt_tokens']}/{r['completion_tokens']}" if r["prompt_tokens"] is not None else "-"
+        tok = f"{fmt(r['prompt_tokens'], '{}')}/{fmt(r['completion_tokens'], '{}')}"
         verdict = r["verdict"] + (f": {r['reason'][:40]}" if r["reason"] else "")
-        tab.add_row(str(r["id"]), str(r["group"]), str(r["round"]), str(r["attempt"]), r["source"],
-                    escape(r["model"]), tok, f"{r['latency_s'] or 0:.2f}s", escape(verdict))
+        tab.add_row(str(r["id"]), (r["created"] or "-")[11:19], str(r["group"]), str(r["round"]), str(r["attempt"]),
+                    r["source"], escape(r["model"]), tok, fmt(r["latency_s"], "{:.2f}s"),
+                    fmt(r["macs"], "{:.4f}", 1e9), fmt(r["loss"], "{:.5f}"), escape(verdict))
     console().print(tab)
 
 
 def print_runs(root, rows: list[dict]) -> None:
-    tab = _table(f"runs in {root}", ("name", "status", "preset", "method", "stages", "created", "base GMACs",
-                                     "prog. GMACs", "base loss", "prog. loss"))
+    """The important columns first (they fit 80 columns): name, status, stages, FID, MACs ratio."""
+    tab = _table(f"runs in {root}", ("name", "status", "stages", "FID base/prog", "MACs prog/base", "method",
+                                     "preset", "created"))
     for r in rows:
-        tab.add_row(escape(r["name"]), r["status"], escape(r.get("preset") or "-"), r.get("method") or "-",
-                    f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}", (r.get("created") or "-")[:19],
-                    fmt(r.get("base_macs"), scale=1e9), fmt(r.get("progressive_macs"), scale=1e9),
-                    fmt(r.get("base_loss"), "{:.5f}"), fmt(r.get("progressive_loss"), "{:.5f}"))
+        ratio = (r["progressive_macs"] / r["base_macs"] if r.get("progressive_macs") and r.get("base_macs")
+                 else None)
+        tab.add_row(escape(r["name"]), r["status"], f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}",
+                    f"{fmt(r.get('base_fid'), '{:.2f}')}/{fmt(r.get('progressive_fid'), '{:.2f}')}",
+                    fmt(ratio, "{:.3f}"), r.get("method") or "-", escape(r.get("preset") or "-"),
+                    (r.get("created") or "-")[:16].replace("T", " "))
     console().print(tab)
 
 
@@ -135,7 +140,10 @@ def print_show(run, data: dict) -> None:
                         escape((j["message"] or "")[:50]))
         con.print(tab)
     if data["artifacts"]:
-        con.print("artifacts: " + ", ".join(f"{a['path']} ({a['bytes'] / 1e6:.1f} MB)" for a in data["artifacts"]))
+        tab = _table("artifacts", ("path", "kind", "MB", "sha256", "job"))
+        for a in data["artifacts"]:
+            tab.add_row(escape(a["path"]), a["kind"], f"{a['bytes'] / 1e6:.2f}", a["sha256"][:12], str(a["job"]))
+        con.print(tab)
 
 
 def print_comparison(data: dict) -> None:

@@ -19,6 +19,7 @@ class Server:
         self.script = []
         self.requests = []
         self.headers = []
+        self.fingerprint = "fp_test_1"
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +59,7 @@ class Server:
                     retries = sum(1 for m in body["messages"] if m["role"] == "assistant")
                     text = json.dumps(LocalSearchPolicy().answer(json.loads(STATE_RE.findall(users)[-1]), retries))
                 out = {"id": "x", "object": "chat.completion", "created": 0, "model": "fake-model-v1",
+                       "system_fingerprint": outer.fingerprint,
                        "choices": [{"index": 0, "finish_reason": "stop",
                                     "message": {"role": "assistant", "content": text}}],
                        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}

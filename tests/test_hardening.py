@@ -54,7 +54,9 @@ def test_a_store_from_a_newer_version_is_refused_with_both_versions_named(runs_d
     con.close()
     p = run_cli("runs", "--runs-dir", runs_dir)
     assert_clean_error(p)
-    assert "099_from_the_future" in p.stderr and "003_runs_jobs_metrics_artifacts" in p.stderr
+    from core.store import MIGRATIONS
+
+    assert "099_from_the_future" in p.stderr and MIGRATIONS[-1][0] in p.stderr
 
 
 def test_a_folder_with_a_truncated_config_does_not_hide_the_others(runs_dir):
@@ -90,3 +92,23 @@ def test_prune_on_its_own_uses_the_runs_proxy_settings(runs_dir):
            "-S", "prune.eval_images=4", "-S", "prune.batch_size=2", "-S", "prune.batches=1")
     recs = json.loads(run_cli("prune", "cfg", "--method", "proxy", "--groups", "0", "--json", *rd, check=0).stdout)
     assert recs[0]["report"]["proxy"]["rounds"] == 2
+
+
+def test_compare_and_llm_log_name_what_is_missing(runs_dir):
+    rd = ["--runs-dir", runs_dir]
+    _train("raw", rd)
+    p = run_cli("compare", "raw", *rd)
+    assert_clean_error(p)
+    assert "no evaluation yet for raw" in p.stderr
+    p = run_cli("llm-log", "raw", *rd)
+    assert_clean_error(p)
+    assert "no recorded LLM calls" in p.stderr
+
+
+def test_every_command_summary_is_whole():
+    """`stepadapt --help` lists every command with a summary that is not cut mid-phrase."""
+    from stepadapt_cli.main import cli
+
+    for name, cmd in cli.commands.items():
+        short = cmd.get_short_help_str(limit=70)
+        assert short and not short.endswith("...") and not short.endswith("(Eq."), (name, short)

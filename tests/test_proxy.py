@@ -38,6 +38,7 @@ def test_transport_errors_over_http(server):
     assert rep.text == "ok after 429" and time.time() - t0 >= 0.4
     assert rep.attempts and "RateLimit" in rep.attempts[0]["error"] and rep.attempts[0]["wait_s"] == pytest.approx(0.4)
     assert rep.prompt_tokens == 100 and rep.completion_tokens == 20
+    assert rep.system_fingerprint == "fp_test_1" and rep.model_resolved.endswith("fake-model-v1")
     server.script = [("status", 500), ("status", 500)]
     with pytest.raises(LLMError):
         complete("openai/fake", msgs, {}, api_base=server.url, retries=1, backoff=0.01)
@@ -103,10 +104,10 @@ def test_hostile_and_broken_answers_are_rejected_and_recorded(server, tmp_path):
     assert "api_base" not in json.dumps(calls[0]["params"]) and server.url not in json.dumps(calls[0])
 
 
-def _train(name, rd):
+def _train(name, rd, *extra):
     run_cli("train", "--preset", "tiny", "--run", name, "--steps", "3", *MICRO, "-S", "schedule.groups=3",
             "-S", "model.norm_groups=8", "-S", "prune.images=8", "-S", "prune.eval_images=4",
-            "-S", "prune.batch_size=2", "-S", "prune.batches=1", *rd, check=0)
+            "-S", "prune.batch_size=2", "-S", "prune.batches=1", *extra, *rd, check=0)
 
 
 def test_live_then_replay_without_server_is_identical(server, runs_dir, tmp_path):
@@ -114,8 +115,9 @@ def test_live_then_replay_without_server_is_identical(server, runs_dir, tmp_path
     from core.runs import open_run
 
     rd = ["--runs-dir", runs_dir]
-    for name in ("live", "again", "edited"):
+    for name in ("live", "edited"):
         _train(name, rd)
+    _train("again", rd, "-S", "prune.rounds=5")  # its own config says 5 rounds; the recording has 3
     # round 2's first answer is rejected, so the retry template is used there and only there
     from core import config as C
     from core.method.prune import units_of
@@ -132,9 +134,10 @@ def test_live_then_replay_without_server_is_identical(server, runs_dir, tmp_path
     assert [(c["round"], c["verdict"], c["source"]) for c in log] == [
         (1, "accepted", "live"), (2, "rejected", "live"), (2, "accepted", "live"), (3, "accepted", "live")]
     assert log[0]["prompt_tokens"] == 100
-    # replay with the server gone: same answers, same plan, same weights
-    p = run_cli("prune", "again", "--method", "proxy", "--replay", "live", "--rounds", "3", "--groups", "1", *rd,
-                check=0)
+    # replay with the server gone, no flag repeated: it adopts the recorded settings (model, 3 rounds) and says
+    # so, and gives the same answers, plan and weights
+    p = run_cli("prune", "again", "--method", "proxy", "--replay", "live", "--groups", "1", *rd, check=0)
+    assert "adopted its recorded" in p.stderr and "rounds 3" in p.stderr and "model openai/fake" in p.stderr
     a, b = load_prune_record(open_run("live", runs_dir), 1), load_prune_record(open_run("again", runs_dir), 1)
     assert a["plan"] == b["plan"] and a["report"]["proxy"]["memory"] == b["report"]["proxy"]["memory"]
     assert b["report"]["proxy"]["sources"] == {"replay": 4}
@@ -151,6 +154,24 @@ def test_live_then_replay_without_server_is_identical(server, runs_dir, tmp_path
                 "--prompts", prompts, *rd)
     assert p.returncode == 3, p.stderr
     assert "round 2" in p.stderr and "message 3" in p.stderr and "Traceback" not in p.stderr
+    assert "prompt templates" in p.stderr  # said up front, before the replay stops
+    # portable decisions: exported, imported into another runs folder, replayed there bit for bit
+    other = tmp_path / "elsewhere"
+    export = tmp_path / "live.jsonl"
+    run_cli("llm-log", "live", "--export", export, *rd, check=0)
+    _train("twin", ["--runs-dir", other])
+    assert "imported 4 calls and 3 rounds (0 already here)" in run_cli("llm-import", export, "--runs-dir", other,
+                                                                        check=0).stdout
+    assert "(7 already here)" in run_cli("llm-import", export, "--runs-dir", other, check=0).stdout
+    run_cli("prune", "twin", "--method", "proxy", "--replay", "live", "--groups", "1", "--runs-dir", other, check=0)
+    t = load_prune_record(open_run("twin", other), 1)
+    assert t["plan"] == a["plan"] and t["report"]["proxy"]["memory"] == a["report"]["proxy"]["memory"]
+    lines = export.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "response_text": "something else"})
+    export.write_text("\n".join(lines) + "\n")
+    p = run_cli("llm-import", export, "--runs-dir", other)
+    assert_clean_error(p)
+    assert "different answer" in p.stderr
     assert not (runs_dir / "edited" / "prune" / "group01.json").exists()
 
 
@@ -209,3 +230,16 @@ def test_keys_go_only_to_their_server_and_are_never_recorded_or_printed(server, 
     server.script = [("text", "ok")]
     complete("openai/fake", [{"role": "user", "content": "hi"}], {}, api_base=server.url, retries=0)
     assert server.headers[0]["authorization"] == "Bearer none"
+
+
+def test_llm_log_shows_when_the_provider_changed_between_runs_of_a_request(runs_dir):
+    """Two live answers to one request from two runs: the second's record names what changed."""
+    store = open_store(runs_dir)
+    base = {"group_index": 0, "round": 0, "attempt": 0, "model_asked": "openai/x", "messages": [],
+            "params": {}, "request_key": "k" * 64, "source": "live", "response_text": "{}", "session": "s"}
+    store.log_call({**base, "run": "monday", "seq": 0, "model_resolved": "x-0613", "system_fingerprint": "fp_a"})
+    second = store.log_call({**base, "run": "friday", "seq": 0, "model_resolved": "x-0613",
+                             "system_fingerprint": "fp_b"})
+    out = run_cli("llm-log", "friday", "--call", second, "--runs-dir", runs_dir, check=0).stdout
+    assert "changed since call 1 (run monday): system_fingerprint fp_a -> fp_b" in out
+    assert "model_resolved" not in out.split("changed since", 1)[1]

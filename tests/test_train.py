@@ -83,6 +83,8 @@ def test_tiny_loss_falls_on_digits(runs_dir):
 
 
 def test_sigint_checkpoints_and_resume_completes(runs_dir):
+    """`train` is a tracked job: while it runs, `runs` shows the run running with its progress; Ctrl-C
+    checkpoints and leaves it killed (exit 130), resumable; the resume ends the job succeeded."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     args = [sys.executable, "-m", "stepadapt_cli.main", "train", "--preset", "tiny", "--run", "sig", "--runs-dir",
             str(runs_dir), "--steps", "100000", *MICRO, "-S", "train.log_every=1"]
@@ -91,6 +93,9 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.2)
+    shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
+    assert shown["run"]["status"] == "running" and shown["stages"]["base"] == "running"
+    assert shown["jobs"][0]["stage"] == "base" and shown["jobs"][0]["total"] == 100000
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
@@ -98,9 +103,14 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     ck = torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)
     stopped = ck["step"]
     assert stopped >= 3
+    shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
+    assert shown["run"]["status"] == "killed"
+    assert [(j["status"], j["exit_code"]) for j in shown["jobs"]] == [("killed", 130)]
     run_cli("train", "--run", "sig", "--runs-dir", runs_dir, "--resume", "--steps", stopped + 2, check=0)
     assert torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)["step"] == stopped + 2
     assert (runs_dir / "sig" / "models" / "base.pt").exists()
+    shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
+    assert [j["status"] for j in shown["jobs"]] == ["killed", "succeeded"] and shown["run"]["status"] == "created"
 
 
 DDP_SCRIPT = """

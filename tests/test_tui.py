@@ -124,6 +124,9 @@ def test_group_rows_update_as_rows_are_written(run_in_store):
 
 
 def test_run_screen_snapshot(run_in_store):
+    """The run screen at 80x24 as text: stages, the schedule strip with every group's label, the group rows
+    (budget, status, fine-tune progress, the hybrid training loss and its sparkline). A change of layout shows
+    as a diff of tests/snapshots/run_screen.txt; UPDATE_SNAPSHOTS=1 rewrites it, except under CI."""
     root, store, ft, proc = run_in_store
 
     async def go():
@@ -205,3 +208,38 @@ def test_resume_and_kill_from_the_run_screen(tmp_path):
     js = jobs()
     assert js["pipeline"]["status"] == "killed" and js["base"]["status"] == "killed"
     assert not pid_alive(js["pipeline"]["pid"]) and not pid_alive(js["base"]["pid"])
+
+
+@pytest.mark.parametrize("width", [50, 120])
+def test_group_labels_in_the_schedule_strip_never_overwrite_each_other(tmp_path, width):
+    """tiny's groups 0 and 1 start a few timesteps apart, as do 6, 7 and 9: every non-empty group keeps its label."""
+    from core.manager.monitor import schedule_text
+    from core.method.schedule import schedule_from_config
+
+    run = create_run(C.resolve("tiny", None, []), "strip", tmp_path)
+    labels = schedule_text(run, width).splitlines()[2]
+    shown = [int(c) for c in labels.split("t=")[0] if c.isdigit()]
+    assert shown == [g.index for g in schedule_from_config(run.config).nonempty]
+
+
+def test_tui_of_an_unknown_run_is_one_error_line(tmp_path):
+    from tests.conftest import assert_clean_error, run_cli
+
+    assert_clean_error(run_cli("tui", "nosuch", "--runs-dir", tmp_path))
+
+
+def test_filter_matching_nothing_says_so_and_escape_closes_it(run_in_store):
+    root, store, ft, proc = run_in_store
+
+    async def go():
+        app = StepadaptApp(root, poll=0.1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _until(pilot, lambda: [r[0] for r in _rows(app.screen)] == ["live"])
+            await pilot.press("slash", *"zzz")
+            await _until(pilot, lambda: "no run matches 'zzz'" in _text(app.screen.query_one("#message")))
+            assert _rows(app.screen) == []
+            await pilot.press("escape")
+            await _until(pilot, lambda: [r[0] for r in _rows(app.screen)] == ["live"])
+            assert not app.screen.query_one("#filter").display
+
+    asyncio.run(go())

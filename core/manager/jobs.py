@@ -242,6 +242,36 @@ class Heartbeat:
         self._thread.join(timeout=10)
 
 
+class Tracked:
+    """This process as job ``job_id`` while the ``with`` block runs: its pid and heartbeat, then its final
+    status from how the block ended (succeeded; killed for a signal or ``Interrupted``, exit 130; failed
+    otherwise, with the error line), set in the store before the exception goes on. ``rc`` and ``message``
+    say how it ended. The worker and every stage command run on its own keep their books with it."""
+
+    def __init__(self, store: Store, job_id: int):
+        self.store, self.job_id = store, job_id
+        self.status, self.rc, self.message = "failed", 1, None
+
+    def __enter__(self) -> "Heartbeat":
+        self.store.update_job(self.job_id, pid=os.getpid(), proc_start=proc_start(os.getpid()), status="running",
+                              heartbeat=time.time(), started=utc_now())
+        self.hb = Heartbeat(self.store.path, self.job_id).start()
+        return self.hb
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.status, self.rc = "succeeded", 0
+        elif issubclass(kind, KeyboardInterrupt):
+            self.status, self.rc, self.message = "killed", 130, "stopped by signal"
+        elif issubclass(kind, UserError):
+            self.status = "killed" if exc.exit_code == 130 else "failed"
+            self.rc, self.message = exc.exit_code, str(exc)
+        else:
+            self.message = f"internal error {kind.__name__}: {exc}"
+        self.hb.stop()
+        self.store.finish_job(self.job_id, self.status, self.rc, self.message[:500] if self.message else None)
+
+
 def open_reconciled(runs_dir) -> Store:
     store = open_store(runs_dir)
     reconcile(store)

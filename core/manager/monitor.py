@@ -173,6 +173,17 @@ def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -
             "loss": losses[-1] if losses else None, "spark": sparkline(losses), "job": job["id"] if job else None}
 
 
+def _label_columns(wanted: list[int], width: int) -> list[int]:
+    """Columns for labels that want ``wanted`` (ascending): each as near its own as it can be, none on another;
+    labels crowding the right edge move left."""
+    cols = []
+    for w in wanted:  # left to right: never on the one before
+        cols.append(max(w, cols[-1] + 1) if cols else max(0, w))
+    for i in range(len(cols) - 1, -1, -1):  # right to left: inside the strip, before the next
+        cols[i] = min(cols[i], width - 1 if i == len(cols) - 1 else cols[i + 1] - 1)
+    return cols
+
+
 def schedule_text(run: Run, width: int = 64) -> str:
     """The schedule drawn in text: budget (k F .. F) over t, and where each group starts."""
     from core.method.schedule import schedule_from_config
@@ -187,8 +198,7 @@ def schedule_text(run: Run, width: int = 64) -> str:
     lo, hi = float(snr.min()), float(snr.max())
     snr_line = "".join(SPARK[min(7, int((float(snr[c].mean()) - lo) / max(hi - lo, 1e-9) * 7.999))] for c in cols)
     marks = [" "] * width
-    for g in sched.nonempty:
-        i = min(width - 1, g.t_start * width // T)
+    for g, i in zip(sched.nonempty, _label_columns([g.t_start * width // T for g in sched.nonempty], width)):
         marks[i] = str(g.index % 10)
     return (f"SNR dB  {snr_line}  {hi:.0f}..{lo:.0f}\n"
             f"budget  {levels}  {k:.2f}F..1F\n"

@@ -11,7 +11,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from core.errors import UserError
-    from core.manager.jobs import Heartbeat, proc_start
+    from core.manager.jobs import Tracked
     from core.store import open_store
 
     store = open_store(a.runs_dir)
@@ -38,32 +37,22 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # a torchrun helper process: only rank 0 keeps the books
         return _work(store, job, a, None)
-    store.update_job(a.job, pid=os.getpid(), proc_start=proc_start(os.getpid()), status="running",
-                     heartbeat=time.time())
-    hb = Heartbeat(store.path, a.job).start()
     signal.signal(signal.SIGTERM, _interrupt)
     what = job["stage"] + ("" if job["group_index"] is None else f" group {job['group_index']}")
     print(f"[job {a.job}] {what} of run {job['run']}: pid {os.getpid()}, device {job['device']}", flush=True)
-    status, rc, message = "failed", 1, None
+    books = Tracked(store, a.job)
     try:
-        _work(store, job, a, hb)
-        status, rc = "succeeded", 0
+        with books as hb:
+            _work(store, job, a, hb)
     except KeyboardInterrupt:
-        status, rc, message = "killed", 130, "stopped by signal"
         print(f"[job {a.job}] stopped by signal", flush=True)
     except UserError as e:
-        interrupted = e.exit_code == 130
-        status, rc, message = ("killed" if interrupted else "failed"), e.exit_code, str(e)
         print(f"error: {e}", flush=True)
-    except Exception as e:  # a bug: the job fails with its traceback in the log
-        message = f"internal error {type(e).__name__}: {e}"
+    except Exception:  # a bug: the job fails with its traceback in the log
         traceback.print_exc()
         sys.stdout.flush()
-    finally:
-        hb.stop()
-    store.finish_job(a.job, status, rc, message[:500] if message else None)
-    print(f"[job {a.job}] {status} (exit {rc})", flush=True)
-    return rc
+    print(f"[job {a.job}] {books.status} (exit {books.rc})", flush=True)
+    return books.rc
 
 
 def _work(store, job, a, hb) -> None:

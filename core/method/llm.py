@@ -108,6 +108,7 @@ class Reply:
     completion_tokens: Optional[int] = None
     cost: Optional[float] = None
     latency_s: float = 0.0
+    system_fingerprint: Optional[str] = None
     attempts: list = field(default_factory=list)  # [{"error": ..., "wait_s": ...}] of failed attempts
 
 
@@ -171,7 +172,8 @@ def complete(model: str, messages: list, params: dict, *, api_base: Optional[str
             return Reply(text=text, model_resolved=getattr(resp, "model", None) or model,
                          prompt_tokens=getattr(usage, "prompt_tokens", None),
                          completion_tokens=getattr(usage, "completion_tokens", None), cost=cost,
-                         latency_s=time.time() - t0, attempts=attempts)
+                         latency_s=time.time() - t0, attempts=attempts,
+                         system_fingerprint=getattr(resp, "system_fingerprint", None))
         except Exception as e:  # the provider boundary: whatever litellm or a server does wrong is this call's error
             name = type(e).__name__
             status = getattr(e, "status_code", None)

@@ -254,7 +254,7 @@ class ProxyRun:
                 row["source"] = "cache"
         if rec is not None:
             row.update({k: rec.get(k) for k in ("model_resolved", "response_text", "error", "prompt_tokens",
-                                                 "completion_tokens", "cost")})
+                                                 "completion_tokens", "cost", "system_fingerprint")})
             row["latency_s"] = 0.0
             row["linked_call"] = rec["id"]
         else:
@@ -267,7 +267,8 @@ class ProxyRun:
                                retries=s.call_retries, backoff=s.backoff)
                 row.update({"model_resolved": rep.model_resolved, "response_text": rep.text,
                             "latency_s": rep.latency_s, "prompt_tokens": rep.prompt_tokens,
-                            "completion_tokens": rep.completion_tokens, "cost": rep.cost})
+                            "completion_tokens": rep.completion_tokens, "cost": rep.cost,
+                            "system_fingerprint": rep.system_fingerprint})
             except LLMError as e:
                 row.update({"error": str(e), "response_text": None})
         self.sources[row["source"]] = self.sources.get(row["source"], 0) + 1

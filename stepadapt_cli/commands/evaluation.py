@@ -33,7 +33,7 @@ def _check_baseline(result: dict, got: dict, run: str, model: str, fid: float, t
     return 0 if ok else EXIT_BASELINE
 
 
-@click.command("eval")
+@click.command("eval", short_help="FID, params and MACs of a run's models; a CI gate.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--model", "which", type=click.Choice(["base", "progressive", "both"]), default="both",
               show_default=True)
@@ -96,7 +96,7 @@ def eval_cmd(run_name, which, n, steps, inception, max_fid, baseline_run, tolera
         raise click.exceptions.Exit(code)
 
 
-@click.command()
+@click.command(short_help='HTML and Markdown report of a run.')
 @click.argument("run_name", metavar="RUN")
 @click.option("--baseline", "baselines", multiple=True, metavar="RUN", help="Runs to show on the FID vs MACs plot.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default RUN/report).")
@@ -114,7 +114,7 @@ def report(run_name, baselines, out, runs_dir):
     click.echo(f"report  {html}\nmarkdown {md}")
 
 
-@click.command()
+@click.command(short_help='Table 1 style comparison of runs, and config keys that differ.')
 @click.argument("run_names", metavar="RUN...", nargs=-1, required=True)
 @json_option
 @runs_dir_option
@@ -125,6 +125,10 @@ def compare(run_names, as_json, runs_dir):
     from core.runs import open_run
 
     data = comparison([open_run(n, runs_dir) for n in run_names])
+    missing = [n for n in data["runs"] if n not in {r["run"] for r in data["rows"]}]
+    if missing:
+        raise UserError(f"no evaluation yet for {', '.join(missing)} (the eval stage writes RUN/eval.json; "
+                        f"run stepadapt eval RUN)")
     if as_json:
         emit_json(data)
     else:

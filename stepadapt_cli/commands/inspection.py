@@ -1,4 +1,4 @@
-"""Read-only views: info, macs, runs, show, logs, llm-log."""
+"""Views of runs and their records: info, macs, runs, show, logs, llm-log (and llm-import of exported records)."""
 from __future__ import annotations
 
 import time
@@ -14,7 +14,7 @@ from ..common import emit_json, json_option, overrides_option, runs_dir_option
 from .management import job_tag, open_store, resolve_target
 
 
-@click.command()
+@click.command(short_help="Params and MACs of a preset's UNet.")
 @click.option("--preset", default="tiny", show_default=True, help="Model preset: tiny, cifar10, imagenet64.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML config file.")
 @overrides_option
@@ -35,7 +35,7 @@ def info(preset, config_file, overrides, as_json):
     render.print_preset(cfg, res)
 
 
-@click.command()
+@click.command(short_help='Params and MACs averaged over timesteps (Table 1).')
 @click.argument("run_name", metavar="RUN")
 @click.option("--steps", type=int, default=None, help="Sampling steps to average over (default: sample.steps).")
 @json_option
@@ -68,7 +68,7 @@ def macs(run_name, steps, as_json, runs_dir):
     render.print_macs(run.name, out, steps)
 
 
-@click.command("runs")
+@click.command("runs", short_help='List runs: status, stages, FID, MACs.')
 @json_option
 @runs_dir_option
 def runs_cmd(as_json, runs_dir):
@@ -97,7 +97,7 @@ def runs_cmd(as_json, runs_dir):
         render.print_runs(root, rows)
 
 
-@click.command()
+@click.command(short_help='One run: stages, groups, jobs, artifacts, results.')
 @click.argument("run_name", metavar="RUN")
 @json_option
 @runs_dir_option
@@ -118,7 +118,7 @@ def show(run_name, as_json, runs_dir):
         render.print_comparison(comparison([run]))
 
 
-@click.command()
+@click.command(short_help='Print (or follow) job logs of a run or a job.')
 @click.argument("target", metavar="RUN|JOB")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run or job ends.")
 @runs_dir_option
@@ -177,40 +177,133 @@ def _follow_logs(store, kind: str, ref, jobs) -> None:
         time.sleep(0.5)
 
 
-@click.command("llm-log")
+@click.command("llm-log", short_help="The proxy's recorded LLM calls of a run.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--group", type=int, default=None, help="Only this group's calls.")
+@click.option("--verdict", type=click.Choice(["accepted", "rejected", "error"]), default=None,
+              help="Only calls with this verdict.")
+@click.option("-n", "last", type=int, default=None, help="Only the last N calls.")
 @click.option("--call", "call_id", type=int, default=None, help="Show one call whole (messages and answer).")
+@click.option("--export", "export_to", type=click.Path(dir_okay=False), default=None,
+              help="Write the run's recorded calls and proxy rounds to FILE (JSON lines) for `llm-import`.")
 @json_option
 @runs_dir_option
-def llm_log(run_name, group, call_id, as_json, runs_dir):
+def llm_log(run_name, group, verdict, last, call_id, export_to, as_json, runs_dir):
     """List the proxy's LLM calls of a run (round, model, tokens, latency, verdict), or show one whole."""
     from core.runs import runs_root
     from core.store import open_store as open_plain_store
 
     store = open_plain_store(runs_root(runs_dir))
+    if export_to:
+        _export(store, run_name, Path(export_to))
+        return
     if call_id is not None:
         c = store.call(call_id)
         if c is None or c["run"] != run_name:
             raise UserError(f"no call {call_id} in run {run_name!r}")
+        c["changes"] = _provider_changes(store, c)
         if as_json:
             emit_json(c)
         else:
             render.print_llm_call(c)
+            for line in c["changes"]:
+                click.echo(line)
         return
-    calls = store.calls(run_name, group)
-    if not calls:
-        raise UserError(f"no recorded LLM calls for run {run_name!r} in {store.path}")
-    rows = [{"id": c["id"], "group": c["group_index"], "round": c["round"] + 1, "attempt": c["attempt"],
-             "source": c["source"], "model": c["model_asked"], "prompt_tokens": c["prompt_tokens"],
-             "completion_tokens": c["completion_tokens"], "latency_s": c["latency_s"], "cost": c["cost"],
-             "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted"),
-             "reason": c["error"] or c["validation_error"], "request_key": c["request_key"],
-             "linked_call": c["linked_call"]} for c in calls]
+    rows = _call_rows(store, run_name, group)
+    if verdict:
+        rows = [r for r in rows if r["verdict"] == verdict]
+    if last is not None:
+        rows = rows[-last:] if last > 0 else []
     if as_json:
         emit_json(rows)
+    elif not rows:
+        click.echo(f"no {verdict} calls in run {run_name}" if verdict else f"no calls in run {run_name}")
     else:
         render.print_llm_calls(run_name, rows)
 
 
-COMMANDS = [info, macs, runs_cmd, show, logs, llm_log]
+def _call_rows(store, run_name: str, group) -> list[dict]:
+    """The run's (or group's) calls with their verdict and, for an accepted proposal, its measured MACs and loss."""
+    calls = store.calls(run_name, group)
+    if not calls:
+        everything = store.calls(run_name)
+        if not everything:
+            raise UserError(f"run {run_name!r} has no recorded LLM calls in {store.path} (it was not pruned by the "
+                            f"proxy there, or the name is wrong)")
+        groups = sorted({c["group_index"] for c in everything})
+        raise UserError(f"run {run_name!r} has no LLM calls for group {group}; groups with calls: "
+                        f"{', '.join(map(str, groups))}")
+    rounds = {r["call_id"]: r for r in store.rounds(run_name, group) if r["call_id"]}
+    rows = []
+    for c in calls:
+        r = rounds.get(c["id"]) or {}
+        rows.append({"id": c["id"], "created": c["created"], "group": c["group_index"], "round": c["round"] + 1,
+                     "attempt": c["attempt"], "source": c["source"], "model": c["model_asked"],
+                     "prompt_tokens": c["prompt_tokens"], "completion_tokens": c["completion_tokens"],
+                     "latency_s": c["latency_s"], "cost": c["cost"],
+                     "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted"),
+                     "reason": c["error"] or c["validation_error"], "request_key": c["request_key"],
+                     "linked_call": c["linked_call"], "macs": r.get("macs"), "loss": r.get("loss")})
+    return rows
+
+
+def _provider_changes(store, c: dict) -> list[str]:
+    """How the answering model differed on earlier live calls of the same request (resolved model, fingerprint)."""
+    out = []
+    for other in store.same_request(c["request_key"]):
+        if other["id"] == c["id"] or other["source"] != "live" or c["source"] != "live":
+            continue
+        for key in ("model_resolved", "system_fingerprint"):
+            if other.get(key) != c.get(key):
+                out.append(f"changed since call {other['id']} (run {other['run']}): {key} "
+                           f"{other.get(key) or '-'} -> {c.get(key) or '-'}")
+    return out
+
+
+def _export(store, run_name: str, path: Path) -> None:
+    import json
+
+    from core.runs import atomic_write_bytes
+
+    records = store.export_decisions(run_name)
+    if not records:
+        raise UserError(f"no recorded LLM calls for run {run_name!r} in {store.path}")
+    atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n"
+                                                       for r in records).encode()))
+    calls = sum(r["type"] == "call" for r in records)
+    click.echo(f"{calls} calls and {len(records) - calls} rounds of run {run_name} written to {path}")
+
+
+@click.command("llm-import", short_help='Import calls exported by llm-log --export.')
+@click.argument("file", type=click.Path(dir_okay=False))
+@runs_dir_option
+def llm_import(file, runs_dir):
+    """Add recorded LLM calls and proxy rounds exported by `llm-log RUN --export FILE` to this store, so that
+    `prune NEW --method proxy --replay RUN` replays them here; records already here are kept as they are."""
+    import json
+
+    from core.runs import runs_root
+    from core.store import open_store as open_plain_store
+
+    records = []
+    try:
+        lines = Path(file).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {file}: {e}") from None
+    for i, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise UserError(f"{file}:{i}: not a JSON line of an `llm-log --export` file") from None
+        need = {"call": ("id", "run", "group_index", "session", "seq", "request_key"),
+                "round": ("run", "group_index", "session", "round")}.get(rec.get("type") if isinstance(rec, dict)
+                                                                         else None)
+        if need is None or any(k not in rec for k in need):
+            raise UserError(f"{file}:{i}: not a call or round record of an `llm-log --export` file")
+        records.append(rec)
+    counts = open_plain_store(runs_root(runs_dir)).import_decisions(records)
+    click.echo(f"imported {counts['calls']} calls and {counts['rounds']} rounds "
+               f"({counts['skipped']} already here) from {file}")
+
+
+COMMANDS = [info, macs, runs_cmd, show, logs, llm_log, llm_import]

@@ -128,7 +128,7 @@ def _echo_new_lines(path: Path, pos: int, say, final: bool = False) -> int:
     return pos + end
 
 
-@click.command("run")
+@click.command("run", short_help='The whole method as one pipeline of tracked jobs.')
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
 @click.option("--name", "run_name", default=None, help="Run name (default: PRESET-DATE-TIME).")
@@ -166,7 +166,7 @@ def run_cmd(config_file, preset, run_name, method, llm, api_base, data_spec, see
     execute(run, store, detach, parallel, gpus, grace)
 
 
-@click.command()
+@click.command(short_help='Continue a stopped, failed or lost run.')
 @click.argument("run_name", metavar="RUN")
 @pipeline_options
 @runs_dir_option
@@ -199,7 +199,7 @@ def job_tag(j: dict) -> str:
     return j["stage"] + ("" if j["group_index"] is None else f"-g{j['group_index']:02d}")
 
 
-@click.command()
+@click.command(short_help='Stop a run or a job (training checkpoints first).')
 @click.argument("target", metavar="RUN|JOB")
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="Seconds between SIGINT, SIGTERM and SIGKILL.")

@@ -1,6 +1,7 @@
 """Each stage of the method on its own: train, schedule, prune, finetune, sample."""
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 
@@ -13,7 +14,7 @@ from ..common import device_option, emit_json, json_option, overrides_option, ru
 from .. import render
 
 
-@click.command()
+@click.command(short_help='Stage 1: train the base denoiser on all timesteps.')
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
 @click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
@@ -67,12 +68,14 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
         click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps "
                    f"on {dev}", err=True)
         model = build_unet(cfg["model"], seed=cfg["seed"])
-        last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev)
+        with tracked_stage(run, "base", dev) as ctx:  # a job in runs/show/TUI, with its progress and status
+            last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev,
+                             **ctx.train_hooks("base", None))
     click.echo(f"run folder   {run.path}")
     click.echo(f"base model   {spec.model_out}  (EMA, step {spec.steps}, last loss {last.get('loss', float('nan')):.4f})")
 
 
-@click.command()
+@click.command(short_help='SNR schedule: MACs budget per timestep and the groups.')
 @click.option("--preset", default=None, help="Preset (default tiny, or the run's with --run).")
 @click.option("--run", "run_name", default=None, help="Use a run's config.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML config file.")
@@ -115,6 +118,31 @@ def schedule(preset, run_name, config_file, k, n_groups, kind, as_json, with_ts,
         click.echo(f"plot written to {plot}")
 
 
+@contextlib.contextmanager
+def tracked_stage(run, stage: str, device):
+    """A stage run by a command on its own, kept as a job of the run (as a pipeline's job is): it shows in
+    `runs`, `show` and the TUI with its progress, and ends succeeded, failed, or killed (resumable)."""
+    from core.errors import Interrupted
+    from core.manager.context import WorkContext
+    from core.manager.jobs import Tracked, open_reconciled
+    from core.runs import register_run
+    from core.store import utc_now
+
+    store = open_reconciled(run.path.parent)
+    _, row = register_run(run)
+    job_id = store.add_job({"run": run.name, "stage": stage, "args": {"device": str(device)}, "device": str(device),
+                            "command": sys.argv})
+    store.update_run(run.name, status="running", started=row.get("started") or utc_now(), ended=None)
+    try:
+        with Tracked(store, job_id) as hb:
+            yield WorkContext(run, store, store.job(job_id), device, hb, log=lambda s: click.echo(s, err=True))
+    except BaseException as e:
+        killed = isinstance(e, (KeyboardInterrupt, Interrupted))
+        store.update_run(run.name, status="killed" if killed else "failed", ended=utc_now())
+        raise
+    store.update_run(run.name, status="created", ended=utc_now())  # its other stages are still to run
+
+
 PROXY_FLAGS = ("llm", "api_base", "rounds", "retries", "temperature", "timeout", "replay_run", "prompts_dir")
 
 
@@ -134,18 +162,37 @@ def _proxy_settings(run, seed, flags: dict):
             setattr(ps, key, flags[flag])
     if flags["prompts_dir"]:
         ps.prompts_dir = Path(flags["prompts_dir"])
+    if flags["replay_run"]:
+        _adopt_recorded(run, ps, flags, seed)
     if ps.rounds < 1 or ps.retries < 0:
         raise UserError("--rounds must be >= 1 and --retries >= 0")
-    if flags["replay_run"] and flags["llm"] is None:
-        from core.store import open_store
-
-        calls = open_store(run.path.parent).calls(flags["replay_run"])
-        if calls:
-            ps.model = calls[0]["model_asked"]
     return ps
 
 
-@click.command()
+def _adopt_recorded(run, ps, flags: dict, seed) -> None:
+    """A replay asks what the recording asked: the recorded model, rounds, retries, temperature and seed,
+    except those the user gives; says which it adopted, and when the prompt templates differ."""
+    from core.manager.stages.prune import recorded_proxy_settings
+    from core.method.proxy import prompts_hash
+    from core.store import open_store
+
+    rec = recorded_proxy_settings(run.path.parent, open_store(run.path.parent), flags["replay_run"])
+    given = {"model": flags["llm"], "rounds": flags["rounds"], "retries": flags["retries"],
+             "temperature": flags["temperature"], "seed": seed}
+    adopted = []
+    for key, user in given.items():
+        if user is None and rec.get(key) is not None and getattr(ps, key) != rec[key]:
+            setattr(ps, key, rec[key])
+            adopted.append(f"{key} {rec[key]}")
+    src = flags["replay_run"]
+    if adopted:
+        click.echo(f"replay of {src}: adopted its recorded {', '.join(adopted)} (a flag overrides)", err=True)
+    if rec.get("prompts") and rec["prompts"] != prompts_hash(ps.prompts_dir):
+        click.echo(f"replay of {src}: its prompt templates ({rec['prompts']}) differ from {ps.prompts_dir} "
+                   f"({prompts_hash(ps.prompts_dir)}); the replay stops where a request differs", err=True)
+
+
+@click.command(short_help="Stage 2a: prune each group's copy to its MACs budget.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--method", type=click.Choice([m for m in PRUNE_METHODS if m != "none"]), default=None,
               help="proxy (LLM or offline search) or an importance criterion (default: prune.method).")
@@ -186,6 +233,7 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
     proxy = None
     if (method or run.config["prune"]["method"]) == "proxy":
         proxy = _proxy_settings(run, seed, flags)
+        seed = proxy.seed  # the data batches follow the proxy's seed (a replay's, when adopted)
     elif any(v is not None for v in flags.values()) or use_cache:
         raise UserError("--llm, --api-base, --rounds, --retries, --temperature, --timeout, --replay, --cache "
                         "and --prompts are for --method proxy")
@@ -199,7 +247,7 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
     click.echo(f"plans in {run.path / 'prune'}; next: stepadapt finetune {shlex.quote(run.name)}")
 
 
-@click.command()
+@click.command(short_help="Stage 2b: fine-tune each group's model on its timesteps.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--steps", type=int, default=None, help="Fine-tuning steps per group (default: finetune.steps).")
 @click.option("--groups", "groups", default="all", show_default=True, help="all, or group indices like 0,3,9.")
@@ -225,7 +273,7 @@ def finetune(run_name, steps, groups, device, runs_dir):
         click.echo(f"progressive model  {prog}")
 
 
-@click.command()
+@click.command(short_help="Sample a PNG grid from a run's model.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--n", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
 @click.option("--steps", type=int, default=None, help="Sampling steps, respaced (default: the config's).")

@@ -20,6 +20,7 @@ from typing import Optional
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 
 from core.errors import UserError
 from core.manager.jobs import reconcile
@@ -38,7 +39,7 @@ RECONCILE_S = 5.0
 class StepadaptApp(App):
     TITLE = "stepadapt"
     CSS_PATH = "app.tcss"
-    BINDINGS = [Binding("ctrl+q", "quit", "quit"), Binding("question_mark", "push_screen('help')", "help")]
+    BINDINGS = [Binding("ctrl+q", "quit", "quit", show=False), Binding("question_mark", "push_screen('help')", "help")]
     SCREENS = {"help": Help}
 
     def __init__(self, runs_dir, run_name: Optional[str] = None, poll: float = POLL_S):
@@ -94,7 +95,10 @@ class StepadaptApp(App):
     def on_snapshot(self, message: Snapshot) -> None:
         scr = self.screen
         if isinstance(scr, ViewScreen) and scr.key == message.key:
-            scr.show(message.data)
+            try:
+                scr.show(message.data)
+            except NoMatches:  # the screen is not composed yet: hand it over once it is
+                self.set_timer(0.05, lambda: self.post_message(Snapshot(message.key, message.data)))
 
     # -- actions that reach the job layer (in threads: stopping waits for the process) -----------------
     @work(thread=True, group="actions")

@@ -8,6 +8,7 @@ from typing import Optional
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from rich.text import Text
 from textual.widgets import Footer, Header, RichLog, Static
 
 from .dialogs import Confirm
@@ -21,7 +22,7 @@ class JobScreen(ViewScreen):
 
     def __init__(self, job_id: int):
         super().__init__(("job", job_id))
-        self.job_id, self.following = job_id, False
+        self.job_id, self.following, self.job = job_id, False, None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -37,9 +38,12 @@ class JobScreen(ViewScreen):
             self.query_one("#jobinfo", Static).update(f"job {self.job_id} not found")
             return
         grp = "" if j["group_index"] is None else f" group {j['group_index']}"
-        self.query_one("#jobinfo", Static).update(
-            f"job {j['id']}  {j['stage']}{grp}  run {j['run']}  [{j['status']}]  pid {j['pid']}  "
-            f"exit {j['exit_code']}\n{j['log_path']}")
+        ended = "" if j["exit_code"] is None else f"  exit {j['exit_code']}"
+        self.job = j
+        self.query_one("#jobinfo", Static).update(Text(
+            f"job {j['id']}  {j['stage']}{grp}  run {j['run']}  [{j['status']}]  pid {j['pid']}{ended}\n"
+            f"{j['log_path'] or '(no log file: it ran in a terminal)'}"))
+        self.refresh_bindings()
         if not self.following:
             self.following = True
             self.follow(Path(j["log_path"]) if j["log_path"] else None)
@@ -65,6 +69,12 @@ class JobScreen(ViewScreen):
         log = self.query_one(RichLog)
         for line in text.splitlines():
             log.write(line)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        """``k`` is offered only while the job runs."""
+        if action == "kill":
+            return (self.job or {}).get("status") in ("queued", "running")
+        return True
 
     def action_kill(self) -> None:
         def answer(yes: bool) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
@@ -13,11 +14,27 @@ from .dialogs import Confirm
 from .view import BACK, HELP, ViewScreen, fmt
 
 
+def eval_summary(ev) -> Text:
+    """The run's evaluation in two lines: FID and MACs per model, and the held-out eps-MSE per group."""
+    models = (ev or {}).get("models") or {}
+    if not models:
+        return Text("")
+    base = models.get("base", {})
+    parts = []
+    for name, m in models.items():
+        ratio = f" ({m['macs'] / base['macs']:.3f} of base)" if base.get("macs") and name != "base" else ""
+        parts.append(f"{name}: FID {fmt(m.get('fid'), '{:.2f}')}, {m['macs'] / 1e9:.3f} GMACs{ratio}")
+    groups = sorted({g for m in models.values() for g in (m.get("loss_groups") or {})}, key=int)
+    losses = "  ".join(f"g{g} " + "/".join(fmt((m.get("loss_groups") or {}).get(g), "{:.3f}") for m in models.values())
+                       for g in groups)
+    return Text(f"eval  {'   '.join(parts)}\nheld-out eps-MSE ({'/'.join(models)}): {losses}")
+
+
 class RunScreen(ViewScreen):
     BINDINGS = [BACK, Binding("l", "log", "log"),
                 Binding("p", "proxy", "proxy"), Binding("k", "kill", "kill run"), Binding("r", "resume", "resume"),
                 HELP]
-    COLUMNS = ("group", "t", "budget", "MACs", "status", "step", "", "loss", "trend")
+    COLUMNS = ("group", "t", "budget", "MACs", "status", "step", "", "hybrid loss", "trend")
 
     def __init__(self, name: str):
         super().__init__(("run", name))
@@ -28,6 +45,7 @@ class RunScreen(ViewScreen):
         yield Header()
         yield Static("", id="stages")
         yield Static("", id="schedule")
+        yield Static("", id="evalsum")
         yield DataTable(id="groups", cursor_type="row", zebra_stripes=True)
         yield Static("", id="status")
         yield Footer()
@@ -47,6 +65,7 @@ class RunScreen(ViewScreen):
                                                  f"prune {d['method']}\n{stages}")
         if d["schedule"]:
             self.query_one("#schedule", Static).update(d["schedule_text"])
+        self.query_one("#evalsum", Static).update(eval_summary(d.get("eval")))
         t = self.query_one(DataTable)
         cur = t.cursor_row
         t.clear()

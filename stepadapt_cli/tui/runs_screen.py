@@ -4,16 +4,24 @@ from __future__ import annotations
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from rich.text import Text
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from .view import BACK, HELP, ViewScreen, fmt
 
 
+def _llm(model) -> str:
+    """The LLM column: the model name without its provider prefix, whole up to 24 characters."""
+    name = (model or "").split("/", 1)[-1]
+    return name if len(name) <= 24 else name[:23] + "…"
+
+
 class RunsScreen(ViewScreen):
     BINDINGS = [Binding("enter", "open", "open"), Binding("slash", "filter", "filter"),
+                Binding("escape", "close_filter", "close filter", show=False),
                 Binding("s", "sort", "sort"), Binding("q", "app.quit", "quit"),
                 HELP]
-    COLUMNS = ("name", "status", "preset", "method", "llm", "stages", "best FID")
+    COLUMNS = ("name", "status", "stages", "best FID", "method", "llm", "preset")
     SORT_KEYS = ("created", "name", "status", "method", "best_fid")
 
     def __init__(self):
@@ -56,21 +64,34 @@ class RunsScreen(ViewScreen):
         cur = t.cursor_row
         t.clear()
         for r in rows:
-            t.add_row(r["name"], r["status"], r.get("preset") or "-", r.get("method") or "-",
-                      (r.get("llm") or "")[:20], f"{r['stages_done']}/{r['stages_total']}",
-                      fmt(r.get("best_fid"), "{:.2f}"), key=r["name"])
+            t.add_row(Text(r["name"]), r["status"], f"{r['stages_done']}/{r['stages_total']}",
+                      fmt(r.get("best_fid"), "{:.2f}"), r.get("method") or "-", _llm(r.get("llm")),
+                      Text(r.get("preset") or "-"), key=r["name"])
         if rows:
             t.move_cursor(row=min(cur, len(rows) - 1))
+        elif self.rows:
+            msg.update(f"no run matches {self.filter!r} ({len(self.rows)} runs in {runs_dir}; escape clears)")
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.display = True
         box.focus()
 
+    @on(Input.Changed, "#filter")
+    def typed(self, event: Input.Changed) -> None:
+        self.filter = event.value.strip()
+        self.render_rows()
+
     @on(Input.Submitted, "#filter")
     def filtered(self, event: Input.Submitted) -> None:
         self.filter = event.value.strip()
         event.input.display = bool(self.filter)
+        self.query_one(DataTable).focus()
+        self.render_rows()
+
+    def action_close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value, box.display, self.filter = "", False, ""
         self.query_one(DataTable).focus()
         self.render_rows()
 

@@ -206,6 +206,24 @@ def _proxy_group(run, g, grp, sched, base, ctx, settings, store, replay, on_miss
     return plan, report
 
 
+def recorded_proxy_settings(runs_dir, store, src: str) -> dict:
+    """What run ``src``'s proxy search was asked with: model, rounds, retries, temperature, seed and the prompt
+    templates' hash, from its prune records; without them (an imported recording), from its calls."""
+    from core.runs import read_json
+
+    for path in sorted((runs_dir / src / "prune").glob("group*.json")):
+        m = (read_json(path) or {}).get("method") or {}
+        if m.get("method") == "proxy":
+            return {"model": m.get("llm"), "rounds": m.get("rounds"), "retries": m.get("retries"),
+                    "temperature": m.get("temperature"), "seed": m.get("seed"), "prompts": m.get("prompts")}
+    calls = store.calls(src)
+    if not calls:
+        return {}
+    params = calls[0]["params"] or {}
+    return {"model": calls[0]["model_asked"], "temperature": params.get("temperature"), "seed": params.get("seed"),
+            "rounds": max(c["round"] for c in calls) + 1}
+
+
 def proxy_settings(cfg: dict):
     """The proxy as the run's config says (``prune.llm``, ``prune.api_base``, ``prune.rounds``, seed)."""
     from core.method.proxy import ProxySettings
