@@ -20,9 +20,10 @@ from .. import render
 @click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
 @click.option("--download", is_flag=True, help="Allow downloading CIFAR-10 if it is missing.")
 @click.option("--steps", type=int, default=None, help="Training steps (total, also when resuming).")
-@click.option("--run", "run_name", default=None, help="Run name (default: PRESET-DATE-TIME).")
+@click.option("--name", "run_name", default=None, help="Run name, as for `stepadapt run` (default: PRESET-DATE-TIME).")
+@click.option("--run", "run_name", default=None, hidden=True)  # the earlier spelling of --name
 @runs_dir_option
-@click.option("--resume", is_flag=True, help="Continue the run named by --run from its checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run named by --name from its checkpoint.")
 @device_option
 @click.option("--seed", type=int, default=None, help="Seed (default: the config's).")
 @overrides_option
@@ -40,7 +41,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
 
     if resume:
         if not run_name:
-            raise UserError("--resume needs --run NAME")
+            raise UserError("--resume needs --name NAME")
         if config_file or preset or overrides or data_spec or seed is not None:
             raise UserError("--resume continues a run with its saved config; only --steps and --device may change")
         run = open_run(run_name, runs_dir)
