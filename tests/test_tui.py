@@ -243,3 +243,40 @@ def test_filter_matching_nothing_says_so_and_escape_closes_it(run_in_store):
             assert not app.screen.query_one("#filter").display
 
     asyncio.run(go())
+
+
+def test_proxy_view_marks_the_chosen_candidate_and_shows_rejected_tries(run_in_store):
+    """Every try is a row (a rejected one with its reason), the chosen candidate is starred, the summary has the
+    unpruned loss and each round's loss; the detail opens at the answer as indented JSON, the prompt one key away."""
+    import json
+
+    root, store, ft, proc = run_in_store
+    base = {"run": "live", "group_index": 0, "model_asked": "openai/x", "params": {}, "request_key": "k" * 64,
+            "source": "live", "session": "s1", "messages": [{"role": "user", "content": "THE PROMPT"}]}
+    store.log_call({**base, "round": 0, "seq": 0, "attempt": 0, "response_text": "no", "validation_error": "no JSON"})
+    first = store.log_call({**base, "round": 0, "seq": 1, "attempt": 1, "response_text": '{"keep": {"a": 0.5}}'})
+    second = store.log_call({**base, "round": 1, "seq": 2, "attempt": 0, "response_text": '{"keep": {"a": 0.6}}'})
+    for rnd, call, loss in ((0, first, 0.3), (1, second, 0.1)):
+        store.log_round({"run": "live", "group_index": 0, "session": "s1", "round": rnd, "accepted": 1,
+                         "macs": 1e8, "loss": loss, "call_id": call})
+    rec = root / "live" / "prune" / "group00.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text(json.dumps({"report": {"proxy": {"base_loss": 0.2, "winner_round": 1, "session": "s1"}}}))
+
+    async def go():
+        app = StepadaptApp(root, "live", poll=0.1)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await _until(pilot, lambda: isinstance(app.screen, RunScreen) and _rows(app.screen))
+            await pilot.press("p")
+            await _until(pilot, lambda: len(_rows(app.screen)) == 3)
+            rows = _rows(app.screen)
+            assert [r[3] for r in rows] == ["rejected", "accepted", "* chosen"] and rows[0][7] == "no JSON"
+            assert "unpruned 0.2000  r1 0.3000  r2 0.1000*" in _text(app.screen.query_one("#proxysum"))
+            app.screen.query_one(DataTable).move_cursor(row=2)
+            await pilot.press("enter")
+            await _until(pilot, lambda: '"keep"' in _text(app.screen.query_one("#call")))
+            assert "THE PROMPT" not in _text(app.screen.query_one("#call"))
+            await pilot.press("m")
+            await _until(pilot, lambda: "THE PROMPT" in _text(app.screen.query_one("#call")))
+
+    asyncio.run(go())

@@ -35,6 +35,13 @@ def bar(done: int, total: int, width: int = 10) -> str:
     return "#" * k + "-" * (width - k)
 
 
+def _get(record, *keys):
+    """``record[k1][k2]...``, or None where a key is missing (a hand-edited or older record never breaks a view)."""
+    for k in keys:
+        record = record.get(k) if isinstance(record, dict) else None
+    return record
+
+
 def _latest(jobs: list[dict], stage: str, group: Optional[int] = None) -> Optional[dict]:
     js = [j for j in jobs if j["stage"] == stage and j["group_index"] == group]
     return js[-1] if js else None
@@ -103,9 +110,8 @@ def group_rows(store: Store, run: Run) -> list[dict]:
         ft = store.metrics(run.name, "finetune", g["index"], "loss")
         rows.append({"index": g["index"], "size": g["size"], "t_start": g.get("t_start"), "t_end": g.get("t_end"),
                      "budget_ratio": g["budget_ratio"], "budget_macs": g["budget_macs"],
-                     "macs": rec["report"]["macs"] if rec else None,
-                     "params": rec["report"]["params"] if rec else None,
-                     "prune_method": rec["method"]["method"] if rec else None,
+                     "macs": _get(rec, "report", "macs"), "params": _get(rec, "report", "params"),
+                     "prune_method": _get(rec, "method", "method"),
                      "finetuned": run.model(run.group_stage(g["index"])).exists(),
                      "finetune_loss": ft[-1]["value"] if ft else None})
     return rows
@@ -168,7 +174,7 @@ def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -
         status = "done" if run.model(run.group_stage(g["index"])).exists() else "pending"
     job = ft or pj
     return {"group": g["index"], "t": f"{g['t_start']}-{g['t_end']}", "budget": g["budget_ratio"],
-            "macs": rec["report"]["macs"] / full if rec else None, "status": status,
+            "macs": _get(rec, "report", "macs") and _get(rec, "report", "macs") / full, "status": status,
             "progress": (ft or {}).get("progress") or 0, "total": (ft or {}).get("total") or 0,
             "loss": losses[-1] if losses else None, "spark": sparkline(losses), "job": job["id"] if job else None}
 

@@ -27,5 +27,28 @@ def read_view(store: Store, runs_dir: Path, key: tuple):
     if kind == "job":
         return store.job(key[1])
     if kind == "proxy":
-        return {"rounds": store.rounds(key[1]), "calls": {c["id"]: c for c in store.calls(key[1])}}
+        return proxy_view(store, run_of(store, runs_dir, key[1]))
     raise ValueError(f"unknown view {key!r}")
+
+
+def proxy_view(store: Store, run: Run) -> dict:
+    """Every call of the run's proxy searches with its verdict and, for an accepted one, the measured candidate;
+    per group the unpruned model's loss and the chosen round (from the group's prune record)."""
+    from core.runs import read_json
+
+    rounds = {r["call_id"]: r for r in store.rounds(run.name) if r["call_id"]}
+    groups = {}
+    for c in store.calls(run.name):
+        g = c["group_index"]
+        if g not in groups:
+            proxy = ((read_json(run.prune_record(g)) or {}).get("report") or {}).get("proxy") or {}
+            groups[g] = {"base_loss": proxy.get("base_loss"), "winner_round": proxy.get("winner_round"),
+                         "session": proxy.get("session")}
+    rows = []
+    for c in store.calls(run.name):
+        r = rounds.get(c["id"]) or {}
+        info = groups[c["group_index"]]
+        chosen = bool(r) and r["round"] == info["winner_round"] and c["session"] == info["session"]
+        rows.append({"call": c, "round": r, "chosen": chosen,
+                     "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted")})
+    return {"rows": rows, "groups": groups}

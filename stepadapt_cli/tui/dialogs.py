@@ -13,7 +13,7 @@ HELP = """stepadapt tui - keys
 runs screen   enter open run   / filter   s sort column   q quit
 run screen    l job log (selected row)   p proxy rounds   k kill run   r resume run   escape back
 job log       k kill job   escape back
-proxy         enter show prompt and response   escape back
+proxy         enter show the answer   m prompt and answer   escape back
 everywhere    ? this help   ctrl+q quit
 
 Group rows: timestep range, budget (fraction of F), achieved MACs (fraction of F) after pruning,
