@@ -170,9 +170,7 @@ class Store:
             return self.db["llm_calls"].insert(row).last_pk
 
     def update_call(self, call_id: int, **fields) -> None:
-        with self.db.conn:
-            self.db.execute(f"update llm_calls set {', '.join(f'{k} = ?' for k in fields)} where id = ?",
-                            [*_encode(fields).values(), call_id])
+        self._update("llm_calls", "id", call_id, fields)
 
     def calls(self, run: str, group: Optional[int] = None, session: Optional[str] = None) -> list[dict]:
         where, args = "run = ?", [run]
@@ -279,9 +277,7 @@ class Store:
     def update_run(self, name: str, **fields) -> None:
         if "status" in fields and fields["status"] not in RUN_STATUSES:
             raise ValueError(f"not a run status: {fields['status']!r}")
-        with self.db.conn:
-            self.db.execute(f"update runs set {', '.join(f'{k} = ?' for k in fields)} where name = ?",
-                            [*_encode(fields).values(), name])
+        self._update("runs", "name", name, fields)
 
     def list_runs(self) -> list[dict]:
         return [_decode(r) for r in self.db["runs"].rows_where(order_by="id")]
@@ -296,9 +292,12 @@ class Store:
             return self.db["jobs"].insert(row).last_pk
 
     def update_job(self, job_id: int, **fields) -> None:
+        self._update("jobs", "id", job_id, fields)
+
+    def _update(self, table: str, key_column: str, key, fields: dict) -> None:
         with self.db.conn:
-            self.db.execute(f"update jobs set {', '.join(f'{k} = ?' for k in fields)} where id = ?",
-                            [*_encode(fields).values(), job_id])
+            self.db.execute(f"update {table} set {', '.join(f'{k} = ?' for k in fields)} where {key_column} = ?",
+                            [*_encode(fields).values(), key])
 
     def finish_job(self, job_id: int, status: str, exit_code: Optional[int], message: Optional[str] = None) -> bool:
         """Set a final status unless one is set already (the first writer wins); returns whether it was set."""
