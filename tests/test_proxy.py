@@ -51,11 +51,13 @@ def test_transport_errors_over_http(server):
 def test_timeout_is_a_deadline_for_the_whole_call_even_when_bytes_trickle(server):
     """A server that sends its headers and then a byte every 0.3 s never trips a read timeout; the call still
     ends at its deadline (retries included), not when the server is done."""
+    msgs = [{"role": "user", "content": "hi"}]
+    server.script = [("text", "warm")]  # litellm's import (seconds) is not the call's time
+    complete("openai/fake", msgs, {}, api_base=server.url, retries=0)
     server.script = [("trickle", 0.3, "slow"), ("trickle", 0.3, "slow")]
     t0 = time.time()
     with pytest.raises(LLMError, match="Timeout"):
-        complete("openai/fake", [{"role": "user", "content": "hi"}], {}, api_base=server.url, retries=3,
-                 backoff=0.01, timeout=1.5)
+        complete("openai/fake", msgs, {}, api_base=server.url, retries=3, backoff=0.01, timeout=1.5)
     assert time.time() - t0 < 3.0
 
 
