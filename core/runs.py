@@ -131,9 +131,17 @@ class Run:
 
     @property
     def config(self) -> dict:
+        """The resolved config (a copy to change freely); read again only when ``config.json`` changed, so the
+        listings' many questions about one run parse it once."""
+        import copy
+
         from core.config import complete
 
-        return complete(json.loads((self.path / "config.json").read_text()))
+        path = self.path / "config.json"
+        stamp = path.stat().st_mtime_ns
+        if getattr(self, "_config_stamp", None) != stamp:
+            self._config, self._config_stamp = complete(json.loads(path.read_text())), stamp
+        return copy.deepcopy(self._config)
 
     @property
     def meta(self) -> dict:

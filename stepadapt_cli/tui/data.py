@@ -23,7 +23,7 @@ def read_view(store: Store, runs_dir: Path, key: tuple):
         run = run_of(store, runs_dir, key[1])
         if not (run.path / "config.json").exists():
             return None
-        return {**run_detail(store, run), "schedule_text": schedule_text(run, 50)}
+        return {**run_detail(store, run), "schedule_text": _schedule_text(run)}
     if kind == "job":
         return store.job(key[1])
     if kind == "proxy":
@@ -52,3 +52,14 @@ def proxy_view(store: Store, run: Run) -> dict:
         rows.append({"call": c, "round": r, "chosen": chosen,
                      "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted")})
     return {"rows": rows, "groups": groups}
+
+
+_STRIPS: dict = {}
+
+
+def _schedule_text(run: Run) -> str:
+    """The schedule strip, drawn once per run and config (the run screen redraws on every heartbeat)."""
+    key = (str(run.path), (run.path / "config.json").stat().st_mtime_ns)
+    if key not in _STRIPS:
+        _STRIPS[key] = schedule_text(run, 50)
+    return _STRIPS[key]
