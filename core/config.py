@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from core.errors import UserError
-from core.names import NOISE_SCHEDULES, PRUNE_METHODS, SAMPLERS, SCHEDULE_KINDS
+from core.names import METRICS, NOISE_SCHEDULES, PRUNE_METHODS, SAMPLERS, SCHEDULE_KINDS
 
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 8
@@ -74,12 +74,13 @@ _BASE: dict[str, Any] = {
         "accum": 1,
     },
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
-    "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999},
+    "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999, "distill": 0.0},
+    "control": {"enabled": True},
     "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
               "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5},
     "sample": {"steps": 100, "n": 64, "batch_size": 64, "method": "ancestral", "channels_last": True},
     "eval": {"loss_images": 256, "loss_draws": 2, "fid": True, "fid_n": 50000, "steps": 100, "batch_size": 256,
-             "ref_n": 0, "inception": ""},
+             "ref_n": 0, "inception": "", "primary": "fid", "bootstrap": 200},
 }
 
 
@@ -117,7 +118,7 @@ PRESETS: dict[str, dict] = {
         finetune={"steps": 100, "lr": 1e-4, "batch_size": 32, "ema_decay": 0.99},
         sample={"steps": 50, "n": 64, "batch_size": 64},
         prune={"rounds": 3},
-        eval={"fid_n": 256, "steps": 25},
+        eval={"fid_n": 1024, "steps": 25},
     ),
 }
 
@@ -286,6 +287,9 @@ def validate(cfg: dict) -> None:
         (cfg["prune"]["rounds"] >= 1, "prune.rounds must be >= 1"),
         (cfg["eval"]["fid_n"] >= 2 or not cfg["eval"]["fid"], "eval.fid_n must be >= 2"),
         (1 <= cfg["eval"]["steps"] <= d["steps"], "eval.steps must be in [1, diffusion.steps]"),
+        (cfg["eval"]["primary"] in METRICS, f"eval.primary must be one of {', '.join(METRICS)}"),
+        (cfg["eval"]["bootstrap"] >= 20, "eval.bootstrap must be >= 20 (resamples for the intervals)"),
+        (cfg["finetune"]["distill"] >= 0, "finetune.distill must be >= 0"),
         (cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"], "sample.steps must be in [1, diffusion.steps]"),
     ]
     for ok, msg in checks:

@@ -2,7 +2,7 @@
 the TUI read them from here."""
 
 # the pipeline, in order; group stages run one job per non-empty timestep group
-STAGES = ("base", "schedule", "prune", "finetune", "assemble", "sample", "eval")
+STAGES = ("base", "schedule", "prune", "finetune", "assemble", "control", "sample", "eval")
 GROUP_STAGES = ("prune", "finetune")
 
 # how group models are pruned: the LLM proxy, an importance criterion, or not at all
@@ -15,7 +15,12 @@ SCHEDULE_KINDS = ("snr", "constant", "increasing", "decreasing", "equal")
 
 SAMPLERS = ("ancestral", "ddim")
 NOISE_SCHEDULES = ("cosine", "linear")
-SAMPLE_MODELS = ("base", "progressive")
+# the models a run evaluates: stage 1, the equal-compute control (stage 1 trained on for the steps of every
+# group's fine-tune together), and the progressive model
+SAMPLE_MODELS = ("base", "control", "progressive")
+# the comparisons a run reports, (model, against)
+MODEL_PAIRS = (("progressive", "control"), ("progressive", "base"), ("control", "base"))
+METRICS = ("fid", "kid")
 
 # files a job produced (store table ``artifacts``)
 ARTIFACT_KINDS = ("model", "checkpoint", "schedule", "plot", "plan", "samples", "eval", "report")

@@ -179,6 +179,10 @@ class Run:
     def eval_file(self) -> Path:
         return self.path / "eval.json"
 
+    def eval_array(self, kind: str, which: str) -> Path:
+        """``eval/{kind}-{which}.npy``: a model's sample features or per-sample held-out losses."""
+        return self.path / "eval" / f"{kind}-{which}.npy"
+
     def report_dir(self) -> Path:
         return self.path / "report"
 

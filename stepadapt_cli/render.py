@@ -146,22 +146,56 @@ def print_show(run, data: dict) -> None:
         con.print(tab)
 
 
+def with_ci(value, ci, spec: str = "{:.3f}", scale: float = 1.0) -> str:
+    """'1.234 [1.100, 1.400]' (a value and its 95% interval), '-' when missing."""
+    if value is None:
+        return "-"
+    out = spec.format(value / scale)
+    return out + (f" [{spec.format(ci[0] / scale)}, {spec.format(ci[1] / scale)}]" if ci else "")
+
+
+def verdict_line(c: dict) -> str:
+    from core.evaluation.evaluate import verdict_text
+
+    return verdict_text(c)
+
+
+def _change(ch) -> str:
+    """A loss change: '+58.0% higher', '-3.1% same' (same: the paired interval holds zero)."""
+    from core.evaluation.evaluate import significance
+
+    return f"{ch['rel']:+.1%} {significance(ch['ci'])}" if ch else "-"
+
+
 def print_comparison(data: dict) -> None:
     if not data["rows"]:
         click.echo("no evaluation yet (the eval stage writes RUN/eval.json)")
         return
-    base = {r["run"]: r for r in data["rows"] if r["model"] == "base"}
     fid_kind = next((r["fid_kind"] for r in data["rows"] if r.get("fid_kind")), None)
-    tab = _table("Table 1 style: cost per sample, averaged over timesteps" + (f"; FID is {fid_kind}" if fid_kind else ""),
-                 ("run", "model", "FID", "params (M)", "MACs avg T (G)", "MACs vs base",
-                  f"MACs avg {data['rows'][0]['sample_steps']} steps (G)", "held-out loss", "train steps"), "right")
+    n = next((r["fid_n"] for r in data["rows"] if r.get("fid_n")), None)
+    tab = _table("Table 1 style: cost per sample averaged over timesteps; quality with 95% intervals"
+                 + (f"; FID is {fid_kind}, n = {n}" if fid_kind else ""),
+                 ("run", "model", "FID", "KID x1e3", "precision", "recall", "MACs vs base", "params (M)",
+                  "held-out loss", "train steps"), "right")
     for r in data["rows"]:
-        b = base.get(r["run"])
-        tab.add_row(escape(r["run"]), r["model"], fmt(r["fid"], "{:.2f}"), f"{r['params'] / 1e6:.3f}",
-                    f"{r['macs'] / 1e9:.4f}", f"{r['macs'] / b['macs']:.3f}" if b else "-",
-                    f"{r['macs_sampled'] / 1e9:.4f}", f"{r['loss']:.5f}", str(r["train_steps"]))
+        tab.add_row(escape(r["run"]), r["model"], with_ci(r["fid"], r.get("fid_ci"), "{:.2f}"),
+                    with_ci(r.get("kid"), r.get("kid_ci"), "{:.2f}", 1e-3), fmt(r.get("precision"), "{:.2f}"),
+                    fmt(r.get("recall"), "{:.2f}"), fmt(r.get("macs_ratio"), "{:.3f}"),
+                    f"{r['params'] / 1e6:.3f}", with_ci(r["loss"], r.get("loss_ci"), "{:.4f}"), str(r["train_steps"]))
     con = console()
     con.print(tab)
+    for run, comps in data.get("comparisons", {}).items():
+        for c in comps:
+            con.print(escape(f"{run}: {verdict_line(c)}" if len(data["runs"]) > 1 else verdict_line(c)),
+                      highlight=False)
+    for run, rows in data.get("loss_groups", {}).items():
+        print_loss_table(run, rows)
+    if len(data["runs"]) == 1:
+        from core.evaluation.evaluate import bottom_line
+
+        line = bottom_line(next(iter(data.get("comparisons", {}).values()), []))
+        if line:
+            con.print(escape(line), highlight=False)
     if data["config_differences"] and len(data["runs"]) > 1:
         from rich.table import Table
 
@@ -174,17 +208,59 @@ def print_comparison(data: dict) -> None:
         con.print(t2)
 
 
-def print_eval(result: dict) -> None:
-    tab = _table(f"{result['run']}: {result['kind']}, {result['n']} samples, {result['steps']} steps",
-                 ("model", "FID", "params (M)", "MACs avg T (G)", f"MACs avg {result['steps']} steps (G)",
-                  "held-out loss", "train steps"), "right")
-    for w, r in result["models"].items():
-        tab.add_row(w, f"{r['fid']:.3f}", f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e9:.4f}",
-                    f"{r['macs_sampled'] / 1e9:.4f}", f"{r['loss']:.5f}", str(r["train_steps"]))
-    if result["baseline"]:
-        b = result["baseline"]
-        tab.add_row(escape(f"baseline {b['run']} ({b['model']})"), f"{b['fid']:.3f}", "", "", "", "", "")
+def print_loss_table(run: str, rows: list[dict]) -> None:
+    """Held-out eps-MSE per timestep group for each model, and the progressive model's change against base and
+    control ('same' when the paired 95% interval of the difference holds zero)."""
+    if not rows:
+        return
+    models = [m for m in ("base", "control", "progressive") if m in rows[0]]
+    tab = _table(f"{run}: held-out loss (eps-MSE) per timestep group", ("group", *models, "progressive vs base",
+                                                                         "progressive vs control"), "right")
+    for r in rows:
+        tab.add_row(str(r["group"]), *[fmt(r.get(m)) for m in models], _change(r.get("vs_base")),
+                    _change(r.get("vs_control")))
     console().print(tab)
+
+
+def print_eval(result: dict, ev: dict) -> None:
+    from core.evaluation.evaluate import loss_table
+
+    tab = _table(f"{result['run']}: {result['kind']}, {result['n']} samples, {result['steps']} steps, 95% intervals",
+                 ("model", "FID", "KID x1e3", "precision", "recall", "params (M)", "MACs avg T (G)",
+                  f"MACs avg {result['steps']} steps (G)", "held-out loss", "train steps"), "right")
+    for w, r in result["models"].items():
+        tab.add_row(w, with_ci(r["fid"], r["fid_ci"], "{:.3f}"), with_ci(r["kid"], r["kid_ci"], "{:.2f}", 1e-3),
+                    fmt(r["precision"], "{:.2f}"), fmt(r["recall"], "{:.2f}"), f"{r['params'] / 1e6:.3f}",
+                    f"{r['macs'] / 1e9:.4f}", f"{r['macs_sampled'] / 1e9:.4f}",
+                    with_ci(r["loss"], r["loss_ci"], "{:.4f}"), str(r["train_steps"]))
+    console().print(tab)
+    for c in result["comparisons"]:
+        console().print(escape(verdict_line(c)), highlight=False)
+    print_loss_table(result["run"], loss_table({w: ev["models"][w] for w in result["models"]}, result["comparisons"]))
+    if result["baseline"]:
+        ok = result["checks"]["baseline_ok"]
+        console().print(escape(f"baseline: {verdict_line(result['baseline'])} -> {'ok' if ok else 'WORSE'}"),
+                        highlight=False)
+    if result["checks"]["max_fid"] is not None:
+        console().print(f"max FID {result['checks']['max_fid']}: {'ok' if result['checks']['max_fid_ok'] else 'MISSED'}")
+
+
+def print_image_scores(out: dict) -> None:
+    tab = _table(f"{out['kind']} against {out['dataset']} ({out['ref_n']} reference images), 95% intervals",
+                 ("folder", "images", "FID", "KID x1e3", "precision", "recall"), "right")
+    for f in out["folders"]:
+        tab.add_row(escape(f["path"]), str(f["n"]), with_ci(f["fid"], f["fid_ci"]),
+                    with_ci(f["kid"], f["kid_ci"], "{:.2f}", 1e-3), fmt(f["precision"], "{:.2f}"),
+                    fmt(f["recall"], "{:.2f}"))
+    console().print(tab)
+    b = out.get("between")
+    if b:
+        con = console()
+        con.print(f"FID between the two folders: {b['fid_between']:.4f}")
+        for k in ("fid", "kid"):
+            d = b[k]
+            con.print(f"{k.upper()} first - second: {d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                      f"({'paired by file name' if d['paired'] else 'unpaired'}): {d['verdict']}", highlight=False)
 
 
 class LiveJobs:

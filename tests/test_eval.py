@@ -30,7 +30,7 @@ def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digit
     assert info["val_accuracy"] > 0.8  # it learned the digits: its features mean something
     imgs = data.get(torch.arange(600))
     f = features(ext, imgs)
-    assert f.shape == (600, 128)
+    assert f.shape == (600, 128 + 64)  # shape (penultimate) + texture (first block mean and std)
     assert abs(fid_between(f, f)) < 1e-6
     g = torch.Generator().manual_seed(0)
     fids = []
@@ -45,7 +45,7 @@ def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digit
     assert np.allclose(features(ext2, imgs[:50]), f[:50], atol=1e-5)
     assert next((tmp_path / ".cache" / "features").iterdir()).stat().st_mtime_ns == mtime
     ref = reference_stats(ext, info, data, cfg, tmp_path)
-    assert not ref["cached"] and ref["mu"].shape == (128,)
+    assert not ref["cached"] and ref["mu"].shape == (192,) and ref["feats"].shape == (2000, 192)
     assert reference_stats(ext, info, data, cfg, tmp_path)["cached"]
 
 
@@ -56,10 +56,35 @@ def trained(tmp_path_factory):
     extra = [*MICRO, "-S", "schedule.groups=2", "-S", "eval.loss_images=16"]
     run_cli("train", "--preset", "tiny", "--run", "ev", "--steps", "6", *extra, "--runs-dir", rd, check=0)
     run_cli("finetune", "ev", "--steps", "2", "--runs-dir", rd, check=0)
+    run_cli("control", "ev", "--runs-dir", rd, check=0)
     return rd
 
 
-EVAL_KEYS = {"run", "kind", "extractor", "n", "steps", "models", "baseline", "checks", "passed", "exit_code"}
+def test_the_control_trains_exactly_the_steps_and_images_the_finetunes_used(trained):
+    from core.method.artifacts import artifact_fields, artifact_step
+    from core.runs import Run
+
+    run = Run(trained / "ev")
+    groups = [g for g in range(2) if run.model(run.group_stage(g)).exists()]
+    ft_steps = sum(artifact_step(run.model(run.group_stage(g))) for g in groups)
+    art = artifact_fields(run.model("control"))
+    assert ft_steps == 2 * len(groups) and art["added_steps"] == ft_steps
+    assert art["step"] == artifact_step(run.ckpt("base")) + ft_steps == 6 + ft_steps
+    assert art["added_images"] == ft_steps * run.config["finetune"]["batch_size"]
+    ckpt = torch.load(run.ckpt("control"), map_location="cpu", weights_only=False)
+    base = torch.load(run.ckpt("base"), map_location="cpu", weights_only=False)
+    assert ckpt["opt"]["param_groups"][0]["lr"] == run.config["finetune"]["lr"]  # the fine-tune's rate
+    # it continued stage 1's optimiser: Adam's step count went on from the base's
+    first = next(iter(base["opt"]["state"].values()))["step"]
+    assert next(iter(ckpt["opt"]["state"].values()))["step"] == first + ft_steps
+    steps = [json.loads(l)["step"] for l in run.metrics("control").read_text().splitlines()]
+    assert steps and min(steps) > 6 and max(steps) == 6 + ft_steps
+
+
+EVAL_KEYS = {"run", "kind", "extractor", "n", "steps", "primary", "models", "comparisons", "baseline", "checks",
+             "passed", "exit_code"}
+MODEL_KEYS = {"fid", "fid_ci", "kid", "kid_ci", "precision", "recall", "params", "macs", "macs_sampled", "loss",
+              "loss_ci", "loss_groups", "train_steps"}
 
 
 def test_eval_json_keys_and_exit_codes(trained):
@@ -67,23 +92,78 @@ def test_eval_json_keys_and_exit_codes(trained):
     p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--json", *rd, check=0)
     out = json.loads(p.stdout)
     assert set(out) == EVAL_KEYS
-    assert set(out["models"]) == {"base", "progressive"}
+    assert set(out["models"]) == {"base", "control", "progressive"}
     for r in out["models"].values():
-        assert set(r) == {"fid", "params", "macs", "macs_sampled", "loss", "train_steps"} and r["fid"] > 0
+        assert set(r) == MODEL_KEYS and r["fid"] > 0
+        assert r["kid_ci"][0] <= r["kid"] <= r["kid_ci"][1] and r["loss_ci"][0] < r["loss"] < r["loss_ci"][1]
+    assert out["models"]["control"]["train_steps"] == out["models"]["progressive"]["train_steps"]
+    assert [(c["model"], c["against"]) for c in out["comparisons"]] == \
+        [("progressive", "control"), ("progressive", "base"), ("control", "base")]
+    for c in out["comparisons"]:
+        assert c["verdict"] in ("better", "worse", "no significant difference") and c["fid"]["paired"]
+        assert set(c["loss_groups"]) == set(out["models"]["base"]["loss_groups"])
     assert out["kind"].startswith("domain FID") and out["n"] == 16 and out["steps"] == 4 and out["passed"]
     ev = json.loads((trained / "ev" / "eval.json").read_text())
     assert ev["models"]["progressive"]["fid"] == out["models"]["progressive"]["fid"]
-    assert (trained / "ev" / "samples" / "eval_progressive.png").exists()
+    assert (trained / "ev" / "samples" / "eval_control.png").exists()
     fid = out["models"]["progressive"]["fid"]
     # the gate: --max-fid on the progressive model (exit 4), vs a baseline run (exit 5)
+    before = (trained / "ev" / "eval.json").stat().st_mtime_ns
     p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--max-fid", str(fid / 2), "--json", *rd)
     assert p.returncode == 4 and json.loads(p.stdout)["checks"]["max_fid_ok"] is False
-    assert "reused" in p.stderr  # same n, steps and extractor: FID not recomputed
+    assert p.stderr.count("reused") == 3  # same models and settings: nothing measured again, nothing rewritten
+    assert (trained / "ev" / "eval.json").stat().st_mtime_ns == before
     run_cli("eval", "ev", "--n", "16", "--steps", "4", "--max-fid", str(fid * 2), *rd, check=0)
     p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--baseline", "ev", "--json", *rd, check=0)
-    assert json.loads(p.stdout)["baseline"]["fid"] == pytest.approx(fid)
-    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--baseline", "ev", "--tolerance", "-0.1", *rd)
+    b = json.loads(p.stdout)["baseline"]
+    assert b["fid"]["diff"] == 0 and b["fid"]["verdict"] == "no significant difference" and b["fid"]["paired"]
+    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--baseline", "ev", "--tolerance", "-0.5", *rd)
     assert p.returncode == 5 and "WORSE" in p.stdout
+
+
+def _pngs(folder, images):
+    from PIL import Image
+
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im[0].numpy()).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def test_eval_images_scores_folders_and_two_copies_agree(digits, tmp_path):
+    _, data = digits
+    imgs = data.get(torch.arange(40))
+    a = _pngs(tmp_path / "a", imgs)
+    b = tmp_path / "b"
+    import shutil
+
+    shutil.copytree(a, b)
+    p = run_cli("eval", "--images", a, "--images", b, "--preset", "tiny", "--json", "--runs-dir", tmp_path, check=0)
+    out = json.loads(p.stdout)
+    assert [f["n"] for f in out["folders"]] == [40, 40]
+    assert abs(out["between"]["fid_between"]) < 1e-6 and out["between"]["paired"]
+    assert out["between"]["fid"]["diff"] == 0 and out["between"]["fid"]["verdict"] == "no significant difference"
+    assert out["between"]["kid"]["diff"] == 0 and out["between"]["kid"]["verdict"] == "no significant difference"
+    assert out["folders"][0]["fid"] == out["folders"][1]["fid"]
+
+
+def test_eval_images_bad_folders_are_one_line_errors(digits, tmp_path):
+    _, data = digits
+    rd = ["--preset", "tiny", "--runs-dir", tmp_path]
+    (tmp_path / "empty").mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.png").write_text("not an image")
+    mixed = _pngs(tmp_path / "mixed", data.get(torch.arange(3)))
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(mixed / "small.png")
+    for folder, words in ((tmp_path / "empty", "no images"), (notes, "not an image"), (mixed, "28x28"),
+                          (tmp_path / "missing", "not a folder")):
+        p = run_cli("eval", "--images", folder, *rd)
+        assert_clean_error(p)
+        assert words in p.stderr
+    assert_clean_error(run_cli("eval", "--runs-dir", tmp_path))  # neither a run nor --images
 
 
 def test_eval_bad_input(trained, tmp_path):
@@ -109,9 +189,10 @@ def test_report_renders_with_its_images(trained):
     page = (trained / "ev" / "report" / "index.html").read_text()
     assert "domain FID" in page and "Table 1 style" in page
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert {"schedule.png", "losses.png", "fid_macs.png", "samples_base.png", "samples_progressive.png"} <= set(srcs)
+    assert {"schedule.png", "losses.png", "fid_macs.png", "samples.png"} <= set(srcs)
+    assert "progressive vs control" in page and "per timestep group" in page
     for s in srcs:
         assert (trained / "ev" / "report" / s).stat().st_size > 1000
     md = (trained / "ev" / "report" / "report.md").read_text()
-    assert "| ev | progressive |" in md
+    assert "| ev | progressive |" in md and "| ev | control |" in md
     assert "report" in p.stdout

@@ -42,7 +42,8 @@ def finished(tmp_path_factory):
     run_schedule(run)
     prune_groups(run, log=lambda s: None)
     finetune_groups(run, progress=False, log=lambda s: None)
-    for path in stages.sample.sample_paths(run).values():
+    stages.control.train_control(run, log=lambda s: None, hooks={})
+    for path in [*stages.sample.sample_paths(run).values(), run.sample_grid("side_by_side", 5)]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"png")
     run.eval_file().write_text(json.dumps({"models": {}}))
@@ -82,7 +83,7 @@ def _other_sample_steps(run: Run):
 
 
 LATER = ["schedule.json", "prune", "models/group00.pt", "models/group01.pt", "models/group02.pt",
-         "models/progressive.pt", "samples", "eval.json"]
+         "models/progressive.pt", "models/control.pt", "samples", "eval.json"]
 STATES = {  # state -> (how to get it from the finished folder, the stages left to do)
     "finished": ([], []),
     "nothing yet": ([_rm("models", "checkpoints", *LATER)], list(STAGES)),
@@ -90,10 +91,12 @@ STATES = {  # state -> (how to get it from the finished folder, the stages left 
     "base trained for fewer steps than configured": ([_config("train.steps", 5)], ["base"]),
     "base done": ([_rm(*LATER)], list(STAGES[1:])),
     "one group not pruned": ([_rm("prune/group01.json")], ["prune"]),
-    "one group not fine-tuned": ([_rm("models/group01.pt")], ["finetune", "assemble"]),
+    "one group not fine-tuned": ([_rm("models/group01.pt")], ["finetune", "assemble", "control"]),
     "fine-tune steps raised": ([_config("finetune.steps", 3)], ["finetune"]),
     "a group model newer than the progressive model": ([_touch_newer("models/group02.pt")], ["assemble"]),
     "samples of another step count": ([_other_sample_steps], ["sample"]),
+    "no control yet": ([_rm("models/control.pt")], ["control"]),
+    "control switched off": ([_rm("models/control.pt"), _config("control.enabled", False)], []),
     "not evaluated": ([_rm("eval.json")], ["eval"]),
 }
 

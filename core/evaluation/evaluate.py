@@ -1,9 +1,21 @@
-"""Evaluation of a run (its ``eval.json``): FID of samples, params and MACs averaged over timesteps, and the
-held-out loss per timestep group, for the base and the progressive model (the paper's Table 1)."""
+"""Evaluation of a run (its ``eval.json``) for the base, the equal-compute control and the progressive model:
+
+* sample quality: FID and KID with 95% bootstrap intervals, precision and recall (``metrics``), from ``n``
+  samples drawn with the same noise for every model;
+* cost: params and MACs averaged over timesteps (the paper's Table 1), and the training steps behind it;
+* held-out loss (eps-MSE) per timestep group and over all T, with 95% intervals;
+* ``comparisons``: each pair of ``names.MODEL_PAIRS`` on FID and KID (a paired bootstrap of the difference),
+  the per-group loss change with its interval, the MACs ratio, and a verdict on the primary metric.
+
+A model whose file and settings are unchanged since its last evaluation is not measured again.
+"""
 from __future__ import annotations
 
 import shlex
-from core.evaluation.losses import eval_images, loss_report
+
+import numpy as np
+
+from core.names import MODEL_PAIRS, SAMPLE_MODELS
 
 
 def load_eval(run) -> dict:
@@ -13,45 +25,40 @@ def load_eval(run) -> dict:
     return read_json(run.eval_file()) or {}
 
 
-def evaluate_run(run, device="cpu", log=print, progress=None, models=("base", "progressive"), n=None,
-                 steps=None, inception=None, fid=None, force=False) -> dict:
-    """Evaluate the run's base and progressive models, as the paper's Table 1: FID of ``n`` samples drawn
-    with ``steps`` respaced steps, params and MACs averaged over timesteps, and held-out loss per group.
-    Merged into ``RUN/eval.json`` (an FID computed with the same n, steps and extractor is reused)."""
+def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODELS, n=None, steps=None,
+                 inception=None, fid=None, force=False) -> dict:
+    """Evaluate the run's models (see the module docstring); merged into ``RUN/eval.json`` and returned."""
     import datetime as _dt
 
+    from core.evaluation.losses import eval_images
     from core.method.schedule import run_schedule
     from core.model.diffusion import create_diffusion
     from core.runs import atomic_write_json
 
     cfg = run.config
-    e = cfg["eval"]
     n, steps, fid = _settings(cfg, n, steps, fid)
     present = _present(run, models)
     out = load_eval(run)
-    out.setdefault("models", {})
+    out["models"] = {w: r for w, r in out.get("models", {}).items() if run.model(w).exists()}
     sched, diffusion = run_schedule(run), create_diffusion(cfg)
-    images = eval_images(cfg, e["loss_images"], seed=cfg["seed"])
     sampler = FidSampler(run, diffusion, n, steps, inception, device, log) if fid else None
-    tick = _Ticks(len(present) * (2 + (sampler.ticks if sampler else 0)), progress)
+    settings = _row_settings(cfg, n, steps, sampler)
+    todo = [w for w in present if force or not _fresh(run, w, out["models"].get(w), settings)]
+    tick = _Ticks(len(todo) * (2 + (sampler.ticks if sampler else 0)), progress)
+    images = eval_images(cfg, cfg["eval"]["loss_images"], seed=cfg["seed"]) if todo else None
     for which in present:
-        model = _load(run, which, device)
-        row = {**model_cost(model, which, cfg, steps, sched),
-               **loss_report(model, diffusion, images, sched, e["loss_draws"], device)}
-        tick()
-        if sampler:
-            row.update(sampler.fid(model, which, out["models"].get(which, {}), force, tick))
-        row["model_mtime"] = run.model(which).stat().st_mtime
-        tick()
-        out["models"][which] = row
-        log(f"{which}: {row['params'] / 1e6:.3f} M params, {row['macs'] / 1e9:.4f} GMACs avg over T, "
-            f"held-out loss {row['loss']:.5f}" + (f", {row['fid_kind'].split(' (')[0]} {row['fid']:.3f}"
-                                                   if row.get("fid") is not None else ""))
-    out.update({"sample_steps": steps, "num_timesteps": sched.num_timesteps, "loss_images": len(images),
+        if which in todo:
+            out["models"][which] = _measure(run, which, sched, diffusion, images, sampler, settings, device, tick, log)
+        else:
+            log(f"{which}: model and settings unchanged since its evaluation; reused")
+    out["comparisons"] = compare_models(run, out["models"], sampler)
+    out.update({"sample_steps": steps, "num_timesteps": sched.num_timesteps, "primary": cfg["eval"]["primary"],
+                "loss_images": cfg["eval"]["loss_images"],
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     if sampler:
         out["fid_extractor"] = {k: v for k, v in sampler.ext_info.items() if k != "path"}
-    atomic_write_json(out, run.eval_file())
+    if todo or not run.eval_file().exists():
+        atomic_write_json(out, run.eval_file())
     return out
 
 
@@ -80,6 +87,57 @@ def _present(run, models) -> list[str]:
     return present
 
 
+def _row_settings(cfg: dict, n: int, steps: int, sampler) -> dict:
+    """Everything a model's row depends on besides the model file: a change means measuring again."""
+    e = cfg["eval"]
+    return {"n": n if sampler else None, "steps": steps, "extractor": sampler.ext_info["id"] if sampler else None,
+            "loss_images": e["loss_images"], "loss_draws": e["loss_draws"], "seed": cfg["seed"],
+            "bootstrap": e["bootstrap"], "schedule": cfg["schedule"]}
+
+
+def _fresh(run, which: str, old, settings: dict) -> bool:
+    """Whether ``old`` (the model's row in eval.json) still holds: same model file, same settings, arrays there."""
+    if not old or old.get("settings") != settings:
+        return False
+    if old.get("model_mtime") != run.model(which).stat().st_mtime:
+        return False
+    needed = [run.eval_array("losses", which)] + ([run.eval_array("features", which)] if settings["n"] else [])
+    return all(p.exists() for p in needed)
+
+
+def _measure(run, which, sched, diffusion, images, sampler, settings, device, tick, log) -> dict:
+    from core.evaluation.losses import loss_report
+
+    cfg = run.config
+    model = _load(run, which, device)
+    losses = loss_report(model, diffusion, images, sched, cfg["eval"]["loss_draws"], device)
+    _save_array(losses.pop("samples"), run.eval_array("losses", which))
+    row = {**model_cost(model, which, cfg, settings["steps"], sched, run), **losses,
+           "loss_group_index": [g.index for g in sched.nonempty]}
+    tick()
+    if sampler:
+        feats = sampler.features(model, which, tick)
+        _save_array(feats, run.eval_array("features", which))
+        row.update(sampler.summary(feats), fid_grid=f"samples/eval_{which}.png")
+    row.update(settings=settings, model_mtime=run.model(which).stat().st_mtime)
+    tick()
+    log(f"{which}: {row['params'] / 1e6:.3f} M params, {row['macs'] / 1e9:.4f} GMACs avg over T, held-out loss "
+        f"{row['loss']:.5f}" + (f", {row['fid_kind'].split(' (')[0]} {row['fid']:.3f} {_ci(row['fid_ci'])}, "
+                                f"KID {row['kid']:.4f} {_ci(row['kid_ci'], '{:.4f}')}" if sampler else ""))
+    return row
+
+
+def _ci(ci, spec: str = "{:.3f}") -> str:
+    return f"[{spec.format(ci[0])}, {spec.format(ci[1])}]"
+
+
+def _save_array(arr: np.ndarray, path) -> None:
+    from core.runs import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, lambda f: np.save(f, arr))
+
+
 def _load(run, which: str, device):
     from core.method.artifacts import load_progressive, load_unet
 
@@ -87,21 +145,131 @@ def _load(run, which: str, device):
     return load_progressive(path, device) if which == "progressive" else load_unet(path, device)
 
 
-def model_cost(model, which: str, cfg: dict, steps: int, sched) -> dict:
+def model_cost(model, which: str, cfg: dict, steps: int, sched, run=None) -> dict:
     """Params and MACs per sample averaged over all T and over the ``steps`` sampled steps (Table 1), and the
-    training steps behind the model (the progressive model: stage 1 plus every group's fine-tune)."""
+    training steps behind the model (progressive: stage 1 plus every group's fine-tune; control: the same)."""
     from core.model.macs import count, progressive_cost
 
     m = cfg["model"]
+    trained = _train_steps(run, which, cfg, sched)
     if which == "progressive":
         cost = progressive_cost(model, m["image_size"], m["in_channels"], steps)
         return {"params": cost["avg_all"]["params"], "macs": cost["avg_all"]["macs"],
                 "macs_sampled": cost["avg_sampled"]["macs"], "attn_macs": cost["avg_all"]["attn_macs"],
-                "params_total": sum(p.numel() for p in model.parameters()),
-                "train_steps": cfg["train"]["steps"] + len(sched.nonempty) * cfg["finetune"]["steps"]}
+                "params_total": sum(p.numel() for p in model.parameters()), "train_steps": trained}
     c = count(model, m["image_size"], m["in_channels"])
     return {"params": c["params"], "macs": c["macs"], "macs_sampled": c["macs"], "attn_macs": c["attn_macs"],
-            "params_total": c["params"], "train_steps": cfg["train"]["steps"]}
+            "params_total": c["params"], "train_steps": trained}
+
+
+def _train_steps(run, which: str, cfg: dict, sched) -> int:
+    """Optimiser steps behind a model, from the artifacts: base; control (base + its added steps);
+    progressive (base + every group's fine-tune)."""
+    from core.method.artifacts import artifact_step
+
+    if run is None:
+        return cfg["train"]["steps"]
+    base = artifact_step(run.model("base")) or 0
+    if which == "control":
+        return artifact_step(run.model("control")) or base
+    if which == "progressive":
+        return base + sum(artifact_step(run.model(run.group_stage(g.index))) or 0 for g in sched.nonempty)
+    return base
+
+
+# -- comparisons -------------------------------------------------------------------------------------------
+def compare_models(run, rows: dict, sampler=None) -> list[dict]:
+    """Each pair of ``MODEL_PAIRS`` the run has: sample metrics' differences with intervals (from the stored
+    features; paired, as every model's samples share their noise), loss changes per group, MACs ratio, verdict."""
+    out = []
+    for a, b in MODEL_PAIRS:
+        if a not in rows or b not in rows:
+            continue
+        ra, rb = rows[a], rows[b]
+        entry = {"model": a, "against": b, "macs_ratio": ra["macs"] / rb["macs"],
+                 "params_ratio": ra["params"] / rb["params"], "primary": run.config["eval"]["primary"],
+                 "loss_groups": loss_changes(run, a, b, ra, rb)}
+        if sampler and ra.get("fid") is not None and rb.get("fid") is not None:
+            fa, fb = (np.load(run.eval_array("features", w)) for w in (a, b))
+            entry.update(sampler.differences(fa, fb, paired=True))
+        entry["verdict"] = entry.get(entry["primary"], {}).get("verdict")
+        out.append(entry)
+    return out
+
+
+def loss_changes(run, a: str, b: str, ra: dict, rb: dict) -> dict:
+    """Per group: loss of a minus loss of b with a paired 95% interval, and the relative change."""
+    from core.evaluation.losses import mean_ci
+
+    la, lb = (np.load(run.eval_array("losses", w)) for w in (a, b))
+    ga, gb = ra.get("loss_group_index"), rb.get("loss_group_index")
+    if ga != gb or la.shape != lb.shape:
+        return {}
+    out = {}
+    for i, g in enumerate(ga):
+        d = la[i] - lb[i]
+        out[str(g)] = {"diff": float(d.mean()), "ci": mean_ci(d), "rel": float(d.mean() / lb[i].mean())}
+    return out
+
+
+def significance(diff_ci: list[float]) -> str:
+    """'lower', 'higher' or 'same' (the interval of a - b holds zero): for losses, lower is better."""
+    return "lower" if diff_ci[1] < 0 else "higher" if diff_ci[0] > 0 else "same"
+
+
+def verdict_text(c: dict) -> str:
+    """'progressive vs control: WORSE on FID, +0.31 [+0.12, +0.50] (95%, paired); 0.70x MACs'."""
+    primary = c.get("primary", "fid")
+    d = c.get(primary)
+    head = f"{c['model']} vs {c['against']}: "
+    if not d:
+        return head + f"no sample metric; {c['macs_ratio']:.2f}x MACs"
+    spec = "{:+.3f}" if primary == "fid" else "{:+.5f}"
+    word = {"better": "BETTER", "worse": "WORSE"}.get(d["verdict"], "no significant difference")
+    return (head + f"{word} on {primary.upper()}, {spec.format(d['diff'])} "
+            f"[{spec.format(d['ci'][0])}, {spec.format(d['ci'][1])}] (95%, {'paired' if d['paired'] else 'unpaired'}); "
+            f"{c['macs_ratio']:.2f}x MACs")
+
+
+def bottom_line(comparisons: list[dict]) -> str:
+    """One plain sentence on what a run's numbers say about the method (or '' without the comparisons)."""
+    by = {(c["model"], c["against"]): c for c in comparisons}
+    pc, pb = by.get(("progressive", "control")), by.get(("progressive", "base"))
+    if not pb or not pb.get("verdict"):
+        return ""
+    word = {"better": "better than", "worse": "worse than", "no significant difference": "not significantly "
+            "different from"}
+    metric = pb["primary"].upper()
+    text = f"The progressive model, at {pb['macs_ratio']:.2f}x the base's MACs, is {word[pb['verdict']]} the base"
+    if pc and pc.get("verdict"):
+        text += f" and {word[pc['verdict']]} its equal-compute control (the base trained on for the same steps)"
+    text += f" on {metric} (95% intervals)."
+    if pc and pc["verdict"] == "worse":
+        text += " At this scale the method does not beat training the base for longer."
+    elif pc and pc["verdict"] == "no significant difference":
+        text += " It matches the control at lower cost; a larger sample count may separate them."
+    elif pc and pc["verdict"] == "better":
+        text += " The method, not the extra steps, made the difference."
+    return text
+
+
+def loss_table(models: dict, comparisons: list[dict]) -> list[dict]:
+    """One row per timestep group: each model's held-out loss, and the progressive model's change against
+    base and control (relative, with the interval of the paired difference)."""
+    if not models:
+        return []
+    groups = next((r.get("loss_group_index") for r in models.values() if r.get("loss_group_index")), None) or \
+        sorted(int(g) for g in next(iter(models.values())).get("loss_groups", {}))
+    pair = {(c["model"], c["against"]): c.get("loss_groups", {}) for c in comparisons}
+    out = []
+    for g in groups:
+        row = {"group": g, **{m: models[m].get("loss_groups", {}).get(str(g)) for m in SAMPLE_MODELS if m in models}}
+        for other in ("base", "control"):
+            ch = pair.get(("progressive", other), {}).get(str(g))
+            if ch:
+                row[f"vs_{other}"] = ch
+        out.append(row)
+    return out
 
 
 class _Ticks:
@@ -117,11 +285,13 @@ class _Ticks:
 
 
 class FidSampler:
-    """FID of a model: ``n`` samples with ``steps`` respaced steps against the dataset's reference statistics
-    (the feature extractor and the statistics are made once, and cached across runs)."""
+    """Sample metrics of models: ``n`` samples with ``steps`` respaced steps, their features, and FID, KID,
+    precision and recall against the dataset's reference (the extractor and statistics are made once, and
+    cached across runs)."""
 
     def __init__(self, run, diffusion, n: int, steps: int, inception, device, log):
         from core.evaluation import fid as F
+        from core.evaluation import metrics as M
         from core.training.data import load_dataset
 
         self.run, self.diffusion, self.n, self.steps, self.device, self.log = run, diffusion, n, steps, device, log
@@ -130,29 +300,53 @@ class FidSampler:
         self.ext, self.ext_info = F.make_extractor(cfg, data, run.path.parent, inception, device, log)
         self.ref = F.reference_stats(self.ext, self.ext_info, data, cfg, run.path.parent,
                                      cfg["eval"]["ref_n"] or None, device)
+        self.ref_stats = M.RefStats.of(self.ref["mu"], self.ref["sigma"])
         self.ticks = -(-n // cfg["eval"]["batch_size"]) * steps
+        self.seed = cfg["seed"] + 1000  # every model's samples start from the same noise
 
-    def fid(self, model, which: str, old: dict, force: bool, tick) -> dict:
-        """The ``fid*`` fields of the model's row; an FID of the same model, n, steps and extractor is reused."""
-        same = (old.get("fid_n"), old.get("fid_steps"), old.get("fid_extractor")) == \
-            (self.n, self.steps, self.ext_info["id"])
-        if same and not force and old.get("fid") is not None and \
-                old.get("model_mtime") == self.run.model(which).stat().st_mtime:
-            self.log(f"{which}: FID reused from eval.json ({old['fid']:.3f})")
-            tick(self.ticks)
-            return {k: old[k] for k in old if k.startswith("fid")}
-        return self._measure(model, which, tick)
-
-    def _measure(self, model, which: str, tick) -> dict:
+    def features(self, model, which: str, tick) -> np.ndarray:
         from core.evaluation import fid as F
         from core.model.sampling import sample_images, save_grid
 
         cfg, m, s = self.cfg, self.cfg["model"], self.cfg["sample"]
-        self.log(f"{which}: sampling {self.n} images with {self.steps} steps for FID")
+        self.log(f"{which}: sampling {self.n} images with {self.steps} steps for FID/KID")
         imgs = sample_images(model, self.diffusion, self.n, image_size=m["image_size"], channels=m["in_channels"],
-                             steps=self.steps, batch_size=cfg["eval"]["batch_size"], seed=cfg["seed"] + 1000,
+                             steps=self.steps, batch_size=cfg["eval"]["batch_size"], seed=self.seed,
                              method=s["method"], device=self.device, progress=tick, channels_last=s["channels_last"])
         save_grid(imgs[:64], self.run.samples() / f"eval_{which}.png")
-        return {"fid": F.fid_from_features(F.features(self.ext, imgs, device=self.device), self.ref),
-                "fid_kind": self.ext_info["kind"], "fid_extractor": self.ext_info["id"], "fid_n": self.n,
-                "fid_steps": self.steps, "fid_ref_n": self.ref["n"], "fid_grid": f"samples/eval_{which}.png"}
+        return F.features(self.ext, imgs, device=self.device)
+
+    def summary(self, feats: np.ndarray) -> dict:
+        from core.evaluation import metrics as M
+
+        s = M.summarise(feats, self.ref_stats, self.ref["feats"], self.cfg["eval"]["bootstrap"], self.cfg["seed"])
+        return {**s, "fid_kind": self.ext_info["kind"], "fid_extractor": self.ext_info["id"], "fid_n": len(feats),
+                "fid_steps": self.steps, "fid_ref_n": self.ref["n"], "sample_seed": self.seed}
+
+    def differences(self, fa: np.ndarray, fb: np.ndarray, paired: bool) -> dict:
+        """{"fid": ..., "kid": ...}: a - b with its interval and verdict."""
+        from core.evaluation import metrics as M
+
+        out = {}
+        for metric in ("fid", "kid"):
+            d = M.difference(fa, fb, self.ref_stats, self.ref["feats"], metric, paired,
+                             self.cfg["eval"]["bootstrap"], self.cfg["seed"])
+            out[metric] = {**d, "verdict": M.verdict(d)}
+        return out
+
+
+def compare_runs(run, which: str, other, other_which: str, inception=None, device="cpu", log=print) -> dict:
+    """``which`` of ``run`` against ``other_which`` of ``other``, both evaluated (same extractor and n), on FID
+    and KID with intervals: paired when both drew their samples from the same noise (same seed and n)."""
+    from core.errors import UserError
+
+    ra, rb = load_eval(run)["models"][which], load_eval(other)["models"][other_which]
+    if ra.get("fid_extractor") != rb.get("fid_extractor") or ra.get("fid_steps") != rb.get("fid_steps"):
+        raise UserError(f"{run.name} and {other.name} were evaluated with different feature extractors or sampling "
+                        f"steps ({ra.get('fid_extractor')}, {ra.get('fid_steps')} vs {rb.get('fid_extractor')}, "
+                        f"{rb.get('fid_steps')}); evaluate both the same way")
+    sampler = FidSampler(run, None, ra["fid_n"], ra["fid_steps"], inception, device, log)
+    fa, fb = np.load(run.eval_array("features", which)), np.load(other.eval_array("features", other_which))
+    paired = ra.get("sample_seed") == rb.get("sample_seed") and len(fa) == len(fb)
+    return {"model": which, "against": f"{other.name}:{other_which}", "macs_ratio": ra["macs"] / rb["macs"],
+            "primary": run.config["eval"]["primary"], **sampler.differences(fa, fb, paired)}

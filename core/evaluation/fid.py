@@ -6,8 +6,10 @@ Two feature extractors:
   or ``eval.inception``, through clean-fid's ``InceptionV3W`` wrapper and its "clean" resize to 299 px.
   Comparable to published FID when computed on 50k samples against the full training set.
 * **Domain features** (offline): a small CNN trained here on the dataset's labels and cached per dataset
-  (``RUNS_DIR/.cache/features/``, or ``$STEPADAPT_CACHE``); its penultimate layer is the feature space. The number it gives is
-  labelled "domain FID" everywhere: it ranks models on one dataset, it is not comparable to published FID.
+  (``RUNS_DIR/.cache/features/``, or ``$STEPADAPT_CACHE``); the feature space is its penultimate layer (shape)
+  beside its first block's channel statistics (texture), each scaled to unit total deviation (``_Features``).
+  The number it gives is labelled "domain FID" everywhere: it ranks models on one dataset, it is not
+  comparable to published FID.
 
 Reference statistics (mean and covariance of the reference features) are cached per dataset and extractor
 in ``RUNS_DIR/.cache/fid_stats/``; clean-fid's own stats folder (inside site-packages) is not used.
@@ -63,19 +65,44 @@ class DomainNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x.float() / 127.5 - 1.0)
 
+    def shape_and_texture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features, the first block's per-channel spatial mean and std)."""
+        h = self.body[0](x.float() / 127.5 - 1.0)
+        texture = torch.cat([h.mean((2, 3)), h.std((2, 3))], 1)
+        return self.body[1:](h), texture
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
 class _Features(nn.Module):
-    """What clean-fid's ``get_batch_features`` calls: images [B, C, H, W] in [0, 255] -> features."""
+    """What clean-fid's ``get_batch_features`` calls: images [B, C, H, W] in [0, 255] -> features.
 
-    def __init__(self, net: DomainNet):
+    The domain feature space has two parts, each divided by its total standard deviation on the reference
+    images (sqrt of the trace of its covariance) so that each weighs the same in FID and KID:
+    *shape*, the classifier's penultimate layer (which digit, how drawn), and *texture*, the per-channel mean
+    and std of its first block (speckle, stroke width, blur). A classifier alone is nearly blind to background
+    speckle a person sees at once (bench/README.md, "metric sensitivity")."""
+
+    def __init__(self, net: DomainNet, scales=(1.0, 1.0)):
         super().__init__()
         self.net = net.eval()
+        self.scales = tuple(float(s) for s in scales)
 
     def forward(self, x):
-        return self.net.features(x)
+        shape, texture = self.net.shape_and_texture(x)
+        return torch.cat([shape / self.scales[0], texture / self.scales[1]], 1)
+
+
+@torch.no_grad()
+def feature_scales(net: DomainNet, data, n: int = 5000, batch_size: int = 500) -> tuple[float, float]:
+    """sqrt(trace Cov) of the shape and the texture part over (up to) ``n`` reference images."""
+    net.eval()
+    parts = [[], []]
+    for i in range(0, min(n, len(data)), batch_size):
+        for acc, f in zip(parts, net.shape_and_texture(data.get(torch.arange(i, min(i + batch_size, n, len(data)))))):
+            acc.append(f)
+    return tuple(float(torch.cat(acc).var(0).sum().sqrt()) for acc in parts)
 
 
 def train_domain_net(data, cfg: dict, epochs: int = 3, batch_size: int = 128, seed: int = 0, device="cpu",
@@ -126,19 +153,25 @@ def domain_extractor(data, cfg: dict, runs_dir, device="cpu", log=print) -> tupl
 
     key = dataset_key(data, cfg)
     path = cache_dir(runs_dir) / "features" / f"domain-{key}.pt"
+    ident = f"domain2-{key}"  # 2: shape + texture features (1 was the penultimate layer alone)
     if path.exists():
         try:
             art = torch.load(path, map_location="cpu", weights_only=False)
             net = DomainNet(art["channels"], art["info"]["classes"])
             net.load_state_dict(art["state"])
-            return _Features(net).to(device), {**art["info"], "id": f"domain-{key}", "cached": True,
-                                               "path": str(path)}
+            if "scales" not in art:  # a net cached by an older version: its scales, once
+                art["scales"] = feature_scales(net, data)
+                atomic_torch_save(art, path)
+            return _Features(net, art["scales"]).to(device), {**art["info"], "id": ident, "cached": True,
+                                                               "path": str(path)}
         except (*UNREADABLE, KeyError, TypeError):
             log(f"{path} is unreadable; training the domain feature net again")
     log(f"training the domain feature network for {key} (once; cached in {path.parent})")
     net, info = train_domain_net(data, cfg, device=device, log=log)
-    atomic_torch_save({"state": net.state_dict(), "channels": cfg["model"]["in_channels"], "info": info}, path)
-    return _Features(net).to(device), {**info, "id": f"domain-{key}", "cached": False, "path": str(path)}
+    scales = feature_scales(net, data)
+    atomic_torch_save({"state": net.state_dict(), "channels": cfg["model"]["in_channels"], "info": info,
+                       "scales": scales}, path)
+    return _Features(net, scales).to(device), {**info, "id": ident, "cached": False, "path": str(path)}
 
 
 # -- Inception -----------------------------------------------------------------------------------------
@@ -197,7 +230,7 @@ def make_extractor(cfg: dict, data, runs_dir, inception: Optional[str] = None, d
         info["kind"] = "FID (Inception)"
     else:
         ext, info = domain_extractor(data, cfg, runs_dir, device, log)
-        info["kind"] = "domain FID (not comparable to published FID)"
+        info["kind"] = "domain FID (shape + texture features; not comparable to published FID)"
     return ext, info
 
 
@@ -218,24 +251,30 @@ def dataset_features(extractor, data, n: Optional[int] = None, batch_size: int =
                            for i in range(0, n, batch_size)])
 
 
+REF_FEATURES = 5000  # reference features kept for KID and precision/recall (a fixed random subset)
+
+
 def reference_stats(extractor, ext_info: dict, data, cfg: dict, runs_dir, n: Optional[int] = None,
                     device="cpu") -> dict:
-    """Mean and covariance of the reference images' features, cached per dataset and extractor."""
-    key = f"{ext_info['id']}-{dataset_key(data, cfg)}-n{n or len(data)}"
+    """Mean and covariance of the reference images' features, and up to ``REF_FEATURES`` of the features
+    themselves (a fixed random subset, for KID and precision/recall), cached per dataset and extractor."""
+    key = f"{ext_info['id']}-{dataset_key(data, cfg)}-n{n or len(data)}-v2"
     path = cache_dir(runs_dir) / "fid_stats" / f"{key}.npz"
     if path.exists():
         try:
             z = np.load(path)
-            return {"mu": z["mu"], "sigma": z["sigma"], "n": int(z["n"]), "cached": True, "path": str(path)}
+            return {"mu": z["mu"], "sigma": z["sigma"], "feats": z["feats"].astype(np.float64), "n": int(z["n"]),
+                    "cached": True, "path": str(path)}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # unreadable cache: compute it again
     f = dataset_features(extractor, data, n, device=device)
     mu, sigma = f.mean(0), np.cov(f, rowvar=False)
+    keep = f[np.random.default_rng(0).permutation(len(f))[:REF_FEATURES]].astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, n=len(f))
+    np.savez(tmp, mu=mu, sigma=sigma, n=len(f), feats=keep)
     os.replace(tmp, path)
-    return {"mu": mu, "sigma": sigma, "n": len(f), "cached": False, "path": str(path)}
+    return {"mu": mu, "sigma": sigma, "feats": keep.astype(np.float64), "n": len(f), "cached": False, "path": str(path)}
 
 
 def fid_from_features(feats: np.ndarray, ref: dict) -> float:

@@ -98,25 +98,53 @@ def plot_proxy(rounds: list[dict], full_macs: float, path: Path) -> bool:
 
 
 def plot_fid_macs(runs: list[Run], path: Path) -> bool:
+    """FID and KID against MACs, each point with its 95% interval as an error bar."""
     pts = []
     for r in runs:
         for model, row in load_eval(r).get("models", {}).items():
             if row.get("fid") is not None:
-                pts.append((r.name, model, row["macs"] / 1e9, row["fid"], row.get("fid_kind", "")))
+                pts.append((r.name, model, row["macs"] / 1e9, row))
     if not pts:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, model, macs, fid, _ in pts:
-        ax.scatter([macs], [fid], marker="o" if model == "base" else "s")
-        ax.annotate(f"{name}/{model}", (macs, fid), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("GMACs per step, averaged over timesteps")
-    kind = pts[0][4].split(" (")[0] or "FID"
-    ax.set_ylabel(kind)
-    ax.set_title(f"{kind} vs MACs (lower left is better)")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    kind = pts[0][3].get("fid_kind", "").split(" (")[0] or "FID"
+    marker = {"base": "o", "control": "^", "progressive": "s"}
+    for ax, key, label in ((axes[0], "fid", kind), (axes[1], "kid", "KID")):
+        for name, model, macs, row in pts:
+            val, ci = row.get(key), row.get(f"{key}_ci")
+            if val is None:
+                continue
+            err = [[max(0.0, val - ci[0])], [max(0.0, ci[1] - val)]] if ci else None
+            ax.errorbar([macs], [val], yerr=err, fmt=marker.get(model, "D"), capsize=4,
+                        label=f"{name}/{model}" if len(runs) > 1 else model)
+        ax.set_xlabel("GMACs per step, averaged over timesteps")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs MACs, 95% intervals (lower left is better)")
+        ax.legend(fontsize=7, loc="best")
+        ax.margins(x=0.15, y=0.1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
+
+
+def side_by_side(paths: dict, out: Path, gap: int = 8) -> bool:
+    """PNG grids (same noise, one per model) pasted side by side with each model's name above its grid."""
+    from PIL import Image, ImageDraw
+
+    tiles = [(name, Image.open(p).convert("RGB")) for name, p in paths.items() if p.exists()]
+    if not tiles:
+        return False
+    label_h = 16
+    canvas = Image.new("RGB", (sum(t.width for _, t in tiles) + gap * (len(tiles) - 1),
+                               max(t.height for _, t in tiles) + label_h), "white")
+    draw, x = ImageDraw.Draw(canvas), 0
+    for name, tile in tiles:
+        canvas.paste(tile, (x, label_h))
+        draw.text((x + 2, 2), name, fill="black")
+        x += tile.width + gap
+    canvas.save(out)
     return True
 
 
@@ -140,20 +168,49 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
     return html_path, md_path
 
 
-# a section is ("table", title, note, head, rows) or ("figure", title, file, caption)
+# a section is ("table", title, note, head, rows), ("figure", title, file, caption) or ("text", title, lines)
 def _comparison(run: Run, baselines: list[Run], ev: dict) -> list[tuple]:
+    from core.evaluation.evaluate import bottom_line, loss_table, significance, verdict_text
+
+    def ci(v, c, spec="{:.3f}", scale=1.0):
+        return "-" if v is None else spec.format(v / scale) + (
+            f" [{spec.format(c[0] / scale)}, {spec.format(c[1] / scale)}]" if c else "")
+
     rows = []
     for r in [run, *baselines]:
-        for model, row in load_eval(r).get("models", {}).items():
-            rows.append([r.name, model, "-" if row.get("fid") is None else f"{row['fid']:.3f}",
-                         f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e9:.4f}", f"{row['macs_sampled'] / 1e9:.4f}",
-                         f"{row['loss']:.5f}", str(row["train_steps"])])
+        models = load_eval(r).get("models", {})
+        base_macs = models.get("base", {}).get("macs")
+        for model in [m for m in ("base", "control", "progressive") if m in models]:
+            row = models[model]
+            rows.append([r.name, model, ci(row.get("fid"), row.get("fid_ci")),
+                         ci(row.get("kid"), row.get("kid_ci"), "{:.2f}", 1e-3),
+                         "-" if row.get("precision") is None else f"{row['precision']:.2f}",
+                         "-" if row.get("recall") is None else f"{row['recall']:.2f}",
+                         f"{row['macs'] / base_macs:.3f}" if base_macs else "-", f"{row['params'] / 1e6:.3f}",
+                         ci(row["loss"], row.get("loss_ci"), "{:.5f}"), str(row["train_steps"])])
     if not rows:
         return []
-    head = ["run", "model", "FID", "params (M)", "MACs avg T (G)", f"MACs avg {ev.get('sample_steps', '?')} steps (G)",
-            "held-out loss", "train steps"]
+    head = ["run", "model", "FID [95%]", "KID x1e3 [95%]", "precision", "recall", "MACs vs base", "params (M)",
+            "held-out loss [95%]", "train steps"]
     kind = next((m.get("fid_kind") for m in ev.get("models", {}).values() if m.get("fid_kind")), None)
-    return [("table", "Table 1 style", f"FID here is {kind}." if kind else "", head, rows)]
+    n = next((m.get("fid_n") for m in ev.get("models", {}).values() if m.get("fid_n")), None)
+    out = [("table", "Table 1 style", (f"FID here is {kind}, n = {n}. " if kind else "")
+            + "Control: stage 1 trained on for the steps and images of every group's fine-tune together.", head, rows)]
+    comps = ev.get("comparisons", [])
+    if comps:
+        out.append(("text", "Verdicts", [x for x in [bottom_line(comps)] if x] + [verdict_text(c) for c in comps]
+                    + ["BETTER / WORSE: the 95% interval of the difference excludes zero; paired: every model's "
+                       "samples start from the same noise, resampled with the same indices."]))
+    table = loss_table(ev.get("models", {}), comps)
+    if table:
+        models = [m for m in ("base", "control", "progressive") if m in table[0]]
+        lrows = [[str(t["group"]), *[f"{t[m]:.5f}" for m in models],
+                  *[(f"{t[k]['rel']:+.1%} {significance(t[k]['ci'])}" if t.get(k) else "-")
+                    for k in ("vs_base", "vs_control")]] for t in table]
+        out.append(("table", "Held-out loss (eps-MSE) per timestep group",
+                    "same: the paired 95% interval of the difference holds zero.",
+                    ["group", *models, "progressive vs base", "progressive vs control"], lrows))
+    return out
 
 
 def _figures(run: Run, baselines: list[Run], out: Path, rounds: list[dict], full: float) -> list[tuple]:
@@ -169,13 +226,19 @@ def _figures(run: Run, baselines: list[Run], out: Path, rounds: list[dict], full
         figs.append(("figure", "Proxy rounds", "proxy.png",
                      "held-out loss of every candidate the proxy proposed, per group"))
     if plot_fid_macs([run, *baselines], out / "fid_macs.png"):
-        figs.append(("figure", "FID vs MACs", "fid_macs.png", "base and progressive models (and baselines)"))
-    for which in ("base", "progressive"):
-        cands = [run.samples() / f"eval_{which}.png", *sorted(run.samples().glob(f"{which}_s*_seed0.png"))]
-        src = next((p for p in cands if p.exists()), None)
-        if src is not None:
-            shutil.copyfile(src, out / f"samples_{which}.png")
-            figs.append(("figure", f"Samples: {which}", f"samples_{which}.png", src.name))
+        figs.append(("figure", "FID and KID vs MACs", "fid_macs.png",
+                     "base, control and progressive models (and baselines), 95% intervals as error bars"))
+    grids = {w: run.samples() / f"eval_{w}.png" for w in ("base", "control", "progressive")}
+    if side_by_side(grids, out / "samples.png"):
+        figs.append(("figure", "Samples, same noise", "samples.png",
+                     "the first 64 evaluation samples of each model, from the same noise (left to right: "
+                     + ", ".join(w for w, p in grids.items() if p.exists()) + ")"))
+    else:
+        for which in ("base", "control", "progressive"):
+            src = next(iter(sorted(run.samples().glob(f"{which}_s*_seed0.png"))), None)
+            if src is not None:
+                shutil.copyfile(src, out / f"samples_{which}.png")
+                figs.append(("figure", f"Samples: {which}", f"samples_{which}.png", src.name))
     return figs
 
 
@@ -195,6 +258,8 @@ def _markdown(title: str, facts: list[tuple], sections: list[tuple]) -> str:
             md += [f"## {name}", ""] + ([note, ""] if note else [])
             md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        elif sec[0] == "text":
+            md += [f"## {sec[1]}", ""] + [f"- {line}" for line in sec[2]] + [""]
         else:
             _, name, f, cap = sec
             md += [f"## {name}", "", f"![{cap}]({f})", "", f"*{cap}*", ""]
@@ -211,6 +276,8 @@ def _html(title: str, facts: list[tuple], sections: list[tuple]) -> str:
             body.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>"
                         + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
                         + "</table>")
+        elif sec[0] == "text":
+            body.append(f"<h2>{e(sec[1])}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in sec[2]) + "</ul>")
         else:
             _, name, f, cap = sec
             body.append(f"<h2>{e(name)}</h2><figure><img src=\"{e(f)}\" alt=\"{e(cap)}\"><figcaption>{e(cap)}"

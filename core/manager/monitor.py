@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Optional
 
 from core.errors import UserError
-from core.evaluation.evaluate import load_eval
+from core.evaluation.evaluate import load_eval, loss_table
 from core.manager import stages
-from core.names import JOB_ACTIVE, STAGES
+from core.names import JOB_ACTIVE, SAMPLE_MODELS, STAGES
 from core.runs import Run, read_json
 from core.store import Store
 
@@ -49,14 +49,15 @@ def _latest(jobs: list[dict], stage: str, group: Optional[int] = None) -> Option
 
 def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
     """Stage -> running | done | skipped | failed | killed | lost | pending."""
-    skipped = run.config["prune"]["method"] == "none"
+    cfg = run.config
+    skipped = {"prune": cfg["prune"]["method"] == "none", "control": not cfg["control"]["enabled"]}
     out = {}
     for st in STAGES:
         js = [j for j in jobs if j["stage"] == st]
         if any(j["status"] in JOB_ACTIVE for j in js):
             out[st] = "running"
         elif not stages.pending(run, st):
-            out[st] = "skipped" if st == "prune" and skipped else "done"
+            out[st] = "skipped" if skipped.get(st) else "done"
         elif js and js[-1]["status"] in ("failed", "killed", "lost"):
             out[st] = js[-1]["status"]
         else:
@@ -221,18 +222,31 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+ROW_KEYS = ("fid", "fid_ci", "kid", "kid_ci", "precision", "recall", "fid_kind", "fid_n", "params", "macs",
+            "macs_sampled", "loss", "loss_ci", "train_steps")
+
+
 def comparison(runs: list[Run]) -> dict:
-    """Table 1 style rows (one per run and model) from each run's ``eval.json``, and the config keys that differ."""
+    """From each run's ``eval.json``: Table 1 style rows (one per run and model: base, control, progressive),
+    each run's pairwise comparisons with verdicts, its per-group held-out loss table, and the config keys
+    that differ between the runs."""
     import json
 
-    rows = []
+    rows, verdicts, losses = [], {}, {}
     for run in runs:
         ev = load_eval(run)
-        for model, r in ev.get("models", {}).items():
-            rows.append({"run": run.name, "model": model, "fid": r.get("fid"), "fid_kind": r.get("fid_kind"),
-                         "params": r["params"], "macs": r["macs"], "macs_sampled": r["macs_sampled"],
-                         "loss": r["loss"], "train_steps": r["train_steps"], "sample_steps": ev.get("sample_steps")})
+        models = ev.get("models", {})
+        base_macs = models.get("base", {}).get("macs")
+        for model in [m for m in SAMPLE_MODELS if m in models]:
+            r = models[model]
+            rows.append({"run": run.name, "model": model, **{k: r.get(k) for k in ROW_KEYS},
+                         "macs_ratio": r["macs"] / base_macs if base_macs else None,
+                         "sample_steps": ev.get("sample_steps")})
+        if models:
+            verdicts[run.name] = ev.get("comparisons", [])
+            losses[run.name] = loss_table(models, ev.get("comparisons", []))
     flat = [_flatten(r.config) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
     diff = {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1}
-    return {"rows": rows, "config_differences": diff, "runs": [r.name for r in runs]}
+    return {"rows": rows, "comparisons": verdicts, "loss_groups": losses, "config_differences": diff,
+            "runs": [r.name for r in runs]}

@@ -1,6 +1,6 @@
 """The orchestrator: the whole method as one pipeline of tracked jobs (the stages are in ``stages/``).
 
-    base -> schedule -> prune (per group) -> finetune (per group) -> assemble -> sample -> eval
+    base -> schedule -> prune (per group) -> finetune (per group) -> assemble -> control -> sample -> eval
 
 Each stage knows what is left to do from the run folder (``stages.pending``), so ``resume`` skips finished
 stages and groups and continues interrupted ones from their checkpoints. Group jobs run in parallel, one per

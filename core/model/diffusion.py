@@ -179,16 +179,28 @@ class GaussianDiffusion:
         nll = mean_flat(nll) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(self, model: Callable, x_start, t, noise=None):
+    def training_losses(self, model: Callable, x_start, t, noise=None, teacher: Optional[Callable] = None,
+                        distill: float = 0.0):
         """L_hybrid = L_simple + lambda L_vlb (IDDPM Eq. 16), per sample.
 
         L_simple = ||eps - eps_theta(x_t, t)||^2 (mean over dims); the VLB term sees the eps
         prediction through a stop-gradient so that it only trains the variance.
+        With a ``teacher`` (the unpruned base), the student also matches its whole output (eps and variance)
+        at the same x_t and t: L = L_hybrid + distill * ||f_theta(x_t, t) - f_teacher(x_t, t)||^2.
         """
         if noise is None:
             noise = torch.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise)
         out = model(x_t, self.model_t(t)).float()
+        terms = self._hybrid(out, x_start, x_t, t, noise)
+        if teacher is not None and distill > 0:
+            with torch.no_grad():
+                target = teacher(x_t, self.model_t(t)).float()
+            terms["distill"] = mean_flat((out - target) ** 2)
+            terms["loss"] = terms["loss"] + distill * terms["distill"]
+        return terms
+
+    def _hybrid(self, out, x_start, x_t, t, noise) -> dict:
         eps, v = self.split_output(out, x_start.shape[1])
         terms = {"mse": mean_flat((noise - eps) ** 2)}
         if v is not None:

@@ -57,3 +57,28 @@ def save_grid(images: torch.Tensor, path: Path) -> Path:
     nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
     save_image(images.float() / 255.0, path, nrow=nrow, padding=2)
     return path
+
+
+def save_side_by_side(grids: dict, path: Path, gap: int = 8) -> Path:
+    """Several models' uint8 images (same noise, same order) as grids side by side, each named above it."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    tiles = []
+    for name, images in grids.items():
+        nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
+        g = make_grid(images.float() / 255.0, nrow=nrow, padding=2)
+        tiles.append((name, Image.fromarray((g.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()).convert("RGB")))
+    label_h = 16
+    width = sum(t.width for _, t in tiles) + gap * (len(tiles) - 1)
+    height = max(t.height for _, t in tiles) + label_h
+    canvas = Image.new("RGB", (width, height), "white")
+    draw, x = ImageDraw.Draw(canvas), 0
+    for name, tile in tiles:
+        canvas.paste(tile, (x, label_h))
+        draw.text((x + 2, 2), name, fill="black")
+        x += tile.width + gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

@@ -60,6 +60,7 @@ class TrainSpec:
     compile: bool = False              # torch.compile the forward/backward
     accum: int = 1                     # micro-batches per optimiser step (batch_size is the total)
     timesteps: Optional[list[int]] = None  # None: all T
+    distill: float = 0.0               # weight of matching the teacher's output (needs a teacher)
     extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
 
 
@@ -146,8 +147,9 @@ class TrainLoop:
     def __init__(self, spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
                  resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
                  on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
-                 on_step: Optional[Callable[[int, int], None]] = None):
+                 on_step: Optional[Callable[[int, int], None]] = None, teacher: Optional[torch.nn.Module] = None):
         self.spec, self.model, self.diffusion, self.data = spec, model, diffusion, data
+        self.teacher = teacher if spec.distill > 0 else None
         self.device = torch.device(device)
         self.dist, self.rank, self.world = distributed()
         self.main = self.rank == 0
@@ -183,6 +185,10 @@ class TrainLoop:
                                        else range(self.diffusion.num_timesteps))
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and spec.bf16
                          else contextlib.nullcontext())
+        if self.teacher is not None:
+            self.teacher = self.teacher.to(self.device).eval().requires_grad_(False)
+            if spec.channels_last:
+                self.teacher.to(memory_format=torch.channels_last)
         self.gen_cpu = torch.Generator()
         self.gen_dev = torch.Generator(device=self.device)
 
@@ -203,6 +209,8 @@ class TrainLoop:
             self.opt.load_state_dict(state["opt"])
         except (OSError, RuntimeError, KeyError, ValueError, EOFError) as e:
             raise UserError(f"cannot resume from {spec.ckpt}: {type(e).__name__}: {e}") from None
+        for group in self.opt.param_groups:  # the spec's rate holds (the control continues stage 1 at another)
+            group["lr"] = spec.lr
         torch.set_rng_state(state["rng"]["torch"])
         if self.cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -228,20 +236,22 @@ class TrainLoop:
 
     def step(self, x0, t, noise) -> torch.Tensor:
         """Gradient of the mean loss over the batch (in ``accum`` micro-batches), clip, AdamW, EMA.
-        Returns [loss, mse, vb] of the step."""
+        Returns [loss, mse, vb, distill] of the step."""
         self.opt.zero_grad(set_to_none=True)
         k = max(1, min(self.spec.accum, x0.shape[0]))
         parts = list(zip(x0.tensor_split(k), t.tensor_split(k), noise.tensor_split(k)))
-        total = torch.zeros(3, device=self.device)
+        total = torch.zeros(4, device=self.device)
         for i, (xc, tc, nc) in enumerate(parts):
             w = xc.shape[0] / x0.shape[0]
             sync_later = self.world > 1 and i < len(parts) - 1 and hasattr(self.net, "no_sync")
             with (self.net.no_sync() if sync_later else contextlib.nullcontext()), self.autocast:
-                terms = self.diffusion.training_losses(self.net, xc, tc, nc)
+                terms = self.diffusion.training_losses(self.net, xc, tc, nc, self.teacher, self.spec.distill)
                 part = terms["loss"].mean() * w
             part.backward()
-            vb = terms.get("vb", torch.zeros_like(terms["mse"])).mean()
-            total += torch.stack([part.detach(), terms["mse"].mean().detach() * w, vb.detach() * w])
+            zero = torch.zeros_like(terms["mse"])
+            vb, dist = terms.get("vb", zero).mean(), terms.get("distill", zero).mean()
+            total += torch.stack([part.detach(), terms["mse"].mean().detach() * w, vb.detach() * w,
+                                  dist.detach() * w])
         if self.spec.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
         self.opt.step()
@@ -258,6 +268,8 @@ class TrainLoop:
         now = time.time()
         rec = {"step": done, "loss": vals[0], "mse": vals[1], "vb": vals[2], "it_s": n / max(now - since, 1e-9),
                "time": now}
+        if self.teacher is not None:
+            rec["distill"] = vals[3]
         if not all(math.isfinite(v) for v in vals):
             raise UserError(f"{self.spec.name}: loss became {vals[0]} at step {done}; "
                             f"last good checkpoint: {self.spec.ckpt}")
@@ -296,7 +308,7 @@ class TrainLoop:
         self._hook("on_start", start)
         spec.metrics.parent.mkdir(parents=True, exist_ok=True)
         bar = ProgressLine(spec.name, start, spec.steps, self.progress)
-        last, acc, n, t0, since = {"step": start}, torch.zeros(3, device=self.device), 0, time.time(), time.time()
+        last, acc, n, t0, since = {"step": start}, torch.zeros(4, device=self.device), 0, time.time(), time.time()
         self.model.train()
         stream = batches(self.data, spec.batch_size, spec.seed, start, spec.steps, spec.workers, pin=self.cuda)
         try:
@@ -337,8 +349,9 @@ class TrainLoop:
 def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
           resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
           on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
-          on_step: Optional[Callable[[int, int], None]] = None) -> dict:
+          on_step: Optional[Callable[[int, int], None]] = None, teacher: Optional[torch.nn.Module] = None) -> dict:
     """Train ``model`` per ``spec`` (see ``TrainLoop``); returns the final metrics. Writes the checkpoint, the
-    metrics file and the EMA model. ``resume``: continue from an existing checkpoint (else one is an error)."""
+    metrics file and the EMA model. ``resume``: continue from an existing checkpoint (else one is an error).
+    ``teacher``: the model whose output the student matches with weight ``spec.distill``."""
     return TrainLoop(spec, model, diffusion, data, resume=resume, device=device, progress=progress,
-                     on_log=on_log, on_start=on_start, on_step=on_step).run()
+                     on_log=on_log, on_start=on_start, on_step=on_step, teacher=teacher).run()

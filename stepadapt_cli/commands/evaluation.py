@@ -25,53 +25,68 @@ def _check_max_fid(result: dict, got: dict, max_fid) -> int:
     return 0 if ok else EXIT_MAX_FID
 
 
-def _check_baseline(result: dict, got: dict, run: str, model: str, fid: float, tolerance: float) -> int:
-    """The gated model's FID against the baseline run's: the exit code it asks for."""
-    result["baseline"] = {"run": run, "model": model, "fid": fid}
-    ok = got[_gated(got)]["fid"] <= fid * (1 + tolerance)
-    result["checks"]["baseline_ok"] = ok
-    return 0 if ok else EXIT_BASELINE
+def _check_baseline(result: dict, cmp: dict, baseline_value: float, tolerance: float) -> int:
+    """The rule every comparison uses: worse when the whole 95% interval of (ours - baseline) on the primary
+    metric lies above zero (above ``tolerance`` x the baseline's value, when a tolerance is given)."""
+    d = cmp[cmp["primary"]]
+    worse = d["ci"][0] > tolerance * baseline_value
+    result["baseline"] = cmp
+    result["checks"]["baseline_ok"] = not worse
+    return EXIT_BASELINE if worse else 0
 
 
-@click.command("eval", short_help="FID, params and MACs of a run's models; a CI gate.")
-@click.argument("run_name", metavar="RUN")
-@click.option("--model", "which", type=click.Choice(["base", "progressive", "both"]), default="both",
-              show_default=True)
-@click.option("--n", "n", type=int, default=None, help="Samples for FID (default eval.fid_n: 50000 cifar10, 256 tiny).")
+@click.command("eval", short_help="FID/KID with intervals, loss per group, MACs of a run's models; a CI gate.")
+@click.argument("run_name", metavar="[RUN]", required=False)
+@click.option("--model", "which", type=click.Choice(["base", "control", "progressive", "all", "both"]), default="all",
+              show_default=True, help="Which models (both: base and progressive).")
+@click.option("--n", "n", type=int, default=None, help="Samples for FID/KID (default eval.fid_n: 50000 cifar10, 1024 tiny).")
 @click.option("--steps", type=int, default=None, help="Respaced sampling steps (default eval.steps: 100; tiny 25).")
 @click.option("--inception", type=click.Path(dir_okay=False), default=None,
               help="TorchScript inception-2015-12-05.pt for standard FID (default: eval.inception, else domain FID).")
+@click.option("--images", "folders", multiple=True, type=click.Path(), metavar="DIR",
+              help="Score a folder of images instead of a run's models (twice: two folders, and each against the other).")
+@click.option("--preset", default=None, help="With --images and no RUN: the preset whose dataset is the reference.")
 @click.option("--max-fid", type=float, default=None, help=f"Exit {EXIT_MAX_FID} if the gated model's FID is above this.")
 @click.option("--baseline", "baseline_run", default=None, metavar="RUN",
-              help=f"Exit {EXIT_BASELINE} if the progressive model's FID is worse than RUN's by more than --tolerance.")
-@click.option("--tolerance", type=float, default=0.05, show_default=True,
-              help="Relative: fail if FID > baseline FID x (1 + tolerance); negative demands an improvement.")
-@click.option("--force", is_flag=True, help="Recompute FID even if eval.json has it for the same n, steps, extractor.")
+              help=f"Exit {EXIT_BASELINE} if the gated model is significantly worse than RUN's on the primary metric.")
+@click.option("--tolerance", type=float, default=0.0, show_default=True,
+              help="Relative margin: worse only when the interval of (ours - baseline) is above tolerance x baseline.")
+@click.option("--force", is_flag=True, help="Measure again even if the model and settings are unchanged.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (keys in docs/evaluation.md).")
 @runs_dir_option
-def eval_cmd(run_name, which, n, steps, inception, max_fid, baseline_run, tolerance, force, device, as_json, runs_dir):
-    """FID, params and MACs (averaged over timesteps) of a run's models, stored in RUN/eval.json.
+def eval_cmd(run_name, which, n, steps, inception, folders, preset, max_fid, baseline_run, tolerance, force, device,
+             as_json, runs_dir):
+    """FID and KID with 95% intervals, precision/recall, held-out loss per timestep group, params and MACs
+    (averaged over timesteps) of a run's base, control and progressive models, stored in RUN/eval.json, with
+    a verdict per pair. With --images: score folders of images against the dataset.
 
     Exit codes: 0 all checks passed, 4 --max-fid missed, 5 worse than --baseline, 2 bad input."""
-    from core.evaluation.evaluate import evaluate_run
-    from core.runs import open_run
     from core.training.devices import pick_device
+
+    dev = pick_device(device)
+    if folders:
+        return _eval_images(run_name, preset, folders, inception, dev, as_json, runs_dir)
+    if run_name is None:
+        raise UserError("give a RUN to evaluate (or --images DIR)")
+    from core.evaluation.evaluate import compare_runs, evaluate_run
+    from core.runs import open_run
 
     run = open_run(run_name, runs_dir)
     base_run = open_run(baseline_run, runs_dir) if baseline_run else None
-    dev = pick_device(device)
-    models = ("base", "progressive") if which == "both" else (which,)
+    models = {"all": ("base", "control", "progressive"), "both": ("base", "progressive")}.get(which, (which,))
     say = (lambda s: click.echo(s, err=True))
     ev = evaluate_run(run, dev, log=say, models=models, n=n, steps=steps, inception=inception, fid=True, force=force)
     got = {w: ev["models"][w] for w in models if w in ev["models"]}
     if not got:
         raise UserError(f"run {run.name} has no {which} model to evaluate")
     first = next(iter(got.values()))
+    keys = ("fid", "fid_ci", "kid", "kid_ci", "precision", "recall", "params", "macs", "macs_sampled", "loss",
+            "loss_ci", "loss_groups", "train_steps")
     result = {"run": run.name, "kind": first["fid_kind"], "extractor": first["fid_extractor"],
-              "n": first["fid_n"], "steps": first["fid_steps"],
-              "models": {w: {k: r[k] for k in ("fid", "params", "macs", "macs_sampled", "loss", "train_steps")}
-                         for w, r in got.items()},
+              "n": first["fid_n"], "steps": first["fid_steps"], "primary": ev["primary"],
+              "models": {w: {k: r.get(k) for k in keys} for w, r in got.items()},
+              "comparisons": [c for c in ev["comparisons"] if c["model"] in got and c["against"] in got],
               "baseline": None, "checks": {"max_fid": max_fid, "max_fid_ok": None, "baseline_ok": None,
                                            "tolerance": tolerance}}
     code = _check_max_fid(result, got, max_fid)
@@ -79,21 +94,33 @@ def eval_cmd(run_name, which, n, steps, inception, max_fid, baseline_run, tolera
         bm = "progressive" if base_run.model("progressive").exists() else "base"
         bev = evaluate_run(base_run, dev, log=say, models=(bm,), n=first["fid_n"], steps=first["fid_steps"],
                            inception=inception, fid=True)
-        baseline_code = _check_baseline(result, got, base_run.name, bm, bev["models"][bm]["fid"], tolerance)
-        code = code or baseline_code
+        cmp = compare_runs(run, _gated(got), base_run, bm, inception, dev, say)
+        code = code or _check_baseline(result, cmp, bev["models"][bm][cmp["primary"]], tolerance)
     result["passed"] = code == 0
     result["exit_code"] = code
     if as_json:
         emit_json(result)
     else:
-        render.print_eval(result)
-        if max_fid is not None:
-            click.echo(f"max FID {max_fid}: {'ok' if result['checks']['max_fid_ok'] else 'MISSED'} ({_gated(got)})")
-        if base_run is not None:
-            click.echo(f"vs baseline (tolerance {tolerance:+.0%}): "
-                       f"{'ok' if result['checks']['baseline_ok'] else 'WORSE'}")
+        render.print_eval(result, ev)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def _eval_images(run_name, preset, folders, inception, dev, as_json, runs_dir) -> None:
+    from core import config as C
+    from core.evaluation.images import evaluate_images
+    from core.runs import open_run, runs_root
+
+    if run_name:
+        run = open_run(run_name, runs_dir)
+        cfg, root = run.config, run.path.parent
+    else:
+        cfg, root = C.resolve(preset or "tiny"), runs_root(runs_dir)
+    out = evaluate_images(cfg, root, list(folders), inception, dev, log=lambda s: click.echo(s, err=True))
+    if as_json:
+        emit_json(out)
+    else:
+        render.print_image_scores(out)
 
 
 @click.command(short_help='HTML and Markdown report of a run.')

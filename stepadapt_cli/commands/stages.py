@@ -274,6 +274,30 @@ def finetune(run_name, steps, groups, device, runs_dir):
         click.echo(f"progressive model  {prog}")
 
 
+@click.command(short_help="The equal-compute control: stage 1 trained on for the fine-tunes' steps.")
+@click.argument("run_name", metavar="RUN")
+@device_option
+@runs_dir_option
+def control(run_name, device, runs_dir):
+    """Train the equal-compute control: the base model continued from its final checkpoint (weights, EMA,
+    optimiser state) on all timesteps for as many steps and images as every group's fine-tune used together
+    (RUN/models/control.pt). Resumable; run it after `stepadapt finetune`."""
+    from core.manager.stages import control as stage
+    from core.runs import open_run
+    from core.training.devices import pick_device
+
+    run = open_run(run_name, runs_dir)
+    set_threads(run.config)
+    if not run.config["control"]["enabled"]:
+        raise UserError(f"run {run.name} has control.enabled = false (set at creation with -S control.enabled=true)")
+    if not stage.pending(run):
+        click.echo(f"control model  {run.model('control')} (done already)")
+        return
+    with tracked_stage(run, "control", pick_device(device)) as ctx:
+        stage.work(ctx)
+    click.echo(f"control model  {run.model('control')}")
+
+
 @click.command(short_help="Sample a PNG grid from a run's model.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--n", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
@@ -328,4 +352,4 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
     click.echo(f"sample grid  {grid}")
 
 
-COMMANDS = [train, schedule, prune, finetune, sample]
+COMMANDS = [train, schedule, prune, finetune, control, sample]

@@ -15,26 +15,45 @@ from .view import BACK, HELP, ViewScreen, fmt
 
 
 def eval_summary(ev) -> Text:
-    """The run's evaluation in two lines: FID and MACs per model, and the held-out eps-MSE per group."""
+    """The run's evaluation: each model's FID and KID with 95% intervals and MACs against the base, then the
+    verdict of each pair (the per-group losses are columns of the group table)."""
+    from core.evaluation.evaluate import verdict_text
+
     models = (ev or {}).get("models") or {}
     if not models:
         return Text("")
     base = models.get("base", {})
-    parts = []
-    for name, m in models.items():
-        ratio = f" ({m['macs'] / base['macs']:.3f} of base)" if base.get("macs") and name != "base" else ""
-        parts.append(f"{name}: FID {fmt(m.get('fid'), '{:.2f}')}, {m['macs'] / 1e9:.3f} GMACs{ratio}")
-    groups = sorted({g for m in models.values() for g in (m.get("loss_groups") or {})}, key=int)
-    losses = "  ".join(f"g{g} " + "/".join(fmt((m.get("loss_groups") or {}).get(g), "{:.3f}") for m in models.values())
-                       for g in groups)
-    return Text(f"eval  {'   '.join(parts)}\nheld-out eps-MSE ({'/'.join(models)}): {losses}")
+    lines = []
+    for name in [m for m in ("base", "control", "progressive") if m in models]:
+        m = models[name]
+        ci = m.get("fid_ci")
+        fid = fmt(m.get("fid"), "{:.2f}") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        kci = m.get("kid_ci")
+        kid = fmt(m.get("kid"), "{:.4f}") + (f" [{kci[0]:.4f}, {kci[1]:.4f}]" if kci else "")
+        ratio = f"{m['macs'] / base['macs']:.3f}x MACs" if base.get("macs") else f"{m['macs'] / 1e9:.3f} GMACs"
+        lines.append(f"{name:<12} FID {fid}  KID {kid}  {ratio}  {m.get('train_steps', '?')} steps")
+    lines += [verdict_text(c) for c in (ev.get("comparisons") or [])]
+    return Text("\n".join(lines))
+
+
+def loss_columns(ev) -> dict:
+    """Group -> (held-out eps-MSE of the progressive model, change vs base, change vs control)."""
+    from core.evaluation.evaluate import loss_table, significance
+
+    def change(ch):
+        return f"{ch['rel']:+.0%} {significance(ch['ci'])}" if ch else ""
+
+    rows = loss_table((ev or {}).get("models") or {}, (ev or {}).get("comparisons") or [])
+    return {str(r["group"]): (r.get("progressive"), change(r.get("vs_base")), change(r.get("vs_control")))
+            for r in rows}
 
 
 class RunScreen(ViewScreen):
     BINDINGS = [BACK, Binding("l", "log", "log"),
                 Binding("p", "proxy", "proxy"), Binding("k", "kill", "kill run"), Binding("r", "resume", "resume"),
                 HELP]
-    COLUMNS = ("group", "t", "budget", "MACs", "status", "step", "", "hybrid loss", "trend")
+    COLUMNS = ("group", "t", "budget", "MACs", "status", "step", "", "hybrid loss", "trend", "eval eps-MSE",
+               "vs base", "vs control")
 
     def __init__(self, name: str):
         super().__init__(("run", name))
@@ -69,10 +88,12 @@ class RunScreen(ViewScreen):
         t = self.query_one(DataTable)
         cur = t.cursor_row
         t.clear()
+        losses = loss_columns(d.get("eval"))
         for g in d["groups"]:
+            held, vs_base, vs_control = losses.get(str(g["group"]), (None, "", ""))
             t.add_row(str(g["group"]), g["t"], fmt(g["budget"], "{:.3f}"), fmt(g["macs"], "{:.3f}"), g["status"],
                       f"{g['progress']}/{g['total']}" if g["total"] else "", bar(g["progress"], g["total"], 10),
-                      fmt(g["loss"]), g["spark"], key=str(g["group"]))
+                      fmt(g["loss"]), g["spark"], fmt(held), vs_base, vs_control, key=str(g["group"]))
         if d["groups"]:
             t.move_cursor(row=min(cur, len(d["groups"]) - 1))
 

@@ -1,6 +1,6 @@
 """One module per pipeline stage, in order (``names.STAGES``):
 
-    base -> schedule -> prune (per group) -> finetune (per group) -> assemble -> sample -> eval
+    base -> schedule -> prune (per group) -> finetune (per group) -> assemble -> control -> sample -> eval
 
 Each stage module answers both questions about itself:
 
@@ -15,11 +15,11 @@ done exactly when ``pending`` is empty, so the two can never disagree.
 """
 from __future__ import annotations
 
-from core.manager.stages import assemble, base, finetune, prune, sample, schedule
+from core.manager.stages import assemble, base, control, finetune, prune, sample, schedule
 from core.manager.stages import eval as eval_stage
 from core.names import STAGES
 
-BY_NAME = {m.NAME: m for m in (base, schedule, prune, finetune, assemble, sample, eval_stage)}
+BY_NAME = {m.NAME: m for m in (base, schedule, prune, finetune, assemble, control, sample, eval_stage)}
 assert tuple(BY_NAME) == STAGES
 
 

@@ -1,5 +1,7 @@
 """Stage 2b: one copy of the base model per non-empty timestep group (pruned if the prune stage ran),
 fine-tuned on that group's timesteps only (paper Eq. 13: U*(i) = argmin_theta Loss(U(i))(T(i), D, S)).
+With ``finetune.distill`` > 0 the group's model also matches the unpruned base's output at the same x_t and t
+(knowledge distillation; 0 is the paper's plain fine-tune).
 
 Each group is its own training job (``group03`` ...) with its own EMA, checkpoint and metrics, so groups
 resume independently. When every non-empty group has a model, they are assembled into one progressive
@@ -43,10 +45,10 @@ def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int
         ema_decay=f["ema_decay"], seed=cfg["seed"] + 1 + g, weight_decay=t["weight_decay"],
         grad_clip=t["grad_clip"], log_every=min(t["log_every"], max(1, (steps or f["steps"]) // 10)),
         ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"], timesteps=grp.timesteps,
-        channels_last=t["channels_last"], compile=t["compile"],
+        channels_last=t["channels_last"], compile=t["compile"], distill=f["distill"],
         accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
         extra={"arch": cfg["model"], "stage": "finetune", "group": g, "t_start": grp.t_start, "t_end": grp.t_end,
-               "budget_macs": grp.budget_macs},
+               "budget_macs": grp.budget_macs, "distill": f["distill"]},
     )
 
 
@@ -59,6 +61,7 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
     """Fine-tune the selected groups (resuming unfinished ones); returns the groups trained now.
 
     ``hooks(g)``, if given, returns the keyword hooks (on_start, on_step, on_log) for ``train`` of group g."""
+    from core.method.artifacts import load_unet
     from core.manager.stages.prune import pruned_base
     from core.model.diffusion import create_diffusion
     from core.training.data import load_dataset
@@ -75,6 +78,7 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
     selected = parse_groups(groups, sched)
     data = load_dataset(cfg)
     diffusion = create_diffusion(cfg)
+    teacher = load_unet(base_path) if cfg["finetune"]["distill"] > 0 else None  # the unpruned base
     trained = []
     for g in selected:
         spec = group_spec(run, cfg, sched, g, steps)
@@ -90,8 +94,9 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
         how = (f"pruned by {spec.extra['prune_method']} to {rec['report']['macs'] / 1e9:.4f} GMACs" if rec
                else "not pruned")
         log(f"group {g}: t in [{grp.t_start}, {grp.t_end}] ({grp.size} steps), budget {grp.budget_ratio:.2f} F, "
-            f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps")
-        train(spec, model, diffusion, data, resume=resume, device=device, progress=progress,
+            f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps"
+            + (f", distilling from the base (weight {spec.distill:g})" if teacher is not None else ""))
+        train(spec, model, diffusion, data, resume=resume, device=device, progress=progress, teacher=teacher,
               **(hooks(g) if hooks else {}))
         trained.append(g)
     assemble(run, sched)

@@ -1,4 +1,5 @@
-"""Sample grids of the base and the progressive model from the same noise (``samples/{which}_sS_seed0.png``)."""
+"""Sample grids of the base, the control (when the run has one) and the progressive model from the same noise
+(``samples/{which}_sS_seed0.png``), and the three side by side (``samples/side_by_side_sS_seed0.png``)."""
 from __future__ import annotations
 
 from core.names import SAMPLE_MODELS
@@ -7,30 +8,36 @@ NAME = "sample"
 GROUPED = False
 
 
+def sample_models(run) -> list[str]:
+    return [w for w in SAMPLE_MODELS if w != "control" or run.config["control"]["enabled"]]
+
+
 def sample_paths(run) -> dict:
     steps = run.config["sample"]["steps"]
-    return {w: run.sample_grid(w, steps) for w in SAMPLE_MODELS}
+    return {w: run.sample_grid(w, steps) for w in sample_models(run)}
 
 
 def pending(run) -> list:
-    return [] if all(p.exists() for p in sample_paths(run).values()) else [None]
+    paths = [*sample_paths(run).values(), run.sample_grid("side_by_side", run.config["sample"]["steps"])]
+    return [] if all(p.exists() for p in paths) else [None]
 
 
 def work(ctx) -> None:
     from core.method.artifacts import load_progressive, load_unet
     from core.model.diffusion import create_diffusion
-    from core.model.sampling import sample_images, save_grid
+    from core.model.sampling import sample_images, save_grid, save_side_by_side
 
     cfg = ctx.run.config
     s, m = cfg["sample"], cfg["model"]
     paths = sample_paths(ctx.run)
-    total = 2 * -(-s["n"] // s["batch_size"]) * s["steps"]
+    total = len(paths) * -(-s["n"] // s["batch_size"]) * s["steps"]
     done = [0]
 
     def tick(k):
         done[0] += k
         ctx.heartbeat.set(progress=done[0], total=total)
 
+    grids = {}
     for which, path in paths.items():
         model = (load_progressive(ctx.run.model(which), ctx.device) if which == "progressive"
                  else load_unet(ctx.run.model(which), ctx.device))
@@ -40,5 +47,9 @@ def work(ctx) -> None:
                              method=s["method"], device=ctx.device, progress=tick,
                              channels_last=s["channels_last"])
         save_grid(imgs, path)
+        grids[which] = imgs
         ctx.log(f"{which}: {path}")
         ctx.produced(path, "samples")
+    side = ctx.run.sample_grid("side_by_side", s["steps"])
+    save_side_by_side(grids, side)
+    ctx.produced(side, "samples")
