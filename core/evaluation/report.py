@@ -31,13 +31,20 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def plot_losses(run: Run, path: Path) -> bool:
     base = _read_jsonl(run.metrics("base"))
     groups = sorted(run.path.glob("metrics/group*.jsonl"))
     if not base and not groups:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     if base:
         axes[0].plot([r["step"] for r in base], [r["loss"] for r in base], label="loss (hybrid)")
         axes[0].plot([r["step"] for r in base], [r["mse"] for r in base], label="L_simple (eps MSE)")
@@ -47,10 +54,16 @@ def plot_losses(run: Run, path: Path) -> bool:
     axes[0].set_xlabel("step")
     for p in groups:
         rows = _read_jsonl(p)
-        if rows:
-            axes[1].plot([r["step"] for r in rows], [r["mse"] for r in rows], label=p.stem)
+        rep = (_read_json(run.path / "prune" / f"{p.stem}.json") or {}).get("report") or {}
+        start = [(0, rep["loss_after"])] if rep.get("loss_after") is not None else []
+        pts = start + [(r["step"], r["mse"]) for r in rows]
+        if pts:
+            line, = axes[1].plot(*zip(*pts), label=p.stem, marker="o", markevery=[0] if start else [])
+            if rep.get("loss_before") is not None:  # the unpruned base on this group: what fine-tuning must regain
+                axes[1].axhline(rep["loss_before"], color=line.get_color(), ls=":", lw=0.8)
     axes[1].set_yscale("log")
-    axes[1].set_title("stage 2: fine-tuning per group (eps MSE)")
+    axes[1].set_title("stage 2: fine-tuning per group (eps MSE)\n"
+                      "step 0: just pruned; dotted: the unpruned base on the group")
     axes[1].set_xlabel("step")
     if groups:
         axes[1].legend(fontsize=7, ncol=2)
@@ -73,7 +86,7 @@ def plot_proxy(rounds: list[dict], full_macs: float, path: Path) -> bool:
     if not rounds:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     groups = sorted({r["group_index"] for r in rounds})
     for g in groups:
         rs = [r for r in rounds if r["group_index"] == g and r["loss"] is not None]
@@ -84,11 +97,15 @@ def plot_proxy(rounds: list[dict], full_macs: float, path: Path) -> bool:
         if ok:
             best = min(ok, key=lambda r: r["loss"])
             ax.scatter([best["round"] + 1], [best["loss"]], s=140, facecolors="none", edgecolors="k")
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_xlabel("proxy round")
-    ax.set_ylabel("held-out loss of the candidate")
+    ax.set_ylabel("held-out loss of the candidate (log)")
+    ax.set_yscale("log")  # groups' losses span two orders of magnitude
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("proxy rounds (circled: the chosen candidate)")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: it hides no point
     else:
         ax.text(0.5, 0.5, "no candidate was measured (every answer rejected)", ha="center", transform=ax.transAxes)
     fig.tight_layout()
@@ -156,7 +173,8 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
     full = ev.get("models", {}).get("base", {}).get("macs", 1.0)
     rounds = proxy_rounds(run)
     sections = [*_comparison(run, baselines, ev), *_figures(run, baselines, out, rounds, full),
-                *_proxy_table(rounds, full)]
+                *_proxy_table(rounds, full), *_jobs_table(run, out),
+                ("pre", "Resolved config", json.dumps(run.config, indent=2, sort_keys=True))]
     meta, cfg = run.meta, run.config
     title = f"Report: {run.name}"
     facts = [("preset", str(cfg.get("preset"))), ("prune method", cfg["prune"]["method"]),
@@ -168,7 +186,8 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
     return html_path, md_path
 
 
-# a section is ("table", title, note, head, rows), ("figure", title, file, caption) or ("text", title, lines)
+# a section is ("table", title, note, head, rows), ("figure", title, file, caption), ("text", title, lines) or
+# ("pre", title, text); a table cell is text, or (text, href) for a link
 def _comparison(run: Run, baselines: list[Run], ev: dict) -> list[tuple]:
     from core.evaluation.evaluate import bottom_line, loss_table, significance, verdict_text
 
@@ -242,6 +261,29 @@ def _figures(run: Run, baselines: list[Run], out: Path, rounds: list[dict], full
     return figs
 
 
+def _jobs_table(run: Run, out: Path) -> list[tuple]:
+    """Every job of the run with its wall time and a link to its log (stage timings)."""
+    import datetime as dt
+    import os
+
+    from core.store import open_store
+
+    if not (run.path.parent / "stepadapt.db").exists():
+        return []
+
+    def secs(j):
+        try:
+            return f"{(dt.datetime.fromisoformat(j['ended']) - dt.datetime.fromisoformat(j['started'])).total_seconds():.0f}"
+        except (TypeError, ValueError):
+            return "-"
+
+    rows = [[str(j["id"]), j["stage"], "" if j["group_index"] is None else str(j["group_index"]), j["status"],
+             secs(j), (os.path.basename(j["log_path"]), os.path.relpath(j["log_path"], out)) if j["log_path"] else "-"]
+            for j in open_store(run.path.parent).jobs(run.name)]
+    return [("table", "Jobs and stage timings", "wall time of each job in seconds; the log beside it.",
+             ["job", "stage", "group", "status", "seconds", "log"], rows)] if rows else []
+
+
 def _proxy_table(rounds: list[dict], full: float) -> list[tuple]:
     rows = [[str(r["group_index"]), str(r["round"] + 1), "-" if r["macs"] is None else f"{r['macs'] / full:.3f}",
              "-" if r["loss"] is None else f"{r['loss']:.5f}", "yes" if r["accepted"] else "no",
@@ -257,13 +299,23 @@ def _markdown(title: str, facts: list[tuple], sections: list[tuple]) -> str:
             _, name, note, head, rows = sec
             md += [f"## {name}", ""] + ([note, ""] if note else [])
             md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+            md += ["| " + " | ".join(c if isinstance(c, str) else f"[{c[0]}]({c[1]})" for c in r) + " |"
+                   for r in rows] + [""]
         elif sec[0] == "text":
             md += [f"## {sec[1]}", ""] + [f"- {line}" for line in sec[2]] + [""]
+        elif sec[0] == "pre":
+            md += [f"## {sec[1]}", "", "```", sec[2], "```", ""]
         else:
             _, name, f, cap = sec
             md += [f"## {name}", "", f"![{cap}]({f})", "", f"*{cap}*", ""]
     return "\n".join(md)
+
+
+def _cell(c) -> str:
+    """A table cell: text, or (text, href) for a link."""
+    if isinstance(c, str):
+        return f"<td>{html.escape(c)}</td>"
+    return f"<td><a href=\"{html.escape(c[1])}\">{html.escape(c[0])}</a></td>"
 
 
 def _html(title: str, facts: list[tuple], sections: list[tuple]) -> str:
@@ -274,10 +326,12 @@ def _html(title: str, facts: list[tuple], sections: list[tuple]) -> str:
             _, name, note, head, rows = sec
             body.append(f"<h2>{e(name)}</h2>" + (f"<p>{e(note)}</p>" if note else ""))
             body.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+                        + "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in rows)
                         + "</table>")
         elif sec[0] == "text":
             body.append(f"<h2>{e(sec[1])}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in sec[2]) + "</ul>")
+        elif sec[0] == "pre":
+            body.append(f"<h2>{e(sec[1])}</h2><details><summary>show</summary><pre>{e(sec[2])}</pre></details>")
         else:
             _, name, f, cap = sec
             body.append(f"<h2>{e(name)}</h2><figure><img src=\"{e(f)}\" alt=\"{e(cap)}\"><figcaption>{e(cap)}"
