@@ -13,6 +13,10 @@ same noise (paired comparisons): FID/KID with 95% bootstrap intervals, precision
 group, MACs. Two chains of jobs run side by side, one thread each.
 
     python bench/progressive_vs_control.py --base-run base-demo [--steps 150] [--distill 1.0] [--n 1024]
+    python bench/progressive_vs_control.py --base-run base-demo --more E:0.5:0:1,F:0.5:1:1
+
+``--more NAME:k:distill:warmup,...`` adds arms to a finished bench (warmup: ``finetune.ema_warmup``), pruned
+like A when k = 0.5 (the same plans) and compared with A's base and control; the tables cover every arm.
 
 Writes bench/results/progressive_vs_control.json and .md.
 """
@@ -49,11 +53,13 @@ def sh(*args, log) -> None:
         raise SystemExit(f"stepadapt {' '.join(map(str, args))} failed: {p.stderr[-800:]}")
 
 
-def make_arm(root: Path, name: str, base: Run, k: float, distill: float, steps: int, n: int, control: bool) -> Run:
+def make_arm(root: Path, name: str, base: Run, k: float, distill: float, steps: int, n: int, control: bool,
+             warmup: bool = False) -> Run:
     if (root / name).exists():
         return Run(root / name)
     cfg = C.resolve("tiny", None, [f"schedule.k={k}", f"finetune.distill={distill}", f"finetune.steps={steps}",
-                                   f"eval.fid_n={n}", "train.threads=1", f"control.enabled={str(control).lower()}"])
+                                   f"eval.fid_n={n}", "train.threads=1", f"control.enabled={str(control).lower()}",
+                                   f"finetune.ema_warmup={str(warmup).lower()}"])
     run = create_run(cfg, name, str(root))
     for rel in ("models/base.pt", "checkpoints/base.pt", "metrics/base.jsonl"):
         (run.path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +87,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1024, help="samples per model for FID/KID")
     ap.add_argument("--root", default=str(ROOT / "runs" / "bench-pvc"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--more", default="", help="NAME:k:distill:warmup,... arms to add to a finished bench")
     args = ap.parse_args()
+    if args.more:
+        return more(args)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     base = open_run(args.base_run)
@@ -113,6 +122,29 @@ def main() -> None:
     report(runs, args, {"train_s": train_s, "total_s": time.time() - t0}, Path(args.out))
 
 
+def more(args) -> None:
+    root, base = Path(args.root), open_run(args.base_run)
+    rd = ["--runs-dir", root]
+    log = open(root / "bench.log", "a")
+    names = []
+    for spec in args.more.split(","):
+        name, k, distill, warmup = spec.split(":")
+        run = make_arm(root, f"pvc-{name}", base, float(k), float(distill), args.steps, args.n, False, warmup == "1")
+        if float(k) == 0.5 and not run.schedule_file().exists():  # A's plans
+            (run.path / "prune").mkdir(exist_ok=True)
+            for src in (root / "pvc-A" / "prune").glob("*.json"):
+                shutil.copyfile(src, run.path / "prune" / src.name)
+            shutil.copyfile(root / "pvc-A" / "schedule.json", run.schedule_file())
+        names.append(run.name)
+    t0 = time.time()
+    threads = [chain([*([("prune", n, *rd)] if not (root / n / "prune").exists() else []), ("finetune", n, *rd),
+                      ("eval", n, "--model", "progressive", *rd)], log) for n in names]
+    for t in threads:
+        t.join()
+    runs = {p.name.split("-", 1)[1]: Run(p) for p in sorted(root.glob("pvc-*")) if (p / "eval.json").exists()}
+    report(runs, args, {"more_s": time.time() - t0}, Path(args.out))
+
+
 def report(runs: dict, args, times: dict, out: Path) -> None:
     a = runs["A"]
     rows, comps = [], []
@@ -125,7 +157,7 @@ def report(runs: dict, args, times: dict, out: Path) -> None:
         cfg = run.config
         r = load_eval(run)["models"]["progressive"]
         rows.append({"arm": f"{arm}: progressive", "k": cfg["schedule"]["k"], "distill": cfg["finetune"]["distill"],
-                     **{k: r.get(k) for k in keys}})
+                     "ema_warmup": cfg["finetune"].get("ema_warmup", False), **{k: r.get(k) for k in keys}})
         for other in ("control", "base"):
             c = compare_runs(run, "progressive", a, other)
             comps.append({"arm": arm, "against": other, **c, "text": verdict_text(c)})
@@ -134,10 +166,11 @@ def report(runs: dict, args, times: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "progressive_vs_control.json").write_text(json.dumps(result, indent=2))
     base_macs = ev_a["base"]["macs"]
-    md = ["| model | k | distill | domain FID [95%] | KID x1e3 [95%] | precision | recall | MACs vs base | "
-          "held-out loss [95%] | train steps |", "|---|---|---|---|---|---|---|---|---|---|"]
+    md = ["| model | k | distill | EMA warmup | domain FID [95%] | KID x1e3 [95%] | precision | recall | MACs vs base | "
+          "held-out loss [95%] | train steps |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['arm']} | {r['k'] or '-'} | {'-' if r['distill'] is None else r['distill']} | "
+        warm = "-" if r["distill"] is None else ("yes" if r.get("ema_warmup") else "no")
+        md.append(f"| {r['arm']} | {r['k'] or '-'} | {'-' if r['distill'] is None else r['distill']} | {warm} | "
                   f"{r['fid']:.3f} [{r['fid_ci'][0]:.3f}, {r['fid_ci'][1]:.3f}] | "
                   f"{r['kid'] * 1e3:.2f} [{r['kid_ci'][0] * 1e3:.2f}, {r['kid_ci'][1] * 1e3:.2f}] | "
                   f"{r['precision']:.2f} | {r['recall']:.2f} | {r['macs'] / base_macs:.3f} | "

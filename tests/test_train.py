@@ -160,3 +160,26 @@ def test_ddp_on_two_ranks_and_grad_accumulation_match_one_process(tmp_path):
     # weights moved: the comparison is not between two untouched models
     init = torch.load(tmp_path / "one" / "ck.pt", weights_only=False)["model"]
     assert any(not torch.allclose(init[k], ref[k]) for k in ref if ref[k].is_floating_point())
+
+
+def test_ema_warmup_keeps_little_of_the_starting_weights_after_a_short_fine_tune(runs_dir):
+    """Without warmup the EMA of a 20-step run keeps 0.99^20 = 82% of its starting point; with warmup the
+    decay is min(0.99, (1 + k) / (10 + k)) and the EMA ends close to the trained weights."""
+    from core.training.loop import ema_decay_at
+
+    assert ema_decay_at(0.99, 1, True) == 2 / 11 and ema_decay_at(0.99, 5000, True) == 0.99
+    assert ema_decay_at(0.99, 1, False) == 0.99
+    cfg = micro_cfg()
+    data, diff = load_dataset(cfg), create_diffusion(cfg)
+    dist = {}
+    for warm in (False, True):
+        run = create_run(cfg, f"warm{int(warm)}", runs_dir)
+        spec = spec_for(run, cfg, 20)
+        spec.ema_decay, spec.ema_warmup, spec.lr = 0.99, warm, 3e-3
+        start = build_unet(cfg["model"], seed=0)
+        init = {k: v.clone() for k, v in start.state_dict().items()}
+        train(spec, start, diff, data, progress=False)
+        st = torch.load(run.ckpt("base"), weights_only=False)
+        dist[warm] = sum(((st["ema"][k] - st["model"][k]) ** 2).sum().item() for k in init
+                         if init[k].is_floating_point())
+    assert dist[True] < dist[False] / 4

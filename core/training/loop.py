@@ -61,6 +61,7 @@ class TrainSpec:
     accum: int = 1                     # micro-batches per optimiser step (batch_size is the total)
     timesteps: Optional[list[int]] = None  # None: all T
     distill: float = 0.0               # weight of matching the teacher's output (needs a teacher)
+    ema_warmup: bool = False           # EMA decay min(decay, (1 + k) / (10 + k)) at step k (see ``ema_decay_at``)
     extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
 
 
@@ -68,6 +69,13 @@ class TrainSpec:
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """theta_ema <- decay * theta_ema + (1 - decay) * theta."""
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+
+
+def ema_decay_at(decay: float, step: int, warmup: bool) -> float:
+    """The EMA decay after optimiser step ``step`` (1-based). With warmup, min(decay, (1 + k) / (10 + k)): a
+    short fine-tune from a just-pruned model would otherwise keep decay^k of that damaged start in its EMA
+    (0.99^100 = 37% after 100 steps); with warmup the EMA follows the model early and averages later."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
 def _step_seed(seed: int, step: int, salt: int) -> int:
@@ -234,7 +242,7 @@ class TrainLoop:
             noise = noise.contiguous(memory_format=torch.channels_last)
         return x0, t, noise
 
-    def step(self, x0, t, noise) -> torch.Tensor:
+    def step(self, x0, t, noise, step: int = 0) -> torch.Tensor:
         """Gradient of the mean loss over the batch (in ``accum`` micro-batches), clip, AdamW, EMA.
         Returns [loss, mse, vb, distill] of the step."""
         self.opt.zero_grad(set_to_none=True)
@@ -255,7 +263,7 @@ class TrainLoop:
         if self.spec.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
         self.opt.step()
-        ema_update(self.ema, self.model, self.spec.ema_decay)
+        ema_update(self.ema, self.model, ema_decay_at(self.spec.ema_decay, step + 1, self.spec.ema_warmup))
         return total
 
     # -- logging and checkpoints ----------------------------------------------------------------------
@@ -314,7 +322,7 @@ class TrainLoop:
         try:
             with StopFlag() as stop:
                 for step in range(start, spec.steps):
-                    acc += self.step(*self.batch(step, stream))
+                    acc += self.step(*self.batch(step, stream), step=step)
                     n, done = n + 1, step + 1
                     logged = done % spec.log_every == 0 or done == spec.steps
                     if logged:

@@ -45,7 +45,7 @@ def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int
         ema_decay=f["ema_decay"], seed=cfg["seed"] + 1 + g, weight_decay=t["weight_decay"],
         grad_clip=t["grad_clip"], log_every=min(t["log_every"], max(1, (steps or f["steps"]) // 10)),
         ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"], timesteps=grp.timesteps,
-        channels_last=t["channels_last"], compile=t["compile"], distill=f["distill"],
+        channels_last=t["channels_last"], compile=t["compile"], distill=f["distill"], ema_warmup=f["ema_warmup"],
         accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
         extra={"arch": cfg["model"], "stage": "finetune", "group": g, "t_start": grp.t_start, "t_end": grp.t_end,
                "budget_macs": grp.budget_macs, "distill": f["distill"]},
