@@ -33,6 +33,8 @@ bench: venv
 	$(BIN)/python bench/sampling.py --run bench-cifar10 --steps 25 --name sampling_cifar10
 	$(BIN)/python bench/two_stage.py
 	$(BIN)/python bench/proxy_vs_baselines.py
+	$(BIN)/python bench/metric_spread.py --run bench-tiny
+	$(BIN)/python bench/progressive_vs_control.py --base-run bench-tiny
 	$(BIN)/python bench/readme.py
 
 clean:

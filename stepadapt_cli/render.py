@@ -100,16 +100,18 @@ def print_llm_calls(run_name: str, rows: list[dict]) -> None:
 
 
 def print_runs(root, rows: list[dict]) -> None:
-    """The important columns first (they fit 80 columns): name, status, stages, FID, MACs ratio."""
-    tab = _table(f"runs in {root}", ("name", "status", "stages", "FID base/prog", "MACs prog/base", "method",
-                                     "preset", "created"))
+    """The important columns first: name, status, stages, the progressive model's FID with its interval, its
+    verdict against the equal-compute control, MACs ratio."""
+    short = {"better": "better", "worse": "worse", "no significant difference": "same"}
+    tab = _table(f"runs in {root}", ("name", "status", "stages", "FID prog [95%]", "vs control", "MACs prog/base",
+                                     "method", "preset", "created"))
     for r in rows:
         ratio = (r["progressive_macs"] / r["base_macs"] if r.get("progressive_macs") and r.get("base_macs")
                  else None)
         tab.add_row(escape(r["name"]), r["status"], f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}",
-                    f"{fmt(r.get('base_fid'), '{:.2f}')}/{fmt(r.get('progressive_fid'), '{:.2f}')}",
-                    fmt(ratio, "{:.3f}"), r.get("method") or "-", escape(r.get("preset") or "-"),
-                    (r.get("created") or "-")[:16].replace("T", " "))
+                    with_ci(r.get("progressive_fid"), r.get("progressive_fid_ci"), "{:.2f}"),
+                    short.get(r.get("progressive_vs_control"), "-"), fmt(ratio, "{:.3f}"), r.get("method") or "-",
+                    escape(r.get("preset") or "-"), (r.get("created") or "-")[:16].replace("T", " "))
     console().print(tab)
 
 

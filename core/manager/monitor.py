@@ -86,11 +86,15 @@ def run_summary(store: Store, row: dict) -> dict:
     prune = cfg["prune"]
     out.update({"preset": cfg.get("preset"), "method": prune["method"],
                 "llm": prune["llm"] if prune["method"] == "proxy" else "", "stages_done": stages_done(st)})
-    models = load_eval(run).get("models", {})
+    ev = load_eval(run)
+    models = ev.get("models", {})
     for model, r in models.items():
-        for key in ("macs", "loss", "fid"):
+        for key in ("macs", "loss", "fid", "fid_ci", "kid"):
             if r.get(key) is not None:
                 out[f"{model}_{key}"] = r[key]
+    for c in ev.get("comparisons", []):
+        if c.get("verdict"):
+            out[f"{c['model']}_vs_{c['against']}"] = c["verdict"]
     fids = [r["fid"] for r in models.values() if r.get("fid") is not None]
     out["best_fid"] = min(fids) if fids else None
     return out
