@@ -145,6 +145,11 @@ def more(args) -> None:
     report(runs, args, {"more_s": time.time() - t0}, Path(args.out))
 
 
+def _raw_config(run: Run) -> dict:
+    """config.json as written (``run.config`` fills keys added later with today's defaults)."""
+    return json.loads((run.path / "config.json").read_text())
+
+
 def report(runs: dict, args, times: dict, out: Path) -> None:
     a = runs["A"]
     rows, comps = [], []
@@ -157,7 +162,7 @@ def report(runs: dict, args, times: dict, out: Path) -> None:
         cfg = run.config
         r = load_eval(run)["models"]["progressive"]
         rows.append({"arm": f"{arm}: progressive", "k": cfg["schedule"]["k"], "distill": cfg["finetune"]["distill"],
-                     "ema_warmup": cfg["finetune"].get("ema_warmup", False), **{k: r.get(k) for k in keys}})
+                     "ema_warmup": _raw_config(run)["finetune"].get("ema_warmup", False), **{k: r.get(k) for k in keys}})
         for other in ("control", "base"):
             c = compare_runs(run, "progressive", a, other)
             comps.append({"arm": arm, "against": other, **c, "text": verdict_text(c)})
