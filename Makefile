@@ -17,8 +17,10 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# the demo: group jobs two at a time (one thread each), and FID/KID from 512 samples per model (the smallest n
+# at which two evaluations of one model agree, bench/README.md; `stepadapt eval` uses 1024)
 demo: venv
-	$(BIN)/stepadapt run --preset tiny --name demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/stepadapt run --preset tiny --parallel 2 -S eval.fid_n=512 --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=10

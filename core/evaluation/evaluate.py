@@ -189,7 +189,8 @@ def compare_models(run, rows: dict, sampler=None) -> list[dict]:
         entry = {"model": a, "against": b, "macs_ratio": ra["macs"] / rb["macs"],
                  "params_ratio": ra["params"] / rb["params"], "primary": run.config["eval"]["primary"],
                  "loss_groups": loss_changes(run, a, b, ra, rb)}
-        if sampler and ra.get("fid") is not None and rb.get("fid") is not None:
+        same = all(ra.get("settings", {}).get(k) == rb.get("settings", {}).get(k) for k in ("n", "steps", "extractor"))
+        if sampler and same and ra.get("fid") is not None and rb.get("fid") is not None:
             fa, fb = (np.load(run.eval_array("features", w)) for w in (a, b))
             entry.update(sampler.differences(fa, fb, paired=True))
         entry["verdict"] = entry.get(entry["primary"], {}).get("verdict")

@@ -144,10 +144,11 @@ def difference(a: np.ndarray, b: np.ndarray, ref_stats: RefStats, ref_feats: np.
     noise, so both are resampled with the same indices."""
     if metric == "kid":
         a, b = a[:KID_MAX], b[:KID_MAX]
+    paired = paired and len(a) == len(b)
     one = _metric_fn(metric, ref_stats, ref_feats)
     fa, fb = one(a), one(b)
     ia = _resamples(len(a), reps, seed)
-    ib = ia if paired and len(a) == len(b) else _resamples(len(b), reps, seed + 1)
+    ib = ia if paired else _resamples(len(b), reps, seed + 1)
     d = np.array([fa(i) - fb(j) for i, j in zip(ia, ib)])
     return {"metric": metric, "diff": fa(None) - fb(None), "ci": _interval(d), "paired": bool(paired)}
 
