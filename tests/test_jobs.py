@@ -69,10 +69,12 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     assert "resuming from step" in run_cli("logs", "e2e", *rd, check=0).stdout
     run = runs_dir / "e2e"
     for f in ("schedule.json", "schedule.png", "eval.json", "models/base.pt", "models/progressive.pt",
-              "samples/base_s5_seed0.png", "samples/progressive_s5_seed0.png", "report/index.html"):
+              "models/control.pt", "samples/base_s5_seed0.png", "samples/progressive_s5_seed0.png",
+              "samples/control_s5_seed0.png", "samples/side_by_side_s5_seed0.png", "report/index.html"):
         assert (run / f).exists(), f
     ev = json.loads((run / "eval.json").read_text())
-    assert set(ev["models"]) == {"base", "progressive"}
+    assert set(ev["models"]) == {"base", "control", "progressive"}
+    assert ev["models"]["control"]["train_steps"] == ev["models"]["progressive"]["train_steps"]
     assert ev["models"]["progressive"]["macs"] < ev["models"]["base"]["macs"]
     assert ev["models"]["progressive"]["fid_kind"].startswith("domain FID")
     jobs = _jobs(runs_dir, "e2e")
