@@ -100,14 +100,15 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     assert arts["models/base.pt"] == hashlib.sha256((run / "models/base.pt").read_bytes()).hexdigest()
 
     lst = json.loads(run_cli("runs", "--json", *rd, check=0).stdout)
-    assert [(r["name"], r["status"], r["stages_done"]) for r in lst] == [("e2e", "succeeded", 7)]
+    assert [(r["name"], r["status"], r["stages_done"]) for r in lst] == [("e2e", "succeeded", 8)]
     show = json.loads(run_cli("show", "e2e", "--json", *rd, check=0).stdout)
     for g in show["groups"]:
         if g["size"]:
             assert g["macs"] <= g["budget_macs"] * 1.0001 and g["finetuned"]
     assert show["metrics_last"]["base"]["step"] == 200
     cmp = json.loads(run_cli("compare", "e2e", "e2e", "--json", *rd, check=0).stdout)
-    assert [r["model"] for r in cmp["rows"]] == ["base", "progressive"] * 2 and cmp["config_differences"] == {}
+    assert [r["model"] for r in cmp["rows"]] == ["base", "control", "progressive"] * 2
+    assert cmp["config_differences"] == {} and set(cmp["comparisons"]) == {"e2e"}
     base_job = [j for j in jobs if j["stage"] == "base"][-1]
     log = run_cli("logs", str(base_job["id"]), *rd, check=0).stdout
     assert "step 200/200" in log and "succeeded (exit 0)" in log
