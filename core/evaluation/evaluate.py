@@ -51,7 +51,8 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODE
             out["models"][which] = _measure(run, which, sched, diffusion, images, sampler, settings, device, tick, log)
         else:
             log(f"{which}: model and settings unchanged since its evaluation; reused")
-    out["comparisons"] = compare_models(run, out["models"], sampler)
+    if todo or "comparisons" not in out:  # unchanged models: their comparisons stand
+        out["comparisons"] = compare_models(run, out["models"], sampler)
     out.update({"sample_steps": steps, "num_timesteps": sched.num_timesteps, "primary": cfg["eval"]["primary"],
                 "loss_images": cfg["eval"]["loss_images"],
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})

@@ -146,23 +146,16 @@ def plot_fid_macs(runs: list[Run], path: Path) -> bool:
     return True
 
 
-def side_by_side(paths: dict, out: Path, gap: int = 8) -> bool:
+def side_by_side(paths: dict, out: Path) -> bool:
     """PNG grids (same noise, one per model) pasted side by side with each model's name above its grid."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    tiles = [(name, Image.open(p).convert("RGB")) for name, p in paths.items() if p.exists()]
-    if not tiles:
-        return False
-    label_h = 16
-    canvas = Image.new("RGB", (sum(t.width for _, t in tiles) + gap * (len(tiles) - 1),
-                               max(t.height for _, t in tiles) + label_h), "white")
-    draw, x = ImageDraw.Draw(canvas), 0
-    for name, tile in tiles:
-        canvas.paste(tile, (x, label_h))
-        draw.text((x + 2, 2), name, fill="black")
-        x += tile.width + gap
-    canvas.save(out)
-    return True
+    from core.model.sampling import paste_labelled
+
+    tiles = {name: Image.open(p).convert("RGB") for name, p in paths.items() if p.exists()}
+    if tiles:
+        paste_labelled(tiles, out)
+    return bool(tiles)
 
 
 def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]:

@@ -59,22 +59,28 @@ def save_grid(images: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def save_side_by_side(grids: dict, path: Path, gap: int = 8) -> Path:
+def save_side_by_side(grids: dict, path: Path) -> Path:
     """Several models' uint8 images (same noise, same order) as grids side by side, each named above it."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
     from torchvision.utils import make_grid
 
-    tiles = []
+    tiles = {}
     for name, images in grids.items():
         nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
         g = make_grid(images.float() / 255.0, nrow=nrow, padding=2)
-        tiles.append((name, Image.fromarray((g.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()).convert("RGB")))
+        tiles[name] = Image.fromarray((g.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()).convert("RGB")
+    return paste_labelled(tiles, path)
+
+
+def paste_labelled(tiles: dict, path: Path, gap: int = 8) -> Path:
+    """PIL images pasted left to right with ``gap`` pixels between them, each with its name above it."""
+    from PIL import Image, ImageDraw
+
     label_h = 16
-    width = sum(t.width for _, t in tiles) + gap * (len(tiles) - 1)
-    height = max(t.height for _, t in tiles) + label_h
-    canvas = Image.new("RGB", (width, height), "white")
+    canvas = Image.new("RGB", (sum(t.width for t in tiles.values()) + gap * (len(tiles) - 1),
+                               max(t.height for t in tiles.values()) + label_h), "white")
     draw, x = ImageDraw.Draw(canvas), 0
-    for name, tile in tiles:
+    for name, tile in tiles.items():
         canvas.paste(tile, (x, label_h))
         draw.text((x + 2, 2), name, fill="black")
         x += tile.width + gap
