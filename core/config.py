@@ -55,6 +55,8 @@ _BASE: dict[str, Any] = {
         "learn_sigma": True,
         "scale_shift_norm": True,
         "norm_groups": 32,
+        # True for improved-diffusion's models (the network sees t * 1000 / T); off for models trained here
+        "rescale_timesteps": False,
     },
     "diffusion": {"steps": 4000, "noise_schedule": "cosine", "vlb_weight": 0.001},
     "data": {"spec": "cifar10", "root": "data", "flip": True, "download": False, "workers": 4, "holdout": 0},
@@ -312,6 +314,16 @@ def complete(cfg: dict) -> dict:
 
     fill(cfg, ref)
     return cfg
+
+
+def model_arch(cfg: dict) -> dict:
+    """The architecture a run's models are built from and recorded with: its ``model`` section, plus the
+    timestep scale when ``model.rescale_timesteps`` is set (the network then sees t * 1000 / T, as
+    improved-diffusion's models were trained)."""
+    arch = dict(cfg["model"])
+    if arch.get("rescale_timesteps"):
+        arch["time_scale"] = 1000.0 / cfg["diffusion"]["steps"]
+    return arch
 
 
 def config_hash(cfg: dict) -> str:

@@ -228,6 +228,24 @@ def run_lock(run: Run, what: str, wait: float = 0.0):
         f.close()  # closing drops the lock
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing), waiting for another holder; the kernel drops
+    the lock of a process that dies. Where the lock cannot be made (a read-only folder) nothing can be written
+    either, and the caller goes on unlocked."""
+    import fcntl
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = None, status: str = "created",
                parent: Optional[str] = None) -> Run:
     root = runs_root(runs_dir)

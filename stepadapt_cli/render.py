@@ -108,7 +108,8 @@ def print_runs(root, rows: list[dict]) -> None:
     for r in rows:
         ratio = (r["progressive_macs"] / r["base_macs"] if r.get("progressive_macs") and r.get("base_macs")
                  else None)
-        tab.add_row(escape(r["name"]), r["status"], f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}",
+        name = escape(r["name"]) + (f"\n[dim]{escape(r['base'])}[/]" if r.get("base", "trained") != "trained" else "")
+        tab.add_row(name, r["status"], f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}",
                     with_ci(r.get("progressive_fid"), r.get("progressive_fid_ci"), "{:.2f}"),
                     short.get(r.get("progressive_vs_control"), "-"), fmt(ratio, "{:.3f}"), r.get("method") or "-",
                     escape(r.get("preset") or "-"), (r.get("created") or "-")[:16].replace("T", " "))
@@ -122,6 +123,14 @@ def print_show(run, data: dict) -> None:
               f"{s.get('method')}  config {meta.get('config_hash')}  seed {meta.get('seed')}  git "
               f"{str(meta.get('git_sha'))[:10]}{' (dirty)' if meta.get('git_dirty') else ''}")
     con.print(f"folder {run.path}", markup=False, highlight=False)
+    base = meta.get("base") or {}
+    if base.get("origin") == "import":
+        con.print(f"stage 1: imported from {base.get('file')} ({base.get('format')}, file sha256 "
+                  f"{str(base.get('file_sha256'))[:12]}; base sha256 {str(base.get('sha256'))[:12]})",
+                  markup=False, highlight=False)
+    elif base.get("origin") == "fork":
+        con.print(f"stage 1: shared with {base.get('run')} (a fork; base sha256 {str(base.get('sha256'))[:12]})",
+                  markup=False, highlight=False)
     con.print("stages: " + "  ".join(f"{k} [{'green' if v == 'done' else 'yellow'}]{v}[/]"
                                       for k, v in data["stages"].items()))
     if data["groups"]:
@@ -198,6 +207,15 @@ def print_comparison(data: dict) -> None:
         line = bottom_line(next(iter(data.get("comparisons", {}).values()), []))
         if line:
             con.print(escape(line), highlight=False)
+    if data.get("bases_differ"):
+        con.print("[yellow]warning:[/] these runs have different stage-1 models, so their differences include "
+                  "the base's training, not only what their configs say:", highlight=False)
+        for name, b in data["bases"].items():
+            con.print(escape(f"  {name}: {b['origin']}, base sha256 {(b['sha256'] or 'none')[:12]}"), highlight=False)
+    elif data.get("bases"):
+        sha = next(iter(data["bases"].values()))["sha256"] or "none"
+        con.print(escape(f"all {len(data['bases'])} runs share one stage 1 (base sha256 {sha[:12]})"),
+                  highlight=False)
     if data["config_differences"] and len(data["runs"]) > 1:
         from rich.table import Table
 

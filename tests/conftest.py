@@ -8,8 +8,11 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
-# one cache of feature nets and FID statistics for the whole session (the domain net trains once)
-os.environ.setdefault("STEPADAPT_CACHE", tempfile.mkdtemp(prefix="stepadapt-cache-"))
+# one cache of feature nets and FID statistics for the whole session, shared by the xdist workers (the domain
+# net trains once: the first worker that needs it trains it, the other waits on its lock and loads it)
+_RUN_UID = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ.setdefault("STEPADAPT_CACHE", os.path.join(tempfile.gettempdir(), f"stepadapt-cache-{_RUN_UID}")
+                      if _RUN_UID else tempfile.mkdtemp(prefix="stepadapt-cache-"))
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -148,11 +148,19 @@ def train_domain_net(data, cfg: dict, epochs: int = 3, batch_size: int = 128, se
 
 
 def domain_extractor(data, cfg: dict, runs_dir, device="cpu", log=print) -> tuple[nn.Module, dict]:
-    """The cached domain feature net for this dataset, trained on first use."""
+    """The cached domain feature net for this dataset, trained on first use (by one process: another that needs
+    it at the same time waits for it and loads it)."""
+    from core.runs import file_lock
+
+    path = cache_dir(runs_dir) / "features" / f"domain-{dataset_key(data, cfg)}.pt"
+    with file_lock(path.with_name(path.name + ".lock")):
+        return _domain_extractor(data, cfg, path, device, log)
+
+
+def _domain_extractor(data, cfg: dict, path: Path, device, log) -> tuple[nn.Module, dict]:
     from core.runs import atomic_torch_save
 
     key = dataset_key(data, cfg)
-    path = cache_dir(runs_dir) / "features" / f"domain-{key}.pt"
     ident = f"domain2-{key}"  # 2: shape + texture features (1 was the penultimate layer alone)
     if path.exists():
         try:

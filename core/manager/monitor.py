@@ -84,8 +84,11 @@ def run_summary(store: Store, row: dict) -> dict:
     except (OSError, ValueError, KeyError, TypeError, UserError) as e:
         return {**out, "status": "broken", "error": f"{type(e).__name__}: {e}", "stages_done": 0}
     prune = cfg["prune"]
+    from core.manager.bases import base_origin
+
     out.update({"preset": cfg.get("preset"), "method": prune["method"],
-                "llm": prune["llm"] if prune["method"] == "proxy" else "", "stages_done": stages_done(st)})
+                "llm": prune["llm"] if prune["method"] == "proxy" else "", "stages_done": stages_done(st),
+                "base": base_origin(run)})
     ev = load_eval(run)
     models = ev.get("models", {})
     for model, r in models.items():
@@ -253,4 +256,12 @@ def comparison(runs: list[Run]) -> dict:
     keys = sorted(set().union(*flat)) if flat else []
     diff = {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1}
     return {"rows": rows, "comparisons": verdicts, "loss_groups": losses, "config_differences": diff,
-            "runs": [r.name for r in runs]}
+            "runs": [r.name for r in runs], **(shared_base(runs) if len(runs) > 1 else {})}
+
+
+def shared_base(runs: list[Run]) -> dict:
+    """Whether the runs share one stage 1 (same base model sha256), and where each base came from."""
+    from core.manager.bases import base_origin, base_sha256
+
+    bases = {r.name: {"origin": base_origin(r), "sha256": base_sha256(r)} for r in runs}
+    return {"bases": bases, "bases_differ": len({b["sha256"] for b in bases.values()}) > 1}

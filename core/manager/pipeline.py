@@ -40,7 +40,7 @@ def device_slots(parallel: int = 1, gpus: Optional[list[int]] = None) -> list[st
 class Pipeline:
     """Runs the stages left of ``run`` as jobs; ``view(jobs)`` is called while waiting, ``say(line)`` on events."""
 
-    def __init__(self, run: Run, store: Store, slots: list[str], grace: float = 10.0, poll: float = 0.5,
+    def __init__(self, run: Run, store: Store, slots: list[str], grace: float = 10.0, poll: float = 0.1,
                  say: Callable[[str], None] = print, view: Optional[Callable[[list[dict]], None]] = None,
                  stages: tuple = STAGES):
         self.run, self.store, self.slots, self.grace, self.poll = run, store, slots, grace, poll

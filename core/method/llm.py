@@ -145,6 +145,9 @@ def complete(model: str, messages: list, params: dict, *, api_base: Optional[str
              backoff: float = 2.0, max_wait: float = 60.0) -> Reply:
     """One chat completion; retries timeouts, 429 (honouring Retry-After) and 5xx with backoff, all within
     ``timeout`` seconds from the start of the call: a deadline for the whole call, not per read."""
+    if model == LOCAL_MODEL and not api_base:  # the offline policy: in-process, no litellm import (8 s a job)
+        t0 = time.time()
+        return Reply(text=local_answer(messages), model_resolved=LOCAL_MODEL, latency_s=time.time() - t0)
     lib = _lib()
     kwargs = {k: v for k, v in params.items() if v is not None}
     if api_base:
@@ -233,23 +236,27 @@ class LocalSearchPolicy:
         return min(1.0, max(0.05, budget_ratio ** (2 / 3)))
 
 
-def _local_handler():
-    from litellm import CustomLLM, ModelResponse
+def local_answer(messages: list) -> str:
+    """The offline policy's answer to a conversation: it reads the last ``<state>`` block of the user turns and
+    counts its own earlier (rejected) answers."""
+    text = "\n".join(m.get("content", "") for m in messages if m.get("role") == "user")
+    found = STATE_RE.findall(text)
+    retries = sum(1 for m in messages if m.get("role") == "assistant")
+    if not found:
+        return json.dumps({"error": "no <state> block in the prompt"})
+    return json.dumps(LocalSearchPolicy().answer(json.loads(found[-1]), retries))
 
-    policy = LocalSearchPolicy()
+
+def _local_handler():
+    """The offline policy as a litellm custom provider (``stepadapt/local-search`` through litellm itself, e.g.
+    behind a proxy server); ``complete`` answers it in-process."""
+    from litellm import CustomLLM, ModelResponse
 
     class LocalSearch(CustomLLM):
         def completion(self, model, messages, *args, **kwargs) -> ModelResponse:
-            text = "\n".join(m.get("content", "") for m in messages if m.get("role") == "user")
-            found = STATE_RE.findall(text)
-            retries = sum(1 for m in messages if m.get("role") == "assistant")
-            if not found:
-                answer = {"error": "no <state> block in the prompt"}
-            else:
-                answer = policy.answer(json.loads(found[-1]), retries)
             resp = ModelResponse()
             resp.model = LOCAL_MODEL
-            resp.choices[0].message.content = json.dumps(answer)
+            resp.choices[0].message.content = local_answer(messages)
             return resp
 
     return LocalSearch()

@@ -218,12 +218,13 @@ def run_schedule(run, cfg: Optional[dict] = None) -> Schedule:
 
     from core.errors import UserError
     from core.model.macs import count
+    from core.config import model_arch
     from core.model.unet import build_unet
     from core.runs import atomic_write_json
 
     cfg = cfg or run.config
     m = cfg["model"]
-    full = count(build_unet(m), m["image_size"], m["in_channels"])["macs"]
+    full = count(build_unet(model_arch(cfg)), m["image_size"], m["in_channels"])["macs"]
     sched = schedule_from_config(cfg, full)
     path = run.schedule_file()
     data = sched.to_json(with_timesteps=True)

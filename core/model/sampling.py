@@ -48,28 +48,33 @@ def sample_images(model: Callable, diffusion: GaussianDiffusion, n: int, *, imag
     return torch.cat(out)
 
 
+def tile(images: torch.Tensor, padding: int = 2):
+    """uint8 images [N, C, H, W] as one about-square RGB grid (a PIL image), ``padding`` black pixels around each,
+    row by row, as torchvision's ``make_grid`` lays them out (not imported: it costs a job 3 s of start-up)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    cols = max(1, int(math.ceil(math.sqrt(n))))
+    rows = int(math.ceil(n / cols))
+    rgb = images.expand(-1, 3, -1, -1) if c == 1 else images
+    canvas = torch.zeros(3, rows * (h + padding) + padding, cols * (w + padding) + padding, dtype=torch.uint8)
+    for i in range(n):
+        y, x = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
+        canvas[:, y:y + h, x:x + w] = rgb[i]
+    return Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), "RGB")
+
+
 def save_grid(images: torch.Tensor, path: Path) -> Path:
     """Save uint8 images as one PNG grid (about square)."""
-    from torchvision.utils import save_image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
-    save_image(images.float() / 255.0, path, nrow=nrow, padding=2)
+    tile(images.to(torch.uint8).cpu()).save(path)
     return path
 
 
 def save_side_by_side(grids: dict, path: Path) -> Path:
     """Several models' uint8 images (same noise, same order) as grids side by side, each named above it."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    tiles = {}
-    for name, images in grids.items():
-        nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
-        g = make_grid(images.float() / 255.0, nrow=nrow, padding=2)
-        tiles[name] = Image.fromarray((g.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()).convert("RGB")
-    return paste_labelled(tiles, path)
+    return paste_labelled({name: tile(images.to(torch.uint8).cpu()) for name, images in grids.items()}, path)
 
 
 def paste_labelled(tiles: dict, path: Path, gap: int = 8) -> Path:

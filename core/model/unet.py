@@ -178,9 +178,13 @@ class UNet(nn.Module):
         learn_sigma: bool = True,
         scale_shift_norm: bool = True,
         norm_groups: int = 32,
+        time_scale: float = 1.0,
     ):
         super().__init__()
         self.image_size = image_size
+        # the network sees t * time_scale: 1 for models trained here, 1000/T for improved-diffusion's
+        # (trained with rescale_timesteps=True); see ``model_arch``
+        self.time_scale = float(time_scale)
         self.in_channels = in_channels
         self.out_channels = in_channels * (2 if learn_sigma else 1)
         self.learn_sigma = learn_sigma
@@ -231,6 +235,8 @@ class UNet(nn.Module):
         self.out_conv = zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.time_scale != 1.0:
+            t = t.float() * self.time_scale
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))
         hs = []
         h = x
@@ -257,7 +263,10 @@ class _Plain(nn.Module):
 
 
 def build_unet(cfg: dict, seed: int | None = None) -> UNet:
-    """Build the UNet from a config's ``model`` section; with ``seed``, its initial weights depend on it alone."""
+    """Build the UNet from an architecture (``model_arch``, or a config's ``model`` section); with ``seed``,
+    its initial weights depend on it alone."""
+    if cfg.get("rescale_timesteps") and "time_scale" not in cfg:
+        raise ValueError("a model with rescale_timesteps needs its time_scale: build it from model_arch(cfg)")
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -274,4 +283,5 @@ def build_unet(cfg: dict, seed: int | None = None) -> UNet:
         learn_sigma=cfg["learn_sigma"],
         scale_shift_norm=cfg.get("scale_shift_norm", True),
         norm_groups=cfg.get("norm_groups", 32),
+        time_scale=cfg.get("time_scale", 1.0),
     )

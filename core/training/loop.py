@@ -214,7 +214,8 @@ class TrainLoop:
             state = torch.load(spec.ckpt, map_location=self.device, weights_only=False)
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
-            self.opt.load_state_dict(state["opt"])
+            if state["opt"] is not None:  # None: a base imported from elsewhere starts a fresh optimiser
+                self.opt.load_state_dict(state["opt"])
         except (OSError, RuntimeError, KeyError, ValueError, EOFError) as e:
             raise UserError(f"cannot resume from {spec.ckpt}: {type(e).__name__}: {e}") from None
         for group in self.opt.param_groups:  # the spec's rate holds (the control continues stage 1 at another)

@@ -22,12 +22,13 @@ from .management import job_tag, open_store, resolve_target
 def info(preset, config_file, overrides, as_json):
     """Parameters and MACs of a preset's UNet (MACs = the paper's FLOPs)."""
     from core import config as C
+    from core.config import model_arch
     from core.model.macs import count
     from core.model.unet import build_unet
 
     cfg = C.resolve(preset, config_file, overrides)
     m = cfg["model"]
-    res = count(build_unet(m), m["image_size"], m["in_channels"])
+    res = count(build_unet(model_arch(cfg)), m["image_size"], m["in_channels"])
     res.update({"preset": cfg["preset"], "image_size": m["image_size"], "timesteps": cfg["diffusion"]["steps"]})
     if as_json:
         emit_json(res)

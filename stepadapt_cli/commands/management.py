@@ -128,42 +128,122 @@ def _echo_new_lines(path: Path, pos: int, say, final: bool = False) -> int:
     return pos + end
 
 
+def _settings(method, llm, api_base, data_spec, seed, overrides) -> list[str]:
+    """The command's options as config overrides, before the -S ones."""
+    extra = [f"{key}={val}" for key, val in (("prune.method", method), ("prune.llm", llm),
+                                             ("prune.api_base", api_base), ("data.spec", data_spec),
+                                             ("seed", seed)) if val is not None]
+    return extra + list(overrides)
+
+
+def _is_file(base: str) -> bool:
+    return Path(base).expanduser().is_file()
+
+
 @click.command("run", short_help='The whole method as one pipeline of tracked jobs.')
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
 @click.option("--name", "run_name", default=None, help="Run name (default: PRESET-DATE-TIME).")
+@click.option("--base", default=None, metavar="RUN|FILE.pt",
+              help="Start from a trained base: another run's (a fork sharing its stage 1) or an "
+                   "improved-diffusion checkpoint (imported).")
 @click.option("--method", type=click.Choice(PRUNE_METHODS), default=None,
               help="How group models are pruned (none: fine-tune unpruned copies).")
 @click.option("--llm", default=None, help="Proxy LLM (litellm model string; default the offline local search).")
 @click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server.")
 @click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
 @click.option("--seed", type=int, default=None)
+@click.option("--inception", type=click.Path(dir_okay=False), default=None,
+              help="TorchScript inception-2015-12-05.pt: standard FID (eval.inception; default the domain FID).")
 @pipeline_options
 @runs_dir_option
 @overrides_option
-def run_cmd(config_file, preset, run_name, method, llm, api_base, data_spec, seed, detach, parallel, gpus, grace,
-            runs_dir, overrides):
+def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spec, seed, inception, detach,
+            parallel, gpus, grace, runs_dir, overrides):
     """The whole method as one pipeline of tracked jobs: base training -> schedule -> per-group prune ->
-    per-group fine-tune -> progressive model -> samples -> evaluation. Ends with a base vs progressive table."""
+    per-group fine-tune -> progressive model -> control -> samples -> evaluation. Ends with a table of the
+    base, the control and the progressive model. With --base, stage 1 is taken from another run or a file."""
     from core import config as C
     from core.runs import create_run
     from core.training.data import load_dataset
 
-    extra = list(overrides)
-    for key, val in (("prune.method", method), ("prune.llm", llm), ("prune.api_base", api_base),
-                     ("data.spec", data_spec), ("seed", seed)):
-        if val is not None:
-            extra.append(f"{key}={val}")
-    cfg = C.resolve(preset, config_file, extra)
+    extra = _settings(method, llm, api_base, data_spec, seed, overrides)
+    if inception is not None:
+        if not Path(inception).expanduser().is_file():
+            raise UserError(f"Inception weights not found: {inception}")
+        extra.insert(0, f"eval.inception={Path(inception).expanduser().resolve()}")
     if parallel < 1:
         raise UserError("--parallel must be >= 1")
     _parse_gpus(gpus)
     store = open_store(runs_dir)
-    load_dataset(cfg)  # a missing dataset fails here, before a run folder exists
-    run = create_run(cfg, run_name, runs_dir)
+    say = (lambda line: click.echo(line, err=True))
+    if base is not None and not _is_file(base):  # a fork: the parent's config, its stage 1
+        if config_file or preset:
+            raise UserError("a fork takes its base run's config; change what may change with -S (or --method ...)")
+        from core.manager.bases import fork_run
+
+        run = fork_run(base, run_name, extra, runs_dir, log=say)
+    else:
+        cfg = C.resolve(preset, config_file, extra)
+        load_dataset(cfg)  # a missing dataset fails here, before a run folder exists
+        if base is not None:
+            from core.manager.bases import import_base, import_config
+
+            cfg = C.apply_overrides(import_config(cfg), overrides)  # -S still wins
+            run = import_base(base, cfg, run_name, runs_dir, log=say)
+        else:
+            run = create_run(cfg, run_name, runs_dir)
+    cfg = run.config
     click.echo(f"run {run.name}: {cfg['preset']} preset, prune method {cfg['prune']['method']}, "
                f"config {run.meta['config_hash']}, folder {run.path}", err=True)
     execute(run, store, detach, parallel, gpus, grace)
+
+
+@click.command("import", short_help="Make an improved-diffusion checkpoint a new run's stage 1.")
+@click.argument("run_name", metavar="RUN")
+@click.option("--from-iddpm", "file", required=True, type=click.Path(dir_okay=False),
+              help="improved-diffusion UNet state dict (e.g. cifar10_uncond_50M_500K.pt).")
+@click.option("--preset", default=None, help="The preset the checkpoint's architecture matches (cifar10, "
+              "imagenet64, ...; default: the config file's, else tiny).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="A config file for the run (as for stepadapt run).")
+@click.option("--data", "data_spec", default=None, help="The run's data: cifar10[:ROOT] | folder:PATH | PATH | digits.")
+@runs_dir_option
+@overrides_option
+def import_cmd(run_name, file, preset, config_file, data_spec, runs_dir, overrides):
+    """Create run RUN whose finished stage 1 is an improved-diffusion checkpoint, converted to stepadapt's UNet
+    (every tensor's shape checked against the preset; a misfit writes nothing). The model records
+    model.rescale_timesteps (the network sees t * 1000 / T, as theirs were trained) and GroupNorm(32).
+    Continue with: stepadapt resume RUN (stage 2 onwards), or fork it: stepadapt fork RUN NEW."""
+    from core import config as C
+    from core.manager.bases import import_base, import_config
+
+    extra = _settings(None, None, None, data_spec, None, overrides)
+    cfg = C.resolve(preset, config_file, extra)
+    cfg = C.apply_overrides(import_config(cfg), overrides)
+    run = import_base(file, cfg, run_name, runs_dir, log=lambda line: click.echo(line, err=True))
+    q = shlex.quote(run.name)
+    click.echo(f"next: stepadapt resume {q}   (or stepadapt fork {q} NEW -S ... to share this base)")
+
+
+@click.command(short_help="A new run sharing another run's trained stage 1.")
+@click.argument("parent", metavar="RUN")
+@click.argument("run_name", metavar="NEW")
+@click.option("--method", type=click.Choice(PRUNE_METHODS), default=None, help="How group models are pruned.")
+@click.option("--llm", default=None, help="Proxy LLM (litellm model string).")
+@click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server.")
+@click.option("--seed", type=int, default=None)
+@runs_dir_option
+@overrides_option
+def fork(parent, run_name, method, llm, api_base, seed, runs_dir, overrides):
+    """Create run NEW from RUN's config and finished stage 1 (hard links to its base files, sha256 checked,
+    recorded as its parent), to compare pruning methods, schedules or group counts on one base. model,
+    diffusion, train and data cannot change. Start it with: stepadapt resume NEW."""
+    from core.manager.bases import fork_run
+
+    run = fork_run(parent, run_name, _settings(method, llm, api_base, None, seed, overrides), runs_dir,
+                   log=lambda line: click.echo(line, err=True))
+    click.echo(f"next: stepadapt resume {shlex.quote(run.name)}")
 
 
 @click.command(short_help='Continue a stopped, failed or lost run.')
@@ -224,4 +304,4 @@ def kill(target, grace, runs_dir):
     click.echo(f"run {ref}: killed; continue it with stepadapt resume {shlex.quote(ref)}")
 
 
-COMMANDS = [run_cmd, resume, kill]
+COMMANDS = [run_cmd, import_cmd, fork, resume, kill]

@@ -33,6 +33,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     from core.manager.stages.base import base_spec
     from core.method.artifacts import artifact_step
     from core.model.diffusion import create_diffusion
+    from core.config import model_arch
     from core.model.unet import build_unet
     from core.runs import create_run, open_run, run_lock
     from core.training.data import load_dataset
@@ -68,7 +69,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
                             f"step-{done} weights as step {spec.steps} (give --steps {done} or more)")
         click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps "
                    f"on {dev}", err=True)
-        model = build_unet(cfg["model"], seed=cfg["seed"])
+        model = build_unet(model_arch(cfg), seed=cfg["seed"])
         with tracked_stage(run, "base", dev) as ctx:  # a job in runs/show/TUI, with its progress and status
             last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev,
                              **ctx.train_hooks("base", None))
@@ -94,6 +95,7 @@ def schedule(preset, run_name, config_file, k, n_groups, kind, as_json, with_ts,
     from core import config as C
     from core.method.schedule import plot_schedule, schedule_from_config
     from core.model.macs import count
+    from core.config import model_arch
     from core.model.unet import build_unet
     from core.runs import open_run
 
@@ -106,7 +108,7 @@ def schedule(preset, run_name, config_file, k, n_groups, kind, as_json, with_ts,
     else:
         cfg = C.resolve(preset, config_file, extra)
     m = cfg["model"]
-    full = count(build_unet(m), m["image_size"], m["in_channels"])["macs"]
+    full = count(build_unet(model_arch(cfg)), m["image_size"], m["in_channels"])["macs"]
     sched = schedule_from_config(cfg, full)
     data = sched.to_json(with_timesteps=with_ts)
     if plot:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from core.config import model_arch
 from core.method.artifacts import artifact_step
 from core.training.loop import TrainSpec
 
@@ -24,7 +25,7 @@ def base_spec(run, cfg: dict, steps: Optional[int] = None, **changes) -> TrainSp
         ema_decay=t["ema_decay"], seed=cfg["seed"], weight_decay=t["weight_decay"], grad_clip=t["grad_clip"],
         log_every=t["log_every"], ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"],
         channels_last=t["channels_last"], compile=t["compile"], accum=t["accum"],
-        extra={"arch": cfg["model"], "stage": "base"},
+        extra={"arch": model_arch(cfg), "stage": "base"},
     )
     for key, val in changes.items():
         setattr(spec, key, val)
@@ -41,7 +42,7 @@ def work(ctx) -> None:
     data = load_dataset(cfg)
     spec = base_spec(ctx.run, cfg)
     ctx.heartbeat.set(progress=0, total=spec.steps)
-    model = build_unet(cfg["model"], seed=cfg["seed"])
+    model = build_unet(model_arch(cfg), seed=cfg["seed"])
     train(spec, model, create_diffusion(cfg), data, resume=spec.ckpt.exists(), device=ctx.device,
           **ctx.train_hooks("base", None))
     ctx.produced(spec.model_out, "model")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from core.config import model_arch
 from core.errors import UserError
 from core.method.artifacts import artifact_fields, artifact_step
 from core.method.schedule import nonempty_groups
@@ -70,7 +71,7 @@ def train_control(run, device="cpu", log=print, on_total=None, hooks=None):
         on_total(spec.steps)
     log(f"control: stage 1 (step {base_step}) trained on for {added} steps of {spec.batch_size} images on all "
         f"timesteps, as every group's fine-tune together")
-    train(spec, build_unet(cfg["model"], seed=cfg["seed"]), create_diffusion(cfg), load_dataset(cfg), resume=True,
+    train(spec, build_unet(model_arch(cfg), seed=cfg["seed"]), create_diffusion(cfg), load_dataset(cfg), resume=True,
           device=device, **(hooks or {}))
     return spec
 
@@ -82,5 +83,5 @@ def control_spec(run, cfg: dict, added: int, base_step: int):
     return base_spec(run, cfg, steps=base_step + added, name="control", ckpt=run.ckpt("control"),
                      model_out=run.model("control"), metrics=run.metrics("control"), batch_size=f["batch_size"],
                      lr=f["lr"], ema_decay=f["ema_decay"],
-                     extra={"arch": cfg["model"], "stage": "control", "base_step": base_step, "added_steps": added,
+                     extra={"arch": model_arch(cfg), "stage": "control", "base_step": base_step, "added_steps": added,
                             "added_images": added * f["batch_size"]})

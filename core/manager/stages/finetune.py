@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from core.config import model_arch
 from core.errors import UserError
 from core.manager.stages.assemble import assemble
 from core.method.artifacts import artifact_step
@@ -47,7 +48,7 @@ def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int
         ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"], timesteps=grp.timesteps,
         channels_last=t["channels_last"], compile=t["compile"], distill=f["distill"], ema_warmup=f["ema_warmup"],
         accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
-        extra={"arch": cfg["model"], "stage": "finetune", "group": g, "t_start": grp.t_start, "t_end": grp.t_end,
+        extra={"arch": model_arch(cfg), "stage": "finetune", "group": g, "t_start": grp.t_start, "t_end": grp.t_end,
                "budget_macs": grp.budget_macs, "distill": f["distill"]},
     )
 

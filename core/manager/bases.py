@@ -1,0 +1,202 @@
+"""Runs that start from a trained base: an imported improved-diffusion checkpoint, or a fork of another run.
+
+Either way the new run's stage 1 is finished before its first job: ``models/base.pt`` (EMA weights, the arch,
+the step, and where it came from) and ``checkpoints/base.pt`` (what the control continues from) exist, and
+``meta.json`` records the base's origin and sha256:
+
+    meta["base"] = {"origin": "import", "file": PATH, "file_sha256": ..., "format": "improved-diffusion",
+                    "sha256": sha256 of models/base.pt}
+    meta["base"] = {"origin": "fork", "run": PARENT, "sha256": ...}   (and meta["parent"] = PARENT)
+
+A fork shares its parent's stage 1, so the sections stage 1 depends on (model, diffusion, train, data) cannot
+change; anything later (schedule, prune, fine-tune, control, sample, eval, seed) can. A fork's base files are
+hard links to the parent's where the filesystem allows (copies otherwise): no stage writes them again, and
+every write in this project replaces a file rather than changing it in place.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from core.errors import UserError
+from core.runs import Run, atomic_torch_save, atomic_write_json, create_run, file_sha256, open_run
+
+SHARED_SECTIONS = ("model", "diffusion", "train", "data")  # what stage 1 depends on: a fork keeps them
+
+
+def base_sha256(run: Run) -> Optional[str]:
+    """sha256 of the run's stage-1 model (recorded at import/fork time, else computed), None if it has none."""
+    recorded = (run.meta.get("base") or {}).get("sha256")
+    if recorded:
+        return recorded
+    path = run.model("base")
+    return file_sha256(path) if path.is_file() else None
+
+
+def base_origin(run: Run) -> str:
+    """One word for where the run's stage 1 came from: trained, imported, or fork of PARENT."""
+    base = run.meta.get("base") or {}
+    if base.get("origin") == "import":
+        return "imported"
+    if base.get("origin") == "fork" or run.meta.get("parent"):
+        return f"fork of {base.get('run') or run.meta.get('parent')}"
+    return "trained"
+
+
+# -- import ------------------------------------------------------------------------------------------------
+def import_config(cfg: dict) -> dict:
+    """An improved-diffusion model's settings on top of ``cfg``: GroupNorm(32) and t * 1000/T (their defaults)."""
+    cfg["model"]["norm_groups"] = 32
+    cfg["model"]["rescale_timesteps"] = True
+    return cfg
+
+
+def import_base(file, cfg: dict, name: Optional[str], runs_dir, log: Callable[[str], None] = print) -> Run:
+    """A new run whose finished stage 1 is improved-diffusion checkpoint ``file`` converted to this project's
+    UNet. The file is read and converted before the run folder exists: a misfit writes nothing."""
+    from core.config import model_arch
+    from core.model.iddpm import import_model
+
+    arch = model_arch(cfg)
+    model = import_model(file, arch, cfg["preset"] or "this")
+    digest = file_sha256(Path(file).expanduser())
+    run = create_run(cfg, name, runs_dir)
+    try:
+        _write_base(run, cfg, arch, model.state_dict(), {"origin": "import", "file": str(Path(file).resolve()),
+                                                         "file_sha256": digest, "format": "improved-diffusion"})
+    except BaseException:
+        _discard(run)
+        raise
+    log(f"run {run.name}: stage 1 imported from {file} (sha256 {digest[:12]}; improved-diffusion layout, "
+        f"t * {arch['time_scale']:g} fed to the network)" if "time_scale" in arch else
+        f"run {run.name}: stage 1 imported from {file} (sha256 {digest[:12]})")
+    return run
+
+
+def _write_base(run: Run, cfg: dict, arch: dict, state: dict, origin: dict) -> None:
+    """models/base.pt and checkpoints/base.pt of a finished stage 1 that was not trained here."""
+    import torch
+
+    step = cfg["train"]["steps"]  # the stage is finished by definition
+    atomic_torch_save({"state": state, "step": step, "arch": arch, "stage": "base", "imported": origin},
+                      run.model("base"))
+    # what the control continues from: weights = EMA = the imported model, a fresh optimiser
+    atomic_torch_save({"model": state, "ema": state, "opt": None, "step": step,
+                       "rng": {"torch": torch.get_rng_state(), "cuda": None},
+                       "spec": {"name": "base", "imported": True}}, run.ckpt("base"))
+    _record(run, {**origin, "sha256": file_sha256(run.model("base"))})
+
+
+# -- fork --------------------------------------------------------------------------------------------------
+def fork_config(parent: Run, overrides: Iterable[str]) -> dict:
+    """The parent's config with ``overrides``; changing what stage 1 depends on is refused."""
+    import copy
+
+    from core import config as C
+
+    before = C.complete(copy.deepcopy(parent.config))
+    cfg = C.apply_overrides(copy.deepcopy(before), overrides)
+    for section in SHARED_SECTIONS:
+        if cfg.get(section) != before.get(section):
+            keys = sorted(k for k in set(cfg[section]) | set(before[section])
+                          if cfg[section].get(k) != before[section].get(k))
+            raise UserError(f"a fork shares {parent.name}'s stage 1, so {section}.{keys[0]} cannot change; "
+                            "start a new run (stepadapt run) for another base")
+    return cfg
+
+
+def check_parent_base(parent: Run) -> str:
+    """The parent's finished base's sha256, or a one-line error (missing, unfinished, changed since)."""
+    from core.manager.stages import base
+
+    path = parent.model("base")
+    if not path.is_file():
+        raise UserError(f"run {parent.name} has no base model ({path}); train it first (stepadapt resume "
+                        f"{parent.name})")
+    if base.pending(parent):
+        from core.method.artifacts import artifact_step
+
+        raise UserError(f"run {parent.name}'s base is unfinished (step {artifact_step(path)} of "
+                        f"{parent.config['train']['steps']}); finish it first (stepadapt resume {parent.name})")
+    if not parent.ckpt("base").is_file():
+        raise UserError(f"run {parent.name} has no stage-1 checkpoint ({parent.ckpt('base')}), which the fork's "
+                        "control continues from")
+    digest = file_sha256(path)
+    recorded = (parent.meta.get("base") or {}).get("sha256")
+    if recorded and recorded != digest:
+        raise UserError(f"run {parent.name}'s base model changed since it was recorded (sha256 {digest[:12]}, "
+                        f"recorded {recorded[:12]}); refusing to fork it")
+    return digest
+
+
+def fork_run(parent_name: str, name: Optional[str], overrides: Iterable[str], runs_dir,
+             log: Callable[[str], None] = print) -> Run:
+    """A new run sharing ``parent_name``'s finished stage 1 (config from the parent, with ``overrides``)."""
+    parent = open_run(parent_name, runs_dir)
+    cfg = fork_config(parent, overrides)
+    digest = check_parent_base(parent)
+    run = create_run(cfg, name, runs_dir, parent=parent.name)
+    try:
+        for src, dst in ((parent.model("base"), run.model("base")), (parent.ckpt("base"), run.ckpt("base"))):
+            _link_or_copy(src, dst)
+        if file_sha256(run.model("base")) != digest:
+            raise UserError(f"the fork's base differs from {parent.name}'s after copying; disk trouble?")
+        if parent.metrics("base").is_file():  # the base's training curve, for the report
+            _link_or_copy(parent.metrics("base"), run.metrics("base"), copy_only=True)
+        _copy_store_metrics(parent, run)
+        _record(run, {"origin": "fork", "run": parent.name, "sha256": digest})
+    except BaseException:
+        _discard(run)
+        raise
+    log(f"run {run.name}: a fork of {parent.name}, sharing its stage 1 (base sha256 {digest[:12]})")
+    return run
+
+
+def _link_or_copy(src: Path, dst: Path, copy_only: bool = False) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not copy_only:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    tmp = dst.with_name(f".{dst.name}.copy.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def _copy_store_metrics(parent: Run, run: Run) -> None:
+    from core.store import open_store
+
+    store = open_store(run.path.parent)
+    rows = [{k: v for k, v in r.items() if k != "id"} | {"run": run.name, "job": None}
+            for r in store.metrics(parent.name, stage="base")]
+    if rows:
+        store.log_metrics(rows)
+
+
+def _record(run: Run, base: dict) -> None:
+    """The base's origin in meta.json, and its files as the run's artifacts in the store."""
+    from core.store import open_store
+
+    meta = dict(run.meta)
+    meta["base"] = base
+    atomic_write_json(meta, run.path / "meta.json")
+    store = open_store(run.path.parent)
+    for path, kind in ((run.model("base"), "model"), (run.ckpt("base"), "checkpoint")):
+        store.add_artifact({"run": run.name, "job": None, "path": str(path.relative_to(run.path)), "kind": kind,
+                            "sha256": base["sha256"] if kind == "model" else file_sha256(path),
+                            "bytes": path.stat().st_size})
+
+
+def _discard(run: Run) -> None:
+    """Remove a run that could not be made whole (its folder and its row)."""
+    from core.store import open_store
+
+    shutil.rmtree(run.path, ignore_errors=True)
+    store = open_store(run.path.parent)
+    with store.db.conn:
+        for table in ("runs", "jobs", "metrics", "artifacts"):
+            store.db.execute(f"delete from {table} where {'name' if table == 'runs' else 'run'} = ?", [run.name])
