@@ -5,7 +5,7 @@ import click
 
 from core import __version__
 
-from .commands import evaluation, inspection, management, stages
+from .commands import evaluation, inspection, management, stages, studies
 from .common import CONTEXT, Cli, runs_dir_option
 
 
@@ -34,7 +34,7 @@ def tui(run_name, runs_dir):
         raise click.exceptions.Exit(app.return_code)
 
 
-for _cmd in management.COMMANDS + stages.COMMANDS + inspection.COMMANDS + evaluation.COMMANDS:
+for _cmd in management.COMMANDS + stages.COMMANDS + inspection.COMMANDS + evaluation.COMMANDS + studies.COMMANDS:
     cli.add_command(_cmd)
 
 

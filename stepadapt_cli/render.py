@@ -314,3 +314,36 @@ class LiveJobs:
 
     def stop(self) -> None:
         self.live.stop()
+
+
+def print_study(res: dict) -> None:
+    """A study's table: ours (preset, intervals) beside the paper's published values."""
+    kind = next((r["fid_kind"] for r in res["rows"] if r.get("fid_kind")), "FID").split(" (")[0]
+    tab = _table(f"study {res['id']}: {res['title']}",
+                 ("row", f"ours {kind} [95%]", "MACs/base", "params M", "steps",
+                  *[f"paper {c}" for c in res["paper_columns"]]), "right")
+    for r in res["rows"]:
+        tab.add_row(escape(r["label"]), with_ci(r.get("fid"), r.get("fid_ci"), "{:.2f}"),
+                    fmt(r.get("macs_ratio"), "{:.3f}"), fmt(r.get("params"), "{:.3f}", 1e6),
+                    "-" if r.get("train_steps") is None else str(r["train_steps"]),
+                    *[escape(str(r["paper"].get(c, "-"))) for c in res["paper_columns"]])
+    con = console()
+    con.print(tab)
+    con.print(escape(f"ours: preset {res['preset']}, shared base {res['base']}; paper: published CIFAR-10 / "
+                     "ImageNet-64 values, another scale (read the direction of differences, not the values)"),
+              highlight=False)
+    if res.get("runs"):
+        con.print(escape("runs: " + ", ".join(f"{n} {s}" for n, s in res["runs"].items())), highlight=False)
+
+
+def print_study_list(defs: list[dict], started: list[dict]) -> None:
+    tab = _table("study definitions (stepadapt study NAME)", ("name", "arms", "title"))
+    for d in defs:
+        tab.add_row(escape(d["name"]), str(d["arms"]), escape(d["title"]))
+    con = console()
+    con.print(tab)
+    if started:
+        t2 = _table("started studies (stepadapt study show ID)", ("id", "study", "preset", "base", "runs"))
+        for s in started:
+            t2.add_row(escape(s["id"]), escape(s["study"]), escape(s["preset"]), escape(s["base"]), str(s["runs"]))
+        con.print(t2)

@@ -18,15 +18,18 @@ def digits():
     return cfg, load_dataset(cfg, split="all")
 
 
-def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digits, tmp_path, monkeypatch):
-    from core.training.data import Subset
+def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digits, tmp_path):
+    """The session's shared cache: the digits' net is trained by the first test that needs it (this one or
+    another; the others wait on its lock), then every use loads it."""
+    from core.evaluation.fid import cache_dir, dataset_key
 
-    monkeypatch.delenv("STEPADAPT_CACHE")  # this test's own cache: RUNS_DIR/.cache
-    cfg, full = digits
-    data = Subset(full, torch.arange(2000), "-first2000")  # a dataset of its own: the net is trained here, then cached
+    cfg, data = digits
     logs = []
+    cached_net = cache_dir(tmp_path) / "features" / f"domain-{dataset_key(data, cfg)}.pt"
+    existed = cached_net.exists()
     ext, info = make_extractor(cfg, data, tmp_path, log=logs.append)
-    assert info["kind"].startswith("domain FID") and not info["cached"]
+    assert info["kind"].startswith("domain FID") and info["cached"] == existed
+    assert any("training the domain feature network" in line for line in logs) == (not existed)
     assert info["val_accuracy"] > 0.8  # it learned the digits: its features mean something
     imgs = data.get(torch.arange(600))
     f = features(ext, imgs)
@@ -38,15 +41,15 @@ def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digit
         noisy = (imgs.float() + sigma * torch.randn(imgs.shape, generator=g)).clamp(0, 255).to(torch.uint8)
         fids.append(fid_between(f, features(ext, noisy)))
     assert 0 < fids[0] < fids[1] < fids[2]
-    # second use: loaded from the cache, not trained; same features
-    mtime = next((tmp_path / ".cache" / "features").iterdir()).stat().st_mtime_ns
+    # second use: loaded from the cache, not trained again; same features
+    mtime, logs = cached_net.stat().st_mtime_ns, []
     ext2, info2 = make_extractor(cfg, data, tmp_path, log=logs.append)
-    assert info2["cached"] and info2["id"] == info["id"]
+    assert info2["cached"] and info2["id"] == info["id"] and not logs
     assert np.allclose(features(ext2, imgs[:50]), f[:50], atol=1e-5)
-    assert next((tmp_path / ".cache" / "features").iterdir()).stat().st_mtime_ns == mtime
-    ref = reference_stats(ext, info, data, cfg, tmp_path)
-    assert not ref["cached"] and ref["mu"].shape == (192,) and ref["feats"].shape == (2000, 192)
-    assert reference_stats(ext, info, data, cfg, tmp_path)["cached"]
+    assert cached_net.stat().st_mtime_ns == mtime
+    ref = reference_stats(ext, info, data, cfg, tmp_path, n=1500)  # statistics of their own: computed, then cached
+    assert not ref["cached"] and ref["mu"].shape == (192,) and ref["feats"].shape == (1500, 192)
+    assert reference_stats(ext, info, data, cfg, tmp_path, n=1500)["cached"]
 
 
 @pytest.fixture(scope="module")

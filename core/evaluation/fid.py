@@ -279,7 +279,7 @@ def reference_stats(extractor, ext_info: dict, data, cfg: dict, runs_dir, n: Opt
     mu, sigma = f.mean(0), np.cov(f, rowvar=False)
     keep = f[np.random.default_rng(0).permutation(len(f))[:REF_FEATURES]].astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # two processes may compute the same statistics
     np.savez(tmp, mu=mu, sigma=sigma, n=len(f), feats=keep)
     os.replace(tmp, path)
     return {"mu": mu, "sigma": sigma, "feats": keep.astype(np.float64), "n": len(f), "cached": False, "path": str(path)}

@@ -334,3 +334,56 @@ def _html(title: str, facts: list[tuple], sections: list[tuple]) -> str:
              "text-align:right}img{max-width:100%}figcaption{color:#555;font-size:90%}")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>stepadapt {e(title.lower())}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+# -- a study's report ----------------------------------------------------------------------------------------
+def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Path]:
+    """``out/index.html`` and ``out/report.md`` of a study: its table beside the paper's numbers, FID vs MACs of
+    every arm, and the progressive model's samples of every arm from the same noise, side by side."""
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [study_table(res)]
+    if plot_fid_macs(runs, out / "fid_macs.png"):
+        sections.append(("figure", "FID and KID vs MACs", "fid_macs.png",
+                         "every arm's models, 95% bootstrap intervals as error bars"))
+    grids = {}
+    for r in runs:
+        found = sorted(r.samples().glob("progressive_s*_seed0.png"))
+        if found:
+            grids[r.name] = found[-1]
+    if side_by_side(grids, out / "samples.png"):
+        sections.append(("figure", "Samples per arm, same noise", "samples.png",
+                         "each arm's progressive model, same seed and noise"))
+    facts = [("study", res["study"]), ("preset", res["preset"]), ("shared base", res["base"]),
+             ("runs", str(len(runs)))]
+    title = f"Study {res['id']}: {res['title']}"
+    md_path, html_path = out / "report.md", out / "index.html"
+    md_path.write_text(_markdown(title, facts, sections))
+    html_path.write_text(_html(title, facts, sections))
+    return html_path, md_path
+
+
+def study_table(res: dict) -> tuple:
+    """The study's table section: ours with 95% intervals (and our preset), then the paper's published values."""
+    def ci(v, c, spec, scale=1.0):
+        if v is None:
+            return "-"
+        s = spec.format(v / scale)
+        return s + (f" [{spec.format(c[0] / scale)}, {spec.format(c[1] / scale)}]" if c else "")
+
+    kind = next((r["fid_kind"] for r in res["rows"] if r.get("fid_kind")), "FID")
+    n = next((r["fid_n"] for r in res["rows"] if r.get("fid_n")), None)
+    head = ["row", "run", f"ours: {kind.split(' (')[0]}", "ours: KID x1e3", "ours: GMACs", "ours: MACs/base",
+            "ours: params M", "ours: train steps", *[f"paper: {c}" for c in res["paper_columns"]]]
+    rows = []
+    for r in res["rows"]:
+        rows.append([r["label"], r["run"], ci(r.get("fid"), r.get("fid_ci"), "{:.2f}"),
+                     ci(r.get("kid"), r.get("kid_ci"), "{:.2f}", 1e-3),
+                     "-" if r.get("macs") is None else f"{r['macs'] / 1e9:.4f}",
+                     "-" if r.get("macs_ratio") is None else f"{r['macs_ratio']:.3f}",
+                     "-" if r.get("params") is None else f"{r['params'] / 1e6:.3f}",
+                     "-" if r.get("train_steps") is None else str(r["train_steps"]),
+                     *[str(r["paper"].get(c, "-")) for c in res["paper_columns"]]])
+    note = (f"ours: preset {res['preset']}, {kind}" + (f", n = {n}" if n else "") + ", 95% bootstrap intervals; "
+            "paper: the published values (CIFAR-10 / ImageNet-64, Inception FID, 100 sampling steps), not "
+            "comparable in scale to ours. " + res.get("note", ""))
+    return ("table", res["title"], note, head, rows)

@@ -58,8 +58,12 @@ class Pipeline:
                 if not units:
                     continue
                 self._run_stage(stage, units)
-            self.store.update_run(self.run.name, status="succeeded", ended=utc_now())
-            self.say(f"run {self.run.name}: all stages done")
+            if tuple(self.stages) == STAGES:
+                self.store.update_run(self.run.name, status="succeeded", ended=utc_now())
+                self.say(f"run {self.run.name}: all stages done")
+            else:  # some stages only (a study's shared stage 1): the run goes on later
+                self.store.update_run(self.run.name, status="created", ended=utc_now())
+                self.say(f"run {self.run.name}: {', '.join(self.stages)} done")
         except KeyboardInterrupt:
             self._stop_all()
             self.store.update_run(self.run.name, status="killed", ended=utc_now())

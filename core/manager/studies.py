@@ -1,0 +1,229 @@
+"""Studies: the paper's experiments (or a user's own) as sets of runs on one shared base, with a table beside the
+paper's numbers.
+
+A study's definition is data: ``studies/NAME.yaml`` (the project's; a path to any YAML file works too):
+
+    title: one line                      note: what differs from the paper, said plainly
+    paper_columns: [names of the paper's columns]
+    common: {key: value}                 overrides every arm gets (optional)
+    arms:   [{name: ARM, set: {key: value}}]                      one run per arm, each a fork of the base
+    rows:   [{label, arm, model: base|control|progressive, paper: [values, one per paper column]}]
+    plot:   fid_macs                     (optional)
+
+Running a study (``stepadapt study NAME``) makes (or reuses) one base run ``ID-base`` (or ``--base RUN``), trains
+its stage 1 once, forks one run per arm (``ID-ARM``) and runs the arms' pipelines, as many at a time as there are
+device slots. Its record, ``RUNS_DIR/studies/ID/study.json``, names every run, so ``study resume ID`` continues
+exactly the runs that have not finished and ``study show`` / ``study report`` read the results from the runs'
+``eval.json``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from core.errors import StageFailed, UserError
+from core.names import SAMPLE_MODELS
+from core.runs import Run, atomic_write_json, open_run, read_json, runs_root
+
+STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"  # the project's definitions
+
+
+def definitions() -> dict[str, Path]:
+    """The project's study definitions by name."""
+    return {p.stem: p for p in sorted(STUDIES_DIR.glob("*.yaml"))}
+
+
+def load_definition(name_or_path: str) -> dict:
+    """A study definition, checked: one line for what is wrong with it."""
+    from core.config import load_file
+
+    path = definitions().get(name_or_path) or Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise UserError(f"unknown study {name_or_path!r}; choose one of: {', '.join(definitions())} "
+                        "(or give a study file)")
+    d = load_file(path)
+    where = f"study {path}"
+    for key in ("title", "arms", "rows"):
+        if key not in d:
+            raise UserError(f"{where}: no {key!r}")
+    arms = d["arms"]
+    if not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a.get("name") for a in arms):
+        raise UserError(f"{where}: 'arms' must be a list of {{name, set}}")
+    names = [str(a["name"]) for a in arms]
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: arm names repeat")
+    cols = d.get("paper_columns") or []
+    for r in d["rows"]:
+        if not isinstance(r, dict) or r.get("arm") not in names or r.get("model") not in SAMPLE_MODELS:
+            raise UserError(f"{where}: a row needs label, an arm of {names} and a model of {list(SAMPLE_MODELS)}: {r}")
+        if r.get("paper") is not None and len(r["paper"]) != len(cols):
+            raise UserError(f"{where}: row {r.get('label')!r} has {len(r['paper'])} paper values for "
+                            f"{len(cols)} paper_columns")
+    return {**d, "name": d.get("name") or path.stem, "path": str(path)}
+
+
+def arm_overrides(defn: dict, arm: dict) -> list[str]:
+    """The -S overrides of one arm: the study's ``common`` ones, then the arm's own."""
+    items = {**(defn.get("common") or {}), **(arm.get("set") or {})}
+    return [f"{k}={json.dumps(v)}" for k, v in items.items()]
+
+
+# -- the record ------------------------------------------------------------------------------------------------
+def study_dir(runs_dir, study_id: str) -> Path:
+    return runs_root(runs_dir) / "studies" / study_id
+
+
+def load_record(runs_dir, study_id: str) -> dict:
+    rec = read_json(study_dir(runs_dir, study_id) / "study.json")
+    if not isinstance(rec, dict):
+        started = sorted(p.name for p in (runs_root(runs_dir) / "studies").glob("*") if (p / "study.json").is_file())
+        raise UserError(f"study not found: {study_id!r}" + (f" (started: {', '.join(started)})" if started else ""))
+    return rec
+
+
+def list_records(runs_dir) -> list[dict]:
+    root = runs_root(runs_dir) / "studies"
+    return [r for r in (read_json(p / "study.json") for p in sorted(root.glob("*"))) if isinstance(r, dict)]
+
+
+def create_study(defn: dict, study_id: Optional[str], preset: Optional[str], base: Optional[str],
+                 overrides: list[str], runs_dir) -> dict:
+    """The study's record (written once; the runs are made when it runs). A study of the same id continues."""
+    from core import config as C
+
+    preset = preset or "tiny"
+    study_id = study_id or f"{defn['name']}-{preset}"
+    if "/" in study_id or study_id.startswith("."):
+        raise UserError(f"bad study name {study_id!r}")
+    folder = study_dir(runs_dir, study_id)
+    if (folder / "study.json").exists():
+        raise UserError(f"study {study_id} exists; continue it with: stepadapt study resume {study_id}")
+    if base is not None:
+        parent = open_run(base, runs_dir)
+        from core.manager.bases import check_parent_base
+
+        check_parent_base(parent)
+        base_name = parent.name
+    else:
+        C.resolve(preset, None, overrides)  # bad overrides fail before anything is written
+        base_name = f"{study_id}-base"
+    for arm in defn["arms"]:
+        C.apply_overrides(C.resolve(preset, None, overrides), arm_overrides(defn, arm))
+    rec = {"id": study_id, "study": defn["name"], "definition": defn, "preset": preset, "overrides": overrides,
+           "base": base_name, "base_given": base is not None,
+           "arms": {a["name"]: f"{study_id}-{a['name']}" for a in defn["arms"]},
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(rec, folder / "study.json")
+    return rec
+
+
+# -- running ---------------------------------------------------------------------------------------------------
+def _status(store, name: str) -> Optional[str]:
+    row = store.get_run(name)
+    return row["status"] if row else None
+
+
+def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str], None]) -> Run:
+    """The study's base run with a finished stage 1 (created and trained here unless it was given)."""
+    from core import config as C
+    from core.manager import stages
+    from core.manager.pipeline import Pipeline
+    from core.runs import create_run, run_lock
+
+    path = runs_root(runs_dir) / rec["base"]
+    if not (path / "config.json").is_file():
+        if rec["base_given"]:
+            raise UserError(f"the study's base run {rec['base']} is gone")
+        create_run(C.resolve(rec["preset"], None, rec["overrides"]), rec["base"], runs_dir)
+    run = open_run(rec["base"], runs_dir)
+    if stages.pending(run, "base"):
+        say(f"study {rec['id']}: training the shared stage 1 ({run.name}) once")
+        with run_lock(run, "the study's stage 1", wait=10.0):
+            Pipeline(run, store, slots[:1], say=say, stages=("base",)).execute()
+    return run
+
+
+def ensure_arms(rec: dict, runs_dir, say: Callable[[str], None]) -> list[Run]:
+    """Every arm's run, forked from the base where it does not exist yet."""
+    from core.manager.bases import fork_run
+
+    defn, out = rec["definition"], []
+    for arm in defn["arms"]:
+        name = rec["arms"][arm["name"]]
+        if (runs_root(runs_dir) / name / "config.json").is_file():
+            out.append(open_run(name, runs_dir))
+        else:
+            out.append(fork_run(rec["base"], name, [*rec["overrides"], *arm_overrides(defn, arm)], runs_dir, log=say))
+    return out
+
+
+def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
+              say: Callable[[str], None] = print) -> dict[str, str]:
+    """Train the base once, then every unfinished arm's pipeline, one per device slot at a time; returns each
+    arm run's final status. A failed arm does not stop the others."""
+    from core.manager.jobs import job_alive, reconcile
+    from core.manager.pipeline import start_detached
+
+    ensure_base(rec, store, slots, runs_dir, say)
+    runs = ensure_arms(rec, runs_dir, say)
+    todo = [r for r in runs if _status(store, r.name) != "succeeded"]
+    free, active = list(slots), {}
+    while todo or active:
+        while todo and free:
+            run = todo.pop(0)
+            slot = free.pop(0)
+            job_id, pid = start_detached(run, store, [slot], grace)
+            active[job_id] = (run, slot)
+            say(f"study {rec['id']}: {run.name} started on {slot} (job {job_id}, pid {pid})")
+        time.sleep(0.5)
+        for job_id, (run, slot) in list(active.items()):
+            job = store.job(job_id)
+            if job["status"] in ("queued", "running") and not job_alive(job):
+                reconcile(store)
+                job = store.job(job_id)
+            if job["status"] in ("queued", "running"):
+                continue
+            del active[job_id]
+            free.append(slot)
+            say(f"study {rec['id']}: {run.name} {job['status']}")
+    return {r.name: _status(store, r.name) for r in runs}
+
+
+def stop_study(rec: dict, store, grace: float, log=print) -> None:
+    from core.manager.pipeline import stop_run
+
+    for name in rec["arms"].values():
+        if _status(store, name) == "running":
+            stop_run(store, name, grace, log=log)
+
+
+def finished_or_raise(rec: dict, statuses: dict[str, str]) -> None:
+    bad = {n: s for n, s in statuses.items() if s != "succeeded"}
+    if bad:
+        raise StageFailed(f"study {rec['id']}: {', '.join(f'{n} {s}' for n, s in bad.items())}; continue with "
+                          f"stepadapt study resume {rec['id']}")
+
+
+# -- results ---------------------------------------------------------------------------------------------------
+def results(rec: dict, runs_dir) -> dict:
+    """The study's table: one row per definition row, ours (from the arm's eval.json) beside the paper's."""
+    from core.evaluation.evaluate import load_eval
+
+    defn = rec["definition"]
+    rows = []
+    for r in defn["rows"]:
+        name = rec["arms"][r["arm"]]
+        path = runs_root(runs_dir) / name
+        ev = load_eval(Run(path)) if (path / "config.json").is_file() else {}
+        m = ev.get("models", {}).get(r["model"], {})
+        base_macs = ev.get("models", {}).get("base", {}).get("macs")
+        rows.append({"label": r["label"], "run": name, "model": r["model"],
+                     **{k: m.get(k) for k in ("fid", "fid_ci", "kid", "kid_ci", "macs", "params", "loss",
+                                               "loss_ci", "train_steps", "fid_kind", "fid_n")},
+                     "macs_ratio": m["macs"] / base_macs if m.get("macs") and base_macs else None,
+                     "paper": dict(zip(defn.get("paper_columns") or [], r.get("paper") or []))})
+    return {"id": rec["id"], "study": rec["study"], "title": defn["title"], "note": defn.get("note", ""),
+            "preset": rec["preset"], "base": rec["base"], "paper_columns": defn.get("paper_columns") or [],
+            "arms": rec["arms"], "rows": rows}

@@ -1,0 +1,138 @@
+"""Studies: the paper's tables as sets of runs forking one base, resumable as a whole, reported beside the paper."""
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core import config as C
+from core.errors import UserError
+from core.manager.studies import arm_overrides, create_study, definitions, load_definition, results
+from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
+
+EXPECTED_ARMS = {
+    "table1": {"method": {"prune.method": "proxy"}},
+    "table2": {"two-stage": {"prune.method": "none"}},
+    "table3": {k: {"schedule.kind": k} for k in ("snr", "constant", "increasing", "decreasing")},
+    "table4": {m: {"prune.method": m, "schedule.groups": 1} for m in ("random", "magnitude", "taylor", "diff", "proxy")},
+    "table5": {f"g{n}": {"schedule.groups": n, "prune.method": "none"} for n in (4, 8, 10, 15, 20)},
+    "table6": {m: {"prune.method": m} for m in ("random", "magnitude", "proxy")},
+}
+
+
+def _get(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ARMS))
+def test_each_study_expands_to_its_arms_on_one_shared_base(name, runs_dir):
+    defn = load_definition(name)
+    rec = create_study(defn, None, "tiny", None, [], runs_dir)
+    assert rec["id"] == f"{name}-tiny" and rec["base"] == f"{name}-tiny-base"
+    assert rec["arms"] == {a: f"{name}-tiny-{a}" for a in EXPECTED_ARMS[name]}
+    for arm in defn["arms"]:
+        cfg = C.apply_overrides(C.resolve("tiny", None, []), arm_overrides(defn, arm))
+        for key, want in EXPECTED_ARMS[name][arm["name"]].items():
+            assert _get(cfg, key) == want, (arm["name"], key)
+        # every arm shares the base's stage-1 sections (so it can fork it)
+        base = C.resolve("tiny", None, [])
+        assert all(cfg[s] == base[s] for s in ("model", "diffusion", "train", "data"))
+    res = results(rec, runs_dir)  # nothing run yet: the paper's column is there, ours empty
+    assert len(res["rows"]) == len(defn["rows"]) and all(r["fid"] is None for r in res["rows"])
+    assert any(r["paper"] for r in res["rows"])
+    with pytest.raises(UserError, match="exists"):
+        create_study(defn, None, "tiny", None, [], runs_dir)
+
+
+def test_every_shipped_definition_is_listed_and_a_bad_one_is_one_line(tmp_path, runs_dir):
+    assert set(definitions()) == set(EXPECTED_ARMS)
+    out = json.loads(run_cli("study", "list", "--json", "--runs-dir", runs_dir, check=0).stdout)
+    assert {d["name"] for d in out["definitions"]} == set(EXPECTED_ARMS)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("title: x\narms: [{name: a}]\nrows: [{label: r, arm: b, model: progressive}]\n")
+    p = run_cli("study", str(bad), "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert "arm" in p.stderr
+    assert_clean_error(run_cli("study", "nosuch", "--runs-dir", runs_dir))
+    assert_clean_error(run_cli("study", "show", "nosuch", "--runs-dir", runs_dir))
+    p = run_cli("study", "table6", "--base", "nosuch", "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert not (runs_dir / "studies").exists() or not any((runs_dir / "studies").iterdir())
+
+
+STUDY = """
+title: "two arms on one base"
+paper_columns: ["FID"]
+common: {schedule.groups: 1, schedule.kind: constant}
+arms:
+  - {name: a, set: {prune.method: none}}
+  - {name: b, set: {prune.method: magnitude}}
+rows:
+  - {label: "base", arm: a, model: base, paper: [4.08]}
+  - {label: "unpruned groups", arm: a, model: progressive, paper: [3.52]}
+  - {label: "magnitude", arm: b, model: progressive, paper: [3.88]}
+"""
+FAST = [*MICRO, "-S", "train.steps=10", "-S", "train.log_every=5", "-S", "finetune.steps=4", "-S", "finetune.batch_size=8",
+        "-S", "control.enabled=false", "-S", "prune.images=16", "-S", "prune.eval_images=16", "-S", "prune.batches=1",
+        "-S", "prune.batch_size=8", "-S", "sample.n=4", "-S", "sample.steps=3", "-S", "eval.loss_images=16",
+        "-S", "eval.fid=false", "-S", "eval.steps=3"]
+
+
+def _status(runs_dir, name):
+    con = sqlite3.connect(runs_dir / "stepadapt.db")
+    try:
+        row = con.execute("select status from runs where name = ?", [name]).fetchone()
+        return row[0] if row else None
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        con.close()
+
+
+def _jobs(runs_dir, name):
+    con = sqlite3.connect(runs_dir / "stepadapt.db")
+    try:
+        return con.execute("select id, stage from jobs where run = ?", [name]).fetchall()
+    finally:
+        con.close()
+
+
+def test_a_study_stopped_midway_resumes_without_rerunning_finished_runs(tmp_path, runs_dir):
+    """The base trains once, arm a finishes, the study is stopped (Ctrl-C) while arm b runs; `study resume`
+    finishes b, leaves a alone, and the table and report show both beside the paper's numbers."""
+    spec = tmp_path / "two.yaml"
+    spec.write_text(STUDY)
+    args = [sys.executable, "-m", "stepadapt_cli.main", "study", str(spec), "--name", "s", *FAST,
+            "--runs-dir", str(runs_dir)]
+    p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (_status(runs_dir, "s-a") == "succeeded"
+                                          and _status(runs_dir, "s-b") == "running"):
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert _status(runs_dir, "s-b") == "killed" and _status(runs_dir, "s-a") == "succeeded"
+    a_jobs = _jobs(runs_dir, "s-a")
+    assert [s for _, s in _jobs(runs_dir, "s-base")] == ["base"]  # stage 1 once, for both arms
+
+    p = run_cli("study", "resume", "s", "--runs-dir", runs_dir)
+    assert p.returncode == 0, p.stderr
+    assert _jobs(runs_dir, "s-a") == a_jobs and _status(runs_dir, "s-b") == "succeeded"
+    assert [s for _, s in _jobs(runs_dir, "s-base")] == ["base"]
+    shown = json.loads(run_cli("study", "show", "s", "--json", "--runs-dir", runs_dir, check=0).stdout)
+    assert [r["label"] for r in shown["rows"]] == ["base", "unpruned groups", "magnitude"]
+    assert all(r["loss"] is not None and r["macs"] for r in shown["rows"])
+    assert shown["rows"][2]["macs_ratio"] < 1.0 and shown["rows"][1]["paper"] == {"FID": 3.52}
+    assert shown["runs"] == {"s-base": "created", "s-a": "succeeded", "s-b": "succeeded"}
+    page = (runs_dir / "studies" / "s" / "report" / "index.html").read_text()
+    assert "paper: FID" in page and "samples.png" in page
+    assert (runs_dir / "studies" / "s" / "report" / "samples.png").stat().st_size > 0
+    assert_clean_error(run_cli("study", str(spec), "--name", "s", "--runs-dir", runs_dir))  # exists: resume it
