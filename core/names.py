@@ -7,7 +7,7 @@ GROUP_STAGES = ("prune", "finetune")
 
 # how group models are pruned: the LLM proxy, an importance criterion, or not at all
 IMPORTANCE_METHODS = ("random", "magnitude", "lamp", "taylor", "diff")
-PRUNE_METHODS = ("proxy", *IMPORTANCE_METHODS, "none")
+PRUNE_METHODS = ("proxy", *IMPORTANCE_METHODS, "scratch", "none")
 ALLOCATIONS = ("uniform", "global")
 
 # budget over timesteps: Eq. 8 (snr), the Table 3 comparisons, or equal-size groups

@@ -84,7 +84,7 @@ def test_hostile_and_broken_answers_are_rejected_and_recorded(server, tmp_path):
         ("text", "Here is my proposal: " + good + " Let me know how it does."),  # prose: accepted
     ]
     store = open_store(tmp_path)
-    settings = ProxySettings(model="openai/fake", api_base=server.url, rounds=2, retries=12, timeout=0.6,
+    settings = ProxySettings(model="openai/fake", api_base=server.url, rounds=2, retries=12, timeout=0.9,
                              call_retries=1, backoff=0.01)
     run = ProxyRun(pr, 0.97 * F, context(cfg), settings, store, "hostile", 0,
                    {"t_start": 100, "t_end": 299, "snr_min": -1.0, "snr_max": 5.0, "num_timesteps": 1000},

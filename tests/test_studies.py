@@ -17,7 +17,8 @@ EXPECTED_ARMS = {
     "table1": {"method": {"prune.method": "proxy"}},
     "table2": {"two-stage": {"prune.method": "none"}},
     "table3": {k: {"schedule.kind": k} for k in ("snr", "constant", "increasing", "decreasing")},
-    "table4": {m: {"prune.method": m, "schedule.groups": 1} for m in ("random", "magnitude", "taylor", "diff", "proxy")},
+    "table4": {**{m: {"prune.method": m, "schedule.groups": 1} for m in ("random", "magnitude", "taylor", "diff", "proxy")},
+               "scratch": {"prune.method": "scratch", "prune.scratch_from": "table4-tiny-proxy"}},
     "table5": {f"g{n}": {"schedule.groups": n, "prune.method": "none"} for n in (4, 8, 10, 15, 20)},
     "table6": {m: {"prune.method": m} for m in ("random", "magnitude", "proxy")},
 }
@@ -36,7 +37,7 @@ def test_each_study_expands_to_its_arms_on_one_shared_base(name, runs_dir):
     assert rec["id"] == f"{name}-tiny" and rec["base"] == f"{name}-tiny-base"
     assert rec["arms"] == {a: f"{name}-tiny-{a}" for a in EXPECTED_ARMS[name]}
     for arm in defn["arms"]:
-        cfg = C.apply_overrides(C.resolve("tiny", None, []), arm_overrides(defn, arm))
+        cfg = C.apply_overrides(C.resolve("tiny", None, []), arm_overrides(defn, arm, rec["id"]))
         for key, want in EXPECTED_ARMS[name][arm["name"]].items():
             assert _get(cfg, key) == want, (arm["name"], key)
         # every arm shares the base's stage-1 sections (so it can fork it)
@@ -136,3 +137,30 @@ def test_a_study_stopped_midway_resumes_without_rerunning_finished_runs(tmp_path
     assert "paper: FID" in page and "samples.png" in page
     assert (runs_dir / "studies" / "s" / "report" / "samples.png").stat().st_size > 0
     assert_clean_error(run_cli("study", str(spec), "--name", "s", "--runs-dir", runs_dir))  # exists: resume it
+
+
+def test_scratch_takes_another_runs_architecture_and_none_of_the_base_weights(runs_dir):
+    """Table 4's scratch arm: the source run's pruned architecture, every weight initialised afresh."""
+    import torch
+
+    from core.manager.stages.prune import pruned_base
+    from core.runs import open_run
+
+    rd = ["--runs-dir", runs_dir]
+    small = [*MICRO, "-S", "schedule.groups=1", "-S", "schedule.kind=constant", "-S", "prune.images=16",
+             "-S", "prune.eval_images=16", "-S", "prune.batches=1", "-S", "prune.batch_size=8"]
+    run_cli("train", "--preset", "tiny", "--run", "src", "--steps", "5", *small, *rd, check=0)
+    run_cli("prune", "src", "--method", "magnitude", *rd, check=0)
+    p = run_cli("fork", "src", "scr", "-S", "prune.method=scratch", *rd)
+    assert_clean_error(p)  # scratch without a source: one line
+    assert "scratch_from" in p.stderr
+    run_cli("fork", "src", "scr", "-S", "prune.method=scratch", "-S", "prune.scratch_from=src", *rd, check=0)
+    run_cli("prune", "scr", *rd, check=0)
+    src, scr = open_run("src", runs_dir), open_run("scr", runs_dir)
+    a, rec_a = pruned_base(src, 0)
+    b, rec_b = pruned_base(scr, 0)
+    assert rec_b["plan"] == rec_a["plan"] and rec_a["plan"]["remove"]
+    assert rec_b["method"] == {"method": "scratch", "from": "src"} and rec_b["report"]["reinitialised"]
+    sa, sb = a.state_dict(), b.state_dict()
+    assert {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in sb.items()}  # the plan's architecture
+    assert not any(torch.equal(sa[k], sb[k]) for k in sa)  # and none of the base's weights

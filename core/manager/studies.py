@@ -54,6 +54,9 @@ def load_definition(name_or_path: str) -> dict:
     names = [str(a["name"]) for a in arms]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: arm names repeat")
+    for a in arms:
+        if a.get("after") is not None and (a["after"] not in names or names.index(a["after"]) >= names.index(a["name"])):
+            raise UserError(f"{where}: arm {a['name']!r} comes after {a['after']!r}, which must be an earlier arm")
     cols = d.get("paper_columns") or []
     for r in d["rows"]:
         if not isinstance(r, dict) or r.get("arm") not in names or r.get("model") not in SAMPLE_MODELS:
@@ -64,10 +67,12 @@ def load_definition(name_or_path: str) -> dict:
     return {**d, "name": d.get("name") or path.stem, "path": str(path)}
 
 
-def arm_overrides(defn: dict, arm: dict) -> list[str]:
-    """The -S overrides of one arm: the study's ``common`` ones, then the arm's own."""
+def arm_overrides(defn: dict, arm: dict, study_id: str = "ID") -> list[str]:
+    """The -S overrides of one arm: the study's ``common`` ones, then the arm's own; ``{id}`` in a value is the
+    study's id (e.g. ``prune.scratch_from: "{id}-proxy"``, another arm's run)."""
     items = {**(defn.get("common") or {}), **(arm.get("set") or {})}
-    return [f"{k}={json.dumps(v)}" for k, v in items.items()]
+    fill = (lambda v: v.replace("{id}", study_id) if isinstance(v, str) else v)
+    return [f"{k}={json.dumps(fill(v))}" for k, v in items.items()]
 
 
 # -- the record ------------------------------------------------------------------------------------------------
@@ -110,7 +115,7 @@ def create_study(defn: dict, study_id: Optional[str], preset: Optional[str], bas
         C.resolve(preset, None, overrides)  # bad overrides fail before anything is written
         base_name = f"{study_id}-base"
     for arm in defn["arms"]:
-        C.apply_overrides(C.resolve(preset, None, overrides), arm_overrides(defn, arm))
+        C.apply_overrides(C.resolve(preset, None, overrides), arm_overrides(defn, arm, study_id))
     rec = {"id": study_id, "study": defn["name"], "definition": defn, "preset": preset, "overrides": overrides,
            "base": base_name, "base_given": base is not None,
            "arms": {a["name"]: f"{study_id}-{a['name']}" for a in defn["arms"]},
@@ -155,7 +160,8 @@ def ensure_arms(rec: dict, runs_dir, say: Callable[[str], None]) -> list[Run]:
         if (runs_root(runs_dir) / name / "config.json").is_file():
             out.append(open_run(name, runs_dir))
         else:
-            out.append(fork_run(rec["base"], name, [*rec["overrides"], *arm_overrides(defn, arm)], runs_dir, log=say))
+            out.append(fork_run(rec["base"], name, [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])], runs_dir,
+                                log=say))
     return out
 
 
@@ -168,11 +174,22 @@ def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
 
     ensure_base(rec, store, slots, runs_dir, say)
     runs = ensure_arms(rec, runs_dir, say)
+    after = {rec["arms"][a["name"]]: rec["arms"][a["after"]] for a in rec["definition"]["arms"] if a.get("after")}
     todo = [r for r in runs if _status(store, r.name) != "succeeded"]
     free, active = list(slots), {}
+
+    def ready(run):  # an arm that needs another arm's result starts when that one has succeeded
+        return run.name not in after or _status(store, after[run.name]) == "succeeded"
+
     while todo or active:
-        while todo and free:
-            run = todo.pop(0)
+        waiting = {after[r.name] for r in todo if not ready(r)}
+        if not active and todo and not any(ready(r) for r in todo):
+            say(f"study {rec['id']}: {', '.join(r.name for r in todo)} wait(s) for {', '.join(sorted(waiting))}, "
+                "which did not succeed")
+            break
+        while free and any(ready(r) for r in todo):
+            run = next(r for r in todo if ready(r))
+            todo.remove(run)
             slot = free.pop(0)
             job_id, pid = start_detached(run, store, [slot], grace)
             active[job_id] = (run, slot)

@@ -41,7 +41,7 @@ def pipeline_options(f):
     return f
 
 
-def _parse_gpus(gpus):
+def parse_gpus(gpus):
     if gpus is None:
         return None
     try:
@@ -57,7 +57,7 @@ def execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> None
 
     if parallel < 1:
         raise UserError("--parallel must be >= 1")
-    slots = device_slots(parallel, _parse_gpus(gpus))
+    slots = device_slots(parallel, parse_gpus(gpus))
     job_id, pid = start_detached(run, store, slots, grace)
     if detach:
         click.echo(f"run {run.name}: started in the background (job {job_id}, pid {pid}) on "
@@ -174,7 +174,7 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
         extra.insert(0, f"eval.inception={Path(inception).expanduser().resolve()}")
     if parallel < 1:
         raise UserError("--parallel must be >= 1")
-    _parse_gpus(gpus)
+    parse_gpus(gpus)
     store = open_store(runs_dir)
     say = (lambda line: click.echo(line, err=True))
     if base is not None and not _is_file(base):  # a fork: the parent's config, its stage 1

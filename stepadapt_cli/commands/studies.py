@@ -9,7 +9,7 @@ from core.errors import Interrupted, UserError
 
 from .. import render
 from ..common import emit_json, json_option, overrides_option, runs_dir_option
-from .management import _parse_gpus, open_store
+from .management import parse_gpus, open_store
 
 
 class StudyGroup(click.Group):
@@ -34,7 +34,7 @@ def _execute(rec, store, runs_dir, parallel, gpus, grace):
 
     if parallel < 1:
         raise UserError("--parallel must be >= 1")
-    slots = device_slots(parallel, _parse_gpus(gpus))
+    slots = device_slots(parallel, parse_gpus(gpus))
 
     def say(line):
         click.echo(line, err=True)

@@ -94,6 +94,9 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
         spec.extra["prune_method"] = rec["method"]["method"] if rec else "none"
         how = (f"pruned by {spec.extra['prune_method']} to {rec['report']['macs'] / 1e9:.4f} GMACs" if rec
                else "not pruned")
+        if rec and spec.extra["prune_method"] == "scratch":
+            how = (f"{rec['method'].get('from')}'s architecture ({rec['report']['macs'] / 1e9:.4f} GMACs) from fresh "
+                   "weights (scratch training)")
         log(f"group {g}: t in [{grp.t_start}, {grp.t_end}] ({grp.size} steps), budget {grp.budget_ratio:.2f} F, "
             f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps"
             + (f", distilling from the base (weight {spec.distill:g})" if teacher is not None else ""))

@@ -62,9 +62,19 @@ def prune_images(cfg: dict, n: int, n_eval: int, seed: int) -> tuple[torch.Tenso
 
 
 def pruned_base(run: Run, g: int, device="cpu"):
-    """The starting point of group g's fine-tune: base EMA, pruned by the group's plan if it has one."""
-    model = load_unet(run.model("base"), device)
+    """The starting point of group g's fine-tune: base EMA, pruned by the group's plan if it has one; for the
+    ``scratch`` method, the plan's architecture with freshly initialised weights (seeded by the run's seed and
+    the group), nothing of the base's."""
     rec = load_prune_record(run, g)
+    if rec is not None and rec["method"].get("method") == "scratch":
+        from core.config import model_arch
+        from core.model.unet import build_unet
+
+        fresh = build_unet(model_arch(run.config), seed=10_007 * (run.config["seed"] + 1) + g)  # not the base's seed
+        if rec["plan"]["remove"]:
+            apply_plan(fresh, rec["plan"])
+        return fresh.to(device).eval(), rec
+    model = load_unet(run.model("base"), device)
     if rec is not None and rec["plan"]["remove"]:
         apply_plan(model, rec["plan"])
     return model, rec
@@ -97,6 +107,8 @@ def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", se
 
         proxy = proxy or ProxySettings(seed=seed)
         prune_one = _ProxyPruning(run, sched, proxy, replay, on_miss, use_cache, seed, log)
+    elif method == "scratch":
+        prune_one = _ScratchArchitecture(run, pc["scratch_from"], log)
     else:
         prune_one = _CriterionPruning(method, seed, log)
     want = {"method": prune_one.describe(), "allocation": allocation or pc["allocation"], "seed": seed}
@@ -152,6 +164,43 @@ class _CriterionPruning:
     def __call__(self, g, grp, base, ctx, allocation, tolerance):
         _, plan, report = prune_to_budget(base, self.importance, grp.budget_macs, ctx, allocation=allocation,
                                           tolerance=tolerance, log=self.log)
+        return plan, report
+
+
+class _ScratchArchitecture:
+    """Table 4's "scratch training": another run's pruned architecture for the same group, whose weights the
+    fine-tune re-initialises (``pruned_base``): what pruning buys over training that architecture from scratch."""
+
+    def __init__(self, run: Run, source: str, log):
+        if not source:
+            raise UserError("prune.method scratch needs prune.scratch_from (a run whose groups were pruned)")
+        self.source = Run(run.path.parent / source)
+        if not (self.source.path / "config.json").is_file():
+            raise UserError(f"prune.scratch_from: run {source!r} not found in {run.path.parent}")
+        self.log = log
+
+    def describe(self) -> dict:
+        return {"method": "scratch", "from": self.source.name}
+
+    def __call__(self, g, grp, base, ctx, allocation, tolerance):
+        import copy
+
+        from core.method.prune import Pruner
+
+        src = load_prune_record(self.source, g)
+        if src is None:
+            raise UserError(f"run {self.source.name} has no pruned model for group {g} yet (prune it first)")
+        if (src["t_start"], src["t_end"]) != (grp.t_start, grp.t_end):
+            raise UserError(f"run {self.source.name}'s group {g} covers t {src['t_start']}-{src['t_end']}, this "
+                            f"run's {grp.t_start}-{grp.t_end}: use runs with the same schedule")
+        plan = src["plan"]
+        pruned = copy.deepcopy(base)
+        if plan["remove"]:
+            apply_plan(pruned, plan)
+        report = {**self.describe(), "reinitialised": True, "source_plan_hash": src["report"].get("plan_hash"),
+                  **Pruner(base).report(pruned, plan, grp.budget_macs, tolerance)}
+        self.log(f"group {g}: {self.source.name}'s architecture ({report['macs'] / 1e9:.4f} GMACs), weights to be "
+                 "initialised afresh")
         return plan, report
 
 
