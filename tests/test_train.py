@@ -72,7 +72,7 @@ def test_a_restart_before_the_first_checkpoint_keeps_no_stale_metrics_or_partial
 
 
 def test_tiny_loss_falls_on_digits(runs_dir):
-    cfg = C.resolve("tiny", None, ["train.batch_size=16"])
+    cfg = C.resolve("tiny", None, [*MICRO[1::2], "diffusion.steps=1000", "train.batch_size=16"])
     run = create_run(cfg, "fall", runs_dir)
     spec = spec_for(run, cfg, 120)
     spec.log_every = 20
