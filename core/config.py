@@ -77,7 +77,7 @@ _BASE: dict[str, Any] = {
     },
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
     "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999, "distill": 0.0,
-                 "ema_warmup": True},
+                 "ema_warmup": True, "eval_every": 0, "keep": "last"},
     "control": {"enabled": True},
     "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
               "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5,
@@ -296,6 +296,10 @@ def validate(cfg: dict) -> None:
         (cfg["eval"]["primary"] in METRICS, f"eval.primary must be one of {', '.join(METRICS)}"),
         (cfg["eval"]["bootstrap"] >= 20, "eval.bootstrap must be >= 20 (resamples for the intervals)"),
         (cfg["finetune"]["distill"] >= 0, "finetune.distill must be >= 0"),
+        (cfg["finetune"]["eval_every"] >= 0, "finetune.eval_every must be >= 0 (0: off)"),
+        (cfg["finetune"]["keep"] in ("last", "best"), "finetune.keep must be last or best"),
+        (cfg["finetune"]["keep"] == "last" or cfg["finetune"]["eval_every"] > 0,
+         "finetune.keep best needs finetune.eval_every > 0 (what 'best' is measured by)"),
         (cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"], "sample.steps must be in [1, diffusion.steps]"),
     ]
     for ok, msg in checks:

@@ -158,6 +158,14 @@ class Run:
     def model(self, stage: str) -> Path:
         return self.path / "models" / f"{stage}.pt"
 
+    def best_model(self, stage: str) -> Path:
+        """The EMA weights at the lowest held-out loss measured during a fine-tune (``finetune.eval_every``)."""
+        return self.path / "models" / "best" / f"{stage}.pt"
+
+    def heldout_curve(self, stage: str) -> Path:
+        """JSON lines {"step", "value"}: the group's held-out loss measured during its fine-tune."""
+        return self.path / "metrics" / "heldout" / f"{stage}.jsonl"
+
     def metrics(self, stage: str) -> Path:
         return self.path / "metrics" / f"{stage}.jsonl"
 

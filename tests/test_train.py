@@ -183,3 +183,29 @@ def test_ema_warmup_keeps_little_of_the_starting_weights_after_a_short_fine_tune
         dist[warm] = sum(((st["ema"][k] - st["model"][k]) ** 2).sum().item() for k in init
                          if init[k].is_floating_point())
     assert dist[True] < dist[False] / 4
+
+
+def test_finetune_measures_held_out_loss_every_n_steps_keeps_the_best_and_resumes_the_curve(runs_dir):
+    """finetune.eval_every: the group's held-out loss at step 0 (just pruned) and every N steps, continued without
+    repeats by a longer fine-tune; the best weights kept, and used by the progressive model with keep best."""
+    rd = ["--runs-dir", runs_dir]
+    run_cli("train", "--preset", "tiny", "--run", "ft", "--steps", "4", *MICRO, "-S", "schedule.groups=2",
+            "-S", "finetune.eval_every=2", "-S", "finetune.keep=best", "-S", "finetune.batch_size=8",
+            "-S", "eval.loss_images=16", *rd, check=0)
+    run_cli("finetune", "ft", "--steps", "4", *rd, check=0)
+    run_cli("finetune", "ft", "--steps", "6", *rd, check=0)
+    run = runs_dir / "ft"
+    curves = sorted((run / "metrics" / "heldout").glob("group*.jsonl"))
+    assert curves
+    for path in curves:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 2, 4, 6]
+        best = min(rows, key=lambda r: r["value"])
+        kept = torch.load(run / "models" / "best" / path.name.replace(".jsonl", ".pt"), weights_only=False)
+        assert kept["step"] == best["step"] and kept["best_value"] == best["value"]
+    prog = torch.load(run / "models" / "progressive.pt", weights_only=False)
+    g = int(curves[0].stem[len("group"):])
+    kept = torch.load(run / "models" / "best" / curves[0].name.replace(".jsonl", ".pt"), weights_only=False)
+    assert all(torch.equal(prog["groups"][g]["state"][k], kept["state"][k]) for k in kept["state"])
+    p = run_cli("train", "--preset", "tiny", "--run", "bad", "-S", "finetune.keep=best", *rd)
+    assert p.returncode == 2 and "eval_every" in p.stderr

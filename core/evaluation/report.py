@@ -73,6 +73,30 @@ def plot_losses(run: Run, path: Path) -> bool:
     return True
 
 
+def plot_heldout(run: Run, path: Path) -> bool:
+    """Every group's held-out loss against fine-tune steps (``finetune.eval_every``), its best marked."""
+    curves = {p.stem: _read_jsonl(p) for p in sorted((run.path / "metrics" / "heldout").glob("group*.jsonl"))}
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, rows in curves.items():
+        steps, vals = [r["step"] for r in rows], [r["value"] for r in rows]
+        line, = ax.plot(steps, vals, marker=".", label=name.replace("group", "group "))
+        best = min(range(len(vals)), key=vals.__getitem__)
+        ax.plot([steps[best]], [vals[best]], "o", mfc="none", ms=10, color=line.get_color())
+    ax.set_xlabel("fine-tune step")
+    ax.set_ylabel("held-out eps-MSE (group's timesteps)")
+    ax.set_yscale("log")
+    ax.set_title("Held-out loss during fine-tuning (lower is better)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def proxy_rounds(run: Run) -> list[dict]:
     from core.store import open_store
 
@@ -234,6 +258,10 @@ def _figures(run: Run, baselines: list[Run], out: Path, rounds: list[dict], full
         figs.append(("figure", "Schedule", "schedule.png", "SNR (dB) and MACs budget per timestep, with the group bounds"))
     if plot_losses(run, out / "losses.png"):
         figs.append(("figure", "Training losses", "losses.png", "stage 1 and every group's fine-tune"))
+    if plot_heldout(run, out / "heldout.png"):
+        figs.append(("figure", "Held-out loss during fine-tuning", "heldout.png",
+                     "each group's held-out eps-MSE on its timesteps every finetune.eval_every steps (step 0: just "
+                     "pruned); the ring marks the best, which finetune.keep best uses (the paper's Fig. 6)"))
     if plot_proxy(rounds, full, out / "proxy.png"):
         figs.append(("figure", "Proxy rounds", "proxy.png",
                      "held-out loss of every candidate the proxy proposed, per group"))
@@ -345,6 +373,10 @@ def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Pat
     if plot_fid_macs(runs, out / "fid_macs.png"):
         sections.append(("figure", "FID and KID vs MACs", "fid_macs.png",
                          "every arm's models, 95% bootstrap intervals as error bars"))
+    for r in runs:  # fine-tune curves (finetune.eval_every), one figure per arm that measured them
+        if plot_heldout(r, out / f"heldout_{r.name}.png"):
+            sections.append(("figure", f"Held-out loss during fine-tuning: {r.name}", f"heldout_{r.name}.png",
+                             "each group's held-out eps-MSE every finetune.eval_every steps; rings mark the best"))
     grids = {}
     for r in runs:
         found = sorted(r.samples().glob("progressive_s*_seed0.png"))

@@ -190,12 +190,13 @@ def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
         while free and any(ready(r) for r in todo):
             run = next(r for r in todo if ready(r))
             todo.remove(run)
-            slot = free.pop(0)
-            job_id, pid = start_detached(run, store, [slot], grace)
-            active[job_id] = (run, slot)
-            say(f"study {rec['id']}: {run.name} started on {slot} (job {job_id}, pid {pid})")
+            share = max(1, len(free) // sum(1 for r in [run, *todo] if ready(r)))  # fewer arms than slots: more each
+            mine, free = free[:share], free[share:]
+            job_id, pid = start_detached(run, store, mine, grace)
+            active[job_id] = (run, mine)
+            say(f"study {rec['id']}: {run.name} started on {', '.join(mine)} (job {job_id}, pid {pid})")
         time.sleep(0.5)
-        for job_id, (run, slot) in list(active.items()):
+        for job_id, (run, mine) in list(active.items()):
             job = store.job(job_id)
             if job["status"] in ("queued", "running") and not job_alive(job):
                 reconcile(store)
@@ -203,7 +204,7 @@ def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
             if job["status"] in ("queued", "running"):
                 continue
             del active[job_id]
-            free.append(slot)
+            free.extend(mine)
             say(f"study {rec['id']}: {run.name} {job['status']}")
     return {r.name: _status(store, r.name) for r in runs}
 

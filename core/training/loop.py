@@ -62,6 +62,9 @@ class TrainSpec:
     timesteps: Optional[list[int]] = None  # None: all T
     distill: float = 0.0               # weight of matching the teacher's output (needs a teacher)
     ema_warmup: bool = False           # EMA decay min(decay, (1 + k) / (10 + k)) at step k (see ``ema_decay_at``)
+    eval_every: int = 0                # with an evaluator: measure the EMA model every N steps (and at 0 and the end)
+    evals: Optional[Path] = None       # JSON lines {"step", "value"} of those measurements
+    best_out: Optional[Path] = None    # the EMA weights at the best (lowest) measurement so far
     extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
 
 
@@ -155,8 +158,11 @@ class TrainLoop:
     def __init__(self, spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
                  resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
                  on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
-                 on_step: Optional[Callable[[int, int], None]] = None, teacher: Optional[torch.nn.Module] = None):
+                 on_step: Optional[Callable[[int, int], None]] = None, teacher: Optional[torch.nn.Module] = None,
+                 evaluator: Optional[Callable[[torch.nn.Module], float]] = None):
         self.spec, self.model, self.diffusion, self.data = spec, model, diffusion, data
+        self.evaluator = evaluator if spec.eval_every > 0 else None
+        self.best = {"step": None, "value": None}  # the lowest measurement so far (kept in the checkpoint)
         self.teacher = teacher if spec.distill > 0 else None
         self.device = torch.device(device)
         self.dist, self.rank, self.world = distributed()
@@ -205,6 +211,8 @@ class TrainLoop:
         torch.manual_seed(self.spec.seed)
         if self.main:
             truncate_metrics(self.spec.metrics, 0)
+            if self.spec.evals is not None:
+                truncate_metrics(self.spec.evals, -1)
         return 0
 
     def resume(self) -> int:
@@ -223,8 +231,11 @@ class TrainLoop:
         torch.set_rng_state(state["rng"]["torch"])
         if self.cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.best = state.get("best") or self.best
         if self.main:
             truncate_metrics(spec.metrics, state["step"])
+            if spec.evals is not None:
+                truncate_metrics(spec.evals, state["step"])
         return state["step"]
 
     # -- one optimisation step ------------------------------------------------------------------------
@@ -293,10 +304,26 @@ class TrainLoop:
             return
         atomic_torch_save({
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-            "step": step,
+            "step": step, "best": self.best,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
             "spec": {k: str(v) if isinstance(v, Path) else v for k, v in self.spec.__dict__.items()},
         }, self.spec.ckpt)
+
+    def evaluate(self, step: int) -> None:
+        """Measure the EMA model (lower is better): a line in ``spec.evals``, and ``spec.best_out`` when it is the
+        best so far (Fig. 6 of the paper: quality during fine-tuning peaks, then over-fits)."""
+        if self.evaluator is None or not self.main:
+            return
+        value = float(self.evaluator(self.ema))
+        self.ema.eval()
+        self.spec.evals.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spec.evals, "a") as f:
+            f.write(json.dumps({"step": step, "value": value}) + "\n")
+        if self.best["value"] is None or value < self.best["value"]:
+            self.best = {"step": step, "value": value}
+            if self.spec.best_out is not None:
+                atomic_torch_save({"state": self.ema.state_dict(), "step": step, "best_value": value,
+                                   **self.spec.extra}, self.spec.best_out)
 
     def stopping(self, stop: StopFlag) -> bool:
         """Whether a signal asked to stop; every rank stops at the same step (the signal may reach them apart)."""
@@ -320,6 +347,8 @@ class TrainLoop:
         last, acc, n, t0, since = {"step": start}, torch.zeros(4, device=self.device), 0, time.time(), time.time()
         self.model.train()
         stream = batches(self.data, spec.batch_size, spec.seed, start, spec.steps, spec.workers, pin=self.cuda)
+        if start == 0 and self.evaluator is not None:
+            self.evaluate(0)  # the starting point (a just-pruned model) as step 0 of the curve
         try:
             with StopFlag() as stop:
                 for step in range(start, spec.steps):
@@ -330,6 +359,8 @@ class TrainLoop:
                         last = self.log(done, acc, n, since)
                         acc.zero_()
                         n, since = 0, time.time()
+                    if self.evaluator is not None and (done % spec.eval_every == 0 or done == spec.steps):
+                        self.evaluate(done)
                     self._hook("on_step", done, spec.steps)
                     bar.update(done, f"loss {last.get('loss', float('nan')):.4f} {last.get('it_s', 0):.1f} it/s",
                                logged)
@@ -358,9 +389,11 @@ class TrainLoop:
 def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
           resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
           on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
-          on_step: Optional[Callable[[int, int], None]] = None, teacher: Optional[torch.nn.Module] = None) -> dict:
+          on_step: Optional[Callable[[int, int], None]] = None, teacher: Optional[torch.nn.Module] = None,
+          evaluator: Optional[Callable[[torch.nn.Module], float]] = None) -> dict:
     """Train ``model`` per ``spec`` (see ``TrainLoop``); returns the final metrics. Writes the checkpoint, the
     metrics file and the EMA model. ``resume``: continue from an existing checkpoint (else one is an error).
-    ``teacher``: the model whose output the student matches with weight ``spec.distill``."""
+    ``teacher``: the model whose output the student matches with weight ``spec.distill``. ``evaluator``: a
+    measurement of the EMA model (lower is better) taken every ``spec.eval_every`` steps."""
     return TrainLoop(spec, model, diffusion, data, resume=resume, device=device, progress=progress,
-                     on_log=on_log, on_start=on_start, on_step=on_step, teacher=teacher).run()
+                     on_log=on_log, on_start=on_start, on_step=on_step, teacher=teacher, evaluator=evaluator).run()

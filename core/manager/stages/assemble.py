@@ -26,11 +26,14 @@ def assemble(run, sched=None) -> Optional[str]:
     from core.method.schedule import run_schedule
 
     sched = sched or run_schedule(run)
+    best = run.config["finetune"].get("keep") == "best"
     parts = {}
     for g in sched.nonempty:
         path = run.model(run.group_stage(g.index))
         if not path.exists():
             return None
+        if best and run.best_model(run.group_stage(g.index)).exists():  # finetune.keep: best (measured) weights
+            path = run.best_model(run.group_stage(g.index))
         art = torch.load(path, map_location="cpu", weights_only=False)
         parts[g.index] = {"arch": art["arch"], "plan": art.get("plan"), "state": art["state"]}
     out = run.model("progressive")

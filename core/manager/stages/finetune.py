@@ -48,6 +48,7 @@ def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int
         ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"], timesteps=grp.timesteps,
         channels_last=t["channels_last"], compile=t["compile"], distill=f["distill"], ema_warmup=f["ema_warmup"],
         accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
+        eval_every=f.get("eval_every", 0), evals=run.heldout_curve(name), best_out=run.best_model(name),
         extra={"arch": model_arch(cfg), "stage": "finetune", "group": g, "t_start": grp.t_start, "t_end": grp.t_end,
                "budget_macs": grp.budget_macs, "distill": f["distill"]},
     )
@@ -101,10 +102,25 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
             f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps"
             + (f", distilling from the base (weight {spec.distill:g})" if teacher is not None else ""))
         train(spec, model, diffusion, data, resume=resume, device=device, progress=progress, teacher=teacher,
+              evaluator=heldout_evaluator(cfg, diffusion, grp, device) if spec.eval_every else None,
               **(hooks(g) if hooks else {}))
         trained.append(g)
     assemble(run, sched)
     return trained
+
+
+def heldout_evaluator(cfg: dict, diffusion, grp, device="cpu"):
+    """The group's held-out eps-MSE on its own timesteps (the images and noise of ``stepadapt eval``'s loss
+    table, so the curve ends where the evaluation starts)."""
+    from core.evaluation.losses import eval_images, region_losses
+
+    images = eval_images(cfg, cfg["eval"]["loss_images"])
+
+    def measure(model) -> float:
+        return region_losses(model, diffusion, images, {grp.index: grp.timesteps}, draws=cfg["eval"]["loss_draws"],
+                             device=device)[grp.index]
+
+    return measure
 
 
 def work(ctx) -> None:
