@@ -245,3 +245,28 @@ def test_llm_log_shows_when_the_provider_changed_between_runs_of_a_request(runs_
     out = run_cli("llm-log", "friday", "--call", second, "--runs-dir", runs_dir, check=0).stdout
     assert "changed since call 1 (run monday): system_fingerprint fp_a -> fp_b" in out
     assert "model_resolved" not in out.split("changed since", 1)[1]
+
+
+def test_several_proposals_per_round_are_all_measured_recorded_and_replayed_exactly(runs_dir):
+    """prune.proposals: every round asks for P candidates (each its own request, all seeing the memory bank as the
+    round began), measures each, and records them; a replay gives the same candidates and plan."""
+    from core.manager.stages.prune import load_prune_record
+    from core.runs import open_run
+
+    rd = ["--runs-dir", runs_dir]
+    for name in ("three", "again"):
+        _train(name, rd)
+    run_cli("prune", "three", "--method", "proxy", "--rounds", "2", "--proposals", "3", "--groups", "1", *rd, check=0)
+    log = json.loads(run_cli("llm-log", "three", "--json", *rd, check=0).stdout)
+    accepted = [c for c in log if c["verdict"] == "accepted"]
+    assert [c["round"] for c in accepted] == [1, 1, 1, 2, 2, 2]
+    rec = load_prune_record(open_run("three", runs_dir), 1)
+    memory = rec["report"]["proxy"]["memory"]
+    kept = [m for m in memory if m["accepted"]]
+    assert len(kept) == 6 and rec["method"]["proposals"] == 3
+    assert len({json.dumps(m["keep"], sort_keys=True) for m in kept}) == 6  # six different candidates
+    p = run_cli("prune", "again", "--method", "proxy", "--replay", "three", "--groups", "1", *rd, check=0)
+    assert "proposals 3" in p.stderr  # adopted from the recording
+    again = load_prune_record(open_run("again", runs_dir), 1)
+    assert again["plan"] == rec["plan"] and again["report"]["proxy"]["memory"] == memory
+    assert again["report"]["proxy"]["sources"] == {"replay": len(log)}

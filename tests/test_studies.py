@@ -21,6 +21,7 @@ EXPECTED_ARMS = {
                "scratch": {"prune.method": "scratch", "prune.scratch_from": "table4-tiny-proxy"}},
     "table5": {f"g{n}": {"schedule.groups": n, "prune.method": "none"} for n in (4, 8, 10, 15, 20)},
     "table6": {m: {"prune.method": m} for m in ("random", "magnitude", "proxy")},
+    "fig7": {"proxy": {"prune.proposals": 3, "prune.rounds": 5}},
     "fig6": {"last": {"finetune.eval_every": 50, "finetune.keep": "last"},
              "best": {"finetune.eval_every": 50, "finetune.keep": "best"}},
 }

@@ -116,7 +116,19 @@ def plot_proxy(rounds: list[dict], full_macs: float, path: Path) -> bool:
         rs = [r for r in rounds if r["group_index"] == g and r["loss"] is not None]
         if not rs:
             continue
-        ax.plot([r["round"] + 1 for r in rs], [r["loss"] for r in rs], marker="o", lw=0.8, label=f"group {g}")
+        by_round = {}
+        for r in rs:
+            by_round.setdefault(r["round"] + 1, []).append(r["loss"])
+        xs = sorted(by_round)
+        if max(len(v) for v in by_round.values()) > 1:  # several proposals per round: mean and spread (Fig. 7)
+            import numpy as np
+
+            means = [float(np.mean(by_round[x])) for x in xs]
+            line = ax.errorbar(xs, means, yerr=[float(np.std(by_round[x])) for x in xs], marker="o", lw=0.8,
+                               capsize=3, label=f"group {g} (mean, std)")[0]
+            ax.scatter([r["round"] + 1 for r in rs], [r["loss"] for r in rs], s=8, color=line.get_color(), alpha=0.5)
+        else:
+            ax.plot(xs, [by_round[x][0] for x in xs], marker="o", lw=0.8, label=f"group {g}")
         ok = [r for r in rs if r["accepted"]]
         if ok:
             best = min(ok, key=lambda r: r["loss"])
@@ -373,6 +385,10 @@ def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Pat
     if plot_fid_macs(runs, out / "fid_macs.png"):
         sections.append(("figure", "FID and KID vs MACs", "fid_macs.png",
                          "every arm's models, 95% bootstrap intervals as error bars"))
+    for r in runs:  # proxy rounds with several proposals per round (Fig. 7)
+        if r.config["prune"].get("proposals", 1) > 1 and plot_proxy(proxy_rounds(r), 1.0, out / f"proxy_{r.name}.png"):
+            sections.append(("figure", f"Proxy proposals per round: {r.name}", f"proxy_{r.name}.png",
+                             "every proposal's held-out loss, the per-round mean and standard deviation"))
     for r in runs:  # fine-tune curves (finetune.eval_every), one figure per arm that measured them
         if plot_heldout(r, out / f"heldout_{r.name}.png"):
             sections.append(("figure", f"Held-out loss during fine-tuning: {r.name}", f"heldout_{r.name}.png",

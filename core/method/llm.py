@@ -220,7 +220,11 @@ class LocalSearchPolicy:
         shrink = 0.95 ** (over + retries)
         if not valid:
             keep = self._uniform_keep(units, budget) * shrink
-            return {"keep": {u["name"]: round(max(0.05, keep), 4) for u in units}, "note": "uniform start"}
+            out = {u["name"]: max(0.05, keep) for u in units}
+            if state.get("proposal", 1) > 1:  # several proposals per round: the others vary the uniform start
+                for name in rnd.sample(sorted(out), k=max(1, len(out) // 4)):
+                    out[name] = min(1.0, max(0.05, out[name] + rnd.choice((-1, 1)) * 0.1))
+            return {"keep": {n: round(v, 4) for n, v in out.items()}, "note": "uniform start"}
         best = min(valid, key=lambda m: m["loss"])
         keep = {n: v * (0.95 ** retries) for n, v in best["keep"].items()}
         step = 0.2 / (1 + 0.3 * len(memory))

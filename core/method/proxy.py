@@ -48,7 +48,8 @@ class ProxySettings:
     model: str = LOCAL_MODEL
     api_base: Optional[str] = None
     rounds: int = 5
-    retries: int = 2                 # re-asks after a rejected answer, per round
+    proposals: int = 1               # candidates per round, each measured (the paper's Fig. 7 uses 3)
+    retries: int = 2                 # re-asks after a rejected answer, per proposal
     temperature: float = 0.0
     seed: int = 0
     max_tokens: int = 4096
@@ -62,8 +63,11 @@ class ProxySettings:
         return {"temperature": self.temperature, "seed": self.seed, "max_tokens": self.max_tokens}
 
     def describe(self) -> dict:
-        return {"method": "proxy", "llm": self.model, "rounds": self.rounds, "retries": self.retries,
-                "temperature": self.temperature, "seed": self.seed, "prompts": prompts_hash(self.prompts_dir)}
+        out = {"method": "proxy", "llm": self.model, "rounds": self.rounds, "retries": self.retries,
+               "temperature": self.temperature, "seed": self.seed, "prompts": prompts_hash(self.prompts_dir)}
+        if self.proposals > 1:  # one proposal per round describes (and replays) as before
+            out["proposals"] = self.proposals
+        return out
 
 
 def load_templates(prompts_dir: Path) -> dict[str, string.Template]:
@@ -287,13 +291,15 @@ class ProxyRun:
         self.base_loss = held_out_loss(pr.base, self.ctx)
         memory, candidates = [], []  # M of Eq. 17, and the accepted candidates
         for rnd in range(s.rounds):
-            outcome = self._propose(rnd, self._prompt(rnd, memory), memory)
-            if outcome is None:
-                self._record_round(rnd, {"accepted": 0, "reason": "no valid answer"})
-                memory.append({"round": rnd, "keep": None, "macs_ratio": None, "loss": None, "accepted": False,
-                               "reason": "no valid answer"})
-                continue
-            candidates.append(self._measure(rnd, *outcome, memory))
+            bank = list(memory)  # every proposal of a round sees the memory as the round began
+            for prop in range(s.proposals):
+                outcome = self._propose(rnd, self._prompt(rnd, bank, prop), memory)
+                if outcome is None:
+                    self._record_round(rnd, {"accepted": 0, "reason": "no valid answer"})
+                    memory.append({"round": rnd, "keep": None, "macs_ratio": None, "loss": None, "accepted": False,
+                                   "reason": "no valid answer"})
+                    continue
+                candidates.append(self._measure(rnd, *outcome, memory))
         info = {"rounds": s.rounds, "memory": memory, "base_loss": self.base_loss, "sources": self.sources,
                 "diverged_at": self.diverged_at, "replay_of": self.replay.source_run if self.replay else None,
                 "llm": s.model, "session": self.session}
@@ -303,10 +309,13 @@ class ProxyRun:
         info["winner_round"] = rnd
         return plan, info
 
-    def _prompt(self, rnd: int, memory: list) -> list:
-        """The messages of round ``rnd``: the system prompt and the round's state with the memory bank."""
+    def _prompt(self, rnd: int, memory: list, proposal: int = 0) -> list:
+        """The messages of round ``rnd``: the system prompt and the round's state with the memory bank (and,
+        with several proposals per round, which proposal this is: each is its own request)."""
         F, g = self.pruner.full["macs"], self.group_info
         state = {"budget_ratio": round(self.budget_macs / F, 6), "units": self.hints, "memory": memory}
+        if self.settings.proposals > 1:
+            state.update(proposal=proposal + 1, proposals=self.settings.proposals)
         user = self.tpl["proxy_round"].substitute(
             round=rnd + 1, rounds=self.settings.rounds, budget_gmacs=_fmt(self.budget_macs / 1e9),
             budget_pct=f"{100 * self.budget_macs / F:.1f}", full_gmacs=_fmt(F / 1e9),

@@ -146,7 +146,8 @@ def tracked_stage(run, stage: str, device):
     store.update_run(run.name, status="created", ended=utc_now())  # its other stages are still to run
 
 
-PROXY_FLAGS = ("llm", "api_base", "rounds", "retries", "temperature", "timeout", "replay_run", "prompts_dir")
+PROXY_FLAGS = ("llm", "api_base", "rounds", "proposals", "retries", "temperature", "timeout", "replay_run",
+               "prompts_dir")
 
 
 def _proxy_settings(run, seed, flags: dict):
@@ -159,16 +160,16 @@ def _proxy_settings(run, seed, flags: dict):
     ps = proxy_settings(run.config)
     if seed is not None:
         ps.seed = seed
-    for key, flag in (("model", "llm"), ("api_base", "api_base"), ("rounds", "rounds"), ("retries", "retries"),
-                      ("temperature", "temperature"), ("timeout", "timeout")):
+    for key, flag in (("model", "llm"), ("api_base", "api_base"), ("rounds", "rounds"), ("proposals", "proposals"),
+                      ("retries", "retries"), ("temperature", "temperature"), ("timeout", "timeout")):
         if flags[flag] is not None:
             setattr(ps, key, flags[flag])
     if flags["prompts_dir"]:
         ps.prompts_dir = Path(flags["prompts_dir"])
     if flags["replay_run"]:
         _adopt_recorded(run, ps, flags, seed)
-    if ps.rounds < 1 or ps.retries < 0:
-        raise UserError("--rounds must be >= 1 and --retries >= 0")
+    if ps.rounds < 1 or ps.retries < 0 or not 1 <= ps.proposals <= 16:
+        raise UserError("--rounds must be >= 1, --proposals in [1, 16] and --retries >= 0")
     return ps
 
 
@@ -181,7 +182,7 @@ def _adopt_recorded(run, ps, flags: dict, seed) -> None:
 
     rec = recorded_proxy_settings(run.path.parent, open_store(run.path.parent), flags["replay_run"])
     given = {"model": flags["llm"], "rounds": flags["rounds"], "retries": flags["retries"],
-             "temperature": flags["temperature"], "seed": seed}
+             "temperature": flags["temperature"], "seed": seed, "proposals": flags.get("proposals")}
     adopted = []
     for key, user in given.items():
         if user is None and rec.get(key) is not None and getattr(ps, key) != rec[key]:
@@ -208,6 +209,7 @@ def _adopt_recorded(run, ps, flags: dict, seed) -> None:
 @click.option("--llm", default=None, help="Proxy: litellm model string (default stepadapt/local-search, offline).")
 @click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
 @click.option("--rounds", type=int, default=None, help="Proxy: rounds per group (default 5).")
+@click.option("--proposals", type=int, default=None, help="Proxy: candidates per round, each measured (default 1).")
 @click.option("--retries", type=int, default=None, help="Proxy: re-asks after a rejected answer (default 2).")
 @click.option("--temperature", type=float, default=None, help="Proxy: sampling temperature (default 0).")
 @click.option("--timeout", type=float, default=None, help="Proxy: seconds per LLM call (default 120).")
@@ -219,8 +221,8 @@ def _adopt_recorded(run, ps, flags: dict, seed) -> None:
 @click.option("--prompts", "prompts_dir", type=click.Path(file_okay=False), default=None,
               help="Proxy: folder of prompt templates (default: the project's prompts/).")
 @runs_dir_option
-def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_base, rounds, retries, temperature,
-          timeout, replay_run, on_miss, use_cache, prompts_dir, runs_dir):
+def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_base, rounds, proposals, retries,
+          temperature, timeout, replay_run, on_miss, use_cache, prompts_dir, runs_dir):
     """Stage 2a: prune a copy of the base for every group to its MACs budget (Eq. 14/15).
 
     Writes RUN/prune/groupNN.json (plan and report); `stepadapt finetune RUN` then fine-tunes the pruned
@@ -231,8 +233,8 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
 
     run = open_run(run_name, runs_dir)
     set_threads(run.config)
-    flags = dict(llm=llm, api_base=api_base, rounds=rounds, retries=retries, temperature=temperature,
-                 timeout=timeout, replay_run=replay_run, prompts_dir=prompts_dir)
+    flags = dict(llm=llm, api_base=api_base, rounds=rounds, proposals=proposals, retries=retries,
+                 temperature=temperature, timeout=timeout, replay_run=replay_run, prompts_dir=prompts_dir)
     proxy = None
     if (method or run.config["prune"]["method"]) == "proxy":
         proxy = _proxy_settings(run, seed, flags)

@@ -264,7 +264,8 @@ def recorded_proxy_settings(runs_dir, store, src: str) -> dict:
         m = (read_json(path) or {}).get("method") or {}
         if m.get("method") == "proxy":
             return {"model": m.get("llm"), "rounds": m.get("rounds"), "retries": m.get("retries"),
-                    "temperature": m.get("temperature"), "seed": m.get("seed"), "prompts": m.get("prompts")}
+                    "temperature": m.get("temperature"), "seed": m.get("seed"), "prompts": m.get("prompts"),
+                    "proposals": m.get("proposals", 1)}
     calls = store.calls(src)
     if not calls:
         return {}
@@ -278,7 +279,8 @@ def proxy_settings(cfg: dict):
     from core.method.proxy import ProxySettings
 
     p = cfg["prune"]
-    return ProxySettings(model=p["llm"], api_base=p["api_base"] or None, rounds=p["rounds"], seed=cfg["seed"])
+    return ProxySettings(model=p["llm"], api_base=p["api_base"] or None, rounds=p["rounds"], seed=cfg["seed"],
+                         proposals=p.get("proposals", 1))
 
 
 def work(ctx) -> None:
