@@ -77,7 +77,7 @@ _BASE: dict[str, Any] = {
     },
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
     "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999, "distill": 0.0,
-                 "ema_warmup": True, "eval_every": 0, "keep": "last"},
+                 "ema_warmup": True, "eval_every": 0, "keep": "last", "single_stage": False},
     "control": {"enabled": True},
     "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
               "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5,
@@ -299,6 +299,9 @@ def validate(cfg: dict) -> None:
         (cfg["finetune"]["distill"] >= 0, "finetune.distill must be >= 0"),
         (cfg["finetune"]["eval_every"] >= 0, "finetune.eval_every must be >= 0 (0: off)"),
         (cfg["finetune"]["keep"] in ("last", "best"), "finetune.keep must be last or best"),
+        (not cfg["finetune"]["single_stage"] or (cfg["prune"]["method"] == "none" and cfg["finetune"]["distill"] == 0),
+         "finetune.single_stage (every group's model from scratch, no stage 1) needs prune.method none and no "
+         "finetune.distill"),
         (cfg["finetune"]["keep"] == "last" or cfg["finetune"]["eval_every"] > 0,
          "finetune.keep best needs finetune.eval_every > 0 (what 'best' is measured by)"),
         (cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"], "sample.steps must be in [1, diffusion.steps]"),
@@ -322,6 +325,12 @@ def complete(cfg: dict) -> dict:
 
     fill(cfg, ref)
     return cfg
+
+
+def single_stage(cfg: dict) -> bool:
+    """The paper's single-stage variant (Appendix A): every group's model trains from scratch; no stage 1, no
+    control."""
+    return bool(cfg.get("finetune", {}).get("single_stage"))
 
 
 def model_arch(cfg: dict) -> dict:

@@ -21,6 +21,8 @@ EXPECTED_ARMS = {
                "scratch": {"prune.method": "scratch", "prune.scratch_from": "table4-tiny-proxy"}},
     "table5": {f"g{n}": {"schedule.groups": n, "prune.method": "none"} for n in (4, 8, 10, 15, 20)},
     "table6": {m: {"prune.method": m} for m in ("random", "magnitude", "proxy")},
+    "fig8": {"two-stage": {"prune.method": "none"},
+             "single-stage": {"finetune.single_stage": True, "finetune.steps": 250}},
     "fig7": {"proxy": {"prune.proposals": 3, "prune.rounds": 5}},
     "fig6": {"last": {"finetune.eval_every": 50, "finetune.keep": "last"},
              "best": {"finetune.eval_every": 50, "finetune.keep": "best"}},
@@ -167,3 +169,24 @@ def test_scratch_takes_another_runs_architecture_and_none_of_the_base_weights(ru
     sa, sb = a.state_dict(), b.state_dict()
     assert {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in sb.items()}  # the plan's architecture
     assert not any(torch.equal(sa[k], sb[k]) for k in sa)  # and none of the base's weights
+
+
+def test_single_stage_trains_no_base_and_every_group_from_fresh_weights(runs_dir):
+    """`run --single-stage`: stage 1 and the control are skipped, each group's model starts from fresh weights,
+    and the evaluation counts only the groups' steps."""
+    p = run_cli("run", "--preset", "tiny", "--name", "one", "--single-stage", *FAST, "-S", "schedule.groups=2",
+                "--runs-dir", runs_dir)
+    assert p.returncode == 0, p.stderr
+    run = runs_dir / "one"
+    assert not (run / "models" / "base.pt").exists() and not (run / "models" / "control.pt").exists()
+    stages = {s for _, s in _jobs(runs_dir, "one")}
+    assert "base" not in stages and "control" not in stages and "finetune" in stages
+    ev = json.loads((run / "eval.json").read_text())
+    assert list(ev["models"]) == ["progressive"]
+    groups = [g for g in json.loads((run / "schedule.json").read_text())["groups"] if g["size"]]
+    assert ev["models"]["progressive"]["train_steps"] == 4 * len(groups)  # the groups' own steps, no base
+    shown = json.loads(run_cli("show", "one", "--json", "--runs-dir", runs_dir, check=0).stdout)
+    assert shown["stages"]["base"] == "skipped" and shown["stages"]["control"] == "skipped"
+    p = run_cli("run", "--preset", "tiny", "--name", "two", "--single-stage", "--method", "magnitude",
+                "--runs-dir", runs_dir)
+    assert p.returncode == 2 and "single_stage" in p.stderr and not (runs_dir / "two").exists()

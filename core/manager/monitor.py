@@ -50,7 +50,10 @@ def _latest(jobs: list[dict], stage: str, group: Optional[int] = None) -> Option
 def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
     """Stage -> running | done | skipped | failed | killed | lost | pending."""
     cfg = run.config
-    skipped = {"prune": cfg["prune"]["method"] == "none", "control": not cfg["control"]["enabled"]}
+    from core.config import single_stage
+
+    skipped = {"prune": cfg["prune"]["method"] == "none",
+               "control": not cfg["control"]["enabled"] or single_stage(cfg), "base": single_stage(cfg)}
     out = {}
     for st in STAGES:
         js = [j for j in jobs if j["stage"] == st]

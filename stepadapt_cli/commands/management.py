@@ -155,11 +155,13 @@ def _is_file(base: str) -> bool:
 @click.option("--seed", type=int, default=None)
 @click.option("--inception", type=click.Path(dir_okay=False), default=None,
               help="TorchScript inception-2015-12-05.pt: standard FID (eval.inception; default the domain FID).")
+@click.option("--single-stage", is_flag=True,
+              help="The paper's single-stage variant: every group's model from scratch, no stage 1 (method none).")
 @pipeline_options
 @runs_dir_option
 @overrides_option
-def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spec, seed, inception, detach,
-            parallel, gpus, grace, runs_dir, overrides):
+def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spec, seed, inception, single_stage,
+            detach, parallel, gpus, grace, runs_dir, overrides):
     """The whole method as one pipeline of tracked jobs: base training -> schedule -> per-group prune ->
     per-group fine-tune -> progressive model -> control -> samples -> evaluation. Ends with a table of the
     base, the control and the progressive model. With --base, stage 1 is taken from another run or a file."""
@@ -167,7 +169,9 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
     from core.runs import create_run
     from core.training.data import load_dataset
 
-    extra = _settings(method, llm, api_base, data_spec, seed, overrides)
+    extra = _settings(method or ("none" if single_stage else None), llm, api_base, data_spec, seed, overrides)
+    if single_stage:
+        extra.insert(0, "finetune.single_stage=true")
     if inception is not None:
         if not Path(inception).expanduser().is_file():
             raise UserError(f"Inception weights not found: {inception}")

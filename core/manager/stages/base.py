@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from core.config import model_arch
+from core.config import model_arch, single_stage
 from core.method.artifacts import artifact_step
 from core.training.loop import TrainSpec
 
@@ -12,6 +12,8 @@ GROUPED = False
 
 
 def pending(run) -> list:
+    if single_stage(run.config):  # no stage 1 in the single-stage variant
+        return []
     step = artifact_step(run.model("base"))
     return [] if step is not None and step >= run.config["train"]["steps"] else [None]
 

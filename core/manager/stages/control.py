@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from core.config import model_arch
+from core.config import model_arch, single_stage
 from core.errors import UserError
 from core.method.artifacts import artifact_fields, artifact_step
 from core.method.schedule import nonempty_groups
@@ -29,7 +29,7 @@ def added_steps(run) -> Optional[int]:
 
 
 def pending(run) -> list:
-    if not run.config["control"]["enabled"]:
+    if not run.config["control"]["enabled"] or single_stage(run.config):  # no base to continue
         return []
     added = added_steps(run)
     return [] if added is not None and artifact_fields(run.model("control")).get("added_steps") == added else [None]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from core.config import model_arch
+from core.config import model_arch, single_stage
 from core.errors import UserError
 from core.manager.stages.assemble import assemble
 from core.method.artifacts import artifact_step
@@ -71,7 +71,7 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
 
     cfg = run.config
     base_path = run.model("base")
-    if not base_path.exists():
+    if not base_path.exists() and not single_stage(cfg):
         raise UserError(f"run {run.name} has no base model yet ({base_path}); run stage 1 (stepadapt train) first")
     sched = run_schedule(run, cfg)
     empty = [g.index for g in sched.groups if g.size == 0]

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
+from core.config import single_stage
 from core.errors import UserError
 from core.method.artifacts import load_unet
 from core.method.importance import make_importance
@@ -66,6 +67,11 @@ def pruned_base(run: Run, g: int, device="cpu"):
     ``scratch`` method, the plan's architecture with freshly initialised weights (seeded by the run's seed and
     the group), nothing of the base's."""
     rec = load_prune_record(run, g)
+    if single_stage(run.config):  # the single-stage variant: the full architecture from fresh weights
+        from core.config import model_arch
+        from core.model.unet import build_unet
+
+        return build_unet(model_arch(run.config), seed=10_007 * (run.config["seed"] + 1) + g).to(device).eval(), None
     if rec is not None and rec["method"].get("method") == "scratch":
         from core.config import model_arch
         from core.model.unet import build_unet

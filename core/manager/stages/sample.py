@@ -9,7 +9,12 @@ GROUPED = False
 
 
 def sample_models(run) -> list[str]:
-    return [w for w in SAMPLE_MODELS if w != "control" or run.config["control"]["enabled"]]
+    """The run's models: the single-stage variant has neither a base nor a control."""
+    from core.config import single_stage
+
+    one = single_stage(run.config)
+    return [w for w in SAMPLE_MODELS if not (one and w != "progressive")
+            and (w != "control" or run.config["control"]["enabled"])]
 
 
 def sample_paths(run) -> dict:
