@@ -398,7 +398,12 @@ def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Pat
         found = sorted(r.samples().glob("progressive_s*_seed0.png"))
         if found:
             grids[r.name] = found[-1]
-    if side_by_side(grids, out / "samples.png"):
+    one = sorted(runs[0].samples().glob("side_by_side_s*_seed0.png")) if len(runs) == 1 else []
+    if one:  # one arm: its base, control and progressive model side by side
+        shutil.copyfile(one[-1], out / "samples.png")
+        sections.append(("figure", "Samples, same noise", "samples.png",
+                         f"{runs[0].name}: base, control and progressive model from the same noise"))
+    elif side_by_side(grids, out / "samples.png"):
         sections.append(("figure", "Samples per arm, same noise", "samples.png",
                          "each arm's progressive model, same seed and noise"))
     facts = [("study", res["study"]), ("preset", res["preset"]), ("shared base", res["base"]),
