@@ -159,10 +159,9 @@ def print_show(run, data: dict) -> None:
 
 def with_ci(value, ci, spec: str = "{:.3f}", scale: float = 1.0) -> str:
     """'1.234 [1.100, 1.400]' (a value and its 95% interval), '-' when missing."""
-    if value is None:
-        return "-"
-    out = spec.format(value / scale)
-    return out + (f" [{spec.format(ci[0] / scale)}, {spec.format(ci[1] / scale)}]" if ci else "")
+    from core.evaluation.text import with_ci as written
+
+    return written(value, ci, spec, scale)
 
 
 def verdict_line(c: dict) -> str:
@@ -173,9 +172,9 @@ def verdict_line(c: dict) -> str:
 
 def _change(ch) -> str:
     """A loss change: '+58.0% higher', '-3.1% same' (same: the paired interval holds zero)."""
-    from core.evaluation.evaluate import significance
+    from core.evaluation.text import change
 
-    return f"{ch['rel']:+.1%} {significance(ch['ci'])}" if ch else "-"
+    return change(ch)
 
 
 def print_comparison(data: dict) -> None:

@@ -216,11 +216,6 @@ def loss_changes(run, a: str, b: str, ra: dict, rb: dict) -> dict:
     return out
 
 
-def significance(diff_ci: list[float]) -> str:
-    """'lower', 'higher' or 'same' (the interval of a - b holds zero): for losses, lower is better."""
-    return "lower" if diff_ci[1] < 0 else "higher" if diff_ci[0] > 0 else "same"
-
-
 def verdict_text(c: dict) -> str:
     """'progressive vs control: WORSE on FID, +0.31 [+0.12, +0.50] (95%, paired); 0.70x MACs'."""
     primary = c.get("primary", "fid")

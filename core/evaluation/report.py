@@ -218,11 +218,8 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
 # a section is ("table", title, note, head, rows), ("figure", title, file, caption), ("text", title, lines) or
 # ("pre", title, text); a table cell is text, or (text, href) for a link
 def _comparison(run: Run, baselines: list[Run], ev: dict) -> list[tuple]:
-    from core.evaluation.evaluate import bottom_line, loss_table, significance, verdict_text
-
-    def ci(v, c, spec="{:.3f}", scale=1.0):
-        return "-" if v is None else spec.format(v / scale) + (
-            f" [{spec.format(c[0] / scale)}, {spec.format(c[1] / scale)}]" if c else "")
+    from core.evaluation.evaluate import bottom_line, loss_table, verdict_text
+    from core.evaluation.text import change, with_ci as ci
 
     rows = []
     for r in [run, *baselines]:
@@ -253,7 +250,7 @@ def _comparison(run: Run, baselines: list[Run], ev: dict) -> list[tuple]:
     if table:
         models = [m for m in ("base", "control", "progressive") if m in table[0]]
         lrows = [[str(t["group"]), *[f"{t[m]:.5f}" for m in models],
-                  *[(f"{t[k]['rel']:+.1%} {significance(t[k]['ci'])}" if t.get(k) else "-")
+                  *[change(t.get(k))
                     for k in ("vs_base", "vs_control")]] for t in table]
         out.append(("table", "Held-out loss (eps-MSE) per timestep group",
                     "same: the paired 95% interval of the difference holds zero.",
@@ -417,11 +414,7 @@ def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Pat
 
 def study_table(res: dict) -> tuple:
     """The study's table section: ours with 95% intervals (and our preset), then the paper's published values."""
-    def ci(v, c, spec, scale=1.0):
-        if v is None:
-            return "-"
-        s = spec.format(v / scale)
-        return s + (f" [{spec.format(c[0] / scale)}, {spec.format(c[1] / scale)}]" if c else "")
+    from core.evaluation.text import with_ci as ci
 
     kind = next((r["fid_kind"] for r in res["rows"] if r.get("fid_kind")), "FID")
     n = next((r["fid_n"] for r in res["rows"] if r.get("fid_n")), None)

@@ -38,10 +38,11 @@ def eval_summary(ev) -> Text:
 
 def loss_columns(ev) -> dict:
     """Group -> (held-out eps-MSE of the progressive model, change vs base, change vs control)."""
-    from core.evaluation.evaluate import loss_table, significance
+    from core.evaluation.evaluate import loss_table
+    from core.evaluation.text import change as written
 
     def change(ch):
-        return f"{ch['rel']:+.0%} {significance(ch['ci'])}" if ch else ""
+        return written(ch, "{:+.0%}", "")
 
     rows = loss_table((ev or {}).get("models") or {}, (ev or {}).get("comparisons") or [])
     return {str(r["group"]): (r.get("progressive"), change(r.get("vs_base")), change(r.get("vs_control")))
