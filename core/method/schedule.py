@@ -191,17 +191,24 @@ def plot_schedule(sched: Schedule, path) -> None:
     ax2.step(t, gb, where="mid", color="black", lw=1.0, ls="--", label="group budget (upper limit)")
     ax2.set_ylabel("MACs budget / F", color="tab:red")
     ax2.set_ylim(min(sched.k, sched.ratio.min()) - 0.05, 1.05)
+    import matplotlib.transforms as mtransforms
+
+    above = mtransforms.blended_transform_factory(ax2.transData, ax2.transAxes)  # x in t, y above the frame
+    last, gap = [], 0.025 * sched.num_timesteps  # per row of labels, the last label's x
     for g in sched.nonempty:
         if g.index % 2 == 0:
             ax1.axvspan(g.t_start - 0.5, g.t_end + 0.5, color="0.9", zorder=0)
         ax1.axvline(g.t_start - 0.5, color="0.6", lw=0.6)
-        ax2.text((g.t_start + g.t_end) / 2, 1.02, str(g.index), ha="center", va="bottom", fontsize=7)
+        x = (g.t_start + g.t_end) / 2
+        row = next((r for r, prev in enumerate(last) if x - prev >= gap), len(last))  # narrow groups stack up
+        last[row:row + 1] = [x]
+        ax2.text(x, 1.01 + 0.045 * row, str(g.index), ha="center", va="bottom", fontsize=7, transform=above)
     empty = [g.index for g in sched.groups if g.size == 0]
     title = f"{sched.kind} schedule, k={sched.k}, N={sched.n_groups}, T={sched.num_timesteps}; " \
             f"avg budget {sched.avg_budget_ratio:.3f} F"
     if empty:
         title += f"; empty groups: {', '.join(map(str, empty))}"
-    ax1.set_title(title, fontsize=9)
+    ax1.set_title(title, fontsize=9, pad=8 + 11 * len(last))
     lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     labels = ax1.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
     ax1.legend(lines, labels, loc="lower left", fontsize=8)
