@@ -39,6 +39,12 @@ def _execute(rec, store, runs_dir, parallel, gpus, grace):
     def say(line):
         click.echo(line, err=True)
 
+    import signal
+
+    def interrupt(signum, frame):  # SIGTERM (kill, or a background study where SIGINT is ignored) as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         statuses = run_study(rec, store, slots, runs_dir, grace, say)
     except KeyboardInterrupt:
