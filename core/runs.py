@@ -304,9 +304,7 @@ def register_run(run: Run, status: str = "created"):
     if row is not None and row["path"] == str(run.path.resolve()) and row["config_hash"] == run.meta.get("config_hash"):
         return store, row
     if row is not None:  # a run of the same name whose folder was deleted: the new folder wins
-        with store.db.conn:
-            for table in ("runs", "jobs", "metrics", "artifacts"):
-                store.db.execute(f"delete from {table} where {'name' if table == 'runs' else 'run'} = ?", [run.name])
+        store.forget_run(run.name)
     meta = run.meta
     store.add_run({"name": run.name, "parent": meta.get("parent"), "status": status, "config": run.config,
                    "config_hash": meta.get("config_hash"), "seed": meta.get("seed"), "git_sha": meta.get("git_sha"),

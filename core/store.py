@@ -352,6 +352,12 @@ class Store:
             self.db.execute("delete from artifacts where run = ? and path = ?", [row["run"], row["path"]])
             self.db["artifacts"].insert(row)
 
+    def forget_run(self, name: str) -> None:
+        """Delete a run's row and its jobs, metrics and artifacts (its folder is gone or replaced)."""
+        with self.db.conn:
+            for table in ("runs", "jobs", "metrics", "artifacts"):
+                self.db.execute(f"delete from {table} where {'name' if table == 'runs' else 'run'} = ?", [name])
+
     def artifacts(self, run: str) -> list[dict]:
         return list(self.db["artifacts"].rows_where("run = ?", [run], order_by="id"))
 

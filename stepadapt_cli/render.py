@@ -8,6 +8,8 @@ import click
 
 from rich.markup import escape
 
+from core.evaluation.text import change, with_ci
+
 from .common import console
 
 
@@ -157,11 +159,6 @@ def print_show(run, data: dict) -> None:
         con.print(tab)
 
 
-def with_ci(value, ci, spec: str = "{:.3f}", scale: float = 1.0) -> str:
-    """'1.234 [1.100, 1.400]' (a value and its 95% interval), '-' when missing."""
-    from core.evaluation.text import with_ci as written
-
-    return written(value, ci, spec, scale)
 
 
 def verdict_line(c: dict) -> str:
@@ -170,11 +167,7 @@ def verdict_line(c: dict) -> str:
     return verdict_text(c)
 
 
-def _change(ch) -> str:
-    """A loss change: '+58.0% higher', '-3.1% same' (same: the paired interval holds zero)."""
-    from core.evaluation.text import change
 
-    return change(ch)
 
 
 def print_comparison(data: dict) -> None:
@@ -236,8 +229,8 @@ def print_loss_table(run: str, rows: list[dict]) -> None:
     tab = _table(f"{run}: held-out loss (eps-MSE) per timestep group", ("group", *models, "progressive vs base",
                                                                          "progressive vs control"), "right")
     for r in rows:
-        tab.add_row(str(r["group"]), *[fmt(r.get(m)) for m in models], _change(r.get("vs_base")),
-                    _change(r.get("vs_control")))
+        tab.add_row(str(r["group"]), *[fmt(r.get(m)) for m in models], change(r.get("vs_base")),
+                    change(r.get("vs_control")))
     console().print(tab)
 
 

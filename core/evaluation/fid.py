@@ -152,15 +152,15 @@ def domain_extractor(data, cfg: dict, runs_dir, device="cpu", log=print) -> tupl
     it at the same time waits for it and loads it)."""
     from core.runs import file_lock
 
-    path = cache_dir(runs_dir) / "features" / f"domain-{dataset_key(data, cfg)}.pt"
+    key = dataset_key(data, cfg)
+    path = cache_dir(runs_dir) / "features" / f"domain-{key}.pt"
     with file_lock(path.with_name(path.name + ".lock")):
-        return _domain_extractor(data, cfg, path, device, log)
+        return _domain_extractor(data, cfg, key, path, device, log)
 
 
-def _domain_extractor(data, cfg: dict, path: Path, device, log) -> tuple[nn.Module, dict]:
+def _domain_extractor(data, cfg: dict, key: str, path: Path, device, log) -> tuple[nn.Module, dict]:
     from core.runs import atomic_torch_save
 
-    key = dataset_key(data, cfg)
     ident = f"domain2-{key}"  # 2: shape + texture features (1 was the penultimate layer alone)
     if path.exists():
         try:

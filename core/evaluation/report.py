@@ -106,7 +106,7 @@ def proxy_rounds(run: Run) -> list[dict]:
     return open_store(run.path.parent).rounds(run.name)
 
 
-def plot_proxy(rounds: list[dict], full_macs: float, path: Path) -> bool:
+def plot_proxy(rounds: list[dict], path: Path) -> bool:
     if not rounds:
         return False
     plt = _plt()
@@ -271,7 +271,7 @@ def _figures(run: Run, baselines: list[Run], out: Path, rounds: list[dict], full
         figs.append(("figure", "Held-out loss during fine-tuning", "heldout.png",
                      "each group's held-out eps-MSE on its timesteps every finetune.eval_every steps (step 0: just "
                      "pruned); the ring marks the best, which finetune.keep best uses (the paper's Fig. 6)"))
-    if plot_proxy(rounds, full, out / "proxy.png"):
+    if plot_proxy(rounds, out / "proxy.png"):
         figs.append(("figure", "Proxy rounds", "proxy.png",
                      "held-out loss of every candidate the proxy proposed, per group"))
     if plot_fid_macs([run, *baselines], out / "fid_macs.png"):
@@ -383,7 +383,7 @@ def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Pat
         sections.append(("figure", "FID and KID vs MACs", "fid_macs.png",
                          "every arm's models, 95% bootstrap intervals as error bars"))
     for r in runs:  # proxy rounds with several proposals per round (Fig. 7)
-        if r.config["prune"].get("proposals", 1) > 1 and plot_proxy(proxy_rounds(r), 1.0, out / f"proxy_{r.name}.png"):
+        if r.config["prune"].get("proposals", 1) > 1 and plot_proxy(proxy_rounds(r), out / f"proxy_{r.name}.png"):
             sections.append(("figure", f"Proxy proposals per round: {r.name}", f"proxy_{r.name}.png",
                              "every proposal's held-out loss, the per-round mean and standard deviation"))
     for r in runs:  # fine-tune curves (finetune.eval_every), one figure per arm that measured them

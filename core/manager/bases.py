@@ -32,7 +32,14 @@ def base_sha256(run: Run) -> Optional[str]:
     if recorded:
         return recorded
     path = run.model("base")
-    return file_sha256(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    from core.store import open_store
+
+    rows = [a for a in open_store(run.path.parent).artifacts(run.name) if a["path"] == "models/base.pt"]
+    if rows and rows[-1]["bytes"] == path.stat().st_size:  # recorded by the job that wrote it
+        return rows[-1]["sha256"]
+    return file_sha256(path)
 
 
 def base_origin(run: Run) -> str:
@@ -46,11 +53,14 @@ def base_origin(run: Run) -> str:
 
 
 # -- import ------------------------------------------------------------------------------------------------
-def import_config(cfg: dict) -> dict:
-    """An improved-diffusion model's settings on top of ``cfg``: GroupNorm(32) and t * 1000/T (their defaults)."""
+def import_config(cfg: dict, overrides: Iterable[str] = ()) -> dict:
+    """An improved-diffusion model's settings on top of ``cfg``: GroupNorm(32) and t * 1000/T (their defaults),
+    then the user's ``overrides`` (-S still wins)."""
+    from core import config as C
+
     cfg["model"]["norm_groups"] = 32
     cfg["model"]["rescale_timesteps"] = True
-    return cfg
+    return C.apply_overrides(cfg, overrides)
 
 
 def import_base(file, cfg: dict, name: Optional[str], runs_dir, log: Callable[[str], None] = print) -> Run:
@@ -92,12 +102,10 @@ def _write_base(run: Run, cfg: dict, arch: dict, state: dict, origin: dict) -> N
 # -- fork --------------------------------------------------------------------------------------------------
 def fork_config(parent: Run, overrides: Iterable[str]) -> dict:
     """The parent's config with ``overrides``; changing what stage 1 depends on is refused."""
-    import copy
-
     from core import config as C
 
-    before = C.complete(copy.deepcopy(parent.config))
-    cfg = C.apply_overrides(copy.deepcopy(before), overrides)
+    before = parent.config  # a completed copy, as every read of it
+    cfg = C.apply_overrides(parent.config, overrides)
     for section in SHARED_SECTIONS:
         if cfg.get(section) != before.get(section):
             keys = sorted(k for k in set(cfg[section]) | set(before[section])
@@ -196,7 +204,4 @@ def _discard(run: Run) -> None:
     from core.store import open_store
 
     shutil.rmtree(run.path, ignore_errors=True)
-    store = open_store(run.path.parent)
-    with store.db.conn:
-        for table in ("runs", "jobs", "metrics", "artifacts"):
-            store.db.execute(f"delete from {table} where {'name' if table == 'runs' else 'run'} = ?", [run.name])
+    open_store(run.path.parent).forget_run(run.name)

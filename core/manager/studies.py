@@ -230,11 +230,14 @@ def results(rec: dict, runs_dir) -> dict:
     from core.evaluation.evaluate import load_eval
 
     defn = rec["definition"]
+    evals = {}  # one read of each arm's eval.json (several rows may come from one arm)
+    for name in rec["arms"].values():
+        path = runs_root(runs_dir) / name
+        evals[name] = load_eval(Run(path)) if (path / "config.json").is_file() else {}
     rows = []
     for r in defn["rows"]:
         name = rec["arms"][r["arm"]]
-        path = runs_root(runs_dir) / name
-        ev = load_eval(Run(path)) if (path / "config.json").is_file() else {}
+        ev = evals[name]
         m = ev.get("models", {}).get(r["model"], {})
         base_macs = ev.get("models", {}).get("base", {}).get("macs")
         rows.append({"label": r["label"], "run": name, "model": r["model"],

@@ -315,7 +315,6 @@ class TrainLoop:
         if self.evaluator is None or not self.main:
             return
         value = float(self.evaluator(self.ema))
-        self.ema.eval()
         self.spec.evals.parent.mkdir(parents=True, exist_ok=True)
         with open(self.spec.evals, "a") as f:
             f.write(json.dumps({"step": step, "value": value}) + "\n")

@@ -193,7 +193,7 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
         if base is not None:
             from core.manager.bases import import_base, import_config
 
-            cfg = C.apply_overrides(import_config(cfg), overrides)  # -S still wins
+            cfg = import_config(cfg, overrides)
             run = import_base(base, cfg, run_name, runs_dir, log=say)
         else:
             run = create_run(cfg, run_name, runs_dir)
@@ -223,8 +223,7 @@ def import_cmd(run_name, file, preset, config_file, data_spec, runs_dir, overrid
     from core.manager.bases import import_base, import_config
 
     extra = _settings(None, None, None, data_spec, None, overrides)
-    cfg = C.resolve(preset, config_file, extra)
-    cfg = C.apply_overrides(import_config(cfg), overrides)
+    cfg = import_config(C.resolve(preset, config_file, extra), overrides)
     run = import_base(file, cfg, run_name, runs_dir, log=lambda line: click.echo(line, err=True))
     q = shlex.quote(run.name)
     click.echo(f"next: stepadapt resume {q}   (or stepadapt fork {q} NEW -S ... to share this base)")

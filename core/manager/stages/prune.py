@@ -68,15 +68,9 @@ def pruned_base(run: Run, g: int, device="cpu"):
     the group), nothing of the base's."""
     rec = load_prune_record(run, g)
     if single_stage(run.config):  # the single-stage variant: the full architecture from fresh weights
-        from core.config import model_arch
-        from core.model.unet import build_unet
-
-        return build_unet(model_arch(run.config), seed=10_007 * (run.config["seed"] + 1) + g).to(device).eval(), None
+        return _fresh_weights(run, g).to(device).eval(), None
     if rec is not None and rec["method"].get("method") == "scratch":
-        from core.config import model_arch
-        from core.model.unet import build_unet
-
-        fresh = build_unet(model_arch(run.config), seed=10_007 * (run.config["seed"] + 1) + g)  # not the base's seed
+        fresh = _fresh_weights(run, g)
         if rec["plan"]["remove"]:
             apply_plan(fresh, rec["plan"])
         return fresh.to(device).eval(), rec
@@ -84,6 +78,14 @@ def pruned_base(run: Run, g: int, device="cpu"):
     if rec is not None and rec["plan"]["remove"]:
         apply_plan(model, rec["plan"])
     return model, rec
+
+
+def _fresh_weights(run: Run, g: int):
+    """The run's architecture, initialised afresh for group g (a seed of its own: not the base's)."""
+    from core.config import model_arch
+    from core.model.unet import build_unet
+
+    return build_unet(model_arch(run.config), seed=10_007 * (run.config["seed"] + 1) + g)
 
 
 def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", seed: Optional[int] = None,
