@@ -77,7 +77,7 @@ _BASE: dict[str, Any] = {
     },
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
     "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999, "distill": 0.0,
-                 "ema_warmup": True, "eval_every": 0, "keep": "last", "single_stage": False},
+                 "ema_warmup": True, "eval_every": 0, "keep": "last", "single_stage": False, "fid_n": 0},
     "control": {"enabled": True},
     "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
               "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5,
@@ -302,6 +302,10 @@ def validate(cfg: dict) -> None:
         (not cfg["finetune"]["single_stage"] or (cfg["prune"]["method"] == "none" and cfg["finetune"]["distill"] == 0),
          "finetune.single_stage (every group's model from scratch, no stage 1) needs prune.method none and no "
          "finetune.distill"),
+        (cfg["finetune"]["fid_n"] == 0 or (cfg["finetune"]["fid_n"] >= 2 and cfg["finetune"]["eval_every"] > 0
+                                            and cfg["eval"]["fid"]),
+         "finetune.fid_n (FID of the whole model during fine-tuning) needs finetune.eval_every > 0, eval.fid on and "
+         "at least 2 samples (0: off)"),
         (cfg["finetune"]["keep"] == "last" or cfg["finetune"]["eval_every"] > 0,
          "finetune.keep best needs finetune.eval_every > 0 (what 'best' is measured by)"),
         (cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"], "sample.steps must be in [1, diffusion.steps]"),

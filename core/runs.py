@@ -166,6 +166,14 @@ class Run:
         """JSON lines {"step", "value"}: the group's held-out loss measured during its fine-tune."""
         return self.path / "metrics" / "heldout" / f"{stage}.jsonl"
 
+    def snapshots(self, stage: str) -> Path:
+        """The folder of a group's EMA weights at every ``finetune.eval_every`` step (with ``finetune.fid_n``)."""
+        return self.path / "models" / "snapshots" / stage
+
+    def fid_curve_file(self) -> Path:
+        """JSON lines: FID/KID of the whole progressive model at each fine-tune step every group reached."""
+        return self.path / "metrics" / "fid_curve.jsonl"
+
     def metrics(self, stage: str) -> Path:
         return self.path / "metrics" / f"{stage}.jsonl"
 

@@ -249,12 +249,26 @@ def print_eval(result: dict, ev: dict) -> None:
     for c in result["comparisons"]:
         console().print(escape(verdict_line(c)), highlight=False)
     print_loss_table(result["run"], loss_table({w: ev["models"][w] for w in result["models"]}, result["comparisons"]))
+    print_fid_curve(result.get("fid_curve") or [])
     if result["baseline"]:
         ok = result["checks"]["baseline_ok"]
         console().print(escape(f"baseline: {verdict_line(result['baseline'])} -> {'ok' if ok else 'WORSE'}"),
                         highlight=False)
     if result["checks"]["max_fid"] is not None:
         console().print(f"max FID {result['checks']['max_fid']}: {'ok' if result['checks']['max_fid_ok'] else 'MISSED'}")
+
+
+def print_fid_curve(rows: list[dict]) -> None:
+    """FID/KID of the whole progressive model at each fine-tune step (``finetune.fid_n``), the lowest marked."""
+    if not rows:
+        return
+    best = min(rows, key=lambda r: r["fid"])["step"]
+    tab = _table(f"progressive model during fine-tuning ({rows[0]['n']} samples per step, same noise), 95% intervals",
+                 ("fine-tune step", "FID", "KID x1e3", ""), "right")
+    for r in rows:
+        tab.add_row(str(r["step"]), with_ci(r["fid"], r["fid_ci"], "{:.3f}"),
+                    with_ci(r["kid"], r["kid_ci"], "{:.2f}", 1e-3), "lowest FID" if r["step"] == best else "")
+    console().print(tab)
 
 
 def print_image_scores(out: dict) -> None:

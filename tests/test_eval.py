@@ -54,9 +54,11 @@ def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digit
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A micro run with a base and a progressive model (train + finetune through the CLI)."""
+    """A micro run with a base and a progressive model (train + finetune through the CLI); its fine-tunes keep
+    their weights at every step for the FID curve (finetune.fid_n)."""
     rd = tmp_path_factory.mktemp("evalruns")
-    extra = [*MICRO, "-S", "schedule.groups=2", "-S", "eval.loss_images=16"]
+    extra = [*MICRO, "-S", "schedule.groups=2", "-S", "eval.loss_images=16", "-S", "finetune.eval_every=1",
+             "-S", "finetune.fid_n=16"]
     run_cli("train", "--preset", "tiny", "--run", "ev", "--steps", "6", *extra, "--runs-dir", rd, check=0)
     run_cli("finetune", "ev", "--steps", "2", "--runs-dir", rd, check=0)
     run_cli("control", "ev", "--runs-dir", rd, check=0)
@@ -84,8 +86,8 @@ def test_the_control_trains_exactly_the_steps_and_images_the_finetunes_used(trai
     assert steps and min(steps) > 6 and max(steps) == 6 + ft_steps
 
 
-EVAL_KEYS = {"run", "kind", "extractor", "n", "steps", "primary", "models", "comparisons", "baseline", "checks",
-             "passed", "exit_code"}
+EVAL_KEYS = {"run", "kind", "extractor", "n", "steps", "primary", "models", "comparisons", "fid_curve", "baseline",
+             "checks", "passed", "exit_code"}
 MODEL_KEYS = {"fid", "fid_ci", "kid", "kid_ci", "precision", "recall", "params", "macs", "macs_sampled", "loss",
               "loss_ci", "loss_groups", "train_steps"}
 
@@ -108,13 +110,20 @@ def test_eval_json_keys_and_exit_codes(trained):
     assert out["kind"].startswith("domain FID") and out["n"] == 16 and out["steps"] == 4 and out["passed"]
     ev = json.loads((trained / "ev" / "eval.json").read_text())
     assert ev["models"]["progressive"]["fid"] == out["models"]["progressive"]["fid"]
+    # FID during fine-tuning: the whole model at steps 0 (just pruned), 1, 2; its last point is the final model,
+    # measured from the same noise with the same n, so it equals the progressive model's FID exactly
+    curve = out["fid_curve"]
+    assert [r["step"] for r in curve] == [0, 1, 2] and all(r["n"] == 16 for r in curve)
+    assert curve[-1]["fid"] == out["models"]["progressive"]["fid"] and curve[-1]["kid"] == out["models"]["progressive"]["kid"]
+    assert curve[0]["fid"] != curve[-1]["fid"]
+    assert all(r["fid_ci"][0] <= r["fid"] <= r["fid_ci"][1] for r in curve)
     assert (trained / "ev" / "samples" / "eval_control.png").exists()
     fid = out["models"]["progressive"]["fid"]
     # the gate: --max-fid on the progressive model (exit 4), vs a baseline run (exit 5)
     before = (trained / "ev" / "eval.json").stat().st_mtime_ns
     p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--max-fid", str(fid / 2), "--json", *rd)
     assert p.returncode == 4 and json.loads(p.stdout)["checks"]["max_fid_ok"] is False
-    assert p.stderr.count("reused") == 3  # same models and settings: nothing measured again, nothing rewritten
+    assert p.stderr.count("reused") == 4  # same models, curve and settings: nothing measured again, nothing rewritten
     assert (trained / "ev" / "eval.json").stat().st_mtime_ns == before
     run_cli("eval", "ev", "--n", "16", "--steps", "4", "--max-fid", str(fid * 2), *rd, check=0)
     p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--baseline", "ev", "--json", *rd, check=0)
@@ -192,10 +201,29 @@ def test_report_renders_with_its_images(trained):
     page = (trained / "ev" / "report" / "index.html").read_text()
     assert "domain FID" in page and "Table 1 style" in page
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert {"schedule.png", "losses.png", "fid_macs.png", "samples.png"} <= set(srcs)
+    assert {"schedule.png", "losses.png", "fid_macs.png", "samples.png", "heldout.png", "fid_curve.png"} <= set(srcs)
     assert "progressive vs control" in page and "per timestep group" in page
     for s in srcs:
         assert (trained / "ev" / "report" / s).stat().st_size > 1000
     md = (trained / "ev" / "report" / "report.md").read_text()
     assert "| ev | progressive |" in md and "| ev | control |" in md
     assert "report" in p.stdout
+
+
+def test_fid_curve_has_only_the_steps_every_group_reached_and_measures_only_what_changed(trained):
+    """A group whose weights at a step are missing takes that step off the curve; when they come back, only that
+    step is measured again (the others are reused), and ``eval`` prints the curve with its lowest point."""
+    rd = ["--runs-dir", trained]
+    run = trained / "ev"
+    run_cli("eval", "ev", "--n", "16", "--steps", "4", *rd, check=0)
+    snap = sorted((run / "models" / "snapshots").glob("group*/step0000002.pt"))[-1]
+    aside = snap.with_name("aside.pt")
+    snap.rename(aside)
+    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--json", *rd, check=0)
+    assert [r["step"] for r in json.loads(p.stdout)["fid_curve"]] == [0, 1]
+    assert "at fine-tune step" not in p.stderr
+    aside.rename(snap)
+    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", *rd, check=0)
+    assert re.findall(r"at fine-tune step (\d+)", p.stderr) == ["2"]
+    assert "during fine-tuning" in p.stdout and "lowest FID" in p.stdout
+    assert [json.loads(l)["step"] for l in (run / "metrics" / "fid_curve.jsonl").read_text().splitlines()] == [0, 1, 2]

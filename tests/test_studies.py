@@ -24,7 +24,7 @@ EXPECTED_ARMS = {
     "fig8": {"two-stage": {"prune.method": "none"},
              "single-stage": {"finetune.single_stage": True, "finetune.steps": 250}},
     "fig7": {"proxy": {"prune.proposals": 3, "prune.rounds": 5}},
-    "fig6": {"last": {"finetune.eval_every": 50, "finetune.keep": "last"},
+    "fig6": {"last": {"finetune.eval_every": 50, "finetune.keep": "last", "finetune.fid_n": 256},
              "best": {"finetune.eval_every": 50, "finetune.keep": "best"}},
 }
 

@@ -44,13 +44,18 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODE
     sampler = FidSampler(run, diffusion, n, steps, inception, device, log) if fid else None
     settings = _row_settings(cfg, n, steps, sampler)
     todo = [w for w in present if force or not _fresh(run, w, out["models"].get(w), settings)]
-    tick = _Ticks(len(todo) * (2 + (sampler.ticks if sampler else 0)), progress)
+    curve = _curve_plan(run, sched, sampler, settings, "progressive" in present, force)
+    tick = _Ticks(len(todo) * (2 + (sampler.ticks if sampler else 0))
+                  + (len(curve[3]) * curve[0].ticks if curve else 0), progress)
     images = eval_images(cfg, cfg["eval"]["loss_images"], seed=cfg["seed"]) if todo else None
     for which in present:
         if which in todo:
             out["models"][which] = _measure(run, which, sched, diffusion, images, sampler, settings, device, tick, log)
         else:
             log(f"{which}: model and settings unchanged since its evaluation; reused")
+    curve_changed = False
+    if curve:
+        out["fid_curve"], curve_changed = _curve_rows(run, sched, curve, device, tick, log)
     if todo or "comparisons" not in out:  # unchanged models: their comparisons stand
         out["comparisons"] = compare_models(run, out["models"], sampler)
     out.update({"sample_steps": steps, "num_timesteps": sched.num_timesteps, "primary": cfg["eval"]["primary"],
@@ -58,7 +63,7 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODE
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     if sampler:
         out["fid_extractor"] = {k: v for k, v in sampler.ext_info.items() if k != "path"}
-    if todo or not run.eval_file().exists():
+    if todo or curve_changed or not run.eval_file().exists():
         atomic_write_json(out, run.eval_file())
     return out
 
@@ -94,6 +99,33 @@ def _row_settings(cfg: dict, n: int, steps: int, sampler) -> dict:
     return {"n": n if sampler else None, "steps": steps, "extractor": sampler.ext_info["id"] if sampler else None,
             "loss_images": e["loss_images"], "loss_draws": e["loss_draws"], "seed": cfg["seed"],
             "bootstrap": e["bootstrap"], "schedule": cfg["schedule"]}
+
+
+def _curve_plan(run, sched, sampler, settings: dict, progressive: bool, force: bool):
+    """(sampler at finetune.fid_n, its settings, the steps every group reached, those to measure) for the FID
+    curve during fine-tuning, or None when the run does not measure one (see ``curve``)."""
+    import copy
+
+    from core.evaluation.curve import curve_steps, curve_todo
+
+    n = run.config["finetune"].get("fid_n", 0)
+    steps = curve_steps(run, sched) if sampler and progressive and n else []
+    if not steps:
+        return None
+    small = copy.copy(sampler)
+    small.n, small.ticks = n, -(-n // run.config["eval"]["batch_size"]) * sampler.steps
+    s = {**settings, "n": n}
+    return small, s, steps, steps if force else curve_todo(run, steps, sched, s)
+
+
+def _curve_rows(run, sched, curve, device, tick, log) -> tuple[list[dict], bool]:
+    from core.evaluation.curve import update_curve
+
+    small, s, steps, todo = curve
+    if not todo:
+        log("FID during fine-tuning: snapshots and settings unchanged; reused")
+    rows, changed = update_curve(run, sched, small, s, steps, todo, device, tick, log)
+    return [{k: v for k, v in r.items() if k not in ("settings", "mtime")} for r in rows], changed
 
 
 def _fresh(run, which: str, old, settings: dict) -> bool:

@@ -97,6 +97,37 @@ def plot_heldout(run: Run, path: Path) -> bool:
     return True
 
 
+def plot_fid_curve(runs: list[Run], path: Path) -> bool:
+    """FID and KID of each run's whole progressive model against fine-tune steps (``finetune.fid_n``), 95%
+    intervals as bands, the lowest FID ringed (the paper's Fig. 6)."""
+    from core.evaluation.curve import read_curve
+
+    curves = {r.name: read_curve(r) for r in runs}
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in curves.items():
+        steps = [r["step"] for r in rows]
+        for ax, metric in zip(axes, ("fid", "kid")):
+            vals = [r[metric] for r in rows]
+            line, = ax.plot(steps, vals, marker=".", label=f"{name} (n {rows[0]['n']})")
+            ax.fill_between(steps, [r[f"{metric}_ci"][0] for r in rows], [r[f"{metric}_ci"][1] for r in rows],
+                            color=line.get_color(), alpha=0.15)
+            best = min(range(len(vals)), key=vals.__getitem__)
+            ax.plot([steps[best]], [vals[best]], "o", mfc="none", ms=10, color=line.get_color())
+    for ax, metric in zip(axes, ("FID", "KID")):
+        ax.set_xlabel("fine-tune step (every group)")
+        ax.set_ylabel(f"{metric} of the progressive model")
+        ax.set_title(f"{metric} during fine-tuning (lower is better; 95% bands)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def proxy_rounds(run: Run) -> list[dict]:
     from core.store import open_store
 
@@ -271,6 +302,10 @@ def _figures(run: Run, baselines: list[Run], out: Path, rounds: list[dict], full
         figs.append(("figure", "Held-out loss during fine-tuning", "heldout.png",
                      "each group's held-out eps-MSE on its timesteps every finetune.eval_every steps (step 0: just "
                      "pruned); the ring marks the best, which finetune.keep best uses (the paper's Fig. 6)"))
+    if plot_fid_curve([run], out / "fid_curve.png"):
+        figs.append(("figure", "FID during fine-tuning", "fid_curve.png",
+                     "the whole progressive model, assembled from every group's weights at each finetune.eval_every "
+                     "step, from finetune.fid_n samples with the same noise at every step (the paper's Fig. 6)"))
     if plot_proxy(rounds, out / "proxy.png"):
         figs.append(("figure", "Proxy rounds", "proxy.png",
                      "held-out loss of every candidate the proxy proposed, per group"))
@@ -390,6 +425,10 @@ def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Pat
         if plot_heldout(r, out / f"heldout_{r.name}.png"):
             sections.append(("figure", f"Held-out loss during fine-tuning: {r.name}", f"heldout_{r.name}.png",
                              "each group's held-out eps-MSE every finetune.eval_every steps; rings mark the best"))
+    if plot_fid_curve(runs, out / "fid_curve.png"):
+        sections.append(("figure", "FID during fine-tuning", "fid_curve.png",
+                         "each arm's whole progressive model at every finetune.eval_every step (finetune.fid_n "
+                         "samples, the same noise at every step); rings mark the lowest"))
     grids = {}
     for r in runs:
         found = sorted(r.samples().glob("progressive_s*_seed0.png"))

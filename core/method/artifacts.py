@@ -77,6 +77,16 @@ def load_progressive(path, device="cpu") -> ProgressiveDenoiser:
     return model.to(device).eval()
 
 
+def progressive_from_files(files: dict, group_of, device="cpu") -> ProgressiveDenoiser:
+    """A progressive model built in memory from one model artifact per group (``{g: path}``), routed by
+    ``group_of`` (e.g. every group's weights at one fine-tune step)."""
+    models = {}
+    for g, path in files.items():
+        art = read_artifact(path, device)
+        models[int(g)] = _rebuild(art["arch"], art.get("plan"), art["state"], path)
+    return ProgressiveDenoiser(models, group_of).to(device).eval()
+
+
 def artifact_step(path) -> Optional[int]:
     """The training step recorded in a model artifact or checkpoint, read without loading its tensors
     (memory-mapped), or None if the file is missing or unreadable."""

@@ -65,7 +65,13 @@ class TrainSpec:
     eval_every: int = 0                # with an evaluator: measure the EMA model every N steps (and at 0 and the end)
     evals: Optional[Path] = None       # JSON lines {"step", "value"} of those measurements
     best_out: Optional[Path] = None    # the EMA weights at the best (lowest) measurement so far
+    snapshots: Optional[Path] = None   # a folder for the EMA weights at every measurement (stepNNNNNNN.pt)
     extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
+
+
+def snapshot_path(folder: Path, step: int) -> Path:
+    """The EMA weights a training job kept at ``step`` (``TrainSpec.snapshots``)."""
+    return Path(folder) / f"step{step:07d}.pt"
 
 
 @torch.no_grad()
@@ -318,6 +324,9 @@ class TrainLoop:
         self.spec.evals.parent.mkdir(parents=True, exist_ok=True)
         with open(self.spec.evals, "a") as f:
             f.write(json.dumps({"step": step, "value": value}) + "\n")
+        if self.spec.snapshots is not None:  # for measures of the whole model later (FID during fine-tuning)
+            atomic_torch_save({"state": self.ema.state_dict(), "step": step, **self.spec.extra},
+                              snapshot_path(self.spec.snapshots, step))
         if self.best["value"] is None or value < self.best["value"]:
             self.best = {"step": step, "value": value}
             if self.spec.best_out is not None:

@@ -87,6 +87,7 @@ def eval_cmd(run_name, which, n, steps, inception, folders, preset, max_fid, bas
               "n": first["fid_n"], "steps": first["fid_steps"], "primary": ev["primary"],
               "models": {w: {k: r.get(k) for k in keys} for w, r in got.items()},
               "comparisons": [c for c in ev["comparisons"] if c["model"] in got and c["against"] in got],
+              "fid_curve": ev.get("fid_curve", []) if "progressive" in got else [],
               "baseline": None, "checks": {"max_fid": max_fid, "max_fid_ok": None, "baseline_ok": None,
                                            "tolerance": tolerance}}
     code = _check_max_fid(result, got, max_fid)

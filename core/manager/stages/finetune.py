@@ -49,6 +49,7 @@ def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int
         channels_last=t["channels_last"], compile=t["compile"], distill=f["distill"], ema_warmup=f["ema_warmup"],
         accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
         eval_every=f.get("eval_every", 0), evals=run.heldout_curve(name), best_out=run.best_model(name),
+        snapshots=run.snapshots(name) if f.get("fid_n") else None,
         extra={"arch": model_arch(cfg), "stage": "finetune", "group": g, "t_start": grp.t_start, "t_end": grp.t_end,
                "budget_macs": grp.budget_macs, "distill": f["distill"]},
     )
