@@ -205,6 +205,10 @@ class Run:
     def lock_file(self) -> Path:
         return self.path / ".lock"
 
+    def job_dir(self, job_id: int) -> Path:
+        """A job's own folder: its spec and the journal it writes instead of the store (``manager.journal``)."""
+        return self.path / "jobs" / f"{job_id:04d}"
+
     def job_log(self, job_id: int, stage: str, group: Optional[int]) -> Path:
         tag = stage if group is None else f"{stage}-g{group:02d}"
         return self.path / "logs" / f"{job_id:04d}-{tag}.log"

@@ -43,6 +43,12 @@ Migration 003 adds the experiment manager's tables:
 Migration 004 adds ``system_fingerprint`` to ``llm_calls``: the provider's backend configuration identifier,
 when it sends one (with ``model_resolved``, it shows when a provider changed what answers a request).
 
+Migration 005 adds what jobs on other machines need (see ``manager.journal``): ``jobs.journal_offset`` (bytes
+of the job's journal already ingested), ``jobs.host`` (where the worker ran), ``jobs.launcher`` (local | slurm),
+``jobs.slurm_job`` and ``jobs.slurm_state`` (the Slurm job id, ``ID`` or ``ARRAY_TASK``, and its last state);
+``llm_calls.job`` and ``llm_calls.local_id`` (the call's number in its job's journal, which that job's rounds
+refer to until ingested).
+
 ``_migrations`` - name and time of every applied migration, in order.
 
 Readers and several writers may use the file at once: WAL lets readers proceed during writes and a busy
@@ -50,6 +56,7 @@ timeout makes writers wait for each other instead of failing.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import sqlite3
@@ -118,11 +125,21 @@ def _m004(db) -> None:
     db["llm_calls"].add_column("system_fingerprint", str)
 
 
+def _m005(db) -> None:
+    for table, col, kind in (("jobs", "journal_offset", int), ("jobs", "host", str), ("jobs", "launcher", str),
+                             ("jobs", "slurm_job", str), ("jobs", "slurm_state", str), ("llm_calls", "job", int),
+                             ("llm_calls", "local_id", int)):
+        if col not in db[table].columns_dict:
+            db[table].add_column(col, kind)
+    db["llm_calls"].create_index(["job", "local_id"], if_not_exists=True)
+
+
 MIGRATIONS: list[tuple[str, Callable]] = [
     ("001_llm_calls_and_proxy_rounds", _m001),
     ("002_search_sessions", _m002),
     ("003_runs_jobs_metrics_artifacts", _m003),
     ("004_system_fingerprint", _m004),
+    ("005_job_journals_and_slurm", _m005),
 ]
 
 JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "command", "args")
@@ -130,8 +147,12 @@ JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "comma
 
 class Store:
     def __init__(self, path: Path):
+        import os
+
         import sqlite_utils
 
+        if os.environ.get("STEPADAPT_NO_STORE"):  # a job worker: its books go to its journal (manager.journal)
+            raise RuntimeError(f"a job worker must not open the store {path}; it writes its journal instead")
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +177,7 @@ class Store:
         for name, fn in MIGRATIONS:
             if name in done:
                 continue
-            with self.db.conn:
+            with self._tx():
                 fn(self.db)
                 self.db["_migrations"].insert({"name": name, "applied": utc_now()})
             applied.append(name)
@@ -166,7 +187,7 @@ class Store:
     def log_call(self, row: dict) -> int:
         row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
         row.setdefault("created", utc_now())
-        with self.db.conn:
+        with self._tx():
             return self.db["llm_calls"].insert(row).last_pk
 
     def update_call(self, call_id: int, **fields) -> None:
@@ -205,7 +226,7 @@ class Store:
     def log_round(self, row: dict) -> int:
         row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
         row.setdefault("created", utc_now())
-        with self.db.conn:
+        with self._tx():
             return self.db["proxy_rounds"].insert(row).last_pk
 
     def rounds(self, run: str, group: Optional[int] = None) -> list[dict]:
@@ -231,7 +252,7 @@ class Store:
         calls = [r for r in records if r.get("type") == "call"]
         rounds = [r for r in records if r.get("type") == "round"]
         ids, counts = {}, {"calls": 0, "rounds": 0, "skipped": 0}
-        with self.db.conn:
+        with self._tx():
             for rec in calls:
                 key = [rec["run"], rec["group_index"], rec["session"], rec["seq"]]
                 have = list(self.db["llm_calls"].rows_where(
@@ -267,7 +288,7 @@ class Store:
     def add_run(self, row: dict) -> int:
         row = _encode(row)
         row.setdefault("created", utc_now())
-        with self.db.conn:
+        with self._tx():
             return self.db["runs"].insert(row).last_pk
 
     def get_run(self, name: str) -> Optional[dict]:
@@ -288,14 +309,14 @@ class Store:
         row.setdefault("created", utc_now())
         row.setdefault("status", "queued")
         row.setdefault("kill_requested", 0)
-        with self.db.conn:
+        with self._tx():
             return self.db["jobs"].insert(row).last_pk
 
     def update_job(self, job_id: int, **fields) -> None:
         self._update("jobs", "id", job_id, fields)
 
     def _update(self, table: str, key_column: str, key, fields: dict) -> None:
-        with self.db.conn:
+        with self._tx():
             self.db.execute(f"update {table} set {', '.join(f'{k} = ?' for k in fields)} where {key_column} = ?",
                             [*_encode(fields).values(), key])
 
@@ -303,11 +324,38 @@ class Store:
         """Set a final status unless one is set already (the first writer wins); returns whether it was set."""
         if status not in JOB_FINAL:
             raise ValueError(f"not a final job status: {status!r}")
-        with self.db.conn:
+        with self._tx():
             cur = self.db.execute(
                 "update jobs set status = ?, exit_code = ?, ended = ?, message = coalesce(?, message) "
                 f"where id = ? and status in {JOB_ACTIVE}", [status, exit_code, utc_now(), message, job_id])
             return cur.rowcount > 0
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One write transaction taken at once (``BEGIN IMMEDIATE``): what is read inside it cannot change
+        before it commits. The writers called inside it join it."""
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.db.conn.execute("ROLLBACK")
+            raise
+        self.db.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _tx(self):
+        """A writer's transaction: its own, taken at once (a deferred one that read first could not upgrade to
+        a write while another writer commits: 'database is locked'), or a savepoint inside the caller's."""
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield
+        else:
+            with self.transaction():
+                yield
+
+    def for_thread(self) -> "Store":
+        """A store for another thread (sqlite connections are per thread)."""
+        return Store(self.path)
 
     def job(self, job_id: int) -> Optional[dict]:
         rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
@@ -324,12 +372,12 @@ class Store:
 
     # -- metrics
     def log_metrics(self, rows: list[dict]) -> None:
-        with self.db.conn:
+        with self._tx():
             self.db["metrics"].insert_all(rows)
 
     def drop_metrics_after(self, run: str, stage: str, group: Optional[int], step: int) -> int:
         """Forget values logged past ``step`` (a resumed job logs them again); returns how many."""
-        with self.db.conn:
+        with self._tx():
             cur = self.db.execute("delete from metrics where run = ? and stage = ? and group_index is ? and step > ?",
                                   [run, stage, group, step])
             return cur.rowcount
@@ -348,13 +396,13 @@ class Store:
         if row["kind"] not in ARTIFACT_KINDS:
             raise ValueError(f"not an artifact kind: {row['kind']!r}")
         row.setdefault("created", utc_now())
-        with self.db.conn:
+        with self._tx():
             self.db.execute("delete from artifacts where run = ? and path = ?", [row["run"], row["path"]])
             self.db["artifacts"].insert(row)
 
     def forget_run(self, name: str) -> None:
         """Delete a run's row and its jobs, metrics and artifacts (its folder is gone or replaced)."""
-        with self.db.conn:
+        with self._tx():
             for table in ("runs", "jobs", "metrics", "artifacts"):
                 self.db.execute(f"delete from {table} where {'name' if table == 'runs' else 'run'} = ?", [name])
 

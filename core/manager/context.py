@@ -1,5 +1,6 @@
-"""What a stage's ``work`` gets in its worker process: the run, the store, its job row, the device, the
-heartbeat, a log function, and where to record the files it produced."""
+"""What a stage's ``work`` gets in its worker process: the run, its books (the job's journal, or the store when
+the stage runs inside a command that owns it), its spec, the device, the heartbeat, a log function, and where
+to record the files it produced."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from core.store import Store
 @dataclass
 class WorkContext:
     run: Run
-    store: Store
+    store: Store  # or journal.Journal: the same writer methods
     job: dict
     device: object  # torch.device
     heartbeat: object  # jobs.Heartbeat, or anything with set(progress=, total=, message=)
@@ -38,7 +39,8 @@ class WorkContext:
         def on_start(step):
             dropped = self.store.drop_metrics_after(run, stage, group, step)
             if step:
-                self.log(f"resuming from step {step} (dropped {dropped} metric rows logged after it)")
+                self.log(f"resuming from step {step}" + ("" if dropped is None else
+                                                         f" (dropped {dropped} metric rows logged after it)"))
 
         def on_step(done, total):
             self.heartbeat.set(progress=done, total=total)

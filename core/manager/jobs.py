@@ -1,5 +1,9 @@
 """Tracked subprocess jobs: every stage (and every group of a stage) runs as ``python -m core.manager.worker``.
 
+A job never opens the store: it reads its spec and appends its heartbeat, progress, metrics, LLM calls and
+artifacts to the journal in its own folder (``journal``), which the owner of the store ingests (the
+orchestrator while it waits, and ``reconcile`` before any command reads job states).
+
 A job row (see ``store``) holds its pid, process group, the process start time and a heartbeat. A job is
 alive only if its pid exists with the recorded start time (a reused pid is another process) and is not a
 zombie; a running job whose process is gone, or whose heartbeat is older than ``STALE_S``, is marked
@@ -81,7 +85,11 @@ def group_pids(pgid: int) -> list[int]:
 # -- reconcile ---------------------------------------------------------------------------------------
 def reconcile(store: Store) -> list[int]:
     """Mark running jobs whose process is gone or silent as lost, and their runs too; returns the job ids."""
+    from core.manager.journal import ingest
+
     lost = []
+    for job in store.jobs(active=True):
+        ingest(store, job)
     now = time.time()
     for job in store.jobs(active=True):
         if job["status"] == "queued" and job["pid"] is None:
@@ -100,9 +108,14 @@ def reconcile(store: Store) -> list[int]:
 
 
 # -- launching ---------------------------------------------------------------------------------------
-def child_env(device: Optional[str], threads: Optional[int] = None) -> dict:
+def child_env(device: Optional[str], threads: Optional[int] = None, owner: bool = False) -> dict:
+    """The worker's environment; ``owner``: the orchestrator, the one job that may open the store."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    if owner:
+        env.pop("STEPADAPT_NO_STORE", None)
+    else:
+        env["STEPADAPT_NO_STORE"] = "1"
     if threads:  # CPU jobs side by side share the cores instead of each using all of them
         env["OMP_NUM_THREADS"] = env["STEPADAPT_THREADS"] = str(threads)
     if device and device.startswith("cuda:"):
@@ -113,21 +126,18 @@ def child_env(device: Optional[str], threads: Optional[int] = None) -> dict:
 def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Optional[dict] = None,
            device: str = "cpu", nproc: int = 1, threads: Optional[int] = None) -> tuple[int, subprocess.Popen]:
     """Start ``stage`` (of ``group``) of ``run`` as a worker subprocess in its own process group."""
-    job_id = store.add_job({"run": run.name, "stage": stage, "group_index": group, "args": args or {},
-                            "device": device})
-    log_path = run.job_log(job_id, stage, group)
+    job_id, spec, log_path = prepare_job(store, run, stage, group, args, device, "local")
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")
     except OSError as e:
         store.finish_job(job_id, "failed", None, f"cannot open log: {e}")
         raise UserError(f"cannot write the job log {log_path}: {e.strerror or e}") from None
-    worker = ["-m", "core.manager.worker", "--runs-dir", str(run.path.parent.resolve()), "--job", str(job_id)]
+    worker = worker_args(run, spec)
     if nproc > 1:  # several GPUs for one job: torchrun (DDP), one process per GPU
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
     else:
         cmd = [sys.executable, *worker]
-    env = child_env(device, threads)
+    env = child_env(device, threads, owner=stage == "pipeline")
     try:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True, env=env, cwd=os.getcwd())
@@ -141,8 +151,34 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
     return job_id, p
 
 
+def prepare_job(store: Store, run, stage: str, group: Optional[int], args: Optional[dict], device: Optional[str],
+                launcher: str) -> tuple[int, Path, Path]:
+    """The job's row, its folder with its spec, and its log path: (job id, spec path, log path)."""
+    from core.manager.journal import write_spec
+
+    job_id = store.add_job({"run": run.name, "stage": stage, "group_index": group, "args": args or {},
+                            "device": device, "launcher": launcher, "journal_offset": 0})
+    log_path = run.job_log(job_id, stage, group)
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        spec = write_spec(run.job_dir(job_id), {"id": job_id, "run": run.name, "stage": stage, "group_index": group,
+                                                "args": args or {}, "device": device})
+    except (OSError, UserError) as e:
+        store.finish_job(job_id, "failed", None, f"cannot write the job's folder: {e}")
+        raise UserError(f"cannot write job {job_id}'s folder in {run.path}: {e}") from None
+    return job_id, spec, log_path
+
+
+def worker_args(run, spec: Path) -> list[str]:
+    return ["-m", "core.manager.worker", "--runs-dir", str(run.path.parent.resolve()), "--spec", str(spec.resolve())]
+
+
 def settle(store: Store, job_id: int, returncode: int) -> dict:
-    """After ``wait()``: give the job a final status if its worker could not write one (e.g. SIGKILL)."""
+    """After ``wait()``: the job's journal ingested, then a final status if its worker could not write one
+    (e.g. SIGKILL)."""
+    from core.manager.journal import ingest
+
+    ingest(store, store.job(job_id))
     job = store.job(job_id)
     if job["status"] in ("queued", "running"):
         if job["kill_requested"]:
@@ -190,7 +226,10 @@ def stop_job(store: Store, job_id: int, grace: float = 10.0, log=lambda s: None)
             log(f"job {job_id}: sent {sig.name}")
             if _wait_gone(job, wait):
                 break
-    # the worker writes 'killed' itself when it could; otherwise do it here
+    # the worker writes 'killed' itself when it could (in its journal); otherwise do it here
+    from core.manager.journal import ingest
+
+    ingest(store, store.job(job_id))
     store.finish_job(job_id, "killed", None, "killed")
     return store.job(job_id)["status"]
 
@@ -199,8 +238,8 @@ def stop_job(store: Store, job_id: int, grace: float = 10.0, log=lambda s: None)
 class Heartbeat:
     """A thread that writes the job's heartbeat, progress and message every ``HEARTBEAT_S`` seconds."""
 
-    def __init__(self, db_path: Path, job_id: int):
-        self.db_path, self.job_id = db_path, job_id
+    def __init__(self, books, job_id: int):
+        self.books, self.job_id = books, job_id
         self.progress = None
         self.total = None
         self.message = None
@@ -219,22 +258,22 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def _beat(self, store: Store) -> None:
+    def _beat(self, books) -> None:
         fields = {"heartbeat": time.time()}
         for k in ("progress", "total", "message"):
             if getattr(self, k) is not None:
                 fields[k] = getattr(self, k)
         try:
-            store.update_job(self.job_id, **fields)
-        except sqlite3.Error:  # a busy or full disk must not kill the job; the next beat retries
+            books.update_job(self.job_id, **fields)
+        except (sqlite3.Error, OSError):  # a busy or full disk must not kill the job; the next beat retries
             pass
 
     def _loop(self) -> None:
-        store = Store(self.db_path)  # its own connection: sqlite connections are per thread
+        books = self.books.for_thread()  # a store needs its own connection: sqlite connections are per thread
         while True:
-            self._beat(store)
+            self._beat(books)
             if self._stop.wait(HEARTBEAT_S):
-                self._beat(store)
+                self._beat(books)
                 return
 
     def stop(self) -> None:
@@ -245,17 +284,20 @@ class Heartbeat:
 class Tracked:
     """This process as job ``job_id`` while the ``with`` block runs: its pid and heartbeat, then its final
     status from how the block ended (succeeded; killed for a signal or ``Interrupted``, exit 130; failed
-    otherwise, with the error line), set in the store before the exception goes on. ``rc`` and ``message``
-    say how it ended. The worker and every stage command run on its own keep their books with it."""
+    otherwise, with the error line), written to ``books`` (the store, or the job's journal) before the exception
+    goes on. ``rc`` and ``message`` say how it ended. The worker and every stage command run on its own keep
+    their books with it."""
 
-    def __init__(self, store: Store, job_id: int):
-        self.store, self.job_id = store, job_id
+    def __init__(self, books, job_id: int):
+        self.store, self.job_id = books, job_id
         self.status, self.rc, self.message = "failed", 1, None
 
     def __enter__(self) -> "Heartbeat":
+        import socket
+
         self.store.update_job(self.job_id, pid=os.getpid(), proc_start=proc_start(os.getpid()), status="running",
-                              heartbeat=time.time(), started=utc_now())
-        self.hb = Heartbeat(self.store.path, self.job_id).start()
+                              heartbeat=time.time(), started=utc_now(), host=socket.gethostname())
+        self.hb = Heartbeat(self.store, self.job_id).start()
         return self.hb
 
     def __exit__(self, kind, exc, tb) -> None:

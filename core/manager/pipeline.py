@@ -22,6 +22,7 @@ import torch
 from core.errors import Interrupted, StageFailed, UserError
 from core.manager import stages
 from core.manager.jobs import launch, settle, stop_job
+from core.manager.journal import ingest_active
 from core.names import GROUP_STAGES, STAGES
 from core.runs import Run, run_lock
 from core.store import Store, utc_now
@@ -58,6 +59,12 @@ class Pipeline:
                 if not units:
                     continue
                 self._run_stage(stage, units)
+            if "eval" in self.stages and self.run.eval_file().exists() and (
+                    not (self.run.report_dir() / "index.html").exists()
+                    or self.run.eval_file().stat().st_mtime > (self.run.report_dir() / "index.html").stat().st_mtime):
+                from core.manager.stages.eval import write_run_report
+
+                write_run_report(self.run, self.store, self.say)
             if tuple(self.stages) == STAGES:
                 self.store.update_run(self.run.name, status="succeeded", ended=utc_now())
                 self.say(f"run {self.run.name}: all stages done")
@@ -94,6 +101,7 @@ class Pipeline:
         while todo or self.active:
             while todo and free:
                 self._launch(stage, todo.pop(0), free.pop(0), threads)
+            ingest_active(self.store, self.run.name)  # the jobs' journals: heartbeats, progress, metrics, calls
             if self.view:
                 self.view(self.store.jobs(self.run.name))
             time.sleep(self.poll)

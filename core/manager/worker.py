@@ -1,9 +1,10 @@
-"""Entry point of a tracked job: ``python -m core.manager.worker --runs-dir DIR --job ID``.
+"""Entry point of a tracked job: ``python -m core.manager.worker --runs-dir DIR --spec RUN/jobs/NNNN/spec.json``.
 
-Reads its job row, beats its heartbeat, does the stage's work (``stages.work``, or the whole
-pipeline for a detached run), records what it produced (with sha256) and its final status and exit code:
-0 succeeded, 130 killed (SIGINT/SIGTERM: training checkpoints first), otherwise failed (the error line, or a
-traceback for an unexpected failure, is in the job's log).
+Reads its spec, beats its heartbeat, does the stage's work (``stages.work``, or the whole pipeline for a
+detached run), records what it produced (with sha256) and its final status and exit code: 0 succeeded, 130
+killed (SIGINT/SIGTERM: training checkpoints first), otherwise failed (the error line, or a traceback for an
+unexpected failure, is in the job's log). A stage's job writes its books to its journal (``journal``), never
+to the store; only the orchestrator (a ``pipeline`` job) owns the store.
 """
 from __future__ import annotations
 
@@ -22,36 +23,42 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.manager.worker")
     ap.add_argument("--runs-dir", required=True)
-    ap.add_argument("--job", type=int, required=True)
+    ap.add_argument("--spec", required=True, help="the job's spec.json (in its folder, beside its journal)")
     a = ap.parse_args(argv)
 
     from core.errors import UserError
     from core.manager.jobs import Tracked
-    from core.store import open_store
+    from core.manager.journal import Journal, read_spec
 
-    store = open_store(a.runs_dir)
-    job = store.job(a.job)
-    if job is None:
-        print(f"error: no job {a.job} in {store.path}", flush=True)
+    try:
+        job = read_spec(a.spec)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot read the job spec {a.spec}: {e}", flush=True)
         return 2
+    if job["stage"] == "pipeline":  # the orchestrator owns the store
+        from core.store import open_store
+
+        store = open_store(a.runs_dir)
+    else:
+        store = Journal(Path(a.spec).parent)
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # a torchrun helper process: only rank 0 keeps the books
         return _work(store, job, a, None)
     signal.signal(signal.SIGTERM, _interrupt)
     what = job["stage"] + ("" if job["group_index"] is None else f" group {job['group_index']}")
-    print(f"[job {a.job}] {what} of run {job['run']}: pid {os.getpid()}, device {job['device']}", flush=True)
-    books = Tracked(store, a.job)
+    print(f"[job {job['id']}] {what} of run {job['run']}: pid {os.getpid()}, device {job['device']}", flush=True)
+    books = Tracked(store, job["id"])
     try:
         with books as hb:
             _work(store, job, a, hb)
     except KeyboardInterrupt:
-        print(f"[job {a.job}] stopped by signal", flush=True)
+        print(f"[job {job['id']}] stopped by signal", flush=True)
     except UserError as e:
         print(f"error: {e}", flush=True)
     except Exception:  # a bug: the job fails with its traceback in the log
         traceback.print_exc()
         sys.stdout.flush()
-    print(f"[job {a.job}] {books.status} (exit {books.rc})", flush=True)
+    print(f"[job {job['id']}] {books.status} (exit {books.rc})", flush=True)
     return books.rc
 
 

@@ -216,7 +216,7 @@ class ProxyRun:
     budget_macs: float
     ctx: object                      # PruneContext
     settings: ProxySettings
-    store: object                    # Store
+    store: object                    # where calls and rounds are written: the Store, or a job's Journal
     run: str
     group: int
     group_info: dict                 # t_start, t_end, snr_min, snr_max, num_timesteps
@@ -229,6 +229,7 @@ class ProxyRun:
     diverged_at: Optional[int] = None
     sources: dict = field(default_factory=dict)
     session: str = field(default_factory=lambda: __import__("uuid").uuid4().hex)
+    cache: object = None             # the Store that ``use_cache`` reads (default: ``store``)
 
     def ask(self, rnd: int, attempt: int, messages: list) -> dict:
         """One answer for ``messages``: replayed, cached or live; recorded in the store. Returns the row."""
@@ -253,7 +254,7 @@ class ProxyRun:
             else:
                 row["source"] = "replay"
         if rec is None and self.use_cache:
-            rec = self.store.cached(key)
+            rec = (self.cache or self.store).cached(key)
             if rec is not None:
                 row["source"] = "cache"
         if rec is not None:

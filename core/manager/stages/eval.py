@@ -1,4 +1,6 @@
-"""Evaluation of the base and the progressive model (``eval.json``) and the run's report (``report/``)."""
+"""Evaluation of the base and the progressive model (``eval.json``). The run's report (``report/``) reads the
+store (proxy rounds, job timings), so the orchestrator that owns the store writes it after this stage
+(``write_run_report``)."""
 from __future__ import annotations
 
 NAME = "eval"
@@ -11,10 +13,17 @@ def pending(run) -> list:
 
 def work(ctx) -> None:
     from core.evaluation.evaluate import evaluate_run
-    from core.evaluation.report import write_report
 
     evaluate_run(ctx.run, ctx.device, log=ctx.log, progress=lambda d, t: ctx.heartbeat.set(progress=d, total=t))
     ctx.produced(ctx.run.eval_file(), "eval")
-    html, _ = write_report(ctx.run, [], ctx.run.report_dir())
-    ctx.log(f"report: {html}")
-    ctx.produced(html, "report")
+
+
+def write_run_report(run, store, say=print) -> None:
+    """The run's report, written by the owner of the store once the evaluation is there."""
+    from core.evaluation.report import write_report
+    from core.runs import file_sha256
+
+    html, _ = write_report(run, [], run.report_dir())
+    store.add_artifact({"run": run.name, "job": None, "path": str(html.relative_to(run.path)), "kind": "report",
+                        "sha256": file_sha256(html), "bytes": html.stat().st_size})
+    say(f"report: {html}")

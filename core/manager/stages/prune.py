@@ -91,13 +91,15 @@ def _fresh_weights(run: Run, g: int):
 def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", seed: Optional[int] = None,
                  allocation: Optional[str] = None, device="cpu", log: Callable[[str], None] = print,
                  proxy=None, replay: Optional[str] = None, on_miss: str = "fail",
-                 use_cache: bool = False) -> list[dict]:
+                 use_cache: bool = False, books=None) -> list[dict]:
     """Prune the selected groups (skipping those already pruned the same way); returns their records.
 
     ``method="proxy"``: the LLM proxy with ``proxy`` (``ProxySettings``); ``replay``: another run whose
     recorded answers are replayed in order (``on_miss``: fail, or live from the first mismatch);
     with ``proxy.model`` different from the recorded one, the same prompts go to the new model and its
     calls are linked to the recorded ones (compare); ``use_cache``: reuse answers to identical requests.
+    ``books``: where the proxy's calls and rounds are written (a job's journal; default the store), while
+    replay and the cache read the store.
     """
     cfg = run.config
     pc = cfg["prune"]
@@ -114,7 +116,7 @@ def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", se
         from core.method.proxy import ProxySettings
 
         proxy = proxy or ProxySettings(seed=seed)
-        prune_one = _ProxyPruning(run, sched, proxy, replay, on_miss, use_cache, seed, log)
+        prune_one = _ProxyPruning(run, sched, proxy, replay, on_miss, use_cache, seed, log, books)
     elif method == "scratch":
         prune_one = _ScratchArchitecture(run, pc["scratch_from"], log)
     else:
@@ -215,12 +217,14 @@ class _ScratchArchitecture:
 class _ProxyPruning:
     """Eq. 16/17: the LLM proxy with its memory bank (live, replayed, cached or compared)."""
 
-    def __init__(self, run: Run, sched, settings, replay, on_miss, use_cache, seed: int, log):
+    def __init__(self, run: Run, sched, settings, replay, on_miss, use_cache, seed: int, log, books=None):
         from core.store import open_store
 
         self.run, self.sched, self.settings, self.replay = run, sched, settings, replay
         self.on_miss, self.use_cache, self.seed, self.log = on_miss, use_cache, seed, log
-        self.store = open_store(run.path.parent)
+        reads = replay is not None or use_cache
+        self.store = open_store(run.path.parent) if reads or books is None else None  # replay and cache read it
+        self.books = books or self.store
         if replay is not None and not self.store.calls(replay):
             raise UserError(f"run {replay!r} has no recorded proxy calls in {self.store.path}")
 
@@ -228,11 +232,11 @@ class _ProxyPruning:
         return self.settings.describe()
 
     def __call__(self, g, grp, base, ctx, allocation, tolerance):
-        return _proxy_group(self.run, g, grp, self.sched, base, ctx, self.settings, self.store, self.replay,
-                            self.on_miss, self.use_cache, allocation, tolerance, self.seed, self.log)
+        return _proxy_group(self.run, g, grp, self.sched, base, ctx, self.settings, self.store, self.books,
+                            self.replay, self.on_miss, self.use_cache, allocation, tolerance, self.seed, self.log)
 
 
-def _proxy_group(run, g, grp, sched, base, ctx, settings, store, replay, on_miss, use_cache, allocation,
+def _proxy_group(run, g, grp, sched, base, ctx, settings, store, books, replay, on_miss, use_cache, allocation,
                  tolerance, seed, log):
     from core.method.prune import Pruner, held_out_loss
     from core.method.proxy import ProxyRun, Replay
@@ -249,8 +253,8 @@ def _proxy_group(run, g, grp, sched, base, ctx, settings, store, replay, on_miss
         mode = "replay" if calls[0]["model_asked"] == settings.model else "compare"
     info_group = {"t_start": grp.t_start, "t_end": grp.t_end, "snr_min": grp.snr_min, "snr_max": grp.snr_max,
                   "num_timesteps": sched.num_timesteps}
-    search = ProxyRun(pr, grp.budget_macs, ctx, settings, store, run.name, g, info_group, mode=mode, replay=rep,
-                      on_miss=on_miss, use_cache=use_cache, log=log)
+    search = ProxyRun(pr, grp.budget_macs, ctx, settings, books, run.name, g, info_group, mode=mode, replay=rep,
+                      on_miss=on_miss, use_cache=use_cache, log=log, cache=store)
     plan, info = search.search()
     if plan is None:
         log(f"group {g}: no valid proposal in {settings.rounds} rounds; falling back to {settings.fallback}")
@@ -296,5 +300,5 @@ def work(ctx) -> None:
     method = cfg["prune"]["method"]
     ctx.heartbeat.set(message=f"pruning with {method}")
     prune_groups(ctx.run, method, str(ctx.group), device=ctx.device, log=ctx.say,
-                 proxy=proxy_settings(cfg) if method == "proxy" else None)
+                 proxy=proxy_settings(cfg) if method == "proxy" else None, books=ctx.store)
     ctx.produced(ctx.run.prune_record(ctx.group), "plan")
