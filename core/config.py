@@ -83,6 +83,9 @@ _BASE: dict[str, Any] = {
               "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5,
               "scratch_from": "", "proposals": 1},
     "sample": {"steps": 100, "n": 64, "batch_size": 64, "method": "ancestral", "channels_last": True},
+    # where the stage jobs run (not part of the config hash: it says where, not what); see manager/slurm.py
+    "launcher": {"kind": "local", "partition": "", "gpus_per_job": 0, "cpus_per_job": 0, "mem": "", "time": 0,
+                 "account": "", "qos": "", "sbatch": [], "requeues": 3, "signal_s": 90},
     "eval": {"loss_images": 256, "loss_draws": 2, "fid": True, "fid_n": 50000, "steps": 100, "batch_size": 256,
              "ref_n": 0, "inception": "", "primary": "fid", "bootstrap": 200},
 }
@@ -309,10 +312,23 @@ def validate(cfg: dict) -> None:
         (cfg["finetune"]["keep"] == "last" or cfg["finetune"]["eval_every"] > 0,
          "finetune.keep best needs finetune.eval_every > 0 (what 'best' is measured by)"),
         (cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"], "sample.steps must be in [1, diffusion.steps]"),
+        *launcher_checks(cfg["launcher"]),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(f"invalid config: {msg}")
+
+
+def launcher_checks(la: dict) -> list[tuple[bool, str]]:
+    return [
+        (la["kind"] in ("local", "slurm"), "launcher.kind must be local or slurm"),
+        (all(isinstance(la[k], int) and la[k] >= 0 for k in ("gpus_per_job", "cpus_per_job", "time", "requeues")),
+         "launcher.gpus_per_job, cpus_per_job, time (minutes) and requeues must be integers >= 0"),
+        (isinstance(la["signal_s"], int) and la["signal_s"] >= 1, "launcher.signal_s must be an integer >= 1"),
+        (isinstance(la["sbatch"], list) and all(isinstance(x, str) and "=" in x and x.split("=", 1)[0].strip()
+                                                for x in la["sbatch"]),
+         "launcher.sbatch must be a list of KEY=VALUE sbatch options"),
+    ]
 
 
 def complete(cfg: dict) -> dict:
@@ -348,4 +364,6 @@ def model_arch(cfg: dict) -> dict:
 
 
 def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    """The experiment's identity: every setting except where its jobs run (``launcher``)."""
+    what = {k: v for k, v in cfg.items() if k != "launcher"}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

@@ -21,6 +21,14 @@ class Interrupted(UserError):
     exit_code = 130
 
 
+class Stopped(KeyboardInterrupt):
+    """A signal asked a job to stop (``signum``: SIGUSR2 is Slurm's warning before a time limit or preemption)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StageFailed(UserError):
     """A job of the pipeline failed; the run ends ``failed`` and ``resume`` continues it."""
 

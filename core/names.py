@@ -27,8 +27,8 @@ ARTIFACT_KINDS = ("model", "checkpoint", "schedule", "plot", "plan", "samples", 
 
 # job and run states (store tables ``jobs`` and ``runs``)
 JOB_ACTIVE = ("queued", "running")
-JOB_FINAL = ("succeeded", "failed", "killed", "lost")
+JOB_FINAL = ("succeeded", "failed", "killed", "lost", "preempted")  # preempted: Slurm's signal, checkpointed
 RUN_STATUSES = ("created", "running", "succeeded", "failed", "killed", "lost")
 
 # a stage as the monitor shows it
-STAGE_STATES = ("pending", "running", "done", "skipped", "failed", "killed", "lost")
+STAGE_STATES = ("pending", "running", "done", "skipped", "failed", "killed", "lost", "preempted")

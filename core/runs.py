@@ -214,6 +214,19 @@ class Run:
         return self.path / "logs" / f"{job_id:04d}-{tag}.log"
 
 
+def set_launcher(run: Run, overrides: list[str]) -> dict:
+    """Change where the run's remaining jobs go (``launcher.*`` overrides only: the experiment stays the same,
+    and so does its config hash); returns the new launcher settings."""
+    from core.config import apply_overrides
+
+    if any(not o.startswith("launcher.") for o in overrides):
+        raise UserError("only launcher settings can change when a run resumes")
+    cfg = apply_overrides(run.config, overrides)
+    with run_lock(run, "changing its launcher", wait=5.0):
+        atomic_write_json(cfg, run.path / "config.json")
+    return cfg["launcher"]
+
+
 @contextlib.contextmanager
 def run_lock(run: Run, what: str, wait: float = 0.0):
     """Hold the run's writer lock while writing it: one writer per run. Another process that holds it (waited

@@ -145,10 +145,14 @@ def print_show(run, data: dict) -> None:
                         "yes" if g["finetuned"] else ("-" if not g["size"] else "no"), fmt(g["finetune_loss"]))
         con.print(tab)
     if data["jobs"]:
-        tab = _table("jobs", ("id", "stage", "group", "status", "exit", "progress", "started", "note"))
+        slurm = any(j.get("slurm_job") for j in data["jobs"])
+        tab = _table("jobs", ("id", "stage", "group", "status", *(("Slurm job",) if slurm else ()), "exit", "progress",
+                              "started", "note"))
         for j in data["jobs"]:
             tab.add_row(str(j["id"]), j["stage"], "" if j["group_index"] is None else str(j["group_index"]),
-                        j["status"], "" if j["exit_code"] is None else str(j["exit_code"]),
+                        j["status"], *((f"{j['slurm_job']} {(j.get('slurm_state') or '').lower()}"
+                                        if j.get("slurm_job") else "",) if slurm else ()),
+                        "" if j["exit_code"] is None else str(j["exit_code"]),
                         f"{j['progress']}/{j['total']}" if j["total"] else "", (j["started"] or "")[:19],
                         escape((j["message"] or "")[:50]))
         con.print(tab)
@@ -312,7 +316,7 @@ class LiveJobs:
                 continue
             total, done = j["total"] or 0, j["progress"] or 0
             progress = ProgressBar(total=total or 1, completed=done if total else 0, width=24)
-            style = {"succeeded": "green", "failed": "red", "killed": "yellow", "lost": "red"}.get(j["status"], "")
+            style = {"succeeded": "green", "failed": "red", "killed": "yellow", "preempted": "yellow", "lost": "red"}.get(j["status"], "")
             tab.add_row(str(j["id"]), j["stage"], "" if j["group_index"] is None else str(j["group_index"]),
                         f"[{style}]{j['status']}[/]" if style else j["status"], progress,
                         f"{done}/{total}" if total else "", (j["message"] or "")[:60])

@@ -90,8 +90,11 @@ def reconcile(store: Store) -> list[int]:
     lost = []
     for job in store.jobs(active=True):
         ingest(store, job)
+    lost += _reconcile_slurm(store)
     now = time.time()
     for job in store.jobs(active=True):
+        if job.get("launcher") == "slurm":
+            continue  # another machine's process: Slurm says whether it lives (above)
         if job["status"] == "queued" and job["pid"] is None:
             continue  # its launcher fills in the pid right after the fork
         gone = not job_alive(job)
@@ -105,6 +108,27 @@ def reconcile(store: Store) -> list[int]:
         if run["status"] == "running" and run["name"] not in active:
             store.update_run(run["name"], status="lost", ended=utc_now())
     return lost
+
+
+def _reconcile_slurm(store: Store) -> list[int]:
+    """Slurm jobs that Slurm has ended without their own final status: settled from their Slurm state."""
+    jobs = [j for j in store.jobs(active=True) if j.get("launcher") == "slurm" and j.get("slurm_job")]
+    if not jobs:
+        return []
+    from core.manager import slurm
+
+    states = slurm.query_states([j["slurm_job"] for j in jobs])
+    if states is None:  # the controller does not answer: nothing can be said yet
+        return []
+    out = []
+    for j in jobs:
+        state = states.get(j["slurm_job"])
+        if state and state not in slurm.ACTIVE:
+            slurm.settle_from_state(store, j, state)
+            out.append(j["id"])
+        elif state:
+            store.update_job(j["id"], slurm_state=state)
+    return out
 
 
 # -- launching ---------------------------------------------------------------------------------------
@@ -220,7 +244,12 @@ def stop_job(store: Store, job_id: int, grace: float = 10.0, log=lambda s: None)
     if job["status"] not in ("queued", "running"):
         raise UserError(f"job {job_id} ({job['stage']}) is not running: it is {job['status']}")
     store.update_job(job_id, kill_requested=1)
-    if job_alive(job):
+    if job.get("launcher") == "slurm":
+        from core.manager import slurm
+
+        slurm.cancel(job, log)
+        slurm.wait_final(store, job, 3 * grace)
+    elif job_alive(job):
         for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             _signal(job, sig)
             log(f"job {job_id}: sent {sig.name}")
@@ -301,6 +330,7 @@ class Tracked:
         return self.hb
 
     def __exit__(self, kind, exc, tb) -> None:
+        usr2 = getattr(signal, "SIGUSR2", None)
         if kind is None:
             self.status, self.rc = "succeeded", 0
         elif issubclass(kind, KeyboardInterrupt):
@@ -310,6 +340,9 @@ class Tracked:
             self.rc, self.message = exc.exit_code, str(exc)
         else:
             self.message = f"internal error {kind.__name__}: {exc}"
+        if kind is not None and usr2 is not None and getattr(exc, "signum", None) == usr2:
+            self.status = "preempted"  # Slurm warned of its time limit or a preemption: checkpointed, to resubmit
+            self.message = (self.message or "stopped") + " (SIGUSR2: Slurm's time limit or a preemption ahead)"
         self.hb.stop()
         self.store.finish_job(self.job_id, self.status, self.rc, self.message[:500] if self.message else None)
 

@@ -61,7 +61,7 @@ def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
             out[st] = "running"
         elif not stages.pending(run, st):
             out[st] = "skipped" if skipped.get(st) else "done"
-        elif js and js[-1]["status"] in ("failed", "killed", "lost"):
+        elif js and js[-1]["status"] in ("failed", "killed", "lost", "preempted"):
             out[st] = js[-1]["status"]
         else:
             out[st] = "pending"
@@ -136,8 +136,9 @@ def show_data(store: Store, run: Run) -> dict:
         key = m["stage"] + ("" if m["group_index"] is None else f"/g{m['group_index']:02d}")
         last.setdefault(key, {})[m["key"]] = m["value"]
         last[key]["step"] = m["step"]
-    jobs = [{k: j[k] for k in ("id", "stage", "group_index", "status", "pid", "device", "exit_code", "started",
-                               "ended", "progress", "total", "message", "log_path")} for j in store.jobs(run.name)]
+    jobs = [{k: j.get(k) for k in ("id", "stage", "group_index", "status", "pid", "device", "exit_code", "started",
+                                   "ended", "progress", "total", "message", "log_path", "launcher", "host",
+                                   "slurm_job", "slurm_state")} for j in store.jobs(run.name)]
     return {"run": summary, "meta": run.meta, "stages": stage_status(run, store.jobs(run.name)),
             "groups": group_rows(store, run), "jobs": jobs, "metrics_last": last,
             "artifacts": store.artifacts(run.name), "eval": load_eval(run)}

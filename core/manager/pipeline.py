@@ -46,7 +46,15 @@ class Pipeline:
                  stages: tuple = STAGES):
         self.run, self.store, self.slots, self.grace, self.poll = run, store, slots, grace, poll
         self.say, self.view, self.stages = say, view, stages
-        self.active: dict[int, tuple] = {}  # job id -> (Popen, slot)
+        self.active: dict[int, tuple] = {}  # job id -> (Popen or slurm.SlurmHandle, slot, unit)
+        self.launcher = run.config["launcher"]
+        self.slurm = None
+        self.requeued: dict = {}  # (stage, unit) -> how often a preempted job of it was submitted again
+        if self.launcher["kind"] == "slurm":
+            from core.manager import slurm
+
+            slurm.check_tools()
+            self.slurm = slurm.Tracker(say)
 
     def execute(self) -> None:
         row = self.store.get_run(self.run.name)
@@ -93,6 +101,8 @@ class Pipeline:
         """Launch the stage's units on free slots until all ended. The first failed job ends the stage at
         once: nothing more is launched, running siblings are stopped (training checkpoints on SIGINT) and
         ``StageFailed`` is raised, so the run ends ``failed`` and ``resume`` continues it."""
+        if self.slurm is not None:
+            return self._run_stage_slurm(stage, units)
         todo = list(units)
         free = list(self.slots) if stage in GROUP_STAGES else list(self.slots)[:1]
         threads = None
@@ -116,6 +126,35 @@ class Pipeline:
         if self.view:
             self.view(self.store.jobs(self.run.name))
 
+    def _run_stage_slurm(self, stage: str, units: list) -> None:
+        """The stage's units as Slurm jobs, all submitted at once (a job array for a group stage); Slurm decides
+        where and when they run. A preempted job (checkpointed on Slurm's signal) is submitted again."""
+        self._submit(stage, list(units))
+        while self.active:
+            if self.view:
+                self.view(self.store.jobs(self.run.name))
+            time.sleep(max(self.poll, 0.5))
+            failed = self._reap(stage, [])
+            if failed:
+                self._stop_all()
+                job_id, what, job = failed[0]
+                raise StageFailed(f"job {job_id} ({what}) failed: {job['message'] or 'exit ' + str(job['exit_code'])};"
+                                  f" see stepadapt logs {job_id}; after fixing, continue with stepadapt resume "
+                                  f"{shlex.quote(self.run.name)}")
+        if self.view:
+            self.view(self.store.jobs(self.run.name))
+
+    def _submit(self, stage: str, units: list) -> None:
+        from core.manager import slurm
+
+        args = {"device": "cuda" if self.launcher["gpus_per_job"] else "cpu"}
+        device = "slurm:gpu" if self.launcher["gpus_per_job"] else "slurm:cpu"
+        for unit, (job_id, handle) in zip(units, slurm.submit_units(self.store, self.run, stage, units, args,
+                                                                   self.launcher, self.slurm, device)):
+            self.active[job_id] = (handle, None, unit)
+            self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} submitted to Slurm "
+                     f"(job {handle.sid})")
+
     def _launch(self, stage: str, unit, slot: str, threads: Optional[int]) -> None:
         gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
         if stage == "base" and len(gpus) > 1:  # stage 1 on every GPU: torchrun, DDP
@@ -124,22 +163,34 @@ class Pipeline:
         else:
             job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
                                   threads=threads)
-        self.active[job_id] = (proc, slot)
+        self.active[job_id] = (proc, slot, unit)
         self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} (pid {proc.pid})")
 
     def _reap(self, stage: str, free: list) -> list[tuple]:
         """Settle the jobs that ended (their slots become free); returns the failed ones."""
         failed = []
-        for job_id, (proc, slot) in list(self.active.items()):
+        for job_id, (proc, slot, unit) in list(self.active.items()):
             rc = proc.poll()
             if rc is None:
                 continue
             del self.active[job_id]
-            free.append(slot)
+            if slot is not None:
+                free.append(slot)
             job = settle(self.store, job_id, rc)
             what = f"{stage}{'' if job['group_index'] is None else ' group ' + str(job['group_index'])}"
             self.say(f"job {job_id}: {what} {job['status']} (exit {rc})"
                      + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else ""))
+            if job["status"] == "preempted" and self.slurm is not None:
+                n = self.requeued.get((stage, unit), 0)
+                if n < self.launcher["requeues"]:
+                    self.requeued[(stage, unit)] = n + 1
+                    self.say(f"job {job_id}: {what} checkpointed on Slurm's signal; submitting it again "
+                             f"({n + 1} of launcher.requeues {self.launcher['requeues']})")
+                    self._submit(stage, [unit])
+                    continue
+                raise Interrupted(f"job {job_id} ({what}) was stopped by Slurm's time limit or preemption "
+                                  f"{n + 1} times; continue with stepadapt resume {shlex.quote(self.run.name)} "
+                                  f"(a longer --time, or more launcher.requeues)")
             if job["status"] == "killed":
                 raise Interrupted(f"job {job_id} ({what}) was killed; run {self.run.name} stopped "
                               f"(continue with stepadapt resume {shlex.quote(self.run.name)})")
@@ -149,7 +200,7 @@ class Pipeline:
 
     def _stop_all(self) -> None:
         """Stop every active job (SIGINT first: training checkpoints) and record how each ended."""
-        for job_id, (proc, _) in list(self.active.items()):
+        for job_id, (proc, _, _) in list(self.active.items()):
             try:
                 stop_job(self.store, job_id, self.grace, log=self.say)
             except UserError:  # it ended by itself meanwhile

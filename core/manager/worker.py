@@ -17,7 +17,9 @@ from pathlib import Path
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    from core.errors import Stopped
+
+    raise Stopped(signum)
 
 
 def main(argv=None) -> int:
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
     if rank != 0:  # a torchrun helper process: only rank 0 keeps the books
         return _work(store, job, a, None)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGUSR2, _interrupt)  # Slurm's warning before its time limit or a preemption
     what = job["stage"] + ("" if job["group_index"] is None else f" group {job['group_index']}")
     print(f"[job {job['id']}] {what} of run {job['run']}: pid {os.getpid()}, device {job['device']}", flush=True)
     books = Tracked(store, job["id"])

@@ -92,14 +92,15 @@ def _step_seed(seed: int, step: int, salt: int) -> int:
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and stops. A second signal stops at once."""
+    """SIGINT/SIGTERM (and SIGUSR2, Slurm's warning before a time limit or preemption) set a flag; the loop
+    finishes its step, checkpoints and stops. A second signal stops at once."""
 
     def __init__(self):
         self.signum = None
         self._old = {}
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR2", signal.SIGTERM)):
             try:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread
@@ -376,8 +377,10 @@ class TrainLoop:
                         self.checkpoint(done)
                     if self.stopping(stop):
                         self.checkpoint(done)
-                        raise Interrupted(f"{spec.name}: stopped by signal at step {done}; "
-                                          f"checkpoint saved, continue with --resume")
+                        e = Interrupted(f"{spec.name}: stopped by {signal.Signals(stop.signum or signal.SIGINT).name} "
+                                        f"at step {done}; checkpoint saved, continue with --resume")
+                        e.signum = stop.signum
+                        raise e
                 if spec.steps > start or not spec.ckpt.exists():
                     self.checkpoint(spec.steps)
         finally:

@@ -6,6 +6,7 @@ Ctrl-C stops the run as ``stepadapt kill`` would.
 """
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -39,6 +40,49 @@ def pipeline_options(f):
     ]):
         f = opt(f)
     return f
+
+
+def _collect_launcher(ctx, param, value):
+    """Gather the launcher options as ``launcher.*`` config overrides in ``ctx.meta``."""
+    if value is None or value == ():
+        return value
+    key = {"sbatch_opts": "sbatch"}.get(param.name, param.name)
+    if key == "sbatch":
+        bad = [v for v in value if "=" not in v or not v.split("=", 1)[0].strip()]
+        if bad:
+            raise click.BadParameter(f"{bad[0]!r}: use KEY=VALUE, e.g. --sbatch constraint=a100", param=param)
+        value = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    ctx.meta.setdefault("launcher", []).append(f"launcher.{key}={value}")
+    return value
+
+
+def launcher_options(f):
+    """--launcher and the Slurm options: recorded in the run's config (``launcher``, not in its hash)."""
+    def opt(*decls, **kw):
+        return click.option(*decls, callback=_collect_launcher, expose_value=False, **kw)
+
+    for o in reversed([
+        opt("--launcher", "kind", type=click.Choice(["local", "slurm"]), default=None,
+            help="Where stage jobs run: local subprocesses, or Slurm jobs through submitit [default: the "
+                 "config's, local]."),
+        opt("--partition", default=None, help="Slurm partition of the jobs."),
+        opt("--gpus-per-job", "gpus_per_job", type=click.IntRange(0), default=None, help="Slurm: GPUs per job."),
+        opt("--cpus-per-job", "cpus_per_job", type=click.IntRange(0), default=None, help="Slurm: CPUs per job."),
+        opt("--mem", default=None, help="Slurm: memory per job, e.g. 32G."),
+        opt("--time", type=click.IntRange(0), default=None,
+            help="Slurm: time limit per job in minutes (jobs checkpoint on Slurm's warning signal and are "
+                 "submitted again)."),
+        opt("--account", default=None, help="Slurm account."),
+        opt("--qos", default=None, help="Slurm quality of service."),
+        opt("--sbatch", "sbatch_opts", multiple=True, metavar="KEY=VALUE",
+            help="Any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)."),
+    ]):
+        f = o(f)
+    return f
+
+
+def launcher_overrides() -> list[str]:
+    return list(click.get_current_context().meta.get("launcher", []))
 
 
 def parse_gpus(gpus):
@@ -158,6 +202,7 @@ def _is_file(base: str) -> bool:
 @click.option("--single-stage", is_flag=True,
               help="The paper's single-stage variant: every group's model from scratch, no stage 1 (method none).")
 @pipeline_options
+@launcher_options
 @runs_dir_option
 @overrides_option
 def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spec, seed, inception, single_stage,
@@ -169,7 +214,8 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
     from core.runs import create_run
     from core.training.data import load_dataset
 
-    extra = _settings(method or ("none" if single_stage else None), llm, api_base, data_spec, seed, overrides)
+    extra = launcher_overrides() + _settings(method or ("none" if single_stage else None), llm, api_base, data_spec,
+                                             seed, overrides)
     if single_stage:
         extra.insert(0, "finetune.single_stage=true")
     if inception is not None:
@@ -252,10 +298,12 @@ def fork(parent, run_name, method, llm, api_base, seed, runs_dir, overrides):
 @click.command(short_help='Continue a stopped, failed or lost run.')
 @click.argument("run_name", metavar="RUN")
 @pipeline_options
+@launcher_options
 @runs_dir_option
 def resume(run_name, detach, parallel, gpus, grace, runs_dir):
     """Continue a stopped, failed or lost run: finished stages and groups are skipped, interrupted
-    training continues from its last checkpoint."""
+    training continues from its last checkpoint. The launcher options change where the rest runs (e.g. a
+    longer Slurm --time)."""
     from core.runs import open_run, register_run
 
     store = open_store(runs_dir)
@@ -263,6 +311,12 @@ def resume(run_name, detach, parallel, gpus, grace, runs_dir):
     _, row = register_run(run)
     if row["status"] == "succeeded":
         raise UserError(f"run {run.name} has finished (succeeded); nothing to resume")
+    if launcher_overrides():
+        from core.runs import set_launcher
+
+        la = set_launcher(run, launcher_overrides())
+        click.echo(f"run {run.name}: launcher {la['kind']}" + (f", time {la['time']} min" if la["time"] else ""),
+                   err=True)
     click.echo(f"run {run.name}: resuming ({row['status']})", err=True)
     execute(run, store, detach, parallel, gpus, grace)
 

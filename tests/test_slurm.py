@@ -1,0 +1,140 @@
+"""Stage jobs on a real single-node Slurm (``tests/slurm_cluster.py``), submitted through submitit: a run end to
+end with its group jobs as job arrays, jobs that never open the store, a job cancelled from outside and resumed
+from its checkpoint, a job stopped by Slurm's time-limit signal and submitted again, and bad input."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
+from tests.slurm_cluster import Cluster, missing
+
+pytestmark = pytest.mark.skipif(bool(missing()), reason=missing() or "Slurm available")
+
+FAST = [*MICRO, "-S", "train.steps=4", "-S", "finetune.steps=2", "-S", "finetune.batch_size=8",
+        "-S", "schedule.groups=2", "-S", "prune.method=magnitude", "-S", "prune.images=16", "-S", "prune.eval_images=8",
+        "-S", "prune.batches=1", "-S", "prune.batch_size=8", "-S", "sample.n=4", "-S", "sample.steps=3",
+        "-S", "eval.loss_images=16", "-S", "eval.fid_n=8", "-S", "eval.steps=3"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    yield c
+    c.stop()
+
+
+def slurm_cli(cluster, *args, check=None, timeout=600):
+    return run_cli(*args, env={"SLURM_CONF": str(cluster.conf)}, check=check, timeout=timeout)
+
+
+def _store(runs_dir):
+    from core.store import open_store
+
+    return open_store(runs_dir)
+
+
+def test_a_run_on_slurm_end_to_end_with_each_group_stage_as_one_job_array(cluster, runs_dir):
+    """Every stage job is a Slurm job, the group jobs of a stage one array; every job wrote its journal and none
+    opened the store (they run with STEPADAPT_NO_STORE: one that tried would have failed)."""
+    p = slurm_cli(cluster, "run", "--preset", "tiny", "--name", "s", "--launcher", "slurm", "--partition", "debug",
+                  "--cpus-per-job", "1", "--time", "10", *FAST, "--runs-dir", runs_dir, check=0)
+    assert "submitted to Slurm" in p.stderr
+    store = _store(runs_dir)
+    jobs = [j for j in store.jobs("s") if j["stage"] != "pipeline"]
+    assert jobs and all(j["status"] == "succeeded" and j["launcher"] == "slurm" for j in jobs)
+    assert all(j["slurm_state"] == "COMPLETED" and j["host"] for j in jobs)
+    for stage in ("prune", "finetune"):
+        ids = [j["slurm_job"] for j in jobs if j["stage"] == stage]
+        assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1 and all("_" in i for i in ids), ids
+    cfg = json.loads((runs_dir / "s" / "config.json").read_text())
+    assert cfg["launcher"]["kind"] == "slurm" and cfg["launcher"]["time"] == 10
+    g = next(j["group_index"] for j in jobs if j["stage"] == "finetune")
+    assert store.metrics("s", stage="finetune", group=g) and (runs_dir / "s" / "report" / "index.html").exists()
+    for j in jobs:
+        log = open(j["log_path"]).read()
+        assert "must not open the store" not in log
+        assert (runs_dir / "s" / "jobs" / f"{j['id']:04d}" / "journal.jsonl").exists()
+    shown = json.loads(slurm_cli(cluster, "show", "s", "--json", "--runs-dir", runs_dir, check=0).stdout)
+    assert all(j.get("slurm_job") for j in shown["jobs"] if j["stage"] != "pipeline")
+
+
+def _wait(cond, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resumes_from_its_checkpoint(
+        cluster, runs_dir):
+    """Slurm's time-limit warning (SIGUSR2, sent here with scancel --signal) makes a fine-tune checkpoint and
+    report ``preempted``; the orchestrator submits it again and it continues. ``scancel`` of the job from outside
+    stops it ``killed`` (checkpointed on SIGTERM) and the run with it; ``resume`` finishes it, and its curve
+    has every logged step once."""
+    rd = ["--runs-dir", runs_dir]
+    long = [*FAST, "-S", "finetune.steps=400", "-S", "schedule.groups=1", "-S", "train.ckpt_every=20",
+            "-S", "train.log_every=10", "-S", "prune.method=none"]
+    env = {**os.environ, "SLURM_CONF": str(cluster.conf), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", "c",
+                             "--launcher", "slurm", *long, *rd], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    store = _store(runs_dir)
+
+    def finetune(min_progress):
+        from core.manager.jobs import reconcile
+
+        reconcile(store)
+        js = [j for j in store.jobs("c") if j["stage"] == "finetune" and j["status"] == "running"]
+        return js[-1] if js and (js[-1]["progress"] or 0) >= min_progress else None
+
+    first = _wait(lambda: finetune(30), 240, "the fine-tune to pass step 30")
+    cluster.run("scancel", "--signal=USR2", first["slurm_job"])
+    second = _wait(lambda: (lambda j: j if j and j["id"] != first["id"] else None)(finetune(1)), 120,
+                   "the fine-tune submitted again")
+    again = store.job(first["id"])
+    assert again["status"] == "preempted" and "SIGUSR2" in again["message"]
+    _wait(lambda: (store.job(second["id"]) or {}).get("progress", 0) > again["progress"], 120, "progress past it")
+    cluster.run("scancel", second["slurm_job"])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stepadapt resume c" in err
+    killed = store.job(second["id"])
+    assert killed["status"] == "killed", killed
+    p = slurm_cli(cluster, "resume", "c", *rd, check=0)
+    assert "resuming from step" in open(store.jobs("c")[-3]["log_path"]).read() or "resuming" in p.stderr
+    steps = [m["step"] for m in store.metrics("c", stage="finetune", key="loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 400
+    assert steps == list(range(10, 401, 10))
+    assert store.get_run("c")["status"] == "succeeded"
+
+
+def test_slurm_bad_input_is_one_line_and_loses_nothing(cluster, runs_dir, tmp_path):
+    rd = ["--runs-dir", runs_dir]
+    # no Slurm on PATH
+    bare = {"PATH": f"{os.path.dirname(sys.executable)}:/bin", "SLURM_CONF": str(cluster.conf)}
+    p = run_cli("run", "--preset", "tiny", "--name", "np", "--launcher", "slurm", *FAST, *rd, env=bare)
+    assert_clean_error(p)
+    assert "sbatch" in p.stderr and "not found" in p.stderr
+    # an unknown partition: sbatch's own words; the run stays resumable
+    p = slurm_cli(cluster, "run", "--preset", "tiny", "--name", "bp", "--launcher", "slurm", "--partition", "nosuch",
+                  *FAST, *rd)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "invalid partition" in p.stderr.lower() or "nosuch" in p.stderr
+    assert (runs_dir / "bp" / "config.json").exists()
+    p = slurm_cli(cluster, "run", "--preset", "tiny", "--name", "bs", "--launcher", "slurm", "--sbatch", "novalue",
+                  *FAST, *rd)
+    assert_clean_error(p)
+    assert "KEY=VALUE" in p.stderr
+    # a resume may change where the rest runs, not what it is
+    p = slurm_cli(cluster, "resume", "bp", "--launcher", "local", *rd, check=0)
+    cfg = json.loads((runs_dir / "bp" / "config.json").read_text())
+    assert cfg["launcher"]["kind"] == "local" and cfg["launcher"]["partition"] == "nosuch"
+    assert _store(runs_dir).get_run("bp")["status"] == "succeeded"
