@@ -80,7 +80,7 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     stops it ``killed`` (checkpointed on SIGTERM) and the run with it; ``resume`` finishes it, and its curve
     has every logged step once."""
     rd = ["--runs-dir", runs_dir]
-    long = [*FAST, "-S", "finetune.steps=400", "-S", "schedule.groups=1", "-S", "train.ckpt_every=20",
+    long = [*FAST, "-S", "finetune.steps=200", "-S", "schedule.groups=1", "-S", "train.ckpt_every=20",
             "-S", "train.log_every=10", "-S", "prune.method=none"]
     env = {**os.environ, "SLURM_CONF": str(cluster.conf), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", "c",
@@ -108,21 +108,24 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     assert "stepadapt resume c" in err
     killed = store.job(second["id"])
     assert killed["status"] == "killed", killed
-    p = slurm_cli(cluster, "resume", "c", *rd, check=0)
-    assert "resuming from step" in open(store.jobs("c")[-3]["log_path"]).read() or "resuming" in p.stderr
+    slurm_cli(cluster, "resume", "c", *rd, check=0)
+    third = [j for j in store.jobs("c") if j["stage"] == "finetune"][-1]
+    assert third["status"] == "succeeded"
+    resumed = re.search(r"resuming from step (\d+)", open(third["log_path"]).read())
+    assert resumed and int(resumed.group(1)) >= 30
     steps = [m["step"] for m in store.metrics("c", stage="finetune", key="loss")]
-    assert steps == sorted(set(steps)) and steps[-1] == 400
-    assert steps == list(range(10, 401, 10))
+    assert steps == list(range(10, 201, 10))  # every logged step once: nothing lost, nothing twice
     assert store.get_run("c")["status"] == "succeeded"
 
 
 def test_slurm_bad_input_is_one_line_and_loses_nothing(cluster, runs_dir, tmp_path):
     rd = ["--runs-dir", runs_dir]
     # no Slurm on PATH
-    bare = {"PATH": f"{os.path.dirname(sys.executable)}:/bin", "SLURM_CONF": str(cluster.conf)}
+    bare = {"PATH": os.path.dirname(sys.executable), "SLURM_CONF": str(cluster.conf)}
     p = run_cli("run", "--preset", "tiny", "--name", "np", "--launcher", "slurm", *FAST, *rd, env=bare)
     assert_clean_error(p)
     assert "sbatch" in p.stderr and "not found" in p.stderr
+    assert not (runs_dir / "np").exists()
     # an unknown partition: sbatch's own words; the run stays resumable
     p = slurm_cli(cluster, "run", "--preset", "tiny", "--name", "bp", "--launcher", "slurm", "--partition", "nosuch",
                   *FAST, *rd)

@@ -50,7 +50,7 @@ def _collect_launcher(ctx, param, value):
     if key == "sbatch":
         bad = [v for v in value if "=" not in v or not v.split("=", 1)[0].strip()]
         if bad:
-            raise click.BadParameter(f"{bad[0]!r}: use KEY=VALUE, e.g. --sbatch constraint=a100", param=param)
+            raise UserError(f"--sbatch {bad[0]!r}: use KEY=VALUE, e.g. --sbatch constraint=a100")
         value = "[" + ", ".join(json.dumps(v) for v in value) + "]"
     ctx.meta.setdefault("launcher", []).append(f"launcher.{key}={value}")
     return value
@@ -85,6 +85,13 @@ def launcher_overrides() -> list[str]:
     return list(click.get_current_context().meta.get("launcher", []))
 
 
+def _check_launcher(cfg: dict) -> None:
+    if cfg["launcher"]["kind"] == "slurm":
+        from core.manager.slurm import check_tools
+
+        check_tools()
+
+
 def parse_gpus(gpus):
     if gpus is None:
         return None
@@ -101,6 +108,7 @@ def execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> None
 
     if parallel < 1:
         raise UserError("--parallel must be >= 1")
+    _check_launcher(run.config)
     slots = device_slots(parallel, parse_gpus(gpus))
     job_id, pid = start_detached(run, store, slots, grace)
     if detach:
@@ -236,6 +244,7 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
     else:
         cfg = C.resolve(preset, config_file, extra)
         load_dataset(cfg)  # a missing dataset fails here, before a run folder exists
+        _check_launcher(cfg)
         if base is not None:
             from core.manager.bases import import_base, import_config
 
