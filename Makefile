@@ -23,7 +23,7 @@ demo: venv
 	$(BIN)/stepadapt run --preset tiny --parallel 2 -S eval.fid_n=512 --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: venv
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10
 
 # every benchmark (hours on 2 CPU cores), then the tables in bench/README.md
 bench: venv

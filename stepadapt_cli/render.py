@@ -110,7 +110,8 @@ def print_runs(root, rows: list[dict]) -> None:
     for r in rows:
         ratio = (r["progressive_macs"] / r["base_macs"] if r.get("progressive_macs") and r.get("base_macs")
                  else None)
-        name = escape(r["name"]) + (f"\n[dim]{escape(r['base'])}[/]" if r.get("base", "trained") != "trained" else "")
+        name = escape(r["name"]) + (f"\n[dim]{escape(r['base'])}[/]" if r.get("base", "trained") != "trained" else "") \
+            + (f"\n[dim]{escape(r['slurm'])}[/]" if r.get("slurm") else "")
         tab.add_row(name, r["status"], f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}",
                     with_ci(r.get("progressive_fid"), r.get("progressive_fid_ci"), "{:.2f}"),
                     short.get(r.get("progressive_vs_control"), "-"), fmt(ratio, "{:.3f}"), r.get("method") or "-",

@@ -59,7 +59,7 @@ class Cluster:
             "SelectTypeParameters=CR_Core", "MpiDefault=none", "ReturnToService=2",
             "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
             "MailProg=/bin/true", "SchedulerParameters=batch_sched_delay=0", "MinJobAge=3600", "KillWait=10",
-            "SlurmctldPort=16817", "SlurmdPort=16818",
+            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
             f"{node} NodeAddr=127.0.0.1",
             f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
 
@@ -126,6 +126,12 @@ class Cluster:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:

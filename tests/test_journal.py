@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from core.manager.journal import Journal, ingest, read_new
 from core.runs import Run

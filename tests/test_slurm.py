@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
 from tests.slurm_cluster import Cluster, missing
 
-pytestmark = pytest.mark.skipif(bool(missing()), reason=missing() or "Slurm available")
+pytestmark = [pytest.mark.skipif(bool(missing()), reason=missing() or "Slurm available"),
+              pytest.mark.xdist_group("slurm")]  # one test cluster: every test of this file on one worker
 
 FAST = [*MICRO, "-S", "train.steps=4", "-S", "finetune.steps=2", "-S", "finetune.batch_size=8",
         "-S", "schedule.groups=2", "-S", "prune.method=magnitude", "-S", "prune.images=16", "-S", "prune.eval_images=8",
@@ -96,6 +97,8 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
         return js[-1] if js and (js[-1]["progress"] or 0) >= min_progress else None
 
     first = _wait(lambda: finetune(30), 240, "the fine-tune to pass step 30")
+    listed = json.loads(slurm_cli(cluster, "runs", "--json", *rd, check=0).stdout)
+    assert f"{first['slurm_job']} running" in next(r for r in listed if r["name"] == "c")["slurm"]
     cluster.run("scancel", "--signal=USR2", first["slurm_job"])
     second = _wait(lambda: (lambda j: j if j and j["id"] != first["id"] else None)(finetune(1)), 120,
                    "the fine-tune submitted again")

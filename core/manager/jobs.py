@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.errors import UserError
+from core.manager.journal import prepare_job, worker_args
 from core.store import Store, utc_now, open_store
 
 HEARTBEAT_S = float(os.environ.get("STEPADAPT_HEARTBEAT", "3"))
@@ -115,7 +116,7 @@ def _reconcile_slurm(store: Store) -> list[int]:
     jobs = [j for j in store.jobs(active=True) if j.get("launcher") == "slurm" and j.get("slurm_job")]
     if not jobs:
         return []
-    from core.manager import slurm
+    from core.manager import slurm_state as slurm
 
     states = slurm.query_states([j["slurm_job"] for j in jobs])
     if states is None:  # the controller does not answer: nothing can be said yet
@@ -175,28 +176,6 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
     return job_id, p
 
 
-def prepare_job(store: Store, run, stage: str, group: Optional[int], args: Optional[dict], device: Optional[str],
-                launcher: str) -> tuple[int, Path, Path]:
-    """The job's row, its folder with its spec, and its log path: (job id, spec path, log path)."""
-    from core.manager.journal import write_spec
-
-    job_id = store.add_job({"run": run.name, "stage": stage, "group_index": group, "args": args or {},
-                            "device": device, "launcher": launcher, "journal_offset": 0})
-    log_path = run.job_log(job_id, stage, group)
-    try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        spec = write_spec(run.job_dir(job_id), {"id": job_id, "run": run.name, "stage": stage, "group_index": group,
-                                                "args": args or {}, "device": device})
-    except (OSError, UserError) as e:
-        store.finish_job(job_id, "failed", None, f"cannot write the job's folder: {e}")
-        raise UserError(f"cannot write job {job_id}'s folder in {run.path}: {e}") from None
-    return job_id, spec, log_path
-
-
-def worker_args(run, spec: Path) -> list[str]:
-    return ["-m", "core.manager.worker", "--runs-dir", str(run.path.parent.resolve()), "--spec", str(spec.resolve())]
-
-
 def settle(store: Store, job_id: int, returncode: int) -> dict:
     """After ``wait()``: the job's journal ingested, then a final status if its worker could not write one
     (e.g. SIGKILL)."""
@@ -245,7 +224,7 @@ def stop_job(store: Store, job_id: int, grace: float = 10.0, log=lambda s: None)
         raise UserError(f"job {job_id} ({job['stage']}) is not running: it is {job['status']}")
     store.update_job(job_id, kill_requested=1)
     if job.get("launcher") == "slurm":
-        from core.manager import slurm
+        from core.manager import slurm_state as slurm
 
         slurm.cancel(job, log)
         slurm.wait_final(store, job, 3 * grace)

@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from core.errors import UserError
 from core.names import JOB_ACTIVE
 
 SPEC, JOURNAL = "spec.json", "journal.jsonl"
@@ -94,6 +95,26 @@ def write_spec(folder: Path, spec: dict) -> Path:
 
 def read_spec(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def prepare_job(store, run, stage: str, group: Optional[int], args: Optional[dict], device: Optional[str],
+                launcher: str) -> tuple[int, Path, Path]:
+    """The job's row, its folder with its spec, and its log path: (job id, spec path, log path)."""
+    job_id = store.add_job({"run": run.name, "stage": stage, "group_index": group, "args": args or {},
+                            "device": device, "launcher": launcher, "journal_offset": 0})
+    log_path = run.job_log(job_id, stage, group)
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        spec = write_spec(run.job_dir(job_id), {"id": job_id, "run": run.name, "stage": stage, "group_index": group,
+                                                "args": args or {}, "device": device})
+    except (OSError, UserError) as e:
+        store.finish_job(job_id, "failed", None, f"cannot write the job's folder: {e}")
+        raise UserError(f"cannot write job {job_id}'s folder in {run.path}: {e}") from None
+    return job_id, spec, log_path
+
+
+def worker_args(run, spec: Path) -> list[str]:
+    return ["-m", "core.manager.worker", "--runs-dir", str(run.path.parent.resolve()), "--spec", str(spec.resolve())]
 
 
 # -- the owner's side ----------------------------------------------------------------------------------------

@@ -72,6 +72,13 @@ def stages_done(status: dict[str, str]) -> int:
     return sum(v in ("done", "skipped") for v in status.values())
 
 
+def slurm_line(active: list[dict]) -> str:
+    """'Slurm 12_0 running, 12_1 pending' for a run's unfinished Slurm jobs ('' when it has none)."""
+    jobs = [j for j in active if j.get("slurm_job")]
+    return ("Slurm " + ", ".join(f"{j['slurm_job']} {(j.get('slurm_state') or j['status']).lower()}"
+                                 for j in jobs[:4]) + (f" (+{len(jobs) - 4})" if len(jobs) > 4 else "")) if jobs else ""
+
+
 def run_summary(store: Store, row: dict) -> dict:
     """One line about a run for ``runs`` and the TUI's runs screen. A run whose folder is gone is listed as
     ``missing``, one whose config cannot be read as ``broken``."""
@@ -91,7 +98,8 @@ def run_summary(store: Store, row: dict) -> dict:
 
     out.update({"preset": cfg.get("preset"), "method": prune["method"],
                 "llm": prune["llm"] if prune["method"] == "proxy" else "", "stages_done": stages_done(st),
-                "base": base_origin(run)})
+                "base": base_origin(run), "launcher": cfg["launcher"]["kind"],
+                "slurm": slurm_line(store.jobs(row["name"], active=True))})
     ev = load_eval(run)
     models = ev.get("models", {})
     for model, r in models.items():

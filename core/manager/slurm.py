@@ -1,8 +1,8 @@
 """Stage jobs on a Slurm cluster, submitted through submitit (``launcher.kind slurm``).
 
 The orchestrator (the ``pipeline`` job) stays where it was started and owns the store; each unit of a stage
-becomes one Slurm job running the same worker entry point as a local job (``run_worker`` ->
-``worker.main``), the group jobs of a stage as one job array. The jobs share the runs folder with the
+becomes one Slurm job running the same worker program as a local job (``run_worker``: ``python -m
+core.manager.worker`` in process), the group jobs of a stage as one job array. The jobs share the runs folder with the
 orchestrator (a network filesystem on a real cluster) and write only files: their spec, journal
 (``journal``), log, checkpoints and models. ``STEPADAPT_NO_STORE`` is set in every job, so a job that tried
 to open the SQLite store would fail.
@@ -24,26 +24,12 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 from core.errors import UserError
+from core.manager.slurm_state import ACTIVE, query_states, settle_from_state
 
 TOOLS = ("sbatch", "squeue", "scancel")
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD"}
-# the status (and why) of a job that ended without writing its own, by its final Slurm state
-AFTER = {
-    "CANCELLED": ("killed", "cancelled in Slurm (scancel)"),
-    "TIMEOUT": ("killed", "reached its Slurm time limit"),
-    "DEADLINE": ("killed", "reached its Slurm deadline"),
-    "PREEMPTED": ("preempted", "preempted by Slurm"),
-    "NODE_FAIL": ("lost", "its Slurm node failed"),
-    "BOOT_FAIL": ("lost", "its Slurm node failed to boot"),
-    "OUT_OF_MEMORY": ("failed", "out of memory (Slurm)"),
-    "FAILED": ("failed", "failed in Slurm before it could report (see its log)"),
-    "COMPLETED": ("lost", "ended in Slurm without reporting a final status"),
-}
 REFRESH_S = 1.0
 FINAL_GRACE_S = 2.0  # after Slurm says a job ended, how long its journal may still bring its own final status
 
@@ -56,47 +42,7 @@ def check_tools() -> None:
                         "client tools or use --launcher local")
 
 
-def run_worker(runs_dir: str, spec: str) -> int:
-    """What a Slurm job runs (pickled by submitit): the local worker's entry point, in this process."""
-    from core.manager import worker
-
-    rc = worker.main(["--runs-dir", runs_dir, "--spec", spec])
-    if rc not in (0, 130):
-        raise SystemExit(rc)  # Slurm shows the job FAILED; its journal has the reason
-    return rc
-
-
 # -- states ----------------------------------------------------------------------------------------------
-def _run(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return subprocess.CompletedProcess(argv, 1, "", str(e))
-
-
-def query_states(ids: list[str]) -> Optional[dict[str, str]]:
-    """{slurm id: state} from squeue (finished jobs stay listed for ``MinJobAge``), then sacct for the ones it no
-    longer lists (when the cluster has accounting); None when the controller does not answer."""
-    if not ids:
-        return {}
-    p = _run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(sorted({i.split("_")[0] for i in ids}))])
-    if p.returncode != 0 and "Invalid job id" not in p.stderr:
-        return None
-    states = {}
-    for line in p.stdout.splitlines():
-        sid, _, state = line.strip().partition("|")
-        states[sid] = state.split()[0] if state else ""
-    gone = [i for i in ids if i not in states]
-    if gone:
-        q = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(gone)])
-        if q.returncode == 0:
-            for line in q.stdout.splitlines():
-                sid, _, state = line.partition("|")
-                if sid in gone and state:
-                    states[sid] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
-    return states
-
-
 class Tracker:
     """Every submitted job's Slurm state, refreshed with one ``squeue`` call at most every ``REFRESH_S``."""
 
@@ -168,12 +114,38 @@ class SlurmHandle:
             time.sleep(0.5)
 
 
-def settle_from_state(store, job: dict, state: str) -> None:
-    """A job that Slurm ended and that wrote no final status of its own: its status from the Slurm state."""
-    status, why = AFTER.get(state, ("lost", f"ended in Slurm as {state}"))
-    if job.get("kill_requested") and status in ("killed", "lost", "failed"):
-        status, why = "killed", "cancelled (stepadapt kill)"
-    store.finish_job(job["id"], status, None, f"{why}; Slurm job {job.get('slurm_job')} {state}")
+def run_worker(runs_dir: str, spec: str, nproc: int = 1) -> int:
+    """What a Slurm job runs (pickled by submitit): the worker as a program, ``python -m core.manager.worker
+    --runs-dir DIR --spec SPEC`` as a local job runs it, but in this process, so that the worker's own signal
+    handlers (SIGTERM, SIGUSR2) replace submitit's. With ``nproc`` > 1 (stage 1 on several GPUs of the node)
+    under torchrun, one process per GPU (DDP), Slurm's signals passed on to it."""
+    import runpy
+
+    argv = ["--runs-dir", runs_dir, "--spec", spec]
+    if nproc > 1:
+        return _torchrun(argv, nproc)
+    sys.argv = ["core.manager.worker", *argv]
+    try:
+        runpy.run_module("core.manager.worker", run_name="__main__", alter_sys=True)
+        rc = 0
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if rc not in (0, 130):
+        raise SystemExit(rc)  # Slurm shows the job FAILED; its journal has the reason
+    return rc
+
+
+def _torchrun(argv: list[str], nproc: int) -> int:
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          f"--nproc_per_node={nproc}", "-m", "core.manager.worker", *argv])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(sig, lambda s, f: p.send_signal(s))
+    rc = p.wait()
+    if rc not in (0, 130):
+        raise SystemExit(rc)
+    return rc
 
 
 # -- submitting ---------------------------------------------------------------------------------------------
@@ -217,15 +189,16 @@ def submit_units(store, run, stage: str, units: list, args: dict, settings: dict
                  device: str) -> list[tuple[int, SlurmHandle]]:
     """The units of ``stage`` as Slurm jobs (one job array for several); returns (job id, handle) for each.
     A refused submission fails the prepared jobs with sbatch's own words and is a ``UserError``."""
-    from core.manager.jobs import prepare_job, worker_args
+    from core.manager.journal import prepare_job, worker_args
 
     check_tools()
     prepared = [prepare_job(store, run, stage, u, args, device, "slurm") for u in units]
     ex = executor_for(run, settings, stage, len(units))
     runs_dir = str(run.path.parent.resolve())
+    nproc = settings["gpus_per_job"] if stage == "base" and settings["gpus_per_job"] > 1 else 1
     try:
         with ex.batch():
-            jobs = [ex.submit(run_worker, runs_dir, str(spec.resolve())) for _, spec, _ in prepared]
+            jobs = [ex.submit(run_worker, runs_dir, str(spec.resolve()), nproc) for _, spec, _ in prepared]
     except Exception as e:  # submitit raises what sbatch said (CalledProcessError, FailedJobError, ...)
         why = _sbatch_error(e)
         for job_id, _, _ in prepared:
@@ -246,22 +219,3 @@ def _sbatch_error(e: Exception) -> str:
     lines = [line.strip() for line in str(text).splitlines() if "error" in line.lower()] or \
         [line.strip() for line in str(text).splitlines() if line.strip()]
     return (lines[-1] if lines else type(e).__name__)[:300]
-
-
-def cancel(job: dict, log=lambda s: None) -> None:
-    """``scancel`` a job: Slurm sends SIGTERM (the worker checkpoints and stops), SIGKILL after KillWait."""
-    if job.get("slurm_job"):
-        p = _run(["scancel", str(job["slurm_job"])])
-        log(f"job {job['id']}: scancel {job['slurm_job']}" + ("" if p.returncode == 0 else f" failed: {p.stderr.strip()}"))
-
-
-def wait_final(store, job: dict, seconds: float) -> Optional[str]:
-    """Wait for a Slurm job to end; its final Slurm state, or None if it did not within ``seconds``."""
-    end = time.time() + seconds
-    while time.time() < end:
-        got = query_states([job["slurm_job"]]) or {}
-        state = got.get(job["slurm_job"])
-        if state and state not in ACTIVE:
-            return state
-        time.sleep(0.5)
-    return None

@@ -41,7 +41,9 @@ class JobScreen(ViewScreen):
         ended = "" if j["exit_code"] is None else f"  exit {j['exit_code']}"
         self.job = j
         self.query_one("#jobinfo", Static).update(Text(
-            f"job {j['id']}  {j['stage']}{grp}  run {j['run']}  [{j['status']}]  pid {j['pid']}{ended}\n"
+            f"job {j['id']}  {j['stage']}{grp}  run {j['run']}  [{j['status']}]  "
+            + (f"Slurm job {j['slurm_job']} {(j.get('slurm_state') or '').lower()}  host {j.get('host') or '-'}"
+               if j.get("slurm_job") else f"pid {j['pid']}") + f"{ended}\n"
             f"{j['log_path'] or '(no log file: it ran in a terminal)'}"))
         self.refresh_bindings()
         if not self.following:
