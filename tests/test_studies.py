@@ -145,7 +145,8 @@ def test_a_study_stopped_midway_resumes_without_rerunning_finished_runs(tmp_path
 
 
 def test_scratch_takes_another_runs_architecture_and_none_of_the_base_weights(runs_dir):
-    """Table 4's scratch arm: the source run's pruned architecture, every weight initialised afresh."""
+    """Table 4's scratch arm: the source run's pruned architecture, every weight initialised afresh; its
+    progressive model counts only the fine-tune's steps (none of stage 1's)."""
     import torch
 
     from core.manager.stages.prune import pruned_base
@@ -169,6 +170,13 @@ def test_scratch_takes_another_runs_architecture_and_none_of_the_base_weights(ru
     sa, sb = a.state_dict(), b.state_dict()
     assert {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in sb.items()}  # the plan's architecture
     assert not any(torch.equal(sa[k], sb[k]) for k in sa)  # and none of the base's weights
+    from core.evaluation.evaluate import model_cost
+    from core.method.artifacts import load_progressive
+    from core.method.schedule import run_schedule
+
+    run_cli("finetune", "scr", "--steps", "2", *rd, check=0)
+    cost = model_cost(load_progressive(scr.model("progressive")), "progressive", scr.config, 3, run_schedule(scr), scr)
+    assert cost["train_steps"] == 2
 
 
 def test_single_stage_trains_no_base_and_every_group_from_fresh_weights(runs_dir):

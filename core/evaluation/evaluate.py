@@ -203,8 +203,9 @@ def _train_steps(run, which: str, cfg: dict, sched) -> int:
     if run is None:
         return cfg["train"]["steps"]
     base = artifact_step(run.model("base")) or 0
-    if which == "progressive" and (cfg.get("finetune") or {}).get("single_stage"):
-        base = 0  # the single-stage variant: the groups' own steps only
+    if which == "progressive" and ((cfg.get("finetune") or {}).get("single_stage")
+                                   or cfg["prune"]["method"] == "scratch"):
+        base = 0  # the groups' models started from fresh weights (single-stage, scratch): their own steps only
     if which == "control":
         return artifact_step(run.model("control")) or base
     if which == "progressive":
