@@ -191,7 +191,8 @@ def plot_fid_macs(runs: list[Run], path: Path) -> bool:
     if not pts:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    many = len(pts) > 6
+    fig, axes = plt.subplots(1, 2, figsize=(13 if many else 11, 4.5 if many else 4))
     kind = pts[0][3].get("fid_kind", "").split(" (")[0] or "FID"
     marker = {"base": "o", "control": "^", "progressive": "s"}
     for ax, key, label in ((axes[0], "fid", kind), (axes[1], "kid", "KID")):
@@ -203,11 +204,20 @@ def plot_fid_macs(runs: list[Run], path: Path) -> bool:
             ax.errorbar([macs], [val], yerr=err, fmt=marker.get(model, "D"), capsize=4,
                         label=f"{name}/{model}" if len(runs) > 1 else model)
         ax.set_xlabel("GMACs per step, averaged over timesteps")
-        ax.set_ylabel(label)
+        vals = [row[key] for _, _, _, row in pts if row.get(key) is not None and row[key] > 0]
+        if vals and max(vals) > 20 * min(vals):  # one far-off arm (e.g. scratch training) would flatten the rest
+            ax.set_yscale("log")
+        ax.set_ylabel(label + (" (log scale)" if ax.get_yscale() == "log" else ""))
         ax.set_title(f"{label} vs MACs, 95% intervals (lower left is better)")
-        ax.legend(fontsize=7, loc="best")
         ax.margins(x=0.15, y=0.1)
-    fig.tight_layout()
+    if many:  # one legend beside the plots instead of one over each
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.80, 0.5))
+        fig.tight_layout(rect=(0, 0, 0.79, 1))
+    else:
+        for ax in axes:
+            ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
