@@ -167,7 +167,8 @@ class Store:
     def migrate(self) -> list[str]:
         """Apply the migrations not yet applied, in order; returns their names."""
         if "_migrations" not in self.db.table_names():
-            self.db["_migrations"].create({"name": str, "applied": str}, pk="name")
+            with self._tx():
+                self.db["_migrations"].create({"name": str, "applied": str}, pk="name", if_not_exists=True)
         done = {r["name"] for r in self.db["_migrations"].rows}
         newer = sorted(done - {name for name, _ in MIGRATIONS})
         if newer:
@@ -177,7 +178,9 @@ class Store:
         for name, fn in MIGRATIONS:
             if name in done:
                 continue
-            with self._tx():
+            with self._tx():  # another process may have applied it since ``done`` was read: look again inside
+                if self.db.execute("select 1 from _migrations where name = ?", [name]).fetchone():
+                    continue
                 fn(self.db)
                 self.db["_migrations"].insert({"name": name, "applied": utc_now()})
             applied.append(name)

@@ -86,6 +86,19 @@ class Cluster:
         self._wait(lambda: self.sinfo() == "idle", timeout, "the node to become idle")
         return self
 
+    def stop_controller(self) -> None:
+        """slurmctld goes away (its jobs keep running on slurmd)."""
+        pid = self.pids.pop("slurmctld")
+        os.killpg(pid, signal.SIGTERM)
+        end = time.time() + 10
+        while time.time() < end and _alive(pid):
+            time.sleep(0.1)
+
+    def start_controller(self, timeout: float = 30.0) -> None:
+        """slurmctld back, recovering its state (the jobs it knew) from StateSaveLocation."""
+        self._daemon("slurmctld", [_bin("slurmctld"), "-D", "-f", str(self.conf)])
+        self._wait(lambda: self.run("squeue", "-h").returncode == 0, timeout, "slurmctld to answer again")
+
     def sinfo(self) -> str:
         p = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=self.env)
         return p.stdout.strip()

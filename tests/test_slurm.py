@@ -84,10 +84,10 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     long = [*FAST, "-S", "finetune.steps=200", "-S", "schedule.groups=1", "-S", "train.ckpt_every=20",
             "-S", "train.log_every=10", "-S", "prune.method=none"]
     env = {**os.environ, "SLURM_CONF": str(cluster.conf), "OMP_NUM_THREADS": "1"}
+    store = _store(runs_dir)
     proc = subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", "c",
                              "--launcher", "slurm", *long, *rd], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    store = _store(runs_dir)
 
     def finetune(min_progress):
         from core.manager.jobs import reconcile
@@ -119,6 +119,28 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     steps = [m["step"] for m in store.metrics("c", stage="finetune", key="loss")]
     assert steps == list(range(10, 201, 10))  # every logged step once: nothing lost, nothing twice
     assert store.get_run("c")["status"] == "succeeded"
+
+
+def test_the_controller_going_away_mid_run_loses_no_job_and_the_run_completes(cluster, runs_dir):
+    """slurmctld stops for 20 s while a fine-tune is submitted: the orchestrator says it does not answer, keeps
+    the jobs' states from their journals, marks none lost, says when it answers again, and the run completes."""
+    rd = ["--runs-dir", runs_dir]
+    long = [*FAST, "-S", "finetune.steps=100", "-S", "schedule.groups=1", "-S", "prune.method=none",
+            "-S", "control.enabled=false", "-S", "eval.fid=false"]
+    env = {**os.environ, "SLURM_CONF": str(cluster.conf), "OMP_NUM_THREADS": "1"}
+    store = _store(runs_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", "t",
+                             "--launcher", "slurm", *long, *rd], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait(lambda: [j for j in store.jobs("t") if j["stage"] == "finetune"], 240, "the fine-tune job")
+    cluster.stop_controller()
+    time.sleep(20)  # longer than squeue's own retries
+    cluster.start_controller()
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    assert "controller does not answer" in err and "answers again" in err
+    assert not [j for j in store.jobs("t") if j["status"] == "lost"]
+    assert store.get_run("t")["status"] == "succeeded"
 
 
 def test_slurm_bad_input_is_one_line_and_loses_nothing(cluster, runs_dir, tmp_path):

@@ -23,6 +23,16 @@ AFTER = {
 }
 
 
+def _killed_by_usr2(job: dict) -> bool:
+    try:
+        with open(job.get("log_path") or "", "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4000))
+            return b"User defined signal 2" in f.read()
+    except OSError:
+        return False
+
+
 def _run(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -54,8 +64,12 @@ def query_states(ids: list[str]) -> Optional[dict[str, str]]:
 
 
 def settle_from_state(store, job: dict, state: str) -> None:
-    """A job that Slurm ended and that wrote no final status of its own: its status from the Slurm state."""
+    """A job that Slurm ended and that wrote no final status of its own: its status from the Slurm state. One
+    that Slurm's SIGUSR2 killed before the worker could take it (it came while the process started: Slurm may send
+    it up to a minute early) counts as preempted, to be submitted again."""
     status, why = AFTER.get(state, ("lost", f"ended in Slurm as {state}"))
+    if state == "FAILED" and _killed_by_usr2(job):
+        status, why = "preempted", "Slurm's SIGUSR2 came before the job could checkpoint (while it started)"
     if job.get("kill_requested") and status in ("killed", "lost", "failed"):
         status, why = "killed", "cancelled (stepadapt kill)"
     store.finish_job(job["id"], status, None, f"{why}; Slurm job {job.get('slurm_job')} {state}")
