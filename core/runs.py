@@ -111,6 +111,21 @@ def read_json(path: Path) -> Optional[Any]:
         return None
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file ([] when it is missing); a garbled line is skipped."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch  # only where tensors are written: listing runs stays torch-free
 

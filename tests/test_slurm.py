@@ -64,6 +64,14 @@ def test_a_run_on_slurm_end_to_end_with_each_group_stage_as_one_job_array(cluste
     assert all(j.get("slurm_job") for j in shown["jobs"] if j["stage"] != "pipeline")
 
 
+def _start_run(cluster, name, settings, rd) -> subprocess.Popen:
+    """`stepadapt run --launcher slurm` in the background (the test acts on the cluster meanwhile)."""
+    env = {**os.environ, "SLURM_CONF": str(cluster.conf), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", name,
+                             "--launcher", "slurm", *settings, *rd], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def _wait(cond, timeout, what):
     end = time.time() + timeout
     while time.time() < end:
@@ -83,11 +91,8 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     rd = ["--runs-dir", runs_dir]
     long = [*FAST, "-S", "finetune.steps=200", "-S", "schedule.groups=1", "-S", "train.ckpt_every=20",
             "-S", "train.log_every=10", "-S", "prune.method=none"]
-    env = {**os.environ, "SLURM_CONF": str(cluster.conf), "OMP_NUM_THREADS": "1"}
     store = _store(runs_dir)
-    proc = subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", "c",
-                             "--launcher", "slurm", *long, *rd], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _start_run(cluster, "c", long, rd)
 
     def finetune(min_progress):
         from core.manager.jobs import reconcile
@@ -127,11 +132,8 @@ def test_the_controller_going_away_mid_run_loses_no_job_and_the_run_completes(cl
     rd = ["--runs-dir", runs_dir]
     long = [*FAST, "-S", "finetune.steps=100", "-S", "schedule.groups=1", "-S", "prune.method=none",
             "-S", "control.enabled=false", "-S", "eval.fid=false"]
-    env = {**os.environ, "SLURM_CONF": str(cluster.conf), "OMP_NUM_THREADS": "1"}
     store = _store(runs_dir)
-    proc = subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", "t",
-                             "--launcher", "slurm", *long, *rd], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_run(cluster, "t", long, rd)
     _wait(lambda: [j for j in store.jobs("t") if j["stage"] == "finetune"], 240, "the fine-tune job")
     cluster.stop_controller()
     time.sleep(20)  # longer than squeue's own retries

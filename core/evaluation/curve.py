@@ -29,16 +29,9 @@ def curve_steps(run, sched) -> list[int]:
 
 def read_curve(run) -> list[dict]:
     """The measured points, in step order ([] when there are none)."""
-    path = run.fid_curve_file()
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return sorted(rows, key=lambda r: r["step"])
+    from core.runs import read_jsonl
+
+    return sorted(read_jsonl(run.fid_curve_file()), key=lambda r: r["step"])
 
 
 def _mtimes(run, sched, step: int) -> float:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from core.evaluation.evaluate import load_eval
-from core.runs import Run
+from core.runs import Run, read_jsonl
 
 
 def _plt():
@@ -19,18 +19,6 @@ def _plt():
     return plt
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -39,7 +27,7 @@ def _read_json(path: Path):
 
 
 def plot_losses(run: Run, path: Path) -> bool:
-    base = _read_jsonl(run.metrics("base"))
+    base = read_jsonl(run.metrics("base"))
     groups = sorted(run.path.glob("metrics/group*.jsonl"))
     if not base and not groups:
         return False
@@ -53,7 +41,7 @@ def plot_losses(run: Run, path: Path) -> bool:
     axes[0].set_title("stage 1: base model")
     axes[0].set_xlabel("step")
     for p in groups:
-        rows = _read_jsonl(p)
+        rows = read_jsonl(p)
         rep = (_read_json(run.path / "prune" / f"{p.stem}.json") or {}).get("report") or {}
         start = [(0, rep["loss_after"])] if rep.get("loss_after") is not None else []
         pts = start + [(r["step"], r["mse"]) for r in rows]
@@ -75,7 +63,7 @@ def plot_losses(run: Run, path: Path) -> bool:
 
 def plot_heldout(run: Run, path: Path) -> bool:
     """Every group's held-out loss against fine-tune steps (``finetune.eval_every``), its best marked."""
-    curves = {p.stem: _read_jsonl(p) for p in sorted((run.path / "metrics" / "heldout").glob("group*.jsonl"))}
+    curves = {p.stem: read_jsonl(p) for p in sorted((run.path / "metrics" / "heldout").glob("group*.jsonl"))}
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return False

@@ -117,12 +117,7 @@ class Pipeline:
             time.sleep(self.poll)
             failed = self._reap(stage, free)
             if failed:
-                self._stop_all()
-                if self.view:
-                    self.view(self.store.jobs(self.run.name))
-                job_id, what, job = failed[0]
-                raise StageFailed(f"job {job_id} ({what}) failed (exit {job['exit_code']}); see stepadapt logs "
-                                  f"{job_id}; after fixing, continue with stepadapt resume {shlex.quote(self.run.name)}")
+                self._fail(failed[0])
         if self.view:
             self.view(self.store.jobs(self.run.name))
 
@@ -136,13 +131,21 @@ class Pipeline:
             time.sleep(max(self.poll, 0.5))
             failed = self._reap(stage, [])
             if failed:
-                self._stop_all()
-                job_id, what, job = failed[0]
-                raise StageFailed(f"job {job_id} ({what}) failed: {job['message'] or 'exit ' + str(job['exit_code'])};"
-                                  f" see stepadapt logs {job_id}; after fixing, continue with stepadapt resume "
-                                  f"{shlex.quote(self.run.name)}")
+                self._fail(failed[0])
         if self.view:
             self.view(self.store.jobs(self.run.name))
+
+    def _fail(self, failed: tuple) -> None:
+        """The first failed job ends the stage: stop its siblings, then ``StageFailed`` (a Slurm job's reason
+        is in its message, a local one's in its log)."""
+        self._stop_all()
+        if self.view:
+            self.view(self.store.jobs(self.run.name))
+        job_id, what, job = failed
+        why = (f"failed: {job['message'] or 'exit ' + str(job['exit_code'])}" if self.slurm is not None
+               else f"failed (exit {job['exit_code']})")
+        raise StageFailed(f"job {job_id} ({what}) {why}; see stepadapt logs {job_id}; after fixing, continue with "
+                          f"stepadapt resume {shlex.quote(self.run.name)}")
 
     def _submit(self, stage: str, units: list) -> None:
         from core.manager import slurm

@@ -20,6 +20,7 @@ stops and ``stepadapt resume`` (e.g. with a longer ``--time``) continues it.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -82,12 +83,14 @@ class SlurmHandle:
         self.store, self.job_id, self.sid, self.tracker = store, job_id, sid, tracker
         self.pid = sid
         self.ended_at: Optional[float] = None  # when Slurm first said it ended
+        self.state: Optional[str] = None
 
     def poll(self) -> Optional[int]:
         from core.manager.journal import ingest
 
         state = self.tracker.state(self.sid)
-        if state is not None:
+        if state is not None and state != self.state:  # a write only when Slurm's answer changed
+            self.state = state
             self.store.update_job(self.job_id, slurm_state=state)
         ingest(self.store, self.store.job(self.job_id))
         job = self.store.job(self.job_id)
@@ -157,7 +160,7 @@ def executor_for(run, settings: dict, stage: str, n: int):
                                 max_num_timeout=0)
     params = {"job_name": f"stepadapt-{run.name}-{stage}", "signal_delay_s": int(settings["signal_s"]),
               "stderr_to_stdout": True, "array_parallelism": max(1, n),
-              "setup": [f"cd {_q(os.getcwd())}", "export STEPADAPT_NO_STORE=1 PYTHONUNBUFFERED=1"]
+              "setup": [f"cd {shlex.quote(os.getcwd())}", "export STEPADAPT_NO_STORE=1 PYTHONUNBUFFERED=1"]
               + ([f"export OMP_NUM_THREADS={settings['cpus_per_job']} STEPADAPT_THREADS={settings['cpus_per_job']}"]
                  if settings["cpus_per_job"] else [])}
     for key, name in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("mem", "mem")):
@@ -177,12 +180,6 @@ def executor_for(run, settings: dict, stage: str, n: int):
     except ValueError as e:
         raise UserError(f"bad Slurm settings: {str(e).splitlines()[0]}") from None
     return ex
-
-
-def _q(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 def submit_units(store, run, stage: str, units: list, args: dict, settings: dict, tracker: Tracker,
