@@ -210,6 +210,11 @@ def test_a_failed_group_job_ends_the_run_failed_within_seconds_and_resume_comple
     killed_at = time.time()
     _wait(lambda: _run_status(runs_dir, "fail") == "failed", 30, "the run to end failed")
     assert time.time() - killed_at < 30
+
+    def pipeline_ended():  # the orchestrator's own job row is finished as its process exits, just after the run's
+        return [j for j in _jobs(runs_dir, "fail") if j["stage"] == "pipeline" and j["status"] != "running"]
+
+    _wait(pipeline_ended, 30, "the orchestrator's job to end")
     jobs = {(j["stage"], j["group_index"]): j for j in _jobs(runs_dir, "fail")}
     assert jobs[("finetune", victim["group_index"])]["status"] == "failed"
     assert jobs[("finetune", sibling["group_index"])]["status"] == "killed"
