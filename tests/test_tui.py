@@ -1,5 +1,6 @@
 """`stepadapt tui` headless with App.run_test(), over a store written through the real store API."""
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -12,14 +13,14 @@ from textual.widgets import DataTable, Static
 from core import config as C
 from core.method.schedule import run_schedule
 from core.manager.jobs import pid_alive, proc_start
-from core.runs import create_run
+from core.runs import Run, create_run
 from core.store import MIGRATIONS, Store, open_store
 from stepadapt_cli.tui.app import StepadaptApp
 from stepadapt_cli.tui.job_screen import JobScreen
 from stepadapt_cli.tui.run_screen import RunScreen
 from stepadapt_cli.tui.runs_screen import RunsScreen
 
-SNAPSHOT = Path(__file__).parent / "snapshots" / "run_screen.txt"
+SNAPSHOTS = Path(__file__).parent / "snapshots"
 MICRO = ["model.model_channels=16", "model.channel_mult=[1,2]", "model.attention_resolutions=[16]",
          "diffusion.steps=100", "schedule.groups=3"]
 
@@ -123,27 +124,52 @@ def test_group_rows_update_as_rows_are_written(run_in_store):
     asyncio.run(go())
 
 
-def test_run_screen_snapshot(run_in_store):
-    """The run screen at 80x24 as text: stages, the schedule strip with every group's label, the group rows
-    (budget, status, fine-tune progress, the hybrid training loss and its sparkline). A change of layout shows
-    as a diff of tests/snapshots/run_screen.txt; UPDATE_SNAPSHOTS=1 rewrites it, except under CI."""
+EVAL = {"models": {
+    name: {"fid": fid, "fid_ci": [fid - 0.05, fid + 0.1], "kid": kid, "kid_ci": [kid / 2, kid * 1.5], "macs": macs,
+           "train_steps": 1600, "loss_groups": {str(g): 0.03 + 0.01 * g + d for g in range(3)}}
+    for name, fid, kid, macs, d in (("base", 0.22, 0.0022, 2.5e8, 0.001), ("control", 0.23, 0.0026, 2.5e8, 0.0005),
+                                    ("progressive", 0.25, 0.0027, 1.75e8, 0.0))},
+    "comparisons": [{"model": "progressive", "against": against, "primary": "fid", "macs_ratio": 0.7,
+                     "fid": {"diff": 0.02, "ci": [-0.023, 0.071], "paired": True, "verdict": "no significant difference"},
+                     "loss_groups": {str(g): {"diff": -d, "rel": -d / 0.03, "ci": [-1.5 * d, -0.5 * d]}
+                                     for g in range(3)}}
+                    for against, d in (("base", 0.001), ("control", 0.0005))]}
+
+
+def _screen_text(app) -> str:
+    """The screen as the user sees it, one line per terminal row (trailing blanks cut)."""
+    strips = app.screen._compositor.render_strips()
+    return "\n".join("".join(seg.text for seg in strip).rstrip() for strip in strips) + "\n"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_run_screen_snapshot(run_in_store, size):
+    """The whole run screen as text at 80x24 and 160x48, with an evaluation: stages, the schedule strip with every
+    group's label apart from the next, FID/KID with intervals and the verdicts (shortened at 80 columns so the
+    group rows keep their room), the group rows (budget, status, fine-tune progress, the hybrid training loss,
+    its sparkline, the held-out loss against base and control). At 160 columns the strip, the progress bar and
+    the sparkline are wider. A change of layout shows as a diff of tests/snapshots/run_screen_WxH.txt;
+    UPDATE_SNAPSHOTS=1 rewrites them, except under CI."""
     root, store, ft, proc = run_in_store
+    run = Run(root / "live")
+    run.eval_file().write_text(json.dumps(EVAL))
+    store.log_metrics([{"run": "live", "job": ft, "stage": "finetune", "group_index": 0, "step": s, "key": "loss",
+                        "value": 1.0 / s, "time": 0.0} for s in range(1, 40)])
+    snapshot = SNAPSHOTS / f"run_screen_{size[0]}x{size[1]}.txt"
 
     async def go():
         app = StepadaptApp(root, "live")
-        async with app.run_test(size=(80, 24)) as pilot:
-            await _until(pilot, lambda: isinstance(app.screen, RunScreen) and _rows(app.screen))
-            scr = app.screen
-            t = scr.query_one(DataTable)
-            text = "\n".join([_text(scr.query_one("#stages")), _text(scr.query_one("#schedule")),
-                              " | ".join(str(c.label) for c in t.columns.values()),
-                              *(" | ".join(r) for r in _rows(scr))]) + "\n"
-            return text
+        async with app.run_test(size=size) as pilot:
+            await _until(pilot, lambda: isinstance(app.screen, RunScreen) and len(_rows(app.screen)) == 4)
+            await pilot.pause(0.2)
+            table = app.screen.query_one(DataTable)
+            assert table.region.height >= 5  # the header and every group row are on screen
+            return _screen_text(app)
 
     text = asyncio.run(go())
     if os.environ.get("UPDATE_SNAPSHOTS") and not os.environ.get("CI"):  # never under CI: it must compare
-        SNAPSHOT.write_text(text)  # UPDATE_SNAPSHOTS=1 pytest tests/test_tui.py, then review the diff
-    assert text == SNAPSHOT.read_text()
+        snapshot.write_text(text)  # UPDATE_SNAPSHOTS=1 pytest tests/test_tui.py, then review the diff
+    assert text == snapshot.read_text()
 
 
 def test_kill_action_reaches_the_job_layer(run_in_store):
@@ -210,16 +236,16 @@ def test_resume_and_kill_from_the_run_screen(tmp_path):
     assert not pid_alive(js["pipeline"]["pid"]) and not pid_alive(js["base"]["pid"])
 
 
-@pytest.mark.parametrize("width", [50, 120])
+@pytest.mark.parametrize("width", [30, 50, 120])
 def test_group_labels_in_the_schedule_strip_never_overwrite_each_other(tmp_path, width):
-    """tiny's groups 0 and 1 start a few timesteps apart, as do 6, 7 and 9: every non-empty group keeps its label."""
+    """tiny's groups 0 and 1 start a few timesteps apart, as do 6, 7 and 9: every non-empty group keeps its label,
+    with a space before the next one (5 6 7 9, never 5679)."""
     from core.manager.monitor import schedule_text
     from core.method.schedule import schedule_from_config
 
     run = create_run(C.resolve("tiny", None, []), "strip", tmp_path)
-    labels = schedule_text(run, width).splitlines()[2]
-    shown = [int(c) for c in labels.split("t=")[0] if c.isdigit()]
-    assert shown == [g.index for g in schedule_from_config(run.config).nonempty]
+    labels = schedule_text(run, width).splitlines()[2].split("t=")[0][len("groups  "):]
+    assert labels.split() == [str(g.index) for g in schedule_from_config(run.config).nonempty]
 
 
 def test_tui_of_an_unknown_run_is_one_error_line(tmp_path):

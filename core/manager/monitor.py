@@ -19,6 +19,9 @@ from core.store import Store
 SPARK = "▁▂▃▄▅▆▇█"
 
 
+SERIES = 40  # the last losses a row keeps for a sparkline as wide as the screen allows
+
+
 def sparkline(values: list[float], width: int = 12) -> str:
     vals = [v for v in values if v is not None][-width:]
     if not vals:
@@ -176,13 +179,14 @@ def _base_row(store: Store, run: Run, cfg: dict, jobs: list[dict]) -> dict:
         status = "done" if not stages.pending(run, "base") else "pending"
     return {"group": "base", "t": f"0-{cfg['diffusion']['steps'] - 1}", "budget": None, "macs": None,
             "status": status, "progress": (job or {}).get("progress") or 0, "total": (job or {}).get("total") or 0,
-            "loss": loss[-1] if loss else None, "spark": sparkline(loss), "job": job["id"] if job else None}
+            "loss": loss[-1] if loss else None, "spark": sparkline(loss), "series": loss[-SERIES:],
+            "job": job["id"] if job else None}
 
 
 def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -> dict:
     if not g["size"]:
         return {"group": g["index"], "t": "empty", "budget": g["budget_ratio"], "macs": None, "status": "empty",
-                "progress": 0, "total": 0, "loss": None, "spark": "", "job": None}
+                "progress": 0, "total": 0, "loss": None, "spark": "", "series": [], "job": None}
     rec = read_json(run.prune_record(g["index"]))
     ft, pj = _latest(jobs, "finetune", g["index"]), _latest(jobs, "prune", g["index"])
     losses = [m["value"] for m in store.metrics(run.name, "finetune", g["index"], "loss")]
@@ -196,39 +200,56 @@ def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -
     return {"group": g["index"], "t": f"{g['t_start']}-{g['t_end']}", "budget": g["budget_ratio"],
             "macs": _get(rec, "report", "macs") and _get(rec, "report", "macs") / full, "status": status,
             "progress": (ft or {}).get("progress") or 0, "total": (ft or {}).get("total") or 0,
-            "loss": losses[-1] if losses else None, "spark": sparkline(losses), "job": job["id"] if job else None}
+            "loss": losses[-1] if losses else None, "spark": sparkline(losses), "series": losses[-SERIES:],
+            "job": job["id"] if job else None}
 
 
-def _label_columns(wanted: list[int], width: int) -> list[int]:
-    """Columns for labels that want ``wanted`` (ascending): each as near its own as it can be, none on another;
-    labels crowding the right edge move left."""
+def _label_columns(wanted: list[int], width: int, gap: int = 1) -> list[int]:
+    """Columns for labels that want ``wanted`` (ascending): each as near its own as it can be, ``gap`` columns
+    after the one before (a space between labels when they fit, so 5 6 7 never read as 567); labels crowding the
+    right edge move left."""
+    if len(wanted) * (gap + 1) - gap > width:
+        gap = 0
     cols = []
-    for w in wanted:  # left to right: never on the one before
-        cols.append(max(w, cols[-1] + 1) if cols else max(0, w))
+    for w in wanted:  # left to right: never on or next to the one before
+        cols.append(max(w, cols[-1] + 1 + gap) if cols else max(0, w))
     for i in range(len(cols) - 1, -1, -1):  # right to left: inside the strip, before the next
-        cols[i] = min(cols[i], width - 1 if i == len(cols) - 1 else cols[i + 1] - 1)
+        cols[i] = min(cols[i], width - 1 if i == len(cols) - 1 else cols[i + 1] - 1 - gap)
     return cols
+
+
+def schedule_profile(run: Run) -> dict:
+    """What the schedule strip is drawn from, as plain lists (the TUI draws it again at each width)."""
+    from core.method.schedule import schedule_from_config
+
+    sched = schedule_from_config(run.config)
+    return {"T": sched.num_timesteps, "k": float(sched.k), "ratio": [float(r) for r in sched.ratio],
+            "snr": [float(v) for v in sched.snr], "starts": [(g.index, g.t_start) for g in sched.nonempty]}
+
+
+def draw_schedule(p: dict, width: int = 64) -> str:
+    """The schedule drawn in text ``width`` columns wide: SNR (dB) and budget (k F .. F) over t, and where each
+    group starts."""
+    T, k = p["T"], p["k"]
+    width = max(1, min(width, T))
+    cols = [range(i * T // width, max(i * T // width + 1, (i + 1) * T // width)) for i in range(width)]
+    levels = "".join(SPARK[min(7, int((max(p["ratio"][t] for t in c) - k) / max(1 - k, 1e-9) * 7.999))]
+                     for c in cols)
+    snr = p["snr"]
+    lo, hi = min(snr), max(snr)
+    snr_line = "".join(SPARK[min(7, int((sum(snr[t] for t in c) / len(c) - lo) / max(hi - lo, 1e-9) * 7.999))]
+                       for c in cols)
+    marks = [" "] * width
+    for (g, _), i in zip(p["starts"], _label_columns([s * width // T for _, s in p["starts"]], width)):
+        marks[i] = str(g % 10)
+    return (f"SNR dB  {snr_line}  {hi:.0f}..{lo:.0f}\n"
+            f"budget  {levels}  {k:.2f}F..1F\n"
+            f"groups  {''.join(marks)}  t=0..{T - 1}")
 
 
 def schedule_text(run: Run, width: int = 64) -> str:
     """The schedule drawn in text: budget (k F .. F) over t, and where each group starts."""
-    from core.method.schedule import schedule_from_config
-
-    sched = schedule_from_config(run.config)
-    T = sched.num_timesteps
-    width = min(width, T)
-    cols = [range(i * T // width, max(i * T // width + 1, (i + 1) * T // width)) for i in range(width)]
-    k = sched.k
-    levels = "".join(SPARK[min(7, int((max(sched.ratio[c]) - k) / max(1 - k, 1e-9) * 7.999))] for c in cols)
-    snr = sched.snr
-    lo, hi = float(snr.min()), float(snr.max())
-    snr_line = "".join(SPARK[min(7, int((float(snr[c].mean()) - lo) / max(hi - lo, 1e-9) * 7.999))] for c in cols)
-    marks = [" "] * width
-    for g, i in zip(sched.nonempty, _label_columns([g.t_start * width // T for g in sched.nonempty], width)):
-        marks[i] = str(g.index % 10)
-    return (f"SNR dB  {snr_line}  {hi:.0f}..{lo:.0f}\n"
-            f"budget  {levels}  {k:.2f}F..1F\n"
-            f"groups  {''.join(marks)}  t=0..{T - 1}")
+    return draw_schedule(schedule_profile(run), width)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.manager.monitor import run_detail, runs_overview, schedule_text
+from core.manager.monitor import run_detail, runs_overview, schedule_profile
 from core.runs import Run
 from core.store import Store
 
@@ -23,7 +23,7 @@ def read_view(store: Store, runs_dir: Path, key: tuple):
         run = run_of(store, runs_dir, key[1])
         if not (run.path / "config.json").exists():
             return None
-        return {**run_detail(store, run), "schedule_text": _schedule_text(run)}
+        return {**run_detail(store, run), "schedule_profile": _schedule_profile(run)}
     if kind == "job":
         return store.job(key[1])
     if kind == "proxy":
@@ -54,12 +54,13 @@ def proxy_view(store: Store, run: Run) -> dict:
     return {"rows": rows, "groups": groups}
 
 
-_STRIPS: dict = {}
+_PROFILES: dict = {}
 
 
-def _schedule_text(run: Run) -> str:
-    """The schedule strip, drawn once per run and config (the run screen redraws on every heartbeat)."""
+def _schedule_profile(run: Run) -> dict:
+    """The schedule strip's data, computed once per run and config (the run screen redraws on every heartbeat
+    and draws the strip at its own width)."""
     key = (str(run.path), (run.path / "config.json").stat().st_mtime_ns)
-    if key not in _STRIPS:
-        _STRIPS[key] = schedule_text(run, 50)
-    return _STRIPS[key]
+    if key not in _PROFILES:
+        _PROFILES[key] = schedule_profile(run)
+    return _PROFILES[key]

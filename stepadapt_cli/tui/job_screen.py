@@ -35,7 +35,7 @@ class JobScreen(ViewScreen):
 
     def show(self, j) -> None:
         if not j:
-            self.query_one("#jobinfo", Static).update(f"job {self.job_id} not found")
+            self.query_one("#jobinfo", Static).update(Text(f"job {self.job_id} not found"))
             return
         grp = "" if j["group_index"] is None else f" group {j['group_index']}"
         ended = "" if j["exit_code"] is None else f"  exit {j['exit_code']}"

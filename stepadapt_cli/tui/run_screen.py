@@ -8,20 +8,22 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from core.manager.monitor import bar
+from core.manager.monitor import SERIES, bar, draw_schedule, sparkline
 
 from .dialogs import Confirm
 from .view import BACK, HELP, ViewScreen, fmt
 
 
-def eval_summary(ev) -> Text:
+def eval_summary(ev, width: int = 160) -> Text:
     """The run's evaluation: each model's FID and KID with 95% intervals and MACs against the base, then the
-    verdict of each pair (the per-group losses are columns of the group table)."""
+    verdict of each pair (the per-group losses are columns of the group table). Under 110 columns each line is
+    shortened to fit one line, so the group rows keep their room at 80x24."""
     from core.evaluation.evaluate import verdict_text
 
     models = (ev or {}).get("models") or {}
     if not models:
         return Text("")
+    narrow = width < 110
     base = models.get("base", {})
     lines = []
     for name in [m for m in ("base", "control", "progressive") if m in models]:
@@ -29,11 +31,30 @@ def eval_summary(ev) -> Text:
         ci = m.get("fid_ci")
         fid = fmt(m.get("fid"), "{:.2f}") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
         kci = m.get("kid_ci")
-        kid = fmt(m.get("kid"), "{:.4f}") + (f" [{kci[0]:.4f}, {kci[1]:.4f}]" if kci else "")
+        kid = fmt(m.get("kid"), "{:.4f}") + (f" [{kci[0]:.4f}, {kci[1]:.4f}]" if kci and not narrow else "")
         ratio = f"{m['macs'] / base['macs']:.3f}x MACs" if base.get("macs") else f"{m['macs'] / 1e9:.3f} GMACs"
-        lines.append(f"{name:<12} FID {fid}  KID {kid}  {ratio}  {m.get('train_steps', '?')} steps")
-    lines += [verdict_text(c) for c in (ev.get("comparisons") or [])]
+        steps = "" if narrow else f"  {m.get('train_steps', '?')} steps"
+        lines.append(f"{name:<12} FID {fid}  KID {kid}  {ratio}{steps}")
+    lines += [(_short_verdict if narrow else verdict_text)(c) for c in (ev.get("comparisons") or [])]
     return Text("\n".join(lines))
+
+
+def _short_verdict(c: dict) -> str:
+    """'progressive vs control: WORSE FID +0.31 [+0.12, +0.50]' (the long form also says paired and MACs)."""
+    primary = c.get("primary", "fid")
+    d = c.get(primary)
+    if not d:
+        return f"{c['model']} vs {c['against']}: no sample metric"
+    spec = "{:+.3f}" if primary == "fid" else "{:+.5f}"
+    word = {"better": "BETTER", "worse": "WORSE"}.get(d["verdict"], "same")
+    return (f"{c['model']} vs {c['against']}: {word} {primary.upper()} {spec.format(d['diff'])} "
+            f"[{spec.format(d['ci'][0])}, {spec.format(d['ci'][1])}]")
+
+
+def widths(total: int) -> dict:
+    """What grows with the terminal's width: the schedule strip, the progress bar and the loss sparkline."""
+    return {"strip": max(20, total - 24), "bar": 10 if total < 140 else 20,
+            "spark": 12 if total < 120 else min(SERIES, 12 + (total - 120) // 2)}
 
 
 def loss_columns(ev) -> dict:
@@ -75,17 +96,22 @@ class RunScreen(ViewScreen):
         self.query_one(DataTable).focus()
         self.title = f"run {self.run_name}"
 
+    def on_resize(self) -> None:
+        if self.detail:
+            self.show(self.detail)
+
     def show(self, d) -> None:
         self.detail = d or {}
         if not d:
-            self.query_one("#stages", Static).update(f"run {self.run_name} not found")
+            self.query_one("#stages", Static).update(Text(f"run {self.run_name} not found"))
             return
+        w = widths(self.size.width or 80)
         stages = "  ".join(f"{k}:{v}" for k, v in d["stages"].items())
-        self.query_one("#stages", Static).update(f"{d['name']}  [{d['status']}]  {d['preset']}  "
-                                                 f"prune {d['method']}\n{stages}")
+        self.query_one("#stages", Static).update(Text(f"{d['name']}  [{d['status']}]  {d['preset']}  "
+                                                      f"prune {d['method']}\n{stages}"))
         if d["schedule"]:
-            self.query_one("#schedule", Static).update(d["schedule_text"])
-        self.query_one("#evalsum", Static).update(eval_summary(d.get("eval")))
+            self.query_one("#schedule", Static).update(draw_schedule(d["schedule_profile"], w["strip"]))
+        self.query_one("#evalsum", Static).update(eval_summary(d.get("eval"), self.size.width or 80))
         t = self.query_one(DataTable)
         cur = t.cursor_row
         t.clear()
@@ -93,8 +119,9 @@ class RunScreen(ViewScreen):
         for g in d["groups"]:
             held, vs_base, vs_control = losses.get(str(g["group"]), (None, "", ""))
             t.add_row(str(g["group"]), g["t"], fmt(g["budget"], "{:.3f}"), fmt(g["macs"], "{:.3f}"), g["status"],
-                      f"{g['progress']}/{g['total']}" if g["total"] else "", bar(g["progress"], g["total"], 10),
-                      fmt(g["loss"]), g["spark"], fmt(held), vs_base, vs_control, key=str(g["group"]))
+                      f"{g['progress']}/{g['total']}" if g["total"] else "", bar(g["progress"], g["total"], w["bar"]),
+                      fmt(g["loss"]), sparkline(g["series"], w["spark"]), fmt(held), vs_base, vs_control,
+                      key=str(g["group"]))
         if d["groups"]:
             t.move_cursor(row=min(cur, len(d["groups"]) - 1))
 

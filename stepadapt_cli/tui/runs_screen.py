@@ -52,10 +52,10 @@ class RunsScreen(ViewScreen):
         msg = self.query_one("#message", Static)
         runs_dir = self.app.runs_dir
         if not self.rows:
-            msg.update(f"No runs in {runs_dir}.\nStart one with:  stepadapt run --preset tiny --runs-dir {runs_dir}")
+            msg.update(Text(f"No runs in {runs_dir}.\nStart one with:  stepadapt run --preset tiny --runs-dir {runs_dir}"))
         else:
-            msg.update(f"{len(self.rows)} runs in {runs_dir}   sort: {self.SORT_KEYS[self.sort]}"
-                       + (f"   filter: {self.filter}" if self.filter else ""))
+            msg.update(Text(f"{len(self.rows)} runs in {runs_dir}   sort: {self.SORT_KEYS[self.sort]}"
+                            + (f"   filter: {self.filter}" if self.filter else "")))
         key = self.SORT_KEYS[self.sort]
         rows = [r for r in self.rows if not self.filter or any(
             self.filter.lower() in str(r.get(k) or "").lower() for k in ("name", "status", "preset", "method"))]
@@ -70,7 +70,7 @@ class RunsScreen(ViewScreen):
         if rows:
             t.move_cursor(row=min(cur, len(rows) - 1))
         elif self.rows:
-            msg.update(f"no run matches {self.filter!r} ({len(self.rows)} runs in {runs_dir}; escape clears)")
+            msg.update(Text(f"no run matches {self.filter!r} ({len(self.rows)} runs in {runs_dir}; escape clears)"))
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
