@@ -37,6 +37,24 @@ class Cli(click.Group):
             ctx.exit(1)
 
 
+class Respelled(click.Option):
+    """An option that also accepts its earlier spellings (its later names) without showing them in help."""
+
+    def get_help_record(self, ctx):
+        names = self.opts
+        self.opts = names[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = names
+
+
+def steps_option(kind: str, help: str):
+    """``--train-steps``, ``--finetune-steps`` or ``--sample-steps``: one name per kind of step, so a command line
+    never leaves it to the reader which steps are meant (``--steps`` still works, unshown)."""
+    return click.option(f"--{kind}-steps", "--steps", "steps", cls=Respelled, type=int, default=None, help=help)
+
+
 def overrides_option(f):
     return click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
                         help="Override a config value, e.g. -S train.steps=200 (repeatable).")(f)

@@ -85,9 +85,11 @@ def test_config_file_overrides_and_run_record(tmp_path, runs_dir):
     assert_clean_error(again)
     assert "already exists" in again.stderr
     # sampling writes a grid
-    run_cli("sample", "r1", "--runs-dir", runs_dir, "--n", "4", "--steps", "3", check=0)
+    run_cli("sample", "r1", "--runs-dir", runs_dir, "--n", "4", "--sample-steps", "3", check=0)
     assert (run / "samples" / "base_s3_seed0.png").exists()
-    assert_clean_error(run_cli("sample", "r1", "--runs-dir", runs_dir, "--steps", "0"))
+    bad = run_cli("sample", "r1", "--runs-dir", runs_dir, "--steps", "0")  # the short spelling still works
+    assert_clean_error(bad)
+    assert "--sample-steps must be in [1, " in bad.stderr
     assert_clean_error(run_cli("sample", "nope", "--runs-dir", runs_dir))
 
 

@@ -41,9 +41,9 @@ def test_a_second_writer_of_a_run_is_refused_with_the_holder_named(runs_dir):
 def test_resume_with_fewer_steps_than_done_is_refused(runs_dir):
     rd = ["--runs-dir", runs_dir]
     _train("done", rd)
-    p = run_cli("train", "--run", "done", "--resume", "--steps", "1", *rd)
+    p = run_cli("train", "--run", "done", "--resume", "--train-steps", "1", *rd)
     assert_clean_error(p)
-    assert "at step 2 already" in p.stderr
+    assert "at step 2 already" in p.stderr and "give --train-steps 2 or more" in p.stderr
 
 
 def test_a_store_from_a_newer_version_is_refused_with_both_versions_named(runs_dir):

@@ -12,7 +12,7 @@ def test_tiny_two_stage_run_end_to_end(runs_dir):
     # stage 2 before... the wrong way round is an error, not a crash
     assert_clean_error(run_cli("sample", "ts", "--model", "progressive", *rd))
     # one group first: no progressive model yet
-    p = run_cli("finetune", "ts", "--steps", "2", "--groups", "1", *rd, check=0)
+    p = run_cli("finetune", "ts", "--finetune-steps", "2", "--groups", "1", *rd, check=0)
     run = runs_dir / "ts"
     sched = json.loads((run / "schedule.json").read_text())
     nonempty = [g["index"] for g in sched["groups"] if g["size"]]

@@ -79,7 +79,7 @@ def _settings(cfg: dict, n, steps, fid) -> tuple:
     if fid and n < 2:
         raise UserError(f"FID needs at least 2 samples (--n {n})")
     if not 1 <= steps <= cfg["diffusion"]["steps"]:
-        raise UserError(f"--steps must be in [1, {cfg['diffusion']['steps']}]")
+        raise UserError(f"--sample-steps must be in [1, {cfg['diffusion']['steps']}]")
     return n, steps, fid
 
 

@@ -6,7 +6,7 @@ import click
 from core.errors import UserError
 
 from .. import render
-from ..common import device_option, emit_json, json_option, runs_dir_option
+from ..common import device_option, emit_json, json_option, runs_dir_option, steps_option
 
 EXIT_MAX_FID = 4
 EXIT_BASELINE = 5
@@ -40,7 +40,7 @@ def _check_baseline(result: dict, cmp: dict, baseline_value: float, tolerance: f
 @click.option("--model", "which", type=click.Choice(["base", "control", "progressive", "all", "both"]), default="all",
               show_default=True, help="Which models (both: base and progressive).")
 @click.option("--n", "n", type=int, default=None, help="Samples for FID/KID (default eval.fid_n: 50000 cifar10, 1024 tiny).")
-@click.option("--steps", type=int, default=None, help="Respaced sampling steps (default eval.steps: 100; tiny 25).")
+@steps_option("sample", "Respaced sampling steps (default eval.steps: 100; tiny 25).")
 @click.option("--inception", type=click.Path(dir_okay=False), default=None,
               help="TorchScript inception-2015-12-05.pt for standard FID (default: eval.inception, else domain FID).")
 @click.option("--images", "folders", multiple=True, type=click.Path(), metavar="DIR",

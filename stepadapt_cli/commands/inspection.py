@@ -10,7 +10,7 @@ from core.errors import UserError
 from core.names import JOB_ACTIVE
 
 from .. import render
-from ..common import emit_json, json_option, overrides_option, runs_dir_option
+from ..common import emit_json, json_option, overrides_option, runs_dir_option, steps_option
 from .management import job_tag, open_store, resolve_target
 
 
@@ -38,7 +38,7 @@ def info(preset, config_file, overrides, as_json):
 
 @click.command(short_help='Params and MACs averaged over timesteps (Table 1).')
 @click.argument("run_name", metavar="RUN")
-@click.option("--steps", type=int, default=None, help="Sampling steps to average over (default: sample.steps).")
+@steps_option("sample", "Sampling steps to average over (default: sample.steps).")
 @json_option
 @runs_dir_option
 def macs(run_name, steps, as_json, runs_dir):
@@ -52,7 +52,7 @@ def macs(run_name, steps, as_json, runs_dir):
     m = cfg["model"]
     steps = steps or cfg["sample"]["steps"]
     if not 1 <= steps <= cfg["diffusion"]["steps"]:
-        raise UserError(f"--steps must be in [1, {cfg['diffusion']['steps']}]")
+        raise UserError(f"--sample-steps must be in [1, {cfg['diffusion']['steps']}]")
     if not run.model("base").exists():
         raise UserError(f"run {run.name} has no base model yet")
     out = {"run": run.name, "sample_steps": steps,

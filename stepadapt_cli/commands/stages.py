@@ -10,7 +10,8 @@ import click
 from core.errors import UserError
 from core.names import ALLOCATIONS, PRUNE_METHODS, SAMPLE_MODELS, SAMPLERS, SCHEDULE_KINDS
 
-from ..common import device_option, emit_json, json_option, overrides_option, runs_dir_option, set_threads
+from ..common import (device_option, emit_json, json_option, overrides_option, runs_dir_option, set_threads,
+                      steps_option)
 from .. import render
 
 
@@ -19,7 +20,7 @@ from .. import render
 @click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
 @click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
 @click.option("--download", is_flag=True, help="Allow downloading CIFAR-10 if it is missing.")
-@click.option("--steps", type=int, default=None, help="Training steps (total, also when resuming).")
+@steps_option("train", "Training steps (total, also when resuming).")
 @click.option("--name", "run_name", default=None, help="Run name, as for `stepadapt run` (default: PRESET-DATE-TIME).")
 @click.option("--run", "run_name", default=None, hidden=True)  # the earlier spelling of --name
 @runs_dir_option
@@ -44,7 +45,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
         if not run_name:
             raise UserError("--resume needs --name NAME")
         if config_file or preset or overrides or data_spec or seed is not None:
-            raise UserError("--resume continues a run with its saved config; only --steps and --device may change")
+            raise UserError("--resume continues a run with its saved config; only --train-steps and --device may change")
         run = open_run(run_name, runs_dir)
         cfg = run.config
         if steps is not None:
@@ -65,8 +66,8 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     with run_lock(run, "stepadapt train"):  # one writer per run
         done = artifact_step(spec.ckpt) if resume else None
         if done is not None and done > spec.steps:
-            raise UserError(f"run {run.name} is at step {done} already; --steps {spec.steps} would label its "
-                            f"step-{done} weights as step {spec.steps} (give --steps {done} or more)")
+            raise UserError(f"run {run.name} is at step {done} already; --train-steps {spec.steps} would label its "
+                            f"step-{done} weights as step {spec.steps} (give --train-steps {done} or more)")
         click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps "
                    f"on {dev}", err=True)
         model = build_unet(model_arch(cfg), seed=cfg["seed"])
@@ -254,7 +255,7 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
 
 @click.command(short_help="Stage 2b: fine-tune each group's model on its timesteps.")
 @click.argument("run_name", metavar="RUN")
-@click.option("--steps", type=int, default=None, help="Fine-tuning steps per group (default: finetune.steps).")
+@steps_option("finetune", "Fine-tuning steps per group (default: finetune.steps).")
 @click.option("--groups", "groups", default="all", show_default=True, help="all, or group indices like 0,3,9.")
 @device_option
 @runs_dir_option
@@ -270,7 +271,7 @@ def finetune(run_name, steps, groups, device, runs_dir):
     run = open_run(run_name, runs_dir)
     set_threads(run.config)
     if steps is not None and steps < 1:
-        raise UserError("--steps must be >= 1")
+        raise UserError("--finetune-steps must be >= 1")
     trained = finetune_groups(run, groups, steps, pick_device(device), log=lambda s: click.echo(s, err=True))
     prog = run.model("progressive")
     click.echo(f"fine-tuned groups: {', '.join(map(str, trained)) or 'none (all done)'}")
@@ -305,7 +306,7 @@ def control(run_name, device, runs_dir):
 @click.command(short_help="Sample a PNG grid from a run's model.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--n", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
-@click.option("--steps", type=int, default=None, help="Sampling steps, respaced (default: the config's).")
+@steps_option("sample", "Sampling steps, respaced (default: the config's sample.steps).")
 @click.option("--model", "which", type=click.Choice(SAMPLE_MODELS), default="base", show_default=True,
               help="The stage-1 model, or the group models routed by timestep.")
 @click.option("--method", type=click.Choice(SAMPLERS), default=None, help="Sampler (default: sample.method).")
@@ -335,7 +336,7 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
     if n < 1:
         raise UserError("--n must be >= 1")
     if not 1 <= steps <= cfg["diffusion"]["steps"]:
-        raise UserError(f"--steps must be in [1, {cfg['diffusion']['steps']}]")
+        raise UserError(f"--sample-steps must be in [1, {cfg['diffusion']['steps']}]")
     path = run.model(which)
     if not path.exists():
         hint = "stepadapt train" if which == "base" else f"stepadapt finetune {run.name}"
