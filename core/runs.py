@@ -251,7 +251,10 @@ def run_lock(run: Run, what: str, wait: float = 0.0):
     import socket
     import time
 
-    f = open(run.lock_file(), "a+")
+    try:
+        f = open(run.lock_file(), "a+")
+    except OSError as e:
+        raise UserError(f"cannot write run {run.name}'s folder {run.path}: {e.strerror}") from None
     end = time.time() + wait
     while True:
         try:
@@ -341,8 +344,9 @@ def register_run(run: Run, status: str = "created"):
 
     store = open_store(run.path.parent)
     row = store.get_run(run.name)
-    if row is not None and row["path"] == str(run.path.resolve()) and row["config_hash"] == run.meta.get("config_hash"):
-        return store, row
+    if store.readonly or (row is not None and row["path"] == str(run.path.resolve())
+                          and row["config_hash"] == run.meta.get("config_hash")):
+        return store, row  # up to date (or a read-only folder, shown as it is)
     if row is not None:  # a run of the same name whose folder was deleted: the new folder wins
         store.forget_run(run.name)
     meta = run.meta

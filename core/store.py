@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Callable, Optional
@@ -147,14 +148,17 @@ JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "comma
 
 class Store:
     def __init__(self, path: Path):
-        import os
-
         import sqlite_utils
 
         if os.environ.get("STEPADAPT_NO_STORE"):  # a job worker: its books go to its journal (manager.journal)
             raise RuntimeError(f"a job worker must not open the store {path}; it writes its journal instead")
         self.path = Path(path)
+        # a runs folder on a read-only filesystem (an archive, a snapshot) can still be listed and shown
+        self.readonly = self.path.parent.is_dir() and not os.access(self.path.parent, os.W_OK)
         try:
+            if self.readonly:
+                self.db = sqlite_utils.Database(self._open_readonly())
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=30)
             self.db = sqlite_utils.Database(conn)
@@ -163,6 +167,21 @@ class Store:
             self.migrate()
         except sqlite3.DatabaseError as e:
             raise UserError(f"cannot open the store {self.path}: {e}") from None
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """The store of a read-only folder, opened immutable (WAL needs to write its index even to read), as is:
+        a store that would need a migration says so instead of being changed."""
+        from urllib.parse import quote
+
+        if not self.path.exists():
+            raise UserError(f"the runs folder {self.path.parent} is read-only and has no store ({DB_NAME})")
+        conn = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro&immutable=1", uri=True)
+        done = {r[0] for r in conn.execute("select name from _migrations")}
+        missing = [name for name, _ in MIGRATIONS if name not in done]
+        if missing:
+            raise UserError(f"the store {self.path} needs migration {missing[0]} but its folder is read-only; "
+                            f"open it once with this version where it is writable")
+        return conn
 
     def migrate(self) -> list[str]:
         """Apply the migrations not yet applied, in order; returns their names."""
@@ -333,10 +352,16 @@ class Store:
                 f"where id = ? and status in {JOB_ACTIVE}", [status, exit_code, utc_now(), message, job_id])
             return cur.rowcount > 0
 
+    def require_writable(self) -> None:
+        if self.readonly:
+            raise UserError(f"the runs folder {self.path.parent} is read-only; this command writes to it "
+                            f"(copy the folder somewhere writable to change it)")
+
     @contextlib.contextmanager
     def transaction(self):
         """One write transaction taken at once (``BEGIN IMMEDIATE``): what is read inside it cannot change
         before it commits. The writers called inside it join it."""
+        self.require_writable()
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self
@@ -349,7 +374,7 @@ class Store:
     def _tx(self):
         """A writer's transaction: its own, taken at once (a deferred one that read first could not upgrade to
         a write while another writer commits: 'database is locked'), or a savepoint inside the caller's."""
-        if self.db.conn.in_transaction:
+        if self.db.conn.in_transaction and not self.readonly:
             with self.db.atomic():
                 yield
         else:

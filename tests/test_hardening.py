@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
 
 
@@ -112,3 +114,31 @@ def test_every_command_summary_is_whole():
     for name, cmd in cli.commands.items():
         short = cmd.get_short_help_str(limit=70)
         assert short and not short.endswith("...") and not short.endswith("(Eq."), (name, short)
+
+
+def test_a_read_only_runs_folder_is_listed_and_shown_and_writes_are_one_line(runs_dir, tmp_path):
+    """A runs folder on a read-only filesystem (here a read-only bind mount of a real one): `runs`, `show` and
+    `llm-log` read it as it is (SQLite opened immutable: WAL cannot write its index there); `train --resume`,
+    `resume` and `kill` say in one line that they cannot write, exit 2, and leave the store as it was."""
+    rd = ["--runs-dir", runs_dir]
+    _train("ro", rd)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(runs_dir), str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here (needs root): the read-only folder cannot be made")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode:
+            pytest.skip("cannot remount read-only here")
+        before = (runs_dir / "stepadapt.db").read_bytes()
+        rows = json.loads(run_cli("runs", "--json", "--runs-dir", ro, check=0).stdout)
+        assert [(r["name"], r["status"]) for r in rows] == [("ro", "created")]
+        shown = json.loads(run_cli("show", "ro", "--json", "--runs-dir", ro, check=0).stdout)
+        assert shown["stages"]["base"] == "done"
+        for args, words in ((["train", "--name", "ro", "--resume", "--train-steps", "4"], "Read-only file system"),
+                            (["resume", "ro"], "is read-only"), (["kill", "ro"], "")):
+            p = run_cli(*args, "--runs-dir", ro)
+            assert_clean_error(p)
+            assert words in p.stderr
+        assert (runs_dir / "stepadapt.db").read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)

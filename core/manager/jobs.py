@@ -88,6 +88,8 @@ def reconcile(store: Store) -> list[int]:
     """Mark running jobs whose process is gone or silent as lost, and their runs too; returns the job ids."""
     from core.manager.journal import ingest
 
+    if store.readonly:
+        return []  # a read-only runs folder is shown as it is
     lost = []
     for job in store.jobs(active=True):
         ingest(store, job)

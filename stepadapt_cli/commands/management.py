@@ -316,6 +316,7 @@ def resume(run_name, detach, parallel, gpus, grace, runs_dir):
     from core.runs import open_run, register_run
 
     store = open_store(runs_dir)
+    store.require_writable()
     run = open_run(run_name, runs_dir)
     _, row = register_run(run)
     if row["status"] == "succeeded":
