@@ -32,7 +32,7 @@ def plot_losses(run: Run, path: Path) -> bool:
     if not base and not groups:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     if base:
         axes[0].plot([r["step"] for r in base], [r["loss"] for r in base], label="loss (hybrid)")
         axes[0].plot([r["step"] for r in base], [r["mse"] for r in base], label="L_simple (eps MSE)")
@@ -53,8 +53,8 @@ def plot_losses(run: Run, path: Path) -> bool:
     axes[1].set_title("stage 2: fine-tuning per group (eps MSE)\n"
                       "step 0: just pruned; dotted: the unpruned base on the group")
     axes[1].set_xlabel("step")
-    if groups:
-        axes[1].legend(fontsize=7, ncol=2)
+    if groups:  # beside the axes: inside, ten groups' legend covered some curves
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -181,7 +181,7 @@ def plot_schedule(sched: Schedule, path) -> None:
     import matplotlib.pyplot as plt
 
     t = np.arange(sched.num_timesteps)
-    fig, ax1 = plt.subplots(figsize=(9, 4.5), dpi=110)
+    fig, ax1 = plt.subplots(figsize=(9, 4.9), dpi=110)
     ax1.plot(t, sched.snr, color="tab:blue", lw=1.5, label="SNR(t) [dB] (Eq. 7)")
     ax1.set_xlabel("timestep t")
     ax1.set_ylabel("SNR [dB]", color="tab:blue")
@@ -211,7 +211,8 @@ def plot_schedule(sched: Schedule, path) -> None:
     ax1.set_title(title, fontsize=9, pad=8 + 11 * len(last))
     lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     labels = ax1.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    ax1.legend(lines, labels, loc="lower left", fontsize=8)
+    ax1.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8,
+               frameon=False)  # under the axes: inside, it covered the budget curve's low end
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
