@@ -66,7 +66,7 @@ def trained(tmp_path_factory):
 
 
 def test_the_control_trains_exactly_the_steps_and_images_the_finetunes_used(trained):
-    from core.method.artifacts import artifact_fields, artifact_step
+    from core.method.fields import artifact_fields, artifact_step
     from core.runs import Run
 
     run = Run(trained / "ev")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from core.training.loop import snapshot_path
+from core.training.spec import snapshot_path
 
 
 def curve_steps(run, sched) -> list[int]:

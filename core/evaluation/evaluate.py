@@ -198,7 +198,7 @@ def model_cost(model, which: str, cfg: dict, steps: int, sched, run=None) -> dic
 def _train_steps(run, which: str, cfg: dict, sched) -> int:
     """Optimiser steps behind a model, from the artifacts: base; control (base + its added steps);
     progressive (base + every group's fine-tune)."""
-    from core.method.artifacts import artifact_step
+    from core.method.fields import artifact_step
 
     if run is None:
         return cfg["train"]["steps"]

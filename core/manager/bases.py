@@ -124,7 +124,7 @@ def check_parent_base(parent: Run) -> str:
         raise UserError(f"run {parent.name} has no base model ({path}); train it first (stepadapt resume "
                         f"{parent.name})")
     if base.pending(parent):
-        from core.method.artifacts import artifact_step
+        from core.method.fields import artifact_step
 
         raise UserError(f"run {parent.name}'s base is unfinished (step {artifact_step(path)} of "
                         f"{parent.config['train']['steps']}); finish it first (stepadapt resume {parent.name})")

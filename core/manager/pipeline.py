@@ -17,7 +17,6 @@ import subprocess
 import time
 from typing import Callable, Optional
 
-import torch
 
 from core.errors import Interrupted, StageFailed, UserError
 from core.manager import stages
@@ -30,12 +29,22 @@ from core.store import Store, utc_now
 
 # -- the orchestrator --------------------------------------------------------------------------------
 def device_slots(parallel: int = 1, gpus: Optional[list[int]] = None) -> list[str]:
-    """One slot per GPU (``gpus``: indices, default all visible), or ``parallel`` CPU slots without CUDA."""
-    if gpus is None and torch.cuda.is_available():
-        gpus = list(range(torch.cuda.device_count()))
+    """One slot per GPU (``gpus``: indices, default all visible), or ``parallel`` CPU slots without CUDA.
+    torch is asked only where a GPU driver is present (importing it costs seconds that listing and resuming on
+    a CPU machine need not pay)."""
+    if gpus is None and _gpu_driver():
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = list(range(torch.cuda.device_count()))
     if gpus:
         return [f"cuda:{i}" for i in gpus]
     return ["cpu"] * max(1, parallel)
+
+
+def _gpu_driver() -> bool:
+    """An NVIDIA or ROCm driver on this machine (without one, torch.cuda has no device to find)."""
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd"))
 
 
 class Pipeline:

@@ -87,25 +87,3 @@ def progressive_from_files(files: dict, group_of, device="cpu") -> ProgressiveDe
     return ProgressiveDenoiser(models, group_of).to(device).eval()
 
 
-def artifact_step(path) -> Optional[int]:
-    """The training step recorded in a model artifact or checkpoint, read without loading its tensors
-    (memory-mapped), or None if the file is missing or unreadable."""
-    step = artifact_fields(path).get("step")
-    try:
-        return None if step is None else int(step)
-    except (TypeError, ValueError):
-        return None
-
-
-def artifact_fields(path) -> dict:
-    """The artifact's entries other than tensors (step, arch, ...), read memory-mapped; {} if the file is
-    missing or unreadable."""
-    try:
-        art = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except FileNotFoundError:
-        return {}
-    except UNREADABLE:
-        return {}
-    if not isinstance(art, dict):
-        return {}
-    return {k: v for k, v in art.items() if k not in ("state", "model", "ema", "opt", "groups")}

@@ -32,7 +32,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     """Stage 1: train the base denoiser on all timesteps."""
     from core import config as C
     from core.manager.stages.base import base_spec
-    from core.method.artifacts import artifact_step
+    from core.method.fields import artifact_step
     from core.model.diffusion import create_diffusion
     from core.config import model_arch
     from core.model.unet import build_unet
@@ -79,9 +79,10 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
 
 
 @click.command(short_help='SNR schedule: MACs budget per timestep and the groups.')
-@click.option("--preset", default=None, help="Preset (default tiny, or the run's with --run).")
-@click.option("--run", "run_name", default=None, help="Use a run's config.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML config file.")
+@click.argument("target", metavar="[RUN|CONFIG]", required=False)
+@click.option("--preset", default=None, help="Preset (default tiny, or the run's).")
+@click.option("--run", "run_name", default=None, hidden=True)  # earlier spellings of the argument
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), hidden=True)
 @click.option("--k", "k", type=float, default=None, help="Smallest budget as a fraction of F (paper: 0.5).")
 @click.option("--groups", "n_groups", type=int, default=None, help="Number of groups N (paper: 10).")
 @click.option("--kind", type=click.Choice(SCHEDULE_KINDS), default=None,
@@ -91,35 +92,50 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG: SNR, budget, groups.")
 @runs_dir_option
 @overrides_option
-def schedule(preset, run_name, config_file, k, n_groups, kind, as_json, with_ts, plot, runs_dir, overrides):
-    """SNR -> MACs budget per timestep (Eq. 7/8) and the timestep groups (Eq. 9/10)."""
-    from core import config as C
-    from core.method.schedule import plot_schedule, schedule_from_config
-    from core.model.macs import count
-    from core.config import model_arch
-    from core.model.unet import build_unet
-    from core.runs import open_run
+def schedule(target, preset, run_name, config_file, k, n_groups, kind, as_json, with_ts, plot, runs_dir, overrides):
+    """SNR -> MACs budget per timestep (Eq. 7/8) and the timestep groups (Eq. 9/10), of a run (its saved
+    schedule, read as it is unless a setting changes), a config file, or a preset."""
+    import os
 
+    from core import config as C
+    from core.runs import open_run, read_json
+
+    if target and os.path.isfile(target):
+        config_file = config_file or target
+    elif target:
+        run_name = run_name or target
     extra = list(overrides)
     for key, val in (("k", k), ("groups", n_groups), ("kind", kind)):
         if val is not None:
             extra.append(f"schedule.{key}={val}")
-    if run_name:
-        cfg = C.apply_overrides(open_run(run_name, runs_dir).config, extra)
+    run = open_run(run_name, runs_dir) if run_name else None
+    saved = read_json(run.schedule_file()) if run and not extra and not plot else None
+    if saved:  # the run's own schedule, as its stages use it
+        data = saved if with_ts else {**saved, "groups": [{k: v for k, v in g.items() if k != "timesteps"}
+                                                          for g in saved["groups"]]}
     else:
-        cfg = C.resolve(preset, config_file, extra)
-    m = cfg["model"]
-    full = count(build_unet(model_arch(cfg)), m["image_size"], m["in_channels"])["macs"]
-    sched = schedule_from_config(cfg, full)
-    data = sched.to_json(with_timesteps=with_ts)
-    if plot:
-        plot_schedule(sched, plot)
+        data = _computed_schedule(C.apply_overrides(run.config, extra) if run else C.resolve(preset, config_file, extra),
+                                  with_ts, plot)
     if as_json:
         emit_json(data)
         return
     render.print_schedule(data)
     if plot:
         click.echo(f"plot written to {plot}")
+
+
+def _computed_schedule(cfg: dict, with_ts: bool, plot) -> dict:
+    from core.config import model_arch
+    from core.method.schedule import plot_schedule, schedule_from_config
+    from core.model.macs import count
+    from core.model.unet import build_unet
+
+    m = cfg["model"]
+    full = count(build_unet(model_arch(cfg)), m["image_size"], m["in_channels"])["macs"]
+    sched = schedule_from_config(cfg, full)
+    if plot:
+        plot_schedule(sched, plot)
+    return sched.to_json(with_timesteps=with_ts)
 
 
 @contextlib.contextmanager

@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Optional
 
 from core.config import model_arch, single_stage
-from core.method.artifacts import artifact_step
-from core.training.loop import TrainSpec
+from core.method.fields import artifact_step
+from core.training.spec import TrainSpec
 
 NAME = "base"
 GROUPED = False

@@ -12,7 +12,7 @@ from typing import Optional
 
 from core.config import model_arch, single_stage
 from core.errors import UserError
-from core.method.artifacts import artifact_fields, artifact_step
+from core.method.fields import artifact_fields, artifact_step
 from core.method.schedule import nonempty_groups
 
 NAME = "control"

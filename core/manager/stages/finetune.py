@@ -14,10 +14,10 @@ from typing import Callable, Optional
 from core.config import model_arch, single_stage
 from core.errors import UserError
 from core.manager.stages.assemble import assemble
-from core.method.artifacts import artifact_step
+from core.method.fields import artifact_step
 from core.method.schedule import Schedule, nonempty_groups, parse_groups, run_schedule
 from core.runs import Run
-from core.training.loop import TrainSpec
+from core.training.spec import TrainSpec
 
 NAME = "finetune"
 GROUPED = True

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Callable, Optional
-
-import torch
+from typing import TYPE_CHECKING, Callable, Optional
 
 from core.config import single_stage
 from core.errors import UserError
-from core.method.artifacts import load_unet
-from core.method.importance import make_importance
-from core.method.prune import PruneContext, apply_plan, prune_to_budget
 from core.method.schedule import nonempty_groups, parse_groups, run_schedule
-from core.model.diffusion import create_diffusion
 from core.runs import Run, atomic_write_json
-from core.training.data import load_dataset, split_holdout
+
+if TYPE_CHECKING:
+    import torch
 
 NAME = "prune"
 GROUPED = True
@@ -48,6 +44,10 @@ def load_prune_record(run: Run, g: int) -> Optional[dict]:
 
 def prune_images(cfg: dict, n: int, n_eval: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images for importance estimation and disjoint ones for the loss before/after (held-out when configured)."""
+    import torch
+
+    from core.training.data import load_dataset, split_holdout
+
     data = load_dataset(cfg, split="all")
     train, held = split_holdout(data, cfg["data"].get("holdout", 0))
     g = torch.Generator().manual_seed(seed)
@@ -66,6 +66,9 @@ def pruned_base(run: Run, g: int, device="cpu"):
     """The starting point of group g's fine-tune: base EMA, pruned by the group's plan if it has one; for the
     ``scratch`` method, the plan's architecture with freshly initialised weights (seeded by the run's seed and
     the group), nothing of the base's."""
+    from core.method.artifacts import load_unet
+    from core.method.prune import apply_plan
+
     rec = load_prune_record(run, g)
     if single_stage(run.config):  # the single-stage variant: the full architecture from fresh weights
         return _fresh_weights(run, g).to(device).eval(), None
@@ -101,6 +104,10 @@ def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", se
     ``books``: where the proxy's calls and rounds are written (a job's journal; default the store), while
     replay and the cache read the store.
     """
+    from core.method.artifacts import load_unet
+    from core.method.prune import PruneContext
+    from core.model.diffusion import create_diffusion
+
     cfg = run.config
     pc = cfg["prune"]
     method = method or pc["method"]
@@ -162,6 +169,8 @@ class _CriterionPruning:
     """Eq. 15: an importance criterion P picks theta'; the lowest-scoring positions go until the MACs fit f."""
 
     def __init__(self, method: str, seed: int, log):
+        from core.method.importance import make_importance
+
         try:
             self.importance = make_importance(method, seed)
         except ValueError as e:
@@ -172,6 +181,8 @@ class _CriterionPruning:
         return self.importance.describe()
 
     def __call__(self, g, grp, base, ctx, allocation, tolerance):
+        from core.method.prune import prune_to_budget
+
         _, plan, report = prune_to_budget(base, self.importance, grp.budget_macs, ctx, allocation=allocation,
                                           tolerance=tolerance, log=self.log)
         return plan, report
@@ -195,7 +206,7 @@ class _ScratchArchitecture:
     def __call__(self, g, grp, base, ctx, allocation, tolerance):
         import copy
 
-        from core.method.prune import Pruner
+        from core.method.prune import Pruner, apply_plan
 
         src = load_prune_record(self.source, g)
         if src is None:
@@ -238,7 +249,8 @@ class _ProxyPruning:
 
 def _proxy_group(run, g, grp, sched, base, ctx, settings, store, books, replay, on_miss, use_cache, allocation,
                  tolerance, seed, log):
-    from core.method.prune import Pruner, held_out_loss
+    from core.method.importance import make_importance
+    from core.method.prune import Pruner, held_out_loss, prune_to_budget
     from core.method.proxy import ProxyRun, Replay
 
     pr = Pruner(base)
