@@ -221,7 +221,8 @@ def plot_schedule(sched: Schedule, path) -> None:
 # -- a run's schedule and its timestep groups --------------------------------------------------------
 def run_schedule(run, cfg: Optional[dict] = None) -> Schedule:
     """The run's schedule, with budgets in MACs of its base architecture; saved once as ``schedule.json``
-    (a later call checks the saved groups still match the config)."""
+    (a later call takes the saved full MACs instead of counting again, and checks the saved groups still
+    match the config)."""
     import json
 
     from core.errors import UserError
@@ -231,13 +232,16 @@ def run_schedule(run, cfg: Optional[dict] = None) -> Schedule:
     from core.runs import atomic_write_json
 
     cfg = cfg or run.config
-    m = cfg["model"]
-    full = count(build_unet(model_arch(cfg)), m["image_size"], m["in_channels"])["macs"]
-    sched = schedule_from_config(cfg, full)
     path = run.schedule_file()
+    old = json.loads(path.read_text()) if path.exists() else None
+    if old and old.get("full_macs"):  # counted when it was saved: the run's architecture does not change
+        full = old["full_macs"]
+    else:
+        m = cfg["model"]
+        full = count(build_unet(model_arch(cfg)), m["image_size"], m["in_channels"])["macs"]
+    sched = schedule_from_config(cfg, full)
     data = sched.to_json(with_timesteps=True)
-    if path.exists():
-        old = json.loads(path.read_text())
+    if old:
         if old["groups"] != data["groups"]:
             raise UserError(f"{path} does not match the run's config (was the schedule changed?); "
                             "start a new run for a new schedule")
