@@ -72,13 +72,17 @@ class StepadaptApp(App):
         store = open_store(self.runs_dir)  # creates or migrates the store; this thread's connection
         reconcile(store)
         con = sqlite3.connect(str(store.path), timeout=5)
-        last, last_reconcile = None, time.time()
+        last, last_reconcile, shown = None, time.time(), None
         while not worker.is_cancelled:
             key = self.view_key
             stamp = (key, _data_version(con), self._folder_stamp())
             if stamp != last:
                 last = stamp
-                self.post_message(Snapshot(key, read_view(store, self.runs_dir, key)))
+                data = read_view(store, self.runs_dir, key)
+                seen = (key, _fingerprint(data))
+                if seen != shown:  # another run's commits, or heartbeats alone, change nothing on screen
+                    shown = seen
+                    self.post_message(Snapshot(key, data))
             if time.time() - last_reconcile > RECONCILE_S:
                 last_reconcile = time.time()
                 reconcile(store)
@@ -133,6 +137,21 @@ class StepadaptApp(App):
             self.call_from_thread(self.notify, action(open_store(self.runs_dir)))
         except UserError as e:
             self.call_from_thread(self.notify, str(e), severity="error")
+
+
+def _fingerprint(data) -> str:
+    """What a view shows, as text to compare: its data without the jobs' heartbeat times (no screen shows
+    them; a live job's heartbeat alone would redraw the screen every few seconds)."""
+    import json
+
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k != "heartbeat"}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return json.dumps(strip(data), sort_keys=True, default=str)
 
 
 def _data_version(con: sqlite3.Connection) -> Optional[int]:
