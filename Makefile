@@ -30,6 +30,7 @@ bench: venv
 	$(BIN)/python bench/training.py
 	test -f runs/bench-tiny/models/progressive.pt || $(BIN)/stepadapt run --preset tiny --parallel 2 --name bench-tiny
 	$(BIN)/python bench/sampling.py --run bench-tiny
+	$(BIN)/python bench/listing.py --run bench-tiny
 	$(BIN)/python bench/sampling.py --run bench-tiny --batch 256 --steps 20 --name sampling_tiny_b256
 	test -f runs/bench-cifar10/models/progressive.pt || $(BIN)/stepadapt run bench/cifar10_timing.yaml --name bench-cifar10
 	$(BIN)/python bench/sampling.py --run bench-cifar10 --steps 25 --name sampling_cifar10

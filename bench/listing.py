@@ -33,7 +33,7 @@ sys.stderr.write("\\nTORCH\\n" if "torch" in sys.modules else "\\nNO-TORCH\\n")
 
 def commands(run: str, other: str) -> list[list[str]]:
     return [["--help"], ["runs"], ["runs", "--json"], ["show", run], ["show", run, "--json"],
-            ["compare", run, other, "--json"], ["logs", run], ["llm-log", run], ["schedule", run, "--json"],
+            ["compare", run, other, "--json"], ["logs", run], ["llm-log", run], ["schedule", "--run", run, "--json"],
             ["kill", run]]
 
 

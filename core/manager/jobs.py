@@ -159,6 +159,8 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
     except OSError as e:
         store.finish_job(job_id, "failed", None, f"cannot open log: {e}")
         raise UserError(f"cannot write the job log {log_path}: {e.strerror or e}") from None
+    from core.manager import forked
+
     worker = worker_args(run, spec)
     if nproc > 1:  # several GPUs for one job: torchrun (DDP), one process per GPU
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
@@ -166,8 +168,11 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
         cmd = [sys.executable, *worker]
     env = child_env(device, threads, owner=stage == "pipeline")
     try:
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=env, cwd=os.getcwd())
+        if nproc == 1 and stage != "pipeline" and forked.enabled():  # a fork of the pre-started worker
+            p = forked.start(worker[2:], env, str(log_path))
+        else:
+            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env=env, cwd=os.getcwd())
     except OSError as e:
         store.finish_job(job_id, "failed", None, f"cannot start: {e}")
         raise UserError(f"cannot start a worker process: {e}") from None

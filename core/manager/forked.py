@@ -1,0 +1,77 @@
+"""Local jobs forked from a pre-started worker instead of started as new Python processes.
+
+Every job used to be a new interpreter that imported torch before doing anything (2.5-3 s here, more than
+many prune or assemble jobs take). The orchestrator now starts one server process with torch and the stage
+code imported (``multiprocessing``'s forkserver, with those modules preloaded), and each job is a fork of
+it: a new process in its own session, its output in its log, its own environment (threads, the job's
+no-store flag, visible GPUs), running the same worker entry point (``worker.main``) as a job started on its
+own. The server exits with the orchestrator; jobs already forked run on, as subprocess jobs did.
+
+torch caches nothing about devices or threads at import: the job sets its thread count
+(``torch.set_num_threads``, from ``STEPADAPT_THREADS``) and its visible GPUs before first use.
+``STEPADAPT_FORKSERVER=0`` starts each job as its own interpreter again.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from typing import Optional
+
+PRELOAD = ["torch", "core.manager.worker", "core.manager.stages", "core.training.loop", "core.method.prune",
+           "core.method.artifacts", "core.model.diffusion", "core.model.unet"]
+
+_context: Optional[multiprocessing.context.BaseContext] = None
+
+
+def enabled() -> bool:
+    return os.environ.get("STEPADAPT_FORKSERVER", "1") != "0" and "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def _ctx():
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+class ForkedJob:
+    """A forked job with the ``Popen`` calls the orchestrator makes (pid, poll, wait)."""
+
+    def __init__(self, proc):
+        self.proc, self.pid = proc, proc.pid
+
+    def poll(self) -> Optional[int]:
+        return self.proc.exitcode  # negative: killed by that signal, as Popen's returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        self.proc.join(timeout)
+        if self.proc.exitcode is None:
+            raise subprocess.TimeoutExpired(f"job pid {self.pid}", timeout)
+        return self.proc.exitcode
+
+
+def start(worker_argv: list[str], env: dict, log_path: str) -> ForkedJob:
+    """Fork a job running ``worker.main(worker_argv)`` with ``env``, writing to ``log_path``."""
+    proc = _ctx().Process(target=_run, args=(worker_argv, env, str(log_path)), daemon=False)
+    proc.start()
+    return ForkedJob(proc)
+
+
+def _run(worker_argv: list[str], env: dict, log_path: str) -> None:
+    """In the forked job: its own session (``kill`` signals its process group), stdout and stderr to its log,
+    its environment, then the worker."""
+    os.setsid()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    from core.manager import worker
+
+    sys.exit(worker.main(worker_argv))
