@@ -84,9 +84,11 @@ def main() -> None:
     other = a.other or a.run
     out = {"runs_dir": runs_dir, "runs": len([p for p in Path(runs_dir).iterdir() if (p / "config.json").exists()]),
            "repeat": a.repeat, "cpus": os.cpu_count(), "after": bench(ROOT, runs_dir, a.run, other, a.repeat)}
+    res = ROOT / "bench" / "results"
     if a.repo:
         out["before"] = bench(Path(a.repo).resolve(), runs_dir, a.run, other, a.repeat)
-    res = ROOT / "bench" / "results"
+    elif (res / f"{a.name}.json").exists():  # keep the "before" column measured earlier
+        out["before"] = json.loads((res / f"{a.name}.json").read_text()).get("before", [])
     (res / f"{a.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     before = {r["command"]: r for r in out.get("before", [])}
     lines = [f"{out['runs']} runs in the folder; median of {a.repeat} fresh processes (time) and of 3 (peak RSS); "

@@ -146,9 +146,26 @@ MIGRATIONS: list[tuple[str, Callable]] = [
 JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "command", "args")
 
 
+def _sqlite_utils():
+    """sqlite-utils, imported without pandas: it imports pandas when it can (0.3 s of every listing) only to
+    convert pandas values on insert, which the store never writes."""
+    import sys
+
+    if "sqlite_utils" in sys.modules or "pandas" in sys.modules:
+        import sqlite_utils
+
+        return sqlite_utils
+    sys.modules["pandas"] = None  # type: ignore[assignment]  # makes "import pandas" fail, for this import only
+    try:
+        import sqlite_utils
+    finally:
+        del sys.modules["pandas"]
+    return sqlite_utils
+
+
 class Store:
     def __init__(self, path: Path):
-        import sqlite_utils
+        sqlite_utils = _sqlite_utils()
 
         if os.environ.get("STEPADAPT_NO_STORE"):  # a job worker: its books go to its journal (manager.journal)
             raise RuntimeError(f"a job worker must not open the store {path}; it writes its journal instead")

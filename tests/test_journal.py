@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 from core.manager.journal import Journal, ingest, read_new
 from core.runs import Run
@@ -118,20 +119,23 @@ def test_a_job_process_cannot_open_the_store(runs_dir):
     assert not (runs_dir / "stepadapt.db").exists()
 
 
-def test_a_pipeline_job_leaves_its_records_in_its_journal_and_they_reach_the_store(runs_dir):
-    """A micro run's stage jobs: each has a spec and a journal in RUN/jobs/NNNN/; the store holds their final
-    states, metrics and artifacts, ingested from those journals."""
+@pytest.mark.parametrize("forkserver", ["1", "0"])
+def test_a_pipeline_job_leaves_its_records_in_its_journal_and_they_reach_the_store(runs_dir, forkserver):
+    """A micro run's stage jobs, forked from the pre-started worker or each a new Python process
+    (STEPADAPT_FORKSERVER=0): each has a spec, a journal and its own log in RUN/jobs/NNNN/; the store holds
+    their final states, metrics and artifacts, ingested from those journals."""
     from tests.conftest import MICRO, run_cli
 
     run_cli("run", "--preset", "tiny", "--name", "j", *MICRO, "-S", "train.steps=4", "-S", "finetune.steps=2",
             "-S", "schedule.groups=2", "-S", "prune.method=magnitude", "-S", "prune.images=16",
             "-S", "prune.eval_images=8", "-S", "prune.batches=1", "-S", "prune.batch_size=8", "-S", "sample.n=4",
             "-S", "sample.steps=3", "-S", "eval.loss_images=16", "-S", "eval.fid_n=8", "-S", "eval.steps=3",
-            "-S", "finetune.batch_size=8", "--runs-dir", runs_dir, check=0)
+            "-S", "finetune.batch_size=8", "--runs-dir", runs_dir, env={"STEPADAPT_FORKSERVER": forkserver}, check=0)
     store = open_store(runs_dir)
     jobs = [j for j in store.jobs("j") if j["stage"] != "pipeline"]
     assert jobs and all(j["status"] == "succeeded" for j in jobs)
     for j in jobs:
+        assert f"[job {j['id']}] succeeded (exit 0)" in open(j["log_path"]).read()  # its own output, in its log
         folder = Run(runs_dir / "j").job_dir(j["id"])
         assert json.loads((folder / "spec.json").read_text())["stage"] == j["stage"]
         kinds = [json.loads(line)["k"] for line in (folder / "journal.jsonl").read_text().splitlines()]
