@@ -93,7 +93,11 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.2)
-    shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
+    for _ in range(60):  # its progress reaches the store with the job's next heartbeat (every few seconds)
+        shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
+        if shown["jobs"] and shown["jobs"][0]["total"]:
+            break
+        time.sleep(0.5)
     assert shown["run"]["status"] == "running" and shown["stages"]["base"] == "running"
     assert shown["jobs"][0]["stage"] == "base" and shown["jobs"][0]["total"] == 100000
     p.send_signal(signal.SIGINT)

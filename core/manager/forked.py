@@ -13,6 +13,7 @@ torch caches nothing about devices or threads at import: the job sets its thread
 """
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import subprocess
@@ -53,14 +54,15 @@ class ForkedJob:
         return self.proc.exitcode
 
 
-def start(worker_argv: list[str], env: dict, log_path: str) -> ForkedJob:
-    """Fork a job running ``worker.main(worker_argv)`` with ``env``, writing to ``log_path``."""
-    proc = _ctx().Process(target=_run, args=(worker_argv, env, str(log_path)), daemon=False)
+def start(module: str, argv: list[str], env: dict, log_path: str) -> ForkedJob:
+    """Fork a job running ``module.main(argv)`` (what ``python -m module ARGV`` runs: the worker is named, as
+    on a command line, not imported here) with ``env``, writing to ``log_path``."""
+    proc = _ctx().Process(target=_run, args=(module, argv, env, str(log_path)), daemon=False)
     proc.start()
     return ForkedJob(proc)
 
 
-def _run(worker_argv: list[str], env: dict, log_path: str) -> None:
+def _run(module: str, argv: list[str], env: dict, log_path: str) -> None:
     """In the forked job: its own session (``kill`` signals its process group), stdout and stderr to its log,
     its environment, then the worker."""
     os.setsid()
@@ -72,6 +74,4 @@ def _run(worker_argv: list[str], env: dict, log_path: str) -> None:
     os.close(fd)
     os.environ.clear()
     os.environ.update(env)
-    from core.manager import worker
-
-    sys.exit(worker.main(worker_argv))
+    sys.exit(importlib.import_module(module).main(argv))

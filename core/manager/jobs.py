@@ -169,7 +169,7 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
     env = child_env(device, threads, owner=stage == "pipeline")
     try:
         if nproc == 1 and stage != "pipeline" and forked.enabled():  # a fork of the pre-started worker
-            p = forked.start(worker[2:], env, str(log_path))
+            p = forked.start(worker[1], worker[2:], env, str(log_path))  # worker: ["-m", MODULE, *ARGS]
         else:
             p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True, env=env, cwd=os.getcwd())
