@@ -249,17 +249,20 @@ def loss_changes(run, a: str, b: str, ra: dict, rb: dict) -> dict:
     return out
 
 
-def verdict_text(c: dict) -> str:
-    """'progressive vs control: WORSE on FID, +0.31 [+0.12, +0.50] (95%, paired); 0.70x MACs'."""
+def verdict_text(c: dict, short: bool = False) -> str:
+    """'progressive vs control: WORSE on FID, +0.31 [+0.12, +0.50] (95%, paired); 0.70x MACs', or with ``short``
+    'progressive vs control: WORSE FID +0.31 [+0.12, +0.50]' (one line at 80 columns)."""
     primary = c.get("primary", "fid")
     d = c.get(primary)
     head = f"{c['model']} vs {c['against']}: "
     if not d:
-        return head + f"no sample metric; {c['macs_ratio']:.2f}x MACs"
+        return head + "no sample metric" + ("" if short else f"; {c['macs_ratio']:.2f}x MACs")
     spec = "{:+.3f}" if primary == "fid" else "{:+.5f}"
-    word = {"better": "BETTER", "worse": "WORSE"}.get(d["verdict"], "no significant difference")
-    return (head + f"{word} on {primary.upper()}, {spec.format(d['diff'])} "
-            f"[{spec.format(d['ci'][0])}, {spec.format(d['ci'][1])}] (95%, {'paired' if d['paired'] else 'unpaired'}); "
+    interval = f"{spec.format(d['diff'])} [{spec.format(d['ci'][0])}, {spec.format(d['ci'][1])}]"
+    word = {"better": "BETTER", "worse": "WORSE"}.get(d["verdict"], "same" if short else "no significant difference")
+    if short:
+        return head + f"{word} {primary.upper()} {interval}"
+    return (head + f"{word} on {primary.upper()}, {interval} (95%, {'paired' if d['paired'] else 'unpaired'}); "
             f"{c['macs_ratio']:.2f}x MACs")
 
 

@@ -7,8 +7,9 @@ it: a new process in its own session, its output in its log, its own environment
 no-store flag, visible GPUs), running the same worker entry point (``worker.main``) as a job started on its
 own. The server exits with the orchestrator; jobs already forked run on, as subprocess jobs did.
 
-torch caches nothing about devices or threads at import: the job sets its thread count
-(``torch.set_num_threads``, from ``STEPADAPT_THREADS``) and its visible GPUs before first use.
+The server never touches a GPU, so a job's ``CUDA_VISIBLE_DEVICES`` holds (CUDA starts in the job). OpenMP
+read ``OMP_NUM_THREADS`` when the server imported torch, so a job's thread count is set by the worker with
+``torch.set_num_threads`` (from ``STEPADAPT_THREADS``), as it was for a new process.
 ``STEPADAPT_FORKSERVER=0`` starts each job as its own interpreter again.
 """
 from __future__ import annotations

@@ -167,7 +167,7 @@ def run_detail(store: Store, run: Run) -> dict:
         groups += [_group_row(store, run, g, jobs, full) for g in sched["groups"]]
     return {"name": run.name, "status": row.get("status", "created"), "preset": cfg.get("preset"),
             "method": cfg["prune"]["method"], "stages": stage_status(run, jobs), "groups": groups,
-            "jobs": jobs, "schedule": sched, "eval": read_json(run.eval_file())}
+            "jobs": jobs, "scheduled": sched is not None, "eval": read_json(run.eval_file())}
 
 
 def _base_row(store: Store, run: Run, cfg: dict, jobs: list[dict]) -> dict:
@@ -179,14 +179,14 @@ def _base_row(store: Store, run: Run, cfg: dict, jobs: list[dict]) -> dict:
         status = "done" if not stages.pending(run, "base") else "pending"
     return {"group": "base", "t": f"0-{cfg['diffusion']['steps'] - 1}", "budget": None, "macs": None,
             "status": status, "progress": (job or {}).get("progress") or 0, "total": (job or {}).get("total") or 0,
-            "loss": loss[-1] if loss else None, "spark": sparkline(loss), "series": loss[-SERIES:],
+            "loss": loss[-1] if loss else None, "series": loss[-SERIES:],
             "job": job["id"] if job else None}
 
 
 def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -> dict:
     if not g["size"]:
         return {"group": g["index"], "t": "empty", "budget": g["budget_ratio"], "macs": None, "status": "empty",
-                "progress": 0, "total": 0, "loss": None, "spark": "", "series": [], "job": None}
+                "progress": 0, "total": 0, "loss": None, "series": [], "job": None}
     rec = read_json(run.prune_record(g["index"]))
     ft, pj = _latest(jobs, "finetune", g["index"]), _latest(jobs, "prune", g["index"])
     losses = [m["value"] for m in store.metrics(run.name, "finetune", g["index"], "loss")]
@@ -200,7 +200,7 @@ def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -
     return {"group": g["index"], "t": f"{g['t_start']}-{g['t_end']}", "budget": g["budget_ratio"],
             "macs": _get(rec, "report", "macs") and _get(rec, "report", "macs") / full, "status": status,
             "progress": (ft or {}).get("progress") or 0, "total": (ft or {}).get("total") or 0,
-            "loss": losses[-1] if losses else None, "spark": sparkline(losses), "series": losses[-SERIES:],
+            "loss": losses[-1] if losses else None, "series": losses[-SERIES:],
             "job": job["id"] if job else None}
 
 

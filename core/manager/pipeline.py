@@ -17,7 +17,6 @@ import subprocess
 import time
 from typing import Callable, Optional
 
-
 from core.errors import Interrupted, StageFailed, UserError
 from core.manager import stages
 from core.manager.jobs import launch, settle, stop_job

@@ -141,12 +141,13 @@ class StepadaptApp(App):
 
 def _fingerprint(data) -> str:
     """What a view shows, as text to compare: its data without the jobs' heartbeat times (no screen shows
-    them; a live job's heartbeat alone would redraw the screen every few seconds)."""
+    them; a live job's heartbeat alone would redraw the screen every few seconds) and without the schedule
+    strip's per-timestep lists (fixed by the run's config; thousands of numbers to serialise on every change)."""
     import json
 
     def strip(v):
         if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k != "heartbeat"}
+            return {k: strip(x) for k, x in v.items() if k not in ("heartbeat", "schedule_profile")}
         if isinstance(v, list):
             return [strip(x) for x in v]
         return v

@@ -35,20 +35,8 @@ def eval_summary(ev, width: int = 160) -> Text:
         ratio = f"{m['macs'] / base['macs']:.3f}x MACs" if base.get("macs") else f"{m['macs'] / 1e9:.3f} GMACs"
         steps = "" if narrow else f"  {m.get('train_steps', '?')} steps"
         lines.append(f"{name:<12} FID {fid}  KID {kid}  {ratio}{steps}")
-    lines += [(_short_verdict if narrow else verdict_text)(c) for c in (ev.get("comparisons") or [])]
+    lines += [verdict_text(c, short=narrow) for c in (ev.get("comparisons") or [])]
     return Text("\n".join(lines))
-
-
-def _short_verdict(c: dict) -> str:
-    """'progressive vs control: WORSE FID +0.31 [+0.12, +0.50]' (the long form also says paired and MACs)."""
-    primary = c.get("primary", "fid")
-    d = c.get(primary)
-    if not d:
-        return f"{c['model']} vs {c['against']}: no sample metric"
-    spec = "{:+.3f}" if primary == "fid" else "{:+.5f}"
-    word = {"better": "BETTER", "worse": "WORSE"}.get(d["verdict"], "same")
-    return (f"{c['model']} vs {c['against']}: {word} {primary.upper()} {spec.format(d['diff'])} "
-            f"[{spec.format(d['ci'][0])}, {spec.format(d['ci'][1])}]")
 
 
 def widths(total: int) -> dict:
@@ -109,7 +97,7 @@ class RunScreen(ViewScreen):
         stages = "  ".join(f"{k}:{v}" for k, v in d["stages"].items())
         self.query_one("#stages", Static).update(Text(f"{d['name']}  [{d['status']}]  {d['preset']}  "
                                                       f"prune {d['method']}\n{stages}"))
-        if d["schedule"]:
+        if d["scheduled"]:
             self.query_one("#schedule", Static).update(draw_schedule(d["schedule_profile"], w["strip"]))
         self.query_one("#evalsum", Static).update(eval_summary(d.get("eval"), self.size.width or 80))
         t = self.query_one(DataTable)

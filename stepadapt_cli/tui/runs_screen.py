@@ -7,7 +7,7 @@ from textual.binding import Binding
 from rich.text import Text
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from .view import BACK, HELP, ViewScreen, fmt
+from .view import HELP, ViewScreen, fmt
 
 
 def _llm(model) -> str:
