@@ -198,3 +198,19 @@ def test_single_stage_trains_no_base_and_every_group_from_fresh_weights(runs_dir
     p = run_cli("run", "--preset", "tiny", "--name", "two", "--single-stage", "--method", "magnitude",
                 "--runs-dir", runs_dir)
     assert p.returncode == 2 and "single_stage" in p.stderr and not (runs_dir / "two").exists()
+
+
+def test_arms_side_by_side_on_cpu_split_the_cores_instead_of_each_taking_all(tmp_path, runs_dir):
+    """With `--parallel 2` on CPU two arms run at once; each arm's jobs get half the cores (an arm's eval took all
+    of them before, and two arms' oversubscribed OpenMP threads ran several times slower than one at a time)."""
+    spec = tmp_path / "two.yaml"
+    spec.write_text(STUDY)
+    p = run_cli("study", str(spec), "--name", "p", "--parallel", "2", *FAST, "--runs-dir", runs_dir)
+    assert p.returncode == 0, p.stderr
+    share = max(1, (__import__("os").cpu_count() or 1) // 2)
+    for arm in ("p-a", "p-b"):
+        logs = sorted((runs_dir / arm / "logs").glob("*.log"))
+        stages = {log.stem.split("-")[1]: log.read_text() for log in logs if "-pipeline" not in log.name}
+        assert {"schedule", "finetune", "sample", "eval"} <= set(stages), [log.name for log in logs]
+        for stage, text in stages.items():
+            assert f"] {share} CPU threads" in text, (arm, stage, text[:300])

@@ -51,8 +51,9 @@ class Pipeline:
 
     def __init__(self, run: Run, store: Store, slots: list[str], grace: float = 10.0, poll: float = 0.1,
                  say: Callable[[str], None] = print, view: Optional[Callable[[list[dict]], None]] = None,
-                 stages: tuple = STAGES):
+                 stages: tuple = STAGES, cores: Optional[int] = None):
         self.run, self.store, self.slots, self.grace, self.poll = run, store, slots, grace, poll
+        self.cores = cores  # CPU cores this pipeline's jobs share (a study's arm: its part); None: the machine's
         self.say, self.view, self.stages = say, view, stages
         self.active: dict[int, tuple] = {}  # job id -> (Popen or slurm.SlurmHandle, slot, unit)
         self.launcher = run.config["launcher"]
@@ -113,9 +114,10 @@ class Pipeline:
             return self._run_stage_slurm(stage, units)
         todo = list(units)
         free = list(self.slots) if stage in GROUP_STAGES else list(self.slots)[:1]
-        threads = None
-        if free[0] == "cpu" and len(free) > 1 and stage in GROUP_STAGES:
-            threads = max(1, (os.cpu_count() or 1) // min(len(free), len(todo)))
+        side_by_side = min(len(free), len(todo)) if stage in GROUP_STAGES else 1
+        threads = None  # CPU jobs side by side split the cores; oversubscribed OpenMP threads run several times slower
+        if free[0] == "cpu" and (side_by_side > 1 or self.cores):
+            threads = max(1, (self.cores or os.cpu_count() or 1) // side_by_side)
         while todo or self.active:
             while todo and free:
                 self._launch(stage, todo.pop(0), free.pop(0), threads)
@@ -229,12 +231,15 @@ def ensure_idle(store: Store, run: Run) -> None:
                         f"stop it with stepadapt kill {shlex.quote(run.name)}")
 
 
-def start_detached(run: Run, store: Store, slots: list[str], grace: float = 10.0) -> tuple[int, int]:
+def start_detached(run: Run, store: Store, slots: list[str], grace: float = 10.0,
+                   cores: Optional[int] = None) -> tuple[int, int]:
     """Run the pipeline in the background as a tracked ``pipeline`` job; returns (job id, pid). Two at once
-    cannot both start: the check that the run is idle and the launch happen under the run's writer lock."""
+    cannot both start: the check that the run is idle and the launch happen under the run's writer lock.
+    ``cores``: the CPU cores its jobs may use together (None: the machine's)."""
     with run_lock(run, "starting its pipeline", wait=5.0):
         ensure_idle(store, run)
-        job_id, proc = launch(store, run, "pipeline", None, {"slots": slots, "grace": grace}, device=None)
+        job_id, proc = launch(store, run, "pipeline", None, {"slots": slots, "grace": grace, "cores": cores},
+                              device=None)
     store.update_run(run.name, status="running")
     return job_id, proc.pid
 

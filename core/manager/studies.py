@@ -19,6 +19,7 @@ exactly the runs that have not finished and ``study show`` / ``study report`` re
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -192,7 +193,7 @@ def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
             todo.remove(run)
             share = max(1, len(free) // sum(1 for r in [run, *todo] if ready(r)))  # fewer arms than slots: more each
             mine, free = free[:share], free[share:]
-            job_id, pid = start_detached(run, store, mine, grace)
+            job_id, pid = start_detached(run, store, mine, grace, cores=_cores(mine, slots))
             active[job_id] = (run, mine)
             say(f"study {rec['id']}: {run.name} started on {', '.join(mine)} (job {job_id}, pid {pid})")
         time.sleep(0.5)
@@ -207,6 +208,13 @@ def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
             free.extend(mine)
             say(f"study {rec['id']}: {run.name} {job['status']}")
     return {r.name: _status(store, r.name) for r in runs}
+
+
+def _cores(mine: list[str], slots: list[str]) -> Optional[int]:
+    """An arm's part of the CPU cores: arms side by side on CPU slots split the machine, as a run's group jobs do."""
+    if not mine or mine[0] != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) * len(mine) // len(slots))
 
 
 def stop_study(rec: dict, store, grace: float, log=print) -> None:

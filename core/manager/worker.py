@@ -77,6 +77,8 @@ def _work(store, job, a, hb) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+        if job["stage"] != "pipeline":
+            print(f"[job {job['id']}] {torch.get_num_threads()} CPU threads", flush=True)
     args = job["args"] or {}
     if job["stage"] == "pipeline":
         from core.manager.pipeline import Pipeline
@@ -89,7 +91,8 @@ def _work(store, job, a, hb) -> None:
         from core.runs import run_lock
 
         with run_lock(run, f"its pipeline, job {job['id']}", wait=10.0):  # one writer per run
-            Pipeline(run, store, args["slots"], grace=args.get("grace", 10.0), say=say).execute()
+            Pipeline(run, store, args["slots"], grace=args.get("grace", 10.0), say=say,
+                     cores=args.get("cores")).execute()
         return
     from core.training.devices import init_distributed
 
