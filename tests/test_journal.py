@@ -141,6 +141,8 @@ def test_a_pipeline_job_leaves_its_records_in_its_journal_and_they_reach_the_sto
         kinds = [json.loads(line)["k"] for line in (folder / "journal.jsonl").read_text().splitlines()]
         assert kinds[0] == "job" and kinds[-1] == "finish"
         assert j["journal_offset"] == (folder / "journal.jsonl").stat().st_size
+    pipeline_log = next(j for j in store.jobs("j") if j["stage"] == "pipeline")["log_path"]
+    assert "Warning" not in open(pipeline_log).read()  # e.g. runpy's, from re-running an imported main module
     base_rows = store.metrics("j", stage="base", key="loss")
     assert base_rows and base_rows[-1]["step"] == 4
     assert any(a["kind"] == "report" for a in store.artifacts("j"))

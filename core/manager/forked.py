@@ -21,7 +21,9 @@ import subprocess
 import sys
 from typing import Optional
 
-PRELOAD = ["torch", "core.manager.worker", "core.manager.stages", "core.training.loop", "core.method.prune",
+# not core.manager.worker: the orchestrator runs it as ``-m``, so each forked child executes it again as its
+# ``__mp_main__`` (multiprocessing's main-module fixup), and runpy warns when it was imported before
+PRELOAD = ["torch", "core.manager.stages", "core.training.loop", "core.method.prune",
            "core.method.artifacts", "core.model.diffusion", "core.model.unet"]
 
 _context: Optional[multiprocessing.context.BaseContext] = None
