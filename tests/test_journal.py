@@ -135,7 +135,9 @@ def test_a_pipeline_job_leaves_its_records_in_its_journal_and_they_reach_the_sto
     jobs = [j for j in store.jobs("j") if j["stage"] != "pipeline"]
     assert jobs and all(j["status"] == "succeeded" for j in jobs)
     for j in jobs:
-        assert f"[job {j['id']}] succeeded (exit 0)" in open(j["log_path"]).read()  # its own output, in its log
+        log = open(j["log_path"]).read()
+        assert f"[job {j['id']}] succeeded (exit 0)" in log  # its own output, in its log
+        assert "OMP_WAIT_POLICY=PASSIVE" in log  # the policy its OpenMP runtime read (a forked job's: its server's)
         folder = Run(runs_dir / "j").job_dir(j["id"])
         assert json.loads((folder / "spec.json").read_text())["stage"] == j["stage"]
         kinds = [json.loads(line)["k"] for line in (folder / "journal.jsonl").read_text().splitlines()]

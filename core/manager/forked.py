@@ -9,7 +9,8 @@ own. The server exits with the orchestrator; jobs already forked run on, as subp
 
 The server never touches a GPU, so a job's ``CUDA_VISIBLE_DEVICES`` holds (CUDA starts in the job). OpenMP
 read ``OMP_NUM_THREADS`` when the server imported torch, so a job's thread count is set by the worker with
-``torch.set_num_threads`` (from ``STEPADAPT_THREADS``), as it was for a new process.
+``torch.set_num_threads`` (from ``STEPADAPT_THREADS``), as it was for a new process. Its wait policy
+(``OMP_ENV``) cannot be set after that, so the server is started with it.
 ``STEPADAPT_FORKSERVER=0`` starts each job as its own interpreter again.
 """
 from __future__ import annotations
@@ -26,6 +27,10 @@ from typing import Optional
 PRELOAD = ["torch", "core.manager.stages", "core.training.loop", "core.method.prune",
            "core.method.artifacts", "core.model.diffusion", "core.model.unet"]
 
+# OpenMP threads sleep at barriers instead of spinning: idle, a step takes ~1.2x as long; beside any other busy
+# process a spinning job ran ~5-8x slower (bench/omp_wait.py). A value the user set is kept.
+OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
 _context: Optional[multiprocessing.context.BaseContext] = None
 
 
@@ -36,6 +41,8 @@ def enabled() -> bool:
 def _ctx():
     global _context
     if _context is None:
+        for key, val in OMP_ENV.items():  # the server's libgomp reads it once, when the server imports torch
+            os.environ.setdefault(key, val)
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(PRELOAD)
     return _context

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.errors import UserError
+from core.manager import forked
 from core.manager.journal import prepare_job, worker_args
 from core.store import Store, utc_now, open_store
 
@@ -143,6 +144,8 @@ def child_env(device: Optional[str], threads: Optional[int] = None, owner: bool 
         env.pop("STEPADAPT_NO_STORE", None)
     else:
         env["STEPADAPT_NO_STORE"] = "1"
+    for key, val in forked.OMP_ENV.items():
+        env.setdefault(key, val)
     if threads:  # CPU jobs side by side share the cores instead of each using all of them
         env["OMP_NUM_THREADS"] = env["STEPADAPT_THREADS"] = str(threads)
     if device and device.startswith("cuda:"):
@@ -159,7 +162,6 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
     except OSError as e:
         store.finish_job(job_id, "failed", None, f"cannot open log: {e}")
         raise UserError(f"cannot write the job log {log_path}: {e.strerror or e}") from None
-    from core.manager import forked
 
     worker = worker_args(run, spec)
     if nproc > 1:  # several GPUs for one job: torchrun (DDP), one process per GPU

@@ -65,6 +65,16 @@ def main(argv=None) -> int:
     return books.rc
 
 
+def _omp_policy() -> str:
+    """The OpenMP wait policy this process's libgomp read at start: a forked job's is its server's, whose
+    environment at exec is what /proc/self/environ holds (os.environ is the job's own)."""
+    try:
+        env = dict(kv.split(b"=", 1) for kv in Path("/proc/self/environ").read_bytes().split(b"\0") if b"=" in kv)
+        return env.get(b"OMP_WAIT_POLICY", b"unset").decode()
+    except OSError:
+        return os.environ.get("OMP_WAIT_POLICY", "unset")
+
+
 def _work(store, job, a, hb) -> None:
     from core.manager import stages
     from core.manager.context import WorkContext
@@ -73,12 +83,12 @@ def _work(store, job, a, hb) -> None:
 
     run = open_run(job["run"], a.runs_dir)
     threads = os.environ.get("STEPADAPT_THREADS") or run.config["train"].get("threads")
-    if threads:
+    if job["stage"] != "pipeline":
         import torch
 
-        torch.set_num_threads(int(threads))
-        if job["stage"] != "pipeline":
-            print(f"[job {job['id']}] {torch.get_num_threads()} CPU threads", flush=True)
+        if threads:
+            torch.set_num_threads(int(threads))
+        print(f"[job {job['id']}] {torch.get_num_threads()} CPU threads, OMP_WAIT_POLICY={_omp_policy()}", flush=True)
     args = job["args"] or {}
     if job["stage"] == "pipeline":
         from core.manager.pipeline import Pipeline
