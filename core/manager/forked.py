@@ -27,8 +27,8 @@ from typing import Optional
 PRELOAD = ["torch", "core.manager.stages", "core.training.loop", "core.method.prune",
            "core.method.artifacts", "core.model.diffusion", "core.model.unet"]
 
-# OpenMP threads sleep at barriers instead of spinning: idle, a step takes ~1.2x as long; beside any other busy
-# process a spinning job ran ~5-8x slower (bench/omp_wait.py). A value the user set is kept.
+# OpenMP threads sleep at barriers instead of spinning: idle, a step takes ~1.25x as long; beside any other busy
+# process a spinning job ran 3.7-9x slower (bench/omp_wait.py). A value the user set is kept.
 OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 _context: Optional[multiprocessing.context.BaseContext] = None
