@@ -211,8 +211,9 @@ def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
 
 
 def _cores(mine: list[str], slots: list[str]) -> Optional[int]:
-    """An arm's part of the CPU cores: arms side by side on CPU slots split the machine, as a run's group jobs do."""
-    if not mine or mine[0] != "cpu":
+    """An arm's part of the CPU cores: arms side by side on CPU slots split the machine, as a run's group jobs do.
+    None for an arm with every slot, which runs as a lone run does (its threads as the environment says)."""
+    if not mine or mine[0] != "cpu" or len(mine) == len(slots):
         return None
     return max(1, (os.cpu_count() or 1) * len(mine) // len(slots))
 
