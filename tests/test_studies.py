@@ -115,8 +115,11 @@ def test_a_study_stopped_midway_resumes_without_rerunning_finished_runs(tmp_path
     spec.write_text(STUDY)
     args = [sys.executable, "-m", "stepadapt_cli.main", "study", str(spec), "--name", "s", *FAST,
             "--runs-dir", str(runs_dir)]
+    # Ctrl-C's SIGINT as a terminal delivers it: a test run started in the background (`make test &`) passes
+    # SIGINT on ignored, and an ignored SIGINT stops nothing
     p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not (_status(runs_dir, "s-a") == "succeeded"
                                           and _status(runs_dir, "s-b") == "running"):
