@@ -32,7 +32,7 @@ def one(preset: str, device: str, steps: int, warmup: int, batch: int | None, ov
     from core import config as C
     from core.training.data import TensorImages
     from core.model.diffusion import create_diffusion
-    from core.training.devices import pick_device
+    from core.training.devices import bf16_native, pick_device
     from core.training.loop import TrainSpec, train
     from core.model.unet import build_unet
 
@@ -69,7 +69,7 @@ def one(preset: str, device: str, steps: int, warmup: int, batch: int | None, ov
             else f"CPU {platform.machine()}", "device_type": dev.type, "threads": torch.get_num_threads(),
             "batch": bs, "steps": steps, "seconds_per_step": dt / steps, "images_per_s": bs * steps / dt,
             "peak_memory_bytes": peak, "params": sum(p.numel() for p in model.parameters()),
-            "flags": {"bf16": bool(t["bf16"] and dev.type == "cuda"),
+            "flags": {"bf16": bool(t["bf16"] and bf16_native(dev)),
                       "channels_last": bool(t["channels_last"]),
                       "compile": t["compile"], "accum": t["accum"], "fused_adamw": dev.type == "cuda"}}
 

@@ -12,6 +12,7 @@ from core import config as C
 from core.training.data import load_dataset
 from core.model.diffusion import create_diffusion
 from core.runs import create_run
+from core.training.devices import bf16_native
 from core.training.loop import TrainSpec, train
 from core.method.artifacts import load_unet
 from core.model.unet import build_unet
@@ -127,6 +128,7 @@ from core import config as C
 from core.training.data import load_dataset
 from core.model.diffusion import create_diffusion
 from core.training.devices import init_distributed
+from core.training.devices import bf16_native
 from core.training.loop import TrainSpec, train
 from core.model.unet import build_unet
 
@@ -135,7 +137,8 @@ dev = init_distributed() or torch.device("cpu")
 cfg = C.resolve("tiny", None, ["model.model_channels=16", "model.channel_mult=[1,2]",
                                "model.attention_resolutions=[16]", "diffusion.steps=100"])
 spec = TrainSpec(name="base", ckpt=out / "ck.pt", model_out=out / "m.pt", metrics=out / "m.jsonl", steps=3,
-                 batch_size=8, lr=1e-3, ema_decay=0.5, seed=0, log_every=1, ckpt_every=100, accum=accum)
+                 batch_size=8, lr=1e-3, ema_decay=0.5, seed=0, log_every=1, ckpt_every=100, accum=accum,
+                 bf16=False)  # fp32: the same mean gradient to rounding (bf16 rounds each micro-batch apart)
 train(spec, build_unet(cfg["model"], seed=0), create_diffusion(cfg), load_dataset(cfg), device=dev, progress=False)
 """
 
@@ -213,3 +216,34 @@ def test_finetune_measures_held_out_loss_every_n_steps_keeps_the_best_and_resume
     assert all(torch.equal(prog["groups"][g]["state"][k], kept["state"][k]) for k in kept["state"])
     p = run_cli("train", "--preset", "tiny", "--run", "bad", "-S", "finetune.keep=best", *rd)
     assert p.returncode == 2 and "eval_every" in p.stderr
+
+
+@pytest.mark.skipif(not bf16_native("cpu"), reason="this CPU has no AMX: training stays fp32 (tested below)")
+def test_on_a_cpu_with_amx_training_runs_its_convolutions_in_bf16_and_keeps_fp32_weights(runs_dir, capfd):
+    """train.bf16 on a CPU that multiplies bf16 natively: the network computes in bf16 under autocast, while
+    the weights, the EMA and the checkpoint stay fp32; the job's log names the precision."""
+    cfg = micro_cfg()
+    run = create_run(cfg, "amx", runs_dir)
+    model = build_unet(cfg["model"], seed=0)
+    seen = []
+    model.out_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    train(spec_for(run, cfg, 2), model, create_diffusion(cfg), load_dataset(cfg), progress=False)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert "[base] bf16 autocast on cpu" in capfd.readouterr().err
+    ck = torch.load(run.ckpt("base"), weights_only=False)
+    assert {v.dtype for v in ck["model"].values() if v.is_floating_point()} == {torch.float32}
+    assert {v.dtype for v in load_unet(run.model("base")).state_dict().values()} == {torch.float32}
+
+
+def test_with_bf16_off_training_computes_in_fp32(runs_dir, capfd):
+    """train.bf16 = false (or a CPU without AMX): the network's output is fp32 and the log says fp32."""
+    cfg = micro_cfg()
+    run = create_run(cfg, "fp32", runs_dir)
+    model = build_unet(cfg["model"], seed=0)
+    seen = []
+    model.out_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    spec = spec_for(run, cfg, 2)
+    spec.bf16 = False
+    train(spec, model, create_diffusion(cfg), load_dataset(cfg), progress=False)
+    assert seen and set(seen) == {torch.float32}
+    assert "[base] fp32 on cpu" in capfd.readouterr().err

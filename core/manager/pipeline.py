@@ -5,6 +5,7 @@
 Each stage knows what is left to do from the run folder (``stages.pending``), so ``resume`` skips finished
 stages and groups and continues interrupted ones from their checkpoints. Group jobs run in parallel, one per
 free device slot: one per GPU (``CUDA_VISIBLE_DEVICES``), on CPU one at a time unless ``parallel`` says more.
+With several slots, stage 1 and the control train as one job on all of them (``DDP_STAGES``).
 The first failed job ends the run ``failed`` at once. ``Pipeline`` runs as a tracked ``pipeline`` job
 (``start_detached``); the foreground ``stepadapt run`` starts the same job and follows it.
 """
@@ -24,6 +25,11 @@ from core.manager.journal import ingest_active
 from core.names import GROUP_STAGES, STAGES
 from core.runs import Run, run_lock
 from core.store import Store, utc_now
+
+# The whole-run training stages: with several slots, one job trains on all of them (DDP, the batch split
+# between the ranks). On GPUs that is the usual data parallelism; on CPU slots it is also the fastest use of
+# the cores for a small model, whose one process scales badly with threads (bench/results/cpu_ddp.md).
+DDP_STAGES = ("base", "control")
 
 
 # -- the orchestrator --------------------------------------------------------------------------------
@@ -103,6 +109,10 @@ class Pipeline:
             for s, h in old.items():
                 signal.signal(s, h)
 
+    def _split_cores(self, ways: int) -> int:
+        """CPU threads for each of ``ways`` processes side by side: this pipeline's cores split evenly."""
+        return max(1, (self.cores or os.cpu_count() or 1) // ways)
+
     def _device_args(self, slot: str) -> dict:
         return {"device": "cuda" if slot.startswith("cuda") else "cpu"}
 
@@ -117,7 +127,7 @@ class Pipeline:
         side_by_side = min(len(free), len(todo)) if stage in GROUP_STAGES else 1
         threads = None  # CPU jobs side by side split the cores; oversubscribed OpenMP threads run several times slower
         if free[0] == "cpu" and (side_by_side > 1 or self.cores):
-            threads = max(1, (self.cores or os.cpu_count() or 1) // side_by_side)
+            threads = self._split_cores(side_by_side)
         while todo or self.active:
             while todo and free:
                 self._launch(stage, todo.pop(0), free.pop(0), threads)
@@ -169,10 +179,14 @@ class Pipeline:
                      f"(job {handle.sid})")
 
     def _launch(self, stage: str, unit, slot: str, threads: Optional[int]) -> None:
-        gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
-        if stage == "base" and len(gpus) > 1:  # stage 1 on every GPU: torchrun, DDP
-            job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cuda"},
-                                  device="cuda:" + ",".join(gpus), nproc=len(gpus))
+        if stage in DDP_STAGES and len(self.slots) > 1:  # one job on every slot: torchrun, DDP
+            gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
+            if gpus:
+                job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cuda"},
+                                      device="cuda:" + ",".join(gpus), nproc=len(gpus))
+            else:  # CPU slots: one process per slot, the cores split between them
+                job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cpu"}, device="cpu",
+                                      nproc=len(self.slots), threads=self._split_cores(len(self.slots)))
         else:
             job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
                                   threads=threads)

@@ -12,7 +12,8 @@ has its state saved in the checkpoint. So ``resume`` gives the same weights as a
 Under ``torch.distributed`` (torchrun), every rank takes an equal slice of each step's batch (the batch,
 timesteps and noise are the same functions of (seed, step) as on one device, so the gradient is the
 same mean), gradients are averaged by DDP, and only rank 0 writes files and calls the hooks.
-On CUDA: bf16 autocast, channels-last, fused AdamW; ``spec.compile`` compiles the model;
+bf16 autocast (``spec.bf16``) where the device computes bf16 natively: CUDA, and CPUs with AMX
+(``devices.bf16_native``); channels-last; on CUDA fused AdamW; ``spec.compile`` compiles the model;
 ``spec.accum`` splits each step's batch into micro-batches.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from core.errors import Interrupted, UserError
 from core.model.diffusion import GaussianDiffusion, TimestepSampler, to_model_range
 from core.runs import atomic_torch_save, sweep_partial_writes
 from core.training.data import batches
-from core.training.devices import distributed
+from core.training.devices import autocast, distributed
 from core.training.spec import TrainSpec, snapshot_path  # noqa: F401 (the loop's spec, here as before)
 
 
@@ -167,8 +168,8 @@ class TrainLoop:
             self.net = torch.compile(self.net)
         self.sampler = TimestepSampler(spec.timesteps if spec.timesteps is not None
                                        else range(self.diffusion.num_timesteps))
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and spec.bf16
-                         else contextlib.nullcontext())
+        self.autocast = autocast(self.device, spec.bf16)
+        self.precision = "bf16 autocast" if isinstance(self.autocast, torch.autocast) else "fp32"
         if self.teacher is not None:
             self.teacher = self.teacher.to(self.device).eval().requires_grad_(False)
             if spec.channels_last:
@@ -314,6 +315,9 @@ class TrainLoop:
     def run(self) -> dict:
         spec, start = self.spec, self.start
         self._hook("on_start", start)
+        if self.main:
+            print(f"[{spec.name}] {self.precision} on {self.device.type}"
+                  + (f", {self.world} processes (DDP)" if self.world > 1 else ""), file=sys.stderr, flush=True)
         spec.metrics.parent.mkdir(parents=True, exist_ok=True)
         bar = ProgressLine(spec.name, start, spec.steps, self.progress)
         last, acc, n, t0, since = {"step": start}, torch.zeros(4, device=self.device), 0, time.time(), time.time()

@@ -49,6 +49,7 @@ def train_control(run, device="cpu", log=print, on_total=None, hooks=None):
     from core.model.diffusion import create_diffusion
     from core.model.unet import build_unet
     from core.training.data import load_dataset
+    from core.training.devices import distributed
     from core.training.loop import train
 
     cfg = run.config
@@ -59,18 +60,22 @@ def train_control(run, device="cpu", log=print, on_total=None, hooks=None):
     if base_step is None:
         raise UserError(f"the control starts from stage 1's checkpoint, and {run.ckpt('base')} is missing or unreadable")
     spec = control_spec(run, cfg, added, base_step)
-    earlier = artifact_fields(spec.ckpt).get("spec", {}).get("extra", {})
-    if spec.ckpt.exists() and earlier.get("added_steps") != added:  # the fine-tunes changed since: start again
-        log(f"control: the fine-tunes now total {added} steps (was {earlier.get('added_steps')}); restarting")
-        spec.ckpt.unlink()
-    if not spec.ckpt.exists():  # start: a copy of stage 1's final state
-        tmp = spec.ckpt.with_suffix(".copy")
-        shutil.copyfile(run.ckpt("base"), tmp)
-        tmp.replace(spec.ckpt)
+    dist, rank, _ = distributed()  # under torchrun (DDP) rank 0 prepares the checkpoint, the others wait for it
+    if rank == 0:
+        earlier = artifact_fields(spec.ckpt).get("spec", {}).get("extra", {})
+        if spec.ckpt.exists() and earlier.get("added_steps") != added:  # the fine-tunes changed since: start again
+            log(f"control: the fine-tunes now total {added} steps (was {earlier.get('added_steps')}); restarting")
+            spec.ckpt.unlink()
+        if not spec.ckpt.exists():  # start: a copy of stage 1's final state
+            tmp = spec.ckpt.with_suffix(".copy")
+            shutil.copyfile(run.ckpt("base"), tmp)
+            tmp.replace(spec.ckpt)
+        log(f"control: stage 1 (step {base_step}) trained on for {added} steps of {spec.batch_size} images on all "
+            f"timesteps, as every group's fine-tune together")
+    if dist is not None:
+        dist.barrier()
     if on_total:
         on_total(spec.steps)
-    log(f"control: stage 1 (step {base_step}) trained on for {added} steps of {spec.batch_size} images on all "
-        f"timesteps, as every group's fine-tune together")
     train(spec, build_unet(model_arch(cfg), seed=cfg["seed"]), create_diffusion(cfg), load_dataset(cfg), resume=True,
           device=device, **(hooks or {}))
     return spec
