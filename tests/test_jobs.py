@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -150,6 +151,76 @@ def test_kill_stops_running_job_and_its_children(runs_dir):
     assert ck["step"] >= 5
     assert json.loads(run_cli("runs", "--json", *rd, check=0).stdout)[0]["status"] == "killed"
     assert_clean_error(run_cli("kill", str(base["id"]), *rd))
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Linux)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def test_a_killed_ddp_launcher_takes_its_ranks_with_it(runs_dir):
+    """SIGKILL to a DDP job's process group reaches only torchrun's agent (the ranks run in sessions of their
+    own); the ranks die with it instead of training on unseen, and the job is found lost."""
+    rd = ["--runs-dir", runs_dir]
+    run_cli("run", "--preset", "tiny", "--name", "orphan", *FAST, "-S", "train.steps=100000", "--method", "none",
+            "--parallel", "2", "--detach", *rd, check=0)
+
+    def base_started():
+        js = [j for j in _jobs(runs_dir, "orphan") if j["stage"] == "base"]
+        return js[0] if js and (js[0]["progress"] or 0) >= 3 else None
+
+    base = _wait(base_started, what="base training on two ranks")
+    ranks = _children(base["pgid"])  # the job's group is torchrun's agent; its pid is rank 0's
+    assert len(ranks) == 2 and base["pid"] in ranks
+    pipe = next(j for j in _jobs(runs_dir, "orphan") if j["stage"] == "pipeline")
+    for j in (pipe, base):
+        os.killpg(j["pgid"], signal.SIGKILL)
+    _wait(lambda: not any(pid_alive(r) for r in ranks), 15, "the ranks to die with their launcher")
+    assert {j["stage"]: j["status"] for j in _jobs(runs_dir, "orphan")}["base"] in ("running", "lost")
+    assert json.loads(run_cli("runs", "--json", *rd, check=0).stdout)[0]["status"] == "lost"
+
+
+def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_and_resumes(runs_dir):
+    """`--parallel 2` on CPU: stage 1 is one job of two one-thread ranks (torchrun, DDP). `kill` stops both
+    ranks with a checkpoint; `resume` continues it from there, and the control trains the same way."""
+    rd = ["--runs-dir", runs_dir]
+    run_cli("run", "--preset", "tiny", "--name", "ddp", *FAST, "-S", "train.steps=300", "-S", "eval.fid=false",
+            "--method", "none", "--parallel", "2", "--detach", *rd, check=0)
+
+    def base_started():
+        js = [j for j in _jobs(runs_dir, "ddp") if j["stage"] == "base"]
+        return js[0] if js and (js[0]["progress"] or 0) >= 5 else None
+
+    base = _wait(base_started, what="base training on two ranks")
+    ranks = _children(base["pgid"])  # the job's group is torchrun's agent; its ranks run in sessions of their own
+    assert len(ranks) == 2 and base["pid"] in ranks
+    p = run_cli("kill", "ddp", "--grace", "20", *rd, check=0)
+    assert "killed" in p.stdout
+    assert group_pids(base["pgid"]) == [] and not any(pid_alive(r) for r in ranks)
+    assert {j["stage"]: j["status"] for j in _jobs(runs_dir, "ddp")}["base"] == "killed"
+    stopped = torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=False)["step"]
+    assert 5 <= stopped < 300
+    log = open(base["log_path"]).read()
+    assert log.count("1 CPU threads") == 2 and "2 processes (DDP)" in log and "Traceback" not in log
+
+    p = run_cli("resume", "ddp", "--parallel", "2", *rd, check=0)
+    assert "all stages done" in p.stderr + p.stdout
+    jobs = _jobs(runs_dir, "ddp")
+    again = [j for j in jobs if j["stage"] == "base"][-1]
+    log = open(again["log_path"]).read()
+    assert f"resuming from step {stopped}" in log and "2 processes (DDP)" in log
+    control = next(j for j in jobs if j["stage"] == "control")
+    assert control["status"] == "succeeded" and "2 processes (DDP)" in open(control["log_path"]).read()
+    assert torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=False)["step"] == 300
+    lines = (runs_dir / "ddp" / "metrics" / "base.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(10, 301, 10))  # each step once
 
 
 WRITER = """

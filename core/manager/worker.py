@@ -22,7 +22,23 @@ def _interrupt(signum, frame):
     raise Stopped(signum)
 
 
+def _die_with_launcher() -> None:
+    """A torchrun rank (a DDP job: stage 1 or the control on several slots) runs in a session of its own, out of
+    reach of the signals sent to its job's process group. torchrun passes a stop on to it; if torchrun itself
+    dies unannounced (SIGKILL, a crash), the kernel kills the rank too (Linux's parent-death signal), so that
+    no rank trains on, unseen, beside the job that resumes it."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+
 def main(argv=None) -> int:
+    _die_with_launcher()
     ap = argparse.ArgumentParser(prog="python -m core.manager.worker")
     ap.add_argument("--runs-dir", required=True)
     ap.add_argument("--spec", required=True, help="the job's spec.json (in its folder, beside its journal)")
@@ -44,8 +60,12 @@ def main(argv=None) -> int:
     else:
         store = Journal(Path(a.spec).parent)
     rank = int(os.environ.get("RANK", "0"))
-    if rank != 0:  # a torchrun helper process: only rank 0 keeps the books
-        return _work(store, job, a, None)
+    if rank != 0:  # a torchrun helper process: only rank 0 keeps the books (and says how the job ended)
+        try:
+            _work(store, job, a, None)
+        except (KeyboardInterrupt, UserError):  # a stop or an error: every rank ends the same way
+            pass
+        return 0
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGUSR2, _interrupt)  # Slurm's warning before its time limit or a preemption
     what = job["stage"] + ("" if job["group_index"] is None else f" group {job['group_index']}")
@@ -62,6 +82,8 @@ def main(argv=None) -> int:
         traceback.print_exc()
         sys.stdout.flush()
     print(f"[job {job['id']}] {books.status} (exit {books.rc})", flush=True)
+    if "LOCAL_RANK" in os.environ:  # under torchrun, which takes any other exit for a crash and prints its own
+        return 0                    # traceback: the job's status and exit code are in its books
     return books.rc
 
 
