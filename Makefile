@@ -17,8 +17,9 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# the demo: group jobs two at a time (one thread each), stage 1 and the control on two DDP ranks, and FID/KID from 512 samples per model (the smallest n
-# at which two evaluations of one model agree, bench/README.md; `stepadapt eval` uses 1024)
+# the demo: group jobs two at a time (one thread each), stage 1 and the control on two one-thread DDP ranks, and
+# FID/KID from 512 samples per model (the smallest n at which two evaluations of one model agree, bench/README.md;
+# `stepadapt eval` uses 1024)
 demo: venv
 	$(BIN)/stepadapt run --preset tiny --parallel 2 -S eval.fid_n=512 --name demo-$$(date +%Y%m%d-%H%M%S)
 
