@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from core.manager.jobs import group_pids, pid_alive
+from core.training.devices import bf16_native
 from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
 
 # the whole method on a micro model: 3 groups, one proxy round, a few steps everywhere
@@ -221,6 +222,9 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     assert torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=False)["step"] == 100
     lines = (runs_dir / "ddp" / "metrics" / "base.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(10, 101, 10))  # each step once
+    ev = json.loads((runs_dir / "ddp" / "eval.json").read_text())
+    precision = ["bf16 autocast"] if bf16_native("cpu") else ["fp32"]  # recorded with each model
+    assert {m: r["train_precision"] for m, r in ev["models"].items()} == {m: precision for m in ev["models"]}
 
 
 WRITER = """

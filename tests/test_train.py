@@ -15,6 +15,7 @@ from core.runs import create_run
 from core.training.devices import bf16_native
 from core.training.loop import TrainSpec, train
 from core.method.artifacts import load_unet
+from core.method.fields import artifact_fields
 from core.model.unet import build_unet
 from tests.conftest import MICRO, REPO, run_cli
 
@@ -233,6 +234,7 @@ def test_on_a_cpu_with_amx_training_runs_its_convolutions_in_bf16_and_keeps_fp32
     ck = torch.load(run.ckpt("base"), weights_only=False)
     assert {v.dtype for v in ck["model"].values() if v.is_floating_point()} == {torch.float32}
     assert {v.dtype for v in load_unet(run.model("base")).state_dict().values()} == {torch.float32}
+    assert artifact_fields(run.model("base"))["precisions"] == ["bf16 autocast"]  # recorded with the model
 
 
 def test_with_bf16_off_training_computes_in_fp32(runs_dir, capfd):
@@ -247,3 +249,5 @@ def test_with_bf16_off_training_computes_in_fp32(runs_dir, capfd):
     train(spec, model, create_diffusion(cfg), load_dataset(cfg), progress=False)
     assert seen and set(seen) == {torch.float32}
     assert "[base] fp32 on cpu" in capfd.readouterr().err
+    assert artifact_fields(run.model("base"))["precisions"] == ["fp32"]
+    assert torch.load(run.ckpt("base"), weights_only=False)["precisions"] == ["fp32"]

@@ -12,6 +12,7 @@ A model whose file and settings are unchanged since its last evaluation is not m
 from __future__ import annotations
 
 import shlex
+from typing import Optional
 
 import numpy as np
 
@@ -189,10 +190,25 @@ def model_cost(model, which: str, cfg: dict, steps: int, sched, run=None) -> dic
         cost = progressive_cost(model, m["image_size"], m["in_channels"], steps)
         return {"params": cost["avg_all"]["params"], "macs": cost["avg_all"]["macs"],
                 "macs_sampled": cost["avg_sampled"]["macs"], "attn_macs": cost["avg_all"]["attn_macs"],
-                "params_total": sum(p.numel() for p in model.parameters()), "train_steps": trained}
+                "params_total": sum(p.numel() for p in model.parameters()), "train_steps": trained,
+                "train_precision": _train_precision(run, which, sched)}
     c = count(model, m["image_size"], m["in_channels"])
     return {"params": c["params"], "macs": c["macs"], "macs_sampled": c["macs"], "attn_macs": c["attn_macs"],
-            "params_total": c["params"], "train_steps": trained}
+            "params_total": c["params"], "train_steps": trained, "train_precision": _train_precision(run, which, sched)}
+
+
+def _train_precision(run, which: str, sched) -> Optional[list[str]]:
+    """The precisions the model's training ran at (``fp32``, ``bf16 autocast``), from its artifacts: the
+    progressive model's are its stage 1's and its groups' fine-tunes'. None where an artifact predates the record."""
+    from core.method.fields import artifact_fields
+
+    if run is None:
+        return None
+    paths = [run.model("base")] if which != "control" else [run.model("control")]
+    if which == "progressive":
+        paths += [run.model(run.group_stage(g.index)) for g in sched.nonempty]
+    found = [artifact_fields(p).get("precisions") for p in paths if p.exists()]
+    return None if not found or any(f is None for f in found) else sorted({x for f in found for x in f})
 
 
 def _train_steps(run, which: str, cfg: dict, sched) -> int:

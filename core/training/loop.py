@@ -170,6 +170,7 @@ class TrainLoop:
                                        else range(self.diffusion.num_timesteps))
         self.autocast = autocast(self.device, spec.bf16)
         self.precision = "bf16 autocast" if isinstance(self.autocast, torch.autocast) else "fp32"
+        self.precisions = {self.precision}  # every precision this model was trained at (kept in its files)
         if self.teacher is not None:
             self.teacher = self.teacher.to(self.device).eval().requires_grad_(False)
             if spec.channels_last:
@@ -203,6 +204,7 @@ class TrainLoop:
         if self.cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.best = state.get("best") or self.best
+        self.precisions |= set(state.get("precisions", ()))  # the earlier attempts' (another machine's, perhaps)
         if self.main:
             truncate_metrics(spec.metrics, state["step"])
             if spec.evals is not None:
@@ -275,7 +277,7 @@ class TrainLoop:
             return
         atomic_torch_save({
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-            "step": step, "best": self.best,
+            "step": step, "best": self.best, "precisions": sorted(self.precisions),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
             "spec": {k: str(v) if isinstance(v, Path) else v for k, v in self.spec.__dict__.items()},
         }, self.spec.ckpt)
@@ -358,8 +360,8 @@ class TrainLoop:
     def finish(self) -> None:
         """The EMA weights as the job's model artifact (rank 0), then every rank waits for it."""
         if self.main:
-            atomic_torch_save({"state": self.ema.state_dict(), "step": self.spec.steps, **self.spec.extra},
-                              self.spec.model_out)
+            atomic_torch_save({"state": self.ema.state_dict(), "step": self.spec.steps,
+                               "precisions": sorted(self.precisions), **self.spec.extra}, self.spec.model_out)
         if self.world > 1:
             self.dist.barrier()
 
