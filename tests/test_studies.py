@@ -217,3 +217,31 @@ def test_arms_side_by_side_on_cpu_split_the_cores_instead_of_each_taking_all(tmp
         assert {"schedule", "finetune", "sample", "eval"} <= set(stages), [log.name for log in logs]
         for stage, text in stages.items():
             assert f"] {share} CPU threads" in text, (arm, stage, text[:300])
+
+
+def test_the_fid_vs_macs_plot_draws_a_base_shared_by_arms_once_and_keeps_distinct_models_apart(runs_dir):
+    """Arms forked from one base carry the same base file and measurement in every eval.json: one point,
+    labelled with how many runs share it. Controls whose files differ stay one point per run."""
+    import os
+
+    from core.evaluation.report import _distinct_points, plot_fid_macs
+    from core.runs import create_run
+
+    cfg = C.resolve("tiny", None, list(MICRO[1::2]))
+    runs = [create_run(cfg, name, runs_dir) for name in ("arm-a", "arm-b")]
+    base = runs[0].model("base")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.write_bytes(b"the shared stage 1")
+    row = {"fid": 0.2, "kid": 0.002, "fid_n": 512, "macs": 2.5e8, "fid_ci": [0.1, 0.3], "kid_ci": [0.001, 0.003]}
+    for i, r in enumerate(runs):
+        r.model("control").parent.mkdir(parents=True, exist_ok=True)
+        if i:
+            os.link(base, r.model("base"))  # as `fork` shares it
+        r.model("control").write_bytes(f"control of {r.name}".encode())
+        r.model("progressive").write_bytes(f"progressive of {r.name}".encode())
+        r.eval_file().write_text(json.dumps({"models": {
+            "base": row, "control": {**row, "fid": 0.12}, "progressive": {**row, "fid": 0.25 + i, "macs": 1.7e8}}}))
+    labels = [p[0] for p in _distinct_points(runs)]
+    assert labels == ["base (shared by 2 runs)", "arm-a/control", "arm-a/progressive", "arm-b/control",
+                      "arm-b/progressive"]
+    assert plot_fid_macs(runs, runs_dir / "fid_macs.png") and (runs_dir / "fid_macs.png").stat().st_size > 1000

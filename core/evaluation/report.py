@@ -169,13 +169,29 @@ def plot_proxy(rounds: list[dict], path: Path) -> bool:
     return True
 
 
-def plot_fid_macs(runs: list[Run], path: Path) -> bool:
-    """FID and KID against MACs, each point with its 95% interval as an error bar."""
-    pts = []
+def _distinct_points(runs: list[Run]) -> list[tuple]:
+    """(legend label, model, GMACs, eval row), one per distinct model and measurement: the base and control
+    that a study's arms share (the same file, measured alike) are one point, labelled with how many runs
+    share it, not one point per arm."""
+    from core.runs import file_sha256
+
+    seen: dict = {}
     for r in runs:
         for model, row in load_eval(r).get("models", {}).items():
-            if row.get("fid") is not None:
-                pts.append((r.name, model, row["macs"] / 1e9, row))
+            if row.get("fid") is None:
+                continue
+            path = r.model(model)
+            ident = file_sha256(path) if model != "progressive" and path.exists() else (r.name, model)
+            key = (model, ident, row.get("fid"), row.get("kid"), row.get("fid_n"))
+            seen.setdefault(key, [r.name, model, row["macs"] / 1e9, row, 0])[4] += 1
+    many = len(runs) > 1
+    return [(f"{model} (shared by {n} runs)" if n > 1 else f"{name}/{model}" if many else model, model, macs, row)
+            for name, model, macs, row, n in seen.values()]
+
+
+def plot_fid_macs(runs: list[Run], path: Path) -> bool:
+    """FID and KID against MACs, each point with its 95% interval as an error bar."""
+    pts = _distinct_points(runs)
     if not pts:
         return False
     plt = _plt()
@@ -189,8 +205,7 @@ def plot_fid_macs(runs: list[Run], path: Path) -> bool:
             if val is None:
                 continue
             err = [[max(0.0, val - ci[0])], [max(0.0, ci[1] - val)]] if ci else None
-            ax.errorbar([macs], [val], yerr=err, fmt=marker.get(model, "D"), capsize=4,
-                        label=f"{name}/{model}" if len(runs) > 1 else model)
+            ax.errorbar([macs], [val], yerr=err, fmt=marker.get(model, "D"), capsize=4, label=name)
         ax.set_xlabel("GMACs per step, averaged over timesteps")
         vals = [row[key] for _, _, _, row in pts if row.get(key) is not None and row[key] > 0]
         if vals and max(vals) > 20 * min(vals):  # one far-off arm (e.g. scratch training) would flatten the rest
