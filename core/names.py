@@ -4,6 +4,11 @@ the TUI read them from here."""
 # the pipeline, in order; group stages run one job per non-empty timestep group
 STAGES = ("base", "schedule", "prune", "finetune", "assemble", "control", "sample", "eval")
 GROUP_STAGES = ("prune", "finetune")
+# the whole-run training stages: with several slots (GPUs, or CPU slots of `--parallel N`), or several GPUs per
+# Slurm job, one job trains on all of them (torchrun, DDP: the batch split between the ranks). On CPU that is
+# also the fastest use of the cores for a small model, whose one process scales badly with threads
+# (bench/results/cpu_speed.md).
+DDP_STAGES = ("base", "control")
 
 # how group models are pruned: the LLM proxy, an importance criterion, or not at all
 IMPORTANCE_METHODS = ("random", "magnitude", "lamp", "taylor", "diff")

@@ -5,7 +5,7 @@
 Each stage knows what is left to do from the run folder (``stages.pending``), so ``resume`` skips finished
 stages and groups and continues interrupted ones from their checkpoints. Group jobs run in parallel, one per
 free device slot: one per GPU (``CUDA_VISIBLE_DEVICES``), on CPU one at a time unless ``parallel`` says more.
-With several slots, stage 1 and the control train as one job on all of them (``DDP_STAGES``).
+With several slots, stage 1 and the control train as one job on all of them (``names.DDP_STAGES``).
 The first failed job ends the run ``failed`` at once. ``Pipeline`` runs as a tracked ``pipeline`` job
 (``start_detached``); the foreground ``stepadapt run`` starts the same job and follows it.
 """
@@ -22,14 +22,10 @@ from core.errors import Interrupted, StageFailed, UserError
 from core.manager import stages
 from core.manager.jobs import launch, settle, stop_job
 from core.manager.journal import ingest_active
-from core.names import GROUP_STAGES, STAGES
+from core.names import DDP_STAGES, GROUP_STAGES, STAGES
 from core.runs import Run, run_lock
 from core.store import Store, utc_now
 
-# The whole-run training stages: with several slots, one job trains on all of them (DDP, the batch split
-# between the ranks). On GPUs that is the usual data parallelism; on CPU slots it is also the fastest use of
-# the cores for a small model, whose one process scales badly with threads (bench/results/cpu_ddp.md).
-DDP_STAGES = ("base", "control")
 
 
 # -- the orchestrator --------------------------------------------------------------------------------
@@ -178,8 +174,16 @@ class Pipeline:
             self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} submitted to Slurm "
                      f"(job {handle.sid})")
 
+    def _ranks(self, stage: str) -> int:
+        """How many processes train ``stage`` together: every slot for a whole-run training stage, as long as
+        each rank gets at least one image of a step's batch; 1 otherwise."""
+        if stage not in DDP_STAGES:
+            return 1
+        batch = self.run.config["train" if stage == "base" else "finetune"]["batch_size"]
+        return len(self.slots) if 1 < len(self.slots) <= batch else 1
+
     def _launch(self, stage: str, unit, slot: str, threads: Optional[int]) -> None:
-        if stage in DDP_STAGES and len(self.slots) > 1:  # one job on every slot: torchrun, DDP
+        if self._ranks(stage) > 1:  # one job on every slot: torchrun, DDP
             gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
             if gpus:
                 job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cuda"},

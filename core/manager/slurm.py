@@ -28,6 +28,7 @@ import time
 from typing import Optional
 
 from core.errors import UserError
+from core.names import DDP_STAGES
 from core.manager.slurm_state import ACTIVE, query_states, settle_from_state
 
 TOOLS = ("sbatch", "squeue", "scancel")
@@ -120,8 +121,8 @@ class SlurmHandle:
 def run_worker(runs_dir: str, spec: str, nproc: int = 1) -> int:
     """What a Slurm job runs (pickled by submitit): the worker as a program, ``python -m core.manager.worker
     --runs-dir DIR --spec SPEC`` as a local job runs it, but in this process, so that the worker's own signal
-    handlers (SIGTERM, SIGUSR2) replace submitit's. With ``nproc`` > 1 (stage 1 on several GPUs of the node)
-    under torchrun, one process per GPU (DDP), Slurm's signals passed on to it."""
+    handlers (SIGTERM, SIGUSR2) replace submitit's. With ``nproc`` > 1 (stage 1 or the control on several GPUs
+    of the node) under torchrun, one process per GPU (DDP), Slurm's signals passed on to it."""
     import runpy
 
     argv = ["--runs-dir", runs_dir, "--spec", spec]
@@ -192,7 +193,7 @@ def submit_units(store, run, stage: str, units: list, args: dict, settings: dict
     prepared = [prepare_job(store, run, stage, u, args, device, "slurm") for u in units]
     ex = executor_for(run, settings, stage, len(units))
     runs_dir = str(run.path.parent.resolve())
-    nproc = settings["gpus_per_job"] if stage == "base" and settings["gpus_per_job"] > 1 else 1
+    nproc = settings["gpus_per_job"] if stage in DDP_STAGES and settings["gpus_per_job"] > 1 else 1
     try:
         with ex.batch():
             jobs = [ex.submit(run_worker, runs_dir, str(spec.resolve()), nproc) for _, spec, _ in prepared]
