@@ -130,3 +130,16 @@ def test_resume_runs_exactly_the_stage_the_listing_shows_pending(finished, tmp_p
     jobs = open_store(tmp_path).jobs("full")
     assert [(j["stage"], j["status"]) for j in jobs] == [("pipeline", "succeeded"), ("sample", "succeeded")]
     assert set(json.loads(run_cli("show", "full", "--json", *rd, check=0).stdout)["stages"].values()) == {"done"}
+
+
+@pytest.mark.parametrize("slots, batch, ranks", [(["cpu", "cpu"], 8, 2), (["cpu"], 8, 1), (["cpu", "cpu"], 1, 1),
+                                                 (["cuda:0", "cuda:1"], 8, 2)])
+def test_stage_one_and_the_control_train_on_every_slot_when_each_rank_gets_images(tmp_path, slots, batch, ranks):
+    """Whole-run training stages take every slot (DDP) when there are several and the batch has an image for
+    each; group stages and the rest of the whole-run stages are one process."""
+    from core.manager.pipeline import Pipeline
+
+    cfg = C.resolve("tiny", None, [f"train.batch_size={batch}", f"finetune.batch_size={batch}"])
+    run = create_run(cfg, "slots", tmp_path)
+    pipe = Pipeline(run, open_store(tmp_path), slots)
+    assert [pipe._ranks(s) for s in STAGES] == [ranks if s in ("base", "control") else 1 for s in STAGES]
