@@ -19,17 +19,19 @@ def digits():
 
 
 def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digits, tmp_path):
-    """The session's shared cache: the digits' net is trained by the first test that needs it (this one or
-    another; the others wait on its lock), then every use loads it."""
-    from core.evaluation.fid import cache_dir, dataset_key
+    """The bundled digits' net ships with the package: the session's shared cache gets a copy of it on first
+    use (by this test or another; the others wait on its lock), nothing is trained, and every use loads it."""
+    from core.evaluation.fid import SHIPPED_NETS, cache_dir, dataset_key
 
     cfg, data = digits
     logs = []
     cached_net = cache_dir(tmp_path) / "features" / f"domain-{dataset_key(data, cfg)}.pt"
     existed = cached_net.exists()
     ext, info = make_extractor(cfg, data, tmp_path, log=logs.append)
-    assert info["kind"].startswith("domain FID") and info["cached"] == existed
-    assert any("training the domain feature network" in line for line in logs) == (not existed)
+    assert info["kind"].startswith("domain FID") and info["cached"]
+    assert not any("training" in line for line in logs)
+    assert any("shipped with stepadapt" in line for line in logs) == (not existed)
+    assert cached_net.read_bytes() == (SHIPPED_NETS / cached_net.name).read_bytes()
     assert info["val_accuracy"] > 0.8  # it learned the digits: its features mean something
     imgs = data.get(torch.arange(600))
     f = features(ext, imgs)
@@ -50,6 +52,23 @@ def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digit
     ref = reference_stats(ext, info, data, cfg, tmp_path, n=1500)  # statistics of their own: computed, then cached
     assert not ref["cached"] and ref["mu"].shape == (192,) and ref["feats"].shape == (1500, 192)
     assert reference_stats(ext, info, data, cfg, tmp_path, n=1500)["cached"]
+
+
+def test_a_dataset_without_a_shipped_net_trains_its_own_once_then_loads_it(tmp_path, monkeypatch):
+    """The digits at 16 px have no shipped net: the first use trains one on the labels (it learns them) and
+    caches it; the second loads it, with the same features."""
+    monkeypatch.setenv("STEPADAPT_CACHE", str(tmp_path / "cache"))
+    cfg = C.resolve("tiny", None, ["model.image_size=16"])
+    data = load_dataset(cfg, split="all")
+    logs = []
+    ext, info = make_extractor(cfg, data, tmp_path, log=logs.append)
+    assert any("training the domain feature network" in line for line in logs) and not info["cached"]
+    assert info["val_accuracy"] > 0.8
+    logs2 = []
+    ext2, info2 = make_extractor(cfg, data, tmp_path, log=logs2.append)
+    assert info2["cached"] and info2["id"] == info["id"] and not logs2
+    imgs = data.get(torch.arange(50))
+    assert np.allclose(features(ext2, imgs), features(ext, imgs), atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ Two feature extractors:
   or ``eval.inception``, through clean-fid's ``InceptionV3W`` wrapper and its "clean" resize to 299 px.
   Comparable to published FID when computed on 50k samples against the full training set.
 * **Domain features** (offline): a small CNN trained here on the dataset's labels and cached per dataset
-  (``RUNS_DIR/.cache/features/``, or ``$STEPADAPT_CACHE``); the feature space is its penultimate layer (shape)
+  (``RUNS_DIR/.cache/features/``, or ``$STEPADAPT_CACHE``; the bundled digits' net ships in ``nets/``); the feature space is its penultimate layer (shape)
   beside its first block's channel statistics (texture), each scaled to unit total deviation (``_Features``).
   The number it gives is labelled "domain FID" everywhere: it ranks models on one dataset, it is not
   comparable to published FID.
@@ -31,6 +31,12 @@ from core.errors import UserError
 from core.method.artifacts import UNREADABLE
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
+
+
+# domain feature nets shipped with the package, by cache file name: the bundled digits at the tiny preset's size
+# (the net bench/'s results were measured with), so that a fresh clone does not train it and every machine's
+# domain FID of the digits comes from the same weights
+SHIPPED_NETS = Path(__file__).resolve().parent / "nets"
 
 
 def cache_dir(runs_dir) -> Path:
@@ -162,6 +168,15 @@ def _domain_extractor(data, cfg: dict, key: str, path: Path, device, log) -> tup
     from core.runs import atomic_torch_save
 
     ident = f"domain2-{key}"  # 2: shape + texture features (1 was the penultimate layer alone)
+    shipped = SHIPPED_NETS / path.name
+    if not path.exists() and shipped.is_file():  # the bundled digits: the net bench/'s results were measured with
+        import shutil
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(shipped, tmp)
+        os.replace(tmp, path)
+        log(f"domain feature net for {key}: the one shipped with stepadapt (copied to {path.parent})")
     if path.exists():
         try:
             art = torch.load(path, map_location="cpu", weights_only=False)
