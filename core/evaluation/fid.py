@@ -6,10 +6,10 @@ Two feature extractors:
   or ``eval.inception``, through clean-fid's ``InceptionV3W`` wrapper and its "clean" resize to 299 px.
   Comparable to published FID when computed on 50k samples against the full training set.
 * **Domain features** (offline): a small CNN trained here on the dataset's labels and cached per dataset
-  (``RUNS_DIR/.cache/features/``, or ``$STEPADAPT_CACHE``; the bundled digits' net ships in ``nets/``); the feature space is its penultimate layer (shape)
-  beside its first block's channel statistics (texture), each scaled to unit total deviation (``_Features``).
-  The number it gives is labelled "domain FID" everywhere: it ranks models on one dataset, it is not
-  comparable to published FID.
+  (``RUNS_DIR/.cache/features/``, or ``$STEPADAPT_CACHE``; the bundled digits' net ships in ``nets/``); the
+  feature space is its penultimate layer (shape) beside its first block's channel statistics (texture), each
+  scaled to unit total deviation (``_Features``). The number it gives is labelled "domain FID" everywhere:
+  it ranks models on one dataset, it is not comparable to published FID.
 
 Reference statistics (mean and covariance of the reference features) are cached per dataset and extractor
 in ``RUNS_DIR/.cache/fid_stats/``; clean-fid's own stats folder (inside site-packages) is not used.
@@ -170,12 +170,9 @@ def _domain_extractor(data, cfg: dict, key: str, path: Path, device, log) -> tup
     ident = f"domain2-{key}"  # 2: shape + texture features (1 was the penultimate layer alone)
     shipped = SHIPPED_NETS / path.name
     if not path.exists() and shipped.is_file():  # the bundled digits: the net bench/'s results were measured with
-        import shutil
+        from core.runs import atomic_write_bytes
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        shutil.copyfile(shipped, tmp)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, lambda f: f.write(shipped.read_bytes()))
         log(f"domain feature net for {key}: the one shipped with stepadapt (copied to {path.parent})")
     if path.exists():
         try:

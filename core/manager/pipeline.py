@@ -27,7 +27,6 @@ from core.runs import Run, run_lock
 from core.store import Store, utc_now
 
 
-
 # -- the orchestrator --------------------------------------------------------------------------------
 def device_slots(parallel: int = 1, gpus: Optional[list[int]] = None) -> list[str]:
     """One slot per GPU (``gpus``: indices, default all visible), or ``parallel`` CPU slots without CUDA.

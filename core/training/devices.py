@@ -21,7 +21,7 @@ def pick_device(name: str | None = None) -> torch.device:
 def bf16_native(device: torch.device | str) -> bool:
     """Whether ``device`` multiplies bf16 matrices natively: a CUDA GPU, or a CPU with AMX tiles (Intel Xeon
     Sapphire Rapids and later), where oneDNN's bf16 convolutions make a tiny training step 1.8x faster than
-    fp32 (bench/results/cpu_bf16.md). CPUs without AMX emulate bf16 and gain nothing, so they stay fp32."""
+    fp32 (bench/results/cpu_speed.md). CPUs without AMX emulate bf16 and gain nothing, so they stay fp32."""
     device = torch.device(device)
     if device.type == "cuda":
         return True
