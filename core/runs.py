@@ -127,9 +127,44 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Tensors and plain data (dicts, lists, tuples, strings, numbers, None) only: what ``load_torch`` reads."""
     import torch  # only where tensors are written: listing runs stays torch-free
 
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def load_torch(path: Path, what: str = "file", device: Any = "cpu") -> Any:
+    """A file written by ``atomic_torch_save``, read with torch's weights-only unpickler: tensors and plain data
+    only; a file that names any other Python object (a class, a function: ``os.system``) is refused before
+    anything in it is imported or called. A runs folder is shared data, so nothing in it is ever run
+    (docs/runs.md, "Files are data"). Missing, unreadable or refused files are one-line ``UserError``s."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder, not a file") from None
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Unsupported global" in text or "Unsupported operand" in text or "weights_only" in text:
+            raise UserError(f"{path} holds Python objects other than tensors and plain data; refused (files in a "
+                            "runs folder are data, never run)") from None
+        raise UserError(f"cannot read {what} {path}: {_first_line(text)}") from None
+    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, AttributeError, ImportError, TypeError,
+            KeyError, IndexError) as e:  # what torch.load raises on a truncated, foreign or corrupt file
+        raise UserError(f"cannot read {what} {path} (truncated or not a stepadapt file): "
+                        f"{type(e).__name__}: {_first_line(str(e))}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:200]
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:

@@ -268,7 +268,7 @@ def test_imported_base_goes_through_the_method_and_two_forks_compare_on_one_base
     assert "stepadapt resume imp" in p.stdout
     meta = json.loads((runs_dir / "imp" / "meta.json").read_text())
     assert meta["base"]["origin"] == "import" and meta["base"]["format"] == "improved-diffusion"
-    base = torch.load(runs_dir / "imp" / "models/base.pt", weights_only=False)
+    base = torch.load(runs_dir / "imp" / "models/base.pt", weights_only=True)
     assert base["arch"]["rescale_timesteps"] and base["arch"]["time_scale"] == 1000 / 100
     assert base["imported"]["file_sha256"] == meta["base"]["file_sha256"]
 
@@ -279,7 +279,7 @@ def test_imported_base_goes_through_the_method_and_two_forks_compare_on_one_base
     ev = json.loads((run / "eval.json").read_text())
     assert {"base", "control", "progressive"} <= set(ev["models"])  # the control continued the imported model
     assert ev["models"]["progressive"]["fid_extractor"].startswith("inception-")
-    g0 = torch.load(next((run / "models").glob("group*.pt")), weights_only=False)
+    g0 = torch.load(next((run / "models").glob("group*.pt")), weights_only=True)
     assert g0["arch"]["time_scale"] == 10.0  # group models keep the imported model's timestep scale
 
     run_cli("fork", "imp", "mag", "--method", "magnitude", "-S", f"eval.inception={inception}", *rd, check=0)

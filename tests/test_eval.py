@@ -95,8 +95,8 @@ def test_the_control_trains_exactly_the_steps_and_images_the_finetunes_used(trai
     assert ft_steps == 2 * len(groups) and art["added_steps"] == ft_steps
     assert art["step"] == artifact_step(run.ckpt("base")) + ft_steps == 6 + ft_steps
     assert art["added_images"] == ft_steps * run.config["finetune"]["batch_size"]
-    ckpt = torch.load(run.ckpt("control"), map_location="cpu", weights_only=False)
-    base = torch.load(run.ckpt("base"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(run.ckpt("control"), map_location="cpu", weights_only=True)
+    base = torch.load(run.ckpt("base"), map_location="cpu", weights_only=True)
     assert ckpt["opt"]["param_groups"][0]["lr"] == run.config["finetune"]["lr"]  # the fine-tune's rate
     # it continued stage 1's optimiser: Adam's step count went on from the base's
     first = next(iter(base["opt"]["state"].values()))["step"]

@@ -59,7 +59,7 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     for j in (pipe, base):  # a crash: no chance to clean up
         os.killpg(j["pgid"], signal.SIGKILL)
     _wait(lambda: not pid_alive(base["pid"]) and not pid_alive(pipe["pid"]), 30, "processes to die")
-    ckpt = torch.load(runs_dir / "e2e" / "checkpoints" / "base.pt", weights_only=False)
+    ckpt = torch.load(runs_dir / "e2e" / "checkpoints" / "base.pt", weights_only=True)
     assert 60 <= ckpt["step"] < 120
     lst = json.loads(run_cli("runs", "--json", *rd, check=0).stdout)
     assert lst[0]["status"] == "lost"
@@ -96,7 +96,7 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     assert steps == list(range(10, 121, 10)) and run_status == "succeeded"
     lines = (run / "metrics" / "base.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(10, 121, 10))
-    assert torch.load(run / "checkpoints" / "base.pt", weights_only=False)["step"] == 120
+    assert torch.load(run / "checkpoints" / "base.pt", weights_only=True)["step"] == 120
     import hashlib
 
     assert arts["models/base.pt"] == hashlib.sha256((run / "models/base.pt").read_bytes()).hexdigest()
@@ -148,7 +148,7 @@ def test_kill_stops_running_job_and_its_children(runs_dir):
     st = {j["stage"]: (j["status"], j["exit_code"]) for j in _jobs(runs_dir, "long")}
     assert st["base"] == ("killed", 130)  # SIGINT: it checkpointed and exited 130
     assert st["pipeline"][0] == "killed"
-    ck = torch.load(runs_dir / "long" / "checkpoints" / "base.pt", weights_only=False)
+    ck = torch.load(runs_dir / "long" / "checkpoints" / "base.pt", weights_only=True)
     assert ck["step"] >= 5
     assert json.loads(run_cli("runs", "--json", *rd, check=0).stdout)[0]["status"] == "killed"
     assert_clean_error(run_cli("kill", str(base["id"]), *rd))
@@ -206,7 +206,7 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     assert "killed" in p.stdout
     assert group_pids(base["pgid"]) == [] and not any(pid_alive(r) for r in ranks)
     assert {j["stage"]: j["status"] for j in _jobs(runs_dir, "ddp")}["base"] == "killed"
-    stopped = torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=False)["step"]
+    stopped = torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"]
     assert 5 <= stopped < 100
     log = open(base["log_path"]).read()
     assert log.count("1 CPU threads") == 2 and "2 processes (DDP)" in log and "Traceback" not in log
@@ -219,7 +219,7 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     assert f"resuming from step {stopped}" in log and "2 processes (DDP)" in log
     control = next(j for j in jobs if j["stage"] == "control")
     assert control["status"] == "succeeded" and "2 processes (DDP)" in open(control["log_path"]).read()
-    assert torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=False)["step"] == 100
+    assert torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"] == 100
     lines = (runs_dir / "ddp" / "metrics" / "base.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(10, 101, 10))  # each step once
     ev = json.loads((runs_dir / "ddp" / "eval.json").read_text())

@@ -43,8 +43,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(runs_dir):
     train(spec_for(b, cfg, 3), build_unet(cfg["model"], seed=0), diff, data, progress=False)
     torch.manual_seed(12345)  # whatever happens in between must not matter
     train(spec_for(b, cfg, 6), build_unet(cfg["model"], seed=0), diff, data, progress=False, resume=True)
-    sa = torch.load(a.ckpt("base"), weights_only=False)
-    sb = torch.load(b.ckpt("base"), weights_only=False)
+    sa = torch.load(a.ckpt("base"), weights_only=True)
+    sb = torch.load(b.ckpt("base"), weights_only=True)
     assert sa["step"] == sb["step"] == 6
     for key in ("model", "ema"):
         for name, tensor in sa[key].items():
@@ -106,14 +106,14 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "Traceback" not in err and "checkpoint saved" in err
-    ck = torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)
+    ck = torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=True)
     stopped = ck["step"]
     assert stopped >= 3
     shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
     assert shown["run"]["status"] == "killed"
     assert [(j["status"], j["exit_code"]) for j in shown["jobs"]] == [("killed", 130)]
     run_cli("train", "--run", "sig", "--runs-dir", runs_dir, "--resume", "--steps", stopped + 2, check=0)
-    assert torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=False)["step"] == stopped + 2
+    assert torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=True)["step"] == stopped + 2
     assert (runs_dir / "sig" / "models" / "base.pt").exists()
     shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
     assert [j["status"] for j in shown["jobs"]] == ["killed", "succeeded"] and shown["run"]["status"] == "created"
@@ -157,16 +157,16 @@ def test_ddp_on_two_ranks_and_grad_accumulation_match_one_process(tmp_path):
         p = subprocess.run([*cmd, str(tmp_path / name), "2" if name == "accum" else "1"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
-    ref = torch.load(tmp_path / "one" / "m.pt", weights_only=False)["state"]
+    ref = torch.load(tmp_path / "one" / "m.pt", weights_only=True)["state"]
     for name in ("accum", "ddp"):
-        got = torch.load(tmp_path / name / "m.pt", weights_only=False)["state"]
+        got = torch.load(tmp_path / name / "m.pt", weights_only=True)["state"]
         for k in ref:
             assert torch.allclose(ref[k], got[k], atol=2e-4), (name, k, (ref[k] - got[k]).abs().max())
         losses = [json.loads(line)["loss"] for line in (tmp_path / name / "m.jsonl").read_text().splitlines()]
         ref_losses = [json.loads(line)["loss"] for line in (tmp_path / "one" / "m.jsonl").read_text().splitlines()]
         assert losses == pytest.approx(ref_losses, rel=1e-4)
     # weights moved: the comparison is not between two untouched models
-    init = torch.load(tmp_path / "one" / "ck.pt", weights_only=False)["model"]
+    init = torch.load(tmp_path / "one" / "ck.pt", weights_only=True)["model"]
     assert any(not torch.allclose(init[k], ref[k]) for k in ref if ref[k].is_floating_point())
 
 
@@ -187,7 +187,7 @@ def test_ema_warmup_keeps_little_of_the_starting_weights_after_a_short_fine_tune
         start = build_unet(cfg["model"], seed=0)
         init = {k: v.clone() for k, v in start.state_dict().items()}
         train(spec, start, diff, data, progress=False)
-        st = torch.load(run.ckpt("base"), weights_only=False)
+        st = torch.load(run.ckpt("base"), weights_only=True)
         dist[warm] = sum(((st["ema"][k] - st["model"][k]) ** 2).sum().item() for k in init
                          if init[k].is_floating_point())
     assert dist[True] < dist[False] / 4
@@ -209,11 +209,11 @@ def test_finetune_measures_held_out_loss_every_n_steps_keeps_the_best_and_resume
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert [r["step"] for r in rows] == [0, 2, 4, 6]
         best = min(rows, key=lambda r: r["value"])
-        kept = torch.load(run / "models" / "best" / path.name.replace(".jsonl", ".pt"), weights_only=False)
+        kept = torch.load(run / "models" / "best" / path.name.replace(".jsonl", ".pt"), weights_only=True)
         assert kept["step"] == best["step"] and kept["best_value"] == best["value"]
-    prog = torch.load(run / "models" / "progressive.pt", weights_only=False)
+    prog = torch.load(run / "models" / "progressive.pt", weights_only=True)
     g = int(curves[0].stem[len("group"):])
-    kept = torch.load(run / "models" / "best" / curves[0].name.replace(".jsonl", ".pt"), weights_only=False)
+    kept = torch.load(run / "models" / "best" / curves[0].name.replace(".jsonl", ".pt"), weights_only=True)
     assert all(torch.equal(prog["groups"][g]["state"][k], kept["state"][k]) for k in kept["state"])
     p = run_cli("train", "--preset", "tiny", "--run", "bad", "-S", "finetune.keep=best", *rd)
     assert p.returncode == 2 and "eval_every" in p.stderr
@@ -231,7 +231,7 @@ def test_on_a_cpu_with_amx_training_runs_its_convolutions_in_bf16_and_keeps_fp32
     train(spec_for(run, cfg, 2), model, create_diffusion(cfg), load_dataset(cfg), progress=False)
     assert seen and set(seen) == {torch.bfloat16}
     assert "[base] bf16 autocast on cpu" in capfd.readouterr().err
-    ck = torch.load(run.ckpt("base"), weights_only=False)
+    ck = torch.load(run.ckpt("base"), weights_only=True)
     assert {v.dtype for v in ck["model"].values() if v.is_floating_point()} == {torch.float32}
     assert {v.dtype for v in load_unet(run.model("base")).state_dict().values()} == {torch.float32}
     assert artifact_fields(run.model("base"))["precisions"] == ["bf16 autocast"]  # recorded with the model
@@ -250,4 +250,4 @@ def test_with_bf16_off_training_computes_in_fp32(runs_dir, capfd):
     assert seen and set(seen) == {torch.float32}
     assert "[base] fp32 on cpu" in capfd.readouterr().err
     assert artifact_fields(run.model("base"))["precisions"] == ["fp32"]
-    assert torch.load(run.ckpt("base"), weights_only=False)["precisions"] == ["fp32"]
+    assert torch.load(run.ckpt("base"), weights_only=True)["precisions"] == ["fp32"]

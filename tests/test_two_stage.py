@@ -23,15 +23,15 @@ def test_tiny_two_stage_run_end_to_end(runs_dir):
     assert "group 1: done already" in p.stderr
     assert (run / "models" / "group01.pt").stat().st_mtime_ns == first
     for g in nonempty:
-        ck = torch.load(run / "checkpoints" / f"group{g:02d}.pt", weights_only=False)
+        ck = torch.load(run / "checkpoints" / f"group{g:02d}.pt", weights_only=True)
         assert ck["step"] == 2 and ck["spec"]["timesteps"] == sched["groups"][g]["timesteps"]
     prog = load_progressive(run / "models" / "progressive.pt")
     assert sorted(int(k) for k in prog.models) == nonempty
     assert prog.group_of.tolist() == [next(g["index"] for g in sched["groups"] if t in g["timesteps"])
                                       for t in range(100)]
     # a group model starts from the base EMA and moves away from it
-    base = torch.load(run / "models" / "base.pt", weights_only=False)["state"]
-    g1 = torch.load(run / "models" / "group01.pt", weights_only=False)["state"]
+    base = torch.load(run / "models" / "base.pt", weights_only=True)["state"]
+    g1 = torch.load(run / "models" / "group01.pt", weights_only=True)["state"]
     assert any(not torch.equal(base[k], g1[k]) for k in base)
     # sampling with the progressive model, and the cost table
     run_cli("sample", "ts", "--model", "progressive", "--n", "3", "--steps", "5", *rd, check=0)

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from core.method.artifacts import UNREADABLE
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 
@@ -165,18 +164,19 @@ def domain_extractor(data, cfg: dict, runs_dir, device="cpu", log=print) -> tupl
 
 
 def _domain_extractor(data, cfg: dict, key: str, path: Path, device, log) -> tuple[nn.Module, dict]:
-    from core.runs import atomic_torch_save
+    from core.runs import atomic_torch_save, atomic_write_bytes, load_torch
 
     ident = f"domain2-{key}"  # 2: shape + texture features (1 was the penultimate layer alone)
     shipped = SHIPPED_NETS / path.name
-    if not path.exists() and shipped.is_file():  # the bundled digits: the net bench/'s results were measured with
-        from core.runs import atomic_write_bytes
-
-        atomic_write_bytes(path, lambda f: f.write(shipped.read_bytes()))
-        log(f"domain feature net for {key}: the one shipped with stepadapt (copied to {path.parent})")
-    if path.exists():
+    for attempt in ("cached", "shipped"):
+        if (attempt == "shipped" or not path.exists()) and shipped.is_file():
+            # the bundled digits: the net bench/'s results were measured with (also in place of an unreadable copy)
+            atomic_write_bytes(path, lambda f: f.write(shipped.read_bytes()))
+            log(f"domain feature net for {key}: the one shipped with stepadapt (copied to {path.parent})")
+        if not path.exists():
+            break
         try:
-            art = torch.load(path, map_location="cpu", weights_only=False)
+            art = load_torch(path, "domain feature net")
             net = DomainNet(art["channels"], art["info"]["classes"])
             net.load_state_dict(art["state"])
             if "scales" not in art:  # a net cached by an older version: its scales, once
@@ -184,8 +184,10 @@ def _domain_extractor(data, cfg: dict, key: str, path: Path, device, log) -> tup
                 atomic_torch_save(art, path)
             return _Features(net, art["scales"]).to(device), {**art["info"], "id": ident, "cached": True,
                                                                "path": str(path)}
-        except (*UNREADABLE, KeyError, TypeError):
-            log(f"{path} is unreadable; training the domain feature net again")
+        except (UserError, KeyError, TypeError, RuntimeError) as e:  # refused, truncated or not a net
+            log(f"{path} is unusable ({e})")
+            if not shipped.is_file():
+                break
     log(f"training the domain feature network for {key} (once; cached in {path.parent})")
     net, info = train_domain_net(data, cfg, device=device, log=log)
     scales = feature_scales(net, data)

@@ -11,8 +11,6 @@ any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from typing import Optional
 
 import torch
@@ -20,23 +18,13 @@ import torch
 from core.errors import UserError
 from core.method.progressive import ProgressiveDenoiser
 from core.method.prune import build_pruned
-from core.runs import atomic_torch_save
-
-# what torch.load raises on a truncated, foreign or corrupt file
-UNREADABLE = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, AttributeError,
-              ImportError)
+from core.runs import atomic_torch_save, load_torch
 
 
 def read_artifact(path, device="cpu", what: str = "model") -> dict:
-    """The artifact's dict, or a one-line ``UserError`` for a missing or unreadable file."""
-    try:
-        art = torch.load(path, map_location=device, weights_only=False)
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} {path} is a folder, not a file") from None
-    except UNREADABLE as e:
-        raise UserError(f"cannot read {what} {path}: {type(e).__name__}: {e}") from None
+    """The artifact's dict (tensors and plain data only: ``runs.load_torch``), or a one-line ``UserError`` for a
+    missing, unreadable or refused file."""
+    art = load_torch(path, what, device)
     if not isinstance(art, dict):
         raise UserError(f"{path} is not a stepadapt {what} artifact")
     return art

@@ -4,6 +4,10 @@
 reference to a storage file beside it. Unpickling ``data.pkl`` with every torch object replaced by a stub and
 every storage reference by None gives the dict's plain entries in milliseconds, without loading any tensor
 or importing torch (about 3 s and 600 MB here): what listing runs needs to know which stages are done.
+
+A runs folder is shared data, so this unpickler resolves no global of the file's choosing: torch's names become
+an inert stub that keeps nothing and calls nothing, ``collections.OrderedDict`` (a state dict) is allowed, and
+any other global (``os.system``, ``builtins.eval``) makes the file unreadable: ``{}``, never a call.
 """
 from __future__ import annotations
 
@@ -27,11 +31,20 @@ class _Stub:
         pass
 
 
+class _StateDict(dict):
+    """A state dict's ``OrderedDict``: its entries kept, its ``_metadata`` attribute dropped."""
+
+    def __setstate__(self, state):
+        pass
+
+
 class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if module == "torch" or module.startswith("torch."):
-            return _Stub
-        return super().find_class(module, name)
+            return _Stub  # never torch's own object: the stub runs nothing
+        if (module, name) == ("collections", "OrderedDict"):
+            return _StateDict
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")  # the file reads as unreadable
 
     def persistent_load(self, pid):
         return None  # a tensor's storage: not read

@@ -32,7 +32,7 @@ import torch
 
 from core.errors import Interrupted, UserError
 from core.model.diffusion import GaussianDiffusion, TimestepSampler, to_model_range
-from core.runs import atomic_torch_save, sweep_partial_writes
+from core.runs import atomic_torch_save, load_torch, sweep_partial_writes
 from core.training.data import batches
 from core.training.devices import autocast, distributed
 from core.training.spec import TrainSpec, snapshot_path  # noqa: F401 (the loop's spec, here as before)
@@ -190,8 +190,8 @@ class TrainLoop:
     def resume(self) -> int:
         """Weights, EMA, optimiser and RNG state from the checkpoint; returns its step."""
         spec = self.spec
+        state = load_torch(spec.ckpt, "checkpoint", self.device)
         try:
-            state = torch.load(spec.ckpt, map_location=self.device, weights_only=False)
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             if state["opt"] is not None:  # None: a base imported from elsewhere starts a fresh optimiser

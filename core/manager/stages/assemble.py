@@ -20,9 +20,7 @@ def pending(run) -> list:
 
 def assemble(run, sched=None) -> Optional[str]:
     """Write ``models/progressive.pt`` once every non-empty group has a model; returns its path or None."""
-    import torch
-
-    from core.method.artifacts import save_progressive
+    from core.method.artifacts import read_artifact, save_progressive
     from core.method.schedule import run_schedule
 
     sched = sched or run_schedule(run)
@@ -34,7 +32,7 @@ def assemble(run, sched=None) -> Optional[str]:
             return None
         if best and run.best_model(run.group_stage(g.index)).exists():  # finetune.keep: best (measured) weights
             path = run.best_model(run.group_stage(g.index))
-        art = torch.load(path, map_location="cpu", weights_only=False)
+        art = read_artifact(path)
         parts[g.index] = {"arch": art["arch"], "plan": art.get("plan"), "state": art["state"]}
     out = run.model("progressive")
     save_progressive(out, parts, sched.group_of, {"schedule": sched.to_json()})
