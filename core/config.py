@@ -74,6 +74,7 @@ _BASE: dict[str, Any] = {
         "channels_last": True,
         "compile": False,
         "accum": 1,
+        "keep": [],
     },
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
     "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999, "distill": 0.0,
@@ -175,6 +176,8 @@ def _coerce(default: Any, val: Any, path: str, where: str) -> Any:
     elif kind is list:
         if isinstance(val, int) and not isinstance(val, bool):
             val = [val]
+        if isinstance(val, str) and not default:  # -S train.keep=1500,3000: a list of numbers written plainly
+            val = [int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in val.split(",") if v.strip()]
         if isinstance(val, (list, tuple)):
             if len(val) > MAX_LIST:
                 raise UserError(f"{where}: {path!r} has {len(val)} items; at most {MAX_LIST}")
@@ -299,6 +302,9 @@ def validate(cfg: dict) -> None:
         (1 <= cfg["eval"]["steps"] <= d["steps"], "eval.steps must be in [1, diffusion.steps]"),
         (cfg["eval"]["primary"] in METRICS, f"eval.primary must be one of {', '.join(METRICS)}"),
         (cfg["eval"]["bootstrap"] >= 20, "eval.bootstrap must be >= 20 (resamples for the intervals)"),
+        (all(isinstance(k, int) and not isinstance(k, bool) and 0 < k < cfg["train"]["steps"]
+             for k in cfg["train"]["keep"]),
+         "train.keep must list steps between 0 and train.steps (milestones: the base's EMA weights kept there)"),
         (cfg["finetune"]["distill"] >= 0, "finetune.distill must be >= 0"),
         (cfg["finetune"]["eval_every"] >= 0, "finetune.eval_every must be >= 0 (0: off)"),
         (cfg["finetune"]["keep"] in ("last", "best"), "finetune.keep must be last or best"),
@@ -364,6 +370,9 @@ def model_arch(cfg: dict) -> dict:
 
 
 def config_hash(cfg: dict) -> str:
-    """The experiment's identity: every setting except where its jobs run (``launcher``)."""
+    """The experiment's identity: every setting except where its jobs run (``launcher``) and which steps of stage 1
+    are kept as milestones (``train.keep``: the weights are the same)."""
     what = {k: v for k, v in cfg.items() if k != "launcher"}
+    if isinstance(what.get("train"), dict):
+        what["train"] = {k: v for k, v in what["train"].items() if k != "keep"}
     return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

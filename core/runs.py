@@ -7,6 +7,7 @@ is a ``Run`` method; nothing else spells a run's file names.
         schedule.json/png  the SNR schedule and its timestep groups
         checkpoints/       resumable training state per training stage (base.pt, group03.pt, ...)
         models/            EMA weights for use (base.pt, group03.pt, ..., progressive.pt)
+        milestones/        stage 1 kept at train.keep's steps: EMA weights (step0001500.pt) and state (.state.pt)
         metrics/           one JSON line per logged step (base.jsonl, group03.jsonl, ...)
         prune/             one record per pruned group (group03.json: plan and report)
         samples/           sample grids (PNG)
@@ -207,6 +208,15 @@ class Run:
 
     def model(self, stage: str) -> Path:
         return self.path / "models" / f"{stage}.pt"
+
+    def milestones(self) -> Path:
+        """Stage 1 kept at ``train.keep``'s steps (``training.spec.milestone_paths`` names the files)."""
+        return self.path / "milestones"
+
+    def milestone_steps(self) -> list[int]:
+        """The steps at which stage 1's weights were kept, ascending."""
+        steps = (p.name[4:11] for p in self.milestones().glob("step???????.pt"))
+        return sorted(int(s) for s in steps if s.isdigit())
 
     def best_model(self, stage: str) -> Path:
         """The EMA weights at the lowest held-out loss measured during a fine-tune (``finetune.eval_every``)."""

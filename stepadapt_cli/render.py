@@ -132,7 +132,8 @@ def print_show(run, data: dict) -> None:
                   f"{str(base.get('file_sha256'))[:12]}; base sha256 {str(base.get('sha256'))[:12]})",
                   markup=False, highlight=False)
     elif base.get("origin") == "fork":
-        con.print(f"stage 1: shared with {base.get('run')} (a fork; base sha256 {str(base.get('sha256'))[:12]})",
+        at = f"@{base['step']}" if base.get("step") is not None else ""
+        con.print(f"stage 1: shared with {base.get('run')}{at} (a fork; base sha256 {str(base.get('sha256'))[:12]})",
                   markup=False, highlight=False)
     con.print("stages: " + "  ".join(f"{k} [{'green' if v == 'done' else 'yellow'}]{v}[/]"
                                       for k, v in data["stages"].items()))

@@ -7,6 +7,8 @@ the step, and where it came from) and ``checkpoints/base.pt`` (what the control 
     meta["base"] = {"origin": "import", "file": PATH, "file_sha256": ..., "format": "improved-diffusion",
                     "sha256": sha256 of models/base.pt}
     meta["base"] = {"origin": "fork", "run": PARENT, "sha256": ...}   (and meta["parent"] = PARENT)
+    meta["base"] = {"origin": "fork", "run": PARENT, "step": STEP, "sha256": ...}   a fork of PARENT@STEP: the
+                   milestone that PARENT's stage 1 kept at STEP (train.keep), EMA weights and training state
 
 A fork shares its parent's stage 1, so the sections stage 1 depends on (model, diffusion, train, data) cannot
 change; anything later (schedule, prune, fine-tune, control, sample, eval, seed) can. A fork's base files are
@@ -15,6 +17,7 @@ every write in this project replaces a file rather than changing it in place.
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -48,7 +51,8 @@ def base_origin(run: Run) -> str:
     if base.get("origin") == "import":
         return "imported"
     if base.get("origin") == "fork" or run.meta.get("parent"):
-        return f"fork of {base.get('run') or run.meta.get('parent')}"
+        at = f"@{base['step']}" if base.get("step") is not None else ""
+        return f"fork of {base.get('run') or run.meta.get('parent')}{at}"
     return "trained"
 
 
@@ -100,12 +104,15 @@ def _write_base(run: Run, cfg: dict, arch: dict, state: dict, origin: dict) -> N
 
 
 # -- fork --------------------------------------------------------------------------------------------------
-def fork_config(parent: Run, overrides: Iterable[str]) -> dict:
-    """The parent's config with ``overrides``; changing what stage 1 depends on is refused."""
+def fork_config(parent: Run, overrides: Iterable[str], step: Optional[int] = None) -> dict:
+    """The parent's config with ``overrides``; changing what stage 1 depends on is refused. A fork of milestone
+    ``step`` has a stage 1 of ``step`` steps that keeps no milestones of its own."""
     from core import config as C
 
     before = parent.config  # a completed copy, as every read of it
-    cfg = C.apply_overrides(parent.config, overrides)
+    if step is not None:
+        before["train"].update(steps=step, keep=[])
+    cfg = C.apply_overrides(copy.deepcopy(before), overrides)
     for section in SHARED_SECTIONS:
         if cfg.get(section) != before.get(section):
             keys = sorted(k for k in set(cfg[section]) | set(before[section])
@@ -139,27 +146,79 @@ def check_parent_base(parent: Run) -> str:
     return digest
 
 
+def split_milestone(name: str) -> tuple[str, Optional[int]]:
+    """``RUN@STEP`` -> (RUN, STEP), a milestone of RUN's stage 1; ``RUN`` -> (RUN, None)."""
+    head, at, tail = name.rpartition("@")
+    if not at:
+        return name, None
+    if not tail.isdigit() or not head:
+        raise UserError(f"bad base {name!r}: RUN@STEP takes a step number after @ (e.g. base@1500)")
+    return head, int(tail)
+
+
+def check_milestone(parent: Run, step: int) -> tuple[Path, Path, str]:
+    """Milestone ``step`` of ``parent``'s stage 1: its model and state files and the model's sha256, or a one-line
+    error naming the milestones there are."""
+    from core.method.fields import artifact_step
+    from core.training.spec import milestone_paths
+
+    model, state = milestone_paths(parent.milestones(), step)
+    if not model.is_file() or not state.is_file():
+        kept = parent.milestone_steps()
+        raise UserError(f"run {parent.name} kept no milestone at step {step} ("
+                        + (f"kept: {', '.join(map(str, kept))}" if kept else "none kept; see train.keep") + ")")
+    if artifact_step(model) != step or artifact_step(state) != step:
+        raise UserError(f"run {parent.name}'s milestone {step} is unreadable or not from step {step}: {model}")
+    return model, state, file_sha256(model)
+
+
 def fork_run(parent_name: str, name: Optional[str], overrides: Iterable[str], runs_dir,
              log: Callable[[str], None] = print) -> Run:
-    """A new run sharing ``parent_name``'s finished stage 1 (config from the parent, with ``overrides``)."""
+    """A new run sharing ``parent_name``'s finished stage 1 (config from the parent, with ``overrides``); with
+    ``PARENT@STEP``, the stage 1 that the parent kept at milestone STEP."""
+    parent_name, step = split_milestone(parent_name)
     parent = open_run(parent_name, runs_dir)
-    cfg = fork_config(parent, overrides)
-    digest = check_parent_base(parent)
+    cfg = fork_config(parent, overrides, step)
+    if step is None:
+        model, state, digest = parent.model("base"), parent.ckpt("base"), check_parent_base(parent)
+    else:
+        model, state, digest = check_milestone(parent, step)
     run = create_run(cfg, name, runs_dir, parent=parent.name)
     try:
-        for src, dst in ((parent.model("base"), run.model("base")), (parent.ckpt("base"), run.ckpt("base"))):
+        for src, dst in ((model, run.model("base")), (state, run.ckpt("base"))):
             _link_or_copy(src, dst)
         if file_sha256(run.model("base")) != digest:
             raise UserError(f"the fork's base differs from {parent.name}'s after copying; disk trouble?")
-        if parent.metrics("base").is_file():  # the base's training curve, for the report
-            _link_or_copy(parent.metrics("base"), run.metrics("base"), copy_only=True)
-        _copy_store_metrics(parent, run)
-        _record(run, {"origin": "fork", "run": parent.name, "sha256": digest})
+        _copy_base_curve(parent, run, step)
+        _record(run, {"origin": "fork", "run": parent.name, **({} if step is None else {"step": step}),
+                      "sha256": digest})
     except BaseException:
         _discard(run)
         raise
-    log(f"run {run.name}: a fork of {parent.name}, sharing its stage 1 (base sha256 {digest[:12]})")
+    at = "" if step is None else f" at step {step}"
+    log(f"run {run.name}: a fork of {parent.name}{at}, sharing its stage 1 (base sha256 {digest[:12]})")
     return run
+
+
+def _copy_base_curve(parent: Run, run: Run, step: Optional[int]) -> None:
+    """The base's training curve, for the report (up to the milestone of a milestone's fork)."""
+    import json
+
+    from core.runs import read_jsonl
+    from core.store import open_store
+
+    if parent.metrics("base").is_file():
+        if step is None:
+            _link_or_copy(parent.metrics("base"), run.metrics("base"), copy_only=True)
+        else:
+            lines = [r for r in read_jsonl(parent.metrics("base")) if r.get("step", 0) <= step]
+            run.metrics("base").parent.mkdir(parents=True, exist_ok=True)
+            run.metrics("base").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    store = open_store(run.path.parent)
+    rows = [{k: v for k, v in r.items() if k != "id"} | {"run": run.name, "job": None}
+            for r in store.metrics(parent.name, stage="base") if step is None or (r.get("step") or 0) <= step]
+    if rows:
+        store.log_metrics(rows)
 
 
 def _link_or_copy(src: Path, dst: Path, copy_only: bool = False) -> None:
@@ -173,16 +232,6 @@ def _link_or_copy(src: Path, dst: Path, copy_only: bool = False) -> None:
     tmp = dst.with_name(f".{dst.name}.copy.tmp")
     shutil.copyfile(src, tmp)
     tmp.replace(dst)
-
-
-def _copy_store_metrics(parent: Run, run: Run) -> None:
-    from core.store import open_store
-
-    store = open_store(run.path.parent)
-    rows = [{k: v for k, v in r.items() if k != "id"} | {"run": run.name, "job": None}
-            for r in store.metrics(parent.name, stage="base")]
-    if rows:
-        store.log_metrics(rows)
 
 
 def _record(run: Run, base: dict) -> None:

@@ -35,7 +35,7 @@ from core.model.diffusion import GaussianDiffusion, TimestepSampler, to_model_ra
 from core.runs import atomic_torch_save, load_torch, sweep_partial_writes
 from core.training.data import batches
 from core.training.devices import autocast, distributed
-from core.training.spec import TrainSpec, snapshot_path  # noqa: F401 (the loop's spec, here as before)
+from core.training.spec import TrainSpec, milestone_paths, snapshot_path  # noqa: F401 (the loop's spec, here as before)
 
 
 @torch.no_grad()
@@ -272,7 +272,8 @@ class TrainLoop:
         self._hook("on_log", rec)
         return rec
 
-    def checkpoint(self, step: int) -> None:
+    def checkpoint(self, step: int, path: Optional[Path] = None) -> None:
+        """The resumable state at ``step`` (to ``spec.ckpt`` unless ``path`` says where)."""
         if not self.main:
             return
         atomic_torch_save({
@@ -280,7 +281,17 @@ class TrainLoop:
             "step": step, "best": self.best, "precisions": sorted(self.precisions),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
             "spec": {k: str(v) if isinstance(v, Path) else v for k, v in self.spec.__dict__.items()},
-        }, self.spec.ckpt)
+        }, path or self.spec.ckpt)
+
+    def keep_milestone(self, step: int) -> None:
+        """Milestone ``step`` (``spec.keep``): the EMA weights as a model artifact and the training state beside them,
+        so that a run forked from it (``fork RUN@STEP``) starts exactly there."""
+        if not self.main or self.spec.milestones is None:
+            return
+        model, state = milestone_paths(self.spec.milestones, step)
+        self.checkpoint(step, state)
+        atomic_torch_save({"state": self.ema.state_dict(), "step": step, "precisions": sorted(self.precisions),
+                           "milestone": True, **self.spec.extra}, model)
 
     def evaluate(self, step: int) -> None:
         """Measure the EMA model (lower is better): a line in ``spec.evals``, and ``spec.best_out`` when it is the
@@ -342,6 +353,8 @@ class TrainLoop:
                     self._hook("on_step", done, spec.steps)
                     bar.update(done, f"loss {last.get('loss', float('nan')):.4f} {last.get('it_s', 0):.1f} it/s",
                                logged)
+                    if done in spec.keep:
+                        self.keep_milestone(done)
                     if done % spec.ckpt_every == 0 and done != spec.steps:
                         self.checkpoint(done)
                     if self.stopping(stop):

@@ -37,8 +37,16 @@ class TrainSpec:
     best_out: Optional[Path] = None    # the EMA weights at the best (lowest) measurement so far
     snapshots: Optional[Path] = None   # a folder for the EMA weights at every measurement (stepNNNNNNN.pt)
     extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
+    keep: list[int] = field(default_factory=list)  # milestones: steps whose EMA weights and state are kept
+    milestones: Optional[Path] = None  # their folder (``milestone_paths``)
 
 
 def snapshot_path(folder: Path, step: int) -> Path:
     """The EMA weights a training job kept at ``step`` (``TrainSpec.snapshots``)."""
     return Path(folder) / f"step{step:07d}.pt"
+
+
+def milestone_paths(folder: Path, step: int) -> tuple[Path, Path]:
+    """The EMA weights (a model artifact, as ``models/base.pt``) and the training state (a checkpoint, what the
+    control of a run forked from this milestone continues) that a training job kept at milestone ``step``."""
+    return Path(folder) / f"step{step:07d}.pt", Path(folder) / f"step{step:07d}.state.pt"

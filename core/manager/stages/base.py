@@ -27,7 +27,8 @@ def base_spec(run, cfg: dict, steps: Optional[int] = None, **changes) -> TrainSp
         ema_decay=t["ema_decay"], seed=cfg["seed"], weight_decay=t["weight_decay"], grad_clip=t["grad_clip"],
         log_every=t["log_every"], ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"],
         channels_last=t["channels_last"], compile=t["compile"], accum=t["accum"],
-        extra={"arch": model_arch(cfg), "stage": "base"},
+        extra={"arch": model_arch(cfg), "stage": "base"}, keep=list(t.get("keep") or []),
+        milestones=run.milestones(),
     )
     for key, val in changes.items():
         setattr(spec, key, val)

@@ -87,6 +87,6 @@ def control_spec(run, cfg: dict, added: int, base_step: int):
     f = cfg["finetune"]
     return base_spec(run, cfg, steps=base_step + added, name="control", ckpt=run.ckpt("control"),
                      model_out=run.model("control"), metrics=run.metrics("control"), batch_size=f["batch_size"],
-                     lr=f["lr"], ema_decay=f["ema_decay"],
+                     lr=f["lr"], ema_decay=f["ema_decay"], keep=[], milestones=None,  # milestones are stage 1's
                      extra={"arch": model_arch(cfg), "stage": "control", "base_step": base_step, "added_steps": added,
                             "added_images": added * f["batch_size"]})
