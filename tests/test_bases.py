@@ -342,3 +342,36 @@ def standin_inception(tmp_path):
     path.parent.mkdir()
     torch.jit.script(StandIn()).save(str(path))
     return path
+
+
+def test_a_fork_of_a_milestone_has_exactly_the_weights_a_run_of_that_many_steps_has(runs_dir):
+    """train.keep keeps stage 1 at chosen steps; fork RUN@STEP starts there: its base is the milestone's EMA weights,
+    which are those of a run trained for STEP steps alone (same seed), and its stage 1 is STEP steps long."""
+    from tests.conftest import MICRO
+
+    rd = ["--runs-dir", runs_dir]
+    run_cli("train", "--preset", "tiny", "--name", "long", *MICRO, "--train-steps", "8", "-S", "train.keep=3,5",
+            "-S", "train.log_every=1", *rd, check=0)
+    run_cli("train", "--preset", "tiny", "--name", "short", *MICRO, "--train-steps", "5", *rd, check=0)
+    p = run_cli("fork", "long@5", "f5", *rd, check=0)
+    assert "a fork of long at step 5" in p.stdout + p.stderr
+    load = (lambda name, f="models/base.pt": torch.load(runs_dir / name / f, weights_only=True))
+    fork, short, final = load("f5"), load("short"), load("long")
+    assert fork["step"] == 5 and all(torch.equal(fork["state"][k], short["state"][k]) for k in short["state"])
+    assert any(not torch.equal(fork["state"][k], final["state"][k]) for k in final["state"])
+    state, short_state = load("f5", "checkpoints/base.pt"), load("short", "checkpoints/base.pt")
+    assert state["step"] == 5 and all(torch.equal(state["model"][k], short_state["model"][k])
+                                      for k in short_state["model"])
+    assert torch.equal(state["rng"]["torch"], short_state["rng"]["torch"])
+    meta, cfg = (json.loads((runs_dir / "f5" / f).read_text()) for f in ("meta.json", "config.json"))
+    assert meta["base"]["run"] == "long" and meta["base"]["step"] == 5 and cfg["train"]["steps"] == 5
+    assert [json.loads(x)["step"] for x in (runs_dir / "f5" / "metrics/base.jsonl").read_text().splitlines()] \
+        == [1, 2, 3, 4, 5]  # the parent's curve up to the milestone
+    show = run_cli("show", "f5", *rd, check=0).stdout
+    assert "shared with long@5" in show
+    for bad, says in (("long@4", "kept no milestone at step 4 (kept: 3, 5)"), ("long@x", "RUN@STEP takes a step"),
+                      ("short@2", "none kept; see train.keep")):
+        p = run_cli("fork", bad, "g", *rd)
+        assert_clean_error(p)
+        assert says in p.stderr, p.stderr
+    assert not (runs_dir / "g").exists()
