@@ -195,6 +195,16 @@ def test_a_model_with_rescale_timesteps_feeds_t_times_1000_over_T_to_its_embeddi
         build_unet(cfg["model"])
 
 
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 def _save(sd, path):
     torch.save(sd, path)
     return path
@@ -203,6 +213,7 @@ def _save(sd, path):
 @pytest.mark.parametrize("case, expect", [
     ("list", "not a state dict"),
     ("truncated", "cannot read"),
+    ("pickle", "holds Python objects other than tensors and plain data; refused"),
     ("other_size", "input blocks"),
     ("no_sigma", "does not learn the variance"),
     ("missing", "has no"),
@@ -219,6 +230,8 @@ def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line_and_nothing_is_wr
     elif case == "truncated":
         _save(sd, path)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "pickle":  # a payload: its load would run a command
+        _save({"x": _Payload(tmp_path / "MARKER")}, path)
     elif case == "other_size":  # a model of another image size: one more level
         _save(their_state_dict({**m, "channel_mult": [1, 2, 2]}), path)
     elif case == "no_sigma":
@@ -232,7 +245,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line_and_nothing_is_wr
     p = run_cli("import", "imp", "--from-iddpm", path, "--preset", "tiny", *SMALL, "--runs-dir", runs_dir)
     assert_clean_error(p)
     assert expect in p.stderr
-    assert not (runs_dir / "imp").exists()
+    assert not (runs_dir / "imp").exists() and not (tmp_path / "MARKER").exists()
     db = runs_dir / "stepadapt.db"
     if db.exists():
         assert sqlite3.connect(db).execute("select count(*) from runs").fetchone()[0] == 0

@@ -35,21 +35,12 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """A checkpoint file as a state dict (tensors only; nothing is unpickled but tensors), or a one-line error."""
-    import pickle
-    import zipfile
+    from core.runs import load_torch
 
-    unreadable = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, AttributeError,
-                  ImportError)  # what torch.load raises on a truncated, foreign or corrupt file
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except unreadable as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot read {path} as a PyTorch checkpoint (truncated or not a .pt file?): {first[:200]}") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    sd = load_torch(path, "checkpoint")
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(f"{path} is not a state dict (a mapping of tensor names to tensors), as improved-diffusion "
                         "saves its models")
