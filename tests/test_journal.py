@@ -1,5 +1,6 @@
 """Jobs write their books to a journal in their own folder and never open the SQLite store; the owner of the
 store ingests each journal exactly once (``core/manager/journal.py``)."""
+import hashlib
 import json
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from core.manager.journal import Journal, ingest, read_new
+from core.manager.journal import Journal, ingest, read_lines
 from core.runs import Run
 from core.store import open_store
 from tests.conftest import REPO
@@ -29,13 +30,15 @@ def test_a_journal_lands_in_the_store_once_with_its_calls_rounds_and_status(runs
     store = open_store(runs_dir)
     job_id, j = _job(store, runs_dir)
     j.update_job(job_id, heartbeat=123.0, progress=3, total=10, message="busy", host="node7")
-    j.log_metrics([{"run": "r", "job": job_id, "stage": "group00", "group_index": 0, "step": s, "key": "loss",
+    j.log_metrics([{"run": "r", "job": job_id, "stage": "prune", "group_index": 0, "step": s, "key": "loss",
                     "value": 1.0 / s, "time": 0.0} for s in (1, 2, 3)])
     cid = j.log_call({"run": "r", "group_index": 0, "session": "s", "round": 0, "seq": 0, "attempt": 0,
                       "model_asked": "m", "messages": [{"role": "user", "content": "hi"}], "request_key": "k"})
     j.update_call(cid, parsed={"keep": 0.5})
     j.log_round({"run": "r", "group_index": 0, "session": "s", "round": 0, "loss": 0.25, "accepted": 1,
                  "call_id": cid})
+    (runs_dir / "r" / "prune").mkdir()
+    (runs_dir / "r" / "prune" / "group00.json").write_text("{}")
     j.add_artifact({"run": "r", "job": job_id, "path": "prune/group00.json", "kind": "plan", "sha256": "x",
                     "bytes": 1})
     j.finish_job(job_id, "succeeded", 0)
@@ -48,17 +51,18 @@ def test_a_journal_lands_in_the_store_once_with_its_calls_rounds_and_status(runs
     call = store.calls("r")[0]
     assert call["parsed"] == {"keep": 0.5} and call["job"] == job_id
     assert store.rounds("r")[0]["call_id"] == call["id"]
-    assert [a["path"] for a in store.artifacts("r")] == ["prune/group00.json"]
+    assert [(a["path"], a["sha256"], a["bytes"]) for a in store.artifacts("r")] == \
+        [("prune/group00.json", hashlib.sha256(b"{}").hexdigest(), 2)]  # the file's own, not the record's
 
 
 def test_a_line_being_written_waits_and_a_late_running_record_does_not_undo_a_final_status(runs_dir):
     store = open_store(runs_dir)
     job_id, j = _job(store, runs_dir)
-    j.log_metrics([{"run": "r", "job": job_id, "stage": "s", "group_index": 0, "step": 1, "key": "loss",
+    j.log_metrics([{"run": "r", "job": job_id, "stage": "prune", "group_index": 0, "step": 1, "key": "loss",
                     "value": 1.0, "time": 0.0}])
     with open(j.path, "a") as f:
         f.write('{"k": "metrics", "rows": [')  # a write in progress
-    recs, end = read_new(j.path, 0)
+    recs, end = read_lines(j.path, 0)
     assert len(recs) == 1 and end < j.path.stat().st_size
     assert ingest(store, store.job(job_id)) == 1
     store.finish_job(job_id, "killed", None, "killed")
@@ -75,7 +79,7 @@ from pathlib import Path
 from core.manager.journal import Journal
 j, n = Journal(Path(sys.argv[1])), int(sys.argv[2])
 for s in range(n):
-    j.log_metrics([{"run": "r", "job": 1, "stage": "s", "group_index": 0, "step": s, "key": "loss", "value": s,
+    j.log_metrics([{"run": "r", "job": 1, "stage": "prune", "group_index": 0, "step": s, "key": "loss", "value": s,
                     "time": 0.0}])
 """
 

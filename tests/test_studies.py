@@ -1,5 +1,6 @@
 """Studies: the paper's tables as sets of runs forking one base, resumable as a whole, reported beside the paper."""
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -245,3 +246,56 @@ def test_the_fid_vs_macs_plot_draws_a_base_shared_by_arms_once_and_keeps_distinc
     assert labels == ["base (shared by 2 runs)", "arm-a/control", "arm-a/progressive", "arm-b/control",
                       "arm-b/progressive"]
     assert plot_fid_macs(runs, runs_dir / "fid_macs.png") and (runs_dir / "fid_macs.png").stat().st_size > 1000
+
+
+def _study_file(tmp_path, arms="  - {name: a, set: {prune.method: none}}\n", rows=None, top="", file="study"):
+    """A study definition with these arms (YAML lines) and rows (default: one of arm a)."""
+    path = tmp_path / f"{file}.yaml"
+    path.write_text(f"title: t\n{top}arms:\n{arms}rows:\n"
+                    f"{rows or '  - {label: r, arm: a, model: progressive}'}\n")
+    return path
+
+
+@pytest.mark.parametrize("arms,rows,top,said", [
+    ("  - {name: a, sett: {prune.method: magnitude}}\n", None, "", "unknown key 'sett'; did you mean 'set'?"),
+    ("  - {name: a}\n", None, "titel: x\n", "unknown key 'titel'; did you mean 'title'?"),
+    ("  - {name: a}\n", "  - {label: r, arm: a, modle: progressive}", "", "unknown key 'modle'; did you mean 'model'?"),
+    ("  - {name: a, set: 3}\n", None, "", "'set' must be a table of settings"),
+    ("  - {name: a}\n", "  - {label: r, arm: a, model: progressive, paper: 4.08}", "paper_columns: [FID]\n",
+     "needs a list of 1 paper values"),
+    ("".join(f"  - {{name: a{i}}}\n" for i in range(65)).replace("a0", "a"), None, "",
+     "65 arms asked for, at most 64"),
+])
+def test_a_study_file_with_an_unknown_key_or_too_many_arms_is_one_line(tmp_path, runs_dir, arms, rows, top, said):
+    """Finding 9: an arm's `sett:` (for `set:`) was ignored, and the arm ran with the parent's pruning method; a
+    10,000-arm file made hundreds of forks unasked. Both are one line now, before anything is written (`--base`
+    names no run: the definition is refused before the base is looked up)."""
+    path = _study_file(tmp_path, arms, rows, top)
+    with pytest.raises(UserError, match=re.escape(said)):
+        load_definition(str(path))
+    p = run_cli("study", str(path), "--base", "nosuch", "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert said in p.stderr
+    assert not any(x.is_dir() for x in runs_dir.iterdir())
+
+
+@pytest.mark.parametrize("name", ["../../esc", ".hidden", "a b", "$(touch x)", "x;rm", "a/b", "é", "x" * 97])
+def test_every_arm_name_and_the_study_id_are_checked_before_anything_is_written(tmp_path, runs_dir, name):
+    """Finding 9: an arm named `../../esc` was found only after study.json and two forks existed, and every
+    `study resume` failed. Arm names and the study id are plain run-name parts, checked first."""
+    path = _study_file(tmp_path, arms=f"  - {{name: ok}}\n  - {{name: {json.dumps(name)}}}\n",
+                       rows="  - {label: r, arm: ok, model: progressive}", file="bad")
+    with pytest.raises(UserError, match="is not a plain name"):
+        load_definition(str(path))
+    defn = load_definition(str(_study_file(tmp_path)))
+    with pytest.raises(UserError, match="is not a plain name"):
+        create_study({**defn, "arms": [*defn["arms"], {"name": name}]}, "s", "tiny", None, [], runs_dir)
+    with pytest.raises(UserError, match="study name .* is not a plain name"):
+        create_study(defn, name, "tiny", None, [], runs_dir)
+    p = run_cli("study", str(path), "--base", "nosuch", "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert "is not a plain name" in p.stderr
+    p = run_cli("study", str(_study_file(tmp_path)), "--name", name, "--base", "nosuch", "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert "study name" in p.stderr
+    assert not any(x.is_dir() for x in runs_dir.iterdir()) and not (tmp_path / "x").exists()

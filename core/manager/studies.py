@@ -18,8 +18,10 @@ exactly the runs that have not finished and ``study show`` / ``study report`` re
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,6 +31,10 @@ from core.names import SAMPLE_MODELS
 from core.runs import Run, atomic_write_json, open_run, read_json, runs_root
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"  # the project's definitions
+MAX_ARMS = 64  # a study makes one run per arm: a file with thousands makes thousands of forks
+KEYS = {"definition": ("name", "title", "note", "paper_columns", "common", "arms", "rows", "plot"),
+        "arm": ("name", "set", "after"), "row": ("label", "arm", "model", "paper")}
+NAME, NAME_MAX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*"), 96  # a part of a run's name: no '/', no leading '.'
 
 
 def definitions() -> dict[str, Path]:
@@ -46,26 +52,71 @@ def load_definition(name_or_path: str) -> dict:
                         "(or give a study file)")
     d = load_file(path)
     where = f"study {path}"
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: not a table of title, arms, rows")
+    check_keys(d, "definition", where)
     for key in ("title", "arms", "rows"):
         if key not in d:
             raise UserError(f"{where}: no {key!r}")
-    arms = d["arms"]
+    if not isinstance(d.get("common") or {}, dict):
+        raise UserError(f"{where}: 'common' must be a table of settings")
+    _check_rows(d, _check_arms(d["arms"], where), where)
+    return {**d, "name": d.get("name") or path.stem, "path": str(path)}
+
+
+def _check_arms(arms, where: str) -> list[str]:
+    """A definition's arms checked before anything is written (their count, keys, names, settings, order);
+    returns their names."""
     if not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a.get("name") for a in arms):
         raise UserError(f"{where}: 'arms' must be a list of {{name, set}}")
-    names = [str(a["name"]) for a in arms]
+    if len(arms) > MAX_ARMS:
+        raise UserError(f"{where}: {len(arms)} arms asked for, at most {MAX_ARMS} (one run each)")
+    for a in arms:
+        check_keys(a, "arm", f"{where}: arm {str(a['name'])[:60]!r}")
+        check_name(a["name"], f"{where}: arm name")
+        if not isinstance(a.get("set") or {}, dict):
+            raise UserError(f"{where}: arm {a['name']!r}: 'set' must be a table of settings")
+    names = [a["name"] for a in arms]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: arm names repeat")
-    for a in arms:
-        if a.get("after") is not None and (a["after"] not in names or names.index(a["after"]) >= names.index(a["name"])):
+    for i, a in enumerate(arms):
+        if a.get("after") is not None and (a["after"] not in names or names.index(a["after"]) >= i):
             raise UserError(f"{where}: arm {a['name']!r} comes after {a['after']!r}, which must be an earlier arm")
+    return names
+
+
+def _check_rows(d: dict, names: list[str], where: str) -> None:
+    """A definition's rows: each a known arm's model, with one paper value per paper column."""
     cols = d.get("paper_columns") or []
+    if not isinstance(d["rows"], list):
+        raise UserError(f"{where}: 'rows' must be a list of {{label, arm, model, paper}}")
     for r in d["rows"]:
+        if isinstance(r, dict):
+            check_keys(r, "row", f"{where}: row {str(r.get('label'))[:60]!r}")
         if not isinstance(r, dict) or r.get("arm") not in names or r.get("model") not in SAMPLE_MODELS:
-            raise UserError(f"{where}: a row needs label, an arm of {names} and a model of {list(SAMPLE_MODELS)}: {r}")
-        if r.get("paper") is not None and len(r["paper"]) != len(cols):
-            raise UserError(f"{where}: row {r.get('label')!r} has {len(r['paper'])} paper values for "
-                            f"{len(cols)} paper_columns")
-    return {**d, "name": d.get("name") or path.stem, "path": str(path)}
+            raise UserError(f"{where}: a row needs label, an arm of {names} and a model of {list(SAMPLE_MODELS)}: "
+                            f"{str(r)[:200]}")
+        if r.get("paper") is not None and (not isinstance(r["paper"], list) or len(r["paper"]) != len(cols)):
+            raise UserError(f"{where}: row {r.get('label')!r} needs a list of {len(cols)} paper values, one per "
+                            "paper_columns")
+
+
+def check_keys(d: dict, what: str, where: str) -> None:
+    """Every key of ``d`` (a definition, an arm or a row) is one ``what`` has; else one line with the closest."""
+    for key in d:
+        if key not in KEYS[what]:
+            close = difflib.get_close_matches(str(key), KEYS[what], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(KEYS[what])}"
+            raise UserError(f"{where}: unknown key {str(key)[:60]!r}{hint}")
+
+
+def check_name(name, what: str) -> str:
+    """``name`` (an arm's, a study id) as a part of run names: letters, digits, '-', '_', '.', not starting with
+    '.', at most ``NAME_MAX`` characters (ID-ARM stays a valid run name); else one line."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > NAME_MAX:
+        raise UserError(f"{what} {str(name)[:60]!r} is not a plain name (letters, digits, '-', '_', '.'; not "
+                        f"starting with '.'; at most {NAME_MAX} characters)")
+    return name
 
 
 def arm_overrides(defn: dict, arm: dict, study_id: str = "ID") -> list[str]:
@@ -100,9 +151,9 @@ def create_study(defn: dict, study_id: Optional[str], preset: Optional[str], bas
     from core import config as C
 
     preset = preset or "tiny"
-    study_id = study_id or f"{defn['name']}-{preset}"
-    if "/" in study_id or study_id.startswith("."):
-        raise UserError(f"bad study name {study_id!r}")
+    study_id = check_name(study_id or f"{defn['name']}-{preset}", "study name")
+    for arm in defn["arms"]:  # a definition made elsewhere than load_definition: checked here too
+        check_name(arm["name"], "arm name")
     folder = study_dir(runs_dir, study_id)
     if (folder / "study.json").exists():
         raise UserError(f"study {study_id} exists; continue it with: stepadapt study resume {study_id}")
