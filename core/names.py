@@ -9,6 +9,9 @@ GROUP_STAGES = ("prune", "finetune")
 # also the fastest use of the cores for a small model, whose one process scales badly with threads
 # (bench/results/cpu_speed.md).
 DDP_STAGES = ("base", "control")
+# the stages that checkpoint mid-way (training): stopped by a time limit, they continue where they were; the
+# others (prune, sample, eval) would start again, so a time limit shorter than their work is said at once
+CHECKPOINTING_STAGES = ("base", "finetune", "control")
 
 # how group models are pruned: the LLM proxy, an importance criterion, or not at all
 IMPORTANCE_METHODS = ("random", "magnitude", "lamp", "taylor", "diff")

@@ -49,6 +49,9 @@ of the job's journal already ingested), ``jobs.host`` (where the worker ran), ``
 ``llm_calls.job`` and ``llm_calls.local_id`` (the call's number in its job's journal, which that job's rounds
 refer to until ingested).
 
+Migration 006 adds ``jobs.slurm_time``: the time limit Slurm gave the job as ``squeue`` prints it
+(``UNLIMITED``, ``1:00:00``, ...), the partition's default when no ``--time`` was given.
+
 ``_migrations`` - name and time of every applied migration, in order.
 
 Readers and several writers may use the file at once: WAL lets readers proceed during writes and a busy
@@ -135,12 +138,18 @@ def _m005(db) -> None:
     db["llm_calls"].create_index(["job", "local_id"], if_not_exists=True)
 
 
+def _m006(db) -> None:
+    if "slurm_time" not in db["jobs"].columns_dict:
+        db["jobs"].add_column("slurm_time", str)
+
+
 MIGRATIONS: list[tuple[str, Callable]] = [
     ("001_llm_calls_and_proxy_rounds", _m001),
     ("002_search_sessions", _m002),
     ("003_runs_jobs_metrics_artifacts", _m003),
     ("004_system_fingerprint", _m004),
     ("005_job_journals_and_slurm", _m005),
+    ("006_slurm_time_limit", _m006),
 ]
 
 JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "command", "args")

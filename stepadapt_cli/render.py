@@ -153,6 +153,7 @@ def print_show(run, data: dict) -> None:
         for j in data["jobs"]:
             tab.add_row(str(j["id"]), j["stage"], "" if j["group_index"] is None else str(j["group_index"]),
                         j["status"], *((f"{j['slurm_job']} {(j.get('slurm_state') or '').lower()}"
+                                        + (f" (limit {j['slurm_time']})" if j.get("slurm_time") else "")
                                         if j.get("slurm_job") else "",) if slurm else ()),
                         "" if j["exit_code"] is None else str(j["exit_code"]),
                         f"{j['progress']}/{j['total']}" if j["total"] else "", (j["started"] or "")[:19],

@@ -43,8 +43,10 @@ def test_a_run_on_slurm_end_to_end_with_each_group_stage_as_one_job_array(cluste
     """Every stage job is a Slurm job, the group jobs of a stage one array; every job wrote its journal and none
     opened the store (they run with STEPADAPT_NO_STORE: one that tried would have failed)."""
     p = slurm_cli(cluster, "run", "--preset", "tiny", "--name", "s", "--launcher", "slurm", "--partition", "debug",
-                  "--cpus-per-job", "1", "--time", "10", *FAST, "--runs-dir", runs_dir, check=0)
-    assert "submitted to Slurm" in p.stderr
+                  "--cpus-per-job", "1", *FAST, "--runs-dir", runs_dir, check=0)
+    assert "submitted to Slurm" in p.stderr and "time limit UNLIMITED, no --time: the partition's" in p.stderr
+    scripts = list((runs_dir / "s" / "jobs" / "slurm").rglob("*_submission.sh"))
+    assert scripts and not any("--time" in f.read_text() for f in scripts)  # no limit of ours: the partition's
     store = _store(runs_dir)
     jobs = [j for j in store.jobs("s") if j["stage"] != "pipeline"]
     assert jobs and all(j["status"] == "succeeded" and j["launcher"] == "slurm" for j in jobs)
@@ -53,15 +55,17 @@ def test_a_run_on_slurm_end_to_end_with_each_group_stage_as_one_job_array(cluste
         ids = [j["slurm_job"] for j in jobs if j["stage"] == stage]
         assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1 and all("_" in i for i in ids), ids
     cfg = json.loads((runs_dir / "s" / "config.json").read_text())
-    assert cfg["launcher"]["kind"] == "slurm" and cfg["launcher"]["time"] == 10
+    assert cfg["launcher"]["kind"] == "slurm" and cfg["launcher"]["time"] == 0
+    assert all(j["slurm_time"] == "UNLIMITED" for j in jobs)
     g = next(j["group_index"] for j in jobs if j["stage"] == "finetune")
     assert store.metrics("s", stage="finetune", group=g) and (runs_dir / "s" / "report" / "index.html").exists()
     for j in jobs:
         log = open(j["log_path"]).read()
-        assert "must not open the store" not in log
+        assert "must not open the store" not in log and f"[slurm] job {j['slurm_job']}: time limit UNLIMITED" in log
         assert (runs_dir / "s" / "jobs" / f"{j['id']:04d}" / "journal.jsonl").exists()
     shown = json.loads(slurm_cli(cluster, "show", "s", "--json", "--runs-dir", runs_dir, check=0).stdout)
-    assert all(j.get("slurm_job") for j in shown["jobs"] if j["stage"] != "pipeline")
+    assert all(j.get("slurm_job") and j["slurm_time"] == "UNLIMITED" for j in shown["jobs"] if j["stage"] != "pipeline")
+    assert "(limit UNLIMITED)" in slurm_cli(cluster, "show", "s", "--runs-dir", runs_dir, check=0).stdout
 
 
 def _start_run(cluster, name, settings, rd) -> subprocess.Popen:
@@ -90,7 +94,7 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     has every logged step once."""
     rd = ["--runs-dir", runs_dir]
     long = [*FAST, "-S", "finetune.steps=200", "-S", "schedule.groups=1", "-S", "train.ckpt_every=20",
-            "-S", "train.log_every=10", "-S", "prune.method=none"]
+            "-S", "train.log_every=10", "-S", "prune.method=none", "--time", "30"]
     store = _store(runs_dir)
     proc = _start_run(cluster, "c", long, rd)
 
@@ -124,6 +128,37 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     steps = [m["step"] for m in store.metrics("c", stage="finetune", key="loss")]
     assert steps == list(range(10, 201, 10))  # every logged step once: nothing lost, nothing twice
     assert store.get_run("c")["status"] == "succeeded"
+    scripts = list((runs_dir / "c" / "jobs" / "slurm").rglob("*_submission.sh"))
+    assert scripts and all(re.findall(r"^#SBATCH --time=.*$", f.read_text(), re.M) == ["#SBATCH --time=30"]
+                           for f in scripts)  # the user's limit, exactly
+    assert all(j["slurm_time"] == "30:00" for j in store.jobs("c") if j["stage"] != "pipeline")
+
+
+def test_a_stage_that_cannot_checkpoint_stopped_by_its_time_limit_is_one_line_not_a_resubmission_loop(
+        cluster, runs_dir):
+    """Slurm's time-limit warning (SIGUSR2) to a sample job: it cannot checkpoint mid-way, so submitting it again
+    would start it from nothing and meet the same limit; the run stops at once, saying how to give it more time."""
+    rd = ["--runs-dir", runs_dir]
+    slow = [*FAST, "-S", "sample.n=64", "-S", "sample.steps=100", "-S", "schedule.groups=1", "-S", "prune.method=none"]
+    store = _store(runs_dir)
+    proc = _start_run(cluster, "t", slow, rd)
+
+    def sampling():
+        from core.manager.jobs import reconcile
+
+        reconcile(store)
+        js = [j for j in store.jobs("t") if j["stage"] == "sample" and j["status"] == "running"]
+        return js[-1] if js else None
+
+    job = _wait(sampling, 300, "the sample job to run")
+    time.sleep(2)
+    cluster.run("scancel", "--signal=USR2", job["slurm_job"])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") and "cannot checkpoint mid-way" in last and "stepadapt resume t --time" in last
+    assert "Traceback" not in err
+    assert [j["status"] for j in store.jobs("t") if j["stage"] == "sample"] == ["preempted"]  # not submitted again
 
 
 def test_the_controller_going_away_mid_run_loses_no_job_and_the_run_completes(cluster, runs_dir):

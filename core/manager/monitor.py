@@ -149,7 +149,7 @@ def show_data(store: Store, run: Run) -> dict:
         last[key]["step"] = m["step"]
     jobs = [{k: j.get(k) for k in ("id", "stage", "group_index", "status", "pid", "device", "exit_code", "started",
                                    "ended", "progress", "total", "message", "log_path", "launcher", "host",
-                                   "slurm_job", "slurm_state")} for j in store.jobs(run.name)]
+                                   "slurm_job", "slurm_state", "slurm_time")} for j in store.jobs(run.name)]
     return {"run": summary, "meta": run.meta, "stages": stage_status(run, store.jobs(run.name)),
             "groups": group_rows(store, run), "jobs": jobs, "metrics_last": last,
             "artifacts": store.artifacts(run.name), "eval": load_eval(run)}

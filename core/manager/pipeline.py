@@ -22,7 +22,7 @@ from core.errors import Interrupted, StageFailed, UserError
 from core.manager import stages
 from core.manager.jobs import launch, settle, stop_job
 from core.manager.journal import ingest_active
-from core.names import DDP_STAGES, GROUP_STAGES, STAGES
+from core.names import CHECKPOINTING_STAGES, DDP_STAGES, GROUP_STAGES, STAGES
 from core.runs import Run, run_lock
 from core.store import Store, utc_now
 
@@ -167,11 +167,17 @@ class Pipeline:
 
         args = {"device": "cuda" if self.launcher["gpus_per_job"] else "cpu"}
         device = "slurm:gpu" if self.launcher["gpus_per_job"] else "slurm:cpu"
-        for unit, (job_id, handle) in zip(units, slurm.submit_units(self.store, self.run, stage, units, args,
-                                                                   self.launcher, self.slurm, device)):
+        from core.manager.slurm_state import time_limits
+
+        submitted = slurm.submit_units(self.store, self.run, stage, units, args, self.launcher, self.slurm, device)
+        limits = time_limits([handle.sid for _, handle in submitted])
+        given = (f"--time {self.launcher['time']}" if self.launcher["time"] else "no --time: the partition's")
+        for unit, (job_id, handle) in zip(units, submitted):
             self.active[job_id] = (handle, None, unit)
+            limit = limits.get(handle.sid, "unknown")
+            self.store.update_job(job_id, slurm_time=limit)
             self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} submitted to Slurm "
-                     f"(job {handle.sid})")
+                     f"(job {handle.sid}, time limit {limit}, {given})")
 
     def _ranks(self, stage: str) -> int:
         """How many processes train ``stage`` together: every slot for a whole-run training stage, as long as
@@ -210,6 +216,11 @@ class Pipeline:
             what = f"{stage}{'' if job['group_index'] is None else ' group ' + str(job['group_index'])}"
             self.say(f"job {job_id}: {what} {job['status']} (exit {rc})"
                      + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else ""))
+            if job["status"] == "preempted" and self.slurm is not None and stage not in CHECKPOINTING_STAGES:
+                limit = job.get("slurm_time") or "unknown"
+                raise Interrupted(f"job {job_id} ({what}) was stopped by Slurm (time limit {limit}) before it "
+                                  f"finished, and {stage} cannot checkpoint mid-way: give it more time with "
+                                  f"stepadapt resume {shlex.quote(self.run.name)} --time MINUTES")
             if job["status"] == "preempted" and self.slurm is not None:
                 n = self.requeued.get((stage, unit), 0)
                 if n < self.launcher["requeues"]:

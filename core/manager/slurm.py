@@ -12,10 +12,17 @@ says what happened to it from outside, read with ``squeue`` (and ``sacct`` when 
 many small clusters do not). A job that ended without writing its final status gets one from its Slurm state
 (``AFTER``): cancelled -> killed, time limit -> killed, preempted -> preempted, node failure -> lost.
 
+Time limits: with no ``--time`` (``launcher.time`` 0) a job is submitted without one, so the partition's default
+applies; a user's ``--time`` is passed as given. The limit each job got is recorded (``jobs.slurm_time``), shown
+by ``show`` and printed in the job's log.
+
 Time limits and preemption: Slurm sends SIGUSR2 ``launcher.signal_s`` seconds before it kills a job; the worker
 takes it like Ctrl-C (training saves a checkpoint and stops) and reports ``preempted``. The orchestrator then
 submits the unit again, resuming from that checkpoint, up to ``launcher.requeues`` times; after that the run
-stops and ``stepadapt resume`` (e.g. with a longer ``--time``) continues it.
+stops and ``stepadapt resume`` (e.g. with a longer ``--time``) continues it. Only the training stages
+(``names.CHECKPOINTING_STAGES``) are submitted again: a prune, sample or eval job stopped that way would start
+from nothing and meet the same limit, so the run stops at once with one line that says so and how to give it
+more time. A resubmitted eval still reuses every model it finished (``eval.json`` and the feature arrays).
 """
 from __future__ import annotations
 
@@ -126,6 +133,14 @@ def run_worker(runs_dir: str, spec: str, nproc: int = 1) -> int:
     import runpy
 
     argv = ["--runs-dir", runs_dir, "--spec", spec]
+    from core.manager.slurm_state import time_limits
+
+    sid = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if sid:  # the job log says which limit the job got
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        sid = f"{sid}_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else sid
+        print(f"[slurm] job {sid}: time limit {time_limits([sid]).get(sid, 'unknown')}", file=sys.stderr,
+              flush=True)
     if nproc > 1:
         return _torchrun(argv, nproc)
     sys.argv = ["core.manager.worker", *argv]
@@ -167,8 +182,8 @@ def executor_for(run, settings: dict, stage: str, n: int):
     for key, name in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("mem", "mem")):
         if settings[key]:
             params[name] = settings[key]
-    if settings["time"]:
-        params["time"] = int(settings["time"])
+    # no --time: no limit in the script, so the partition's default applies (submitit would write its own 5 minutes)
+    params["time"] = int(settings["time"]) if settings["time"] else None
     if settings["cpus_per_job"]:
         params["cpus_per_task"] = int(settings["cpus_per_job"])
     if settings["gpus_per_job"]:

@@ -63,6 +63,16 @@ def query_states(ids: list[str]) -> Optional[dict[str, str]]:
     return states
 
 
+def time_limits(ids: list[str]) -> dict[str, str]:
+    """{slurm id: the time limit Slurm gave the job} as squeue prints it (``UNLIMITED``, ``5:00``, ``1-00:00:00``);
+    {} when squeue cannot say."""
+    if not ids:
+        return {}
+    p = _run(["squeue", "-h", "-t", "all", "-r", "-o", "%i|%l", "-j", ",".join(sorted({i.split("_")[0] for i in ids}))])
+    out = dict(line.split("|", 1) for line in p.stdout.splitlines() if "|" in line) if p.returncode == 0 else {}
+    return {i: out[i].strip() for i in ids if i in out}
+
+
 def settle_from_state(store, job: dict, state: str) -> None:
     """A job that Slurm ended and that wrote no final status of its own: its status from the Slurm state. One
     that Slurm's SIGUSR2 killed before the worker could take it (it came while the process started: Slurm may send

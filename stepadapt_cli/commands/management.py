@@ -121,8 +121,10 @@ def execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> None
                    f"stepadapt kill {name}{rd}")
         return
     job = follow(run, store, job_id, grace)
-    if job["status"] == "killed":
-        raise Interrupted(f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}")
+    if job["status"] == "killed":  # the pipeline's own words when they say how to go on (a time limit: --time)
+        said = job["message"] or ""
+        raise Interrupted(said if "stepadapt resume" in said else
+                          f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}")
     if job["status"] != "succeeded":
         raise StageFailed(job["message"] or f"run {run.name} {job['status']}; see stepadapt logs {shlex.quote(run.name)}")
     from core.manager.monitor import comparison
