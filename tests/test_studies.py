@@ -27,6 +27,8 @@ EXPECTED_ARMS = {
     "fig7": {"proxy": {"prune.proposals": 3, "prune.rounds": 5}},
     "fig6": {"last": {"finetune.eval_every": 50, "finetune.keep": "last", "finetune.fid_n": 256},
              "best": {"finetune.eval_every": 50, "finetune.keep": "best"}},
+    "convergence": {f"{kind}{step}": {"prune.method": method} for step in (1500, 3000, 6000, 12000, 24000, 40000)
+                    for kind, method in (("p", "proxy"), ("t", "none"))},
 }
 
 
@@ -51,7 +53,7 @@ def test_each_study_expands_to_its_arms_on_one_shared_base(name, runs_dir):
         assert all(cfg[s] == base[s] for s in ("model", "diffusion", "train", "data"))
     res = results(rec, runs_dir)  # nothing run yet: the paper's column is there, ours empty
     assert len(res["rows"]) == len(defn["rows"]) and all(r["fid"] is None for r in res["rows"])
-    assert any(r["paper"] for r in res["rows"])
+    assert any(r["paper"] for r in res["rows"]) or not defn.get("paper_columns")
     with pytest.raises(UserError, match="exists"):
         create_study(defn, None, "tiny", None, [], runs_dir)
 
@@ -299,3 +301,42 @@ def test_every_arm_name_and_the_study_id_are_checked_before_anything_is_written(
     assert_clean_error(p)
     assert "study name" in p.stderr
     assert not any(x.is_dir() for x in runs_dir.iterdir()) and not (tmp_path / "x").exists()
+
+
+MILESTONES = """
+title: arms at milestones of one base
+base: {train.steps: 10, train.keep: [5]}
+arms:
+  - {name: early, at: 5, set: {prune.method: none}}
+  - {name: late, set: {prune.method: none}}
+rows:
+  - {label: "5 steps", arm: early, model: progressive}
+  - {label: "10 steps", arm: late, model: progressive}
+"""
+
+
+def test_a_study_forks_its_arms_from_milestones_of_its_own_base(tmp_path, runs_dir):
+    """The definition's ``base`` sets the study's stage 1 (10 steps, a milestone at 5); arm ``at: 5`` forks the
+    milestone, the other arm the final base. A milestone the base does not keep is one line, nothing written."""
+    import torch
+
+    spec = tmp_path / "m.yaml"
+    spec.write_text(MILESTONES)
+    run_cli("study", str(spec), "--name", "m", *MICRO,
+            "-S", "finetune.steps=2", "-S", "finetune.batch_size=8", "-S", "control.enabled=false",
+            "-S", "sample.n=4", "-S", "sample.steps=3", "-S", "eval.loss_images=16", "-S", "eval.fid=false",
+            "-S", "eval.steps=3", "-S", "schedule.groups=2", "--runs-dir", runs_dir, check=0)
+    base = json.loads((runs_dir / "m-base" / "config.json").read_text())["train"]
+    assert base["steps"] == 10 and base["keep"] == [5]
+    early = json.loads((runs_dir / "m-early" / "meta.json").read_text())["base"]
+    assert early["run"] == "m-base" and early["step"] == 5
+    kept = torch.load(runs_dir / "m-base" / "milestones" / "step0000005.pt", weights_only=True)["state"]
+    got = torch.load(runs_dir / "m-early" / "models" / "base.pt", weights_only=True)["state"]
+    assert all(torch.equal(kept[k], got[k]) for k in kept)
+    assert json.loads((runs_dir / "m-late" / "meta.json").read_text())["base"].get("step") is None
+    assert _status(runs_dir, "m-early") == "succeeded" and _status(runs_dir, "m-late") == "succeeded"
+    spec.write_text(MILESTONES.replace("at: 5", "at: 7"))
+    p = run_cli("study", str(spec), "--name", "m2", *MICRO, "--runs-dir", runs_dir)
+    assert_clean_error(p)
+    assert "forks milestone 7, which the base does not keep (train.keep: 5)" in p.stderr
+    assert not (runs_dir / "studies" / "m2").exists() and not (runs_dir / "m2-base").exists()

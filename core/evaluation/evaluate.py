@@ -52,6 +52,8 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODE
     for which in present:
         if which in todo:
             out["models"][which] = _measure(run, which, sched, diffusion, images, sampler, settings, device, tick, log)
+            out.pop("comparisons", None)  # kept as measured (an eval stopped by a time limit resumes from here);
+            atomic_write_json(out, run.eval_file())  # the comparisons come when every model is measured
         else:
             log(f"{which}: model and settings unchanged since its evaluation; reused")
     curve_changed = False

@@ -110,8 +110,6 @@ def fork_config(parent: Run, overrides: Iterable[str], step: Optional[int] = Non
     from core import config as C
 
     before = parent.config  # a completed copy, as every read of it
-    if step is not None:
-        before["train"].update(steps=step, keep=[])
     cfg = C.apply_overrides(copy.deepcopy(before), overrides)
     for section in SHARED_SECTIONS:
         if cfg.get(section) != before.get(section):
@@ -119,6 +117,8 @@ def fork_config(parent: Run, overrides: Iterable[str], step: Optional[int] = Non
                           if cfg[section].get(k) != before[section].get(k))
             raise UserError(f"a fork shares {parent.name}'s stage 1, so {section}.{keys[0]} cannot change; "
                             "start a new run (stepadapt run) for another base")
+    if step is not None:
+        cfg["train"].update(steps=step, keep=[])
     return cfg
 
 

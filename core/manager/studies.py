@@ -6,7 +6,10 @@ A study's definition is data: ``studies/NAME.yaml`` (the project's; a path to an
     title: one line                      note: what differs from the paper, said plainly
     paper_columns: [names of the paper's columns]
     common: {key: value}                 overrides every arm gets (optional)
-    arms:   [{name: ARM, set: {key: value}}]                      one run per arm, each a fork of the base
+    base:   {key: value}                 overrides of the study's own base run (optional; e.g. a long stage 1
+                                         with milestones: train.steps, train.keep)
+    arms:   [{name: ARM, set: {key: value}, at: STEP}]            one run per arm, each a fork of the base
+                                         (``at``: of the base's milestone STEP, one of its train.keep)
     rows:   [{label, arm, model: base|control|progressive, paper: [values, one per paper column]}]
     plot:   fid_macs                     (optional)
 
@@ -32,8 +35,8 @@ from core.runs import Run, atomic_write_json, open_run, read_json, runs_root
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"  # the project's definitions
 MAX_ARMS = 64  # a study makes one run per arm: a file with thousands makes thousands of forks
-KEYS = {"definition": ("name", "title", "note", "paper_columns", "common", "arms", "rows", "plot"),
-        "arm": ("name", "set", "after"), "row": ("label", "arm", "model", "paper")}
+KEYS = {"definition": ("name", "title", "note", "paper_columns", "common", "base", "arms", "rows", "plot"),
+        "arm": ("name", "set", "after", "at"), "row": ("label", "arm", "model", "paper")}
 NAME, NAME_MAX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*"), 96  # a part of a run's name: no '/', no leading '.'
 
 
@@ -58,8 +61,9 @@ def load_definition(name_or_path: str) -> dict:
     for key in ("title", "arms", "rows"):
         if key not in d:
             raise UserError(f"{where}: no {key!r}")
-    if not isinstance(d.get("common") or {}, dict):
-        raise UserError(f"{where}: 'common' must be a table of settings")
+    for key in ("common", "base"):
+        if not isinstance(d.get(key) or {}, dict):
+            raise UserError(f"{where}: {key!r} must be a table of settings")
     _check_rows(d, _check_arms(d["arms"], where), where)
     return {**d, "name": d.get("name") or path.stem, "path": str(path)}
 
@@ -76,6 +80,8 @@ def _check_arms(arms, where: str) -> list[str]:
         check_name(a["name"], f"{where}: arm name")
         if not isinstance(a.get("set") or {}, dict):
             raise UserError(f"{where}: arm {a['name']!r}: 'set' must be a table of settings")
+        if a.get("at") is not None and (not isinstance(a["at"], int) or isinstance(a["at"], bool) or a["at"] < 1):
+            raise UserError(f"{where}: arm {a['name']!r}: 'at' must be a step number (a milestone of the base)")
     names = [a["name"] for a in arms]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: arm names repeat")
@@ -117,6 +123,16 @@ def check_name(name, what: str) -> str:
         raise UserError(f"{what} {str(name)[:60]!r} is not a plain name (letters, digits, '-', '_', '.'; not "
                         f"starting with '.'; at most {NAME_MAX} characters)")
     return name
+
+
+def base_overrides(defn: dict) -> list[str]:
+    """The -S overrides of the study's own base run (its ``base`` table)."""
+    return [f"{k}={json.dumps(v)}" for k, v in (defn.get("base") or {}).items()]
+
+
+def arm_base(rec: dict, arm: dict) -> str:
+    """What an arm forks: the study's base, or its milestone ``at`` (``BASE@STEP``)."""
+    return rec["base"] if arm.get("at") is None else f"{rec['base']}@{arm['at']}"
 
 
 def arm_overrides(defn: dict, arm: dict, study_id: str = "ID") -> list[str]:
@@ -164,7 +180,12 @@ def create_study(defn: dict, study_id: Optional[str], preset: Optional[str], bas
         check_parent_base(parent)
         base_name = parent.name
     else:
-        C.resolve(preset, None, overrides)  # bad overrides fail before anything is written
+        base_cfg = C.resolve(preset, None, [*base_overrides(defn), *overrides])  # bad ones fail before any write
+        kept = set(base_cfg["train"]["keep"])
+        for arm in defn["arms"]:
+            if arm.get("at") is not None and arm["at"] not in kept:
+                raise UserError(f"arm {arm['name']!r} forks milestone {arm['at']}, which the base does not keep "
+                                f"(train.keep: {', '.join(map(str, sorted(kept))) or 'none'})")
         base_name = f"{study_id}-base"
     for arm in defn["arms"]:
         C.apply_overrides(C.resolve(preset, None, overrides), arm_overrides(defn, arm, study_id))
@@ -193,7 +214,8 @@ def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str
     if not (path / "config.json").is_file():
         if rec["base_given"]:
             raise UserError(f"the study's base run {rec['base']} is gone")
-        create_run(C.resolve(rec["preset"], None, rec["overrides"]), rec["base"], runs_dir)
+        create_run(C.resolve(rec["preset"], None, [*base_overrides(rec["definition"]), *rec["overrides"]]),
+                   rec["base"], runs_dir)
     run = open_run(rec["base"], runs_dir)
     if stages.pending(run, "base"):
         say(f"study {rec['id']}: training the shared stage 1 ({run.name}) once")
@@ -212,8 +234,8 @@ def ensure_arms(rec: dict, runs_dir, say: Callable[[str], None]) -> list[Run]:
         if (runs_root(runs_dir) / name / "config.json").is_file():
             out.append(open_run(name, runs_dir))
         else:
-            out.append(fork_run(rec["base"], name, [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])], runs_dir,
-                                log=say))
+            out.append(fork_run(arm_base(rec, arm), name, [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])],
+                                runs_dir, log=say))
     return out
 
 
