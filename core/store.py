@@ -152,6 +152,9 @@ MIGRATIONS: list[tuple[str, Callable]] = [
     ("006_slurm_time_limit", _m006),
 ]
 
+# how long a writer waits for another's write lock before the write fails (the orchestrator then waits on)
+BUSY_S = float(os.environ.get("STEPADAPT_BUSY_S", "30"))
+
 JSON_COLUMNS = ("messages", "params", "parsed", "keep", "plan", "config", "command", "args")
 
 
@@ -186,10 +189,10 @@ class Store:
                 self.db = sqlite_utils.Database(self._open_readonly())
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=30)
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_S)
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA busy_timeout=30000")
+            self.db.execute(f"PRAGMA busy_timeout={int(BUSY_S * 1000)}")
             self.migrate()
         except sqlite3.DatabaseError as e:
             raise UserError(f"cannot open the store {self.path}: {e}") from None

@@ -203,6 +203,23 @@ def settle(store: Store, job_id: int, returncode: int) -> dict:
     return store.job(job_id)
 
 
+def stalled(job: dict, now: Optional[float] = None) -> Optional[float]:
+    """Seconds since a running local job's last heartbeat when that is more than ``STALE_S`` (a stopped or hung
+    process: ``kill -STOP``, a deadlock), else None."""
+    if job.get("launcher") == "slurm" or job["status"] not in ("queued", "running") or job["heartbeat"] is None:
+        return None
+    silent = (now or time.time()) - job["heartbeat"]
+    return silent if silent > STALE_S else None
+
+
+def kill_stalled(store: Store, job: dict, silent: float) -> None:
+    """A job silent for ``silent`` seconds: SIGKILL to its process group (a stopped process cannot checkpoint, and
+    one that woke up later must not write on), then ``lost`` with the reason."""
+    for sig in (signal.SIGKILL, signal.SIGCONT):  # SIGKILL ends even a stopped process (CONT lets it die at once)
+        _signal(job, sig)
+    store.finish_job(job["id"], "lost", None, f"lost: no heartbeat for {silent:.0f} s (stopped or hung; killed)")
+
+
 # -- stopping ----------------------------------------------------------------------------------------
 def _signal(job: dict, sig: int) -> None:
     try:

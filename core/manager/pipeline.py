@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import time
 from typing import Callable, Optional
@@ -59,6 +60,7 @@ class Pipeline:
         self.active: dict[int, tuple] = {}  # job id -> (Popen or slurm.SlurmHandle, slot, unit)
         self.launcher = run.config["launcher"]
         self.slurm = None
+        self.busy_since, self.busy_said = None, False  # the store's write lock held by another process
         self.requeued: dict = {}  # (stage, unit) -> how often a preempted job of it was submitted again
         if self.launcher["kind"] == "slurm":
             from core.manager import slurm
@@ -126,15 +128,48 @@ class Pipeline:
         while todo or self.active:
             while todo and free:
                 self._launch(stage, todo.pop(0), free.pop(0), threads)
-            ingest_active(self.store, self.run.name)  # the jobs' journals: heartbeats, progress, metrics, calls
-            if self.view:
-                self.view(self.store.jobs(self.run.name))
             time.sleep(self.poll)
-            failed = self._reap(stage, free)
+            failed = self._patiently(lambda: self._poll_local(stage, free))
             if failed:
                 self._fail(failed[0])
         if self.view:
             self.view(self.store.jobs(self.run.name))
+
+    def _poll_local(self, stage: str, free: list) -> list[tuple]:
+        """One look at the stage's local jobs: their journals (heartbeats, progress, metrics, calls), a stalled
+        job killed (its own heartbeat rule: a stopped process would otherwise be waited on for ever), the ended
+        ones settled; returns the failed ones."""
+        from core.manager.jobs import kill_stalled, stalled
+
+        ingest_active(self.store, self.run.name)
+        for job_id in list(self.active):
+            job = self.store.job(job_id)
+            silent = stalled(job)
+            if silent is not None:
+                self.say(f"job {job_id}: no heartbeat for {silent:.0f} s; killing it")
+                kill_stalled(self.store, job, silent)
+        if self.view:
+            self.view(self.store.jobs(self.run.name))
+        return self._reap(stage, free)
+
+    def _patiently(self, look: Callable[[], list]) -> list:
+        """``look()``, unless another process holds the store's write lock past its busy timeout: then nothing
+        is lost (the jobs write files; they are read on the next look), and it says once how long it has waited."""
+        try:
+            failed = look()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            self.busy_since = self.busy_since or time.time()
+            if not self.busy_said:
+                self.say(f"store busy (another process holds its write lock) for {time.time() - self.busy_since:.0f}"
+                         " s; waiting")
+                self.busy_said = True
+            return []
+        if self.busy_since:
+            self.say(f"store free again after {time.time() - self.busy_since:.0f} s")
+        self.busy_since, self.busy_said = None, False
+        return failed
 
     def _run_stage_slurm(self, stage: str, units: list) -> None:
         """The stage's units as Slurm jobs, all submitted at once (a job array for a group stage); Slurm decides
@@ -144,7 +179,7 @@ class Pipeline:
             if self.view:
                 self.view(self.store.jobs(self.run.name))
             time.sleep(max(self.poll, 0.5))
-            failed = self._reap(stage, [])
+            failed = self._patiently(lambda: self._reap(stage, []))
             if failed:
                 self._fail(failed[0])
         if self.view:
@@ -209,10 +244,10 @@ class Pipeline:
             rc = proc.poll()
             if rc is None:
                 continue
+            job = settle(self.store, job_id, rc)  # first: a busy store raises here and the job is looked at again
             del self.active[job_id]
             if slot is not None:
                 free.append(slot)
-            job = settle(self.store, job_id, rc)
             what = f"{stage}{'' if job['group_index'] is None else ' group ' + str(job['group_index'])}"
             self.say(f"job {job_id}: {what} {job['status']} (exit {rc})"
                      + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else ""))

@@ -1,0 +1,75 @@
+"""The orchestrator against faults from outside: a job that hangs (``kill -STOP``) and a store whose write lock
+another process holds longer than the busy timeout."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from tests.conftest import MICRO, REPO
+
+
+def _start(runs_dir, name, *settings, env=None):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", name,
+                             *MICRO, "-S", "train.steps=4", "-S", "schedule.groups=1", "-S", "prune.method=none",
+                             "-S", "control.enabled=false", "-S", "eval.fid=false", "-S", "eval.loss_images=8",
+                             "-S", "sample.n=2", "-S", "sample.steps=2", *settings, "--runs-dir", str(runs_dir)],
+                            cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _job(runs_dir, name, stage):
+    con = sqlite3.connect(runs_dir / "stepadapt.db", timeout=60)
+    try:
+        con.row_factory = sqlite3.Row
+        row = con.execute("select * from jobs where run = ? and stage = ? order by id desc", [name, stage]).fetchone()
+        return dict(row) if row else None
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        con.close()
+
+
+def _wait(cond, seconds, what):
+    end = time.time() + seconds
+    while time.time() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_hung_job_is_killed_by_its_own_orchestrator_and_the_stage_fails_as_lost(runs_dir):
+    """kill -STOP of a fine-tune: the orchestrator notices the silence itself (its heartbeat rule), kills the job's
+    group and fails the stage in one line, instead of waiting for ever; the stopped process is gone."""
+    p = _start(runs_dir, "hang", "-S", "finetune.steps=100000", env={"STEPADAPT_STALE": "6"})
+    job = _wait(lambda: (lambda j: j if j and j["status"] == "running" and j["pid"] else None)(
+        _job(runs_dir, "hang", "finetune")), 240, "the fine-tune to run")
+    os.kill(job["pid"], signal.SIGSTOP)
+    try:
+        out, err = p.communicate(timeout=120)
+    finally:
+        os.kill(job["pid"], signal.SIGCONT) if os.path.exists(f"/proc/{job['pid']}") else None
+    assert p.returncode == 1, err
+    assert "no heartbeat for" in err and "stepadapt resume hang" in err.strip().splitlines()[-1]
+    assert _job(runs_dir, "hang", "finetune")["status"] == "lost"
+    assert not os.path.exists(f"/proc/{job['pid']}") or open(f"/proc/{job['pid']}/stat").read().split()[2] == "Z"
+
+
+def test_a_write_lock_held_past_the_busy_timeout_delays_the_run_and_loses_nothing(runs_dir):
+    """Another process holds BEGIN EXCLUSIVE on the store for longer than the busy timeout (2 s here) while the
+    run's jobs work: the orchestrator says the store is busy, waits, and the run still succeeds."""
+    p = _start(runs_dir, "busy", "-S", "finetune.steps=60", env={"STEPADAPT_BUSY_S": "2"})
+    _wait(lambda: (lambda j: j and j["status"] == "running")(_job(runs_dir, "busy", "finetune")), 240,
+          "the fine-tune to run")
+    con = sqlite3.connect(runs_dir / "stepadapt.db", timeout=60, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    time.sleep(8)
+    con.execute("COMMIT")
+    con.close()
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "store busy" in err and "store free again" in err
+    assert _job(runs_dir, "busy", "eval")["status"] == "succeeded"
