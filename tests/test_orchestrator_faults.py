@@ -73,3 +73,48 @@ def test_a_write_lock_held_past_the_busy_timeout_delays_the_run_and_loses_nothin
     assert p.returncode == 0, err
     assert "store busy" in err and "store free again" in err
     assert _job(runs_dir, "busy", "eval")["status"] == "succeeded"
+
+
+def _ppid(pid):
+    raw = open(f"/proc/{pid}/stat").read()
+    return int(raw[raw.rfind(")") + 2:].split()[1])
+
+
+def test_killing_the_fork_server_takes_its_jobs_and_resume_trains_each_group_once(runs_dir):
+    """SIGKILL to the pre-started worker that forks the jobs, during the fine-tunes: its jobs stop with it
+    (checkpointed on the parent-death SIGTERM) instead of training on as orphans; no job is recorded as ended
+    while its process lives; resume trains each group on from its checkpoint, every logged step once."""
+    p = _start(runs_dir, "orphans", "-S", "finetune.steps=40", "-S", "schedule.groups=2", "-S", "train.log_every=10",
+               "--parallel", "2")
+    jobs = _wait(lambda: (lambda js: js if len(js) == 2 and all(j["status"] == "running" and (j["progress"] or 0) > 5
+                                                                for j in js) else None)(
+        [j for j in _jobs(runs_dir, "orphans") if j["stage"] == "finetune"]), 300, "both fine-tunes to run")
+    server = _ppid(jobs[0]["pid"])
+    assert server == _ppid(jobs[1]["pid"]) and server != p.pid
+    os.kill(server, signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    _wait(lambda: not any(os.path.exists(f"/proc/{j['pid']}") and open(f"/proc/{j['pid']}/stat").read().split()[2]
+                          != "Z" for j in jobs), 30, "the fine-tunes to stop with their server")
+    assert all(j["status"] in ("killed", "failed", "lost") for j in _jobs(runs_dir, "orphans")
+               if j["stage"] == "finetune")
+    r = subprocess.run([sys.executable, "-m", "stepadapt_cli.main", "resume", "orphans", "--parallel", "2",
+                        "--runs-dir", str(runs_dir)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    con = sqlite3.connect(runs_dir / "stepadapt.db")
+    for g in (0, 1):
+        steps = [s for (s,) in con.execute("select step from metrics where run = 'orphans' and stage = 'finetune' "
+                                           "and group_index = ? and key = 'loss' order by step", [g])]
+        assert steps == list(range(10, 41, 10)), (g, steps)  # every logged step once: nothing lost, nothing twice
+
+
+def _jobs(runs_dir, name):
+    con = sqlite3.connect(runs_dir / "stepadapt.db", timeout=60)
+    try:
+        con.row_factory = sqlite3.Row
+        return [dict(r) for r in con.execute("select * from jobs where run = ? order by id", [name])]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()

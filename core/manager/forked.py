@@ -5,7 +5,9 @@ many prune or assemble jobs take). The orchestrator now starts one server proces
 code imported (``multiprocessing``'s forkserver, with those modules preloaded), and each job is a fork of
 it: a new process in its own session, its output in its log, its own environment (threads, the job's
 no-store flag, visible GPUs), running the same worker entry point (``worker.main``) as a job started on its
-own. The server exits with the orchestrator; jobs already forked run on, as subprocess jobs did.
+own. The server exits with the orchestrator, and its jobs with it: each job gets SIGTERM when the server dies
+(Linux's parent-death signal), so training checkpoints and stops instead of running on as an orphan that
+nobody ingests while ``resume`` starts another trainer on the same checkpoint.
 
 The server never touches a GPU, so a job's ``CUDA_VISIBLE_DEVICES`` holds (CUDA starts in the job). OpenMP
 read ``OMP_NUM_THREADS`` when the server imported torch, so a job's thread count is set by the worker with
@@ -21,6 +23,8 @@ import os
 import subprocess
 import sys
 from typing import Optional
+
+from core.manager.procs import pid_alive, proc_start
 
 # not core.manager.worker: the orchestrator runs it as ``-m``, so each forked child executes it again as its
 # ``__mp_main__`` (multiprocessing's main-module fixup), and runpy warns when it was imported before
@@ -53,9 +57,14 @@ class ForkedJob:
 
     def __init__(self, proc):
         self.proc, self.pid = proc, proc.pid
+        self.started = proc_start(proc.pid)  # a reused pid is not this job
 
     def poll(self) -> Optional[int]:
-        return self.proc.exitcode  # negative: killed by that signal, as Popen's returncode
+        """None while the job's process lives, else its exit code (negative: killed by that signal, as Popen's)."""
+        code = self.proc.exitcode
+        if code == 255 and pid_alive(self.pid, self.started):  # the server died and cannot say: the job has not ended
+            return None
+        return code
 
     def wait(self, timeout: Optional[float] = None) -> int:
         self.proc.join(timeout)
@@ -76,6 +85,7 @@ def _run(module: str, argv: list[str], env: dict, log_path: str) -> None:
     """In the forked job: its own session (``kill`` signals its process group), stdout and stderr to its log,
     its environment, then the worker."""
     os.setsid()
+    _die_with_server()
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -85,3 +95,16 @@ def _run(module: str, argv: list[str], env: dict, log_path: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     sys.exit(importlib.import_module(module).main(argv))
+
+
+def _die_with_server() -> None:
+    """SIGTERM to this job when its server (its parent) dies: a stop, as ``kill`` sends (training checkpoints)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the server died before the signal was armed
+        os._exit(1)

@@ -27,46 +27,12 @@ from typing import Optional
 
 from core.errors import UserError
 from core.manager import forked
+from core.manager.procs import pid_alive, proc_start, stat_fields  # noqa: F401 (process identity, here as before)
 from core.manager.journal import prepare_job, worker_args
 from core.store import Store, utc_now, open_store
 
 HEARTBEAT_S = float(os.environ.get("STEPADAPT_HEARTBEAT", "3"))
 STALE_S = float(os.environ.get("STEPADAPT_STALE", "120"))
-
-
-# -- process identity -------------------------------------------------------------------------------
-def _stat(pid: int) -> Optional[list[str]]:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2:].split()  # fields from 3 (state) on; the name may contain spaces
-
-
-def proc_start(pid: int) -> Optional[int]:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), None if gone."""
-    f = _stat(pid)
-    return int(f[19]) if f else None
-
-
-def pid_alive(pid: Optional[int], start: Optional[int] = None) -> bool:
-    """True if ``pid`` runs (not a zombie) and, when ``start`` is given, is the process started then."""
-    if not pid:
-        return False
-    f = _stat(pid)
-    if f is None:
-        if Path("/proc/self/stat").exists():
-            return False
-        try:  # no /proc (macOS): existence only
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    if f[0] in ("Z", "X"):
-        return False
-    return start is None or int(f[19]) == int(start)
 
 
 def job_alive(job: dict) -> bool:
@@ -78,7 +44,7 @@ def group_pids(pgid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
-            f = _stat(int(d.name))
+            f = stat_fields(int(d.name))
             if f and int(f[2]) == pgid and f[0] not in ("Z", "X"):
                 out.append(int(d.name))
     return out

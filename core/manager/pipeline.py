@@ -289,9 +289,17 @@ class Pipeline:
 
 
 def ensure_idle(store: Store, run: Run) -> None:
+    """No job of ``run`` is active, and no process of any of its jobs lives, whatever its recorded status (a job
+    recorded as ended whose process still trains would write the same files as the one a resume starts)."""
+    from core.manager.jobs import job_alive
+
     for j in store.jobs(run.name, active=True):
         raise UserError(f"run {run.name} is running already (job {j['id']}, {j['stage']}, pid {j['pid']}); "
                         f"stop it with stepadapt kill {shlex.quote(run.name)}")
+    for j in store.jobs(run.name):
+        if j["pid"] and j["proc_start"] and job_alive(j):
+            raise UserError(f"job {j['id']} ({j['stage']}) of run {run.name} is recorded {j['status']}, but its "
+                            f"process {j['pid']} still runs; stop it (kill {j['pid']}) before resuming")
 
 
 def start_detached(run: Run, store: Store, slots: list[str], grace: float = 10.0,
