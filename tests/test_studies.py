@@ -340,3 +340,35 @@ def test_a_study_forks_its_arms_from_milestones_of_its_own_base(tmp_path, runs_d
     assert_clean_error(p)
     assert "forks milestone 7, which the base does not keep (train.keep: 5)" in p.stderr
     assert not (runs_dir / "studies" / "m2").exists() and not (runs_dir / "m2-base").exists()
+
+
+def test_an_arm_with_seeds_is_one_run_per_seed_and_its_row_aggregates_them_as_worked_by_hand(tmp_path, runs_dir):
+    """seeds: [0, 1, 2] makes ARM-s0..s2 (seed set on each); the row over them is the mean with a t-interval over
+    seeds. By hand, FIDs 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302653, half-width 4.302653 / sqrt(3) = 2.484138,
+    so [-0.484138, 4.484138]; the seeds' own bootstrap intervals [0.5, 1.5], [1.5, 2.5], [2.5, 3.5] average to
+    [1.5, 2.5] (sampling noise alone: narrower than the spread over seeds)."""
+    from core.manager.studies import over_seeds, results
+
+    spec = tmp_path / "seeds.yaml"
+    spec.write_text("title: seeds\narms:\n  - {name: a, seeds: [0, 1, 2], set: {prune.method: none}}\n"
+                    "rows:\n  - {label: over seeds, arm: a, model: progressive}\n")
+    defn = load_definition(str(spec))
+    assert [(a["name"], a["set"]) for a in defn["arms"]] == [(f"a-s{i}", {"prune.method": "none", "seed": i})
+                                                            for i in range(3)]
+    rec = create_study(defn, "sd", "tiny", None, [], runs_dir)
+    assert rec["arms"] == {f"a-s{i}": f"sd-a-s{i}" for i in range(3)}
+    for i, fid in enumerate((1.0, 2.0, 3.0)):
+        run = runs_dir / f"sd-a-s{i}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps(C.resolve("tiny", None, [f"seed={i}"])))
+        (run / "eval.json").write_text(json.dumps({"models": {
+            "progressive": {"fid": fid, "fid_ci": [fid - 0.5, fid + 0.5], "macs": 7.0},
+            "base": {"macs": 10.0}}}))
+    row = results(rec, runs_dir)["rows"][0]
+    assert row["seeds"] == 3 and row["fid"] == pytest.approx(2.0) and row["fid_sd"] == pytest.approx(1.0)
+    assert row["fid_ci"] == pytest.approx([-0.484138, 4.484138], abs=1e-6)
+    assert row["fid_boot_ci"] == pytest.approx([1.5, 2.5]) and row["fid_seeds"] == [1.0, 2.0, 3.0]
+    assert row["macs_ratio"] == pytest.approx(0.7) and row["kid"] is None
+    assert over_seeds([5.0, 5.0])["ci"] == [5.0, 5.0]
+    spec.write_text(spec.read_text().replace("[0, 1, 2]", "[1]"))
+    assert_clean_error(run_cli("study", str(spec), "--name", "x", "--runs-dir", runs_dir))

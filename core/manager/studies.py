@@ -8,8 +8,10 @@ A study's definition is data: ``studies/NAME.yaml`` (the project's; a path to an
     common: {key: value}                 overrides every arm gets (optional)
     base:   {key: value}                 overrides of the study's own base run (optional; e.g. a long stage 1
                                          with milestones: train.steps, train.keep)
-    arms:   [{name: ARM, set: {key: value}, at: STEP}]            one run per arm, each a fork of the base
-                                         (``at``: of the base's milestone STEP, one of its train.keep)
+    arms:   [{name: ARM, set: {key: value}, at: STEP, seeds: [0, 1, 2]}]  one run per arm, each a fork of the base
+                                         (``at``: of the base's milestone STEP, one of its train.keep;
+                                         ``seeds``: one run per training seed, ARM-s0 ..., and the arm's
+                                         rows aggregate them: mean and a t-interval over seeds)
     rows:   [{label, arm, model: base|control|progressive, paper: [values, one per paper column]}]
     plot:   fid_macs                     (optional)
 
@@ -35,8 +37,9 @@ from core.runs import Run, atomic_write_json, open_run, read_json, runs_root
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"  # the project's definitions
 MAX_ARMS = 64  # a study makes one run per arm: a file with thousands makes thousands of forks
+INTERNAL_ARM_KEYS = ("seed_of",)  # written by expand_seeds, not by a user
 KEYS = {"definition": ("name", "title", "note", "paper_columns", "common", "base", "arms", "rows", "plot"),
-        "arm": ("name", "set", "after", "at"), "row": ("label", "arm", "model", "paper")}
+        "arm": ("name", "set", "after", "at", "seeds"), "row": ("label", "arm", "model", "paper")}
 NAME, NAME_MAX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*"), 96  # a part of a run's name: no '/', no leading '.'
 
 
@@ -64,8 +67,31 @@ def load_definition(name_or_path: str) -> dict:
     for key in ("common", "base"):
         if not isinstance(d.get(key) or {}, dict):
             raise UserError(f"{where}: {key!r} must be a table of settings")
-    _check_rows(d, _check_arms(d["arms"], where), where)
-    return {**d, "name": d.get("name") or path.stem, "path": str(path)}
+    names = _check_arms(d["arms"], where)
+    arms = expand_seeds(d["arms"], where)
+    _check_arms(arms, where)  # the runs the seeds make: their count and names
+    _check_rows(d, names + [a["name"] for a in arms], where)
+    return {**d, "arms": arms, "name": d.get("name") or path.stem, "path": str(path)}
+
+
+def expand_seeds(arms: list[dict], where: str) -> list[dict]:
+    """An arm with ``seeds: [s, ...]`` as one arm per training seed (``ARM-sS``, with ``seed: S`` set and
+    ``seed_of: ARM``); the others as they are. A row of ARM aggregates its seeds (``results``)."""
+    out = []
+    for a in arms:
+        seeds = a.get("seeds")
+        if seeds is None:
+            out.append(a)
+            continue
+        if (not isinstance(seeds, list) or len(seeds) < 2 or len(set(seeds)) != len(seeds)
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)):
+            raise UserError(f"{where}: arm {a['name']!r}: 'seeds' must list at least 2 different seeds (integers >= 0)")
+        if a.get("after") is not None:
+            raise UserError(f"{where}: arm {a['name']!r}: an arm with seeds cannot wait for another ('after')")
+        rest = {k: v for k, v in a.items() if k != "seeds"}
+        out += [{**rest, "name": f"{a['name']}-s{x}", "set": {**(a.get("set") or {}), "seed": x}, "seed_of": a["name"]}
+                for x in seeds]
+    return out
 
 
 def _check_arms(arms, where: str) -> list[str]:
@@ -110,7 +136,7 @@ def _check_rows(d: dict, names: list[str], where: str) -> None:
 def check_keys(d: dict, what: str, where: str) -> None:
     """Every key of ``d`` (a definition, an arm or a row) is one ``what`` has; else one line with the closest."""
     for key in d:
-        if key not in KEYS[what]:
+        if key not in KEYS[what] and not (what == "arm" and key in INTERNAL_ARM_KEYS):
             close = difflib.get_close_matches(str(key), KEYS[what], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(KEYS[what])}"
             raise UserError(f"{where}: unknown key {str(key)[:60]!r}{hint}")
@@ -318,6 +344,10 @@ def results(rec: dict, runs_dir) -> dict:
         evals[name] = load_eval(Run(path)) if (path / "config.json").is_file() else {}
     rows = []
     for r in defn["rows"]:
+        seeded = [a["name"] for a in defn["arms"] if a.get("seed_of") == r["arm"]]
+        if seeded:  # an arm with several training seeds: one row over all of them
+            rows.append(_seed_row(r, [rec["arms"][a] for a in seeded], evals, defn))
+            continue
         name = rec["arms"][r["arm"]]
         ev = evals[name]
         m = ev.get("models", {}).get(r["model"], {})
@@ -330,3 +360,44 @@ def results(rec: dict, runs_dir) -> dict:
     return {"id": rec["id"], "study": rec["study"], "title": defn["title"], "note": defn.get("note", ""),
             "preset": rec["preset"], "base": rec["base"], "paper_columns": defn.get("paper_columns") or [],
             "arms": rec["arms"], "rows": rows}
+
+
+SEEDED = ("fid", "kid", "loss")
+
+
+def over_seeds(values: list[float]) -> dict:
+    """Mean, standard deviation and 95% t-interval of one measure over training seeds (the spread a bootstrap of
+    one run's samples cannot see): mean +- t(0.975, k - 1) * sd / sqrt(k)."""
+    import math
+
+    from scipy.stats import t
+
+    k = len(values)
+    mean = sum(values) / k
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+    half = float(t.ppf(0.975, k - 1)) * sd / math.sqrt(k)
+    return {"mean": mean, "sd": sd, "ci": [mean - half, mean + half], "n": k}
+
+
+def _seed_row(r: dict, names: list[str], evals: dict, defn: dict) -> dict:
+    """A row over several seeds' runs: each measure's mean with its t-interval over seeds (``fid_ci``), its
+    standard deviation (``fid_sd``), every seed's value (``fid_seeds``) and the mean of the seeds' own bootstrap
+    intervals (``fid_boot_ci``: sampling noise alone, for comparison)."""
+    ms = [evals[n].get("models", {}).get(r["model"], {}) for n in names]
+    row = {"label": r["label"], "run": ", ".join(names), "model": r["model"], "seeds": len(names)}
+    for key in SEEDED:
+        vals = [m.get(key) for m in ms]
+        if any(v is None for v in vals):
+            row.update({key: None, f"{key}_ci": None})
+            continue
+        agg = over_seeds(vals)
+        boots = [m.get(f"{key}_ci") for m in ms]
+        row.update({key: agg["mean"], f"{key}_ci": agg["ci"], f"{key}_sd": agg["sd"], f"{key}_seeds": vals,
+                    f"{key}_boot_ci": ([sum(b[0] for b in boots) / len(boots), sum(b[1] for b in boots) / len(boots)]
+                                       if all(boots) else None)})
+    first = ms[0]
+    base_macs = evals[names[0]].get("models", {}).get("base", {}).get("macs")
+    row.update({k: first.get(k) for k in ("macs", "params", "train_steps", "fid_kind", "fid_n")})
+    row["macs_ratio"] = first["macs"] / base_macs if first.get("macs") and base_macs else None
+    row["paper"] = dict(zip(defn.get("paper_columns") or [], r.get("paper") or []))
+    return row
