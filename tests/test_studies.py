@@ -27,8 +27,10 @@ EXPECTED_ARMS = {
     "fig7": {"proxy": {"prune.proposals": 3, "prune.rounds": 5}},
     "fig6": {"last": {"finetune.eval_every": 50, "finetune.keep": "last", "finetune.fid_n": 256},
              "best": {"finetune.eval_every": 50, "finetune.keep": "best"}},
-    "convergence": {f"{kind}{step}": {"prune.method": method} for step in (1500, 3000, 6000, 12000, 24000, 40000)
-                    for kind, method in (("p", "proxy"), ("t", "none"))},
+    "convergence": {**{f"{kind}{step}": {"prune.method": method} for step in (1500, 3000, 6000, 12000, 24000)
+                       for kind, method in (("p", "proxy"), ("t", "none"))},
+                    **{f"{kind}40000-s{seed}": {"prune.method": method, "seed": seed} for seed in (0, 1, 2)
+                       for kind, method in (("p", "proxy"), ("t", "none"))}},
 }
 
 
