@@ -79,7 +79,7 @@ _BASE: dict[str, Any] = {
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
     "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999, "distill": 0.0,
                  "ema_warmup": True, "eval_every": 0, "keep": "last", "single_stage": False, "fid_n": 0},
-    "control": {"enabled": True},
+    "control": {"enabled": True, "uniform": False, "dense": False},
     "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
               "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5,
               "scratch_from": "", "proposals": 1},

@@ -2,7 +2,7 @@
 the TUI read them from here."""
 
 # the pipeline, in order; group stages run one job per non-empty timestep group
-STAGES = ("base", "schedule", "prune", "finetune", "assemble", "control", "sample", "eval")
+STAGES = ("base", "schedule", "prune", "finetune", "assemble", "control", "uniform", "dense-small", "sample", "eval")
 GROUP_STAGES = ("prune", "finetune")
 # the whole-run training stages: with several slots (GPUs, or CPU slots of `--parallel N`), or several GPUs per
 # Slurm job, one job trains on all of them (torchrun, DDP: the batch split between the ranks). On CPU that is
@@ -25,9 +25,14 @@ SAMPLERS = ("ancestral", "ddim")
 NOISE_SCHEDULES = ("cosine", "linear")
 # the models a run evaluates: stage 1, the equal-compute control (stage 1 trained on for the steps of every
 # group's fine-tune together), and the progressive model
-SAMPLE_MODELS = ("base", "control", "progressive")
+# (and, where the run has them, the controls at equal inference cost: one copy pruned to the progressive model's
+# average MACs, fine-tuned on all timesteps, manager/stages/uniform.py; a dense narrower UNet of that cost trained
+# from scratch for as many steps, manager/stages/dense.py)
+SAMPLE_MODELS = ("base", "control", "uniform", "dense-small", "progressive")
+CONTROLS = ("control", "uniform", "dense-small")  # what the progressive model is compared with, besides the base
 # the comparisons a run reports, (model, against)
-MODEL_PAIRS = (("progressive", "control"), ("progressive", "base"), ("control", "base"))
+MODEL_PAIRS = (("progressive", "control"), ("progressive", "uniform"), ("progressive", "dense-small"),
+               ("progressive", "base"), ("control", "base"))
 METRICS = ("fid", "kid")
 
 # files a job produced (store table ``artifacts``)

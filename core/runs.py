@@ -60,6 +60,15 @@ def _disk_error(e: OSError, what: Path) -> UserError:
     return UserError(f"cannot write {what}: {e.strerror or e}")
 
 
+@contextlib.contextmanager
+def writing_in(folder: Path):
+    """Writes into ``folder`` whose ``OSError`` (a full disk, a read-only folder) becomes one line naming the file."""
+    try:
+        yield
+    except OSError as e:  # ENOSPC, EROFS, EACCES...: the writes stop here, and the user reads why in one line
+        raise _disk_error(e, Path(e.filename) if e.filename else Path(folder)) from None
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Write via a temporary file in the same folder, fsync, then rename: a reader sees the old or the new file."""
     path = Path(path)
@@ -246,6 +255,10 @@ class Run:
     def prune_record(self, g: int) -> Path:
         return self.path / "prune" / f"{self.group_stage(g)}.json"
 
+    def uniform_record(self) -> Path:
+        """The plan of the control at equal inference cost (``manager/stages/uniform.py``)."""
+        return self.path / "prune" / "uniform.json"
+
     def schedule_file(self) -> Path:
         return self.path / "schedule.json"
 
@@ -272,6 +285,40 @@ class Run:
     def job_log(self, job_id: int, stage: str, group: Optional[int]) -> Path:
         tag = stage if group is None else f"{stage}-g{group:02d}"
         return self.path / "logs" / f"{job_id:04d}-{tag}.log"
+
+
+def record_base(run: Run, finished: bool = True) -> None:
+    """``meta.json``'s record of stage 1's model: once stage 1 is finished (``finished``), the sha256 and size of
+    ``models/base.pt`` (its origin kept: trained here unless imported or forked), which ``fork`` and ``show``
+    check the file against; while stage 1 trains again (``finished=False``), none."""
+    meta = run.meta
+    base = {k: v for k, v in (meta.get("base") or {"origin": "trained"}).items() if k not in ("sha256", "bytes")}
+    if finished:
+        path = run.model("base")
+        base.update(sha256=file_sha256(path), bytes=path.stat().st_size)
+    elif "sha256" not in (meta.get("base") or {}):
+        return  # nothing recorded: nothing to forget
+    atomic_write_json({**meta, "base": base}, run.path / "meta.json")
+
+
+def base_changed(run: Run, digest: Optional[str] = None) -> Optional[str]:
+    """How ``models/base.pt`` differs from what ``meta.json`` recorded when stage 1 finished, in a few words; None
+    when it matches or nothing was recorded (stage 1 unfinished, or finished before records were kept).
+    ``digest``: the file's sha256 when the caller has it already."""
+    rec = (run.meta.get("base") or {})
+    if not rec.get("sha256"):
+        return None
+    path, want = run.model("base"), f"recorded sha256 {str(rec['sha256'])[:12]}"
+    try:
+        size = path.stat().st_size
+        if rec.get("bytes") is not None and rec["bytes"] != size:
+            return f"models/base.pt changed since stage 1 finished: {size} bytes, recorded {rec['bytes']}"
+        digest = digest or file_sha256(path)
+    except OSError as e:
+        return f"models/base.pt is {'missing' if e.errno == errno.ENOENT else 'unreadable'} ({want})"
+    if digest != rec["sha256"]:
+        return f"models/base.pt changed since stage 1 finished: sha256 {digest[:12]}, {want}"
+    return None
 
 
 def set_launcher(run: Run, overrides: list[str]) -> dict:
@@ -342,14 +389,23 @@ def file_lock(path: Path):
         yield
 
 
+def check_run_name(name: str) -> str:
+    """``name`` if it can name a run: not empty, printable characters only (a newline or a terminal escape sequence
+    would be printed raw by every listing), no '/', no leading '.', at most 200 characters; else a one-line error."""
+    if not name.strip():
+        raise UserError("the run name is empty; give one, or leave the option out for PRESET-DATE-TIME")
+    if not name.isprintable():
+        raise UserError(f"bad run name {name!r}: printable characters only (no newline, tab or terminal escape)")
+    if "/" in name or name in (".", "..") or name.startswith(".") or len(name) > 200:
+        raise UserError(f"bad run name {name!r}: no '/', no leading '.', at most 200 characters")
+    return name
+
+
 def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = None, status: str = "created",
                parent: Optional[str] = None) -> Run:
     root = runs_root(runs_dir)
-    if name is not None and not name.strip():
-        raise UserError("the run name is empty; give one, or leave the option out for PRESET-DATE-TIME")
-    name = name or f"{cfg['preset']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if "/" in name or name in (".", "..") or name.startswith(".") or len(name) > 200:
-        raise UserError(f"bad run name {name!r}: no '/', no leading '.', at most 200 characters")
+    name = check_run_name(name if name is not None else
+                          f"{cfg['preset']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     path = root / name
     try:
         path.mkdir(parents=True, exist_ok=False)

@@ -73,6 +73,13 @@ def runs_dir_option(f):
                         help="Runs directory (default: $STEPADAPT_HOME or ./runs).")(f)
 
 
+def check_name(ctx, param, value):
+    """``--name``'s callback: the run name checked before anything runs (printable characters only, no '/')."""
+    from core.runs import check_run_name
+
+    return value if value is None else check_run_name(value)
+
+
 def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 

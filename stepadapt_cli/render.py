@@ -135,6 +135,11 @@ def print_show(run, data: dict) -> None:
         at = f"@{base['step']}" if base.get("step") is not None else ""
         con.print(f"stage 1: shared with {base.get('run')}{at} (a fork; base sha256 {str(base.get('sha256'))[:12]})",
                   markup=False, highlight=False)
+    elif base.get("sha256"):
+        con.print(f"stage 1: trained here (base sha256 {str(base['sha256'])[:12]})", markup=False, highlight=False)
+    if data.get("base_changed"):
+        con.print(f"[bold red]stage 1: CHANGED[/] {escape(data['base_changed'])}; forks of this run are refused",
+                  highlight=False)
     con.print("stages: " + "  ".join(f"{k} [{'green' if v == 'done' else 'yellow'}]{v}[/]"
                                       for k, v in data["stages"].items()))
     if data["groups"]:
@@ -232,12 +237,13 @@ def print_loss_table(run: str, rows: list[dict]) -> None:
     control ('same' when the paired 95% interval of the difference holds zero)."""
     if not rows:
         return
-    models = [m for m in ("base", "control", "progressive") if m in rows[0]]
-    tab = _table(f"{run}: held-out loss (eps-MSE) per timestep group", ("group", *models, "progressive vs base",
-                                                                         "progressive vs control"), "right")
+    models = [m for m in ("base", "control", "uniform", "dense-small", "progressive") if m in rows[0]]
+    against = [m for m in ("base", "control", "uniform", "dense-small")
+               if any(r.get(f"vs_{m}") for r in rows)] or ["base"]
+    tab = _table(f"{run}: held-out loss (eps-MSE) per timestep group",
+                 ("group", *models, *(f"progressive vs {m}" for m in against)), "right")
     for r in rows:
-        tab.add_row(str(r["group"]), *[fmt(r.get(m)) for m in models], change(r.get("vs_base")),
-                    change(r.get("vs_control")))
+        tab.add_row(str(r["group"]), *[fmt(r.get(m)) for m in models], *(change(r.get(f"vs_{m}")) for m in against))
     console().print(tab)
 
 

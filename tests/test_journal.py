@@ -151,5 +151,8 @@ def test_a_pipeline_job_leaves_its_records_in_its_journal_and_they_reach_the_sto
     assert "Warning" not in open(pipeline_log).read()  # e.g. runpy's, from re-running an imported main module
     base_rows = store.metrics("j", stage="base", key="loss")
     assert base_rows and base_rows[-1]["step"] == 4
+    base = json.loads((runs_dir / "j" / "meta.json").read_text())["base"]  # recorded as stage 1's job finished
+    model = (runs_dir / "j" / "models" / "base.pt").read_bytes()
+    assert base == {"origin": "trained", "sha256": hashlib.sha256(model).hexdigest(), "bytes": len(model)}
     assert any(a["kind"] == "report" for a in store.artifacts("j"))
     assert (runs_dir / "j" / "report" / "index.html").exists()

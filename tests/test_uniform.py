@@ -2,6 +2,7 @@
 average MACs for all timesteps, fine-tuned on all timesteps for the fine-tunes' total steps, evaluated and
 compared wherever the control is."""
 import json
+import math
 
 import torch
 
@@ -41,3 +42,31 @@ def test_a_run_without_pruning_has_no_uniform_control(runs_dir):
     assert not (runs_dir / "n" / "models" / "uniform.pt").exists()
     stages = json.loads(run_cli("show", "n", "--json", "--runs-dir", runs_dir, check=0).stdout)["stages"]
     assert stages["uniform"] == "skipped" and stages["control"] == "done"
+
+
+def test_dense_small_is_the_width_nearest_the_progressive_models_cost_trained_as_long_from_fresh_weights(runs_dir):
+    """control.dense: the narrower dense UNet whose MACs are nearest the progressive model's average (at the tiny
+    preset's 0.70x, 27 channels: within 3%), trained from fresh weights for stage 1's and every fine-tune's steps."""
+    from core import config as C
+    from core.manager.stages.dense import width_for
+    from core.model.macs import count
+    from core.model.unet import build_unet
+
+    cfg = C.resolve("tiny", None, [])
+    full = count(build_unet(C.model_arch(cfg), seed=0), 32, 1)["macs"]
+    arch, macs = width_for(cfg, 0.70 * full)
+    assert arch["model_channels"] == 27 and arch["norm_groups"] == 3 and abs(macs / (0.70 * full) - 1) < 0.03
+    run_cli("run", "--preset", "tiny", "--name", "d", *SMALL, "-S", "control.dense=true", "-S",
+            "prune.method=magnitude", "--runs-dir", runs_dir, check=0)
+    m = json.loads((runs_dir / "d" / "eval.json").read_text())["models"]
+    dense = torch.load(runs_dir / "d" / "models" / "dense-small.pt", weights_only=True)
+    assert dense["step"] == dense["total_steps"] == 6 + 6 and m["dense-small"]["train_steps"] == 12
+    assert dense["arch"]["model_channels"] < 16 and "plan" not in dense
+    widths = [w for w in range(2, 17) if (2 * w) % 2 == 0]  # the micro model: 2 heads at 2x width
+    from core.manager.stages.dense import narrower
+
+    costs = {w: count(build_unet(narrower(C.model_arch(json.loads((runs_dir / "d" / "config.json").read_text())), w),
+                                 seed=0), 32, 1)["macs"] for w in widths}
+    target = dense["target_macs"]
+    nearest = min(widths, key=lambda w: abs(math.log(costs[w] / target)))
+    assert dense["arch"]["model_channels"] == nearest and m["dense-small"]["macs"] == costs[nearest]

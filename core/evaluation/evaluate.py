@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from core.names import MODEL_PAIRS, SAMPLE_MODELS
+from core.names import CONTROLS, MODEL_PAIRS, SAMPLE_MODELS
 
 
 def load_eval(run) -> dict:
@@ -206,7 +206,7 @@ def _train_precision(run, which: str, sched) -> Optional[list[str]]:
 
     if run is None:
         return None
-    paths = [run.model("base")] if which != "control" else [run.model("control")]
+    paths = [run.model(which)] if which in CONTROLS else [run.model("base")]
     if which == "progressive":
         paths += [run.model(run.group_stage(g.index)) for g in sched.nonempty]
     found = [artifact_fields(p).get("precisions") for p in paths if p.exists()]
@@ -226,6 +226,10 @@ def _train_steps(run, which: str, cfg: dict, sched) -> int:
         base = 0  # the groups' models started from fresh weights (single-stage, scratch): their own steps only
     if which == "control":
         return artifact_step(run.model("control")) or base
+    if which == "uniform":  # stage 1, then the pruned copy's fine-tune on all timesteps
+        return base + (artifact_step(run.model("uniform")) or 0)
+    if which == "dense-small":  # from fresh weights: its own steps only
+        return artifact_step(run.model("dense-small")) or 0
     if which == "progressive":
         return base + sum(artifact_step(run.model(run.group_stage(g.index))) or 0 for g in sched.nonempty)
     return base
@@ -303,6 +307,14 @@ def bottom_line(comparisons: list[dict]) -> str:
         text += " It matches the control at lower cost; a larger sample count may separate them."
     elif pc and pc["verdict"] == "better":
         text += " The method, not the extra steps, made the difference."
+    pu = by.get(("progressive", "uniform"))
+    if pu and pu.get("verdict"):
+        text += (f" Against one copy pruned to the same average MACs for all timesteps ({pu['macs_ratio']:.2f}x its "
+                 f"MACs, same steps) it is {word[pu['verdict']]} on {metric}.")
+    pd = by.get(("progressive", "dense-small"))
+    if pd and pd.get("verdict"):
+        text += (f" Against a narrower dense UNet of that cost trained from scratch as long ({pd['macs_ratio']:.2f}x "
+                 f"its MACs) it is {word[pd['verdict']]} on {metric}.")
     return text
 
 
@@ -317,7 +329,7 @@ def loss_table(models: dict, comparisons: list[dict]) -> list[dict]:
     out = []
     for g in groups:
         row = {"group": g, **{m: models[m].get("loss_groups", {}).get(str(g)) for m in SAMPLE_MODELS if m in models}}
-        for other in ("base", "control"):
+        for other in ("base", *CONTROLS):
             ch = pair.get(("progressive", other), {}).get(str(g))
             if ch:
                 row[f"vs_{other}"] = ch

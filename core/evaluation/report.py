@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from core.evaluation.evaluate import load_eval
-from core.runs import Run, read_jsonl
+from core.runs import Run, read_jsonl, writing_in
 
 
 def _plt():
@@ -198,7 +198,7 @@ def plot_fid_macs(runs: list[Run], path: Path) -> bool:
     many = len(pts) > 6
     fig, axes = plt.subplots(1, 2, figsize=(13 if many else 11, 4.5 if many else 4))
     kind = pts[0][3].get("fid_kind", "").split(" (")[0] or "FID"
-    marker = {"base": "o", "control": "^", "progressive": "s"}
+    marker = {"base": "o", "control": "^", "uniform": "v", "dense-small": "P", "progressive": "s"}
     for ax, key, label in ((axes[0], "fid", kind), (axes[1], "kid", "KID")):
         for name, model, macs, row in pts:
             val, ci = row.get(key), row.get(f"{key}_ci")
@@ -241,22 +241,23 @@ def side_by_side(paths: dict, out: Path) -> bool:
 def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]:
     """``out/index.html`` and ``out/report.md`` with the same sections: the Table 1 style comparison, the
     figures (schedule, losses, proxy rounds, FID vs MACs, samples) and the proxy rounds."""
-    out.mkdir(parents=True, exist_ok=True)
-    ev = load_eval(run)
-    full = ev.get("models", {}).get("base", {}).get("macs", 1.0)
-    rounds = proxy_rounds(run)
-    sections = [*_comparison(run, baselines, ev), *_figures(run, baselines, out, rounds, full),
-                *_proxy_table(rounds, full), *_jobs_table(run, out),
-                ("pre", "Resolved config", json.dumps(run.config, indent=2, sort_keys=True))]
-    meta, cfg = run.meta, run.config
-    title = f"Report: {run.name}"
-    facts = [("preset", str(cfg.get("preset"))), ("prune method", cfg["prune"]["method"]),
-             ("config", str(meta.get("config_hash"))), ("seed", str(meta.get("seed"))),
-             ("git", str(meta.get("git_sha"))[:10])]
-    md_path, html_path = out / "report.md", out / "index.html"
-    md_path.write_text(_markdown(title, facts, sections))
-    html_path.write_text(_html(title, facts, sections))
-    return html_path, md_path
+    with writing_in(out):  # a full disk or a read-only folder: one line, not a traceback
+        out.mkdir(parents=True, exist_ok=True)
+        ev = load_eval(run)
+        full = ev.get("models", {}).get("base", {}).get("macs", 1.0)
+        rounds = proxy_rounds(run)
+        sections = [*_comparison(run, baselines, ev), *_figures(run, baselines, out, rounds, full),
+                    *_proxy_table(rounds, full), *_jobs_table(run, out),
+                    ("pre", "Resolved config", json.dumps(run.config, indent=2, sort_keys=True))]
+        meta, cfg = run.meta, run.config
+        title = f"Report: {run.name}"
+        facts = [("preset", str(cfg.get("preset"))), ("prune method", cfg["prune"]["method"]),
+                 ("config", str(meta.get("config_hash"))), ("seed", str(meta.get("seed"))),
+                 ("git", str(meta.get("git_sha"))[:10])]
+        md_path, html_path = out / "report.md", out / "index.html"
+        md_path.write_text(_markdown(title, facts, sections))
+        html_path.write_text(_html(title, facts, sections))
+        return html_path, md_path
 
 
 # a section is ("table", title, note, head, rows), ("figure", title, file, caption), ("text", title, lines) or
@@ -269,7 +270,7 @@ def _comparison(run: Run, baselines: list[Run], ev: dict) -> list[tuple]:
     for r in [run, *baselines]:
         models = load_eval(r).get("models", {})
         base_macs = models.get("base", {}).get("macs")
-        for model in [m for m in ("base", "control", "progressive") if m in models]:
+        for model in [m for m in ("base", "control", "uniform", "dense-small", "progressive") if m in models]:
             row = models[model]
             rows.append([r.name, model, ci(row.get("fid"), row.get("fid_ci")),
                          ci(row.get("kid"), row.get("kid_ci"), "{:.2f}", 1e-3),
@@ -292,13 +293,15 @@ def _comparison(run: Run, baselines: list[Run], ev: dict) -> list[tuple]:
                        "samples start from the same noise, resampled with the same indices."]))
     table = loss_table(ev.get("models", {}), comps)
     if table:
-        models = [m for m in ("base", "control", "progressive") if m in table[0]]
+        models = [m for m in ("base", "control", "uniform", "dense-small", "progressive") if m in table[0]]
+        extra = [c for c in ("uniform", "dense-small") if c in table[0]]  # the controls at equal inference cost
         lrows = [[str(t["group"]), *[f"{t[m]:.5f}" for m in models],
                   *[change(t.get(k))
-                    for k in ("vs_base", "vs_control")]] for t in table]
+                    for k in ("vs_base", "vs_control", *(f"vs_{c}" for c in extra))]] for t in table]
         out.append(("table", "Held-out loss (eps-MSE) per timestep group",
                     "same: the paired 95% interval of the difference holds zero.",
-                    ["group", *models, "progressive vs base", "progressive vs control"], lrows))
+                    ["group", *models, "progressive vs base", "progressive vs control",
+                     *(f"progressive vs {c}" for c in extra)], lrows))
     return out
 
 
@@ -325,13 +328,13 @@ def _figures(run: Run, baselines: list[Run], out: Path, rounds: list[dict], full
     if plot_fid_macs([run, *baselines], out / "fid_macs.png"):
         figs.append(("figure", "FID and KID vs MACs", "fid_macs.png",
                      "base, control and progressive models (and baselines), 95% intervals as error bars"))
-    grids = {w: run.samples() / f"eval_{w}.png" for w in ("base", "control", "progressive")}
+    grids = {w: run.samples() / f"eval_{w}.png" for w in ("base", "control", "uniform", "dense-small", "progressive")}
     if side_by_side(grids, out / "samples.png"):
         figs.append(("figure", "Samples, same noise", "samples.png",
                      "the first 64 evaluation samples of each model, from the same noise (left to right: "
                      + ", ".join(w for w, p in grids.items() if p.exists()) + ")"))
     else:
-        for which in ("base", "control", "progressive"):
+        for which in ("base", "control", "uniform", "dense-small", "progressive"):
             src = next(iter(sorted(run.samples().glob(f"{which}_s*_seed0.png"))), None)
             if src is not None:
                 shutil.copyfile(src, out / f"samples_{which}.png")
@@ -425,43 +428,44 @@ def _html(title: str, facts: list[tuple], sections: list[tuple]) -> str:
 def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Path]:
     """``out/index.html`` and ``out/report.md`` of a study: its table beside the paper's numbers, FID vs MACs of
     every arm, and the progressive model's samples of every arm from the same noise, side by side."""
-    out.mkdir(parents=True, exist_ok=True)
-    sections = [study_table(res)]
-    if plot_fid_macs(runs, out / "fid_macs.png"):
-        sections.append(("figure", "FID and KID vs MACs", "fid_macs.png",
-                         "every arm's models, 95% bootstrap intervals as error bars"))
-    for r in runs:  # proxy rounds with several proposals per round (Fig. 7)
-        if r.config["prune"].get("proposals", 1) > 1 and plot_proxy(proxy_rounds(r), out / f"proxy_{r.name}.png"):
-            sections.append(("figure", f"Proxy proposals per round: {r.name}", f"proxy_{r.name}.png",
-                             "every proposal's held-out loss, the per-round mean and standard deviation"))
-    for r in runs:  # fine-tune curves (finetune.eval_every), one figure per arm that measured them
-        if plot_heldout(r, out / f"heldout_{r.name}.png"):
-            sections.append(("figure", f"Held-out loss during fine-tuning: {r.name}", f"heldout_{r.name}.png",
-                             "each group's held-out eps-MSE every finetune.eval_every steps; rings mark the best"))
-    if plot_fid_curve(runs, out / "fid_curve.png"):
-        sections.append(("figure", "FID during fine-tuning", "fid_curve.png",
-                         "each arm's whole progressive model at every finetune.eval_every step (finetune.fid_n "
-                         "samples, the same noise at every step); rings mark the lowest"))
-    grids = {}
-    for r in runs:
-        found = sorted(r.samples().glob("progressive_s*_seed0.png"))
-        if found:
-            grids[r.name] = found[-1]
-    one = sorted(runs[0].samples().glob("side_by_side_s*_seed0.png")) if len(runs) == 1 else []
-    if one:  # one arm: its base, control and progressive model side by side
-        shutil.copyfile(one[-1], out / "samples.png")
-        sections.append(("figure", "Samples, same noise", "samples.png",
-                         f"{runs[0].name}: base, control and progressive model from the same noise"))
-    elif side_by_side(grids, out / "samples.png"):
-        sections.append(("figure", "Samples per arm, same noise", "samples.png",
-                         "each arm's progressive model, same seed and noise"))
-    facts = [("study", res["study"]), ("preset", res["preset"]), ("shared base", res["base"]),
-             ("runs", str(len(runs)))]
-    title = f"Study {res['id']}: {res['title']}"
-    md_path, html_path = out / "report.md", out / "index.html"
-    md_path.write_text(_markdown(title, facts, sections))
-    html_path.write_text(_html(title, facts, sections))
-    return html_path, md_path
+    with writing_in(out):  # a full disk or a read-only folder: one line, not a traceback
+        out.mkdir(parents=True, exist_ok=True)
+        sections = [study_table(res)]
+        if plot_fid_macs(runs, out / "fid_macs.png"):
+            sections.append(("figure", "FID and KID vs MACs", "fid_macs.png",
+                             "every arm's models, 95% bootstrap intervals as error bars"))
+        for r in runs:  # proxy rounds with several proposals per round (Fig. 7)
+            if r.config["prune"].get("proposals", 1) > 1 and plot_proxy(proxy_rounds(r), out / f"proxy_{r.name}.png"):
+                sections.append(("figure", f"Proxy proposals per round: {r.name}", f"proxy_{r.name}.png",
+                                 "every proposal's held-out loss, the per-round mean and standard deviation"))
+        for r in runs:  # fine-tune curves (finetune.eval_every), one figure per arm that measured them
+            if plot_heldout(r, out / f"heldout_{r.name}.png"):
+                sections.append(("figure", f"Held-out loss during fine-tuning: {r.name}", f"heldout_{r.name}.png",
+                                 "each group's held-out eps-MSE every finetune.eval_every steps; rings mark the best"))
+        if plot_fid_curve(runs, out / "fid_curve.png"):
+            sections.append(("figure", "FID during fine-tuning", "fid_curve.png",
+                             "each arm's whole progressive model at every finetune.eval_every step (finetune.fid_n "
+                             "samples, the same noise at every step); rings mark the lowest"))
+        grids = {}
+        for r in runs:
+            found = sorted(r.samples().glob("progressive_s*_seed0.png"))
+            if found:
+                grids[r.name] = found[-1]
+        one = sorted(runs[0].samples().glob("side_by_side_s*_seed0.png")) if len(runs) == 1 else []
+        if one:  # one arm: its base, control and progressive model side by side
+            shutil.copyfile(one[-1], out / "samples.png")
+            sections.append(("figure", "Samples, same noise", "samples.png",
+                             f"{runs[0].name}: base, control and progressive model from the same noise"))
+        elif side_by_side(grids, out / "samples.png"):
+            sections.append(("figure", "Samples per arm, same noise", "samples.png",
+                             "each arm's progressive model, same seed and noise"))
+        facts = [("study", res["study"]), ("preset", res["preset"]), ("shared base", res["base"]),
+                 ("runs", str(len(runs)))]
+        title = f"Study {res['id']}: {res['title']}"
+        md_path, html_path = out / "report.md", out / "index.html"
+        md_path.write_text(_markdown(title, facts, sections))
+        html_path.write_text(_html(title, facts, sections))
+        return html_path, md_path
 
 
 def study_table(res: dict) -> tuple:

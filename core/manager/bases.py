@@ -2,29 +2,31 @@
 
 Either way the new run's stage 1 is finished before its first job: ``models/base.pt`` (EMA weights, the arch,
 the step, and where it came from) and ``checkpoints/base.pt`` (what the control continues from) exist, and
-``meta.json`` records the base's origin and sha256:
+``meta.json`` records the base's origin, sha256 and size (a run that trains its own stage 1 records
+``{"origin": "trained", "sha256", "bytes"}`` when it finishes, ``runs.record_base``):
 
     meta["base"] = {"origin": "import", "file": PATH, "file_sha256": ..., "format": "improved-diffusion",
-                    "sha256": sha256 of models/base.pt}
-    meta["base"] = {"origin": "fork", "run": PARENT, "sha256": ...}   (and meta["parent"] = PARENT)
-    meta["base"] = {"origin": "fork", "run": PARENT, "step": STEP, "sha256": ...}   a fork of PARENT@STEP: the
-                   milestone that PARENT's stage 1 kept at STEP (train.keep), EMA weights and training state
+                    "sha256": sha256 of models/base.pt, "bytes": its size}
+    meta["base"] = {"origin": "fork", "run": PARENT, "sha256": ..., "bytes": ...}   (and meta["parent"] = PARENT)
+    meta["base"] = {"origin": "fork", "run": PARENT, "step": STEP, "sha256": ..., "bytes": ...}   a fork of
+                   PARENT@STEP: the milestone that PARENT's stage 1 kept at STEP (train.keep), EMA weights and
+                   training state
 
 A fork shares its parent's stage 1, so the sections stage 1 depends on (model, diffusion, train, data) cannot
 change; anything later (schedule, prune, fine-tune, control, sample, eval, seed) can. A fork's base files are
-hard links to the parent's where the filesystem allows (copies otherwise): no stage writes them again, and
-every write in this project replaces a file rather than changing it in place.
+copies of the parent's, never hard links: a file changed in place (not replaced) in one run changes no other.
+``fork`` refuses a parent whose base no longer matches its record, and ``show`` says so.
 """
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from core.errors import UserError
-from core.runs import Run, atomic_torch_save, atomic_write_json, create_run, file_sha256, open_run
+from core.runs import (Run, atomic_torch_save, atomic_write_bytes, atomic_write_json, base_changed, create_run,
+                       file_sha256, open_run)
 
 SHARED_SECTIONS = ("model", "diffusion", "train", "data")  # what stage 1 depends on: a fork keeps them
 
@@ -123,13 +125,18 @@ def fork_config(parent: Run, overrides: Iterable[str], step: Optional[int] = Non
 
 
 def check_parent_base(parent: Run) -> str:
-    """The parent's finished base's sha256, or a one-line error (missing, unfinished, changed since)."""
+    """The parent's finished base's sha256, or a one-line error (missing, changed since its sha256 and size were
+    recorded, unfinished)."""
     from core.manager.stages import base
 
     path = parent.model("base")
     if not path.is_file():
         raise UserError(f"run {parent.name} has no base model ({path}); train it first (stepadapt resume "
                         f"{parent.name})")
+    digest = file_sha256(path)
+    changed = base_changed(parent, digest)
+    if changed:
+        raise UserError(f"run {parent.name}'s base is not the one it finished with ({changed}); refusing to fork it")
     if base.pending(parent):
         from core.method.fields import artifact_step
 
@@ -138,11 +145,6 @@ def check_parent_base(parent: Run) -> str:
     if not parent.ckpt("base").is_file():
         raise UserError(f"run {parent.name} has no stage-1 checkpoint ({parent.ckpt('base')}), which the fork's "
                         "control continues from")
-    digest = file_sha256(path)
-    recorded = (parent.meta.get("base") or {}).get("sha256")
-    if recorded and recorded != digest:
-        raise UserError(f"run {parent.name}'s base model changed since it was recorded (sha256 {digest[:12]}, "
-                        f"recorded {recorded[:12]}); refusing to fork it")
     return digest
 
 
@@ -174,8 +176,9 @@ def check_milestone(parent: Run, step: int) -> tuple[Path, Path, str]:
 
 def fork_run(parent_name: str, name: Optional[str], overrides: Iterable[str], runs_dir,
              log: Callable[[str], None] = print) -> Run:
-    """A new run sharing ``parent_name``'s finished stage 1 (config from the parent, with ``overrides``); with
-    ``PARENT@STEP``, the stage 1 that the parent kept at milestone STEP."""
+    """A new run sharing ``parent_name``'s finished stage 1 (config from the parent, with ``overrides``; its base
+    files copied and checked against the parent's sha256); with ``PARENT@STEP``, the stage 1 that the parent kept
+    at milestone STEP."""
     parent_name, step = split_milestone(parent_name)
     parent = open_run(parent_name, runs_dir)
     cfg = fork_config(parent, overrides, step)
@@ -186,7 +189,7 @@ def fork_run(parent_name: str, name: Optional[str], overrides: Iterable[str], ru
     run = create_run(cfg, name, runs_dir, parent=parent.name)
     try:
         for src, dst in ((model, run.model("base")), (state, run.ckpt("base"))):
-            _link_or_copy(src, dst)
+            _copy(src, dst)
         if file_sha256(run.model("base")) != digest:
             raise UserError(f"the fork's base differs from {parent.name}'s after copying; disk trouble?")
         _copy_base_curve(parent, run, step)
@@ -209,7 +212,7 @@ def _copy_base_curve(parent: Run, run: Run, step: Optional[int]) -> None:
 
     if parent.metrics("base").is_file():
         if step is None:
-            _link_or_copy(parent.metrics("base"), run.metrics("base"), copy_only=True)
+            _copy(parent.metrics("base"), run.metrics("base"))
         else:
             lines = [r for r in read_jsonl(parent.metrics("base")) if r.get("step", 0) <= step]
             run.metrics("base").parent.mkdir(parents=True, exist_ok=True)
@@ -221,17 +224,11 @@ def _copy_base_curve(parent: Run, run: Run, step: Optional[int]) -> None:
         store.log_metrics(rows)
 
 
-def _link_or_copy(src: Path, dst: Path, copy_only: bool = False) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if not copy_only:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
-    tmp = dst.with_name(f".{dst.name}.copy.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+def _copy(src: Path, dst: Path) -> None:
+    """``dst`` a copy of ``src``, written atomically (a full disk is one line). Never a hard link: a file changed
+    in place in one run would change the other's too."""
+    with open(src, "rb") as f:
+        atomic_write_bytes(dst, lambda out: shutil.copyfileobj(f, out, 1 << 20))
 
 
 def _record(run: Run, base: dict) -> None:
@@ -239,7 +236,7 @@ def _record(run: Run, base: dict) -> None:
     from core.store import open_store
 
     meta = dict(run.meta)
-    meta["base"] = base
+    meta["base"] = {**base, "bytes": run.model("base").stat().st_size}
     atomic_write_json(meta, run.path / "meta.json")
     store = open_store(run.path.parent)
     for path, kind in ((run.model("base"), "model"), (run.ckpt("base"), "checkpoint")):

@@ -13,7 +13,7 @@ from core.errors import UserError
 from core.evaluation.evaluate import load_eval, loss_table
 from core.manager import stages
 from core.names import JOB_ACTIVE, SAMPLE_MODELS, STAGES
-from core.runs import Run, read_json
+from core.runs import Run, base_changed, read_json
 from core.store import Store
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -54,9 +54,12 @@ def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
     """Stage -> running | done | skipped | failed | killed | lost | pending."""
     cfg = run.config
     from core.config import single_stage
+    from core.manager.stages.dense import wanted as dense_wanted
+    from core.manager.stages.uniform import wanted as uniform_wanted
 
     skipped = {"prune": cfg["prune"]["method"] == "none",
-               "control": not cfg["control"]["enabled"] or single_stage(cfg), "base": single_stage(cfg)}
+               "control": not cfg["control"]["enabled"] or single_stage(cfg), "base": single_stage(cfg),
+               "uniform": not uniform_wanted(cfg), "dense-small": not dense_wanted(cfg)}
     out = {}
     for st in STAGES:
         js = [j for j in jobs if j["stage"] == st]
@@ -152,7 +155,8 @@ def show_data(store: Store, run: Run) -> dict:
                                    "slurm_job", "slurm_state", "slurm_time")} for j in store.jobs(run.name)]
     return {"run": summary, "meta": run.meta, "stages": stage_status(run, store.jobs(run.name)),
             "groups": group_rows(store, run), "jobs": jobs, "metrics_last": last,
-            "artifacts": store.artifacts(run.name), "eval": load_eval(run)}
+            "artifacts": store.artifacts(run.name), "eval": load_eval(run),
+            "base_changed": base_changed(run)}  # models/base.pt against its record in meta.json, or None
 
 
 def run_detail(store: Store, run: Run) -> dict:

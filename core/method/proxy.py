@@ -20,8 +20,9 @@ timesteps is measured and put in the memory bank. After ``rounds`` rounds the ac
 lowest loss wins; with none, a named baseline method prunes the group instead and the report says so.
 
 Every call and every round outcome is recorded in the store. Sources of answers: ``live`` (the LLM),
-``cache`` (a recorded answer to an identical request key, from any run), ``replay`` (the recorded answers
-of another run, in order, each checked against the request key of the call being made).
+``cache`` (a recorded live answer to an identical request key, from any run of this store; never an imported
+one), ``replay`` (the recorded answers of another run, in order, each checked against the request key of the call
+being made; imported ones too).
 """
 from __future__ import annotations
 
@@ -208,6 +209,13 @@ def _difference(rec: dict, model: str, messages: list, params: dict) -> str:
     return f"parameters {params} were {rec.get('params')}"
 
 
+def cached_answer(store, key: str) -> Optional[dict]:
+    """The earliest successful answer this store's LLM gave to request ``key`` (source ``live``, from any run).
+    Answers copied from elsewhere (imported, or replayed from an import) are never served to a new request."""
+    return next((c for c in store.same_request(key) if c.get("source") == "live" and c.get("error") is None
+                 and c.get("response_text") is not None), None)
+
+
 @dataclass
 class ProxyRun:
     """One group's proxy search."""
@@ -254,7 +262,7 @@ class ProxyRun:
             else:
                 row["source"] = "replay"
         if rec is None and self.use_cache:
-            rec = (self.cache or self.store).cached(key)
+            rec = cached_answer(self.cache or self.store, key)
             if rec is not None:
                 row["source"] = "cache"
         if rec is not None:

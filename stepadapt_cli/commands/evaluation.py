@@ -37,7 +37,9 @@ def _check_baseline(result: dict, cmp: dict, baseline_value: float, tolerance: f
 
 @click.command("eval", short_help="FID/KID with intervals, loss per group, MACs of a run's models; a CI gate.")
 @click.argument("run_name", metavar="[RUN]", required=False)
-@click.option("--model", "which", type=click.Choice(["base", "control", "progressive", "all", "both"]), default="all",
+@click.option("--model", "which", type=click.Choice(["base", "control", "uniform", "dense-small", "progressive", "all",
+                                                     "both"]),
+              default="all",
               show_default=True, help="Which models (both: base and progressive).")
 @click.option("--n", "n", type=int, default=None, help="Samples for FID/KID (default eval.fid_n: 50000 cifar10, 1024 tiny).")
 @steps_option("sample", "Respaced sampling steps (default eval.steps: 100; tiny 25).")
@@ -74,7 +76,7 @@ def eval_cmd(run_name, which, n, steps, inception, folders, preset, max_fid, bas
 
     run = open_run(run_name, runs_dir)
     base_run = open_run(baseline_run, runs_dir) if baseline_run else None
-    models = {"all": ("base", "control", "progressive"), "both": ("base", "progressive")}.get(which, (which,))
+    models = {"all": ("base", "control", "uniform", "dense-small", "progressive"), "both": ("base", "progressive")}.get(which, (which,))
     say = (lambda s: click.echo(s, err=True))
     ev = evaluate_run(run, dev, log=say, models=models, n=n, steps=steps, inception=inception, fid=True, force=force)
     got = {w: ev["models"][w] for w in models if w in ev["models"]}

@@ -280,28 +280,17 @@ def _export(store, run_name: str, path: Path) -> None:
 @runs_dir_option
 def llm_import(file, runs_dir):
     """Add recorded LLM calls and proxy rounds exported by `llm-log RUN --export FILE` to this store, so that
-    `prune NEW --method proxy --replay RUN` replays them here; records already here are kept as they are."""
-    import json
+    `prune NEW --method proxy --replay RUN` replays them here; records already here are kept as they are.
 
+    Every record is checked before anything is imported: known fields of the right types, text within its cap
+    (a response 256 KiB, a call's messages 1 MiB), and a request key that matches the call's model, messages and
+    parameters; the first bad line is refused as FILE:LINE. Imported calls serve --replay only, never --cache:
+    the cache answers only with what this store's LLM answered."""
+    from core.method.decisions import read_export
     from core.runs import runs_root
     from core.store import open_store as open_plain_store
 
-    records = []
-    try:
-        lines = Path(file).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {file}: {e}") from None
-    for i, line in enumerate(lines, 1):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise UserError(f"{file}:{i}: not a JSON line of an `llm-log --export` file") from None
-        need = {"call": ("id", "run", "group_index", "session", "seq", "request_key"),
-                "round": ("run", "group_index", "session", "round")}.get(rec.get("type") if isinstance(rec, dict)
-                                                                         else None)
-        if need is None or any(k not in rec for k in need):
-            raise UserError(f"{file}:{i}: not a call or round record of an `llm-log --export` file")
-        records.append(rec)
+    records = read_export(file)
     counts = open_plain_store(runs_root(runs_dir)).import_decisions(records)
     click.echo(f"imported {counts['calls']} calls and {counts['rounds']} rounds "
                f"({counts['skipped']} already here) from {file}")

@@ -18,7 +18,7 @@ from core.errors import Interrupted, StageFailed, UserError
 from core.names import JOB_ACTIVE, PRUNE_METHODS
 
 from .. import render
-from ..common import overrides_option, runs_dir_option
+from ..common import check_name, overrides_option, runs_dir_option
 
 
 def open_store(runs_dir):
@@ -197,7 +197,8 @@ def _is_file(base: str) -> bool:
 @click.command("run", short_help='The whole method as one pipeline of tracked jobs.')
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
-@click.option("--name", "run_name", default=None, help="Run name (default: PRESET-DATE-TIME).")
+@click.option("--name", "run_name", default=None, callback=check_name,
+              help="Run name, printable characters only (default: PRESET-DATE-TIME).")
 @click.option("--base", default=None, metavar="RUN|FILE.pt",
               help="Start from a trained base: another run's (a fork sharing its stage 1) or an "
                    "improved-diffusion checkpoint (imported).")
@@ -261,7 +262,7 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
 
 
 @click.command("import", short_help="Make an improved-diffusion checkpoint a new run's stage 1.")
-@click.argument("run_name", metavar="RUN")
+@click.argument("run_name", metavar="RUN", callback=check_name)
 @click.option("--from-iddpm", "file", required=True, type=click.Path(dir_okay=False),
               help="improved-diffusion UNet state dict (e.g. cifar10_uncond_50M_500K.pt).")
 @click.option("--preset", default=None, help="The preset the checkpoint's architecture matches (cifar10, "
@@ -296,9 +297,10 @@ def import_cmd(run_name, file, preset, config_file, data_spec, runs_dir, overrid
 @runs_dir_option
 @overrides_option
 def fork(parent, run_name, method, llm, api_base, seed, runs_dir, overrides):
-    """Create run NEW from RUN's config and finished stage 1 (hard links to its base files, sha256 checked,
-    recorded as its parent), to compare pruning methods, schedules or group counts on one base. model,
-    diffusion, train and data cannot change. Start it with: stepadapt resume NEW."""
+    """Create run NEW from RUN's config and finished stage 1 (copies of its base files, checked against the
+    sha256 RUN recorded when its stage 1 finished; recorded as its parent), to compare pruning methods, schedules
+    or group counts on one base. model, diffusion, train and data cannot change. Start it with: stepadapt resume
+    NEW."""
     from core.manager.bases import fork_run
 
     run = fork_run(parent, run_name, _settings(method, llm, api_base, None, seed, overrides), runs_dir,

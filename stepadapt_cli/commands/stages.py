@@ -10,8 +10,8 @@ import click
 from core.errors import UserError
 from core.names import ALLOCATIONS, PRUNE_METHODS, SAMPLE_MODELS, SAMPLERS, SCHEDULE_KINDS
 
-from ..common import (device_option, emit_json, json_option, overrides_option, runs_dir_option, set_threads,
-                      steps_option)
+from ..common import (check_name, device_option, emit_json, json_option, overrides_option, runs_dir_option,
+                      set_threads, steps_option)
 from .. import render
 
 
@@ -21,7 +21,8 @@ from .. import render
 @click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
 @click.option("--download", is_flag=True, help="Allow downloading CIFAR-10 if it is missing.")
 @steps_option("train", "Training steps (total, also when resuming).")
-@click.option("--name", "run_name", default=None, help="Run name, as for `stepadapt run` (default: PRESET-DATE-TIME).")
+@click.option("--name", "run_name", default=None, callback=check_name,
+              help="Run name, as for `stepadapt run` (default: PRESET-DATE-TIME).")
 @click.option("--run", "run_name", default=None, hidden=True)  # the earlier spelling of --name
 @runs_dir_option
 @click.option("--resume", is_flag=True, help="Continue the run named by --name from its checkpoint.")
@@ -31,12 +32,12 @@ from .. import render
 def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, resume, device, seed, overrides):
     """Stage 1: train the base denoiser on all timesteps."""
     from core import config as C
-    from core.manager.stages.base import base_spec
+    from core.manager.stages.base import base_spec, record_if_finished
     from core.method.fields import artifact_step
     from core.model.diffusion import create_diffusion
     from core.config import model_arch
     from core.model.unet import build_unet
-    from core.runs import create_run, open_run, run_lock
+    from core.runs import create_run, open_run, record_base, run_lock
     from core.training.data import load_dataset
     from core.training.devices import pick_device
     from core.training.loop import train as run_train
@@ -72,8 +73,10 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
                    f"on {dev}", err=True)
         model = build_unet(model_arch(cfg), seed=cfg["seed"])
         with tracked_stage(run, "base", dev) as ctx:  # a job in runs/show/TUI, with its progress and status
+            record_base(run, finished=False)  # a record of an earlier stage 1 no longer holds while it trains
             last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev,
                              **ctx.train_hooks("base", None))
+            record_if_finished(run)  # sha256 and size in meta.json: what fork and show check the file against
     click.echo(f"run folder   {run.path}")
     click.echo(f"base model   {spec.model_out}  (EMA, step {spec.steps}, last loss {last.get('loss', float('nan')):.4f})")
 

@@ -26,7 +26,7 @@ def eval_summary(ev, width: int = 160) -> Text:
     narrow = width < 110
     base = models.get("base", {})
     lines = []
-    for name in [m for m in ("base", "control", "progressive") if m in models]:
+    for name in [m for m in ("base", "control", "uniform", "dense-small", "progressive") if m in models]:
         m = models[name]
         ci = m.get("fid_ci")
         fid = fmt(m.get("fid"), "{:.2f}") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")

@@ -35,10 +35,23 @@ def base_spec(run, cfg: dict, steps: Optional[int] = None, **changes) -> TrainSp
     return spec
 
 
+def record_if_finished(run) -> bool:
+    """Once stage 1 is finished, the sha256 and size of ``models/base.pt`` in ``meta.json`` (``runs.record_base``):
+    what ``fork`` and ``show`` check the file against later. Returns whether it was recorded."""
+    from core.runs import record_base
+
+    if single_stage(run.config) or pending(run) or not run.model("base").is_file():
+        return False
+    record_base(run)
+    return True
+
+
 def work(ctx) -> None:
     from core.model.diffusion import create_diffusion
     from core.model.unet import build_unet
+    from core.runs import record_base
     from core.training.data import load_dataset
+    from core.training.devices import distributed
     from core.training.loop import train
 
     cfg = ctx.run.config
@@ -46,7 +59,12 @@ def work(ctx) -> None:
     spec = base_spec(ctx.run, cfg)
     ctx.heartbeat.set(progress=0, total=spec.steps)
     model = build_unet(model_arch(cfg), seed=cfg["seed"])
+    main = distributed()[1] == 0  # under torchrun only rank 0 writes files
+    if main:
+        record_base(ctx.run, finished=False)  # a record of an earlier stage 1 no longer holds while it trains
     train(spec, model, create_diffusion(cfg), data, resume=spec.ckpt.exists(), device=ctx.device,
           **ctx.train_hooks("base", None))
     ctx.produced(spec.model_out, "model")
     ctx.produced(spec.ckpt, "checkpoint")
+    if main:
+        record_if_finished(ctx.run)  # sha256 and size in meta.json: what fork and show check the file against

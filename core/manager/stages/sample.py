@@ -12,9 +12,11 @@ def sample_models(run) -> list[str]:
     """The run's models: the single-stage variant has neither a base nor a control."""
     from core.config import single_stage
 
-    one = single_stage(run.config)
-    return [w for w in SAMPLE_MODELS if not (one and w != "progressive")
-            and (w != "control" or run.config["control"]["enabled"])]
+    from core.manager.stages import dense, uniform
+
+    cfg, one = run.config, single_stage(run.config)
+    has = {"control": cfg["control"]["enabled"], "uniform": uniform.wanted(cfg), "dense-small": dense.wanted(cfg)}
+    return [w for w in SAMPLE_MODELS if not (one and w != "progressive") and has.get(w, True)]
 
 
 def sample_paths(run) -> dict:
