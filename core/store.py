@@ -175,6 +175,16 @@ def _sqlite_utils():
     return sqlite_utils
 
 
+def _disk_full(folder: Path) -> bool:
+    """Whether the filesystem of ``folder`` has no byte free (unknown: False)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free == 0
+    except OSError:  # the folder itself is unreachable: not a full disk
+        return False
+
+
 class Store:
     def __init__(self, path: Path):
         sqlite_utils = _sqlite_utils()
@@ -195,6 +205,8 @@ class Store:
             self.db.execute(f"PRAGMA busy_timeout={int(BUSY_S * 1000)}")
             self.migrate()
         except sqlite3.DatabaseError as e:
+            if _disk_full(self.path.parent):  # SQLite says "disk I/O error" for a full disk
+                raise UserError(f"no space left on device while opening the store {self.path}") from None
             raise UserError(f"cannot open the store {self.path}: {e}") from None
 
     def _open_readonly(self) -> sqlite3.Connection:

@@ -211,7 +211,17 @@ def test_report_on_a_full_disk_is_one_line_that_says_so(small_disk):
     p = run_cli("report", "r", *rd)
     assert_clean_error(p)
     assert "no space left on device" in p.stderr and "internal error" not in p.stderr, p.stderr
+    with open(small_disk / "rest", "wb", buffering=0) as f:  # not one byte left: the store itself cannot open its WAL
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    p = run_cli("report", "r", *rd)
+    assert_clean_error(p)
+    assert "no space left on device" in p.stderr and "disk I/O error" not in p.stderr, p.stderr
     fill.unlink()
+    (small_disk / "rest").unlink()
     run_cli("report", "r", *rd, check=0)
 
 
