@@ -47,6 +47,7 @@ def test_a_run_on_slurm_end_to_end_with_each_group_stage_as_one_job_array(cluste
     assert "submitted to Slurm" in p.stderr and "time limit UNLIMITED, no --time: the partition's" in p.stderr
     scripts = list((runs_dir / "s" / "jobs" / "slurm").rglob("*_submission.sh"))
     assert scripts and not any("--time" in f.read_text() for f in scripts)  # no limit of ours: the partition's
+    assert (runs_dir / "s" / "jobs" / "slurm").stat().st_mode & 0o777 == 0o700  # submitit's pickles: owner only
     store = _store(runs_dir)
     jobs = [j for j in store.jobs("s") if j["stage"] != "pipeline"]
     assert jobs and all(j["status"] == "succeeded" and j["launcher"] == "slurm" for j in jobs)

@@ -12,6 +12,10 @@ says what happened to it from outside, read with ``squeue`` (and ``sacct`` when 
 many small clusters do not). A job that ended without writing its final status gets one from its Slurm state
 (``AFTER``): cancelled -> killed, time limit -> killed, preempted -> preempted, node failure -> lost.
 
+The one pickle in a runs folder is submitit's own: each job's function and arguments (``RUN/jobs/slurm/``), which
+the job unpickles on its node. That folder is created private (mode 0700), so that nobody but its owner can
+replace a job's file in a shared runs folder before the job starts.
+
 Time limits: with no ``--time`` (``launcher.time`` 0) a job is submitted without one, so the partition's default
 applies; a user's ``--time`` is passed as given. The limit each job got is recorded (``jobs.slurm_time``), shown
 by ``show`` and printed in the job's log.
@@ -172,8 +176,10 @@ def executor_for(run, settings: dict, stage: str, n: int):
     """A submitit executor with the run's ``launcher`` settings (folder: ``RUN/jobs/slurm``)."""
     import submitit
 
-    ex = submitit.SlurmExecutor(folder=str(run.path / "jobs" / "slurm" / "%j"), python=sys.executable,
-                                max_num_timeout=0)
+    private = run.path / "jobs" / "slurm"  # submitit's job files are pickles the job runs: only their owner writes
+    private.mkdir(parents=True, exist_ok=True)
+    os.chmod(private, 0o700)
+    ex = submitit.SlurmExecutor(folder=str(private / "%j"), python=sys.executable, max_num_timeout=0)
     params = {"job_name": f"stepadapt-{run.name}-{stage}", "signal_delay_s": int(settings["signal_s"]),
               "stderr_to_stdout": True, "array_parallelism": max(1, n),
               "setup": [f"cd {shlex.quote(os.getcwd())}", "export STEPADAPT_NO_STORE=1 PYTHONUNBUFFERED=1"]
