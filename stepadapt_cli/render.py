@@ -247,6 +247,22 @@ def print_loss_table(run: str, rows: list[dict]) -> None:
     console().print(tab)
 
 
+def print_swap(run: str, swap: dict) -> None:
+    """The swap test: one row per group, its FID/KID with the base everywhere else, and the change against the
+    base with its paired interval."""
+    from core.evaluation.swap import swap_summary
+
+    tab = _table(f"{run}: swap test, the base with one group's own model ({swap['fid_kind']}, n = {swap['n']})",
+                 ("group", "t", "budget", "MACs vs base", "FID", "FID - base [95%]", "verdict"), "right")
+    for r in swap["rows"]:
+        d = r["diff"]["fid"]
+        tab.add_row(str(r["group"]), f"{r['t_start']}-{r['t_end']}", f"{r['budget_ratio']:.2f}",
+                    f"{r['macs_ratio']:.3f}", with_ci(r["fid"], r["fid_ci"], "{:.3f}"),
+                    f"{d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]", d["verdict"])
+    console().print(tab)
+    console().print(swap_summary(swap), markup=False, highlight=False)
+
+
 def print_eval(result: dict, ev: dict) -> None:
     from core.evaluation.evaluate import loss_table
 

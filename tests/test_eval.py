@@ -246,3 +246,22 @@ def test_fid_curve_has_only_the_steps_every_group_reached_and_measures_only_what
     assert re.findall(r"at fine-tune step (\d+)", p.stderr) == ["2"]
     assert "during fine-tuning" in p.stdout and "lowest FID" in p.stdout
     assert [json.loads(l)["step"] for l in (run / "metrics" / "fid_curve.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+def test_the_swap_test_puts_one_groups_model_into_the_base_and_compares_it_paired(trained):
+    """eval --swap: per non-empty group, the base everywhere but that group's timesteps, compared with the base's
+    samples from the same noise: a paired difference (swap minus base) with its interval and a verdict per group,
+    recorded in eval.json and printed with a one-sentence summary."""
+    p = run_cli("eval", "ev", "--n", "16", "--sample-steps", "2", "--swap", "--json", "--runs-dir", trained, check=0)
+    swap = json.loads(p.stdout)["swap"]
+    assert [r["group"] for r in swap["rows"]] == [0, 1] and swap["n"] == 16
+    for r in swap["rows"]:
+        d = r["diff"]["fid"]
+        assert d["paired"] and d["ci"][0] <= d["diff"] <= d["ci"][1]
+        assert d["diff"] == pytest.approx(r["fid"] - swap["base"]["fid"], abs=1e-9)
+        assert d["verdict"] in ("better", "worse", "no significant difference")
+        assert 0 < r["macs_ratio"] <= 1.0
+    stored = json.loads((trained / "ev" / "eval.json").read_text())["swap"]
+    assert stored["rows"] == swap["rows"]
+    table = run_cli("eval", "ev", "--n", "16", "--sample-steps", "2", "--swap", "--runs-dir", trained, check=0).stdout
+    assert "swap test" in table and "Swapping one group's model into the base" in table

@@ -54,11 +54,13 @@ def _check_baseline(result: dict, cmp: dict, baseline_value: float, tolerance: f
 @click.option("--tolerance", type=float, default=0.0, show_default=True,
               help="Relative margin: worse only when the interval of (ours - baseline) is above tolerance x baseline.")
 @click.option("--force", is_flag=True, help="Measure again even if the model and settings are unchanged.")
+@click.option("--swap", is_flag=True, help="Also the per-group swap test: the base everywhere but one group's "
+              "timesteps, which get that group's own model; FID/KID against the base, paired.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (keys in docs/evaluation.md).")
 @runs_dir_option
-def eval_cmd(run_name, which, n, steps, inception, folders, preset, max_fid, baseline_run, tolerance, force, device,
-             as_json, runs_dir):
+def eval_cmd(run_name, which, n, steps, inception, folders, preset, max_fid, baseline_run, tolerance, force, swap,
+             device, as_json, runs_dir):
     """FID and KID with 95% intervals, precision/recall, held-out loss per timestep group, params and MACs
     (averaged over timesteps) of a run's base, control and progressive models, stored in RUN/eval.json, with
     a verdict per pair. With --images: score folders of images against the dataset.
@@ -101,10 +103,16 @@ def eval_cmd(run_name, which, n, steps, inception, folders, preset, max_fid, bas
         code = code or _check_baseline(result, cmp, bev["models"][bm][cmp["primary"]], tolerance)
     result["passed"] = code == 0
     result["exit_code"] = code
+    if swap:
+        from core.evaluation.swap import swap_test
+
+        result["swap"] = swap_test(run, dev, say, n=first["fid_n"], steps=first["fid_steps"], inception=inception)
     if as_json:
         emit_json(result)
     else:
         render.print_eval(result, ev)
+        if swap:
+            render.print_swap(run.name, result["swap"])
     if code:
         raise click.exceptions.Exit(code)
 
