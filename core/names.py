@@ -19,7 +19,7 @@ PRUNE_METHODS = ("proxy", *IMPORTANCE_METHODS, "scratch", "none")
 ALLOCATIONS = ("uniform", "global")
 
 # budget over timesteps: Eq. 8 (snr), the Table 3 comparisons, or equal-size groups
-SCHEDULE_KINDS = ("snr", "constant", "increasing", "decreasing", "equal")
+SCHEDULE_KINDS = ("snr", "constant", "increasing", "decreasing", "equal", "snr-reversed")
 
 SAMPLERS = ("ancestral", "ddim")
 NOISE_SCHEDULES = ("cosine", "linear")

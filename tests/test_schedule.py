@@ -146,3 +146,15 @@ def test_schedule_cli_json_and_plot(tmp_path):
     assert [g["budget_ratio"] for g in d["groups"]] == pytest.approx([0.4375, 0.625, 0.8125, 1.0])
     assert_clean_error(run_cli("schedule", "--k", "1.5"))
     assert_clean_error(run_cli("schedule", "--groups", "0"))
+
+
+def test_the_reversed_snr_schedule_gives_the_smallest_budget_to_the_high_noise_end():
+    """snr-reversed mirrors Eq. 8's ratio: FLOPs(t) = (k + (1 - k)(1 - Ratio(t))) F, so the noisiest step gets kF
+    and the cleanest F, the opposite of the paper's schedule, and every timestep still lands in one group."""
+    ac = np.cumprod(1.0 - betas_for("cosine", 1000))
+    paper, rev = budget_ratios(ac, "snr", 0.5), budget_ratios(ac, "snr-reversed", 0.5)
+    assert np.allclose(paper + rev, 1.5)  # k + (1 - k) r  and  k + (1 - k)(1 - r) sum to 1 + k
+    assert rev[-1] == pytest.approx(0.5) and rev[0] == pytest.approx(1.0) and paper[-1] == pytest.approx(1.0)
+    sched = make_schedule(ac, "snr-reversed", 0.5, 10)
+    assert sum(g.size for g in sched.groups) == 1000
+    assert sched.group_of[999] == 0 and sched.group_of[0] == 9  # the noisiest steps in the smallest group

@@ -27,6 +27,10 @@ EXPECTED_ARMS = {
     "fig7": {"proxy": {"prune.proposals": 3, "prune.rounds": 5}},
     "fig6": {"last": {"finetune.eval_every": 50, "finetune.keep": "last", "finetune.fid_n": 256},
              "best": {"finetune.eval_every": 50, "finetune.keep": "best"}},
+    "levers": {"g2": {"schedule.groups": 2, "finetune.steps": 500}, "g3": {"schedule.groups": 3},
+               "g5": {"schedule.groups": 5}, "g10": {"schedule.groups": 10, "finetune.steps": 100},
+               "reversed": {"schedule.kind": "snr-reversed", "control.uniform": True},
+               "distill": {"finetune.distill": 1.0, "prune.method": "proxy"}},
     "convergence": {**{f"{kind}{step}": {"prune.method": method} for step in (1500, 3000, 6000, 12000, 24000)
                        for kind, method in (("p", "proxy"), ("t", "none"))},
                     **{f"{kind}40000-s{seed}": {"prune.method": method, "seed": seed} for seed in (0, 1, 2)
@@ -337,6 +341,14 @@ def test_a_study_forks_its_arms_from_milestones_of_its_own_base(tmp_path, runs_d
     assert all(torch.equal(kept[k], got[k]) for k in kept)
     assert json.loads((runs_dir / "m-late" / "meta.json").read_text())["base"].get("step") is None
     assert _status(runs_dir, "m-early") == "succeeded" and _status(runs_dir, "m-late") == "succeeded"
+    from core.manager.studies import arm_base
+
+    other = load_definition("table2")
+    rec = create_study(other, "t2", "tiny", "m-base@5", [], runs_dir)  # a study on a milestone of another's base
+    assert rec["base"] == "m-base" and rec["base_at"] == 5
+    assert arm_base(rec, other["arms"][0]) == "m-base@5"
+    with pytest.raises(UserError, match="kept no milestone at step 6"):
+        create_study(other, "t3", "tiny", "m-base@6", [], runs_dir)
     spec.write_text(MILESTONES.replace("at: 5", "at: 7"))
     p = run_cli("study", str(spec), "--name", "m2", *MICRO, "--runs-dir", runs_dir)
     assert_clean_error(p)

@@ -157,8 +157,9 @@ def base_overrides(defn: dict) -> list[str]:
 
 
 def arm_base(rec: dict, arm: dict) -> str:
-    """What an arm forks: the study's base, or its milestone ``at`` (``BASE@STEP``)."""
-    return rec["base"] if arm.get("at") is None else f"{rec['base']}@{arm['at']}"
+    """What an arm forks: the study's base, or a milestone of it (the arm's ``at``, or ``--base RUN@STEP``)."""
+    at = arm.get("at") if arm.get("at") is not None else rec.get("base_at")
+    return rec["base"] if at is None else f"{rec['base']}@{at}"
 
 
 def arm_overrides(defn: dict, arm: dict, study_id: str = "ID") -> list[str]:
@@ -199,11 +200,18 @@ def create_study(defn: dict, study_id: Optional[str], preset: Optional[str], bas
     folder = study_dir(runs_dir, study_id)
     if (folder / "study.json").exists():
         raise UserError(f"study {study_id} exists; continue it with: stepadapt study resume {study_id}")
-    if base is not None:
-        parent = open_run(base, runs_dir)
-        from core.manager.bases import check_parent_base
+    base_at = None
+    if base is not None:  # a run's finished stage 1, or a milestone of it (RUN@STEP)
+        from core.manager.bases import check_milestone, check_parent_base, split_milestone
 
-        check_parent_base(parent)
+        base, base_at = split_milestone(base)
+        parent = open_run(base, runs_dir)
+        if base_at is None:
+            check_parent_base(parent)
+        else:
+            check_milestone(parent, base_at)
+        if any(arm.get("at") is not None for arm in defn["arms"]) and base_at is not None:
+            raise UserError("the study's arms fork milestones of their own ('at'); give --base RUN, not RUN@STEP")
         base_name = parent.name
     else:
         base_cfg = C.resolve(preset, None, [*base_overrides(defn), *overrides])  # bad ones fail before any write
@@ -216,7 +224,7 @@ def create_study(defn: dict, study_id: Optional[str], preset: Optional[str], bas
     for arm in defn["arms"]:
         C.apply_overrides(C.resolve(preset, None, overrides), arm_overrides(defn, arm, study_id))
     rec = {"id": study_id, "study": defn["name"], "definition": defn, "preset": preset, "overrides": overrides,
-           "base": base_name, "base_given": base is not None,
+           "base": base_name, "base_given": base is not None, "base_at": base_at,
            "arms": {a["name"]: f"{study_id}-{a['name']}" for a in defn["arms"]},
            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(rec, folder / "study.json")
@@ -243,7 +251,7 @@ def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str
         create_run(C.resolve(rec["preset"], None, [*base_overrides(rec["definition"]), *rec["overrides"]]),
                    rec["base"], runs_dir)
     run = open_run(rec["base"], runs_dir)
-    if stages.pending(run, "base"):
+    if rec.get("base_at") is None and stages.pending(run, "base"):  # a milestone of a base: kept already
         say(f"study {rec['id']}: training the shared stage 1 ({run.name}) once")
         with run_lock(run, "the study's stage 1", wait=10.0):
             Pipeline(run, store, slots[:1], say=say, stages=("base",)).execute()

@@ -23,6 +23,9 @@ Other kinds (paper Table 3 and an extra):
   decreasing   FLOPs(t) falls linearly from F at t = 0 to kF at t = T-1, grouped by Eq. 10
   equal        the SNR budget of Eq. 8, but N groups with the same number of timesteps each;
                a group's budget is the largest FLOPs(t) among its timesteps
+  snr-reversed Eq. 8 mirrored: FLOPs(t) = (k + (1 - k)(1 - Ratio(t))) F, the smallest budget at the
+               high-noise end instead of the low-noise end (as T-Stitch and DyDiT shrink the early,
+               noisy steps), grouped by Eq. 10
 """
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ def budget_ratios(alphas_cumprod: np.ndarray, kind: str = "snr", k: float = 0.5)
         ratio = lin
     elif kind == "decreasing":
         ratio = lin[::-1].copy()
+    elif kind == "snr-reversed":
+        ratio = 1.0 - snr_ratio(snr_db(alphas_cumprod))
     else:
         raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
     return k + (1.0 - k) * ratio
