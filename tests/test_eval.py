@@ -265,3 +265,23 @@ def test_the_swap_test_puts_one_groups_model_into_the_base_and_compares_it_paire
     assert stored["rows"] == swap["rows"]
     table = run_cli("eval", "ev", "--n", "16", "--sample-steps", "2", "--swap", "--runs-dir", trained, check=0).stdout
     assert "swap test" in table and "Swapping one group's model into the base" in table
+
+
+def test_rows_scored_with_the_old_intervals_are_scored_again_from_their_stored_features_without_sampling(trained):
+    """An eval.json row written before half-sampling intervals (no 'interval' key) is re-scored from the stored
+    per-sample features: the same FID, the new interval, and no model is sampled again."""
+    args = ("eval", "ev", "--n", "16", "--sample-steps", "2", "--model", "both", "--json", "--runs-dir", trained)
+    first = json.loads(run_cli(*args, check=0).stdout)["models"]["base"]
+    path = trained / "ev" / "eval.json"
+    ev = json.loads(path.read_text())
+    row = ev["models"]["base"]
+    row.pop("interval")
+    row["fid_ci"] = [row["fid"] + 1.0, row["fid"] + 2.0]  # what the percentile bootstrap printed near zero
+    path.write_text(json.dumps(ev))
+    p = run_cli(*args, check=0)
+    again = json.loads(p.stdout)["models"]["base"]
+    assert "base: model and settings unchanged; its intervals scored again (half-sampling)" in p.stderr
+    assert "sampling 16 images" not in p.stderr  # nothing drawn again
+    assert again["fid"] == first["fid"] and again["fid_ci"] == first["fid_ci"]
+    assert again["fid_ci"][0] <= again["fid"] <= again["fid_ci"][1]
+    assert json.loads(path.read_text())["models"]["base"]["interval"] == "half-sampling"

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from core.evaluation.metrics import INTERVAL
 from core.names import CONTROLS, MODEL_PAIRS, SAMPLE_MODELS
 
 
@@ -49,24 +50,30 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODE
     tick = _Ticks(len(todo) * (2 + (sampler.ticks if sampler else 0))
                   + (len(curve[3]) * curve[0].ticks if curve else 0), progress)
     images = eval_images(cfg, cfg["eval"]["loss_images"], seed=cfg["seed"]) if todo else None
+    rescored = False
     for which in present:
         if which in todo:
             out["models"][which] = _measure(run, which, sched, diffusion, images, sampler, settings, device, tick, log)
             out.pop("comparisons", None)  # kept as measured (an eval stopped by a time limit resumes from here);
             atomic_write_json(out, run.eval_file())  # the comparisons come when every model is measured
+        elif sampler and out["models"][which].get("interval") != INTERVAL:  # scored before the intervals changed
+            out["models"][which].update(sampler.summary(np.load(run.eval_array("features", which))))
+            rescored = True
+            log(f"{which}: model and settings unchanged; its intervals scored again ({INTERVAL}) from its stored "
+                "features")
         else:
             log(f"{which}: model and settings unchanged since its evaluation; reused")
     curve_changed = False
     if curve:
         out["fid_curve"], curve_changed = _curve_rows(run, sched, curve, device, tick, log)
-    if todo or "comparisons" not in out:  # unchanged models: their comparisons stand
+    if todo or rescored or "comparisons" not in out:  # unchanged models: their comparisons stand
         out["comparisons"] = compare_models(run, out["models"], sampler)
     out.update({"sample_steps": steps, "num_timesteps": sched.num_timesteps, "primary": cfg["eval"]["primary"],
                 "loss_images": cfg["eval"]["loss_images"],
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     if sampler:
         out["fid_extractor"] = {k: v for k, v in sampler.ext_info.items() if k != "path"}
-    if todo or curve_changed or not run.eval_file().exists():
+    if todo or rescored or curve_changed or not run.eval_file().exists():
         atomic_write_json(out, run.eval_file())
     return out
 
