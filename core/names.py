@@ -29,7 +29,8 @@ NOISE_SCHEDULES = ("cosine", "linear")
 # average MACs, fine-tuned on all timesteps, manager/stages/uniform.py; a dense narrower UNet of that cost trained
 # from scratch for as many steps, manager/stages/dense.py)
 SAMPLE_MODELS = ("base", "control", "uniform", "dense-small", "progressive")
-CONTROLS = ("control", "uniform", "dense-small")  # what the progressive model is compared with, besides the base
+CONTROLS = ("control", "uniform", "dense-small")
+OPTIONAL_STAGES = {"uniform": "uniform", "dense-small": "dense"}  # stage -> its switch in the control section  # what the progressive model is compared with, besides the base
 # the comparisons a run reports, (model, against)
 MODEL_PAIRS = (("progressive", "control"), ("progressive", "uniform"), ("progressive", "dense-small"),
                ("progressive", "base"), ("control", "base"))

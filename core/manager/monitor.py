@@ -12,7 +12,7 @@ from typing import Optional
 from core.errors import UserError
 from core.evaluation.evaluate import load_eval, loss_table
 from core.manager import stages
-from core.names import JOB_ACTIVE, SAMPLE_MODELS, STAGES
+from core.names import JOB_ACTIVE, OPTIONAL_STAGES, SAMPLE_MODELS, STAGES
 from core.runs import Run, base_changed, read_json
 from core.store import Store
 
@@ -51,7 +51,8 @@ def _latest(jobs: list[dict], stage: str, group: Optional[int] = None) -> Option
 
 
 def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
-    """Stage -> running | done | skipped | failed | killed | lost | pending."""
+    """Stage -> running | done | skipped | failed | killed | lost | pending; a control that is switched off
+    (``control.uniform``, ``control.dense``) is left out, as it is not part of the run."""
     cfg = run.config
     from core.config import single_stage
     from core.manager.stages.dense import wanted as dense_wanted
@@ -62,6 +63,8 @@ def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
                "uniform": not uniform_wanted(cfg), "dense-small": not dense_wanted(cfg)}
     out = {}
     for st in STAGES:
+        if st in OPTIONAL_STAGES and not cfg["control"].get(OPTIONAL_STAGES[st]):
+            continue
         js = [j for j in jobs if j["stage"] == st]
         if any(j["status"] in JOB_ACTIVE for j in js):
             out[st] = "running"
@@ -91,7 +94,8 @@ def run_summary(store: Store, row: dict) -> dict:
     run = Run(Path(row["path"]))
     out = {"name": row["name"], "status": row["status"], "config_hash": row.get("config_hash"),
            "seed": row.get("seed"), "created": row.get("created"), "ended": row.get("ended"),
-           "parent": row.get("parent"), "folder": str(run.path), "stages_total": len(STAGES)}
+           "parent": row.get("parent"), "folder": str(run.path),
+           "stages_total": len(STAGES) - len(OPTIONAL_STAGES)}
     if not (run.path / "config.json").exists():
         return {**out, "status": "missing", "folder": None, "stages_done": 0}
     try:
@@ -104,6 +108,7 @@ def run_summary(store: Store, row: dict) -> dict:
 
     out.update({"preset": cfg.get("preset"), "method": prune["method"],
                 "llm": prune["llm"] if prune["method"] == "proxy" else "", "stages_done": stages_done(st),
+                "stages_total": len(st),
                 "base": base_origin(run), "launcher": cfg["launcher"]["kind"],
                 "slurm": slurm_line(store.jobs(row["name"], active=True))})
     ev = load_eval(run)

@@ -36,8 +36,14 @@ def pending(run) -> list:
 
 
 def work(ctx) -> None:
-    spec = train_control(ctx.run, ctx.device, ctx.log, lambda total: ctx.heartbeat.set(progress=0, total=total),
-                         ctx.train_hooks("control", None))
+    run_training(ctx, train_control, NAME)
+
+
+def run_training(ctx, train_fn, name: str) -> None:
+    """A control's job: ``train_fn`` (this module's ``train_control`` or another control's) with the job's
+    heartbeat and hooks, then its model and checkpoint recorded as the job's artifacts."""
+    spec = train_fn(ctx.run, ctx.device, ctx.log, lambda total: ctx.heartbeat.set(progress=0, total=total),
+                    ctx.train_hooks(name, None))
     ctx.produced(spec.model_out, "model")
     ctx.produced(spec.ckpt, "checkpoint")
 

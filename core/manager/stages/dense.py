@@ -13,7 +13,7 @@ import math
 
 from core.config import model_arch, single_stage
 from core.errors import UserError
-from core.manager.stages.control import added_steps
+from core.manager.stages.control import added_steps, run_training
 from core.method.fields import artifact_fields, artifact_step
 from core.training.spec import TrainSpec
 
@@ -63,10 +63,7 @@ def width_for(cfg: dict, target_macs: float) -> tuple[dict, int]:
 
 
 def work(ctx) -> None:
-    spec = train_dense(ctx.run, ctx.device, ctx.log, lambda total: ctx.heartbeat.set(progress=0, total=total),
-                       ctx.train_hooks(NAME, None))
-    ctx.produced(spec.model_out, "model")
-    ctx.produced(spec.ckpt, "checkpoint")
+    run_training(ctx, train_dense, NAME)
 
 
 def train_dense(run, device="cpu", log=print, on_total=None, hooks=None) -> TrainSpec:

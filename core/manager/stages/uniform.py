@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from core.config import model_arch, single_stage
 from core.errors import UserError
-from core.manager.stages.control import added_steps
+from core.manager.stages.control import added_steps, run_training
 from core.method.fields import artifact_fields
 from core.names import IMPORTANCE_METHODS
 from core.training.spec import TrainSpec
@@ -94,10 +94,7 @@ def plan_uniform(run, device="cpu", log=print) -> dict:
 
 
 def work(ctx) -> None:
-    spec = train_uniform(ctx.run, ctx.device, ctx.log, lambda total: ctx.heartbeat.set(progress=0, total=total),
-                         ctx.train_hooks(NAME, None))
-    ctx.produced(spec.model_out, "model")
-    ctx.produced(spec.ckpt, "checkpoint")
+    run_training(ctx, train_uniform, NAME)
 
 
 def train_uniform(run, device="cpu", log=print, on_total=None, hooks=None) -> TrainSpec:
