@@ -5,7 +5,7 @@ many prune or assemble jobs take). The orchestrator now starts one server proces
 code imported (``multiprocessing``'s forkserver, with those modules preloaded), and each job is a fork of
 it: a new process in its own session, its output in its log, its own environment (threads, the job's
 no-store flag, visible GPUs), running the same worker entry point (``worker.main``) as a job started on its
-own. The server exits with the orchestrator, and its jobs with it: each job gets SIGTERM when the server dies
+own. The server exits with the orchestrator, and its jobs with it: each job gets SIGUSR1 when the server dies
 (Linux's parent-death signal), so training checkpoints and stops instead of running on as an orphan that
 nobody ingests while ``resume`` starts another trainer on the same checkpoint.
 
@@ -98,13 +98,14 @@ def _run(module: str, argv: list[str], env: dict, log_path: str) -> None:
 
 
 def _die_with_server() -> None:
-    """SIGTERM to this job when its server (its parent) dies: a stop, as ``kill`` sends (training checkpoints)."""
+    """SIGUSR1 to this job when its server (its parent) dies: a stop, as ``kill`` sends (training checkpoints),
+    that does not count as a second signal after one (``training.loop.StopFlag``)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal
 
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the server died before the signal was armed
         os._exit(1)

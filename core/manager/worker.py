@@ -19,6 +19,7 @@ from pathlib import Path
 def _interrupt(signum, frame):
     from core.errors import Stopped
 
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # stopping already: the server's death adds nothing
     raise Stopped(signum)
 
 
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
         return 0
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGUSR2, _interrupt)  # Slurm's warning before its time limit or a preemption
+    signal.signal(signal.SIGUSR1, _interrupt)  # a forked job's server died (forked._die_with_server)
     what = job["stage"] + ("" if job["group_index"] is None else f" group {job['group_index']}")
     print(f"[job {job['id']}] {what} of run {job['run']}: pid {os.getpid()}, device {job['device']}", flush=True)
     books = Tracked(store, job["id"])

@@ -55,16 +55,21 @@ def _step_seed(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step * 7 + salt) % (2 ** 63)
 
 
+PARENT_DEATH = getattr(signal, "SIGUSR1", signal.SIGTERM)  # what a forked job gets when its server dies
+
+
 class StopFlag:
-    """SIGINT/SIGTERM (and SIGUSR2, Slurm's warning before a time limit or preemption) set a flag; the loop
-    finishes its step, checkpoints and stops. A second signal stops at once."""
+    """SIGINT/SIGTERM (and SIGUSR2, Slurm's warning before a time limit or preemption, and SIGUSR1, a forked job's
+    parent-death signal: its server died) set a flag; the loop finishes its step, checkpoints and stops. A second
+    signal stops at once, unless it is the parent-death signal, which one stop already answers (``kill`` stops a
+    job and then its server exits: that is one stop, not two)."""
 
     def __init__(self):
         self.signum = None
         self._old = {}
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR2", signal.SIGTERM)):
+        for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR2", signal.SIGTERM), PARENT_DEATH):
             try:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread
@@ -73,12 +78,14 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
+            if signum == PARENT_DEATH:
+                return
             raise KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
+        for s, h in self._old.items():  # once stopping, a later parent-death signal has nothing left to stop
+            signal.signal(s, signal.SIG_IGN if s == PARENT_DEATH and self.signum is not None else h)
 
 
 class ProgressLine:
