@@ -82,7 +82,7 @@ def _ppid(pid):
 
 def test_killing_the_fork_server_takes_its_jobs_and_resume_trains_each_group_once(runs_dir):
     """SIGKILL to the pre-started worker that forks the jobs, during the fine-tunes: its jobs stop with it
-    (checkpointed on the parent-death SIGTERM) instead of training on as orphans; no job is recorded as ended
+    (checkpointed on the parent-death SIGUSR1) instead of training on as orphans; no job is recorded as ended
     while its process lives; resume trains each group on from its checkpoint, every logged step once."""
     p = _start(runs_dir, "orphans", "-S", "finetune.steps=80", "-S", "schedule.groups=2", "-S", "train.log_every=10",
                "--parallel", "2")
