@@ -192,7 +192,7 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     """`--parallel 2` on CPU: stage 1 is one job of two one-thread ranks (torchrun, DDP). `kill` stops both
     ranks with a checkpoint; `resume` continues it from there, and the control trains the same way."""
     rd = ["--runs-dir", runs_dir]
-    run_cli("run", "--preset", "tiny", "--name", "ddp", *FAST, "-S", "train.steps=100", "-S", "eval.fid=false",
+    run_cli("run", "--preset", "tiny", "--name", "ddp", *FAST, "-S", "train.steps=400", "-S", "eval.fid=false",
             "--method", "none", "--parallel", "2", "--detach", *rd, check=0)
 
     def base_started():
@@ -207,7 +207,7 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     assert group_pids(base["pgid"]) == [] and not any(pid_alive(r) for r in ranks)
     assert {j["stage"]: j["status"] for j in _jobs(runs_dir, "ddp")}["base"] == "killed"
     stopped = torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"]
-    assert 5 <= stopped < 100
+    assert 5 <= stopped < 400
     log = open(base["log_path"]).read()
     assert log.count("1 CPU threads") == 2 and "2 processes (DDP)" in log and "Traceback" not in log
 
@@ -219,9 +219,9 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     assert f"resuming from step {stopped}" in log and "2 processes (DDP)" in log
     control = next(j for j in jobs if j["stage"] == "control")
     assert control["status"] == "succeeded" and "2 processes (DDP)" in open(control["log_path"]).read()
-    assert torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"] == 100
+    assert torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"] == 400
     lines = (runs_dir / "ddp" / "metrics" / "base.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == list(range(10, 101, 10))  # each step once
+    assert [json.loads(line)["step"] for line in lines] == list(range(10, 401, 10))  # each step once
     ev = json.loads((runs_dir / "ddp" / "eval.json").read_text())
     precision = ["bf16 autocast"] if bf16_native("cpu") else ["fp32"]  # recorded with each model
     assert {m: r["train_precision"] for m, r in ev["models"].items()} == {m: precision for m in ev["models"]}
