@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from core.errors import UserError
+from core.manager.procs import stat_fields
 from core.names import ARTIFACT_KINDS, JOB_ACTIVE, JOB_FINAL
 
 SPEC, JOURNAL = "spec.json", "journal.jsonl"
@@ -366,20 +367,11 @@ def _job_fields(job: dict, rec: dict, run_dir: Path) -> tuple[Optional[Callable]
     return op, foreign
 
 
-def _proc_stat(pid: int) -> Optional[list[str]]:
-    """Fields 3 on of /proc/PID/stat (state, ppid, ...; the start time, field 22, is [19]); None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
 def _own_pid(job: dict, fields: dict) -> int:
     """Keep ``fields['pid']`` (with the start time read here) only for the job's launched process (its pgid's
     leader) or a descendant of it. Returns 1 when it named a live process outside the job, else 0."""
     pid = fields.pop("pid", None)
-    first = _proc_stat(pid) if pid is not None and pid > 0 and pid != job.get("pid") and job.get("pgid") else None
+    first = stat_fields(pid) if pid is not None and pid > 0 and pid != job.get("pid") and job.get("pgid") else None
     if first is None or first[0] in ("Z", "X"):
         return 0  # unchanged, gone (nothing to signal), or a Slurm job's (another machine's; Slurm signals it)
     p, st = pid, first
@@ -388,7 +380,7 @@ def _own_pid(job: dict, fields: dict) -> int:
             fields["pid"], fields["proc_start"] = pid, int(first[19])
             return 0
         p = int(st[1])
-        st = _proc_stat(p)
+        st = stat_fields(p)
     return 1
 
 
