@@ -23,7 +23,10 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/stepadapt run --preset tiny --parallel 2 -S eval.fid_n=512 --name demo-$$(date +%Y%m%d-%H%M%S)
 
+# ruff first (lint, then format check): the style holds without a reviewer
 test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10
 
 # every benchmark (hours on 2 CPU cores), then the tables in bench/README.md

@@ -7,6 +7,7 @@ of them the odd counts pruning leaves), in NCHW (contiguous) and NHWC (channels-
 median of repeats. Prints and writes bench/results/conv_layout.{json,md}: GMAC/s per (C, layout). A MACs
 saving turns into a time saving only where GMAC/s stays flat as C shrinks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ def main() -> None:
         for c in WIDTHS:
             conv = torch.nn.Conv2d(c, c, 3, padding=1).to(dev)
             x = torch.randn(a.batch, c, a.size, a.size, device=dev)
-            cases = {k: (copy.deepcopy(conv).to(memory_format=f), x.contiguous(memory_format=f))
-                     for k, f in layouts.items()}
+            cases = {
+                k: (copy.deepcopy(conv).to(memory_format=f), x.contiguous(memory_format=f)) for k, f in layouts.items()
+            }
             times = {k: [] for k in cases}
             for k, (m, xx) in cases.items():
                 for _ in range(a.repeats + 2):
@@ -56,18 +58,31 @@ def main() -> None:
                         torch.cuda.synchronize()
                     times[k].append(time.perf_counter() - t0)
             macs = a.batch * a.size * a.size * c * c * 9
-            rows.append({"channels": c, "macs": macs,
-                         **{k: macs / statistics.median(v[2:]) / 1e9 for k, v in times.items()}})
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+            rows.append(
+                {"channels": c, "macs": macs, **{k: macs / statistics.median(v[2:]) / 1e9 for k, v in times.items()}}
+            )
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU {platform.machine()}"
-    res = {"device": device_name, "threads": torch.get_num_threads(), "batch": a.batch, "size": a.size,
-           "commit": sha, "gmacs_per_s": rows}
+    res = {
+        "device": device_name,
+        "threads": torch.get_num_threads(),
+        "batch": a.batch,
+        "size": a.size,
+        "commit": sha,
+        "gmacs_per_s": rows,
+    }
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "conv_layout.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = [f"3x3 convolution, C in = C out, input [{a.batch}, C, {a.size}, {a.size}], GMAC/s (median of {a.repeats}); "
-          f"{device_name}, {res['threads']} threads, commit {sha}.", "",
-          "| channels C | " + " | ".join(layouts) + " |", "|---|" + "---|" * len(layouts)]
+    md = [
+        f"3x3 convolution, C in = C out, input [{a.batch}, C, {a.size}, {a.size}], GMAC/s (median of {a.repeats}); "
+        f"{device_name}, {res['threads']} threads, commit {sha}.",
+        "",
+        "| channels C | " + " | ".join(layouts) + " |",
+        "|---|" + "---|" * len(layouts),
+    ]
     md += [f"| {r['channels']} | " + " | ".join(f"{r[k]:.0f}" for k in layouts) + " |" for r in rows]
     text = "\n".join(md) + "\n"
     (out / "conv_layout.md").write_text(text)

@@ -8,6 +8,7 @@ loading data, models, the first step) and working (to the job's end).
 Writes bench/results/demo_time.{json,md} (``--name`` changes the file name). Job times come from the store's
 job rows (created, started, ended) and each job's journal (its first record with progress).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,9 @@ def split(run_name: str, runs_dir: Path) -> dict:
         created, started, ended = _t(j["created"]), _t(j["started"] or j["created"]), _t(j["ended"])
         first = first_progress(runs_dir / run_name / "jobs" / f"{j['id']:04d}" / "journal.jsonl")
         warm = (first - started) if first else 0.0
-        s = stages.setdefault(j["stage"], {"jobs": 0, "spans": [], "starting_s": 0.0, "warming_s": 0.0,
-                                           "working_s": 0.0})
+        s = stages.setdefault(
+            j["stage"], {"jobs": 0, "spans": [], "starting_s": 0.0, "warming_s": 0.0, "working_s": 0.0}
+        )
         s["jobs"] += 1
         s["spans"].append((created, ended))
         s["starting_s"] += started - created
@@ -75,24 +77,38 @@ def split(run_name: str, runs_dir: Path) -> dict:
     for s in stages.values():
         s["wall_s"] = covered(s.pop("spans"))
     wall = sum(_t(p["ended"]) - _t(p["created"]) for p in pipeline)
-    return {"run": run_name, "wall_s": wall, "stages": stages,
-            "between_stages_s": wall - sum(s["wall_s"] for s in stages.values())}
+    return {
+        "run": run_name,
+        "wall_s": wall,
+        "stages": stages,
+        "between_stages_s": wall - sum(s["wall_s"] for s in stages.values()),
+    }
 
 
 def table(res: dict) -> str:
     st = res["stages"]
-    rows = [f"Run `{res['run']}`: {res['wall_s'] / 60:.1f} min of wall time ({res.get('how', 'a finished run')}); "
-            f"{os.cpu_count()} CPUs. Job columns are sums over the stage's jobs (two run side by side in "
-            "group stages), so they can exceed the stage's wall time.", "",
-            "| stage | jobs | wall s | share | starting s | warming up s | working s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        f"Run `{res['run']}`: {res['wall_s'] / 60:.1f} min of wall time ({res.get('how', 'a finished run')}); "
+        f"{os.cpu_count()} CPUs. Job columns are sums over the stage's jobs (two run side by side in "
+        "group stages), so they can exceed the stage's wall time.",
+        "",
+        "| stage | jobs | wall s | share | starting s | warming up s | working s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, s in st.items():
-        rows.append(f"| {name} | {s['jobs']} | {s['wall_s']:.0f} | {s['wall_s'] / res['wall_s']:.0%} | "
-                    f"{s['starting_s']:.1f} | {s['warming_s']:.1f} | {s['working_s']:.0f} |")
-    rows.append(f"| between stages (the orchestrator) | | {res['between_stages_s']:.0f} | "
-                f"{res['between_stages_s'] / res['wall_s']:.0%} | | | |")
-    rows.append(f"| **whole run** | {sum(s['jobs'] for s in st.values())} | {res['wall_s']:.0f} | 100% | "
-                f"{sum(s['starting_s'] for s in st.values()):.1f} | {sum(s['warming_s'] for s in st.values()):.1f} | "
-                f"{sum(s['working_s'] for s in st.values()):.0f} |")
+        rows.append(
+            f"| {name} | {s['jobs']} | {s['wall_s']:.0f} | {s['wall_s'] / res['wall_s']:.0%} | "
+            f"{s['starting_s']:.1f} | {s['warming_s']:.1f} | {s['working_s']:.0f} |"
+        )
+    rows.append(
+        f"| between stages (the orchestrator) | | {res['between_stages_s']:.0f} | "
+        f"{res['between_stages_s'] / res['wall_s']:.0%} | | | |"
+    )
+    rows.append(
+        f"| **whole run** | {sum(s['jobs'] for s in st.values())} | {res['wall_s']:.0f} | 100% | "
+        f"{sum(s['starting_s'] for s in st.values()):.1f} | {sum(s['warming_s'] for s in st.values()):.1f} | "
+        f"{sum(s['working_s'] for s in st.values()):.0f} |"
+    )
     return "\n".join(rows)
 
 
@@ -111,8 +127,21 @@ def main() -> None:
         try:
             extra = [x for kv in a.set for x in ("-S", kv)]
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "stepadapt_cli.main", *DEMO, *extra, "--name", "demo",
-                            "--runs-dir", str(runs_dir)], cwd=ROOT, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "stepadapt_cli.main",
+                    *DEMO,
+                    *extra,
+                    "--name",
+                    "demo",
+                    "--runs-dir",
+                    str(runs_dir),
+                ],
+                cwd=ROOT,
+                check=True,
+            )
             whole = time.perf_counter() - t
             res = split("demo", runs_dir)
             res["how"] = f"`make demo`'s command{' with ' + ' '.join(a.set) if a.set else ''} in a fresh runs folder"
@@ -120,8 +149,9 @@ def main() -> None:
             res["eval"] = json.loads((runs_dir / "demo" / "eval.json").read_text())
         finally:
             shutil.rmtree(runs_dir, ignore_errors=True)
-    res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                   text=True).stdout.strip()
+    res["commit"] = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     out = ROOT / "bench" / "results"
     (out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / f"{a.name}.md").write_text(table(res) + "\n")

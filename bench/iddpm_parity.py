@@ -12,6 +12,7 @@ on the same noisy images and timesteps. Their UNet is fed t * 1000 / T (what the
 random weights. Writes bench/results/iddpm_parity.{json,md}: the largest absolute and relative differences.
 Expected: float32 round-off, about 1e-5 of the output's scale.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,16 @@ from core.model.unet import build_unet  # noqa: E402
 def theirs_for(preset: str, unet_module):
     m = C.preset(preset)["model"]
     return unet_module.UNetModel(
-        in_channels=3, model_channels=m["model_channels"], out_channels=6, num_res_blocks=m["num_res_blocks"],
+        in_channels=3,
+        model_channels=m["model_channels"],
+        out_channels=6,
+        num_res_blocks=m["num_res_blocks"],
         attention_resolutions=tuple(m["image_size"] // r for r in m["attention_resolutions"]),
-        dropout=0.0, channel_mult=tuple(m["channel_mult"]), num_heads=m["num_heads"], use_scale_shift_norm=True)
+        dropout=0.0,
+        channel_mult=tuple(m["channel_mult"]),
+        num_heads=m["num_heads"],
+        use_scale_shift_norm=True,
+    )
 
 
 def compare(preset: str, unet_module, ckpt, batch: int, seed: int) -> dict:
@@ -71,11 +79,18 @@ def compare(preset: str, unet_module, ckpt, batch: int, seed: int) -> dict:
                 m.qkv.bias.copy_(sd[f"{name}.qkv.bias"])
         no_reorder = float((a - ours(x, t)).abs().max())
     diff = (a - b).abs()
-    return {"preset": preset, "weights": str(ckpt) if ckpt else f"random (seed {seed})", "batch": batch,
-            "params": sum(p.numel() for p in ours.parameters()), "max_abs_diff": float(diff.max()),
-            "max_rel_diff": float(diff.max() / a.abs().max()), "output_scale": float(a.abs().max()),
-            "diff_without_rescale": no_rescale, "diff_without_qkv_reorder": no_reorder,
-            "seconds": round(time.time() - start, 1)}
+    return {
+        "preset": preset,
+        "weights": str(ckpt) if ckpt else f"random (seed {seed})",
+        "batch": batch,
+        "params": sum(p.numel() for p in ours.parameters()),
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float(diff.max() / a.abs().max()),
+        "output_scale": float(a.abs().max()),
+        "diff_without_rescale": no_rescale,
+        "diff_without_qkv_reorder": no_reorder,
+        "seconds": round(time.time() - start, 1),
+    }
 
 
 def main() -> None:
@@ -96,14 +111,21 @@ def main() -> None:
     (out / "iddpm_parity.json").write_text(json.dumps(rows, indent=2) + "\n")
     import platform
 
-    lines = [f"Converted improved-diffusion UNet vs their own `UNetModel` (float32, batch {a.batch}, CPU "
-             f"{platform.machine()}); the last two columns are what the check shows when the conversion skips the "
-             "timestep rescale or the qkv reorder.", "",
-             "| preset | weights | params | max abs diff | max rel diff | output scale | without rescale | "
-             "without qkv reorder |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['weights']} | {r['params']:,} | {r['max_abs_diff']:.2e} | "
-              f"{r['max_rel_diff']:.2e} | {r['output_scale']:.2f} | {r['diff_without_rescale']:.2e} | "
-              f"{r['diff_without_qkv_reorder']:.2e} |" for r in rows]
+    lines = [
+        f"Converted improved-diffusion UNet vs their own `UNetModel` (float32, batch {a.batch}, CPU "
+        f"{platform.machine()}); the last two columns are what the check shows when the conversion skips the "
+        "timestep rescale or the qkv reorder.",
+        "",
+        "| preset | weights | params | max abs diff | max rel diff | output scale | without rescale | "
+        "without qkv reorder |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['preset']} | {r['weights']} | {r['params']:,} | {r['max_abs_diff']:.2e} | "
+        f"{r['max_rel_diff']:.2e} | {r['output_scale']:.2f} | {r['diff_without_rescale']:.2e} | "
+        f"{r['diff_without_qkv_reorder']:.2e} |"
+        for r in rows
+    ]
     (out / "iddpm_parity.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

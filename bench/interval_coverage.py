@@ -55,6 +55,7 @@ seeds: same digits, like two equally good models sharing their noise); power aga
 
 Writes bench/results/interval_coverage.json and .md (``--nulls``: interval_coverage_nulls.json and .md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,15 @@ from core.training.data import load_dataset  # noqa: E402
 
 T3 = 3.182446305284263  # t quantile 0.975 with 3 degrees of freedom (4 disjoint quarters)
 Z = NormalDist()
-FID_METHODS = ("percentile", "basic", "BC", "recentred percentile", "half-sampling", "extrapolated (C&F)",
-               "4 disjoint quarters")
+FID_METHODS = (
+    "percentile",
+    "basic",
+    "BC",
+    "recentred percentile",
+    "half-sampling",
+    "extrapolated (C&F)",
+    "4 disjoint quarters",
+)
 KID_METHODS = ("percentile", "basic", "BC", "recentred percentile", "half-sampling", "4 disjoint quarters")
 DIFF_METHODS = ("percentile", "recentred percentile", "half-sampling")
 
@@ -105,8 +113,7 @@ class FidPool:
         xc, zc = x - mu, z - z.mean(0)
         g = zc.T @ zc if n > zc.shape[1] else zc @ zc.T
         lam = np.clip(np.linalg.eigvalsh(g / (n - 1)), 0, None)
-        return float(((mu - self.ref.mu) ** 2).sum() + (xc * xc).sum() / (n - 1) + self.tr_r
-                     - 2 * np.sqrt(lam).sum())
+        return float(((mu - self.ref.mu) ** 2).sum() + (xc * xc).sum() / (n - 1) + self.tr_r - 2 * np.sqrt(lam).sum())
 
 
 class KidPool:
@@ -142,9 +149,12 @@ def intervals(est: float, boot: np.ndarray, half: np.ndarray, quarters: np.ndarr
     b_lo, b_hi = q(boot)
     b_med = float(np.median(boot))
     h_lo, h_hi = q(half - np.median(half))
-    out = {"percentile": (est, b_lo, b_hi), "basic": (est, 2 * est - b_hi, 2 * est - b_lo),
-           "recentred percentile": (est, est + b_lo - b_med, est + b_hi - b_med),
-           "half-sampling": (est, est + h_lo, est + h_hi)}
+    out = {
+        "percentile": (est, b_lo, b_hi),
+        "basic": (est, 2 * est - b_hi, 2 * est - b_lo),
+        "recentred percentile": (est, est + b_lo - b_med, est + b_hi - b_med),
+        "half-sampling": (est, est + h_lo, est + h_hi),
+    }
     p = float((boot < est).mean())
     if 0 < p < 1:
         z0 = Z.inv_cdf(p)
@@ -179,20 +189,25 @@ def verdict(ci) -> str:
 # -- one set --------------------------------------------------------------------------------------------
 def replicate_indices(n: int, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(bootstrap indices as the shipped method draws them, half-sample indices without replacement)."""
-    boot = np.random.default_rng(seed).integers(0, n, size=(reps, n))   # as metrics did before issue 34
-    return boot, M._subsets(n, reps, seed)                              # as metrics does now
+    boot = np.random.default_rng(seed).integers(0, n, size=(reps, n))  # as metrics did before issue 34
+    return boot, M._subsets(n, reps, seed)  # as metrics does now
 
 
 def measure_set(s: np.ndarray, fid_fn: FidPool, kid: KidPool, boot_i, half_i, rng, full: bool) -> dict:
     """Both metrics of the set ``s`` (pool rows): estimate and replicates; ``full`` adds C&F and quarters."""
     n = len(s)
     kv = kid.of_set(s)
-    out = {"fid": fid_fn(s), "fid_boot": np.array([fid_fn(s[i]) for i in boot_i]),
-           "fid_half": np.array([fid_fn(s[i]) for i in half_i]),
-           "kid": kv(), "kid_boot": np.array([kv(i) for i in boot_i]), "kid_half": np.array([kv(i) for i in half_i])}
+    out = {
+        "fid": fid_fn(s),
+        "fid_boot": np.array([fid_fn(s[i]) for i in boot_i]),
+        "fid_half": np.array([fid_fn(s[i]) for i in half_i]),
+        "kid": kv(),
+        "kid_boot": np.array([kv(i) for i in boot_i]),
+        "kid_half": np.array([kv(i) for i in half_i]),
+    }
     if full:
         order = rng.permutation(n)
-        quarters = [order[k * (n // 4):(k + 1) * (n // 4)] for k in range(4)]
+        quarters = [order[k * (n // 4) : (k + 1) * (n // 4)] for k in range(4)]
         out["fid_quarters"] = np.array([fid_fn(s[i]) for i in quarters])
         out["kid_quarters"] = np.array([kv(i) for i in quarters])
         sizes, means = [n // 4, n // 2, 3 * n // 4, n], []
@@ -223,12 +238,14 @@ def features_of(args):
     imgs = data.get(torch.arange(len(data)))
     feats = F.features(ext, imgs)
     perm = np.random.default_rng(args.seed).permutation(len(data))
-    ref_i, pool_i = perm[:len(data) // 2], perm[len(data) // 2:]
+    ref_i, pool_i = perm[: len(data) // 2], perm[len(data) // 2 :]
     pool_imgs = imgs[torch.as_tensor(pool_i)]
-    pools = {"real digits": feats[pool_i],
-             f"speckle {args.level:g}%": F.features(ext, speckle(pool_imgs, args.level / 100, seed=1)),
-             "speckle 1%": F.features(ext, speckle(pool_imgs, 0.01, seed=2)),
-             "speckle 1% (seed 3)": F.features(ext, speckle(pool_imgs, 0.01, seed=3))}
+    pools = {
+        "real digits": feats[pool_i],
+        f"speckle {args.level:g}%": F.features(ext, speckle(pool_imgs, args.level / 100, seed=1)),
+        "speckle 1%": F.features(ext, speckle(pool_imgs, 0.01, seed=2)),
+        "speckle 1% (seed 3)": F.features(ext, speckle(pool_imgs, 0.01, seed=3)),
+    }
     return feats[ref_i], pools
 
 
@@ -237,8 +254,13 @@ def targets(fid_fn: FidPool, kid: KidPool, n_pool: int, ns, draws: int, rng) -> 
     sizes = np.linspace(n_pool // 5, n_pool, 9).astype(int)
     cf = [np.mean([fid_fn(rng.permutation(n_pool)[:m]) for _ in range(1 if m == n_pool else 5)]) for m in sizes]
     kv = kid.of_set(all_i)
-    out = {"fid_pool": fid_fn(all_i), "fid_inf": cf_intercept(sizes, cf), "kid_pool": kv(),
-           "fid_at": {int(m): float(v) for m, v in zip(sizes, cf)}, "n": {}}
+    out = {
+        "fid_pool": fid_fn(all_i),
+        "fid_inf": cf_intercept(sizes, cf),
+        "kid_pool": kv(),
+        "fid_at": {int(m): float(v) for m, v in zip(sizes, cf)},
+        "n": {},
+    }
     for n in ns:
         sets = [rng.permutation(n_pool)[:n] for _ in range(draws)]
         f = np.array([fid_fn(s) for s in sets])
@@ -262,8 +284,8 @@ def run(args) -> dict:
     rng = np.random.default_rng(args.seed + 1)
     truth = {d: targets(fids[d], kids[d], n_pool, args.ns, args.draws, rng) for d in dists}
     print(f"features and targets: {time.time() - t0:.0f} s", flush=True)
-    records = {d: {n: [] for n in args.ns} for d in dists}   # per set: estimates and intervals
-    pairs = {n: [] for n in args.ns}                          # per trial and pair: the difference intervals
+    records = {d: {n: [] for n in args.ns} for d in dists}  # per set: estimates and intervals
+    pairs = {n: [] for n in args.ns}  # per trial and pair: the difference intervals
     spk1, spk1b = "speckle 1%", "speckle 1% (seed 3)"
     clean, spk = "real digits", dists[1]
     for n in args.ns:
@@ -271,9 +293,9 @@ def run(args) -> dict:
         for t in range(args.trials):
             seed = 1000 * n + 2 * t
             perm = rng.permutation(n_pool)
-            d1, d2 = perm[:n], perm[n:2 * n]
+            d1, d2 = perm[:n], perm[n : 2 * n]
             ib1, ih1 = replicate_indices(n, args.reps, seed)
-            ib2, ih2 = replicate_indices(n, args.reps, seed + 1)   # unpaired: other indices, as `difference`
+            ib2, ih2 = replicate_indices(n, args.reps, seed + 1)  # unpaired: other indices, as `difference`
             sets = {}
             for d in dists:
                 for name, s, ib, ih in (("D1", d1, ib1, ih1), ("D2", d2, ib2, ih2)):
@@ -285,16 +307,24 @@ def run(args) -> dict:
                 mine = records[clean][n][-2]
                 for metric, floor in (("fid", 0.0), ("kid", -np.inf)):
                     _, lo, hi = mine[f"{metric}_iv"]["half-sampling"]
-                    assert np.allclose(shipped[f"{metric}_ci"], [max(floor, lo), hi], rtol=1e-6, atol=1e-9), \
-                        (metric, shipped[f"{metric}_ci"], lo, hi)
+                    assert np.allclose(shipped[f"{metric}_ci"], [max(floor, lo), hi], rtol=1e-6, atol=1e-9), (
+                        metric,
+                        shipped[f"{metric}_ci"],
+                        lo,
+                        hi,
+                    )
             for p in (spk1, spk1b):
                 sets[(p, "D1")] = measure_set(d1, fids[p], kids[p], ib1, ih1, rng, full=False)
-            cases = {"null, unpaired: real vs real (disjoint digits)": (sets[(clean, "D1")], sets[(clean, "D2")]),
-                     f"null, unpaired: {spk} vs {spk} (disjoint digits)": (sets[(spk, "D1")], sets[(spk, "D2")]),
-                     "null, paired: speckle 1% vs speckle 1%, other seed (same digits)":
-                         (sets[(spk1b, "D1")], sets[(spk1, "D1")]),
-                     "power, paired: speckle 1% vs real (same digits)": (sets[(spk1, "D1")], sets[(clean, "D1")]),
-                     "power, unpaired: speckle 1% vs real (disjoint digits)": (sets[(spk1, "D1")], sets[(clean, "D2")])}
+            cases = {
+                "null, unpaired: real vs real (disjoint digits)": (sets[(clean, "D1")], sets[(clean, "D2")]),
+                f"null, unpaired: {spk} vs {spk} (disjoint digits)": (sets[(spk, "D1")], sets[(spk, "D2")]),
+                "null, paired: speckle 1% vs speckle 1%, other seed (same digits)": (
+                    sets[(spk1b, "D1")],
+                    sets[(spk1, "D1")],
+                ),
+                "power, paired: speckle 1% vs real (same digits)": (sets[(spk1, "D1")], sets[(clean, "D1")]),
+                "power, unpaired: speckle 1% vs real (disjoint digits)": (sets[(spk1, "D1")], sets[(clean, "D2")]),
+            }
             row = {}
             for case, (a, b) in cases.items():
                 row[case] = {}
@@ -302,12 +332,21 @@ def run(args) -> dict:
                     est = a[metric] - b[metric]
                     da, hb = a[f"{metric}_boot"] - b[f"{metric}_boot"], a[f"{metric}_half"] - b[f"{metric}_half"]
                     ivs = {m: diff_interval(m, est, da, hb) for m in DIFF_METHODS}
-                    row[case][metric] = {"diff": est, **{m: verdict(iv) for m, iv in ivs.items()},
-                                         "holds": {m: iv[0] <= est <= iv[1] for m, iv in ivs.items()}}
+                    row[case][metric] = {
+                        "diff": est,
+                        **{m: verdict(iv) for m, iv in ivs.items()},
+                        "holds": {m: iv[0] <= est <= iv[1] for m, iv in ivs.items()},
+                    }
             pairs[n].append(row)
         print(f"n = {n}: {args.trials} trials in {time.time() - t1:.0f} s", flush=True)
-    return {"truth": truth, "records": records, "pairs": pairs, "n_pool": n_pool, "seconds": time.time() - t0,
-            "cpu_seconds": time.process_time()}
+    return {
+        "truth": truth,
+        "records": records,
+        "pairs": pairs,
+        "n_pool": n_pool,
+        "seconds": time.time() - t0,
+        "cpu_seconds": time.process_time(),
+    }
 
 
 def nulls(args) -> dict:
@@ -324,35 +363,48 @@ def nulls(args) -> dict:
             calls = {"fid": [], "kid": []}
             for t in range(args.null_trials):
                 perm = rng.permutation(n_pool)
-                a, b = pools[d][perm[:n]], pools[d][perm[n:2 * n]]
+                a, b = pools[d][perm[:n]], pools[d][perm[n : 2 * n]]
                 for metric in calls:
-                    calls[metric].append(M.verdict(M.difference(a, b, stats, ref, metric, paired=False,
-                                                                reps=args.reps, seed=50_000 + t)))
-            out.setdefault(n, {})[d] = {m: {"verdicts": len(v) - v.count("no significant difference"), "trials": len(v)}
-                                        for m, v in calls.items()}
+                    calls[metric].append(
+                        M.verdict(M.difference(a, b, stats, ref, metric, paired=False, reps=args.reps, seed=50_000 + t))
+                    )
+            out.setdefault(n, {})[d] = {
+                m: {"verdicts": len(v) - v.count("no significant difference"), "trials": len(v)}
+                for m, v in calls.items()
+            }
         print(f"nulls at n = {n}: {time.time() - t0:.0f} s", flush=True)
     return {"nulls": out, "seconds": time.time() - t0, "cpu_seconds": time.process_time()}
 
 
 def nulls_markdown(res: dict, meta: dict) -> str:
-    md = [f"Unpaired null with `metrics.difference` as shipped (half-sampling, {meta['reps']} half-samples): two "
-          f"disjoint sets of n from one distribution, {meta['null_trials']} pairs per distribution and n; share "
-          f"called better or worse (nominal at most 5%). Commit {meta['commit']}, {meta['cpu']}, 1 thread, "
-          f"{res['seconds']:.0f} s ({res['cpu_seconds']:.0f} s of CPU time).", "",
-          "| n | metric | real digits | speckle " + f"{meta['level']:g}%" + " | both |", "|---|---|---|---|---|"]
+    md = [
+        f"Unpaired null with `metrics.difference` as shipped (half-sampling, {meta['reps']} half-samples): two "
+        f"disjoint sets of n from one distribution, {meta['null_trials']} pairs per distribution and n; share "
+        f"called better or worse (nominal at most 5%). Commit {meta['commit']}, {meta['cpu']}, 1 thread, "
+        f"{res['seconds']:.0f} s ({res['cpu_seconds']:.0f} s of CPU time).",
+        "",
+        "| n | metric | real digits | speckle " + f"{meta['level']:g}%" + " | both |",
+        "|---|---|---|---|---|",
+    ]
     for n, by_d in res["nulls"].items():
         for metric in ("fid", "kid"):
             cells = [by_d[d][metric] for d in by_d]
             v, t = sum(c["verdicts"] for c in cells), sum(c["trials"] for c in cells)
-            md.append(f"| {n} | {metric.upper()} | " + " | ".join(f"{c['verdicts']} of {c['trials']}" for c in cells)
-                      + f" | {v} of {t} ({v / t:.1%}) |")
+            md.append(
+                f"| {n} | {metric.upper()} | "
+                + " | ".join(f"{c['verdicts']} of {c['trials']}" for c in cells)
+                + f" | {v} of {t} ({v / t:.1%}) |"
+            )
     return "\n".join(md) + "\n"
 
 
 def summarise_set(r: dict) -> dict:
-    return {"fid": r["fid"], "kid": r["kid"],
-            "fid_iv": intervals(r["fid"], r["fid_boot"], r["fid_half"], r["fid_quarters"], r["fid_cf"]),
-            "kid_iv": intervals(r["kid"], r["kid_boot"], r["kid_half"], r["kid_quarters"])}
+    return {
+        "fid": r["fid"],
+        "kid": r["kid"],
+        "fid_iv": intervals(r["fid"], r["fid_boot"], r["fid_half"], r["fid_quarters"], r["fid_cf"]),
+        "kid_iv": intervals(r["kid"], r["kid_boot"], r["kid_half"], r["kid_quarters"]),
+    }
 
 
 # -- tables ---------------------------------------------------------------------------------------------
@@ -366,11 +418,19 @@ def coverage(res: dict, n_pool: int) -> dict:
             out[metric][d] = {}
             for n, sets in by_n.items():
                 draws = np.array(tr["n"][n][f"{metric}_draws"] + [s[metric] for s in sets])
-                tg = {"E_n": float(draws.mean()), "pool": tr[f"{metric}_pool"],
-                      "inf": tr["fid_inf"] if metric == "fid" else tr["kid_pool"]}
+                tg = {
+                    "E_n": float(draws.mean()),
+                    "pool": tr[f"{metric}_pool"],
+                    "inf": tr["fid_inf"] if metric == "fid" else tr["kid_pool"],
+                }
                 fpc = float(np.sqrt(1 - n / n_pool))
-                cell = {"targets": tg, "sd_over_draws": float(draws.std(ddof=1)), "draws": len(draws), "fpc": fpc,
-                        "methods": {}}
+                cell = {
+                    "targets": tg,
+                    "sd_over_draws": float(draws.std(ddof=1)),
+                    "draws": len(draws),
+                    "fpc": fpc,
+                    "methods": {},
+                }
                 for m in methods:
                     ivs = [s[f"{metric}_iv"][m] for s in sets]
                     ok = [iv for iv in ivs if iv is not None]
@@ -383,8 +443,10 @@ def coverage(res: dict, n_pool: int) -> dict:
                         **{f"cover_{k}_raw": float(np.mean([covers(iv, v, 1.0) for iv in ok])) for k, v in tg.items()},
                         "width": float(np.mean([iv[2] - iv[1] for iv in ok])),
                         "holds_estimate": float(np.mean([iv[1] <= iv[0] <= iv[2] for iv in ok])),
-                        "implied_sd_ratio": float(np.mean([(iv[2] - iv[1]) / 3.92 for iv in ok])
-                                                  / (cell["sd_over_draws"] / fpc))}
+                        "implied_sd_ratio": float(
+                            np.mean([(iv[2] - iv[1]) / 3.92 for iv in ok]) / (cell["sd_over_draws"] / fpc)
+                        ),
+                    }
                 out[metric][d][n] = cell
     return out
 
@@ -398,37 +460,50 @@ def verdict_rates(res: dict) -> dict:
                 for m in DIFF_METHODS:
                     v = [t[case][metric][m] for t in trials]
                     out.setdefault(case, {}).setdefault(metric, {}).setdefault(m, {})[n] = {
-                        "worse": v.count("worse"), "better": v.count("better"), "trials": len(v),
-                        "holds": sum(t[case][metric]["holds"][m] for t in trials)}
+                        "worse": v.count("worse"),
+                        "better": v.count("better"),
+                        "trials": len(v),
+                        "holds": sum(t[case][metric]["holds"][m] for t in trials),
+                    }
     for by_metric in out.values():
         for by_m in by_metric.values():
             for by_n in by_m.values():
-                by_n["all"] = {k: sum(r[k] for r in list(by_n.values()))
-                               for k in ("worse", "better", "trials", "holds")}
+                by_n["all"] = {
+                    k: sum(r[k] for r in list(by_n.values())) for k in ("worse", "better", "trials", "holds")
+                }
     return out
 
 
 def markdown(cov: dict, rates: dict, meta: dict) -> str:
-    md = [f"Real digits (bundled, preset `tiny`, shipped domain net) split into a reference of {meta['ref']} and a "
-          f"pool of {meta['pool']}; {meta['trials']} trials per n, each 2 disjoint sets per distribution "
-          f"({2 * meta['trials']} sets per cell), {meta['reps']} resamples per interval. Commit {meta['commit']}, "
-          f"{meta['cpu']}, 1 thread, {meta['seconds']:.0f} s"
-          + (f" ({meta['cpu_seconds']:.0f} s of CPU time)." if meta.get("cpu_seconds") else "."), "",
-          "Coverage of the nominal 95% interval (% of sets whose interval holds the target; intervals scaled by "
-          "the finite-pool factor sqrt(1 - n/2500) about their midpoint) and mean width. Targets: **E_n** the mean "
-          "value over independent sets of n, **2500** the whole pool's value, **inf** FID extrapolated to "
-          "1/n -> 0 (KID: the pool's value). *holds est.*: the interval contains its own estimate.", ""]
+    md = [
+        f"Real digits (bundled, preset `tiny`, shipped domain net) split into a reference of {meta['ref']} and a "
+        f"pool of {meta['pool']}; {meta['trials']} trials per n, each 2 disjoint sets per distribution "
+        f"({2 * meta['trials']} sets per cell), {meta['reps']} resamples per interval. Commit {meta['commit']}, "
+        f"{meta['cpu']}, 1 thread, {meta['seconds']:.0f} s"
+        + (f" ({meta['cpu_seconds']:.0f} s of CPU time)." if meta.get("cpu_seconds") else "."),
+        "",
+        "Coverage of the nominal 95% interval (% of sets whose interval holds the target; intervals scaled by "
+        "the finite-pool factor sqrt(1 - n/2500) about their midpoint) and mean width. Targets: **E_n** the mean "
+        "value over independent sets of n, **2500** the whole pool's value, **inf** FID extrapolated to "
+        "1/n -> 0 (KID: the pool's value). *holds est.*: the interval contains its own estimate.",
+        "",
+    ]
     for metric in ("fid", "kid"):
         scale, unit = (1.0, "") if metric == "fid" else (1e3, " x1e3")
         for d, by_n in cov[metric].items():
             ns = list(by_n)
-            tg = "; ".join(f"n {n}: E_n {by_n[n]['targets']['E_n'] * scale:.4f}, "
-                           f"sd {by_n[n]['sd_over_draws'] * scale:.4f}" for n in ns)
+            tg = "; ".join(
+                f"n {n}: E_n {by_n[n]['targets']['E_n'] * scale:.4f}, sd {by_n[n]['sd_over_draws'] * scale:.4f}"
+                for n in ns
+            )
             first = by_n[ns[0]]["targets"]
-            md += [f"**{metric.upper()}{unit}, {d}** (2500: {first['pool'] * scale:.4f}; inf: "
-                   f"{first['inf'] * scale:.4f}; {tg})", "",
-                   "| method | " + " | ".join(f"n={n} E_n | 2500 | inf | width" for n in ns) + " | holds est. |",
-                   "|---|" + "---|---|---|---|" * len(ns) + "---|"]
+            md += [
+                f"**{metric.upper()}{unit}, {d}** (2500: {first['pool'] * scale:.4f}; inf: "
+                f"{first['inf'] * scale:.4f}; {tg})",
+                "",
+                "| method | " + " | ".join(f"n={n} E_n | 2500 | inf | width" for n in ns) + " | holds est. |",
+                "|---|" + "---|---|---|---|" * len(ns) + "---|",
+            ]
             for m, r0 in by_n[ns[0]]["methods"].items():
                 cells, holds, defined = [], [], []
                 for n in ns:
@@ -436,28 +511,41 @@ def markdown(cov: dict, rates: dict, meta: dict) -> str:
                     if not r.get("width") and r.get("defined", 0) == 0:
                         cells.append("undefined | | |")
                         continue
-                    cells.append(f"{r['cover_E_n']:.0%} | {r['cover_pool']:.0%} | {r['cover_inf']:.0%} | "
-                                 f"{r['width'] * scale:.4f}")
+                    cells.append(
+                        f"{r['cover_E_n']:.0%} | {r['cover_pool']:.0%} | {r['cover_inf']:.0%} | "
+                        f"{r['width'] * scale:.4f}"
+                    )
                     holds.append(r["holds_estimate"])
                     defined.append(r["defined"])
                 name = m + (f" (defined in {np.mean(defined):.0%})" if defined and np.mean(defined) < 1 else "")
-                md.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(holds):.0%} |" if holds else
-                          f"| {name} | " + " | ".join(cells) + " | - |")
+                md.append(
+                    f"| {name} | " + " | ".join(cells) + f" | {np.mean(holds):.0%} |"
+                    if holds
+                    else f"| {name} | " + " | ".join(cells) + " | - |"
+                )
             md.append("")
     ns = [n for n in next(iter(next(iter(rates.values())).values()))["percentile"] if n != "all"]
-    md += ["Verdicts (`metrics.verdict`: better / worse when the whole 95% interval of a - b is below / above zero), "
-           "the difference's interval made by each method: share of trials with a verdict at n = "
-           + " / ".join(map(str, ns)) + f" ({meta['trials']} trials each), then over all n. Null cases: any verdict "
-           "is a false positive (nominal at most 5%); power cases: share of 'worse'. *holds diff*: the interval "
-           "contains the difference it is about (all trials).", "",
-           "| case | metric | " + " | ".join(DIFF_METHODS) + " | holds diff (" + " / ".join(DIFF_METHODS) + ") |",
-           "|---|---|" + "---|" * (len(DIFF_METHODS) + 1)]
+    md += [
+        "Verdicts (`metrics.verdict`: better / worse when the whole 95% interval of a - b is below / above zero), "
+        "the difference's interval made by each method: share of trials with a verdict at n = "
+        + " / ".join(map(str, ns))
+        + f" ({meta['trials']} trials each), then over all n. Null cases: any verdict "
+        "is a false positive (nominal at most 5%); power cases: share of 'worse'. *holds diff*: the interval "
+        "contains the difference it is about (all trials).",
+        "",
+        "| case | metric | " + " | ".join(DIFF_METHODS) + " | holds diff (" + " / ".join(DIFF_METHODS) + ") |",
+        "|---|---|" + "---|" * (len(DIFF_METHODS) + 1),
+    ]
     for case, by_metric in rates.items():
         for metric, by_m in by_metric.items():
+
             def share(r):
                 return (r["worse"] + r["better"] if case.startswith("null") else r["worse"]) / r["trials"]
-            cells = [" / ".join(f"{share(by_m[m][n]):.0%}" for n in ns) + f" (all {share(by_m[m]['all']):.1%})"
-                     for m in DIFF_METHODS]
+
+            cells = [
+                " / ".join(f"{share(by_m[m][n]):.0%}" for n in ns) + f" (all {share(by_m[m]['all']):.1%})"
+                for m in DIFF_METHODS
+            ]
             holds = " / ".join(f"{by_m[m]['all']['holds'] / by_m[m]['all']['trials']:.0%}" for m in DIFF_METHODS)
             md.append(f"| {case} | {metric.upper()} | " + " | ".join(cells) + f" | {holds} |")
     return "\n".join(md) + "\n"
@@ -465,16 +553,20 @@ def markdown(cov: dict, rates: dict, meta: dict) -> str:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return "?"
 
 
 def _cpu() -> str:
     info = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
-             if ln.startswith("model name")] if info.exists() else []
+    names = (
+        [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
+        if info.exists()
+        else []
+    )
     return names[0] if names else platform.processor()
 
 
@@ -498,8 +590,14 @@ def main() -> None:
     if args.nulls:
         torch.set_num_threads(1)
         res = nulls(args)
-        meta = {"reps": args.reps, "null_trials": args.null_trials, "level": args.level, "commit": _commit(),
-                "cpu": _cpu(), "ns": args.null_ns}
+        meta = {
+            "reps": args.reps,
+            "null_trials": args.null_trials,
+            "level": args.level,
+            "commit": _commit(),
+            "cpu": _cpu(),
+            "ns": args.null_ns,
+        }
         out.mkdir(parents=True, exist_ok=True)
         (out / "interval_coverage_nulls.json").write_text(json.dumps({"meta": meta, **res}, indent=1))
         md = nulls_markdown(res, meta)
@@ -517,13 +615,24 @@ def main() -> None:
     n_pool = res["n_pool"]
     cov, rates = coverage(res, n_pool), verdict_rates(res)
     commit, cpu = _commit(), _cpu()
-    meta = {"ref": 5000 - n_pool, "pool": n_pool, "trials": args.trials, "reps": args.reps, "draws": args.draws,
-            "level": args.level, "ns": args.ns, "commit": commit, "cpu": cpu, "seconds": res["seconds"],
-            "cpu_seconds": res["cpu_seconds"]}
+    meta = {
+        "ref": 5000 - n_pool,
+        "pool": n_pool,
+        "trials": args.trials,
+        "reps": args.reps,
+        "draws": args.draws,
+        "level": args.level,
+        "ns": args.ns,
+        "commit": commit,
+        "cpu": cpu,
+        "seconds": res["seconds"],
+        "cpu_seconds": res["cpu_seconds"],
+    }
     out.mkdir(parents=True, exist_ok=True)
     truth = {d: {k: v for k, v in t.items() if k != "n"} for d, t in res["truth"].items()}
-    (out / "interval_coverage.json").write_text(json.dumps(
-        {"meta": meta, "truth": truth, "coverage": cov, "verdicts": rates}, indent=1, default=float))
+    (out / "interval_coverage.json").write_text(
+        json.dumps({"meta": meta, "truth": truth, "coverage": cov, "verdicts": rates}, indent=1, default=float)
+    )
     md = markdown(cov, rates, meta)
     (out / "interval_coverage.md").write_text(md)
     print(md)

@@ -12,6 +12,7 @@ It also compares the feature spaces: shape only (the classifier's penultimate la
 
 Writes bench/results/metric_spread.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,16 @@ def pool_of(run, n: int, steps: int, seed: int) -> torch.Tensor:
         return torch.load(path)
     cfg = run.config
     t0 = time.time()
-    imgs = sample_images(load_unet(run.model("base")), create_diffusion(cfg), n, image_size=cfg["model"]["image_size"],
-                         channels=cfg["model"]["in_channels"], steps=steps, batch_size=256, seed=seed)
+    imgs = sample_images(
+        load_unet(run.model("base")),
+        create_diffusion(cfg),
+        n,
+        image_size=cfg["model"]["image_size"],
+        channels=cfg["model"]["in_channels"],
+        steps=steps,
+        batch_size=256,
+        seed=seed,
+    )
     print(f"sampled {n} images with {steps} steps in {time.time() - t0:.0f} s", flush=True)
     path.parent.mkdir(exist_ok=True)
     torch.save(imgs, path)
@@ -76,7 +85,7 @@ class _Wrap(torch.nn.Module):
 
 
 def measure(fn, stats, ref, pool: torch.Tensor, n: int, reps: int) -> dict:
-    sets = [pool[i:i + n] for i in range(0, len(pool) - n + 1, n)]
+    sets = [pool[i : i + n] for i in range(0, len(pool) - n + 1, n)]
     out = {}
     for metric in ("fid", "kid"):
         vals, cis = [], []
@@ -90,14 +99,22 @@ def measure(fn, stats, ref, pool: torch.Tensor, n: int, reps: int) -> dict:
         clean = sets[0]
         fc = fn(clean)
         damage = {}
-        for name, imgs in (("speckle 1%", speckle(clean, 0.01)), ("speckle 2%", speckle(clean, 0.02)),
-                           ("thin", thin(clean))):
+        for name, imgs in (
+            ("speckle 1%", speckle(clean, 0.01)),
+            ("speckle 2%", speckle(clean, 0.02)),
+            ("thin", thin(clean)),
+        ):
             d = M.difference(fn(imgs), fc, stats, ref, metric, paired=True, reps=reps)
             damage[name] = {"diff": d["diff"], "ci": d["ci"], "verdict": M.verdict(d)}
-        out[metric] = {"sets": len(sets), "values": vals, "mean": float(np.mean(vals)),
-                       "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
-                       "ci_width": float(np.mean([c[1] - c[0] for c in cis])),
-                       "agree": (sum(agree) / len(agree)) if agree else None, "damage": damage}
+        out[metric] = {
+            "sets": len(sets),
+            "values": vals,
+            "mean": float(np.mean(vals)),
+            "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            "ci_width": float(np.mean([c[1] - c[0] for c in cis])),
+            "agree": (sum(agree) / len(agree)) if agree else None,
+            "damage": damage,
+        }
     return out
 
 
@@ -118,27 +135,35 @@ def main() -> None:
     pool = pool_of(run, args.pool, args.steps, seed=777)
     result = {"run": run.name, "pool": args.pool, "steps": args.steps, "reps": args.reps, "spaces": {}}
     for space, (fn, stats, ref) in spaces(ext, data).items():
-        result["spaces"][space] = {n: measure(fn, stats, ref, pool, n, args.reps)
-                                   for n in map(int, args.ns.split(","))}
+        result["spaces"][space] = {n: measure(fn, stats, ref, pool, n, args.reps) for n in map(int, args.ns.split(","))}
         print(space, "done", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metric_spread.json").write_text(json.dumps(result, indent=2))
-    md = [f"Samples of `{run.name}`'s base model ({args.pool} drawn with {args.steps} steps, split into disjoint "
-          f"sets of n), {args.reps} bootstrap resamples.", "",
-          "| features | n | metric | sets | mean | sd over sets | mean 95% CI width | sets agree | "
-          "speckle 1% | speckle 2% | thin |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        f"Samples of `{run.name}`'s base model ({args.pool} drawn with {args.steps} steps, split into disjoint "
+        f"sets of n), {args.reps} bootstrap resamples.",
+        "",
+        "| features | n | metric | sets | mean | sd over sets | mean 95% CI width | sets agree | "
+        "speckle 1% | speckle 2% | thin |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for space, by_n in result["spaces"].items():
         for n, res in by_n.items():
             for metric, r in res.items():
                 sc = 1e3 if metric == "kid" else 1
-                dmg = [f"{r['damage'][k]['diff'] * sc:+.3f} {r['damage'][k]['verdict'].replace('no significant difference', 'n.s.')}"
-                       for k in ("speckle 1%", "speckle 2%", "thin")]
+                dmg = [
+                    f"{r['damage'][k]['diff'] * sc:+.3f} "
+                    f"{r['damage'][k]['verdict'].replace('no significant difference', 'n.s.')}"
+                    for k in ("speckle 1%", "speckle 2%", "thin")
+                ]
                 sd = "-" if r["sd"] is None else f"{r['sd'] * sc:.3f}"
                 agree = "-" if r["agree"] is None else f"{r['agree']:.0%}"
                 name = f"{metric} x1e3" if sc != 1 else metric
-                md.append(f"| {space} | {n} | {name} | {r['sets']} | {r['mean'] * sc:.3f} | {sd} | "
-                          f"{r['ci_width'] * sc:.3f} | {agree} | " + " | ".join(dmg) + " |")
+                md.append(
+                    f"| {space} | {n} | {name} | {r['sets']} | {r['mean'] * sc:.3f} | {sd} | "
+                    f"{r['ci_width'] * sc:.3f} | {agree} | " + " | ".join(dmg) + " |"
+                )
     (out / "metric_spread.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

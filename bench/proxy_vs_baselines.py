@@ -5,6 +5,7 @@ at the same budget: loss after pruning and after a short fine-tune, rounds, wall
 
 Writes bench/results/proxy_vs_baselines.json and .md.
 """
+
 import sys
 from pathlib import Path
 

@@ -12,6 +12,7 @@ after pruning and after a short fine-tune on the group's timesteps.
 
 Writes bench/results/prune_methods.json and .md and prints the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,25 +32,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import config as C  # noqa: E402
-from core.training.data import load_dataset  # noqa: E402
-from core.model.diffusion import create_diffusion  # noqa: E402
 from core.evaluation.losses import region_losses  # noqa: E402
-from core.method.schedule import run_schedule  # noqa: E402
-from core.method.importance import make_importance  # noqa: E402
-from core.names import IMPORTANCE_METHODS as METHODS  # noqa: E402
-from core.method.prune import PruneContext, prune_to_budget  # noqa: E402
 from core.manager.stages.prune import prune_images  # noqa: E402
-from core.runs import create_run  # noqa: E402
-from core.training.loop import TrainSpec, train  # noqa: E402
 from core.method.artifacts import load_unet
+from core.method.importance import make_importance  # noqa: E402
+from core.method.prune import PruneContext, prune_to_budget  # noqa: E402
+from core.method.schedule import run_schedule  # noqa: E402
+from core.model.diffusion import create_diffusion  # noqa: E402
 from core.model.unet import build_unet  # noqa: E402
+from core.names import IMPORTANCE_METHODS as METHODS  # noqa: E402
+from core.runs import create_run  # noqa: E402
+from core.training.data import load_dataset  # noqa: E402
+from core.training.loop import TrainSpec, train  # noqa: E402
 
 
 def spec(run, name, cfg, steps, lr, ema, seed, timesteps=None, extra=None):
     t = cfg["train"]
-    return TrainSpec(name=name, ckpt=run.ckpt(name), model_out=run.model(name), metrics=run.metrics(name),
-                     steps=steps, batch_size=t["batch_size"], lr=lr, ema_decay=ema, seed=seed, log_every=50,
-                     ckpt_every=10 ** 9, timesteps=timesteps, extra=extra or {"arch": cfg["model"]})
+    return TrainSpec(
+        name=name,
+        ckpt=run.ckpt(name),
+        model_out=run.model(name),
+        metrics=run.metrics(name),
+        steps=steps,
+        batch_size=t["batch_size"],
+        lr=lr,
+        ema_decay=ema,
+        seed=seed,
+        log_every=50,
+        ckpt_every=10**9,
+        timesteps=timesteps,
+        extra=extra or {"arch": cfg["model"]},
+    )
 
 
 def run_proxy(base, budget, ctx, grp, sched, seed, args, work):
@@ -62,21 +75,42 @@ def run_proxy(base, budget, ctx, grp, sched, seed, args, work):
     settings = ProxySettings(rounds=args.rounds, seed=seed)
     if args.llm:
         settings.model = args.llm
-    info = {"t_start": grp.t_start, "t_end": grp.t_end, "snr_min": grp.snr_min, "snr_max": grp.snr_max,
-            "num_timesteps": sched.num_timesteps}
+    info = {
+        "t_start": grp.t_start,
+        "t_end": grp.t_end,
+        "snr_min": grp.snr_min,
+        "snr_max": grp.snr_max,
+        "num_timesteps": sched.num_timesteps,
+    }
     pr = Pruner(base)
     live = ProxyRun(pr, budget, ctx, settings, store, f"bench-{seed}", grp.index, info, log=lambda s: None)
     plan, pinfo = live.search()
     t0 = time.time()
     calls = store.calls(f"bench-{seed}", grp.index, pinfo["session"])
-    rep_run = ProxyRun(Pruner(base), budget, ctx, settings, store, f"bench-{seed}-replay", grp.index, info,
-                       mode="replay", replay=Replay(calls, f"bench-{seed}"), log=lambda s: None)
+    rep_run = ProxyRun(
+        Pruner(base),
+        budget,
+        ctx,
+        settings,
+        store,
+        f"bench-{seed}-replay",
+        grp.index,
+        info,
+        mode="replay",
+        replay=Replay(calls, f"bench-{seed}"),
+        log=lambda s: None,
+    )
     plan2, _ = rep_run.search()
     replay_s = time.time() - t0
     pruned = pr.apply(plan)
     rep = {**pr.report(pruned, plan, budget, 0.03), "loss_after": held_out_loss(pruned, ctx)}
-    extra = {"accepted_rounds": sum(1 for m in pinfo["memory"] if m.get("accepted")), "calls": len(calls),
-             "replay_s": replay_s, "replay_identical": plan2 == plan, "winner_round": pinfo.get("winner_round")}
+    extra = {
+        "accepted_rounds": sum(1 for m in pinfo["memory"] if m.get("accepted")),
+        "calls": len(calls),
+        "replay_s": replay_s,
+        "replay_identical": plan2 == plan,
+        "winner_round": pinfo.get("winner_round"),
+    }
     return pruned, plan, rep, extra
 
 
@@ -104,8 +138,13 @@ def main() -> None:
     diffusion = create_diffusion(cfg)
     work = Path(tempfile.mkdtemp(prefix="stepadapt-bench-prune-"))
     run = create_run(cfg, "base", work)
-    train(spec(run, "base", cfg, args.base_steps, cfg["train"]["lr"], cfg["train"]["ema_decay"], cfg["seed"]),
-          build_unet(cfg["model"], seed=cfg["seed"]), diffusion, data, progress=False)
+    train(
+        spec(run, "base", cfg, args.base_steps, cfg["train"]["lr"], cfg["train"]["ema_decay"], cfg["seed"]),
+        build_unet(cfg["model"], seed=cfg["seed"]),
+        diffusion,
+        data,
+        progress=False,
+    )
     base = load_unet(run.model("base"))
     sched = run_schedule(run)
     grp = sched.groups[args.group]
@@ -132,46 +171,99 @@ def main() -> None:
             after_prune = region_losses(pruned, diffusion, eval_images, region)[args.group]
             name = f"{method}-{seed}"
             f = cfg["finetune"]
-            train(spec(run, name, cfg, args.ft_steps, f["lr"], f["ema_decay"], seed, grp.timesteps,
-                       {"arch": cfg["model"], "plan": plan}),
-                  copy.deepcopy(pruned).train(), diffusion, data, progress=False)
+            train(
+                spec(
+                    run,
+                    name,
+                    cfg,
+                    args.ft_steps,
+                    f["lr"],
+                    f["ema_decay"],
+                    seed,
+                    grp.timesteps,
+                    {"arch": cfg["model"], "plan": plan},
+                ),
+                copy.deepcopy(pruned).train(),
+                diffusion,
+                data,
+                progress=False,
+            )
             after_ft = region_losses(load_unet(run.model(name)), diffusion, eval_images, region)[args.group]
-            rows.append({"method": method, "seed": seed, "macs_ratio": rep["macs_ratio"], "params": rep["params"],
-                         "loss_after_prune": after_prune, "loss_after_finetune": after_ft, "prune_s": prune_s,
-                         **extra})
-            print(f"{method:9s} seed {seed}: MACs {rep['macs_ratio']:.3f} F, after prune {after_prune:.5f}, "
-                  f"after {args.ft_steps} fine-tune steps {after_ft:.5f} ({prune_s:.1f} s to prune)", flush=True)
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "macs_ratio": rep["macs_ratio"],
+                    "params": rep["params"],
+                    "loss_after_prune": after_prune,
+                    "loss_after_finetune": after_ft,
+                    "prune_s": prune_s,
+                    **extra,
+                }
+            )
+            print(
+                f"{method:9s} seed {seed}: MACs {rep['macs_ratio']:.3f} F, after prune {after_prune:.5f}, "
+                f"after {args.ft_steps} fine-tune steps {after_ft:.5f} ({prune_s:.1f} s to prune)",
+                flush=True,
+            )
 
     def ms(vals):
         return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
-    summary = {m: {k: ms([r[k] for r in rows if r["method"] == m])
-                   for k in ("loss_after_prune", "loss_after_finetune", "macs_ratio", "prune_s")} for m in methods}
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result = {"bench": "prune_methods", "preset": args.preset, "base_steps": args.base_steps, "budget": args.budget,
-              "group": args.group, "group_t": [grp.t_start, grp.t_end], "ft_steps": args.ft_steps, "seeds": seeds,
-              "base_loss": base_loss, "commit": sha, "machine": platform.machine(),
-              "threads": torch.get_num_threads(), "elapsed_s": round(time.time() - t0, 1), "rows": rows,
-              "summary": summary}
-    md = [f"Pruning methods at {args.budget} F on `{args.preset}` (digits), group {args.group} "
-          f"(t {grp.t_start}-{grp.t_end}); base {args.base_steps} steps, held-out eps-MSE {base_loss:.5f}; "
-          f"mean ± std over seeds {args.seeds}; commit {sha}, {result['machine']}, {result['threads']} threads.", "",
-          "| method | MACs / F | loss after pruning | after " + f"{args.ft_steps} fine-tune steps | time to prune (s) |",
-          "|---|---|---|---|---|"]
+    summary = {
+        m: {
+            k: ms([r[k] for r in rows if r["method"] == m])
+            for k in ("loss_after_prune", "loss_after_finetune", "macs_ratio", "prune_s")
+        }
+        for m in methods
+    }
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    result = {
+        "bench": "prune_methods",
+        "preset": args.preset,
+        "base_steps": args.base_steps,
+        "budget": args.budget,
+        "group": args.group,
+        "group_t": [grp.t_start, grp.t_end],
+        "ft_steps": args.ft_steps,
+        "seeds": seeds,
+        "base_loss": base_loss,
+        "commit": sha,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "elapsed_s": round(time.time() - t0, 1),
+        "rows": rows,
+        "summary": summary,
+    }
+    md = [
+        f"Pruning methods at {args.budget} F on `{args.preset}` (digits), group {args.group} "
+        f"(t {grp.t_start}-{grp.t_end}); base {args.base_steps} steps, held-out eps-MSE {base_loss:.5f}; "
+        f"mean ± std over seeds {args.seeds}; commit {sha}, {result['machine']}, {result['threads']} threads.",
+        "",
+        "| method | MACs / F | loss after pruning | after " + f"{args.ft_steps} fine-tune steps | time to prune (s) |",
+        "|---|---|---|---|---|",
+    ]
     for m in methods:
         s = summary[m]
-        md.append(f"| {m} | {s['macs_ratio'][0]:.3f} | {s['loss_after_prune'][0]:.4f} ± {s['loss_after_prune'][1]:.4f} "
-                  f"| {s['loss_after_finetune'][0]:.4f} ± {s['loss_after_finetune'][1]:.4f} | {s['prune_s'][0]:.1f} |")
+        md.append(
+            f"| {m} | {s['macs_ratio'][0]:.3f} | {s['loss_after_prune'][0]:.4f} ± {s['loss_after_prune'][1]:.4f} "
+            f"| {s['loss_after_finetune'][0]:.4f} ± {s['loss_after_finetune'][1]:.4f} | {s['prune_s'][0]:.1f} |"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     proxy_rows = [r for r in rows if r["method"] == "proxy"]
     if proxy_rows:
-        md += ["", f"Proxy: {args.llm or 'stepadapt/local-search'}, {args.rounds} rounds; mean accepted rounds "
-               f"{statistics.mean(r['accepted_rounds'] for r in proxy_rows):.1f}, LLM calls "
-               f"{statistics.mean(r['calls'] for r in proxy_rows):.1f}; live search "
-               f"{statistics.mean(r['prune_s'] for r in proxy_rows):.1f} s, replay of the same answers "
-               f"{statistics.mean(r['replay_s'] for r in proxy_rows):.1f} s (identical plans: "
-               f"{all(r['replay_identical'] for r in proxy_rows)})."]
+        md += [
+            "",
+            f"Proxy: {args.llm or 'stepadapt/local-search'}, {args.rounds} rounds; mean accepted rounds "
+            f"{statistics.mean(r['accepted_rounds'] for r in proxy_rows):.1f}, LLM calls "
+            f"{statistics.mean(r['calls'] for r in proxy_rows):.1f}; live search "
+            f"{statistics.mean(r['prune_s'] for r in proxy_rows):.1f} s, replay of the same answers "
+            f"{statistics.mean(r['replay_s'] for r in proxy_rows):.1f} s (identical plans: "
+            f"{all(r['replay_identical'] for r in proxy_rows)}).",
+        ]
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -5,6 +5,7 @@ its markers are filled the same way.
 
     python bench/readme.py
 """
+
 import re
 from pathlib import Path
 

@@ -10,6 +10,7 @@ module (SiLU, the attention matmuls, additions, concatenations) is the forward's
 group's model weighs as many of the respaced sampling steps as it serves. MACs per layer are counted from the
 layer's shapes (convolutions and linears, as torch-pruning's counter does). Writes bench/results/NAME.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-KINDS = ("3x3 conv in res blocks", "1x1 skip conv", "down/up-sampling conv", "attention qkv and proj",
-         "first and last conv", "GroupNorm", "timestep embedding (linears)", "outside modules (SiLU, matmuls, adds)")
+KINDS = (
+    "3x3 conv in res blocks",
+    "1x1 skip conv",
+    "down/up-sampling conv",
+    "attention qkv and proj",
+    "first and last conv",
+    "GroupNorm",
+    "timestep embedding (linears)",
+    "outside modules (SiLU, matmuls, adds)",
+)
 
 
 def kind(name: str, mod: torch.nn.Module) -> str:
@@ -61,8 +70,11 @@ def layer_macs(mod: torch.nn.Module, out: torch.Tensor) -> int:
 @torch.inference_mode()
 def profile(model, x, t, repeats: int) -> dict:
     """Median seconds and per-sample MACs of each kind of layer, and of the whole forward, for ``model(x, t)``."""
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())
-              and not isinstance(m, (torch.nn.Identity, torch.nn.Dropout, torch.nn.SiLU))]
+    leaves = [
+        (n, m)
+        for n, m in model.named_modules()
+        if not list(m.children()) and not isinstance(m, (torch.nn.Identity, torch.nn.Dropout, torch.nn.SiLU))
+    ]
     start, took, macs = {}, {n: [] for n, _ in leaves}, {}
 
     def pre(name):
@@ -72,6 +84,7 @@ def profile(model, x, t, repeats: int) -> dict:
         def hook(mod, inp, out):
             took[name].append(time.perf_counter() - start[name])
             macs[name] = layer_macs(mod, out)
+
         return hook
 
     handles = [h for n, m in leaves for h in (m.register_forward_pre_hook(pre(n)), m.register_forward_hook(post(n)))]
@@ -122,7 +135,8 @@ def main() -> None:
     group_of = prog.group_of.tolist()
     served = Counter(group_of[t] for t in space_timesteps(len(group_of), a.steps))
     x = torch.randn(a.batch, m["in_channels"], m["image_size"], m["image_size"]).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     base_p = profile(base, x, torch.full((a.batch,), len(group_of) // 2), a.repeats)
     groups = {}
     for g, n in sorted(served.items()):
@@ -142,39 +156,67 @@ def main() -> None:
     for k in KINDS:
         bs, ps = base_p["kinds"][k]["s"], prog_avg("s", k)
         bm, pm = base_p["kinds"][k]["macs"], prog_avg("macs", k)
-        rows.append({"kind": k, "base_ms": bs * 1e3, "prog_ms": ps * 1e3, "time_ratio": ps / bs if bs else None,
-                     "macs_ratio": pm / bm if bm else None, "share_of_base": bs / base_p["forward_hooked_s"],
-                     # the excess over a time that scaled with the whole model's MACs ratio, in base forwards
-                     "excess": (ps - macs_ratio * bs) / base_p["forward_hooked_s"],
-                     "base_gmacs": bm * a.batch / bs / 1e9 if bs and bm else None,
-                     "prog_gmacs": pm * a.batch / ps / 1e9 if ps and pm else None})
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    res = {"run": run.name, "batch": a.batch, "steps": a.steps, "repeats": a.repeats, "threads": torch.get_num_threads(),
-           "device": f"CPU {platform.machine()}", "commit": sha, "forward_ms": {"base": base_total * 1e3,
-           "progressive": prog_total * 1e3}, "time_ratio": prog_total / base_total, "macs_ratio": macs_ratio,
-           "hook_overhead": base_p["forward_hooked_s"] / base_total - 1, "rows": rows,
-           "groups": {g: {"steps": v["steps"], "forward_ms": v["forward_s"] * 1e3} for g, v in groups.items()}}
+        rows.append(
+            {
+                "kind": k,
+                "base_ms": bs * 1e3,
+                "prog_ms": ps * 1e3,
+                "time_ratio": ps / bs if bs else None,
+                "macs_ratio": pm / bm if bm else None,
+                "share_of_base": bs / base_p["forward_hooked_s"],
+                # the excess over a time that scaled with the whole model's MACs ratio, in base forwards
+                "excess": (ps - macs_ratio * bs) / base_p["forward_hooked_s"],
+                "base_gmacs": bm * a.batch / bs / 1e9 if bs and bm else None,
+                "prog_gmacs": pm * a.batch / ps / 1e9 if ps and pm else None,
+            }
+        )
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    res = {
+        "run": run.name,
+        "batch": a.batch,
+        "steps": a.steps,
+        "repeats": a.repeats,
+        "threads": torch.get_num_threads(),
+        "device": f"CPU {platform.machine()}",
+        "commit": sha,
+        "forward_ms": {"base": base_total * 1e3, "progressive": prog_total * 1e3},
+        "time_ratio": prog_total / base_total,
+        "macs_ratio": macs_ratio,
+        "hook_overhead": base_p["forward_hooked_s"] / base_total - 1,
+        "rows": rows,
+        "groups": {g: {"steps": v["steps"], "forward_ms": v["forward_s"] * 1e3} for g, v in groups.items()},
+    }
     out = ROOT / "bench" / "results"
     (out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    md = [f"One denoiser forward per layer kind, run `{run.name}`, batch {a.batch}, groups weighted by the {a.steps} "
-          f"respaced steps each serves; channels-last weights; medians of {a.repeats}; {res['device']}, "
-          f"{res['threads']} threads, commit {sha}. Whole forward: base {base_total * 1e3:.1f} ms, progressive "
-          f"{prog_total * 1e3:.1f} ms: time ratio **{res['time_ratio']:.3f}** vs MACs ratio **{macs_ratio:.3f}** "
-          f"(time/MACs {res['time_ratio'] / macs_ratio:.2f}; hooks add {res['hook_overhead']:.0%}).", "",
-          "| layers | base ms | progressive ms | time ratio | MACs ratio | share of base time | base GMAC/s | "
-          "progressive GMAC/s | excess (of a base forward) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md = [
+        f"One denoiser forward per layer kind, run `{run.name}`, batch {a.batch}, groups weighted by the {a.steps} "
+        f"respaced steps each serves; channels-last weights; medians of {a.repeats}; {res['device']}, "
+        f"{res['threads']} threads, commit {sha}. Whole forward: base {base_total * 1e3:.1f} ms, progressive "
+        f"{prog_total * 1e3:.1f} ms: time ratio **{res['time_ratio']:.3f}** vs MACs ratio **{macs_ratio:.3f}** "
+        f"(time/MACs {res['time_ratio'] / macs_ratio:.2f}; hooks add {res['hook_overhead']:.0%}).",
+        "",
+        "| layers | base ms | progressive ms | time ratio | MACs ratio | share of base time | base GMAC/s | "
+        "progressive GMAC/s | excess (of a base forward) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        md.append(f"| {r['kind']} | {r['base_ms']:.2f} | {r['prog_ms']:.2f} | {f(r['time_ratio'], '.2f')} | "
-                  f"{f(r['macs_ratio'], '.2f')} | {r['share_of_base']:.0%} | {f(r['base_gmacs'], '.0f')} | "
-                  f"{f(r['prog_gmacs'], '.0f')} | {r['excess']:+.3f} |")
+        md.append(
+            f"| {r['kind']} | {r['base_ms']:.2f} | {r['prog_ms']:.2f} | {f(r['time_ratio'], '.2f')} | "
+            f"{f(r['macs_ratio'], '.2f')} | {r['share_of_base']:.0%} | {f(r['base_gmacs'], '.0f')} | "
+            f"{f(r['prog_gmacs'], '.0f')} | {r['excess']:+.3f} |"
+        )
     md.append("")
-    md.append("Excess: how much more of a base forward the progressive model's layers of that kind take than they "
-              "would if their time scaled with the whole model's MACs ratio; the column sums to time ratio minus "
-              "MACs ratio (with hooks).")
+    md.append(
+        "Excess: how much more of a base forward the progressive model's layers of that kind take than they "
+        "would if their time scaled with the whole model's MACs ratio; the column sums to time ratio minus "
+        "MACs ratio (with hooks)."
+    )
     (out / f"{a.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

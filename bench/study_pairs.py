@@ -5,6 +5,7 @@ and KID from the same noise (each arm's saved evaluation features; nothing is sa
 
 Writes bench/results/NAME.{json,md} (default ``study_pairs_STUDY``, dashes as underscores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,13 @@ def main() -> None:
     def ci(d, scale=1.0):
         return f"{d['diff'] * scale:+.3f} [{d['ci'][0] * scale:+.3f}, {d['ci'][1] * scale:+.3f}]"
 
-    md = [f"Study `{a.study}`: the `{a.arm}` arm's progressive model minus each other arm's, same noise (paired), "
-          "95% bootstrap intervals; negative: `" + a.arm + "` better.", "",
-          "| against | domain FID difference | KID x1e3 difference | MACs ratio | verdict |", "|---|---|---|---|---|"]
+    md = [
+        f"Study `{a.study}`: the `{a.arm}` arm's progressive model minus each other arm's, same noise (paired), "
+        "95% bootstrap intervals; negative: `" + a.arm + "` better.",
+        "",
+        "| against | domain FID difference | KID x1e3 difference | MACs ratio | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         md.append(f"| {r['arm']} | {ci(r['fid'])} | {ci(r['kid'], 1e3)} | {r['macs_ratio']:.3f} | {r['text']} |")
     (out / f"{name}.md").write_text("\n".join(md) + "\n")

@@ -6,6 +6,7 @@ Every key a file or override sets must already exist in the preset, with a value
 ``MAX_FILE_BYTES``, UTF-8, no YAML aliases (an alias bomb expands a few hundred bytes into gigabytes),
 nesting at most ``MAX_DEPTH`` deep, lists at most ``MAX_LIST`` long.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,6 +40,7 @@ class _ConfigLoader(yaml.SafeLoader):
 
 def _yaml(text: str):
     return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader without aliases)
+
 
 _BASE: dict[str, Any] = {
     "preset": None,
@@ -77,18 +79,60 @@ _BASE: dict[str, Any] = {
         "keep": [],
     },
     "schedule": {"kind": "snr", "k": 0.5, "groups": 10},
-    "finetune": {"steps": 25000, "lr": 1e-4, "batch_size": 128, "ema_decay": 0.9999, "distill": 0.0,
-                 "ema_warmup": True, "eval_every": 0, "keep": "last", "single_stage": False, "fid_n": 0},
+    "finetune": {
+        "steps": 25000,
+        "lr": 1e-4,
+        "batch_size": 128,
+        "ema_decay": 0.9999,
+        "distill": 0.0,
+        "ema_warmup": True,
+        "eval_every": 0,
+        "keep": "last",
+        "single_stage": False,
+        "fid_n": 0,
+    },
     "control": {"enabled": True, "uniform": False, "dense": False},
-    "prune": {"method": "proxy", "allocation": "uniform", "tolerance": 0.03, "batch_size": 32, "batches": 4,
-              "images": 256, "eval_images": 256, "llm": "stepadapt/local-search", "api_base": "", "rounds": 5,
-              "scratch_from": "", "proposals": 1},
+    "prune": {
+        "method": "proxy",
+        "allocation": "uniform",
+        "tolerance": 0.03,
+        "batch_size": 32,
+        "batches": 4,
+        "images": 256,
+        "eval_images": 256,
+        "llm": "stepadapt/local-search",
+        "api_base": "",
+        "rounds": 5,
+        "scratch_from": "",
+        "proposals": 1,
+    },
     "sample": {"steps": 100, "n": 64, "batch_size": 64, "method": "ancestral", "channels_last": True},
     # where the stage jobs run (not part of the config hash: it says where, not what); see manager/slurm.py
-    "launcher": {"kind": "local", "partition": "", "gpus_per_job": 0, "cpus_per_job": 0, "mem": "", "time": 0,
-                 "account": "", "qos": "", "sbatch": [], "requeues": 3, "signal_s": 90},
-    "eval": {"loss_images": 256, "loss_draws": 2, "fid": True, "fid_n": 50000, "steps": 100, "batch_size": 256,
-             "ref_n": 0, "inception": "", "primary": "fid", "bootstrap": 200},
+    "launcher": {
+        "kind": "local",
+        "partition": "",
+        "gpus_per_job": 0,
+        "cpus_per_job": 0,
+        "mem": "",
+        "time": 0,
+        "account": "",
+        "qos": "",
+        "sbatch": [],
+        "requeues": 3,
+        "signal_s": 90,
+    },
+    "eval": {
+        "loss_images": 256,
+        "loss_draws": 2,
+        "fid": True,
+        "fid_n": 50000,
+        "steps": 100,
+        "batch_size": 256,
+        "ref_n": 0,
+        "inception": "",
+        "primary": "fid",
+        "bootstrap": 200,
+    },
 }
 
 
@@ -116,13 +160,28 @@ PRESETS: dict[str, dict] = {
     # a small model for CPUs: trains on the bundled digits in minutes
     "tiny": _preset(
         preset="tiny",
-        model={"image_size": 32, "in_channels": 1, "model_channels": 32, "num_res_blocks": 1,
-               "channel_mult": [1, 2, 2], "attention_resolutions": [8], "num_heads": 2, "dropout": 0.0,
-               "norm_groups": 8},
+        model={
+            "image_size": 32,
+            "in_channels": 1,
+            "model_channels": 32,
+            "num_res_blocks": 1,
+            "channel_mult": [1, 2, 2],
+            "attention_resolutions": [8],
+            "num_heads": 2,
+            "dropout": 0.0,
+            "norm_groups": 8,
+        },
         diffusion={"steps": 1000},
         data={"spec": "digits", "flip": False, "workers": 0},
-        train={"steps": 1500, "batch_size": 32, "lr": 2e-4, "ema_decay": 0.995, "log_every": 50,
-               "ckpt_every": 500, "threads": 0},
+        train={
+            "steps": 1500,
+            "batch_size": 32,
+            "lr": 2e-4,
+            "ema_decay": 0.995,
+            "log_every": 50,
+            "ckpt_every": 500,
+            "threads": 0,
+        },
         finetune={"steps": 100, "lr": 1e-4, "batch_size": 32, "ema_decay": 0.99},
         sample={"steps": 50, "n": 64, "batch_size": 64},
         prune={"rounds": 3},
@@ -276,15 +335,27 @@ def validate(cfg: dict) -> None:
     if m["image_size"] > 1024 or m["model_channels"] > 4096:
         raise UserError("invalid config: model.image_size at most 1024, model.model_channels at most 4096")
     checks = [
-        (m["image_size"] >= 8 and m["image_size"] & (m["image_size"] - 1) == 0, "model.image_size must be a power of two >= 8"),
+        (
+            m["image_size"] >= 8 and m["image_size"] & (m["image_size"] - 1) == 0,
+            "model.image_size must be a power of two >= 8",
+        ),
         (m["in_channels"] in (1, 3), "model.in_channels must be 1 or 3"),
         (m["model_channels"] > 0 and m["num_res_blocks"] > 0, "model sizes must be positive"),
         (len(m["channel_mult"]) > 0 and all(x > 0 for x in m["channel_mult"]), "model.channel_mult must be positive"),
-        (m["image_size"] >> (len(m["channel_mult"]) - 1) >= 1, "model.channel_mult has more levels than image_size allows"),
-        (all(m["model_channels"] * x % m["num_heads"] == 0 for x in m["channel_mult"]), "channels must divide into model.num_heads"),
+        (
+            m["image_size"] >> (len(m["channel_mult"]) - 1) >= 1,
+            "model.channel_mult has more levels than image_size allows",
+        ),
+        (
+            all(m["model_channels"] * x % m["num_heads"] == 0 for x in m["channel_mult"]),
+            "channels must divide into model.num_heads",
+        ),
         (0 <= m["dropout"] < 1, "model.dropout must be in [0, 1)"),
         (d["steps"] >= 2, "diffusion.steps must be >= 2"),
-        (d["noise_schedule"] in NOISE_SCHEDULES, f"diffusion.noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}"),
+        (
+            d["noise_schedule"] in NOISE_SCHEDULES,
+            f"diffusion.noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}",
+        ),
         (t["steps"] >= 0 and t["batch_size"] > 0 and t["lr"] > 0, "train.steps/batch_size/lr must be positive"),
         (0 < t["ema_decay"] < 1, "train.ema_decay must be in (0, 1)"),
         (t["log_every"] > 0 and t["ckpt_every"] > 0, "train.log_every and train.ckpt_every must be positive"),
@@ -296,28 +367,45 @@ def validate(cfg: dict) -> None:
         (cfg["prune"]["method"] in PRUNE_METHODS, f"prune.method must be one of {', '.join(PRUNE_METHODS)}"),
         (cfg["prune"]["rounds"] >= 1, "prune.rounds must be >= 1"),
         (1 <= cfg["prune"]["proposals"] <= 16, "prune.proposals must be in [1, 16]"),
-        (cfg["prune"]["method"] != "scratch" or cfg["prune"]["scratch_from"],
-         "prune.method scratch needs prune.scratch_from: the run whose pruned architectures are trained from scratch"),
+        (
+            cfg["prune"]["method"] != "scratch" or cfg["prune"]["scratch_from"],
+            "prune.method scratch needs prune.scratch_from: "
+            "the run whose pruned architectures are trained from scratch",
+        ),
         (cfg["eval"]["fid_n"] >= 2 or not cfg["eval"]["fid"], "eval.fid_n must be >= 2"),
         (1 <= cfg["eval"]["steps"] <= d["steps"], "eval.steps must be in [1, diffusion.steps]"),
         (cfg["eval"]["primary"] in METRICS, f"eval.primary must be one of {', '.join(METRICS)}"),
         (cfg["eval"]["bootstrap"] >= 20, "eval.bootstrap must be >= 20 (resamples for the intervals)"),
-        (all(isinstance(k, int) and not isinstance(k, bool) and 0 < k < cfg["train"]["steps"]
-             for k in cfg["train"]["keep"]),
-         "train.keep must list steps between 0 and train.steps (milestones: the base's EMA weights kept there)"),
+        (
+            all(
+                isinstance(k, int) and not isinstance(k, bool) and 0 < k < cfg["train"]["steps"]
+                for k in cfg["train"]["keep"]
+            ),
+            "train.keep must list steps between 0 and train.steps (milestones: the base's EMA weights kept there)",
+        ),
         (cfg["finetune"]["distill"] >= 0, "finetune.distill must be >= 0"),
         (cfg["finetune"]["eval_every"] >= 0, "finetune.eval_every must be >= 0 (0: off)"),
         (cfg["finetune"]["keep"] in ("last", "best"), "finetune.keep must be last or best"),
-        (not cfg["finetune"]["single_stage"] or (cfg["prune"]["method"] == "none" and cfg["finetune"]["distill"] == 0),
-         "finetune.single_stage (every group's model from scratch, no stage 1) needs prune.method none and no "
-         "finetune.distill"),
-        (cfg["finetune"]["fid_n"] == 0 or (cfg["finetune"]["fid_n"] >= 2 and cfg["finetune"]["eval_every"] > 0
-                                            and cfg["eval"]["fid"]),
-         "finetune.fid_n (FID of the whole model during fine-tuning) needs finetune.eval_every > 0, eval.fid on and "
-         "at least 2 samples (0: off)"),
-        (cfg["finetune"]["keep"] == "last" or cfg["finetune"]["eval_every"] > 0,
-         "finetune.keep best needs finetune.eval_every > 0 (what 'best' is measured by)"),
-        (cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"], "sample.steps must be in [1, diffusion.steps]"),
+        (
+            not cfg["finetune"]["single_stage"]
+            or (cfg["prune"]["method"] == "none" and cfg["finetune"]["distill"] == 0),
+            "finetune.single_stage (every group's model from scratch, no stage 1) needs prune.method none and no "
+            "finetune.distill",
+        ),
+        (
+            cfg["finetune"]["fid_n"] == 0
+            or (cfg["finetune"]["fid_n"] >= 2 and cfg["finetune"]["eval_every"] > 0 and cfg["eval"]["fid"]),
+            "finetune.fid_n (FID of the whole model during fine-tuning) needs finetune.eval_every > 0, eval.fid on and "
+            "at least 2 samples (0: off)",
+        ),
+        (
+            cfg["finetune"]["keep"] == "last" or cfg["finetune"]["eval_every"] > 0,
+            "finetune.keep best needs finetune.eval_every > 0 (what 'best' is measured by)",
+        ),
+        (
+            cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"],
+            "sample.steps must be in [1, diffusion.steps]",
+        ),
         *launcher_checks(cfg["launcher"]),
     ]
     for ok, msg in checks:
@@ -328,12 +416,16 @@ def validate(cfg: dict) -> None:
 def launcher_checks(la: dict) -> list[tuple[bool, str]]:
     return [
         (la["kind"] in ("local", "slurm"), "launcher.kind must be local or slurm"),
-        (all(isinstance(la[k], int) and la[k] >= 0 for k in ("gpus_per_job", "cpus_per_job", "time", "requeues")),
-         "launcher.gpus_per_job, cpus_per_job, time (minutes) and requeues must be integers >= 0"),
+        (
+            all(isinstance(la[k], int) and la[k] >= 0 for k in ("gpus_per_job", "cpus_per_job", "time", "requeues")),
+            "launcher.gpus_per_job, cpus_per_job, time (minutes) and requeues must be integers >= 0",
+        ),
         (isinstance(la["signal_s"], int) and la["signal_s"] >= 1, "launcher.signal_s must be an integer >= 1"),
-        (isinstance(la["sbatch"], list) and all(isinstance(x, str) and "=" in x and x.split("=", 1)[0].strip()
-                                                for x in la["sbatch"]),
-         "launcher.sbatch must be a list of KEY=VALUE sbatch options"),
+        (
+            isinstance(la["sbatch"], list)
+            and all(isinstance(x, str) and "=" in x and x.split("=", 1)[0].strip() for x in la["sbatch"]),
+            "launcher.sbatch must be a list of KEY=VALUE sbatch options",
+        ),
     ]
 
 

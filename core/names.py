@@ -30,10 +30,18 @@ NOISE_SCHEDULES = ("cosine", "linear")
 # from scratch for as many steps, manager/stages/dense.py)
 SAMPLE_MODELS = ("base", "control", "uniform", "dense-small", "progressive")
 CONTROLS = ("control", "uniform", "dense-small")
-OPTIONAL_STAGES = {"uniform": "uniform", "dense-small": "dense"}  # stage -> its switch in the control section  # what the progressive model is compared with, besides the base
+OPTIONAL_STAGES = {
+    "uniform": "uniform",
+    "dense-small": "dense",
+}  # stage -> its switch in the control section  # what the progressive model is compared with, besides the base
 # the comparisons a run reports, (model, against)
-MODEL_PAIRS = (("progressive", "control"), ("progressive", "uniform"), ("progressive", "dense-small"),
-               ("progressive", "base"), ("control", "base"))
+MODEL_PAIRS = (
+    ("progressive", "control"),
+    ("progressive", "uniform"),
+    ("progressive", "dense-small"),
+    ("progressive", "base"),
+    ("control", "base"),
+)
 METRICS = ("fid", "kid")
 
 # files a job produced (store table ``artifacts``)

@@ -17,6 +17,7 @@ is a ``Run`` method; nothing else spells a run's file names.
 
 The runs directory is ``--runs-dir``, else ``$STEPADAPT_HOME``, else ``./runs``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,13 @@ def _git_state() -> dict:
     here = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         if sha.returncode == 0:
             return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
@@ -162,13 +168,25 @@ def load_torch(path: Path, what: str = "file", device: Any = "cpu") -> Any:
     except pickle.UnpicklingError as e:
         text = str(e)
         if "Unsupported global" in text or "Unsupported operand" in text or "weights_only" in text:
-            raise UserError(f"{path} holds Python objects other than tensors and plain data; refused (files in a "
-                            "runs folder are data, never run)") from None
+            raise UserError(
+                f"{path} holds Python objects other than tensors and plain data; refused (files in a "
+                "runs folder are data, never run)"
+            ) from None
         raise UserError(f"cannot read {what} {path}: {_first_line(text)}") from None
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, AttributeError, ImportError, TypeError,
-            KeyError, IndexError) as e:  # what torch.load raises on a truncated, foreign or corrupt file
-        raise UserError(f"cannot read {what} {path} (truncated or not a stepadapt file): "
-                        f"{type(e).__name__}: {_first_line(str(e))}") from None
+    except (
+        EOFError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        ValueError,
+        AttributeError,
+        ImportError,
+        TypeError,
+        KeyError,
+        IndexError,
+    ) as e:  # what torch.load raises on a truncated, foreign or corrupt file
+        raise UserError(
+            f"cannot read {what} {path} (truncated or not a stepadapt file): {type(e).__name__}: {_first_line(str(e))}"
+        ) from None
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
@@ -305,7 +323,7 @@ def base_changed(run: Run, digest: Optional[str] = None) -> Optional[str]:
     """How ``models/base.pt`` differs from what ``meta.json`` recorded when stage 1 finished, in a few words; None
     when it matches or nothing was recorded (stage 1 unfinished, or finished before records were kept).
     ``digest``: the file's sha256 when the caller has it already."""
-    rec = (run.meta.get("base") or {})
+    rec = run.meta.get("base") or {}
     if not rec.get("sha256"):
         return None
     path, want = run.model("base"), f"recorded sha256 {str(rec['sha256'])[:12]}"
@@ -357,8 +375,10 @@ def run_lock(run: Run, what: str, wait: float = 0.0):
                 f.seek(0)
                 holder = f.read().strip() or "another process"
                 f.close()
-                raise UserError(f"run {run.name} is being written by {holder}; wait for it to end or stop it "
-                                f"(stepadapt kill {shlex.quote(run.name)})") from None
+                raise UserError(
+                    f"run {run.name} is being written by {holder}; wait for it to end or stop it "
+                    f"(stepadapt kill {shlex.quote(run.name)})"
+                ) from None
             time.sleep(0.1)
     try:
         f.seek(0)
@@ -401,17 +421,24 @@ def check_run_name(name: str) -> str:
     return name
 
 
-def create_run(cfg: dict, name: Optional[str] = None, runs_dir: Optional[str] = None, status: str = "created",
-               parent: Optional[str] = None) -> Run:
+def create_run(
+    cfg: dict,
+    name: Optional[str] = None,
+    runs_dir: Optional[str] = None,
+    status: str = "created",
+    parent: Optional[str] = None,
+) -> Run:
     root = runs_root(runs_dir)
-    name = check_run_name(name if name is not None else
-                          f"{cfg['preset']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    name = check_run_name(
+        name if name is not None else f"{cfg['preset']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
     path = root / name
     try:
         path.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
-        raise UserError(f"run {name!r} already exists in {root}; continue it (stepadapt resume / --resume) "
-                        "or pick another name") from None
+        raise UserError(
+            f"run {name!r} already exists in {root}; continue it (stepadapt resume / --resume) or pick another name"
+        ) from None
     except OSError as e:
         raise UserError(f"cannot create run folder {path}: {e.strerror or e}") from None
     from core import __version__
@@ -445,16 +472,27 @@ def register_run(run: Run, status: str = "created"):
 
     store = open_store(run.path.parent)
     row = store.get_run(run.name)
-    if store.readonly or (row is not None and row["path"] == str(run.path.resolve())
-                          and row["config_hash"] == run.meta.get("config_hash")):
+    if store.readonly or (
+        row is not None and row["path"] == str(run.path.resolve()) and row["config_hash"] == run.meta.get("config_hash")
+    ):
         return store, row  # up to date (or a read-only folder, shown as it is)
     if row is not None:  # a run of the same name whose folder was deleted: the new folder wins
         store.forget_run(run.name)
     meta = run.meta
-    store.add_run({"name": run.name, "parent": meta.get("parent"), "status": status, "config": run.config,
-                   "config_hash": meta.get("config_hash"), "seed": meta.get("seed"), "git_sha": meta.get("git_sha"),
-                   "git_dirty": None if meta.get("git_dirty") is None else int(meta["git_dirty"]),
-                   "path": str(run.path.resolve()), "created": meta.get("created")})
+    store.add_run(
+        {
+            "name": run.name,
+            "parent": meta.get("parent"),
+            "status": status,
+            "config": run.config,
+            "config_hash": meta.get("config_hash"),
+            "seed": meta.get("seed"),
+            "git_sha": meta.get("git_sha"),
+            "git_dirty": None if meta.get("git_dirty") is None else int(meta["git_dirty"]),
+            "path": str(run.path.resolve()),
+            "created": meta.get("created"),
+        }
+    )
     return store, store.get_run(run.name)
 
 

@@ -57,6 +57,7 @@ Migration 006 adds ``jobs.slurm_time``: the time limit Slurm gave the job as ``s
 Readers and several writers may use the file at once: WAL lets readers proceed during writes and a busy
 timeout makes writers wait for each other instead of failing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,19 +79,53 @@ def utc_now() -> str:
 
 
 def _m001(db) -> None:
-    db["llm_calls"].create({
-        "id": int, "run": str, "group_index": int, "round": int, "seq": int, "attempt": int,
-        "model_asked": str, "model_resolved": str, "messages": str, "params": str, "request_key": str,
-        "source": str, "response_text": str, "parsed": str, "validation_error": str, "error": str,
-        "latency_s": float, "prompt_tokens": int, "completion_tokens": int, "cost": float,
-        "linked_call": int, "created": str,
-    }, pk="id")
+    db["llm_calls"].create(
+        {
+            "id": int,
+            "run": str,
+            "group_index": int,
+            "round": int,
+            "seq": int,
+            "attempt": int,
+            "model_asked": str,
+            "model_resolved": str,
+            "messages": str,
+            "params": str,
+            "request_key": str,
+            "source": str,
+            "response_text": str,
+            "parsed": str,
+            "validation_error": str,
+            "error": str,
+            "latency_s": float,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "cost": float,
+            "linked_call": int,
+            "created": str,
+        },
+        pk="id",
+    )
     db["llm_calls"].create_index(["run", "group_index", "seq"])
     db["llm_calls"].create_index(["request_key"])
-    db["proxy_rounds"].create({
-        "id": int, "run": str, "group_index": int, "round": int, "keep": str, "plan": str, "macs": int,
-        "params": int, "loss": float, "accepted": int, "reason": str, "call_id": int, "created": str,
-    }, pk="id")
+    db["proxy_rounds"].create(
+        {
+            "id": int,
+            "run": str,
+            "group_index": int,
+            "round": int,
+            "keep": str,
+            "plan": str,
+            "macs": int,
+            "params": int,
+            "loss": float,
+            "accepted": int,
+            "reason": str,
+            "call_id": int,
+            "created": str,
+        },
+        pk="id",
+    )
     db["proxy_rounds"].create_index(["run", "group_index", "round"])
 
 
@@ -101,27 +136,81 @@ def _m002(db) -> None:
 
 
 def _m003(db) -> None:
-    db["runs"].create({
-        "id": int, "name": str, "parent": str, "status": str, "config": str, "config_hash": str, "seed": int,
-        "git_sha": str, "git_dirty": int, "path": str, "created": str, "started": str, "ended": str,
-    }, pk="id")
+    db["runs"].create(
+        {
+            "id": int,
+            "name": str,
+            "parent": str,
+            "status": str,
+            "config": str,
+            "config_hash": str,
+            "seed": int,
+            "git_sha": str,
+            "git_dirty": int,
+            "path": str,
+            "created": str,
+            "started": str,
+            "ended": str,
+        },
+        pk="id",
+    )
     db["runs"].create_index(["name"], unique=True)
-    db["jobs"].create({
-        "id": int, "run": str, "stage": str, "group_index": int, "command": str, "args": str, "pid": int,
-        "pgid": int, "proc_start": int, "device": str, "status": str, "heartbeat": float, "progress": int,
-        "total": int, "message": str, "exit_code": int, "log_path": str, "kill_requested": int,
-        "created": str, "started": str, "ended": str,
-    }, pk="id")
+    db["jobs"].create(
+        {
+            "id": int,
+            "run": str,
+            "stage": str,
+            "group_index": int,
+            "command": str,
+            "args": str,
+            "pid": int,
+            "pgid": int,
+            "proc_start": int,
+            "device": str,
+            "status": str,
+            "heartbeat": float,
+            "progress": int,
+            "total": int,
+            "message": str,
+            "exit_code": int,
+            "log_path": str,
+            "kill_requested": int,
+            "created": str,
+            "started": str,
+            "ended": str,
+        },
+        pk="id",
+    )
     db["jobs"].create_index(["run", "stage", "group_index"])
     db["jobs"].create_index(["status"])
-    db["metrics"].create({
-        "id": int, "run": str, "job": int, "stage": str, "group_index": int, "step": int, "key": str,
-        "value": float, "time": float,
-    }, pk="id")
+    db["metrics"].create(
+        {
+            "id": int,
+            "run": str,
+            "job": int,
+            "stage": str,
+            "group_index": int,
+            "step": int,
+            "key": str,
+            "value": float,
+            "time": float,
+        },
+        pk="id",
+    )
     db["metrics"].create_index(["run", "stage", "group_index", "step"])
-    db["artifacts"].create({
-        "id": int, "run": str, "job": int, "path": str, "kind": str, "sha256": str, "bytes": int, "created": str,
-    }, pk="id")
+    db["artifacts"].create(
+        {
+            "id": int,
+            "run": str,
+            "job": int,
+            "path": str,
+            "kind": str,
+            "sha256": str,
+            "bytes": int,
+            "created": str,
+        },
+        pk="id",
+    )
     db["artifacts"].create_index(["run", "path"], unique=True)
 
 
@@ -130,9 +219,15 @@ def _m004(db) -> None:
 
 
 def _m005(db) -> None:
-    for table, col, kind in (("jobs", "journal_offset", int), ("jobs", "host", str), ("jobs", "launcher", str),
-                             ("jobs", "slurm_job", str), ("jobs", "slurm_state", str), ("llm_calls", "job", int),
-                             ("llm_calls", "local_id", int)):
+    for table, col, kind in (
+        ("jobs", "journal_offset", int),
+        ("jobs", "host", str),
+        ("jobs", "launcher", str),
+        ("jobs", "slurm_job", str),
+        ("jobs", "slurm_state", str),
+        ("llm_calls", "job", int),
+        ("llm_calls", "local_id", int),
+    ):
         if col not in db[table].columns_dict:
             db[table].add_column(col, kind)
     db["llm_calls"].create_index(["job", "local_id"], if_not_exists=True)
@@ -220,8 +315,10 @@ class Store:
         done = {r[0] for r in conn.execute("select name from _migrations")}
         missing = [name for name, _ in MIGRATIONS if name not in done]
         if missing:
-            raise UserError(f"the store {self.path} needs migration {missing[0]} but its folder is read-only; "
-                            f"open it once with this version where it is writable")
+            raise UserError(
+                f"the store {self.path} needs migration {missing[0]} but its folder is read-only; "
+                f"open it once with this version where it is writable"
+            )
         return conn
 
     def migrate(self) -> list[str]:
@@ -232,8 +329,10 @@ class Store:
         done = {r["name"] for r in self.db["_migrations"].rows}
         newer = sorted(done - {name for name, _ in MIGRATIONS})
         if newer:
-            raise UserError(f"the store {self.path} was made by a newer stepadapt (it has migration "
-                            f"{', '.join(newer)}; this version knows up to {MIGRATIONS[-1][0]}); upgrade stepadapt")
+            raise UserError(
+                f"the store {self.path} was made by a newer stepadapt (it has migration "
+                f"{', '.join(newer)}; this version knows up to {MIGRATIONS[-1][0]}); upgrade stepadapt"
+            )
         applied = []
         for name, fn in MIGRATIONS:
             if name in done:
@@ -267,8 +366,9 @@ class Store:
         return [_decode(r) for r in self.db["llm_calls"].rows_where(where, args, order_by="group_index, id")]
 
     def last_session(self, run: str, group: int) -> Optional[str]:
-        rows = list(self.db["llm_calls"].rows_where("run = ? and group_index = ?", [run, group],
-                                                    order_by="id desc", limit=1))
+        rows = list(
+            self.db["llm_calls"].rows_where("run = ? and group_index = ?", [run, group], order_by="id desc", limit=1)
+        )
         return rows[0]["session"] if rows else None
 
     def call(self, call_id: int) -> Optional[dict]:
@@ -281,8 +381,11 @@ class Store:
 
     def cached(self, key: str) -> Optional[dict]:
         """The earliest successful answer recorded for this request key, from any run."""
-        rows = list(self.db["llm_calls"].rows_where(
-            "request_key = ? and error is null and response_text is not null", [key], order_by="id", limit=1))
+        rows = list(
+            self.db["llm_calls"].rows_where(
+                "request_key = ? and error is null and response_text is not null", [key], order_by="id", limit=1
+            )
+        )
         return _decode(rows[0]) if rows else None
 
     # -- proxy rounds
@@ -305,8 +408,9 @@ class Store:
         ``{"type": "call" | "round", ...row}``; a round's ``call_id`` refers to a call's ``id`` in the same export."""
         where, args = ("run = ?", [run]) if run else (None, [])
         calls = [{"type": "call", **_decode(r)} for r in self.db["llm_calls"].rows_where(where, args, order_by="id")]
-        rounds = [{"type": "round", **_decode(r)}
-                  for r in self.db["proxy_rounds"].rows_where(where, args, order_by="id")]
+        rounds = [
+            {"type": "round", **_decode(r)} for r in self.db["proxy_rounds"].rows_where(where, args, order_by="id")
+        ]
         return calls + rounds
 
     def import_decisions(self, records: list[dict]) -> dict:
@@ -318,14 +422,19 @@ class Store:
         with self._tx():
             for rec in calls:
                 key = [rec["run"], rec["group_index"], rec["session"], rec["seq"]]
-                have = list(self.db["llm_calls"].rows_where(
-                    "run = ? and group_index = ? and session = ? and seq = ?", key, limit=1))
+                have = list(
+                    self.db["llm_calls"].rows_where(
+                        "run = ? and group_index = ? and session = ? and seq = ?", key, limit=1
+                    )
+                )
                 row = _encode({k: v for k, v in rec.items() if k not in ("type", "id")})
                 if have:
                     same = all(have[0].get(k) == row.get(k) for k in ("request_key", "response_text", "error"))
                     if not same:
-                        raise UserError(f"import refused: call {rec['seq']} of run {rec['run']!r} group "
-                                        f"{rec['group_index']} is recorded here with a different answer")
+                        raise UserError(
+                            f"import refused: call {rec['seq']} of run {rec['run']!r} group "
+                            f"{rec['group_index']} is recorded here with a different answer"
+                        )
                     ids[rec["id"]] = have[0]["id"]
                     counts["skipped"] += 1
                     continue
@@ -333,12 +442,17 @@ class Store:
                 counts["calls"] += 1
             for rec in rounds:
                 key = [rec["run"], rec["group_index"], rec["session"], rec["round"]]
-                have = list(self.db["proxy_rounds"].rows_where(
-                    "run = ? and group_index = ? and session = ? and round = ?", key, limit=1))
+                have = list(
+                    self.db["proxy_rounds"].rows_where(
+                        "run = ? and group_index = ? and session = ? and round = ?", key, limit=1
+                    )
+                )
                 if have:
                     if (have[0]["accepted"], have[0]["loss"]) != (rec.get("accepted"), rec.get("loss")):
-                        raise UserError(f"import refused: round {rec['round'] + 1} of run {rec['run']!r} group "
-                                        f"{rec['group_index']} is recorded here with another outcome")
+                        raise UserError(
+                            f"import refused: round {rec['round'] + 1} of run {rec['run']!r} group "
+                            f"{rec['group_index']} is recorded here with another outcome"
+                        )
                     counts["skipped"] += 1
                     continue
                 row = _encode({k: v for k, v in rec.items() if k not in ("type", "id")})
@@ -380,8 +494,10 @@ class Store:
 
     def _update(self, table: str, key_column: str, key, fields: dict) -> None:
         with self._tx():
-            self.db.execute(f"update {table} set {', '.join(f'{k} = ?' for k in fields)} where {key_column} = ?",
-                            [*_encode(fields).values(), key])
+            self.db.execute(
+                f"update {table} set {', '.join(f'{k} = ?' for k in fields)} where {key_column} = ?",
+                [*_encode(fields).values(), key],
+            )
 
     def finish_job(self, job_id: int, status: str, exit_code: Optional[int], message: Optional[str] = None) -> bool:
         """Set a final status unless one is set already (the first writer wins); returns whether it was set."""
@@ -390,13 +506,17 @@ class Store:
         with self._tx():
             cur = self.db.execute(
                 "update jobs set status = ?, exit_code = ?, ended = ?, message = coalesce(?, message) "
-                f"where id = ? and status in {JOB_ACTIVE}", [status, exit_code, utc_now(), message, job_id])
+                f"where id = ? and status in {JOB_ACTIVE}",
+                [status, exit_code, utc_now(), message, job_id],
+            )
             return cur.rowcount > 0
 
     def require_writable(self) -> None:
         if self.readonly:
-            raise UserError(f"the runs folder {self.path.parent} is read-only; this command writes to it "
-                            f"(copy the folder somewhere writable to change it)")
+            raise UserError(
+                f"the runs folder {self.path.parent} is read-only; this command writes to it "
+                f"(copy the folder somewhere writable to change it)"
+            )
 
     @contextlib.contextmanager
     def transaction(self):
@@ -447,12 +567,15 @@ class Store:
     def drop_metrics_after(self, run: str, stage: str, group: Optional[int], step: int) -> int:
         """Forget values logged past ``step`` (a resumed job logs them again); returns how many."""
         with self._tx():
-            cur = self.db.execute("delete from metrics where run = ? and stage = ? and group_index is ? and step > ?",
-                                  [run, stage, group, step])
+            cur = self.db.execute(
+                "delete from metrics where run = ? and stage = ? and group_index is ? and step > ?",
+                [run, stage, group, step],
+            )
             return cur.rowcount
 
-    def metrics(self, run: str, stage: Optional[str] = None, group: Optional[int] = None,
-                key: Optional[str] = None) -> list[dict]:
+    def metrics(
+        self, run: str, stage: Optional[str] = None, group: Optional[int] = None, key: Optional[str] = None
+    ) -> list[dict]:
         where, args = ["run = ?"], [run]
         for col, val in (("stage", stage), ("group_index", group), ("key", key)):
             if val is not None:

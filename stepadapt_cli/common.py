@@ -1,4 +1,5 @@
 """Shared pieces of the CLI: the error-reporting group class, common options, JSON output, the console."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,14 @@ def steps_option(kind: str, help: str):
 
 
 def overrides_option(f):
-    return click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                        help="Override a config value, e.g. -S train.steps=200 (repeatable).")(f)
+    return click.option(
+        "-S",
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. -S train.steps=200 (repeatable).",
+    )(f)
 
 
 def json_option(f):
@@ -69,8 +76,12 @@ def device_option(f):
 
 
 def runs_dir_option(f):
-    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
-                        help="Runs directory (default: $STEPADAPT_HOME or ./runs).")(f)
+    return click.option(
+        "--runs-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Runs directory (default: $STEPADAPT_HOME or ./runs).",
+    )(f)
 
 
 def check_name(ctx, param, value):

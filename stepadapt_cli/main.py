@@ -1,4 +1,5 @@
 """The ``stepadapt`` command line: the group and its commands (see ``commands/``)."""
+
 from __future__ import annotations
 
 import click
@@ -16,7 +17,7 @@ def cli():
     split timesteps into SNR groups, prune and fine-tune one model per group, sample progressively."""
 
 
-@cli.command(short_help='Watch runs live in the terminal.')
+@cli.command(short_help="Watch runs live in the terminal.")
 @click.argument("run_name", metavar="[RUN]", required=False)
 @runs_dir_option
 def tui(run_name, runs_dir):

@@ -1,11 +1,11 @@
 """Every table the CLI prints, in one place (rich). Commands gather data and call these; ``--json`` prints
 the same data instead."""
+
 from __future__ import annotations
 
 import json
 
 import click
-
 from rich.markup import escape
 
 from core.evaluation.text import change, with_ci
@@ -29,8 +29,10 @@ def fmt(value, spec: str = "{:.4f}", scale: float = 1.0) -> str:
 
 def print_preset(cfg: dict, res: dict) -> None:
     m = cfg["model"]
-    click.echo(f"preset      {res['preset']} ({m['image_size']}x{m['image_size']}x{m['in_channels']}, "
-               f"T={res['timesteps']} {cfg['diffusion']['noise_schedule']})")
+    click.echo(
+        f"preset      {res['preset']} ({m['image_size']}x{m['image_size']}x{m['in_channels']}, "
+        f"T={res['timesteps']} {cfg['diffusion']['noise_schedule']})"
+    )
     click.echo(f"params      {res['params'] / 1e6:.2f} M")
     click.echo(f"MACs        {res['macs'] / 1e9:.3f} G  (convs and linears: the paper's FLOPs)")
     click.echo(f"attention   {res['attn_macs'] / 1e9:.3f} G  (q k^T and w v matmuls, not in the figure above)")
@@ -38,51 +40,90 @@ def print_preset(cfg: dict, res: dict) -> None:
 
 def print_schedule(data: dict) -> None:
     full = data["full_macs"]
-    tab = _table(f"{data['kind']} schedule: k={data['k']}, N={data['n_groups']}, T={data['num_timesteps']}, "
-                 f"F={full / 1e9:.3f} GMACs",
-                 ("group", "t_start", "t_end", "size", "budget", "budget GMACs", "SNR dB (min..max)"), "right")
+    tab = _table(
+        f"{data['kind']} schedule: k={data['k']}, N={data['n_groups']}, T={data['num_timesteps']}, "
+        f"F={full / 1e9:.3f} GMACs",
+        ("group", "t_start", "t_end", "size", "budget", "budget GMACs", "SNR dB (min..max)"),
+        "right",
+    )
     for g in data["groups"]:
         if g["size"] == 0:
             tab.add_row(str(g["index"]), "-", "-", "0", f"{g['budget_ratio']:.3f}", "-", "empty: skipped")
             continue
-        tab.add_row(str(g["index"]), str(g["t_start"]), str(g["t_end"]), str(g["size"]), f"{g['budget_ratio']:.3f}",
-                    f"{g['budget_macs'] / 1e9:.3f}", f"{g['snr_min']:.1f} .. {g['snr_max']:.1f}")
+        tab.add_row(
+            str(g["index"]),
+            str(g["t_start"]),
+            str(g["t_end"]),
+            str(g["size"]),
+            f"{g['budget_ratio']:.3f}",
+            f"{g['budget_macs'] / 1e9:.3f}",
+            f"{g['snr_min']:.1f} .. {g['snr_max']:.1f}",
+        )
     con = console()
     con.print(tab)
-    con.print(f"average budget over all T: {data['avg_budget_ratio']:.4f} F = {data['avg_budget_macs'] / 1e9:.3f} GMACs")
+    con.print(
+        f"average budget over all T: {data['avg_budget_ratio']:.4f} F = {data['avg_budget_macs'] / 1e9:.3f} GMACs"
+    )
 
 
 def print_prune_records(run_name: str, recs: list[dict]) -> None:
-    tab = _table(f"{run_name}: pruned group models", ("group", "t", "budget G", "MACs G", "MACs/F", "gap", "params M",
-                                                       "loss before", "loss after"), "right")
+    tab = _table(
+        f"{run_name}: pruned group models",
+        ("group", "t", "budget G", "MACs G", "MACs/F", "gap", "params M", "loss before", "loss after"),
+        "right",
+    )
     for r in recs:
         rep = r["report"]
-        tab.add_row(str(r["group"]), f"{r['t_start']}-{r['t_end']}", f"{r['budget_macs'] / 1e9:.4f}",
-                    f"{rep['macs'] / 1e9:.4f}", f"{rep['macs_ratio']:.3f}", f"{100 * rep['budget_gap']:.2f}%",
-                    f"{rep['params'] / 1e6:.3f}", fmt(rep.get("loss_before")), fmt(rep.get("loss_after")))
+        tab.add_row(
+            str(r["group"]),
+            f"{r['t_start']}-{r['t_end']}",
+            f"{r['budget_macs'] / 1e9:.4f}",
+            f"{rep['macs'] / 1e9:.4f}",
+            f"{rep['macs_ratio']:.3f}",
+            f"{100 * rep['budget_gap']:.2f}%",
+            f"{rep['params'] / 1e6:.3f}",
+            fmt(rep.get("loss_before")),
+            fmt(rep.get("loss_after")),
+        )
     console().print(tab)
 
 
 def print_macs(run_name: str, out: dict, steps: int) -> None:
-    tab = _table(f"{run_name}: per-sample cost, averaged over timesteps",
-                 ("model", "params (avg, M)", "MACs avg over T (G)", f"MACs avg over {steps} steps (G)",
-                  "+ attention (G)"), "right")
+    tab = _table(
+        f"{run_name}: per-sample cost, averaged over timesteps",
+        ("model", "params (avg, M)", "MACs avg over T (G)", f"MACs avg over {steps} steps (G)", "+ attention (G)"),
+        "right",
+    )
     b = out["base"]
-    tab.add_row("base", f"{b['params'] / 1e6:.2f}", f"{b['macs'] / 1e9:.3f}", f"{b['macs'] / 1e9:.3f}",
-                f"{b['attn_macs'] / 1e9:.3f}")
+    tab.add_row(
+        "base",
+        f"{b['params'] / 1e6:.2f}",
+        f"{b['macs'] / 1e9:.3f}",
+        f"{b['macs'] / 1e9:.3f}",
+        f"{b['attn_macs'] / 1e9:.3f}",
+    )
     if "progressive" in out:
         p = out["progressive"]
-        tab.add_row("progressive", f"{p['avg_all']['params'] / 1e6:.2f}", f"{p['avg_all']['macs'] / 1e9:.3f}",
-                    f"{p['avg_sampled']['macs'] / 1e9:.3f}", f"{p['avg_all']['attn_macs'] / 1e9:.3f}")
+        tab.add_row(
+            "progressive",
+            f"{p['avg_all']['params'] / 1e6:.2f}",
+            f"{p['avg_all']['macs'] / 1e9:.3f}",
+            f"{p['avg_sampled']['macs'] / 1e9:.3f}",
+            f"{p['avg_all']['attn_macs'] / 1e9:.3f}",
+        )
     console().print(tab)
 
 
 def print_llm_call(c: dict) -> None:
-    click.echo(f"call {c['id']}  run {c['run']}  group {c['group_index']}  round {c['round'] + 1}  "
-               f"attempt {c['attempt']}  source {c['source']}  model {c['model_asked']} -> {c['model_resolved']}")
-    click.echo(f"request key {c['request_key']}  latency {c['latency_s'] or 0:.2f}s  tokens "
-               f"{fmt(c['prompt_tokens'], '{}')}/{fmt(c['completion_tokens'], '{}')}  cost {fmt(c['cost'], '{}')}  "
-               f"fingerprint {c.get('system_fingerprint') or '-'}  at {c.get('created') or '-'}")
+    click.echo(
+        f"call {c['id']}  run {c['run']}  group {c['group_index']}  round {c['round'] + 1}  "
+        f"attempt {c['attempt']}  source {c['source']}  model {c['model_asked']} -> {c['model_resolved']}"
+    )
+    click.echo(
+        f"request key {c['request_key']}  latency {c['latency_s'] or 0:.2f}s  tokens "
+        f"{fmt(c['prompt_tokens'], '{}')}/{fmt(c['completion_tokens'], '{}')}  cost {fmt(c['cost'], '{}')}  "
+        f"fingerprint {c.get('system_fingerprint') or '-'}  at {c.get('created') or '-'}"
+    )
     for m in c["messages"]:
         click.echo(f"\n--- {m['role']} ---\n{m['content']}")
     click.echo(f"\n--- answer ---\n{c['response_text']}")
@@ -90,14 +131,27 @@ def print_llm_call(c: dict) -> None:
 
 
 def print_llm_calls(run_name: str, rows: list[dict]) -> None:
-    tab = _table(f"{run_name}: LLM calls", ("id", "time", "group", "round", "try", "source", "model", "tokens",
-                                            "latency", "GMACs", "loss", "verdict"))
+    tab = _table(
+        f"{run_name}: LLM calls",
+        ("id", "time", "group", "round", "try", "source", "model", "tokens", "latency", "GMACs", "loss", "verdict"),
+    )
     for r in rows:
         tok = f"{fmt(r['prompt_tokens'], '{}')}/{fmt(r['completion_tokens'], '{}')}"
         verdict = r["verdict"] + (f": {r['reason'][:40]}" if r["reason"] else "")
-        tab.add_row(str(r["id"]), (r["created"] or "-")[11:19], str(r["group"]), str(r["round"]), str(r["attempt"]),
-                    r["source"], escape(r["model"]), tok, fmt(r["latency_s"], "{:.2f}s"),
-                    fmt(r["macs"], "{:.4f}", 1e9), fmt(r["loss"], "{:.5f}"), escape(verdict))
+        tab.add_row(
+            str(r["id"]),
+            (r["created"] or "-")[11:19],
+            str(r["group"]),
+            str(r["round"]),
+            str(r["attempt"]),
+            r["source"],
+            escape(r["model"]),
+            tok,
+            fmt(r["latency_s"], "{:.2f}s"),
+            fmt(r["macs"], "{:.4f}", 1e9),
+            fmt(r["loss"], "{:.5f}"),
+            escape(verdict),
+        )
     console().print(tab)
 
 
@@ -105,64 +159,122 @@ def print_runs(root, rows: list[dict]) -> None:
     """The important columns first: name, status, stages, the progressive model's FID with its interval, its
     verdict against the equal-compute control, MACs ratio."""
     short = {"better": "better", "worse": "worse", "no significant difference": "same"}
-    tab = _table(f"runs in {root}", ("name", "status", "stages", "FID prog [95%]", "vs control", "MACs prog/base",
-                                     "method", "preset", "created"))
+    tab = _table(
+        f"runs in {root}",
+        ("name", "status", "stages", "FID prog [95%]", "vs control", "MACs prog/base", "method", "preset", "created"),
+    )
     for r in rows:
-        ratio = (r["progressive_macs"] / r["base_macs"] if r.get("progressive_macs") and r.get("base_macs")
-                 else None)
-        name = escape(r["name"]) + (f"\n[dim]{escape(r['base'])}[/]" if r.get("base", "trained") != "trained" else "") \
+        ratio = r["progressive_macs"] / r["base_macs"] if r.get("progressive_macs") and r.get("base_macs") else None
+        name = (
+            escape(r["name"])
+            + (f"\n[dim]{escape(r['base'])}[/]" if r.get("base", "trained") != "trained" else "")
             + (f"\n[dim]{escape(r['slurm'])}[/]" if r.get("slurm") else "")
-        tab.add_row(name, r["status"], f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}",
-                    with_ci(r.get("progressive_fid"), r.get("progressive_fid_ci"), "{:.2f}"),
-                    short.get(r.get("progressive_vs_control"), "-"), fmt(ratio, "{:.3f}"), r.get("method") or "-",
-                    escape(r.get("preset") or "-"), (r.get("created") or "-")[:16].replace("T", " "))
+        )
+        tab.add_row(
+            name,
+            r["status"],
+            f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}",
+            with_ci(r.get("progressive_fid"), r.get("progressive_fid_ci"), "{:.2f}"),
+            short.get(r.get("progressive_vs_control"), "-"),
+            fmt(ratio, "{:.3f}"),
+            r.get("method") or "-",
+            escape(r.get("preset") or "-"),
+            (r.get("created") or "-")[:16].replace("T", " "),
+        )
     console().print(tab)
 
 
 def print_show(run, data: dict) -> None:
     con = console()
     s, meta = data["run"], data["meta"]
-    con.print(f"[bold]{escape(run.name)}[/]  {s['status']}  preset {escape(str(s.get('preset')))}  method "
-              f"{s.get('method')}  config {meta.get('config_hash')}  seed {meta.get('seed')}  git "
-              f"{str(meta.get('git_sha'))[:10]}{' (dirty)' if meta.get('git_dirty') else ''}")
+    con.print(
+        f"[bold]{escape(run.name)}[/]  {s['status']}  preset {escape(str(s.get('preset')))}  method "
+        f"{s.get('method')}  config {meta.get('config_hash')}  seed {meta.get('seed')}  git "
+        f"{str(meta.get('git_sha'))[:10]}{' (dirty)' if meta.get('git_dirty') else ''}"
+    )
     con.print(f"folder {run.path}", markup=False, highlight=False)
     base = meta.get("base") or {}
     if base.get("origin") == "import":
-        con.print(f"stage 1: imported from {base.get('file')} ({base.get('format')}, file sha256 "
-                  f"{str(base.get('file_sha256'))[:12]}; base sha256 {str(base.get('sha256'))[:12]})",
-                  markup=False, highlight=False)
+        con.print(
+            f"stage 1: imported from {base.get('file')} ({base.get('format')}, file sha256 "
+            f"{str(base.get('file_sha256'))[:12]}; base sha256 {str(base.get('sha256'))[:12]})",
+            markup=False,
+            highlight=False,
+        )
     elif base.get("origin") == "fork":
         at = f"@{base['step']}" if base.get("step") is not None else ""
-        con.print(f"stage 1: shared with {base.get('run')}{at} (a fork; base sha256 {str(base.get('sha256'))[:12]})",
-                  markup=False, highlight=False)
+        con.print(
+            f"stage 1: shared with {base.get('run')}{at} (a fork; base sha256 {str(base.get('sha256'))[:12]})",
+            markup=False,
+            highlight=False,
+        )
     elif base.get("sha256"):
         con.print(f"stage 1: trained here (base sha256 {str(base['sha256'])[:12]})", markup=False, highlight=False)
     if data.get("base_changed"):
-        con.print(f"[bold red]stage 1: CHANGED[/] {escape(data['base_changed'])}; forks of this run are refused",
-                  highlight=False)
-    con.print("stages: " + "  ".join(f"{k} [{'green' if v == 'done' else 'yellow'}]{v}[/]"
-                                      for k, v in data["stages"].items()))
+        con.print(
+            f"[bold red]stage 1: CHANGED[/] {escape(data['base_changed'])}; forks of this run are refused",
+            highlight=False,
+        )
+    con.print(
+        "stages: " + "  ".join(f"{k} [{'green' if v == 'done' else 'yellow'}]{v}[/]" for k, v in data["stages"].items())
+    )
     if data["groups"]:
-        tab = _table("groups", ("group", "t", "size", "budget/F", "budget G", "MACs G", "params M", "pruned by",
-                                "fine-tuned", "ft loss"), "right")
+        tab = _table(
+            "groups",
+            ("group", "t", "size", "budget/F", "budget G", "MACs G", "params M", "pruned by", "fine-tuned", "ft loss"),
+            "right",
+        )
         for g in data["groups"]:
-            tab.add_row(str(g["index"]), f"{g['t_start']}-{g['t_end']}" if g["size"] else "-", str(g["size"]),
-                        f"{g['budget_ratio']:.3f}", f"{g['budget_macs'] / 1e9:.4f}", fmt(g["macs"], scale=1e9),
-                        fmt(g["params"], "{:.3f}", 1e6), g["prune_method"] or "-",
-                        "yes" if g["finetuned"] else ("-" if not g["size"] else "no"), fmt(g["finetune_loss"]))
+            tab.add_row(
+                str(g["index"]),
+                f"{g['t_start']}-{g['t_end']}" if g["size"] else "-",
+                str(g["size"]),
+                f"{g['budget_ratio']:.3f}",
+                f"{g['budget_macs'] / 1e9:.4f}",
+                fmt(g["macs"], scale=1e9),
+                fmt(g["params"], "{:.3f}", 1e6),
+                g["prune_method"] or "-",
+                "yes" if g["finetuned"] else ("-" if not g["size"] else "no"),
+                fmt(g["finetune_loss"]),
+            )
         con.print(tab)
     if data["jobs"]:
         slurm = any(j.get("slurm_job") for j in data["jobs"])
-        tab = _table("jobs", ("id", "stage", "group", "status", *(("Slurm job",) if slurm else ()), "exit", "progress",
-                              "started", "note"))
+        tab = _table(
+            "jobs",
+            (
+                "id",
+                "stage",
+                "group",
+                "status",
+                *(("Slurm job",) if slurm else ()),
+                "exit",
+                "progress",
+                "started",
+                "note",
+            ),
+        )
         for j in data["jobs"]:
-            tab.add_row(str(j["id"]), j["stage"], "" if j["group_index"] is None else str(j["group_index"]),
-                        j["status"], *((f"{j['slurm_job']} {(j.get('slurm_state') or '').lower()}"
-                                        + (f" (limit {j['slurm_time']})" if j.get("slurm_time") else "")
-                                        if j.get("slurm_job") else "",) if slurm else ()),
-                        "" if j["exit_code"] is None else str(j["exit_code"]),
-                        f"{j['progress']}/{j['total']}" if j["total"] else "", (j["started"] or "")[:19],
-                        escape((j["message"] or "")[:50]))
+            tab.add_row(
+                str(j["id"]),
+                j["stage"],
+                "" if j["group_index"] is None else str(j["group_index"]),
+                j["status"],
+                *(
+                    (
+                        f"{j['slurm_job']} {(j.get('slurm_state') or '').lower()}"
+                        + (f" (limit {j['slurm_time']})" if j.get("slurm_time") else "")
+                        if j.get("slurm_job")
+                        else "",
+                    )
+                    if slurm
+                    else ()
+                ),
+                "" if j["exit_code"] is None else str(j["exit_code"]),
+                f"{j['progress']}/{j['total']}" if j["total"] else "",
+                (j["started"] or "")[:19],
+                escape((j["message"] or "")[:50]),
+            )
         con.print(tab)
     if data["artifacts"]:
         tab = _table("artifacts", ("path", "kind", "MB", "sha256", "job"))
@@ -171,15 +283,10 @@ def print_show(run, data: dict) -> None:
         con.print(tab)
 
 
-
-
 def verdict_line(c: dict) -> str:
     from core.evaluation.evaluate import verdict_text
 
     return verdict_text(c)
-
-
-
 
 
 def print_comparison(data: dict) -> None:
@@ -188,21 +295,43 @@ def print_comparison(data: dict) -> None:
         return
     fid_kind = next((r["fid_kind"] for r in data["rows"] if r.get("fid_kind")), None)
     n = next((r["fid_n"] for r in data["rows"] if r.get("fid_n")), None)
-    tab = _table("Table 1 style: cost per sample averaged over timesteps; quality with 95% intervals"
-                 + (f"; FID is {fid_kind}, n = {n}" if fid_kind else ""),
-                 ("run", "model", "FID", "KID x1e3", "precision", "recall", "MACs vs base", "params (M)",
-                  "held-out loss", "train steps"), "right")
+    tab = _table(
+        "Table 1 style: cost per sample averaged over timesteps; quality with 95% intervals"
+        + (f"; FID is {fid_kind}, n = {n}" if fid_kind else ""),
+        (
+            "run",
+            "model",
+            "FID",
+            "KID x1e3",
+            "precision",
+            "recall",
+            "MACs vs base",
+            "params (M)",
+            "held-out loss",
+            "train steps",
+        ),
+        "right",
+    )
     for r in data["rows"]:
-        tab.add_row(escape(r["run"]), r["model"], with_ci(r["fid"], r.get("fid_ci"), "{:.2f}"),
-                    with_ci(r.get("kid"), r.get("kid_ci"), "{:.2f}", 1e-3), fmt(r.get("precision"), "{:.2f}"),
-                    fmt(r.get("recall"), "{:.2f}"), fmt(r.get("macs_ratio"), "{:.3f}"),
-                    f"{r['params'] / 1e6:.3f}", with_ci(r["loss"], r.get("loss_ci"), "{:.4f}"), str(r["train_steps"]))
+        tab.add_row(
+            escape(r["run"]),
+            r["model"],
+            with_ci(r["fid"], r.get("fid_ci"), "{:.2f}"),
+            with_ci(r.get("kid"), r.get("kid_ci"), "{:.2f}", 1e-3),
+            fmt(r.get("precision"), "{:.2f}"),
+            fmt(r.get("recall"), "{:.2f}"),
+            fmt(r.get("macs_ratio"), "{:.3f}"),
+            f"{r['params'] / 1e6:.3f}",
+            with_ci(r["loss"], r.get("loss_ci"), "{:.4f}"),
+            str(r["train_steps"]),
+        )
     con = console()
     con.print(tab)
     for run, comps in data.get("comparisons", {}).items():
         for c in comps:
-            con.print(escape(f"{run}: {verdict_line(c)}" if len(data["runs"]) > 1 else verdict_line(c)),
-                      highlight=False)
+            con.print(
+                escape(f"{run}: {verdict_line(c)}" if len(data["runs"]) > 1 else verdict_line(c)), highlight=False
+            )
     for run, rows in data.get("loss_groups", {}).items():
         print_loss_table(run, rows)
     if len(data["runs"]) == 1:
@@ -212,14 +341,16 @@ def print_comparison(data: dict) -> None:
         if line:
             con.print(escape(line), highlight=False)
     if data.get("bases_differ"):
-        con.print("[yellow]warning:[/] these runs have different stage-1 models, so their differences include "
-                  "the base's training, not only what their configs say:", highlight=False)
+        con.print(
+            "[yellow]warning:[/] these runs have different stage-1 models, so their differences include "
+            "the base's training, not only what their configs say:",
+            highlight=False,
+        )
         for name, b in data["bases"].items():
             con.print(escape(f"  {name}: {b['origin']}, base sha256 {(b['sha256'] or 'none')[:12]}"), highlight=False)
     elif data.get("bases"):
         sha = next(iter(data["bases"].values()))["sha256"] or "none"
-        con.print(escape(f"all {len(data['bases'])} runs share one stage 1 (base sha256 {sha[:12]})"),
-                  highlight=False)
+        con.print(escape(f"all {len(data['bases'])} runs share one stage 1 (base sha256 {sha[:12]})"), highlight=False)
     if data["config_differences"] and len(data["runs"]) > 1:
         from rich.table import Table
 
@@ -238,10 +369,14 @@ def print_loss_table(run: str, rows: list[dict]) -> None:
     if not rows:
         return
     models = [m for m in ("base", "control", "uniform", "dense-small", "progressive") if m in rows[0]]
-    against = [m for m in ("base", "control", "uniform", "dense-small")
-               if any(r.get(f"vs_{m}") for r in rows)] or ["base"]
-    tab = _table(f"{run}: held-out loss (eps-MSE) per timestep group",
-                 ("group", *models, *(f"progressive vs {m}" for m in against)), "right")
+    against = [m for m in ("base", "control", "uniform", "dense-small") if any(r.get(f"vs_{m}") for r in rows)] or [
+        "base"
+    ]
+    tab = _table(
+        f"{run}: held-out loss (eps-MSE) per timestep group",
+        ("group", *models, *(f"progressive vs {m}" for m in against)),
+        "right",
+    )
     for r in rows:
         tab.add_row(str(r["group"]), *[fmt(r.get(m)) for m in models], *(change(r.get(f"vs_{m}")) for m in against))
     console().print(tab)
@@ -252,13 +387,22 @@ def print_swap(run: str, swap: dict) -> None:
     base with its paired interval."""
     from core.evaluation.swap import swap_summary
 
-    tab = _table(f"{run}: swap test, the base with one group's own model ({swap['fid_kind']}, n = {swap['n']})",
-                 ("group", "t", "budget", "MACs vs base", "FID", "FID - base [95%]", "verdict"), "right")
+    tab = _table(
+        f"{run}: swap test, the base with one group's own model ({swap['fid_kind']}, n = {swap['n']})",
+        ("group", "t", "budget", "MACs vs base", "FID", "FID - base [95%]", "verdict"),
+        "right",
+    )
     for r in swap["rows"]:
         d = r["diff"]["fid"]
-        tab.add_row(str(r["group"]), f"{r['t_start']}-{r['t_end']}", f"{r['budget_ratio']:.2f}",
-                    f"{r['macs_ratio']:.3f}", with_ci(r["fid"], r["fid_ci"], "{:.3f}"),
-                    f"{d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]", d["verdict"])
+        tab.add_row(
+            str(r["group"]),
+            f"{r['t_start']}-{r['t_end']}",
+            f"{r['budget_ratio']:.2f}",
+            f"{r['macs_ratio']:.3f}",
+            with_ci(r["fid"], r["fid_ci"], "{:.3f}"),
+            f"{d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]",
+            d["verdict"],
+        )
     console().print(tab)
     console().print(swap_summary(swap), markup=False, highlight=False)
 
@@ -266,14 +410,35 @@ def print_swap(run: str, swap: dict) -> None:
 def print_eval(result: dict, ev: dict) -> None:
     from core.evaluation.evaluate import loss_table
 
-    tab = _table(f"{result['run']}: {result['kind']}, {result['n']} samples, {result['steps']} steps, 95% intervals",
-                 ("model", "FID", "KID x1e3", "precision", "recall", "params (M)", "MACs avg T (G)",
-                  f"MACs avg {result['steps']} steps (G)", "held-out loss", "train steps"), "right")
+    tab = _table(
+        f"{result['run']}: {result['kind']}, {result['n']} samples, {result['steps']} steps, 95% intervals",
+        (
+            "model",
+            "FID",
+            "KID x1e3",
+            "precision",
+            "recall",
+            "params (M)",
+            "MACs avg T (G)",
+            f"MACs avg {result['steps']} steps (G)",
+            "held-out loss",
+            "train steps",
+        ),
+        "right",
+    )
     for w, r in result["models"].items():
-        tab.add_row(w, with_ci(r["fid"], r["fid_ci"], "{:.3f}"), with_ci(r["kid"], r["kid_ci"], "{:.2f}", 1e-3),
-                    fmt(r["precision"], "{:.2f}"), fmt(r["recall"], "{:.2f}"), f"{r['params'] / 1e6:.3f}",
-                    f"{r['macs'] / 1e9:.4f}", f"{r['macs_sampled'] / 1e9:.4f}",
-                    with_ci(r["loss"], r["loss_ci"], "{:.4f}"), str(r["train_steps"]))
+        tab.add_row(
+            w,
+            with_ci(r["fid"], r["fid_ci"], "{:.3f}"),
+            with_ci(r["kid"], r["kid_ci"], "{:.2f}", 1e-3),
+            fmt(r["precision"], "{:.2f}"),
+            fmt(r["recall"], "{:.2f}"),
+            f"{r['params'] / 1e6:.3f}",
+            f"{r['macs'] / 1e9:.4f}",
+            f"{r['macs_sampled'] / 1e9:.4f}",
+            with_ci(r["loss"], r["loss_ci"], "{:.4f}"),
+            str(r["train_steps"]),
+        )
     console().print(tab)
     for c in result["comparisons"]:
         console().print(escape(verdict_line(c)), highlight=False)
@@ -281,10 +446,13 @@ def print_eval(result: dict, ev: dict) -> None:
     print_fid_curve(result.get("fid_curve") or [])
     if result["baseline"]:
         ok = result["checks"]["baseline_ok"]
-        console().print(escape(f"baseline: {verdict_line(result['baseline'])} -> {'ok' if ok else 'WORSE'}"),
-                        highlight=False)
+        console().print(
+            escape(f"baseline: {verdict_line(result['baseline'])} -> {'ok' if ok else 'WORSE'}"), highlight=False
+        )
     if result["checks"]["max_fid"] is not None:
-        console().print(f"max FID {result['checks']['max_fid']}: {'ok' if result['checks']['max_fid_ok'] else 'MISSED'}")
+        console().print(
+            f"max FID {result['checks']['max_fid']}: {'ok' if result['checks']['max_fid_ok'] else 'MISSED'}"
+        )
 
 
 def print_fid_curve(rows: list[dict]) -> None:
@@ -292,21 +460,36 @@ def print_fid_curve(rows: list[dict]) -> None:
     if not rows:
         return
     best = min(rows, key=lambda r: r["fid"])["step"]
-    tab = _table(f"progressive model during fine-tuning ({rows[0]['n']} samples per step, same noise), 95% intervals",
-                 ("fine-tune step", "FID", "KID x1e3", ""), "right")
+    tab = _table(
+        f"progressive model during fine-tuning ({rows[0]['n']} samples per step, same noise), 95% intervals",
+        ("fine-tune step", "FID", "KID x1e3", ""),
+        "right",
+    )
     for r in rows:
-        tab.add_row(str(r["step"]), with_ci(r["fid"], r["fid_ci"], "{:.3f}"),
-                    with_ci(r["kid"], r["kid_ci"], "{:.2f}", 1e-3), "lowest FID" if r["step"] == best else "")
+        tab.add_row(
+            str(r["step"]),
+            with_ci(r["fid"], r["fid_ci"], "{:.3f}"),
+            with_ci(r["kid"], r["kid_ci"], "{:.2f}", 1e-3),
+            "lowest FID" if r["step"] == best else "",
+        )
     console().print(tab)
 
 
 def print_image_scores(out: dict) -> None:
-    tab = _table(f"{out['kind']} against {out['dataset']} ({out['ref_n']} reference images), 95% intervals",
-                 ("folder", "images", "FID", "KID x1e3", "precision", "recall"), "right")
+    tab = _table(
+        f"{out['kind']} against {out['dataset']} ({out['ref_n']} reference images), 95% intervals",
+        ("folder", "images", "FID", "KID x1e3", "precision", "recall"),
+        "right",
+    )
     for f in out["folders"]:
-        tab.add_row(escape(f["path"]), str(f["n"]), with_ci(f["fid"], f["fid_ci"]),
-                    with_ci(f["kid"], f["kid_ci"], "{:.2f}", 1e-3), fmt(f["precision"], "{:.2f}"),
-                    fmt(f["recall"], "{:.2f}"))
+        tab.add_row(
+            escape(f["path"]),
+            str(f["n"]),
+            with_ci(f["fid"], f["fid_ci"]),
+            with_ci(f["kid"], f["kid_ci"], "{:.2f}", 1e-3),
+            fmt(f["precision"], "{:.2f}"),
+            fmt(f["recall"], "{:.2f}"),
+        )
     console().print(tab)
     b = out.get("between")
     if b:
@@ -314,8 +497,11 @@ def print_image_scores(out: dict) -> None:
         con.print(f"FID between the two folders: {b['fid_between']:.4f}")
         for k in ("fid", "kid"):
             d = b[k]
-            con.print(f"{k.upper()} first - second: {d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
-                      f"({'paired by file name' if d['paired'] else 'unpaired'}): {d['verdict']}", highlight=False)
+            con.print(
+                f"{k.upper()} first - second: {d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                f"({'paired by file name' if d['paired'] else 'unpaired'}): {d['verdict']}",
+                highlight=False,
+            )
 
 
 class LiveJobs:
@@ -341,10 +527,22 @@ class LiveJobs:
                 continue
             total, done = j["total"] or 0, j["progress"] or 0
             progress = ProgressBar(total=total or 1, completed=done if total else 0, width=24)
-            style = {"succeeded": "green", "failed": "red", "killed": "yellow", "preempted": "yellow", "lost": "red"}.get(j["status"], "")
-            tab.add_row(str(j["id"]), j["stage"], "" if j["group_index"] is None else str(j["group_index"]),
-                        f"[{style}]{j['status']}[/]" if style else j["status"], progress,
-                        f"{done}/{total}" if total else "", (j["message"] or "")[:60])
+            style = {
+                "succeeded": "green",
+                "failed": "red",
+                "killed": "yellow",
+                "preempted": "yellow",
+                "lost": "red",
+            }.get(j["status"], "")
+            tab.add_row(
+                str(j["id"]),
+                j["stage"],
+                "" if j["group_index"] is None else str(j["group_index"]),
+                f"[{style}]{j['status']}[/]" if style else j["status"],
+                progress,
+                f"{done}/{total}" if total else "",
+                (j["message"] or "")[:60],
+            )
         self.live.update(tab)
 
     def stop(self) -> None:
@@ -354,19 +552,29 @@ class LiveJobs:
 def print_study(res: dict) -> None:
     """A study's table: ours (preset, intervals) beside the paper's published values."""
     kind = next((r["fid_kind"] for r in res["rows"] if r.get("fid_kind")), "FID").split(" (")[0]
-    tab = _table(f"study {res['id']}: {res['title']}",
-                 ("row", f"ours {kind} [95%]", "MACs/base", "params M", "steps",
-                  *[f"paper {c}" for c in res["paper_columns"]]), "right")
+    tab = _table(
+        f"study {res['id']}: {res['title']}",
+        ("row", f"ours {kind} [95%]", "MACs/base", "params M", "steps", *[f"paper {c}" for c in res["paper_columns"]]),
+        "right",
+    )
     for r in res["rows"]:
-        tab.add_row(escape(r["label"]), with_ci(r.get("fid"), r.get("fid_ci"), "{:.2f}"),
-                    fmt(r.get("macs_ratio"), "{:.3f}"), fmt(r.get("params"), "{:.3f}", 1e6),
-                    "-" if r.get("train_steps") is None else str(r["train_steps"]),
-                    *[escape(str(r["paper"].get(c, "-"))) for c in res["paper_columns"]])
+        tab.add_row(
+            escape(r["label"]),
+            with_ci(r.get("fid"), r.get("fid_ci"), "{:.2f}"),
+            fmt(r.get("macs_ratio"), "{:.3f}"),
+            fmt(r.get("params"), "{:.3f}", 1e6),
+            "-" if r.get("train_steps") is None else str(r["train_steps"]),
+            *[escape(str(r["paper"].get(c, "-"))) for c in res["paper_columns"]],
+        )
     con = console()
     con.print(tab)
-    con.print(escape(f"ours: preset {res['preset']}, shared base {res['base']}; paper: published CIFAR-10 / "
-                     "ImageNet-64 values, another scale (read the direction of differences, not the values)"),
-              highlight=False)
+    con.print(
+        escape(
+            f"ours: preset {res['preset']}, shared base {res['base']}; paper: published CIFAR-10 / "
+            "ImageNet-64 values, another scale (read the direction of differences, not the values)"
+        ),
+        highlight=False,
+    )
     if res.get("runs"):
         con.print(escape("runs: " + ", ".join(f"{n} {s}" for n, s in res["runs"].items())), highlight=False)
 

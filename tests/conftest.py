@@ -11,8 +11,12 @@ torch.set_num_threads(1)
 # one cache of feature nets and FID statistics for the whole session, shared by the xdist workers (the domain
 # net trains once: the first worker that needs it trains it, the other waits on its lock and loads it)
 _RUN_UID = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-os.environ.setdefault("STEPADAPT_CACHE", os.path.join(tempfile.gettempdir(), f"stepadapt-cache-{_RUN_UID}")
-                      if _RUN_UID else tempfile.mkdtemp(prefix="stepadapt-cache-"))
+os.environ.setdefault(
+    "STEPADAPT_CACHE",
+    os.path.join(tempfile.gettempdir(), f"stepadapt-cache-{_RUN_UID}")
+    if _RUN_UID
+    else tempfile.mkdtemp(prefix="stepadapt-cache-"),
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -23,8 +27,14 @@ def run_cli(*args, env=None, timeout=600, check=None):
     e.pop("STEPADAPT_DEBUG", None)
     if env:
         e.update(env)
-    p = subprocess.run([sys.executable, "-m", "stepadapt_cli.main", *map(str, args)], cwd=REPO, env=e,
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "stepadapt_cli.main", *map(str, args)],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check is not None:
         assert p.returncode == check, f"rc={p.returncode}\nstdout:{p.stdout}\nstderr:{p.stderr}"
     return p
@@ -46,5 +56,17 @@ def runs_dir(tmp_path):
 
 
 # a very small model for fast CPU tests (same code path as the presets)
-MICRO = ["-S", "model.model_channels=16", "-S", "model.channel_mult=[1,2]", "-S", "model.attention_resolutions=[16]",
-         "-S", "model.num_heads=2", "-S", "diffusion.steps=100", "-S", "train.batch_size=8"]
+MICRO = [
+    "-S",
+    "model.model_channels=16",
+    "-S",
+    "model.channel_mult=[1,2]",
+    "-S",
+    "model.attention_resolutions=[16]",
+    "-S",
+    "model.num_heads=2",
+    "-S",
+    "diffusion.steps=100",
+    "-S",
+    "train.batch_size=8",
+]

@@ -3,6 +3,7 @@
 With an empty script it answers like an LLM that reads the prompt's <state> block (the offline policy),
 so a whole proxy search can run against it over real HTTP.
 """
+
 import json
 import threading
 import time
@@ -58,11 +59,17 @@ class Server:
                     users = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
                     retries = sum(1 for m in body["messages"] if m["role"] == "assistant")
                     text = json.dumps(LocalSearchPolicy().answer(json.loads(STATE_RE.findall(users)[-1]), retries))
-                out = {"id": "x", "object": "chat.completion", "created": 0, "model": "fake-model-v1",
-                       "system_fingerprint": outer.fingerprint,
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": text}}],
-                       "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
+                out = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "fake-model-v1",
+                    "system_fingerprint": outer.fingerprint,
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    ],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+                }
                 data = json.dumps(out).encode()
                 try:
                     self.send_response(200)
@@ -74,16 +81,24 @@ class Server:
                     pass
 
             def _trickle(self, seconds, text):
-                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "slow",
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": text}}]}).encode()
+                data = json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "slow",
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                        ],
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:
                     for i in range(len(data)):
-                        self.wfile.write(data[i:i + 1])
+                        self.wfile.write(data[i : i + 1])
                         self.wfile.flush()
                         time.sleep(seconds)
                 except (BrokenPipeError, ConnectionResetError):

@@ -5,6 +5,7 @@ started as background processes and stopped by pid (no systemd). Needs Debian's 
 No accounting daemon: ``sacct`` is disabled, as on many small clusters, so job states come from ``squeue`` and
 ``scontrol`` (``MinJobAge`` keeps finished jobs visible to them for an hour).
 """
+
 from __future__ import annotations
 
 import os
@@ -49,24 +50,47 @@ class Cluster:
         (f / "munge").chmod(0o755)  # munged refuses a socket folder others cannot enter
         node = subprocess.run([_bin("slurmd"), "-C"], capture_output=True, text=True).stdout.splitlines()[0]
         node = node.replace(f"NodeName={node.split()[0].split('=')[1]}", f"NodeName={self.host}")
-        self.conf.write_text("\n".join([
-            "ClusterName=stepadapt-test", f"SlurmctldHost={self.host}(127.0.0.1)", "SlurmUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={f / 'munge' / 'sock'}",
-            f"StateSaveLocation={f / 'state'}", f"SlurmdSpoolDir={f / 'spool'}",
-            f"SlurmctldPidFile={f / 'slurmctld.pid'}", f"SlurmdPidFile={f / 'slurmd.pid'}",
-            f"SlurmctldLogFile={f / 'log' / 'slurmctld.log'}", f"SlurmdLogFile={f / 'log' / 'slurmd.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core", "MpiDefault=none", "ReturnToService=2",
-            "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-            "MailProg=/bin/true", "SchedulerParameters=batch_sched_delay=0", "MinJobAge=3600", "KillWait=10",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-            f"{node} NodeAddr=127.0.0.1",
-            f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=stepadapt-test",
+                    f"SlurmctldHost={self.host}(127.0.0.1)",
+                    "SlurmUser=root",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={f / 'munge' / 'sock'}",
+                    f"StateSaveLocation={f / 'state'}",
+                    f"SlurmdSpoolDir={f / 'spool'}",
+                    f"SlurmctldPidFile={f / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={f / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={f / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={f / 'log' / 'slurmd.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    "MailProg=/bin/true",
+                    "SchedulerParameters=batch_sched_delay=0",
+                    "MinJobAge=3600",
+                    "KillWait=10",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    f"{node} NodeAddr=127.0.0.1",
+                    f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
 
     def _daemon(self, name: str, argv: list[str]) -> None:
         log = open(self.folder / "log" / f"{name}.out", "ab")
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+        )
         log.close()
         self.pids[name] = p.pid
 
@@ -76,10 +100,19 @@ class Cluster:
         key = f / "munge" / "munge.key"
         subprocess.run([_bin("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True)
         key.chmod(0o600)
-        self._daemon("munged", [_bin("munged"), "--foreground", f"--socket={f / 'munge' / 'sock'}",
-                                f"--key-file={key}", f"--pid-file={f / 'munge' / 'munged.pid'}",
-                                f"--seed-file={f / 'munge' / 'seed'}", f"--log-file={f / 'log' / 'munged.log'}",
-                                "--force"])
+        self._daemon(
+            "munged",
+            [
+                _bin("munged"),
+                "--foreground",
+                f"--socket={f / 'munge' / 'sock'}",
+                f"--key-file={key}",
+                f"--pid-file={f / 'munge' / 'munged.pid'}",
+                f"--seed-file={f / 'munge' / 'seed'}",
+                f"--log-file={f / 'log' / 'munged.log'}",
+                "--force",
+            ],
+        )
         self._wait(lambda: (f / "munge" / "sock").exists(), timeout, "munged")
         self._daemon("slurmctld", [_bin("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         self._daemon("slurmd", [_bin("slurmd"), "-D", "-f", str(self.conf)])

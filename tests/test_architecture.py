@@ -1,5 +1,6 @@
 """The layers of `core/` (see docs/architecture.md): each layer imports only the layers before it, and no
 module imports another module's private names. Every import counts, also those inside functions."""
+
 import ast
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def imports_of(path: Path, name: str, known: set[str]) -> list[tuple[str, list[s
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -71,8 +72,9 @@ def violations(g: dict) -> list[str]:
 
 
 def cycles(g: dict) -> list[list[str]]:
-    edges = {m: sorted({t for t, _, _ in imps if t in g and t != m and not m.startswith(t + ".")})
-             for m, imps in g.items()}
+    edges = {
+        m: sorted({t for t, _, _ in imps if t in g and t != m and not m.startswith(t + ".")}) for m, imps in g.items()
+    }
     found, state, stack = [], {}, []
 
     def visit(m):
@@ -80,7 +82,7 @@ def cycles(g: dict) -> list[list[str]]:
         stack.append(m)
         for t in edges[m]:
             if state.get(t) == 1:
-                found.append(stack[stack.index(t):] + [t])
+                found.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t)
         stack.pop()

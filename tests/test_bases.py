@@ -6,6 +6,7 @@ names and shapes from its published architecture (improved_diffusion/unet.py: ``
 independently of the converter under test. Its parameter count for the cifar10 preset is their published
 model's.
 """
+
 import json
 import sqlite3
 
@@ -84,13 +85,57 @@ def their_state_dict(m: dict, seed: int = 0, **kw) -> dict:
 
 
 # the tiny-shaped improved-diffusion model the end-to-end tests import (GroupNorm(32) needs 32-channel multiples)
-SMALL = ["-S", "model.model_channels=32", "-S", "model.channel_mult=[1,2]", "-S", "model.attention_resolutions=[16]",
-         "-S", "model.num_heads=2", "-S", "diffusion.steps=100"]
-FAST = [*SMALL, "-S", "train.steps=50", "-S", "train.batch_size=8", "-S", "finetune.steps=3",
-        "-S", "finetune.batch_size=8", "-S", "schedule.groups=2", "-S", "prune.rounds=1", "-S", "prune.images=16",
-        "-S", "prune.eval_images=16", "-S", "prune.batches=1", "-S", "prune.batch_size=8", "-S", "sample.n=4",
-        "-S", "sample.steps=4", "-S", "eval.loss_images=16", "-S", "eval.fid_n=8", "-S", "eval.steps=3",
-        "-S", "eval.bootstrap=20", "-S", "eval.ref_n=64", "-S", "control.enabled=false"]
+SMALL = [
+    "-S",
+    "model.model_channels=32",
+    "-S",
+    "model.channel_mult=[1,2]",
+    "-S",
+    "model.attention_resolutions=[16]",
+    "-S",
+    "model.num_heads=2",
+    "-S",
+    "diffusion.steps=100",
+]
+FAST = [
+    *SMALL,
+    "-S",
+    "train.steps=50",
+    "-S",
+    "train.batch_size=8",
+    "-S",
+    "finetune.steps=3",
+    "-S",
+    "finetune.batch_size=8",
+    "-S",
+    "schedule.groups=2",
+    "-S",
+    "prune.rounds=1",
+    "-S",
+    "prune.images=16",
+    "-S",
+    "prune.eval_images=16",
+    "-S",
+    "prune.batches=1",
+    "-S",
+    "prune.batch_size=8",
+    "-S",
+    "sample.n=4",
+    "-S",
+    "sample.steps=4",
+    "-S",
+    "eval.loss_images=16",
+    "-S",
+    "eval.fid_n=8",
+    "-S",
+    "eval.steps=3",
+    "-S",
+    "eval.bootstrap=20",
+    "-S",
+    "eval.ref_n=64",
+    "-S",
+    "control.enabled=false",
+]
 
 
 def small_model_cfg() -> dict:
@@ -111,7 +156,8 @@ def test_the_full_size_presets_take_their_published_models(preset):
     model = build_unet(model_arch({**cfg, "model": {**cfg["model"], "rescale_timesteps": True}}))
     ours = convert(theirs, model, preset)
     assert set(ours) == set(model.state_dict()) and sum(t.numel() for t in ours.values()) == sum(
-        t.numel() for t in theirs.values())
+        t.numel() for t in theirs.values()
+    )
 
 
 def test_every_tensor_of_theirs_lands_once_in_ours():
@@ -138,11 +184,13 @@ def test_every_tensor_of_theirs_lands_once_in_ours():
 def test_qkv_rows_per_head_become_chunk_ordered():
     heads, d = 2, 3
     # their row h*3d + j*d + i holds the value 100*j + 10*h + i (j = 0, 1, 2: q, k, v)
-    rows = torch.tensor([100 * j + 10 * h + i for h in range(heads) for j in range(3) for i in range(d)],
-                        dtype=torch.float32)
+    rows = torch.tensor(
+        [100 * j + 10 * h + i for h in range(heads) for j in range(3) for i in range(d)], dtype=torch.float32
+    )
     out = qkv_to_chunks(rows[:, None, None], heads)[:, 0, 0]
-    want = torch.tensor([100 * j + 10 * h + i for j in range(3) for h in range(heads) for i in range(d)],
-                        dtype=torch.float32)
+    want = torch.tensor(
+        [100 * j + 10 * h + i for j in range(3) for h in range(heads) for i in range(d)], dtype=torch.float32
+    )
     assert torch.equal(out, want)
 
 
@@ -151,8 +199,9 @@ def their_attention(x, sd, prefix, heads):
     import math
 
     b, c, *sp = x.shape
-    h = torch.nn.functional.group_norm(x.reshape(b, c, -1).float(), 32 if c % 32 == 0 else c,
-                                       sd[f"{prefix}.norm.weight"], sd[f"{prefix}.norm.bias"])
+    h = torch.nn.functional.group_norm(
+        x.reshape(b, c, -1).float(), 32 if c % 32 == 0 else c, sd[f"{prefix}.norm.weight"], sd[f"{prefix}.norm.bias"]
+    )
     qkv = torch.nn.functional.conv1d(h, sd[f"{prefix}.qkv.weight"], sd[f"{prefix}.qkv.bias"])
     qkv = qkv.reshape(b * heads, -1, qkv.shape[2])
     ch = qkv.shape[1] // 3
@@ -174,8 +223,9 @@ def test_converted_attention_computes_what_theirs_computed():
     x = torch.randn(3, block.norm.num_channels, 8, 8)
     with torch.no_grad():
         assert torch.allclose(block(x), their_attention(x, theirs, "middle_block.1", 2), atol=1e-5)
-        wrong = their_attention(x, {**theirs, "middle_block.1.qkv.weight": theirs["middle_block.1.qkv.weight"]},
-                                "middle_block.1", 1)  # another head count gives another function
+        wrong = their_attention(
+            x, {**theirs, "middle_block.1.qkv.weight": theirs["middle_block.1.qkv.weight"]}, "middle_block.1", 1
+        )  # another head count gives another function
         assert not torch.allclose(block(x), wrong, atol=1e-3)
 
 
@@ -210,18 +260,20 @@ def _save(sd, path):
     return path
 
 
-@pytest.mark.parametrize("case, expect", [
-    ("list", "not a state dict"),
-    ("truncated", "cannot read"),
-    ("pickle", "holds Python objects other than tensors and plain data; refused"),
-    ("other_size", "input blocks"),
-    ("no_sigma", "does not learn the variance"),
-    ("missing", "has no"),
-    ("class_cond", "class-conditional"),
-    ("scale_shift", "use_scale_shift_norm=False"),
-])
-def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line_and_nothing_is_written(tmp_path, runs_dir, case,
-                                                                                      expect):
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("list", "not a state dict"),
+        ("truncated", "cannot read"),
+        ("pickle", "holds Python objects other than tensors and plain data; refused"),
+        ("other_size", "input blocks"),
+        ("no_sigma", "does not learn the variance"),
+        ("missing", "has no"),
+        ("class_cond", "class-conditional"),
+        ("scale_shift", "use_scale_shift_norm=False"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line_and_nothing_is_written(tmp_path, runs_dir, case, expect):
     m = small_model_cfg()
     sd = their_state_dict(m)
     path = tmp_path / "model.pt"
@@ -254,8 +306,9 @@ def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line_and_nothing_is_wr
 def test_fork_of_a_missing_or_unfinished_base_is_refused(runs_dir):
     rd = ["--runs-dir", runs_dir]
     assert_clean_error(run_cli("fork", "nosuch", "f1", *rd))
-    run_cli("train", "--preset", "tiny", "--run", "half", "--steps", "2", *SMALL, "-S", "train.batch_size=4", *rd,
-            check=0)
+    run_cli(
+        "train", "--preset", "tiny", "--run", "half", "--steps", "2", *SMALL, "-S", "train.batch_size=4", *rd, check=0
+    )
     cfg_file = runs_dir / "half" / "config.json"  # as if its training had stopped at step 2 of 50
     cfg = json.loads(cfg_file.read_text())
     cfg["train"]["steps"] = 50
@@ -285,8 +338,20 @@ def test_imported_base_goes_through_the_method_and_two_forks_compare_on_one_base
     assert base["arch"]["rescale_timesteps"] and base["arch"]["time_scale"] == 1000 / 100
     assert base["imported"]["file_sha256"] == meta["base"]["file_sha256"]
 
-    p = run_cli("run", "--base", "imp", "--name", "prox", "--method", "proxy", "--inception", inception,
-                "-S", "control.enabled=true", *rd)
+    p = run_cli(
+        "run",
+        "--base",
+        "imp",
+        "--name",
+        "prox",
+        "--method",
+        "proxy",
+        "--inception",
+        inception,
+        "-S",
+        "control.enabled=true",
+        *rd,
+    )
     assert p.returncode == 0, p.stderr
     run = runs_dir / "prox"
     ev = json.loads((run / "eval.json").read_text())
@@ -327,14 +392,28 @@ def test_imported_base_goes_through_the_method_and_two_forks_compare_on_one_base
 
 def test_compare_flags_runs_whose_bases_differ(runs_dir):
     rd = ["--runs-dir", runs_dir]
-    tiny = ["-S", "model.model_channels=16", "-S", "model.channel_mult=[1,2]", "-S", "model.attention_resolutions=[16]",
-            "-S", "model.num_heads=2", "-S", "diffusion.steps=100", "-S", "train.batch_size=4"]
+    tiny = [
+        "-S",
+        "model.model_channels=16",
+        "-S",
+        "model.channel_mult=[1,2]",
+        "-S",
+        "model.attention_resolutions=[16]",
+        "-S",
+        "model.num_heads=2",
+        "-S",
+        "diffusion.steps=100",
+        "-S",
+        "train.batch_size=4",
+    ]
     for seed in (0, 1):
-        run_cli("train", "--preset", "tiny", "--run", f"s{seed}", "--steps", "2", "--seed", str(seed), *tiny, *rd,
-                check=0)
+        run_cli(
+            "train", "--preset", "tiny", "--run", f"s{seed}", "--steps", "2", "--seed", str(seed), *tiny, *rd, check=0
+        )
     for name in ("s0", "s1"):  # a minimal evaluation file, as the eval stage writes it
-        (runs_dir / name / "eval.json").write_text(json.dumps({"models": {"base": {
-            "macs": 1.0, "params": 1, "loss": 0.1, "fid": 1.0, "train_steps": 2}}}))
+        (runs_dir / name / "eval.json").write_text(
+            json.dumps({"models": {"base": {"macs": 1.0, "params": 1, "loss": 0.1, "fid": 1.0, "train_steps": 2}}})
+        )
     p = run_cli("compare", "s0", "s1", *rd, check=0)
     assert "different stage-1 models" in p.stdout
 
@@ -347,8 +426,9 @@ def standin_inception(tmp_path):
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)
-            self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten(),
-                                              torch.nn.Linear(192, 2048), torch.nn.Tanh())
+            self.layers = torch.nn.Sequential(
+                torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(192, 2048), torch.nn.Tanh()
+            )
 
         def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
             return self.layers(x)
@@ -365,27 +445,50 @@ def test_a_fork_of_a_milestone_has_exactly_the_weights_a_run_of_that_many_steps_
     from tests.conftest import MICRO
 
     rd = ["--runs-dir", runs_dir]
-    run_cli("train", "--preset", "tiny", "--name", "long", *MICRO, "--train-steps", "8", "-S", "train.keep=3,5",
-            "-S", "train.log_every=1", *rd, check=0)
+    run_cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--name",
+        "long",
+        *MICRO,
+        "--train-steps",
+        "8",
+        "-S",
+        "train.keep=3,5",
+        "-S",
+        "train.log_every=1",
+        *rd,
+        check=0,
+    )
     run_cli("train", "--preset", "tiny", "--name", "short", *MICRO, "--train-steps", "5", *rd, check=0)
     p = run_cli("fork", "long@5", "f5", *rd, check=0)
     assert "a fork of long at step 5" in p.stdout + p.stderr
-    load = (lambda name, f="models/base.pt": torch.load(runs_dir / name / f, weights_only=True))
+    load = lambda name, f="models/base.pt": torch.load(runs_dir / name / f, weights_only=True)
     fork, short, final = load("f5"), load("short"), load("long")
     assert fork["step"] == 5 and all(torch.equal(fork["state"][k], short["state"][k]) for k in short["state"])
     assert any(not torch.equal(fork["state"][k], final["state"][k]) for k in final["state"])
     state, short_state = load("f5", "checkpoints/base.pt"), load("short", "checkpoints/base.pt")
-    assert state["step"] == 5 and all(torch.equal(state["model"][k], short_state["model"][k])
-                                      for k in short_state["model"])
+    assert state["step"] == 5 and all(
+        torch.equal(state["model"][k], short_state["model"][k]) for k in short_state["model"]
+    )
     assert torch.equal(state["rng"]["torch"], short_state["rng"]["torch"])
     meta, cfg = (json.loads((runs_dir / "f5" / f).read_text()) for f in ("meta.json", "config.json"))
     assert meta["base"]["run"] == "long" and meta["base"]["step"] == 5 and cfg["train"]["steps"] == 5
-    assert [json.loads(x)["step"] for x in (runs_dir / "f5" / "metrics/base.jsonl").read_text().splitlines()] \
-        == [1, 2, 3, 4, 5]  # the parent's curve up to the milestone
+    assert [json.loads(x)["step"] for x in (runs_dir / "f5" / "metrics/base.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]  # the parent's curve up to the milestone
     show = run_cli("show", "f5", *rd, check=0).stdout
     assert "shared with long@5" in show
-    for bad, says in (("long@4", "kept no milestone at step 4 (kept: 3, 5)"), ("long@x", "RUN@STEP takes a step"),
-                      ("short@2", "none kept; see train.keep")):
+    for bad, says in (
+        ("long@4", "kept no milestone at step 4 (kept: 3, 5)"),
+        ("long@x", "RUN@STEP takes a step"),
+        ("short@2", "none kept; see train.keep"),
+    ):
         p = run_cli("fork", bad, "g", *rd)
         assert_clean_error(p)
         assert says in p.stderr, p.stderr

@@ -24,12 +24,15 @@ def test_unknown_preset():
     assert "unknown preset 'cifar100'" in p.stderr
 
 
-@pytest.mark.parametrize("override,msg", [
-    ("train.steps=abc", "expects int"),
-    ("train.stepz=3", "unknown config key 'train.stepz'"),
-    ("nonsense", "expected key=value"),
-    ("model.dropout=1.5", "model.dropout"),
-])
+@pytest.mark.parametrize(
+    "override,msg",
+    [
+        ("train.steps=abc", "expects int"),
+        ("train.stepz=3", "unknown config key 'train.stepz'"),
+        ("nonsense", "expected key=value"),
+        ("model.dropout=1.5", "model.dropout"),
+    ],
+)
 def test_bad_overrides(override, msg, runs_dir):
     p = run_cli("train", "--preset", "tiny", "--runs-dir", runs_dir, "-S", override)
     assert_clean_error(p)
@@ -95,6 +98,7 @@ def test_config_file_overrides_and_run_record(tmp_path, runs_dir):
 
 def test_env_home_sets_the_runs_dir(tmp_path):
     home = tmp_path / "home"
-    run_cli("train", "--preset", "tiny", "--run", "h", "--steps", "1", *MICRO, env={"STEPADAPT_HOME": str(home)},
-            check=0)
+    run_cli(
+        "train", "--preset", "tiny", "--run", "h", "--steps", "1", *MICRO, env={"STEPADAPT_HOME": str(home)}, check=0
+    )
     assert (home / "h" / "models" / "base.pt").exists()

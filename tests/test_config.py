@@ -1,12 +1,15 @@
 """Config files and -S values are bounded and checked value by value: bad ones get one `error:` line, exit 2,
 and leave no run folder behind."""
+
 import pytest
 
 from tests.conftest import assert_clean_error, run_cli
 
-ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")) + \
-    "model:\n  attention_resolutions: *i\n"
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    + "model:\n  attention_resolutions: *i\n"
+)
 
 FILES = {
     "alias bomb": ("bomb.yaml", ALIAS_BOMB.encode(), "aliases (*name) are not allowed"),

@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from core import config as C
+from core.errors import UserError
 from core.model.diffusion import to_model_range
 from core.training.data import BatchStream, load_dataset
-from core.errors import UserError
 
 
 def test_bundled_digits_padded_to_tiny_size():

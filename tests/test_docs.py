@@ -1,5 +1,6 @@
 """The documentation: the generated parts (README's commands table, docs/commands.md, docs/store.md) match
 the code, and README.md stays a short user README that links to the detailed documents."""
+
 import os
 import re
 import subprocess
@@ -12,8 +13,9 @@ FIX = "the generated docs are stale; run `python docs/generate.py` and commit th
 
 def test_readme_commands_block_and_generated_docs_match_the_cli_and_store():
     env = dict(os.environ, COLUMNS="100")
-    p = subprocess.run([sys.executable, "docs/generate.py", "--check"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "docs/generate.py", "--check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, f"{FIX}\n{p.stdout}{p.stderr}"
 
 
@@ -29,8 +31,14 @@ def test_check_mode_names_the_stale_file_and_the_fix_in_one_line(tmp_path):
     stale = re.sub(r"\n[^\n]*\n(<!-- commands:end -->)", r"\n\1", readme, count=1)
     assert stale != readme
     (tmp_path / "README.md").write_text(stale)
-    p = subprocess.run([sys.executable, "docs/generate.py", "--check"], cwd=tmp_path,
-                       env=dict(os.environ, COLUMNS="100"), capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "docs/generate.py", "--check"],
+        cwd=tmp_path,
+        env=dict(os.environ, COLUMNS="100"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 1 and "README.md" in lines[0] and "python docs/generate.py" in lines[0], p.stdout

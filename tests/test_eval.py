@@ -1,4 +1,5 @@
 """FID (clean-fid with the offline domain feature net), `stepadapt eval` exit codes, `stepadapt report`."""
+
 import json
 import re
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from core import config as C
-from core.training.data import load_dataset
 from core.evaluation.fid import features, fid_between, make_extractor, reference_stats
+from core.training.data import load_dataset
 from tests.conftest import MICRO, assert_clean_error, run_cli
 
 
@@ -76,8 +77,17 @@ def trained(tmp_path_factory):
     """A micro run with a base and a progressive model (train + finetune through the CLI); its fine-tunes keep
     their weights at every step for the FID curve (finetune.fid_n)."""
     rd = tmp_path_factory.mktemp("evalruns")
-    extra = [*MICRO, "-S", "schedule.groups=2", "-S", "eval.loss_images=16", "-S", "finetune.eval_every=1",
-             "-S", "finetune.fid_n=16"]
+    extra = [
+        *MICRO,
+        "-S",
+        "schedule.groups=2",
+        "-S",
+        "eval.loss_images=16",
+        "-S",
+        "finetune.eval_every=1",
+        "-S",
+        "finetune.fid_n=16",
+    ]
     run_cli("train", "--preset", "tiny", "--run", "ev", "--steps", "6", *extra, "--runs-dir", rd, check=0)
     run_cli("finetune", "ev", "--steps", "2", "--runs-dir", rd, check=0)
     run_cli("control", "ev", "--runs-dir", rd, check=0)
@@ -105,10 +115,36 @@ def test_the_control_trains_exactly_the_steps_and_images_the_finetunes_used(trai
     assert steps and min(steps) > 6 and max(steps) == 6 + ft_steps
 
 
-EVAL_KEYS = {"run", "kind", "extractor", "n", "steps", "primary", "models", "comparisons", "fid_curve", "baseline",
-             "checks", "passed", "exit_code"}
-MODEL_KEYS = {"fid", "fid_ci", "kid", "kid_ci", "precision", "recall", "params", "macs", "macs_sampled", "loss",
-              "loss_ci", "loss_groups", "train_steps"}
+EVAL_KEYS = {
+    "run",
+    "kind",
+    "extractor",
+    "n",
+    "steps",
+    "primary",
+    "models",
+    "comparisons",
+    "fid_curve",
+    "baseline",
+    "checks",
+    "passed",
+    "exit_code",
+}
+MODEL_KEYS = {
+    "fid",
+    "fid_ci",
+    "kid",
+    "kid_ci",
+    "precision",
+    "recall",
+    "params",
+    "macs",
+    "macs_sampled",
+    "loss",
+    "loss_ci",
+    "loss_groups",
+    "train_steps",
+}
 
 
 def test_eval_json_keys_and_exit_codes(trained):
@@ -121,8 +157,11 @@ def test_eval_json_keys_and_exit_codes(trained):
         assert set(r) == MODEL_KEYS and r["fid"] > 0
         assert r["kid_ci"][0] <= r["kid"] <= r["kid_ci"][1] and r["loss_ci"][0] < r["loss"] < r["loss_ci"][1]
     assert out["models"]["control"]["train_steps"] == out["models"]["progressive"]["train_steps"]
-    assert [(c["model"], c["against"]) for c in out["comparisons"]] == \
-        [("progressive", "control"), ("progressive", "base"), ("control", "base")]
+    assert [(c["model"], c["against"]) for c in out["comparisons"]] == [
+        ("progressive", "control"),
+        ("progressive", "base"),
+        ("control", "base"),
+    ]
     for c in out["comparisons"]:
         assert c["verdict"] in ("better", "worse", "no significant difference") and c["fid"]["paired"]
         assert set(c["loss_groups"]) == set(out["models"]["base"]["loss_groups"])
@@ -133,7 +172,10 @@ def test_eval_json_keys_and_exit_codes(trained):
     # measured from the same noise with the same n, so it equals the progressive model's FID exactly
     curve = out["fid_curve"]
     assert [r["step"] for r in curve] == [0, 1, 2] and all(r["n"] == 16 for r in curve)
-    assert curve[-1]["fid"] == out["models"]["progressive"]["fid"] and curve[-1]["kid"] == out["models"]["progressive"]["kid"]
+    assert (
+        curve[-1]["fid"] == out["models"]["progressive"]["fid"]
+        and curve[-1]["kid"] == out["models"]["progressive"]["kid"]
+    )
     assert curve[0]["fid"] != curve[-1]["fid"]
     assert all(r["fid_ci"][0] <= r["fid"] <= r["fid_ci"][1] for r in curve)
     assert (trained / "ev" / "samples" / "eval_control.png").exists()
@@ -189,8 +231,12 @@ def test_eval_images_bad_folders_are_one_line_errors(digits, tmp_path):
     from PIL import Image
 
     Image.new("L", (28, 28)).save(mixed / "small.png")
-    for folder, words in ((tmp_path / "empty", "no images"), (notes, "not an image"), (mixed, "28x28"),
-                          (tmp_path / "missing", "not a folder")):
+    for folder, words in (
+        (tmp_path / "empty", "no images"),
+        (notes, "not an image"),
+        (mixed, "28x28"),
+        (tmp_path / "missing", "not a folder"),
+    ):
         p = run_cli("eval", "--images", folder, *rd)
         assert_clean_error(p)
         assert words in p.stderr

@@ -1,5 +1,6 @@
 """What a round of attacks on the tool found, pinned: one writer per run, store and folder robustness,
 names that look like markup, settings the run's config holds."""
+
 import json
 import os
 import signal
@@ -23,9 +24,25 @@ def test_a_second_writer_of_a_run_is_refused_with_the_holder_named(runs_dir):
     rd = ["--runs-dir", runs_dir]
     _train("one", rd)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "train", "--run", "one", "--resume",
-                              "--steps", "100000", *map(str, rd)], cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stepadapt_cli.main",
+            "train",
+            "--run",
+            "one",
+            "--resume",
+            "--steps",
+            "100000",
+            *map(str, rd),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         lock = runs_dir / "one" / ".lock"
         end = time.time() + 60
@@ -90,8 +107,22 @@ def test_a_name_with_markup_is_printed_as_written(runs_dir):
 def test_prune_on_its_own_uses_the_runs_proxy_settings(runs_dir):
     """`stepadapt prune RUN --method proxy` asks as many rounds as the run's prune.rounds says."""
     rd = ["--runs-dir", runs_dir]
-    _train("cfg", rd, "-S", "prune.rounds=2", "-S", "schedule.groups=3", "-S", "prune.images=8",
-           "-S", "prune.eval_images=4", "-S", "prune.batch_size=2", "-S", "prune.batches=1")
+    _train(
+        "cfg",
+        rd,
+        "-S",
+        "prune.rounds=2",
+        "-S",
+        "schedule.groups=3",
+        "-S",
+        "prune.images=8",
+        "-S",
+        "prune.eval_images=4",
+        "-S",
+        "prune.batch_size=2",
+        "-S",
+        "prune.batches=1",
+    )
     recs = json.loads(run_cli("prune", "cfg", "--method", "proxy", "--groups", "0", "--json", *rd, check=0).stdout)
     assert recs[0]["report"]["proxy"]["rounds"] == 2
 
@@ -134,8 +165,11 @@ def test_a_read_only_runs_folder_is_listed_and_shown_and_writes_are_one_line(run
         assert [(r["name"], r["status"]) for r in rows] == [("ro", "created")]
         shown = json.loads(run_cli("show", "ro", "--json", "--runs-dir", ro, check=0).stdout)
         assert shown["stages"]["base"] == "done"
-        for args, words in ((["train", "--name", "ro", "--resume", "--train-steps", "4"], "Read-only file system"),
-                            (["resume", "ro"], "is read-only"), (["kill", "ro"], "")):
+        for args, words in (
+            (["train", "--name", "ro", "--resume", "--train-steps", "4"], "Read-only file system"),
+            (["resume", "ro"], "is read-only"),
+            (["kill", "ro"], ""),
+        ):
             p = run_cli(*args, "--runs-dir", ro)
             assert_clean_error(p)
             assert words in p.stderr

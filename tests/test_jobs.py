@@ -1,4 +1,5 @@
 """The experiment manager with real subprocesses: `stepadapt run/resume/kill/runs/show/compare/logs`."""
+
 import json
 import os
 import signal
@@ -15,10 +16,37 @@ from core.training.devices import bf16_native
 from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
 
 # the whole method on a micro model: 3 groups, one proxy round, a few steps everywhere
-FAST = [*MICRO, "-S", "train.log_every=10", "-S", "finetune.steps=4", "-S", "finetune.batch_size=8",
-        "-S", "schedule.groups=3", "-S", "prune.rounds=1", "-S", "prune.images=32", "-S", "prune.eval_images=16",
-        "-S", "prune.batches=1", "-S", "prune.batch_size=8", "-S", "sample.n=4", "-S", "sample.steps=5",
-        "-S", "eval.loss_images=16", "-S", "eval.fid_n=8", "-S", "eval.steps=3"]
+FAST = [
+    *MICRO,
+    "-S",
+    "train.log_every=10",
+    "-S",
+    "finetune.steps=4",
+    "-S",
+    "finetune.batch_size=8",
+    "-S",
+    "schedule.groups=3",
+    "-S",
+    "prune.rounds=1",
+    "-S",
+    "prune.images=32",
+    "-S",
+    "prune.eval_images=16",
+    "-S",
+    "prune.batches=1",
+    "-S",
+    "prune.batch_size=8",
+    "-S",
+    "sample.n=4",
+    "-S",
+    "sample.steps=5",
+    "-S",
+    "eval.loss_images=16",
+    "-S",
+    "eval.fid_n=8",
+    "-S",
+    "eval.steps=3",
+]
 
 
 def _db(runs_dir):
@@ -46,8 +74,21 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     """The whole method through `stepadapt run`, killed with SIGKILL mid-training (orchestrator and training job
     at once), marked lost, resumed to the end with nothing lost; then the listings and bad input."""
     rd = ["--runs-dir", runs_dir]
-    p = run_cli("run", "--preset", "tiny", "--name", "e2e", *FAST, "-S", "train.steps=120", "-S", "train.ckpt_every=30",
-                "--detach", *rd, check=0)
+    p = run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "e2e",
+        *FAST,
+        "-S",
+        "train.steps=120",
+        "-S",
+        "train.ckpt_every=30",
+        "--detach",
+        *rd,
+        check=0,
+    )
     assert "background" in p.stdout
 
     def base_running():
@@ -70,9 +111,19 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     assert "Table 1 style" in p.stdout and "base" in p.stdout and "progressive" in p.stdout
     assert "resuming from step" in run_cli("logs", "e2e", *rd, check=0).stdout
     run = runs_dir / "e2e"
-    for f in ("schedule.json", "schedule.png", "eval.json", "models/base.pt", "models/progressive.pt",
-              "models/control.pt", "samples/base_s5_seed0.png", "samples/progressive_s5_seed0.png",
-              "samples/control_s5_seed0.png", "samples/side_by_side_s5_seed0.png", "report/index.html"):
+    for f in (
+        "schedule.json",
+        "schedule.png",
+        "eval.json",
+        "models/base.pt",
+        "models/progressive.pt",
+        "models/control.pt",
+        "samples/base_s5_seed0.png",
+        "samples/progressive_s5_seed0.png",
+        "samples/control_s5_seed0.png",
+        "samples/side_by_side_s5_seed0.png",
+        "report/index.html",
+    ):
         assert (run / f).exists(), f
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev["models"]) == {"base", "control", "progressive"}
@@ -89,8 +140,12 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     assert all(os.path.exists(j["log_path"]) for j in jobs if j["log_path"])
     # nothing lost: every logged step exactly once in the store and in the metrics file; checkpoint complete
     with _db(runs_dir) as con:
-        steps = [r[0] for r in con.execute("select step from metrics where run='e2e' and stage='base' and key='loss' "
-                                           "order by step")]
+        steps = [
+            r[0]
+            for r in con.execute(
+                "select step from metrics where run='e2e' and stage='base' and key='loss' order by step"
+            )
+        ]
         arts = {r[0]: r[1] for r in con.execute("select path, sha256 from artifacts where run='e2e'")}
         run_status = con.execute("select status from runs where name='e2e'").fetchone()[0]
     assert steps == list(range(10, 121, 10)) and run_status == "succeeded"
@@ -117,11 +172,11 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     assert "==> job" in run_cli("logs", "e2e", *rd, check=0).stdout
 
     # bad input: one clear line, non-zero exit
-    assert_clean_error(run_cli("resume", "e2e", *rd))                       # finished
-    assert_clean_error(run_cli("resume", "nope", *rd))                      # unknown
+    assert_clean_error(run_cli("resume", "e2e", *rd))  # finished
+    assert_clean_error(run_cli("resume", "nope", *rd))  # unknown
     assert_clean_error(run_cli("run", "--preset", "tiny", "--name", "e2e", *FAST, *rd))  # same name
-    assert_clean_error(run_cli("kill", str(base_job["id"]), *rd))           # finished job
-    assert_clean_error(run_cli("kill", "e2e", *rd))                         # nothing running
+    assert_clean_error(run_cli("kill", str(base_job["id"]), *rd))  # finished job
+    assert_clean_error(run_cli("kill", "e2e", *rd))  # nothing running
     assert_clean_error(run_cli("logs", "nope", *rd))
     bad = runs_dir / "bad.yaml"
     bad.write_text("train:\n  stepz: 3\n")
@@ -132,8 +187,21 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
 
 def test_kill_stops_running_job_and_its_children(runs_dir):
     rd = ["--runs-dir", runs_dir]
-    run_cli("run", "--preset", "tiny", "--name", "long", *FAST, "-S", "train.steps=100000", "--method", "none",
-            "--detach", *rd, check=0)
+    run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "long",
+        *FAST,
+        "-S",
+        "train.steps=100000",
+        "--method",
+        "none",
+        "--detach",
+        *rd,
+        check=0,
+    )
 
     def base_started():
         js = [j for j in _jobs(runs_dir, "long") if j["stage"] == "base"]
@@ -170,8 +238,23 @@ def test_a_killed_ddp_launcher_takes_its_ranks_with_it(runs_dir):
     """SIGKILL to a DDP job's process group reaches only torchrun's agent (the ranks run in sessions of their
     own); the ranks die with it instead of training on unseen, and the job is found lost."""
     rd = ["--runs-dir", runs_dir]
-    run_cli("run", "--preset", "tiny", "--name", "orphan", *FAST, "-S", "train.steps=100000", "--method", "none",
-            "--parallel", "2", "--detach", *rd, check=0)
+    run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "orphan",
+        *FAST,
+        "-S",
+        "train.steps=100000",
+        "--method",
+        "none",
+        "--parallel",
+        "2",
+        "--detach",
+        *rd,
+        check=0,
+    )
 
     def base_started():
         js = [j for j in _jobs(runs_dir, "orphan") if j["stage"] == "base"]
@@ -192,8 +275,25 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     """`--parallel 2` on CPU: stage 1 is one job of two one-thread ranks (torchrun, DDP). `kill` stops both
     ranks with a checkpoint; `resume` continues it from there, and the control trains the same way."""
     rd = ["--runs-dir", runs_dir]
-    run_cli("run", "--preset", "tiny", "--name", "ddp", *FAST, "-S", "train.steps=400", "-S", "eval.fid=false",
-            "--method", "none", "--parallel", "2", "--detach", *rd, check=0)
+    run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "ddp",
+        *FAST,
+        "-S",
+        "train.steps=400",
+        "-S",
+        "eval.fid=false",
+        "--method",
+        "none",
+        "--parallel",
+        "2",
+        "--detach",
+        *rd,
+        check=0,
+    )
 
     def base_started():
         js = [j for j in _jobs(runs_dir, "ddp") if j["stage"] == "base"]
@@ -254,10 +354,10 @@ def test_two_writers_and_a_reader_lose_nothing(runs_dir):
     open_store(runs_dir)  # migrate once
     n = 300
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(runs_dir), str(k), str(n)], env=env)
-             for k in (1, 2)]
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(runs_dir), str(2 * n)], env=env,
-                              stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(runs_dir), str(k), str(n)], env=env) for k in (1, 2)]
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(runs_dir), str(2 * n)], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     out, _ = reader.communicate(timeout=120)
     assert reader.returncode == 0 and int(out) >= 1
@@ -271,9 +371,32 @@ def test_a_failed_group_job_ends_the_run_failed_within_seconds_and_resume_comple
     forever on the queued group); `resume` then finishes every group."""
     rd = ["--runs-dir", runs_dir]
     env = {"STEPADAPT_HEARTBEAT": "0.3"}
-    run_cli("run", "--preset", "tiny", "--name", "fail", *FAST, "-S", "train.steps=10", "-S", "finetune.steps=40", "-S", "eval.fid=false",
-            "-S", "train.ckpt_every=20", "--method", "none", "--parallel", "2", "--grace", "5", "--detach", *rd,
-            env=env, check=0)
+    run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "fail",
+        *FAST,
+        "-S",
+        "train.steps=10",
+        "-S",
+        "finetune.steps=40",
+        "-S",
+        "eval.fid=false",
+        "-S",
+        "train.ckpt_every=20",
+        "--method",
+        "none",
+        "--parallel",
+        "2",
+        "--grace",
+        "5",
+        "--detach",
+        *rd,
+        env=env,
+        check=0,
+    )
 
     def two_training():
         ft = [j for j in _jobs(runs_dir, "fail") if j["stage"] == "finetune" and j["status"] == "running"]
@@ -301,8 +424,9 @@ def test_a_failed_group_job_ends_the_run_failed_within_seconds_and_resume_comple
     p = run_cli("resume", "fail", *rd, env=env, check=0)
     assert "all stages done" in p.stderr + p.stdout
     assert _run_status(runs_dir, "fail") == "succeeded"
-    sib_logs = [j for j in _jobs(runs_dir, "fail")
-                if j["stage"] == "finetune" and j["group_index"] == sibling["group_index"]]
+    sib_logs = [
+        j for j in _jobs(runs_dir, "fail") if j["stage"] == "finetune" and j["group_index"] == sibling["group_index"]
+    ]
     assert "resuming from step" in open(sib_logs[-1]["log_path"]).read()
 
 

@@ -1,5 +1,6 @@
 """Jobs write their books to a journal in their own folder and never open the SQLite store; the owner of the
 store ingests each journal exactly once (``core/manager/journal.py``)."""
+
 import hashlib
 import json
 import os
@@ -17,8 +18,7 @@ from tests.conftest import REPO
 def _job(store, runs_dir, name="r"):
     (runs_dir / name).mkdir(exist_ok=True)
     store.add_run({"name": name, "status": "running", "path": str(runs_dir / name)})
-    job_id = store.add_job({"run": name, "stage": "prune", "group_index": 0, "journal_offset": 0,
-                            "status": "running"})
+    job_id = store.add_job({"run": name, "stage": "prune", "group_index": 0, "journal_offset": 0, "status": "running"})
     folder = Run(runs_dir / name).job_dir(job_id)
     folder.mkdir(parents=True)
     return job_id, Journal(folder)
@@ -30,36 +30,76 @@ def test_a_journal_lands_in_the_store_once_with_its_calls_rounds_and_status(runs
     store = open_store(runs_dir)
     job_id, j = _job(store, runs_dir)
     j.update_job(job_id, heartbeat=123.0, progress=3, total=10, message="busy", host="node7")
-    j.log_metrics([{"run": "r", "job": job_id, "stage": "prune", "group_index": 0, "step": s, "key": "loss",
-                    "value": 1.0 / s, "time": 0.0} for s in (1, 2, 3)])
-    cid = j.log_call({"run": "r", "group_index": 0, "session": "s", "round": 0, "seq": 0, "attempt": 0,
-                      "model_asked": "m", "messages": [{"role": "user", "content": "hi"}], "request_key": "k"})
+    j.log_metrics(
+        [
+            {
+                "run": "r",
+                "job": job_id,
+                "stage": "prune",
+                "group_index": 0,
+                "step": s,
+                "key": "loss",
+                "value": 1.0 / s,
+                "time": 0.0,
+            }
+            for s in (1, 2, 3)
+        ]
+    )
+    cid = j.log_call(
+        {
+            "run": "r",
+            "group_index": 0,
+            "session": "s",
+            "round": 0,
+            "seq": 0,
+            "attempt": 0,
+            "model_asked": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "request_key": "k",
+        }
+    )
     j.update_call(cid, parsed={"keep": 0.5})
-    j.log_round({"run": "r", "group_index": 0, "session": "s", "round": 0, "loss": 0.25, "accepted": 1,
-                 "call_id": cid})
+    j.log_round({"run": "r", "group_index": 0, "session": "s", "round": 0, "loss": 0.25, "accepted": 1, "call_id": cid})
     (runs_dir / "r" / "prune").mkdir()
     (runs_dir / "r" / "prune" / "group00.json").write_text("{}")
-    j.add_artifact({"run": "r", "job": job_id, "path": "prune/group00.json", "kind": "plan", "sha256": "x",
-                    "bytes": 1})
+    j.add_artifact({"run": "r", "job": job_id, "path": "prune/group00.json", "kind": "plan", "sha256": "x", "bytes": 1})
     j.finish_job(job_id, "succeeded", 0)
     assert ingest(store, store.job(job_id)) == 7
     assert ingest(store, store.job(job_id)) == 0
     job = store.job(job_id)
-    assert (job["status"], job["exit_code"], job["progress"], job["message"], job["host"]) == \
-        ("succeeded", 0, 3, "busy", "node7")
+    assert (job["status"], job["exit_code"], job["progress"], job["message"], job["host"]) == (
+        "succeeded",
+        0,
+        3,
+        "busy",
+        "node7",
+    )
     assert [m["step"] for m in store.metrics("r")] == [1, 2, 3]
     call = store.calls("r")[0]
     assert call["parsed"] == {"keep": 0.5} and call["job"] == job_id
     assert store.rounds("r")[0]["call_id"] == call["id"]
-    assert [(a["path"], a["sha256"], a["bytes"]) for a in store.artifacts("r")] == \
-        [("prune/group00.json", hashlib.sha256(b"{}").hexdigest(), 2)]  # the file's own, not the record's
+    assert [(a["path"], a["sha256"], a["bytes"]) for a in store.artifacts("r")] == [
+        ("prune/group00.json", hashlib.sha256(b"{}").hexdigest(), 2)
+    ]  # the file's own, not the record's
 
 
 def test_a_line_being_written_waits_and_a_late_running_record_does_not_undo_a_final_status(runs_dir):
     store = open_store(runs_dir)
     job_id, j = _job(store, runs_dir)
-    j.log_metrics([{"run": "r", "job": job_id, "stage": "prune", "group_index": 0, "step": 1, "key": "loss",
-                    "value": 1.0, "time": 0.0}])
+    j.log_metrics(
+        [
+            {
+                "run": "r",
+                "job": job_id,
+                "stage": "prune",
+                "group_index": 0,
+                "step": 1,
+                "key": "loss",
+                "value": 1.0,
+                "time": 0.0,
+            }
+        ]
+    )
     with open(j.path, "a") as f:
         f.write('{"k": "metrics", "rows": [')  # a write in progress
     recs, end = read_lines(j.path, 0)
@@ -104,8 +144,9 @@ def test_two_owners_ingesting_one_journal_at_once_apply_each_record_exactly_once
     n = 400
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(j.path.parent), str(n)], env=env, cwd=REPO)
-    owners = [subprocess.Popen([sys.executable, "-c", INGESTER, str(runs_dir), str(n)], env=env,
-                               cwd=REPO) for _ in range(2)]
+    owners = [
+        subprocess.Popen([sys.executable, "-c", INGESTER, str(runs_dir), str(n)], env=env, cwd=REPO) for _ in range(2)
+    ]
     assert writer.wait(timeout=120) == 0 and [p.wait(timeout=120) for p in owners] == [0, 0]
     ingest(store, store.job(job_id))
     steps = [m["step"] for m in store.metrics("r")]
@@ -117,8 +158,13 @@ def test_a_job_process_cannot_open_the_store(runs_dir):
     """Workers run with STEPADAPT_NO_STORE: opening the database is an error, so a stage that tried would fail
     its job (every pipeline test would see it)."""
     code = "import sys; from pathlib import Path; from core.store import open_store; open_store(Path(sys.argv[1]))"
-    p = subprocess.run([sys.executable, "-c", code, str(runs_dir)], env={**os.environ, "STEPADAPT_NO_STORE": "1"},
-                       cwd=REPO, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(runs_dir)],
+        env={**os.environ, "STEPADAPT_NO_STORE": "1"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode != 0 and "must not open the store" in p.stderr
     assert not (runs_dir / "stepadapt.db").exists()
 
@@ -130,11 +176,46 @@ def test_a_pipeline_job_leaves_its_records_in_its_journal_and_they_reach_the_sto
     their final states, metrics and artifacts, ingested from those journals."""
     from tests.conftest import MICRO, run_cli
 
-    run_cli("run", "--preset", "tiny", "--name", "j", *MICRO, "-S", "train.steps=4", "-S", "finetune.steps=2",
-            "-S", "schedule.groups=2", "-S", "prune.method=magnitude", "-S", "prune.images=16",
-            "-S", "prune.eval_images=8", "-S", "prune.batches=1", "-S", "prune.batch_size=8", "-S", "sample.n=4",
-            "-S", "sample.steps=3", "-S", "eval.loss_images=16", "-S", "eval.fid_n=8", "-S", "eval.steps=3",
-            "-S", "finetune.batch_size=8", "--runs-dir", runs_dir, env={"STEPADAPT_FORKSERVER": forkserver}, check=0)
+    run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "j",
+        *MICRO,
+        "-S",
+        "train.steps=4",
+        "-S",
+        "finetune.steps=2",
+        "-S",
+        "schedule.groups=2",
+        "-S",
+        "prune.method=magnitude",
+        "-S",
+        "prune.images=16",
+        "-S",
+        "prune.eval_images=8",
+        "-S",
+        "prune.batches=1",
+        "-S",
+        "prune.batch_size=8",
+        "-S",
+        "sample.n=4",
+        "-S",
+        "sample.steps=3",
+        "-S",
+        "eval.loss_images=16",
+        "-S",
+        "eval.fid_n=8",
+        "-S",
+        "eval.steps=3",
+        "-S",
+        "finetune.batch_size=8",
+        "--runs-dir",
+        runs_dir,
+        env={"STEPADAPT_FORKSERVER": forkserver},
+        check=0,
+    )
     store = open_store(runs_dir)
     jobs = [j for j in store.jobs("j") if j["stage"] != "pipeline"]
     assert jobs and all(j["status"] == "succeeded" for j in jobs)

@@ -1,6 +1,7 @@
 """A journal is data: anyone who can write one file in a runs folder can append to it. What the third round of
 attacks did with one (issue 28: findings 1, 3, 4, 8 and 12), planted in real journals and ingested into a real
 store, and what the owner does now."""
+
 import hashlib
 import json
 import os
@@ -24,8 +25,9 @@ def _job(store, runs_dir, name="r", stage="prune", group=0, **fields):
     if store.get_run(name) is None:
         (runs_dir / name).mkdir()
         store.add_run({"name": name, "status": "running", "path": str(runs_dir / name)})
-    job_id = store.add_job({"run": name, "stage": stage, "group_index": group, "journal_offset": 0,
-                            "status": "running", **fields})
+    job_id = store.add_job(
+        {"run": name, "stage": stage, "group_index": group, "journal_offset": 0, "status": "running", **fields}
+    )
     Run(runs_dir / name).job_dir(job_id).mkdir(parents=True)
     return job_id, Journal(Run(runs_dir / name).job_dir(job_id))
 
@@ -57,16 +59,19 @@ def test_a_journal_cannot_write_or_delete_another_runs_rows_and_is_stamped_with_
     ingest(store, store.job(victim))
     job_id, j = _job(store, runs_dir, "r", "finetune", 0)
     j.log_metrics([_metric(s, run="r", job=job_id, stage="finetune", group_index=0) for s in (1, 2, 3)])
-    _plant(j, {"k": "drop", "run": "victim", "stage": "base", "group": None, "step": 0},
-           {"k": "metrics", "rows": [_metric(99, run="victim", stage="base", group_index=None)]},
-           {"k": "call", "id": 1, "row": {"run": "victim", "group_index": 0, "request_key": "k"}},
-           {"k": "drop", "run": "r", "stage": "finetune", "group": 1, "step": 0},  # a sibling group's curve
-           {"k": "drop", "run": "r", "stage": "base", "group": None, "step": 0},  # its own run's stage 1
-           {"k": "metrics", "rows": [_metric(7, job=victim)]},  # its run, another job's id
-           {"k": "round", "row": {"run": "r", "group_index": 3, "round": 0}},
-           {"k": "artifact", "row": {"run": "victim", "path": "x", "kind": "plan"}},
-           {"k": "metrics", "rows": [_metric(4)]},  # names nothing: stamped
-           {"k": "drop", "run": "r", "stage": "finetune", "group": 0, "step": 2})  # its own: allowed
+    _plant(
+        j,
+        {"k": "drop", "run": "victim", "stage": "base", "group": None, "step": 0},
+        {"k": "metrics", "rows": [_metric(99, run="victim", stage="base", group_index=None)]},
+        {"k": "call", "id": 1, "row": {"run": "victim", "group_index": 0, "request_key": "k"}},
+        {"k": "drop", "run": "r", "stage": "finetune", "group": 1, "step": 0},  # a sibling group's curve
+        {"k": "drop", "run": "r", "stage": "base", "group": None, "step": 0},  # its own run's stage 1
+        {"k": "metrics", "rows": [_metric(7, job=victim)]},  # its run, another job's id
+        {"k": "round", "row": {"run": "r", "group_index": 3, "round": 0}},
+        {"k": "artifact", "row": {"run": "victim", "path": "x", "kind": "plan"}},
+        {"k": "metrics", "rows": [_metric(4)]},  # names nothing: stamped
+        {"k": "drop", "run": "r", "stage": "finetune", "group": 0, "step": 2},
+    )  # its own: allowed
     assert ingest(store, store.job(job_id)) == 3
     assert [m["step"] for m in store.metrics("victim")] == [1, 2, 3]
     assert store.calls("victim") == [] and store.rounds("r") == [] and store.artifacts("victim") == []
@@ -90,26 +95,34 @@ def test_a_journal_cannot_set_the_pid_that_kill_signals_nor_keep_a_job_alive(run
     store = open_store(runs_dir)
     victim, proc = _sleeper(), _sleeper(start_new_session=True)
     try:
-        job_id, j = _job(store, runs_dir, pid=proc.pid, pgid=proc.pid, proc_start=proc_start(proc.pid),
-                         heartbeat=time.time())
-        _plant(j, {"k": "job", "fields": {"pid": victim.pid, "proc_start": proc_start(victim.pid)}},
-               {"k": "job", "fields": {"pgid": victim.pid}},
-               {"k": "job", "fields": {"proc_start": 1, "heartbeat": 1e300, "progress": -5, "total": 1e30}},
-               {"k": "job", "fields": {"total": 10 ** 30}})
+        job_id, j = _job(
+            store, runs_dir, pid=proc.pid, pgid=proc.pid, proc_start=proc_start(proc.pid), heartbeat=time.time()
+        )
+        _plant(
+            j,
+            {"k": "job", "fields": {"pid": victim.pid, "proc_start": proc_start(victim.pid)}},
+            {"k": "job", "fields": {"pgid": victim.pid}},
+            {"k": "job", "fields": {"proc_start": 1, "heartbeat": 1e300, "progress": -5, "total": 1e30}},
+            {"k": "job", "fields": {"total": 10**30}},
+        )
         before = time.time()
         assert ingest(store, store.job(job_id)) == 2
         row = store.job(job_id)
         assert (row["pid"], row["pgid"], row["proc_start"]) == (proc.pid, proc.pid, proc_start(proc.pid))
         assert before <= row["heartbeat"] <= time.time()
-        assert (row["progress"], row["total"]) == (0, 2 ** 53)
+        assert (row["progress"], row["total"]) == (0, 2**53)
         err = capsys.readouterr().err
         assert "journal line 2 skipped: unknown field 'pgid' in fields" in err
         assert "journal line 4 skipped: total is out of range" in err and "ignored 1 journal record(s)" in err
 
         time.sleep(1.5)  # the clamped heartbeat goes stale: another process's reconcile finds the job lost
         code = "import sys; from core.manager.jobs import open_reconciled; open_reconciled(sys.argv[1])"
-        subprocess.run([sys.executable, "-c", code, str(runs_dir)], cwd=REPO, check=True,
-                       env={**os.environ, "STEPADAPT_STALE": "1"})
+        subprocess.run(
+            [sys.executable, "-c", code, str(runs_dir)],
+            cwd=REPO,
+            check=True,
+            env={**os.environ, "STEPADAPT_STALE": "1"},
+        )
         assert store.job(job_id)["status"] == "lost" and "no heartbeat" in store.job(job_id)["message"]
 
         store.update_job(job_id, status="running", heartbeat=time.time())
@@ -153,8 +166,10 @@ BAD = [
     ('{"k": "finish", "status": "exploded"}', "status 'exploded' is not one of"),
     ('{"k": "job", "fields": {"status": "succeeded"}}', "status 'succeeded' is not one of queued, running"),
     ('{"k": "teleport"}', "unknown kind 'teleport'"),
-    ('{"k": "metrics", "rows": [{"step": 1, "key": "loss", "value": 1, "colour": "red"}]}',
-     "unknown field 'colour' in a metrics row"),
+    (
+        '{"k": "metrics", "rows": [{"step": 1, "key": "loss", "value": 1, "colour": "red"}]}',
+        "unknown field 'colour' in a metrics row",
+    ),
     ('{"k": "metrics", "rows": [{"step": 18446744073709551616, "key": "loss", "value": 1}]}', "step is out of range"),
     ('{"k": "metrics", "rows": [{"key": "loss", "value": 1}]}', "a metrics row without step, key or value"),
     ('{"k": "metrics", "rows": {"step": 1}}', "rows is not a list"),
@@ -208,15 +223,27 @@ def test_an_artifact_is_a_file_inside_its_run_hashed_by_the_owner(runs_dir, tmp_
     (run / "models" / "link.pt").symlink_to(outside)
     (run / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
     os.mkfifo(run / "models" / "fifo.pt")
-    bad = ["../../../../../etc/passwd", "/etc/passwd", "models/../../r/models/base.pt", "models/link.pt",
-           "elsewhere/secret", "models/fifo.pt", "models/missing.pt", "", ".", "models\\base.pt"]
+    bad = [
+        "../../../../../etc/passwd",
+        "/etc/passwd",
+        "models/../../r/models/base.pt",
+        "models/link.pt",
+        "elsewhere/secret",
+        "models/fifo.pt",
+        "models/missing.pt",
+        "",
+        ".",
+        "models\\base.pt",
+    ]
     for path in bad:
         j.add_artifact({"path": path, "kind": "model"})
-    j.add_artifact({"run": "r", "job": job_id, "path": "./models//base.pt", "kind": "model",
-                    "sha256": "0" * 64, "bytes": 1})
+    j.add_artifact(
+        {"run": "r", "job": job_id, "path": "./models//base.pt", "kind": "model", "sha256": "0" * 64, "bytes": 1}
+    )
     assert ingest(store, store.job(job_id)) == 1
-    assert [(a["path"], a["sha256"], a["bytes"]) for a in store.artifacts("r")] == \
-        [("models/base.pt", hashlib.sha256(b"the real weights").hexdigest(), 16)]
+    assert [(a["path"], a["sha256"], a["bytes"]) for a in store.artifacts("r")] == [
+        ("models/base.pt", hashlib.sha256(b"the real weights").hexdigest(), 16)
+    ]
     err = capsys.readouterr().err
     assert err.count("skipped: artifact") == len(bad), err
 
@@ -268,6 +295,12 @@ def test_a_journal_that_is_not_a_regular_file_is_not_read(runs_dir, kind):
         target = runs_dir / "elsewhere.jsonl"
         target.write_text(json.dumps({"k": "metrics", "rows": [_metric(1)]}) + "\n")
         j.path.symlink_to(target)
-    p = subprocess.run([sys.executable, "-c", INGEST, str(runs_dir)], cwd=REPO, capture_output=True, text=True,
-                       timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    p = subprocess.run(
+        [sys.executable, "-c", INGEST, str(runs_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert p.returncode == 0 and p.stdout.split() == ["0", "0"], p.stderr

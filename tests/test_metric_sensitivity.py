@@ -1,7 +1,7 @@
 """The primary metric sees what a person sees: at the tiny preset's default sample count, digits with a
 speckled background or thinned strokes (the damage seen in under-trained progressive grids) score worse
 than the same digits clean, beyond the metric's 95% interval."""
-import numpy as np
+
 import pytest
 import torch
 
@@ -20,8 +20,10 @@ def scored(tmp_path_factory):
     ref = F.reference_stats(ext, info, data, cfg, tmp_path_factory.mktemp("runs"))
     n = cfg["eval"]["fid_n"]
     clean = data.get(torch.randperm(len(data), generator=torch.Generator().manual_seed(1))[:n])
-    feats = {name: F.features(ext, imgs) for name, imgs in
-             (("clean", clean), ("speckle", speckle(clean)), ("thin", thin(clean)))}
+    feats = {
+        name: F.features(ext, imgs)
+        for name, imgs in (("clean", clean), ("speckle", speckle(clean)), ("thin", thin(clean)))
+    }
     return cfg, feats, M.RefStats.of(ref["mu"], ref["sigma"]), ref["feats"]
 
 
@@ -29,8 +31,7 @@ def scored(tmp_path_factory):
 @pytest.mark.parametrize("metric", ["fid", "kid"])
 def test_damaged_digits_score_worse_beyond_the_interval_at_the_default_n(scored, damage, metric):
     cfg, feats, stats, ref = scored
-    d = M.difference(feats[damage], feats["clean"], stats, ref, metric, paired=True,
-                     reps=cfg["eval"]["bootstrap"])
+    d = M.difference(feats[damage], feats["clean"], stats, ref, metric, paired=True, reps=cfg["eval"]["bootstrap"])
     assert M.verdict(d) == "worse", d
     assert d["ci"][0] > 0
 

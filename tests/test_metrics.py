@@ -2,6 +2,7 @@
 every interval narrows as the sample count grows, the half-sampling interval matches a case worked by hand,
 and on real digits (FID near zero, where the old percentile bootstrap excluded its own estimate) each FID and
 KID lies inside its own interval and two disjoint sets are not called different."""
+
 import numpy as np
 import pytest
 import torch
@@ -31,11 +32,11 @@ def test_kid_equals_clean_fid_on_equal_sets():
 
 
 def test_precision_recall_worked_case():
-    ref = np.arange(10, dtype=float)[:, None]         # 0..9; k = 1 radius of each is 1
-    gen = np.array([[0.5], [20.0]])                   # one inside the reference manifold, one far out
+    ref = np.arange(10, dtype=float)[:, None]  # 0..9; k = 1 radius of each is 1
+    gen = np.array([[0.5], [20.0]])  # one inside the reference manifold, one far out
     pr = M.precision_recall(gen, ref, k=1)
-    assert pr["precision"] == 0.5                     # only 0.5 lies in a reference ball
-    assert pr["recall"] == 1.0                        # the generated radius (19.5) covers all of 0..9
+    assert pr["precision"] == 0.5  # only 0.5 lies in a reference ball
+    assert pr["recall"] == 1.0  # the generated radius (19.5) covers all of 0..9
     assert M.precision_recall(ref, ref, k=3)["precision"] == 1.0
 
 

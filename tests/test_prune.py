@@ -7,13 +7,23 @@ import torch
 
 from core import config as C
 from core.errors import UserError
-from core.method.importance import DiffPruningImportance, TaylorImportance, make_importance
-from core.names import IMPORTANCE_METHODS as METHODS
-from core.method.prune import (PruneContext, Pruner, apply_plan, build_pruned, measure,
-                        plan_from_counts, prune_to_budget, removal_counts, units_of, validate_plan)
-from core.model.diffusion import create_diffusion
 from core.method.artifacts import load_unet
+from core.method.importance import DiffPruningImportance, TaylorImportance, make_importance
+from core.method.prune import (
+    PruneContext,
+    Pruner,
+    apply_plan,
+    build_pruned,
+    measure,
+    plan_from_counts,
+    prune_to_budget,
+    removal_counts,
+    units_of,
+    validate_plan,
+)
+from core.model.diffusion import create_diffusion
 from core.model.unet import AttentionBlock, build_unet
+from core.names import IMPORTANCE_METHODS as METHODS
 from tests.conftest import MICRO, assert_clean_error, run_cli
 
 
@@ -32,8 +42,9 @@ def randomized(preset):
 def context(cfg, n_t=(100, 300), batch=2):
     m = cfg["model"]
     g = torch.Generator().manual_seed(0)
-    imgs = torch.randint(0, 256, (24, m["in_channels"], m["image_size"], m["image_size"]), generator=g,
-                         dtype=torch.uint8)
+    imgs = torch.randint(
+        0, 256, (24, m["in_channels"], m["image_size"], m["image_size"]), generator=g, dtype=torch.uint8
+    )
     return PruneContext(create_diffusion(cfg), imgs[:16], imgs[16:], list(range(*n_t)), batch_size=batch, batches=1)
 
 
@@ -160,9 +171,30 @@ def test_bad_budgets_and_foreign_plans():
 
 def test_prune_cli_end_to_end(runs_dir):
     rd = ["--runs-dir", runs_dir]
-    run_cli("train", "--preset", "tiny", "--run", "pr", "--steps", "3", *MICRO, "-S", "schedule.groups=3",
-            "-S", "model.norm_groups=8", "-S", "prune.images=8", "-S", "prune.eval_images=4",
-            "-S", "prune.batch_size=2", "-S", "prune.batches=1", *rd, check=0)
+    run_cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--run",
+        "pr",
+        "--steps",
+        "3",
+        *MICRO,
+        "-S",
+        "schedule.groups=3",
+        "-S",
+        "model.norm_groups=8",
+        "-S",
+        "prune.images=8",
+        "-S",
+        "prune.eval_images=4",
+        "-S",
+        "prune.batch_size=2",
+        "-S",
+        "prune.batches=1",
+        *rd,
+        check=0,
+    )
     p = run_cli("prune", "pr", "--method", "nonsense", *rd)
     assert p.returncode != 0 and not (runs_dir / "pr" / "prune").exists()
     p = run_cli("prune", "pr", "--method", "taylor", "--json", *rd, check=0)
@@ -177,6 +209,7 @@ def test_prune_cli_end_to_end(runs_dir):
     run_cli("finetune", "pr", "--steps", "1", *rd, check=0)
     m = json.loads(run_cli("macs", "pr", "--json", *rd, check=0).stdout)
     avg = m["progressive"]["avg_all"]["macs"]
-    expected = sum(r["report"]["macs"] * g["size"] for r, g in
-                   zip(recs, [g for g in sched["groups"] if g["size"]])) / 100
+    expected = (
+        sum(r["report"]["macs"] * g["size"] for r, g in zip(recs, [g for g in sched["groups"] if g["size"]])) / 100
+    )
     assert avg == pytest.approx(expected) and avg < m["base"]["macs"]

@@ -1,8 +1,8 @@
 """No file in a runs folder is ever run: a pickle payload planted in every kind of file a run holds is refused
 or ignored by every command that opens it, and never executes."""
+
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -30,9 +30,36 @@ def poisoned(tmp_path_factory):
     root = tmp_path_factory.mktemp("poison")
     rd, cache, marker = root / "runs", root / "cache", root / "MARKER"
     env = {"STEPADAPT_CACHE": str(cache)}
-    run_cli("run", "--preset", "tiny", "--name", "p", *MICRO, "-S", "train.steps=6", "-S", "finetune.steps=2",
-            "-S", "schedule.groups=2", "-S", "prune.rounds=1", "-S", "eval.fid_n=32", "-S", "eval.loss_images=16",
-            "-S", "eval.steps=5", "-S", "sample.n=4", "-S", "sample.steps=5", "--runs-dir", rd, env=env, check=0)
+    run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "p",
+        *MICRO,
+        "-S",
+        "train.steps=6",
+        "-S",
+        "finetune.steps=2",
+        "-S",
+        "schedule.groups=2",
+        "-S",
+        "prune.rounds=1",
+        "-S",
+        "eval.fid_n=32",
+        "-S",
+        "eval.loss_images=16",
+        "-S",
+        "eval.steps=5",
+        "-S",
+        "sample.n=4",
+        "-S",
+        "sample.steps=5",
+        "--runs-dir",
+        rd,
+        env=env,
+        check=0,
+    )
     run = rd / "p"
     planted = []
     for path in [*(run / "models").glob("*.pt"), *(run / "checkpoints").glob("*.pt"), *cache.rglob("domain-*.pt")]:
@@ -42,21 +69,51 @@ def poisoned(tmp_path_factory):
         np.save(path, np.array([_Payload(marker)], dtype=object), allow_pickle=True)
         planted.append(path)
     kinds = {p.parent.name + "/" + p.name.split("-")[0] for p in planted}
-    assert {"models/base.pt", "models/group00.pt", "models/progressive.pt", "models/control.pt",
-            "checkpoints/base.pt", "checkpoints/control.pt", "features/domain", "eval/features"} <= kinds, kinds
+    assert {
+        "models/base.pt",
+        "models/group00.pt",
+        "models/progressive.pt",
+        "models/control.pt",
+        "checkpoints/base.pt",
+        "checkpoints/control.pt",
+        "features/domain",
+        "eval/features",
+    } <= kinds, kinds
     study = rd / "studies" / "s"
     study.mkdir(parents=True)
-    (study / "study.json").write_text(json.dumps({
-        "id": "s", "study": "table3", "definition": {"title": "t", "arms": [{"name": "a"}], "rows": [
-            {"label": "a", "arm": "a", "model": "progressive"}]}, "preset": "tiny", "overrides": [],
-        "base": "p", "base_given": True, "arms": {"a": "p"}, "created": "2026-12-06T00:00:00"}))
+    (study / "study.json").write_text(
+        json.dumps(
+            {
+                "id": "s",
+                "study": "table3",
+                "definition": {
+                    "title": "t",
+                    "arms": [{"name": "a"}],
+                    "rows": [{"label": "a", "arm": "a", "model": "progressive"}],
+                },
+                "preset": "tiny",
+                "overrides": [],
+                "base": "p",
+                "base_given": True,
+                "arms": {"a": "p"},
+                "created": "2026-12-06T00:00:00",
+            }
+        )
+    )
     return rd, env, marker
 
 
 COMMANDS = [
-    ["runs"], ["show", "p"], ["compare", "p"], ["sample", "p", "--model", "progressive", "--n", "2", "--sample-steps", "2"],
-    ["eval", "p", "--n", "16", "--sample-steps", "2"], ["fork", "p", "q"], ["resume", "p"],
-    ["train", "--name", "p", "--resume", "--train-steps", "8"], ["report", "p"], ["study", "show", "s"],
+    ["runs"],
+    ["show", "p"],
+    ["compare", "p"],
+    ["sample", "p", "--model", "progressive", "--n", "2", "--sample-steps", "2"],
+    ["eval", "p", "--n", "16", "--sample-steps", "2"],
+    ["fork", "p", "q"],
+    ["resume", "p"],
+    ["train", "--name", "p", "--resume", "--train-steps", "8"],
+    ["report", "p"],
+    ["study", "show", "s"],
 ]
 
 
@@ -73,11 +130,19 @@ def test_a_planted_pickle_never_runs_and_is_refused_in_one_line(poisoned, args):
 
 def test_the_tuis_views_load_a_poisoned_run_without_running_it(poisoned):
     rd, env, marker = poisoned
-    code = ("import sys; from pathlib import Path; from core.store import Store; "
-            "from stepadapt_cli.tui.data import read_view; rd = Path(sys.argv[1]); s = Store(rd / 'stepadapt.db'); "
-            "[read_view(s, rd, k) for k in (('runs',), ('run', 'p'), ('proxy', 'p'))]; print('ok')")
-    p = subprocess.run([sys.executable, "-c", code, str(rd)], cwd=REPO, env={**os.environ, **env},
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from pathlib import Path; from core.store import Store; "
+        "from stepadapt_cli.tui.data import read_view; rd = Path(sys.argv[1]); s = Store(rd / 'stepadapt.db'); "
+        "[read_view(s, rd, k) for k in (('runs',), ('run', 'p'), ('proxy', 'p'))]; print('ok')"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(rd)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
     assert not marker.exists()
 
@@ -103,8 +168,10 @@ def test_a_refused_file_says_so_in_one_line(tmp_path):
     torch.save({"x": _Payload(marker)}, path)
     with pytest.raises(UserError) as e:
         load_torch(path, "model")
-    assert str(e.value) == f"{path} holds Python objects other than tensors and plain data; refused (files in a " \
-                           "runs folder are data, never run)"
+    assert (
+        str(e.value) == f"{path} holds Python objects other than tensors and plain data; refused (files in a "
+        "runs folder are data, never run)"
+    )
     assert not marker.exists()
 
 

@@ -1,4 +1,5 @@
 """Sampling in channels-last layout: same images as NCHW, weights really converted, plain functions accepted."""
+
 import torch
 
 from core.config import preset

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.method.progressive import ProgressiveDenoiser
+from core.method.schedule import budget_ratios, make_schedule, snr_db
 from core.model.diffusion import GaussianDiffusion, betas_for
 from core.model.macs import progressive_cost
-from core.method.progressive import ProgressiveDenoiser
 from core.model.respace import respaced, space_timesteps
-from core.method.schedule import budget_ratios, make_schedule, snr_db
 from core.model.unet import UNet
 from tests.conftest import assert_clean_error, run_cli
 
@@ -119,8 +119,9 @@ def test_routing_rejects_a_table_without_models():
 
 
 def test_average_macs_is_the_weighted_mean_of_group_models():
-    small = dict(image_size=16, in_channels=1, channel_mult=(1, 2), attention_resolutions=(8,), num_heads=2,
-                 num_res_blocks=1)
+    small = dict(
+        image_size=16, in_channels=1, channel_mult=(1, 2), attention_resolutions=(8,), num_heads=2, num_res_blocks=1
+    )
     models = {0: UNet(model_channels=8, **small), 1: UNet(model_channels=16, **small)}
     group_of = [0] * 30 + [1] * 10
     cost = progressive_cost(ProgressiveDenoiser(models, group_of), 16, 1, sample_steps=5)

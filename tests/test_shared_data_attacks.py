@@ -1,6 +1,7 @@
 """The third round of attacks on shared runs folders, pinned through the real CLI (docs/runs.md, "Files are data";
 issue 28, findings 7, 10, 11 and 12): a parent's base edited in place, forged or oversized `llm-import` records,
 decompression bombs in `eval --images`, a full disk under `report`, run names that carry terminal escapes."""
+
 import hashlib
 import json
 import os
@@ -46,8 +47,10 @@ def test_an_in_place_edit_of_a_parent_base_changes_no_fork_and_fork_and_show_fin
     changed = [line for line in show.stdout.splitlines() if "CHANGED" in line]
     assert len(changed) == 1 and "models/base.pt changed since stage 1 finished" in changed[0], show.stdout
     assert "Traceback" not in show.stdout + show.stderr
-    assert "changed since stage 1 finished" in json.loads(run_cli("show", "p", "--json", *rd, check=0).stdout)[
-        "base_changed"]
+    assert (
+        "changed since stage 1 finished"
+        in json.loads(run_cli("show", "p", "--json", *rd, check=0).stdout)["base_changed"]
+    )
     p = run_cli("fork", "p", "f2", *rd)
     assert_clean_error(p)
     assert "not the one it finished with" in p.stderr and "unfinished" not in p.stderr, p.stderr
@@ -70,9 +73,22 @@ def test_an_in_place_edit_of_a_parent_base_changes_no_fork_and_fork_and_show_fin
 def _call(**changes):
     """A well-formed exported call record (its request key computed as the proxy computes it)."""
     messages, params = [{"role": "user", "content": "hello"}], {"temperature": 0.0, "seed": 0, "max_tokens": 16}
-    rec = {"type": "call", "id": 1, "run": "r", "group_index": 0, "session": "s", "round": 0, "seq": 0,
-           "attempt": 0, "model_asked": "m", "messages": messages, "params": params,
-           "request_key": request_key("m", messages, params), "source": "live", "response_text": "{}"}
+    rec = {
+        "type": "call",
+        "id": 1,
+        "run": "r",
+        "group_index": 0,
+        "session": "s",
+        "round": 0,
+        "seq": 0,
+        "attempt": 0,
+        "model_asked": "m",
+        "messages": messages,
+        "params": params,
+        "request_key": request_key("m", messages, params),
+        "source": "live",
+        "response_text": "{}",
+    }
     return {**rec, **changes}
 
 
@@ -81,23 +97,33 @@ def _big_messages():
     return {"messages": messages, "request_key": request_key("m", messages, _call()["params"])}
 
 
-@pytest.mark.parametrize("bad, says", [
-    (_call(bogus=1), "unknown field 'bogus'"),
-    (_call(seq="zero"), "field 'seq' must be an integer"),
-    (_call(attempt=True), "field 'attempt' must be an integer"),
-    (_call(run=["r"]), "field 'run' must be text"),
-    (_call(seq=1 << 70), "field 'seq' must be an integer within 64 bits"),
-    (_call(params=[1]), "field 'params' must be an object"),
-    (_call(messages="hello"), "field 'messages' must be a list of {role, content} messages"),
-    (_call(response_text="x" * (300 * 1024)), "field 'response_text' is 307200 characters, at most 262144"),
-    (_call(**_big_messages()), "field 'messages' is"),
-    (_call(run="evil\x1b]0;owned\x07"), "printable characters only"),
-    (_call(messages=[{"role": "user", "content": "something else"}]),
-     "request_key does not match its model, messages and params"),
-    ({"type": "round", "run": "r", "group_index": 0, "session": "s", "round": 0, "loss": "low"},
-     "field 'loss' must be a number"),
-    ({"type": "round", "run": "r", "group_index": 0, "session": "s", "round": 0, "extra": 1}, "unknown field 'extra'"),
-])
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (_call(bogus=1), "unknown field 'bogus'"),
+        (_call(seq="zero"), "field 'seq' must be an integer"),
+        (_call(attempt=True), "field 'attempt' must be an integer"),
+        (_call(run=["r"]), "field 'run' must be text"),
+        (_call(seq=1 << 70), "field 'seq' must be an integer within 64 bits"),
+        (_call(params=[1]), "field 'params' must be an object"),
+        (_call(messages="hello"), "field 'messages' must be a list of {role, content} messages"),
+        (_call(response_text="x" * (300 * 1024)), "field 'response_text' is 307200 characters, at most 262144"),
+        (_call(**_big_messages()), "field 'messages' is"),
+        (_call(run="evil\x1b]0;owned\x07"), "printable characters only"),
+        (
+            _call(messages=[{"role": "user", "content": "something else"}]),
+            "request_key does not match its model, messages and params",
+        ),
+        (
+            {"type": "round", "run": "r", "group_index": 0, "session": "s", "round": 0, "loss": "low"},
+            "field 'loss' must be a number",
+        ),
+        (
+            {"type": "round", "run": "r", "group_index": 0, "session": "s", "round": 0, "extra": 1},
+            "unknown field 'extra'",
+        ),
+    ],
+)
 def test_a_bad_llm_import_record_is_refused_in_one_line_naming_file_and_line(tmp_path, bad, says):
     """Line 1 is good, line 2 bad: one line `FILE:2: ...`, exit 2, and nothing of the file is imported."""
     path = tmp_path / "calls.jsonl"
@@ -115,8 +141,22 @@ def test_a_bad_llm_import_record_is_refused_in_one_line_naming_file_and_line(tmp
 
 def _proxy_ready(name, rd):
     """A micro run ready for proxy pruning (the offline local search: no server)."""
-    return _train(name, rd, "-S", "schedule.groups=3", "-S", "model.norm_groups=8", "-S", "prune.images=8",
-                  "-S", "prune.eval_images=4", "-S", "prune.batch_size=2", "-S", "prune.batches=1")
+    return _train(
+        name,
+        rd,
+        "-S",
+        "schedule.groups=3",
+        "-S",
+        "model.norm_groups=8",
+        "-S",
+        "prune.images=8",
+        "-S",
+        "prune.eval_images=4",
+        "-S",
+        "prune.batch_size=2",
+        "-S",
+        "prune.batches=1",
+    )
 
 
 def test_an_imported_answer_serves_replay_only_and_a_forged_request_key_is_refused(runs_dir, tmp_path):
@@ -158,14 +198,19 @@ def test_an_imported_answer_serves_replay_only_and_a_forged_request_key_is_refus
 # -- finding 11: eval --images and report -----------------------------------------------------------------------
 def _png_header_bomb(path, side):
     """A 1-bit PNG of side x side pixels, zeros, a few KiB on disk (a decompression bomb), written row by row."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     z, row, parts = zlib.compressobj(9), b"\0" * (1 + (side + 7) // 8), []
     parts += [z.compress(row) for _ in range(side)]
     idat = b"".join(parts) + z.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_eval_images_skips_decompression_bombs_with_a_warning_and_counts_what_it_skipped(tmp_path):
@@ -229,8 +274,11 @@ def test_report_on_a_full_disk_is_one_line_that_says_so(small_disk):
 @pytest.mark.parametrize("name", ["two\nlines", "title\x1b]0;owned\x07", "tab\there", "rtl\u202eexe.gnp", "bell\x07"])
 def test_a_run_name_with_control_characters_is_refused_in_one_line(runs_dir, name):
     rd = ["--runs-dir", runs_dir]
-    for args in (("train", "--preset", "tiny", "--name", name, "--train-steps", "1", *MICRO),
-                 ("run", "--preset", "tiny", "--name", name), ("import", name, "--from-iddpm", runs_dir / "x.pt")):
+    for args in (
+        ("train", "--preset", "tiny", "--name", name, "--train-steps", "1", *MICRO),
+        ("run", "--preset", "tiny", "--name", name),
+        ("import", name, "--from-iddpm", runs_dir / "x.pt"),
+    ):
         p = run_cli(*args, *rd)
         assert_clean_error(p)
         assert "printable characters only" in p.stderr and "\x1b" not in p.stderr and "\x07" not in p.stderr, p.stderr

@@ -1,6 +1,7 @@
 """Stage jobs on a real single-node Slurm (``tests/slurm_cluster.py``), submitted through submitit: a run end to
 end with its group jobs as job arrays, jobs that never open the store, a job cancelled from outside and resumed
 from its checkpoint, a job stopped by Slurm's time-limit signal and submitted again, and bad input."""
+
 import json
 import os
 import re
@@ -13,13 +14,42 @@ import pytest
 from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
 from tests.slurm_cluster import Cluster, missing
 
-pytestmark = [pytest.mark.skipif(bool(missing()), reason=missing() or "Slurm available"),
-              pytest.mark.xdist_group("slurm")]  # one test cluster: every test of this file on one worker
+pytestmark = [
+    pytest.mark.skipif(bool(missing()), reason=missing() or "Slurm available"),
+    pytest.mark.xdist_group("slurm"),
+]  # one test cluster: every test of this file on one worker
 
-FAST = [*MICRO, "-S", "train.steps=4", "-S", "finetune.steps=2", "-S", "finetune.batch_size=8",
-        "-S", "schedule.groups=2", "-S", "prune.method=magnitude", "-S", "prune.images=16", "-S", "prune.eval_images=8",
-        "-S", "prune.batches=1", "-S", "prune.batch_size=8", "-S", "sample.n=4", "-S", "sample.steps=3",
-        "-S", "eval.loss_images=16", "-S", "eval.fid_n=8", "-S", "eval.steps=3"]
+FAST = [
+    *MICRO,
+    "-S",
+    "train.steps=4",
+    "-S",
+    "finetune.steps=2",
+    "-S",
+    "finetune.batch_size=8",
+    "-S",
+    "schedule.groups=2",
+    "-S",
+    "prune.method=magnitude",
+    "-S",
+    "prune.images=16",
+    "-S",
+    "prune.eval_images=8",
+    "-S",
+    "prune.batches=1",
+    "-S",
+    "prune.batch_size=8",
+    "-S",
+    "sample.n=4",
+    "-S",
+    "sample.steps=3",
+    "-S",
+    "eval.loss_images=16",
+    "-S",
+    "eval.fid_n=8",
+    "-S",
+    "eval.steps=3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +72,24 @@ def _store(runs_dir):
 def test_a_run_on_slurm_end_to_end_with_each_group_stage_as_one_job_array(cluster, runs_dir):
     """Every stage job is a Slurm job, the group jobs of a stage one array; every job wrote its journal and none
     opened the store (they run with STEPADAPT_NO_STORE: one that tried would have failed)."""
-    p = slurm_cli(cluster, "run", "--preset", "tiny", "--name", "s", "--launcher", "slurm", "--partition", "debug",
-                  "--cpus-per-job", "1", *FAST, "--runs-dir", runs_dir, check=0)
+    p = slurm_cli(
+        cluster,
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "s",
+        "--launcher",
+        "slurm",
+        "--partition",
+        "debug",
+        "--cpus-per-job",
+        "1",
+        *FAST,
+        "--runs-dir",
+        runs_dir,
+        check=0,
+    )
     assert "submitted to Slurm" in p.stderr and "time limit UNLIMITED, no --time: the partition's" in p.stderr
     scripts = list((runs_dir / "s" / "jobs" / "slurm").rglob("*_submission.sh"))
     assert scripts and not any("--time" in f.read_text() for f in scripts)  # no limit of ours: the partition's
@@ -72,9 +118,27 @@ def test_a_run_on_slurm_end_to_end_with_each_group_stage_as_one_job_array(cluste
 def _start_run(cluster, name, settings, rd) -> subprocess.Popen:
     """`stepadapt run --launcher slurm` in the background (the test acts on the cluster meanwhile)."""
     env = {**os.environ, "SLURM_CONF": str(cluster.conf), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "stepadapt_cli.main", "run", "--preset", "tiny", "--name", name,
-                             "--launcher", "slurm", *settings, *rd], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stepadapt_cli.main",
+            "run",
+            "--preset",
+            "tiny",
+            "--name",
+            name,
+            "--launcher",
+            "slurm",
+            *settings,
+            *rd,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait(cond, timeout, what):
@@ -88,14 +152,28 @@ def _wait(cond, timeout, what):
 
 
 def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resumes_from_its_checkpoint(
-        cluster, runs_dir):
+    cluster, runs_dir
+):
     """Slurm's time-limit warning (SIGUSR2, sent here with scancel --signal) makes a fine-tune checkpoint and
     report ``preempted``; the orchestrator submits it again and it continues. ``scancel`` of the job from outside
     stops it ``killed`` (checkpointed on SIGTERM) and the run with it; ``resume`` finishes it, and its curve
     has every logged step once."""
     rd = ["--runs-dir", runs_dir]
-    long = [*FAST, "-S", "finetune.steps=200", "-S", "schedule.groups=1", "-S", "train.ckpt_every=20",
-            "-S", "train.log_every=10", "-S", "prune.method=none", "--time", "30"]
+    long = [
+        *FAST,
+        "-S",
+        "finetune.steps=200",
+        "-S",
+        "schedule.groups=1",
+        "-S",
+        "train.ckpt_every=20",
+        "-S",
+        "train.log_every=10",
+        "-S",
+        "prune.method=none",
+        "--time",
+        "30",
+    ]
     store = _store(runs_dir)
     proc = _start_run(cluster, "c", long, rd)
 
@@ -110,8 +188,11 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     listed = json.loads(slurm_cli(cluster, "runs", "--json", *rd, check=0).stdout)
     assert f"{first['slurm_job']} running" in next(r for r in listed if r["name"] == "c")["slurm"]
     cluster.run("scancel", "--signal=USR2", first["slurm_job"])
-    second = _wait(lambda: (lambda j: j if j and j["id"] != first["id"] else None)(finetune(1)), 120,
-                   "the fine-tune submitted again")
+    second = _wait(
+        lambda: (lambda j: j if j and j["id"] != first["id"] else None)(finetune(1)),
+        120,
+        "the fine-tune submitted again",
+    )
     again = store.job(first["id"])
     assert again["status"] == "preempted" and "SIGUSR2" in again["message"]
     _wait(lambda: (store.job(second["id"]) or {}).get("progress", 0) > again["progress"], 120, "progress past it")
@@ -130,13 +211,15 @@ def test_a_signalled_job_checkpoints_and_is_resubmitted_and_a_cancelled_one_resu
     assert steps == list(range(10, 201, 10))  # every logged step once: nothing lost, nothing twice
     assert store.get_run("c")["status"] == "succeeded"
     scripts = list((runs_dir / "c" / "jobs" / "slurm").rglob("*_submission.sh"))
-    assert scripts and all(re.findall(r"^#SBATCH --time=.*$", f.read_text(), re.M) == ["#SBATCH --time=30"]
-                           for f in scripts)  # the user's limit, exactly
+    assert scripts and all(
+        re.findall(r"^#SBATCH --time=.*$", f.read_text(), re.M) == ["#SBATCH --time=30"] for f in scripts
+    )  # the user's limit, exactly
     assert all(j["slurm_time"] == "30:00" for j in store.jobs("c") if j["stage"] != "pipeline")
 
 
 def test_a_stage_that_cannot_checkpoint_stopped_by_its_time_limit_is_one_line_not_a_resubmission_loop(
-        cluster, runs_dir):
+    cluster, runs_dir
+):
     """Slurm's time-limit warning (SIGUSR2) to a sample job: it cannot checkpoint mid-way, so submitting it again
     would start it from nothing and meet the same limit; the run stops at once, saying how to give it more time."""
     rd = ["--runs-dir", runs_dir]
@@ -166,8 +249,19 @@ def test_the_controller_going_away_mid_run_loses_no_job_and_the_run_completes(cl
     """slurmctld stops for 20 s while a fine-tune is submitted: the orchestrator says it does not answer, keeps
     the jobs' states from their journals, marks none lost, says when it answers again, and the run completes."""
     rd = ["--runs-dir", runs_dir]
-    long = [*FAST, "-S", "finetune.steps=100", "-S", "schedule.groups=1", "-S", "prune.method=none",
-            "-S", "control.enabled=false", "-S", "eval.fid=false"]
+    long = [
+        *FAST,
+        "-S",
+        "finetune.steps=100",
+        "-S",
+        "schedule.groups=1",
+        "-S",
+        "prune.method=none",
+        "-S",
+        "control.enabled=false",
+        "-S",
+        "eval.fid=false",
+    ]
     store = _store(runs_dir)
     proc = _start_run(cluster, "t", long, rd)
     _wait(lambda: [j for j in store.jobs("t") if j["stage"] == "finetune"], 240, "the fine-tune job")
@@ -190,13 +284,15 @@ def test_slurm_bad_input_is_one_line_and_loses_nothing(cluster, runs_dir, tmp_pa
     assert "sbatch" in p.stderr and "not found" in p.stderr
     assert not (runs_dir / "np").exists()
     # an unknown partition: sbatch's own words; the run stays resumable
-    p = slurm_cli(cluster, "run", "--preset", "tiny", "--name", "bp", "--launcher", "slurm", "--partition", "nosuch",
-                  *FAST, *rd)
+    p = slurm_cli(
+        cluster, "run", "--preset", "tiny", "--name", "bp", "--launcher", "slurm", "--partition", "nosuch", *FAST, *rd
+    )
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "invalid partition" in p.stderr.lower() or "nosuch" in p.stderr
     assert (runs_dir / "bp" / "config.json").exists()
-    p = slurm_cli(cluster, "run", "--preset", "tiny", "--name", "bs", "--launcher", "slurm", "--sbatch", "novalue",
-                  *FAST, *rd)
+    p = slurm_cli(
+        cluster, "run", "--preset", "tiny", "--name", "bs", "--launcher", "slurm", "--sbatch", "novalue", *FAST, *rd
+    )
     assert_clean_error(p)
     assert "KEY=VALUE" in p.stderr
     # a resume may change where the rest runs, not what it is

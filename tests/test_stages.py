@@ -1,5 +1,6 @@
 """What is left to do has one answer: for each state of a run folder, the stages that `runs`, `show` and the
 TUI call done are exactly those `resume` skips, and the stages it runs are the ones shown not done."""
+
 import json
 import os
 import shutil
@@ -23,11 +24,28 @@ from core.training.data import load_dataset
 from core.training.loop import train
 from tests.conftest import run_cli
 
-MICRO = ["model.model_channels=16", "model.channel_mult=[1,2]", "model.attention_resolutions=[16]",
-         "model.num_heads=2", "diffusion.steps=100", "train.batch_size=8", "train.steps=4", "finetune.steps=2",
-         "finetune.batch_size=8", "schedule.groups=3", "prune.method=magnitude", "prune.images=16",
-         "prune.eval_images=8", "prune.batches=1", "prune.batch_size=8", "sample.n=4", "sample.steps=5",
-         "eval.loss_images=16", "eval.fid_n=8", "eval.steps=3"]
+MICRO = [
+    "model.model_channels=16",
+    "model.channel_mult=[1,2]",
+    "model.attention_resolutions=[16]",
+    "model.num_heads=2",
+    "diffusion.steps=100",
+    "train.batch_size=8",
+    "train.steps=4",
+    "finetune.steps=2",
+    "finetune.batch_size=8",
+    "schedule.groups=3",
+    "prune.method=magnitude",
+    "prune.images=16",
+    "prune.eval_images=8",
+    "prune.batches=1",
+    "prune.batch_size=8",
+    "sample.n=4",
+    "sample.steps=5",
+    "eval.loss_images=16",
+    "eval.fid_n=8",
+    "eval.steps=3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +55,9 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     cfg = C.resolve("tiny", None, MICRO)
     run = create_run(cfg, "full", root)
-    train(base_spec(run, cfg), build_unet(cfg["model"], seed=0), create_diffusion(cfg), load_dataset(cfg),
-          progress=False)
+    train(
+        base_spec(run, cfg), build_unet(cfg["model"], seed=0), create_diffusion(cfg), load_dataset(cfg), progress=False
+    )
     run_schedule(run)
     prune_groups(run, log=lambda s: None)
     finetune_groups(run, progress=False, log=lambda s: None)
@@ -58,6 +77,7 @@ def _rm(*names):
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
+
     return change
 
 
@@ -65,6 +85,7 @@ def _touch_newer(name):
     def change(run: Run):
         t = time.time() + 5
         os.utime(run.path / name, (t, t))
+
     return change
 
 
@@ -74,6 +95,7 @@ def _config(key, value):
         section, k = key.split(".")
         cfg[section][k] = value
         (run.path / "config.json").write_text(json.dumps(cfg))
+
     return change
 
 
@@ -83,8 +105,17 @@ def _other_sample_steps(run: Run):
 
 
 PIPELINE = [s for s in STAGES if s not in OPTIONAL_STAGES]  # the controls at equal inference cost are off here
-LATER = ["schedule.json", "prune", "models/group00.pt", "models/group01.pt", "models/group02.pt",
-         "models/progressive.pt", "models/control.pt", "samples", "eval.json"]
+LATER = [
+    "schedule.json",
+    "prune",
+    "models/group00.pt",
+    "models/group01.pt",
+    "models/group02.pt",
+    "models/progressive.pt",
+    "models/control.pt",
+    "samples",
+    "eval.json",
+]
 STATES = {  # state -> (how to get it from the finished folder, the stages left to do)
     "finished": ([], []),
     "nothing yet": ([_rm("models", "checkpoints", *LATER)], PIPELINE),
@@ -135,8 +166,10 @@ def test_resume_runs_exactly_the_stage_the_listing_shows_pending(finished, tmp_p
     assert set(json.loads(run_cli("show", "full", "--json", *rd, check=0).stdout)["stages"].values()) == {"done"}
 
 
-@pytest.mark.parametrize("slots, batch, ranks", [(["cpu", "cpu"], 8, 2), (["cpu"], 8, 1), (["cpu", "cpu"], 1, 1),
-                                                 (["cuda:0", "cuda:1"], 8, 2)])
+@pytest.mark.parametrize(
+    "slots, batch, ranks",
+    [(["cpu", "cpu"], 8, 2), (["cpu"], 8, 1), (["cpu", "cpu"], 1, 1), (["cuda:0", "cuda:1"], 8, 2)],
+)
 def test_stage_one_and_the_control_train_on_every_slot_when_each_rank_gets_images(tmp_path, slots, batch, ranks):
     """Whole-run training stages take every slot (DDP) when there are several and the batch has an image for
     each; group stages and the rest of the whole-run stages are one process."""

@@ -1,4 +1,5 @@
 """Studies: the paper's tables as sets of runs forking one base, resumable as a whole, reported beside the paper."""
+
 import json
 import re
 import signal
@@ -18,23 +19,41 @@ EXPECTED_ARMS = {
     "table1": {"method": {"prune.method": "proxy"}},
     "table2": {"two-stage": {"prune.method": "none"}},
     "table3": {k: {"schedule.kind": k} for k in ("snr", "constant", "increasing", "decreasing")},
-    "table4": {**{m: {"prune.method": m, "schedule.groups": 1} for m in ("random", "magnitude", "taylor", "diff", "proxy")},
-               "scratch": {"prune.method": "scratch", "prune.scratch_from": "table4-tiny-proxy"}},
+    "table4": {
+        **{m: {"prune.method": m, "schedule.groups": 1} for m in ("random", "magnitude", "taylor", "diff", "proxy")},
+        "scratch": {"prune.method": "scratch", "prune.scratch_from": "table4-tiny-proxy"},
+    },
     "table5": {f"g{n}": {"schedule.groups": n, "prune.method": "none"} for n in (4, 8, 10, 15, 20)},
     "table6": {m: {"prune.method": m} for m in ("random", "magnitude", "proxy")},
-    "fig8": {"two-stage": {"prune.method": "none"},
-             "single-stage": {"finetune.single_stage": True, "finetune.steps": 250}},
+    "fig8": {
+        "two-stage": {"prune.method": "none"},
+        "single-stage": {"finetune.single_stage": True, "finetune.steps": 250},
+    },
     "fig7": {"proxy": {"prune.proposals": 3, "prune.rounds": 5}},
-    "fig6": {"last": {"finetune.eval_every": 50, "finetune.keep": "last", "finetune.fid_n": 256},
-             "best": {"finetune.eval_every": 50, "finetune.keep": "best"}},
-    "levers": {"g2": {"schedule.groups": 2, "finetune.steps": 500}, "g3": {"schedule.groups": 3},
-               "g5": {"schedule.groups": 5}, "g10": {"schedule.groups": 10, "finetune.steps": 100},
-               "reversed": {"schedule.kind": "snr-reversed", "control.uniform": True},
-               "distill": {"finetune.distill": 1.0, "prune.method": "proxy"}},
-    "convergence": {**{f"{kind}{step}": {"prune.method": method} for step in (1500, 3000, 6000, 12000, 24000)
-                       for kind, method in (("p", "proxy"), ("t", "none"))},
-                    **{f"{kind}40000-s{seed}": {"prune.method": method, "seed": seed} for seed in (0, 1, 2)
-                       for kind, method in (("p", "proxy"), ("t", "none"))}},
+    "fig6": {
+        "last": {"finetune.eval_every": 50, "finetune.keep": "last", "finetune.fid_n": 256},
+        "best": {"finetune.eval_every": 50, "finetune.keep": "best"},
+    },
+    "levers": {
+        "g2": {"schedule.groups": 2, "finetune.steps": 500},
+        "g3": {"schedule.groups": 3},
+        "g5": {"schedule.groups": 5},
+        "g10": {"schedule.groups": 10, "finetune.steps": 100},
+        "reversed": {"schedule.kind": "snr-reversed", "control.uniform": True},
+        "distill": {"finetune.distill": 1.0, "prune.method": "proxy"},
+    },
+    "convergence": {
+        **{
+            f"{kind}{step}": {"prune.method": method}
+            for step in (1500, 3000, 6000, 12000, 24000)
+            for kind, method in (("p", "proxy"), ("t", "none"))
+        },
+        **{
+            f"{kind}40000-s{seed}": {"prune.method": method, "seed": seed}
+            for seed in (0, 1, 2)
+            for kind, method in (("p", "proxy"), ("t", "none"))
+        },
+    },
 }
 
 
@@ -92,10 +111,37 @@ rows:
   - {label: "unpruned groups", arm: a, model: progressive, paper: [3.52]}
   - {label: "magnitude", arm: b, model: progressive, paper: [3.88]}
 """
-FAST = [*MICRO, "-S", "train.steps=10", "-S", "train.log_every=5", "-S", "finetune.steps=4", "-S", "finetune.batch_size=8",
-        "-S", "control.enabled=false", "-S", "prune.images=16", "-S", "prune.eval_images=16", "-S", "prune.batches=1",
-        "-S", "prune.batch_size=8", "-S", "sample.n=4", "-S", "sample.steps=3", "-S", "eval.loss_images=16",
-        "-S", "eval.fid=false", "-S", "eval.steps=3"]
+FAST = [
+    *MICRO,
+    "-S",
+    "train.steps=10",
+    "-S",
+    "train.log_every=5",
+    "-S",
+    "finetune.steps=4",
+    "-S",
+    "finetune.batch_size=8",
+    "-S",
+    "control.enabled=false",
+    "-S",
+    "prune.images=16",
+    "-S",
+    "prune.eval_images=16",
+    "-S",
+    "prune.batches=1",
+    "-S",
+    "prune.batch_size=8",
+    "-S",
+    "sample.n=4",
+    "-S",
+    "sample.steps=3",
+    "-S",
+    "eval.loss_images=16",
+    "-S",
+    "eval.fid=false",
+    "-S",
+    "eval.steps=3",
+]
 
 
 def _status(runs_dir, name):
@@ -122,16 +168,33 @@ def test_a_study_stopped_midway_resumes_without_rerunning_finished_runs(tmp_path
     finishes b, leaves a alone, and the table and report show both beside the paper's numbers."""
     spec = tmp_path / "two.yaml"
     spec.write_text(STUDY)
-    args = [sys.executable, "-m", "stepadapt_cli.main", "study", str(spec), "--name", "s", *FAST,
-            "--runs-dir", str(runs_dir)]
+    args = [
+        sys.executable,
+        "-m",
+        "stepadapt_cli.main",
+        "study",
+        str(spec),
+        "--name",
+        "s",
+        *FAST,
+        "--runs-dir",
+        str(runs_dir),
+    ]
     # Ctrl-C's SIGINT as a terminal delivers it: a test run started in the background (`make test &`) passes
     # SIGINT on ignored, and an ignored SIGINT stops nothing
-    p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and not (_status(runs_dir, "s-a") == "succeeded"
-                                          and _status(runs_dir, "s-b") == "running"):
+    while time.time() < deadline and not (
+        _status(runs_dir, "s-a") == "succeeded" and _status(runs_dir, "s-b") == "running"
+    ):
         assert p.poll() is None, p.communicate()
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
@@ -165,8 +228,21 @@ def test_scratch_takes_another_runs_architecture_and_none_of_the_base_weights(ru
     from core.runs import open_run
 
     rd = ["--runs-dir", runs_dir]
-    small = [*MICRO, "-S", "schedule.groups=1", "-S", "schedule.kind=constant", "-S", "prune.images=16",
-             "-S", "prune.eval_images=16", "-S", "prune.batches=1", "-S", "prune.batch_size=8"]
+    small = [
+        *MICRO,
+        "-S",
+        "schedule.groups=1",
+        "-S",
+        "schedule.kind=constant",
+        "-S",
+        "prune.images=16",
+        "-S",
+        "prune.eval_images=16",
+        "-S",
+        "prune.batches=1",
+        "-S",
+        "prune.batch_size=8",
+    ]
     run_cli("train", "--preset", "tiny", "--run", "src", "--steps", "5", *small, *rd, check=0)
     run_cli("prune", "src", "--method", "magnitude", *rd, check=0)
     p = run_cli("fork", "src", "scr", "-S", "prune.method=scratch", *rd)
@@ -194,8 +270,19 @@ def test_scratch_takes_another_runs_architecture_and_none_of_the_base_weights(ru
 def test_single_stage_trains_no_base_and_every_group_from_fresh_weights(runs_dir):
     """`run --single-stage`: stage 1 and the control are skipped, each group's model starts from fresh weights,
     and the evaluation counts only the groups' steps."""
-    p = run_cli("run", "--preset", "tiny", "--name", "one", "--single-stage", *FAST, "-S", "schedule.groups=2",
-                "--runs-dir", runs_dir)
+    p = run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "one",
+        "--single-stage",
+        *FAST,
+        "-S",
+        "schedule.groups=2",
+        "--runs-dir",
+        runs_dir,
+    )
     assert p.returncode == 0, p.stderr
     run = runs_dir / "one"
     assert not (run / "models" / "base.pt").exists() and not (run / "models" / "control.pt").exists()
@@ -207,8 +294,9 @@ def test_single_stage_trains_no_base_and_every_group_from_fresh_weights(runs_dir
     assert ev["models"]["progressive"]["train_steps"] == 4 * len(groups)  # the groups' own steps, no base
     shown = json.loads(run_cli("show", "one", "--json", "--runs-dir", runs_dir, check=0).stdout)
     assert shown["stages"]["base"] == "skipped" and shown["stages"]["control"] == "skipped"
-    p = run_cli("run", "--preset", "tiny", "--name", "two", "--single-stage", "--method", "magnitude",
-                "--runs-dir", runs_dir)
+    p = run_cli(
+        "run", "--preset", "tiny", "--name", "two", "--single-stage", "--method", "magnitude", "--runs-dir", runs_dir
+    )
     assert p.returncode == 2 and "single_stage" in p.stderr and not (runs_dir / "two").exists()
 
 
@@ -248,32 +336,61 @@ def test_the_fid_vs_macs_plot_draws_a_base_shared_by_arms_once_and_keeps_distinc
             os.link(base, r.model("base"))  # as `fork` shares it
         r.model("control").write_bytes(f"control of {r.name}".encode())
         r.model("progressive").write_bytes(f"progressive of {r.name}".encode())
-        r.eval_file().write_text(json.dumps({"models": {
-            "base": row, "control": {**row, "fid": 0.12}, "progressive": {**row, "fid": 0.25 + i, "macs": 1.7e8}}}))
+        r.eval_file().write_text(
+            json.dumps(
+                {
+                    "models": {
+                        "base": row,
+                        "control": {**row, "fid": 0.12},
+                        "progressive": {**row, "fid": 0.25 + i, "macs": 1.7e8},
+                    }
+                }
+            )
+        )
     labels = [p[0] for p in _distinct_points(runs)]
-    assert labels == ["base (shared by 2 runs)", "arm-a/control", "arm-a/progressive", "arm-b/control",
-                      "arm-b/progressive"]
+    assert labels == [
+        "base (shared by 2 runs)",
+        "arm-a/control",
+        "arm-a/progressive",
+        "arm-b/control",
+        "arm-b/progressive",
+    ]
     assert plot_fid_macs(runs, runs_dir / "fid_macs.png") and (runs_dir / "fid_macs.png").stat().st_size > 1000
 
 
 def _study_file(tmp_path, arms="  - {name: a, set: {prune.method: none}}\n", rows=None, top="", file="study"):
     """A study definition with these arms (YAML lines) and rows (default: one of arm a)."""
     path = tmp_path / f"{file}.yaml"
-    path.write_text(f"title: t\n{top}arms:\n{arms}rows:\n"
-                    f"{rows or '  - {label: r, arm: a, model: progressive}'}\n")
+    path.write_text(f"title: t\n{top}arms:\n{arms}rows:\n{rows or '  - {label: r, arm: a, model: progressive}'}\n")
     return path
 
 
-@pytest.mark.parametrize("arms,rows,top,said", [
-    ("  - {name: a, sett: {prune.method: magnitude}}\n", None, "", "unknown key 'sett'; did you mean 'set'?"),
-    ("  - {name: a}\n", None, "titel: x\n", "unknown key 'titel'; did you mean 'title'?"),
-    ("  - {name: a}\n", "  - {label: r, arm: a, modle: progressive}", "", "unknown key 'modle'; did you mean 'model'?"),
-    ("  - {name: a, set: 3}\n", None, "", "'set' must be a table of settings"),
-    ("  - {name: a}\n", "  - {label: r, arm: a, model: progressive, paper: 4.08}", "paper_columns: [FID]\n",
-     "needs a list of 1 paper values"),
-    ("".join(f"  - {{name: a{i}}}\n" for i in range(65)).replace("a0", "a"), None, "",
-     "65 arms asked for, at most 64"),
-])
+@pytest.mark.parametrize(
+    "arms,rows,top,said",
+    [
+        ("  - {name: a, sett: {prune.method: magnitude}}\n", None, "", "unknown key 'sett'; did you mean 'set'?"),
+        ("  - {name: a}\n", None, "titel: x\n", "unknown key 'titel'; did you mean 'title'?"),
+        (
+            "  - {name: a}\n",
+            "  - {label: r, arm: a, modle: progressive}",
+            "",
+            "unknown key 'modle'; did you mean 'model'?",
+        ),
+        ("  - {name: a, set: 3}\n", None, "", "'set' must be a table of settings"),
+        (
+            "  - {name: a}\n",
+            "  - {label: r, arm: a, model: progressive, paper: 4.08}",
+            "paper_columns: [FID]\n",
+            "needs a list of 1 paper values",
+        ),
+        (
+            "".join(f"  - {{name: a{i}}}\n" for i in range(65)).replace("a0", "a"),
+            None,
+            "",
+            "65 arms asked for, at most 64",
+        ),
+    ],
+)
 def test_a_study_file_with_an_unknown_key_or_too_many_arms_is_one_line(tmp_path, runs_dir, arms, rows, top, said):
     """Finding 9: an arm's `sett:` (for `set:`) was ignored, and the arm ran with the parent's pruning method; a
     10,000-arm file made hundreds of forks unasked. Both are one line now, before anything is written (`--base`
@@ -291,8 +408,12 @@ def test_a_study_file_with_an_unknown_key_or_too_many_arms_is_one_line(tmp_path,
 def test_every_arm_name_and_the_study_id_are_checked_before_anything_is_written(tmp_path, runs_dir, name):
     """Finding 9: an arm named `../../esc` was found only after study.json and two forks existed, and every
     `study resume` failed. Arm names and the study id are plain run-name parts, checked first."""
-    path = _study_file(tmp_path, arms=f"  - {{name: ok}}\n  - {{name: {json.dumps(name)}}}\n",
-                       rows="  - {label: r, arm: ok, model: progressive}", file="bad")
+    path = _study_file(
+        tmp_path,
+        arms=f"  - {{name: ok}}\n  - {{name: {json.dumps(name)}}}\n",
+        rows="  - {label: r, arm: ok, model: progressive}",
+        file="bad",
+    )
     with pytest.raises(UserError, match="is not a plain name"):
         load_definition(str(path))
     defn = load_definition(str(_study_file(tmp_path)))
@@ -328,10 +449,34 @@ def test_a_study_forks_its_arms_from_milestones_of_its_own_base(tmp_path, runs_d
 
     spec = tmp_path / "m.yaml"
     spec.write_text(MILESTONES)
-    run_cli("study", str(spec), "--name", "m", *MICRO,
-            "-S", "finetune.steps=2", "-S", "finetune.batch_size=8", "-S", "control.enabled=false",
-            "-S", "sample.n=4", "-S", "sample.steps=3", "-S", "eval.loss_images=16", "-S", "eval.fid=false",
-            "-S", "eval.steps=3", "-S", "schedule.groups=2", "--runs-dir", runs_dir, check=0)
+    run_cli(
+        "study",
+        str(spec),
+        "--name",
+        "m",
+        *MICRO,
+        "-S",
+        "finetune.steps=2",
+        "-S",
+        "finetune.batch_size=8",
+        "-S",
+        "control.enabled=false",
+        "-S",
+        "sample.n=4",
+        "-S",
+        "sample.steps=3",
+        "-S",
+        "eval.loss_images=16",
+        "-S",
+        "eval.fid=false",
+        "-S",
+        "eval.steps=3",
+        "-S",
+        "schedule.groups=2",
+        "--runs-dir",
+        runs_dir,
+        check=0,
+    )
     base = json.loads((runs_dir / "m-base" / "config.json").read_text())["train"]
     assert base["steps"] == 10 and base["keep"] == [5]
     early = json.loads((runs_dir / "m-early" / "meta.json").read_text())["base"]
@@ -364,20 +509,30 @@ def test_an_arm_with_seeds_is_one_run_per_seed_and_its_row_aggregates_them_as_wo
     from core.manager.studies import over_seeds, results
 
     spec = tmp_path / "seeds.yaml"
-    spec.write_text("title: seeds\narms:\n  - {name: a, seeds: [0, 1, 2], set: {prune.method: none}}\n"
-                    "rows:\n  - {label: over seeds, arm: a, model: progressive}\n")
+    spec.write_text(
+        "title: seeds\narms:\n  - {name: a, seeds: [0, 1, 2], set: {prune.method: none}}\n"
+        "rows:\n  - {label: over seeds, arm: a, model: progressive}\n"
+    )
     defn = load_definition(str(spec))
-    assert [(a["name"], a["set"]) for a in defn["arms"]] == [(f"a-s{i}", {"prune.method": "none", "seed": i})
-                                                            for i in range(3)]
+    assert [(a["name"], a["set"]) for a in defn["arms"]] == [
+        (f"a-s{i}", {"prune.method": "none", "seed": i}) for i in range(3)
+    ]
     rec = create_study(defn, "sd", "tiny", None, [], runs_dir)
     assert rec["arms"] == {f"a-s{i}": f"sd-a-s{i}" for i in range(3)}
     for i, fid in enumerate((1.0, 2.0, 3.0)):
         run = runs_dir / f"sd-a-s{i}"
         run.mkdir()
         (run / "config.json").write_text(json.dumps(C.resolve("tiny", None, [f"seed={i}"])))
-        (run / "eval.json").write_text(json.dumps({"models": {
-            "progressive": {"fid": fid, "fid_ci": [fid - 0.5, fid + 0.5], "macs": 7.0},
-            "base": {"macs": 10.0}}}))
+        (run / "eval.json").write_text(
+            json.dumps(
+                {
+                    "models": {
+                        "progressive": {"fid": fid, "fid_ci": [fid - 0.5, fid + 0.5], "macs": 7.0},
+                        "base": {"macs": 10.0},
+                    }
+                }
+            )
+        )
     row = results(rec, runs_dir)["rows"][0]
     assert row["seeds"] == 3 and row["fid"] == pytest.approx(2.0) and row["fid_sd"] == pytest.approx(1.0)
     assert row["fid_ci"] == pytest.approx([-0.484138, 4.484138], abs=1e-6)

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from core import config as C
-from core.training.data import load_dataset
-from core.model.diffusion import create_diffusion
-from core.runs import create_run
-from core.training.devices import bf16_native
-from core.training.loop import TrainSpec, train
 from core.method.artifacts import load_unet
 from core.method.fields import artifact_fields
+from core.model.diffusion import create_diffusion
 from core.model.unet import build_unet
+from core.runs import create_run
+from core.training.data import load_dataset
+from core.training.devices import bf16_native
+from core.training.loop import TrainSpec, train
 from tests.conftest import MICRO, REPO, run_cli
 
 
@@ -28,9 +28,20 @@ def micro_cfg():
 
 def spec_for(run, cfg, steps, ckpt_every=1000):
     t = cfg["train"]
-    return TrainSpec(name="base", ckpt=run.ckpt("base"), model_out=run.model("base"), metrics=run.metrics("base"),
-                     steps=steps, batch_size=t["batch_size"], lr=t["lr"], ema_decay=t["ema_decay"], seed=cfg["seed"],
-                     log_every=1, ckpt_every=ckpt_every, extra={"arch": cfg["model"]})
+    return TrainSpec(
+        name="base",
+        ckpt=run.ckpt("base"),
+        model_out=run.model("base"),
+        metrics=run.metrics("base"),
+        steps=steps,
+        batch_size=t["batch_size"],
+        lr=t["lr"],
+        ema_decay=t["ema_decay"],
+        seed=cfg["seed"],
+        log_every=1,
+        ckpt_every=ckpt_every,
+        extra={"arch": cfg["model"]},
+    )
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(runs_dir):
@@ -88,8 +99,23 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     """`train` is a tracked job: while it runs, `runs` shows the run running with its progress; Ctrl-C
     checkpoints and leaves it killed (exit 130), resumable; the resume ends the job succeeded."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    args = [sys.executable, "-m", "stepadapt_cli.main", "train", "--preset", "tiny", "--run", "sig", "--runs-dir",
-            str(runs_dir), "--steps", "100000", *MICRO, "-S", "train.log_every=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "stepadapt_cli.main",
+        "train",
+        "--preset",
+        "tiny",
+        "--run",
+        "sig",
+        "--runs-dir",
+        str(runs_dir),
+        "--steps",
+        "100000",
+        *MICRO,
+        "-S",
+        "train.log_every=1",
+    ]
     p = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = runs_dir / "sig" / "metrics" / "base.jsonl"
     deadline = time.time() + 120
@@ -149,13 +175,21 @@ def test_ddp_on_two_ranks_and_grad_accumulation_match_one_process(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    runs = {"one": [sys.executable, str(script)],
-            "accum": [sys.executable, str(script)],
-            "ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]}
+    runs = {
+        "one": [sys.executable, str(script)],
+        "accum": [sys.executable, str(script)],
+        "ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+    }
     for name, cmd in runs.items():
         (tmp_path / name).mkdir()
-        p = subprocess.run([*cmd, str(tmp_path / name), "2" if name == "accum" else "1"], env=env, cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [*cmd, str(tmp_path / name), "2" if name == "accum" else "1"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
     ref = torch.load(tmp_path / "one" / "m.pt", weights_only=True)["state"]
     for name in ("accum", "ddp"):
@@ -188,8 +222,9 @@ def test_ema_warmup_keeps_little_of_the_starting_weights_after_a_short_fine_tune
         init = {k: v.clone() for k, v in start.state_dict().items()}
         train(spec, start, diff, data, progress=False)
         st = torch.load(run.ckpt("base"), weights_only=True)
-        dist[warm] = sum(((st["ema"][k] - st["model"][k]) ** 2).sum().item() for k in init
-                         if init[k].is_floating_point())
+        dist[warm] = sum(
+            ((st["ema"][k] - st["model"][k]) ** 2).sum().item() for k in init if init[k].is_floating_point()
+        )
     assert dist[True] < dist[False] / 4
 
 
@@ -197,9 +232,28 @@ def test_finetune_measures_held_out_loss_every_n_steps_keeps_the_best_and_resume
     """finetune.eval_every: the group's held-out loss at step 0 (just pruned) and every N steps, continued without
     repeats by a longer fine-tune; the best weights kept, and used by the progressive model with keep best."""
     rd = ["--runs-dir", runs_dir]
-    run_cli("train", "--preset", "tiny", "--run", "ft", "--steps", "4", *MICRO, "-S", "schedule.groups=2",
-            "-S", "finetune.eval_every=2", "-S", "finetune.keep=best", "-S", "finetune.batch_size=8",
-            "-S", "eval.loss_images=16", *rd, check=0)
+    run_cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--run",
+        "ft",
+        "--steps",
+        "4",
+        *MICRO,
+        "-S",
+        "schedule.groups=2",
+        "-S",
+        "finetune.eval_every=2",
+        "-S",
+        "finetune.keep=best",
+        "-S",
+        "finetune.batch_size=8",
+        "-S",
+        "eval.loss_images=16",
+        *rd,
+        check=0,
+    )
     run_cli("finetune", "ft", "--steps", "4", *rd, check=0)
     run_cli("finetune", "ft", "--steps", "6", *rd, check=0)
     run = runs_dir / "ft"
@@ -212,7 +266,7 @@ def test_finetune_measures_held_out_loss_every_n_steps_keeps_the_best_and_resume
         kept = torch.load(run / "models" / "best" / path.name.replace(".jsonl", ".pt"), weights_only=True)
         assert kept["step"] == best["step"] and kept["best_value"] == best["value"]
     prog = torch.load(run / "models" / "progressive.pt", weights_only=True)
-    g = int(curves[0].stem[len("group"):])
+    g = int(curves[0].stem[len("group") :])
     kept = torch.load(run / "models" / "best" / curves[0].name.replace(".jsonl", ".pt"), weights_only=True)
     assert all(torch.equal(prog["groups"][g]["state"][k], kept["state"][k]) for k in kept["state"])
     p = run_cli("train", "--preset", "tiny", "--run", "bad", "-S", "finetune.keep=best", *rd)

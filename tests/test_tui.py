@@ -1,4 +1,5 @@
 """`stepadapt tui` headless with App.run_test(), over a store written through the real store API."""
+
 import asyncio
 import json
 import os
@@ -11,8 +12,8 @@ import pytest
 from textual.widgets import DataTable, Static
 
 from core import config as C
-from core.method.schedule import run_schedule
 from core.manager.jobs import pid_alive, proc_start
+from core.method.schedule import run_schedule
 from core.runs import Run, create_run
 from core.store import MIGRATIONS, Store, open_store
 from stepadapt_cli.tui.app import StepadaptApp
@@ -21,8 +22,13 @@ from stepadapt_cli.tui.run_screen import RunScreen
 from stepadapt_cli.tui.runs_screen import RunsScreen
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
-MICRO = ["model.model_channels=16", "model.channel_mult=[1,2]", "model.attention_resolutions=[16]",
-         "diffusion.steps=100", "schedule.groups=3"]
+MICRO = [
+    "model.model_channels=16",
+    "model.channel_mult=[1,2]",
+    "model.attention_resolutions=[16]",
+    "diffusion.steps=100",
+    "schedule.groups=3",
+]
 
 
 def _text(widget: Static) -> str:
@@ -53,15 +59,38 @@ def run_in_store(tmp_path):
     base = store.add_job({"run": "live", "stage": "base", "status": "running", "progress": 0, "total": 30})
     store.update_job(base, progress=30)
     store.finish_job(base, "succeeded", 0)
-    store.log_metrics([{"run": "live", "job": base, "stage": "base", "group_index": None, "step": s, "key": "loss",
-                        "value": v, "time": 0.0} for s, v in ((10, 0.9), (20, 0.5), (30, 0.3))])
+    store.log_metrics(
+        [
+            {
+                "run": "live",
+                "job": base,
+                "stage": "base",
+                "group_index": None,
+                "step": s,
+                "key": "loss",
+                "value": v,
+                "time": 0.0,
+            }
+            for s, v in ((10, 0.9), (20, 0.5), (30, 0.3))
+        ]
+    )
     # a real process stands in for the training job (a running job without a live process is marked lost)
-    proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"],
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"], start_new_session=True)
     time.sleep(0.2)
-    ft = store.add_job({"run": "live", "stage": "finetune", "group_index": 0, "status": "running", "progress": 10,
-                        "total": 150, "heartbeat": time.time(), "pid": proc.pid, "pgid": proc.pid,
-                        "proc_start": proc_start(proc.pid)})
+    ft = store.add_job(
+        {
+            "run": "live",
+            "stage": "finetune",
+            "group_index": 0,
+            "status": "running",
+            "progress": 10,
+            "total": 150,
+            "heartbeat": time.time(),
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "proc_start": proc_start(proc.pid),
+        }
+    )
     yield tmp_path, store, ft, proc
     proc.kill()
     proc.wait()
@@ -115,8 +144,20 @@ def test_group_rows_update_as_rows_are_written(run_in_store):
             # another process's writes (here: another connection) show up without any key press
             writer = Store(root / "stepadapt.db")
             writer.update_job(ft, progress=75)
-            writer.log_metrics([{"run": "live", "job": ft, "stage": "finetune", "group_index": 0, "step": 75,
-                                 "key": "loss", "value": 0.25, "time": 0.0}])
+            writer.log_metrics(
+                [
+                    {
+                        "run": "live",
+                        "job": ft,
+                        "stage": "finetune",
+                        "group_index": 0,
+                        "step": 75,
+                        "key": "loss",
+                        "value": 0.25,
+                        "time": 0.0,
+                    }
+                ]
+            )
             await _until(pilot, lambda: {r[0]: r for r in _rows(app.screen)}["0"][5] == "75/150")
             row = {r[0]: r for r in _rows(app.screen)}["0"]
             assert row[6] == "#####-----" and row[7] == "0.2500"
@@ -124,16 +165,35 @@ def test_group_rows_update_as_rows_are_written(run_in_store):
     asyncio.run(go())
 
 
-EVAL = {"models": {
-    name: {"fid": fid, "fid_ci": [fid - 0.05, fid + 0.1], "kid": kid, "kid_ci": [kid / 2, kid * 1.5], "macs": macs,
-           "train_steps": 1600, "loss_groups": {str(g): 0.03 + 0.01 * g + d for g in range(3)}}
-    for name, fid, kid, macs, d in (("base", 0.22, 0.0022, 2.5e8, 0.001), ("control", 0.23, 0.0026, 2.5e8, 0.0005),
-                                    ("progressive", 0.25, 0.0027, 1.75e8, 0.0))},
-    "comparisons": [{"model": "progressive", "against": against, "primary": "fid", "macs_ratio": 0.7,
-                     "fid": {"diff": 0.02, "ci": [-0.023, 0.071], "paired": True, "verdict": "no significant difference"},
-                     "loss_groups": {str(g): {"diff": -d, "rel": -d / 0.03, "ci": [-1.5 * d, -0.5 * d]}
-                                     for g in range(3)}}
-                    for against, d in (("base", 0.001), ("control", 0.0005))]}
+EVAL = {
+    "models": {
+        name: {
+            "fid": fid,
+            "fid_ci": [fid - 0.05, fid + 0.1],
+            "kid": kid,
+            "kid_ci": [kid / 2, kid * 1.5],
+            "macs": macs,
+            "train_steps": 1600,
+            "loss_groups": {str(g): 0.03 + 0.01 * g + d for g in range(3)},
+        }
+        for name, fid, kid, macs, d in (
+            ("base", 0.22, 0.0022, 2.5e8, 0.001),
+            ("control", 0.23, 0.0026, 2.5e8, 0.0005),
+            ("progressive", 0.25, 0.0027, 1.75e8, 0.0),
+        )
+    },
+    "comparisons": [
+        {
+            "model": "progressive",
+            "against": against,
+            "primary": "fid",
+            "macs_ratio": 0.7,
+            "fid": {"diff": 0.02, "ci": [-0.023, 0.071], "paired": True, "verdict": "no significant difference"},
+            "loss_groups": {str(g): {"diff": -d, "rel": -d / 0.03, "ci": [-1.5 * d, -0.5 * d]} for g in range(3)},
+        }
+        for against, d in (("base", 0.001), ("control", 0.0005))
+    ],
+}
 
 
 def _screen_text(app) -> str:
@@ -153,8 +213,21 @@ def test_run_screen_snapshot(run_in_store, size):
     root, store, ft, proc = run_in_store
     run = Run(root / "live")
     run.eval_file().write_text(json.dumps(EVAL))
-    store.log_metrics([{"run": "live", "job": ft, "stage": "finetune", "group_index": 0, "step": s, "key": "loss",
-                        "value": 1.0 / s, "time": 0.0} for s in range(1, 40)])
+    store.log_metrics(
+        [
+            {
+                "run": "live",
+                "job": ft,
+                "stage": "finetune",
+                "group_index": 0,
+                "step": s,
+                "key": "loss",
+                "value": 1.0 / s,
+                "time": 0.0,
+            }
+            for s in range(1, 40)
+        ]
+    )
     snapshot = SNAPSHOTS / f"run_screen_{size[0]}x{size[1]}.txt"
 
     async def go():
@@ -175,8 +248,7 @@ def test_run_screen_snapshot(run_in_store, size):
 def test_kill_action_reaches_the_job_layer(run_in_store):
     root, store, ft, proc = run_in_store
     # a real process stands in for the training job
-    proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"],
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"], start_new_session=True)
     time.sleep(0.2)
     store.update_job(ft, pid=proc.pid, pgid=proc.pid, proc_start=proc_start(proc.pid), heartbeat=time.time())
 
@@ -226,8 +298,14 @@ def test_resume_and_kill_from_the_run_screen(tmp_path):
             await pilot.press("k")
             await pilot.pause(0.2)
             await pilot.press("y")
-            await _until(pilot, lambda: Store(tmp_path / "stepadapt.db").get_run("paused")["status"] == "killed"
-                         and not Store(tmp_path / "stepadapt.db").jobs("paused", active=True), 60)
+            await _until(
+                pilot,
+                lambda: (
+                    Store(tmp_path / "stepadapt.db").get_run("paused")["status"] == "killed"
+                    and not Store(tmp_path / "stepadapt.db").jobs("paused", active=True)
+                ),
+                60,
+            )
             assert app.is_running
 
     asyncio.run(go())
@@ -244,7 +322,7 @@ def test_group_labels_in_the_schedule_strip_never_overwrite_each_other(tmp_path,
     from core.method.schedule import schedule_from_config
 
     run = create_run(C.resolve("tiny", None, []), "strip", tmp_path)
-    labels = schedule_text(run, width).splitlines()[2].split("t=")[0][len("groups  "):]
+    labels = schedule_text(run, width).splitlines()[2].split("t=")[0][len("groups  ") :]
     assert labels.split() == [str(g.index) for g in schedule_from_config(run.config).nonempty]
 
 
@@ -277,14 +355,32 @@ def test_proxy_view_marks_the_chosen_candidate_and_shows_rejected_tries(run_in_s
     import json
 
     root, store, ft, proc = run_in_store
-    base = {"run": "live", "group_index": 0, "model_asked": "openai/x", "params": {}, "request_key": "k" * 64,
-            "source": "live", "session": "s1", "messages": [{"role": "user", "content": "THE PROMPT"}]}
+    base = {
+        "run": "live",
+        "group_index": 0,
+        "model_asked": "openai/x",
+        "params": {},
+        "request_key": "k" * 64,
+        "source": "live",
+        "session": "s1",
+        "messages": [{"role": "user", "content": "THE PROMPT"}],
+    }
     store.log_call({**base, "round": 0, "seq": 0, "attempt": 0, "response_text": "no", "validation_error": "no JSON"})
     first = store.log_call({**base, "round": 0, "seq": 1, "attempt": 1, "response_text": '{"keep": {"a": 0.5}}'})
     second = store.log_call({**base, "round": 1, "seq": 2, "attempt": 0, "response_text": '{"keep": {"a": 0.6}}'})
     for rnd, call, loss in ((0, first, 0.3), (1, second, 0.1)):
-        store.log_round({"run": "live", "group_index": 0, "session": "s1", "round": rnd, "accepted": 1,
-                         "macs": 1e8, "loss": loss, "call_id": call})
+        store.log_round(
+            {
+                "run": "live",
+                "group_index": 0,
+                "session": "s1",
+                "round": rnd,
+                "accepted": 1,
+                "macs": 1e8,
+                "loss": loss,
+                "call_id": call,
+            }
+        )
     rec = root / "live" / "prune" / "group00.json"
     rec.parent.mkdir(parents=True)
     rec.write_text(json.dumps({"report": {"proxy": {"base_loss": 0.2, "winner_round": 1, "session": "s1"}}}))

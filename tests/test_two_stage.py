@@ -27,8 +27,9 @@ def test_tiny_two_stage_run_end_to_end(runs_dir):
         assert ck["step"] == 2 and ck["spec"]["timesteps"] == sched["groups"][g]["timesteps"]
     prog = load_progressive(run / "models" / "progressive.pt")
     assert sorted(int(k) for k in prog.models) == nonempty
-    assert prog.group_of.tolist() == [next(g["index"] for g in sched["groups"] if t in g["timesteps"])
-                                      for t in range(100)]
+    assert prog.group_of.tolist() == [
+        next(g["index"] for g in sched["groups"] if t in g["timesteps"]) for t in range(100)
+    ]
     # a group model starts from the base EMA and moves away from it
     base = torch.load(run / "models" / "base.pt", weights_only=True)["state"]
     g1 = torch.load(run / "models" / "group01.pt", weights_only=True)["state"]

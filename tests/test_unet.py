@@ -15,7 +15,7 @@ def test_cifar10_counts_match_iddpm():
     assert abs(res["params"] / 52.5e6 - 1) < 0.01, res
     assert abs(res["macs"] / 8.14e9 - 1) < 0.01, res
     # attention matmuls, two hw*hw*c products each: 7 blocks at 16x16x256, 7 at 8x8x256, the middle one at 4x4x256
-    assert res["attn_macs"] == 7 * 2 * 256 ** 3 + 7 * 2 * 64 * 64 * 256 + 2 * 16 * 16 * 256
+    assert res["attn_macs"] == 7 * 2 * 256**3 + 7 * 2 * 64 * 64 * 256 + 2 * 16 * 16 * 256
 
 
 def test_imagenet64_counts_match_paper():
@@ -44,8 +44,8 @@ def test_attention_reads_q_k_v_as_three_chunks_of_all_heads():
     with torch.no_grad():
         blk.qkv.weight.zero_()
         blk.qkv.bias.zero_()
-        blk.qkv.weight[c:2 * c, :, 0, 0] = torch.randn(c, c)           # k: anything
-        blk.qkv.weight[2 * c:, :, 0, 0] = torch.eye(c)                  # v: the normalised input
+        blk.qkv.weight[c : 2 * c, :, 0, 0] = torch.randn(c, c)  # k: anything
+        blk.qkv.weight[2 * c :, :, 0, 0] = torch.eye(c)  # v: the normalised input
         blk.proj.weight.copy_(torch.eye(c)[:, :, None, None])
         blk.proj.bias.zero_()
     x = torch.randn(2, c, 4, 4)
@@ -57,7 +57,7 @@ def test_attention_reads_q_k_v_as_three_chunks_of_all_heads():
 def test_attention_has_a_fixed_scale_and_counts_its_matmuls():
     blk = AttentionBlock(64, 4)
     assert blk.qkv.out_channels == 3 * 64 and blk.num_heads == 4
-    assert blk.scale == pytest.approx(16 ** -0.25)
+    assert blk.scale == pytest.approx(16**-0.25)
     # an equal-size block built with fewer channels keeps the scale it was given (pruning changes weights only)
     x = torch.randn(2, 64, 8, 8)
     y = blk(x)

@@ -1,6 +1,7 @@
 """The control at equal inference cost (``control.uniform``): one copy of the base pruned to the progressive model's
 average MACs for all timesteps, fine-tuned on all timesteps for the fine-tunes' total steps, evaluated and
 compared wherever the control is."""
+
 import json
 import math
 
@@ -8,14 +9,45 @@ import torch
 
 from tests.conftest import MICRO, run_cli
 
-SMALL = [*MICRO, "-S", "train.steps=6", "-S", "finetune.steps=3", "-S", "schedule.groups=2", "-S", "prune.rounds=1",
-         "-S", "eval.fid_n=32", "-S", "eval.loss_images=16", "-S", "eval.steps=5", "-S", "sample.n=4",
-         "-S", "sample.steps=5"]
+SMALL = [
+    *MICRO,
+    "-S",
+    "train.steps=6",
+    "-S",
+    "finetune.steps=3",
+    "-S",
+    "schedule.groups=2",
+    "-S",
+    "prune.rounds=1",
+    "-S",
+    "eval.fid_n=32",
+    "-S",
+    "eval.loss_images=16",
+    "-S",
+    "eval.steps=5",
+    "-S",
+    "sample.n=4",
+    "-S",
+    "sample.steps=5",
+]
 
 
 def test_the_uniform_control_costs_what_the_progressive_model_costs_and_trains_as_long_as_its_fine_tunes(runs_dir):
-    p = run_cli("run", "--preset", "tiny", "--name", "u", *SMALL, "-S", "control.uniform=true", "-S",
-                "prune.method=magnitude", "--runs-dir", runs_dir, check=0)
+    p = run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "u",
+        *SMALL,
+        "-S",
+        "control.uniform=true",
+        "-S",
+        "prune.method=magnitude",
+        "--runs-dir",
+        runs_dir,
+        check=0,
+    )
     ev = json.loads((runs_dir / "u" / "eval.json").read_text())
     m = ev["models"]
     assert abs(m["uniform"]["macs"] / m["progressive"]["macs"] - 1) <= 0.03  # within prune.tolerance
@@ -37,8 +69,23 @@ def test_the_uniform_control_costs_what_the_progressive_model_costs_and_trains_a
 
 
 def test_a_run_without_pruning_has_no_uniform_control(runs_dir):
-    run_cli("run", "--preset", "tiny", "--name", "n", *SMALL, "-S", "control.uniform=true", "-S", "prune.method=none",
-            "-S", "eval.fid=false", "--runs-dir", runs_dir, check=0)
+    run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "n",
+        *SMALL,
+        "-S",
+        "control.uniform=true",
+        "-S",
+        "prune.method=none",
+        "-S",
+        "eval.fid=false",
+        "--runs-dir",
+        runs_dir,
+        check=0,
+    )
     assert not (runs_dir / "n" / "models" / "uniform.pt").exists()
     stages = json.loads(run_cli("show", "n", "--json", "--runs-dir", runs_dir, check=0).stdout)["stages"]
     assert stages["uniform"] == "skipped" and stages["control"] == "done"
@@ -56,8 +103,21 @@ def test_dense_small_is_the_width_nearest_the_progressive_models_cost_trained_as
     full = count(build_unet(C.model_arch(cfg), seed=0), 32, 1)["macs"]
     arch, macs = width_for(cfg, 0.70 * full)
     assert arch["model_channels"] == 27 and arch["norm_groups"] == 3 and abs(macs / (0.70 * full) - 1) < 0.03
-    run_cli("run", "--preset", "tiny", "--name", "d", *SMALL, "-S", "control.dense=true", "-S",
-            "prune.method=magnitude", "--runs-dir", runs_dir, check=0)
+    run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--name",
+        "d",
+        *SMALL,
+        "-S",
+        "control.dense=true",
+        "-S",
+        "prune.method=magnitude",
+        "--runs-dir",
+        runs_dir,
+        check=0,
+    )
     m = json.loads((runs_dir / "d" / "eval.json").read_text())["models"]
     dense = torch.load(runs_dir / "d" / "models" / "dense-small.pt", weights_only=True)
     assert dense["step"] == dense["total_steps"] == 6 + 6 and m["dense-small"]["train_steps"] == 12
@@ -65,8 +125,14 @@ def test_dense_small_is_the_width_nearest_the_progressive_models_cost_trained_as
     widths = [w for w in range(2, 17) if (2 * w) % 2 == 0]  # the micro model: 2 heads at 2x width
     from core.manager.stages.dense import narrower
 
-    costs = {w: count(build_unet(narrower(C.model_arch(json.loads((runs_dir / "d" / "config.json").read_text())), w),
-                                 seed=0), 32, 1)["macs"] for w in widths}
+    costs = {
+        w: count(
+            build_unet(narrower(C.model_arch(json.loads((runs_dir / "d" / "config.json").read_text())), w), seed=0),
+            32,
+            1,
+        )["macs"]
+        for w in widths
+    }
     target = dense["target_macs"]
     nearest = min(widths, key=lambda w: abs(math.log(costs[w] / target)))
     assert dense["arch"]["model_channels"] == nearest and m["dense-small"]["macs"] == costs[nearest]

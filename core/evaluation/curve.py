@@ -10,6 +10,7 @@ noise (the same noise at every step, so the curve's changes are the weights', no
 Picking the fine-tune step by this curve and then reporting FID on the same noise would flatter the pick: the
 curve is for choosing ``finetune.steps`` of the next run, as the paper did, not for selecting weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ def curve_steps(run, sched) -> list[int]:
     common = None
     for g in sched.nonempty:
         folder = run.snapshots(run.group_stage(g.index))
-        have = {int(p.stem[len("step"):]) for p in folder.glob("step*.pt") if p.stem[len("step"):].isdigit()}
+        have = {int(p.stem[len("step") :]) for p in folder.glob("step*.pt") if p.stem[len("step") :].isdigit()}
         common = have if common is None else common & have
     return sorted(common or ())
 
@@ -41,12 +42,16 @@ def _mtimes(run, sched, step: int) -> float:
 def curve_todo(run, steps: list[int], sched, settings: dict) -> list[int]:
     """Of ``steps``, those still to measure: new ones, and those whose snapshots or settings changed."""
     old = {r["step"]: r for r in read_curve(run)}
-    return [s for s in steps
-            if s not in old or old[s].get("settings") != settings or old[s].get("mtime") != _mtimes(run, sched, s)]
+    return [
+        s
+        for s in steps
+        if s not in old or old[s].get("settings") != settings or old[s].get("mtime") != _mtimes(run, sched, s)
+    ]
 
 
-def update_curve(run, sched, sampler, settings: dict, steps: list[int], todo: list[int], device, tick,
-                 log) -> tuple[list[dict], bool]:
+def update_curve(
+    run, sched, sampler, settings: dict, steps: list[int], todo: list[int], device, tick, log
+) -> tuple[list[dict], bool]:
     """Measure the ``todo`` steps with ``sampler`` (``evaluate.FidSampler`` at ``finetune.fid_n``) and drop points
     of steps no longer in ``steps``; the file is rewritten after each point (an interrupted evaluation keeps what it
     did). Returns (the curve, whether it changed)."""
@@ -60,10 +65,20 @@ def update_curve(run, sched, sampler, settings: dict, steps: list[int], todo: li
         model = progressive_from_files(files, sched.group_of, device)
         feats = sampler.features(model, f"curve_step{step:07d}", tick)
         s = sampler.summary(feats)
-        rows[step] = {"step": step, "fid": s["fid"], "fid_ci": s["fid_ci"], "kid": s["kid"], "kid_ci": s["kid_ci"],
-                      "n": len(feats), "settings": settings, "mtime": _mtimes(run, sched, step)}
-        log(f"progressive model at fine-tune step {step}: FID {s['fid']:.3f} [{s['fid_ci'][0]:.3f}, "
-            f"{s['fid_ci'][1]:.3f}] (n {len(feats)})")
+        rows[step] = {
+            "step": step,
+            "fid": s["fid"],
+            "fid_ci": s["fid_ci"],
+            "kid": s["kid"],
+            "kid_ci": s["kid_ci"],
+            "n": len(feats),
+            "settings": settings,
+            "mtime": _mtimes(run, sched, step),
+        }
+        log(
+            f"progressive model at fine-tune step {step}: FID {s['fid']:.3f} [{s['fid_ci'][0]:.3f}, "
+            f"{s['fid_ci'][1]:.3f}] (n {len(feats)})"
+        )
         _write(run, rows)
         changed = True
     if changed and not todo:

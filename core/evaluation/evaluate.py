@@ -9,6 +9,7 @@
 
 A model whose file and settings are unchanged since its last evaluation is not measured again.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -27,8 +28,18 @@ def load_eval(run) -> dict:
     return read_json(run.eval_file()) or {}
 
 
-def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODELS, n=None, steps=None,
-                 inception=None, fid=None, force=False) -> dict:
+def evaluate_run(
+    run,
+    device="cpu",
+    log=print,
+    progress=None,
+    models=SAMPLE_MODELS,
+    n=None,
+    steps=None,
+    inception=None,
+    fid=None,
+    force=False,
+) -> dict:
     """Evaluate the run's models (see the module docstring); merged into ``RUN/eval.json`` and returned."""
     import datetime as _dt
 
@@ -47,8 +58,9 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODE
     settings = _row_settings(cfg, n, steps, sampler)
     todo = [w for w in present if force or not _fresh(run, w, out["models"].get(w), settings)]
     curve = _curve_plan(run, sched, sampler, settings, "progressive" in present, force)
-    tick = _Ticks(len(todo) * (2 + (sampler.ticks if sampler else 0))
-                  + (len(curve[3]) * curve[0].ticks if curve else 0), progress)
+    tick = _Ticks(
+        len(todo) * (2 + (sampler.ticks if sampler else 0)) + (len(curve[3]) * curve[0].ticks if curve else 0), progress
+    )
     images = eval_images(cfg, cfg["eval"]["loss_images"], seed=cfg["seed"]) if todo else None
     rescored = False
     for which in present:
@@ -59,8 +71,10 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODE
         elif sampler and out["models"][which].get("interval") != INTERVAL:  # scored before the intervals changed
             out["models"][which].update(sampler.summary(np.load(run.eval_array("features", which))))
             rescored = True
-            log(f"{which}: model and settings unchanged; its intervals scored again ({INTERVAL}) from its stored "
-                "features")
+            log(
+                f"{which}: model and settings unchanged; its intervals scored again ({INTERVAL}) from its stored "
+                "features"
+            )
         else:
             log(f"{which}: model and settings unchanged since its evaluation; reused")
     curve_changed = False
@@ -68,9 +82,15 @@ def evaluate_run(run, device="cpu", log=print, progress=None, models=SAMPLE_MODE
         out["fid_curve"], curve_changed = _curve_rows(run, sched, curve, device, tick, log)
     if todo or rescored or "comparisons" not in out:  # unchanged models: their comparisons stand
         out["comparisons"] = compare_models(run, out["models"], sampler)
-    out.update({"sample_steps": steps, "num_timesteps": sched.num_timesteps, "primary": cfg["eval"]["primary"],
-                "loss_images": cfg["eval"]["loss_images"],
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    out.update(
+        {
+            "sample_steps": steps,
+            "num_timesteps": sched.num_timesteps,
+            "primary": cfg["eval"]["primary"],
+            "loss_images": cfg["eval"]["loss_images"],
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
     if sampler:
         out["fid_extractor"] = {k: v for k, v in sampler.ext_info.items() if k != "path"}
     if todo or rescored or curve_changed or not run.eval_file().exists():
@@ -98,17 +118,26 @@ def _present(run, models) -> list[str]:
 
     present = [w for w in models if run.model(w).exists()]
     if not present:
-        raise UserError(f"run {run.name} has no trained model to evaluate ({', '.join(models)}); "
-                        f"train it first (stepadapt run / stepadapt resume {shlex.quote(run.name)})")
+        raise UserError(
+            f"run {run.name} has no trained model to evaluate ({', '.join(models)}); "
+            f"train it first (stepadapt run / stepadapt resume {shlex.quote(run.name)})"
+        )
     return present
 
 
 def _row_settings(cfg: dict, n: int, steps: int, sampler) -> dict:
     """Everything a model's row depends on besides the model file: a change means measuring again."""
     e = cfg["eval"]
-    return {"n": n if sampler else None, "steps": steps, "extractor": sampler.ext_info["id"] if sampler else None,
-            "loss_images": e["loss_images"], "loss_draws": e["loss_draws"], "seed": cfg["seed"],
-            "bootstrap": e["bootstrap"], "schedule": cfg["schedule"]}
+    return {
+        "n": n if sampler else None,
+        "steps": steps,
+        "extractor": sampler.ext_info["id"] if sampler else None,
+        "loss_images": e["loss_images"],
+        "loss_draws": e["loss_draws"],
+        "seed": cfg["seed"],
+        "bootstrap": e["bootstrap"],
+        "schedule": cfg["schedule"],
+    }
 
 
 def _curve_plan(run, sched, sampler, settings: dict, progressive: bool, force: bool):
@@ -155,8 +184,11 @@ def _measure(run, which, sched, diffusion, images, sampler, settings, device, ti
     model = _load(run, which, device)
     losses = loss_report(model, diffusion, images, sched, cfg["eval"]["loss_draws"], device)
     _save_array(losses.pop("samples"), run.eval_array("losses", which))
-    row = {**model_cost(model, which, cfg, settings["steps"], sched, run), **losses,
-           "loss_group_index": [g.index for g in sched.nonempty]}
+    row = {
+        **model_cost(model, which, cfg, settings["steps"], sched, run),
+        **losses,
+        "loss_group_index": [g.index for g in sched.nonempty],
+    }
     tick()
     if sampler:
         feats = sampler.features(model, which, tick)
@@ -164,9 +196,16 @@ def _measure(run, which, sched, diffusion, images, sampler, settings, device, ti
         row.update(sampler.summary(feats), fid_grid=f"samples/eval_{which}.png")
     row.update(settings=settings, model_mtime=run.model(which).stat().st_mtime)
     tick()
-    log(f"{which}: {row['params'] / 1e6:.3f} M params, {row['macs'] / 1e9:.4f} GMACs avg over T, held-out loss "
-        f"{row['loss']:.5f}" + (f", {row['fid_kind'].split(' (')[0]} {row['fid']:.3f} {_ci(row['fid_ci'])}, "
-                                f"KID {row['kid']:.4f} {_ci(row['kid_ci'], '{:.4f}')}" if sampler else ""))
+    log(
+        f"{which}: {row['params'] / 1e6:.3f} M params, {row['macs'] / 1e9:.4f} GMACs avg over T, held-out loss "
+        f"{row['loss']:.5f}"
+        + (
+            f", {row['fid_kind'].split(' (')[0]} {row['fid']:.3f} {_ci(row['fid_ci'])}, "
+            f"KID {row['kid']:.4f} {_ci(row['kid_ci'], '{:.4f}')}"
+            if sampler
+            else ""
+        )
+    )
     return row
 
 
@@ -197,13 +236,25 @@ def model_cost(model, which: str, cfg: dict, steps: int, sched, run=None) -> dic
     trained = _train_steps(run, which, cfg, sched)
     if which == "progressive":
         cost = progressive_cost(model, m["image_size"], m["in_channels"], steps)
-        return {"params": cost["avg_all"]["params"], "macs": cost["avg_all"]["macs"],
-                "macs_sampled": cost["avg_sampled"]["macs"], "attn_macs": cost["avg_all"]["attn_macs"],
-                "params_total": sum(p.numel() for p in model.parameters()), "train_steps": trained,
-                "train_precision": _train_precision(run, which, sched)}
+        return {
+            "params": cost["avg_all"]["params"],
+            "macs": cost["avg_all"]["macs"],
+            "macs_sampled": cost["avg_sampled"]["macs"],
+            "attn_macs": cost["avg_all"]["attn_macs"],
+            "params_total": sum(p.numel() for p in model.parameters()),
+            "train_steps": trained,
+            "train_precision": _train_precision(run, which, sched),
+        }
     c = count(model, m["image_size"], m["in_channels"])
-    return {"params": c["params"], "macs": c["macs"], "macs_sampled": c["macs"], "attn_macs": c["attn_macs"],
-            "params_total": c["params"], "train_steps": trained, "train_precision": _train_precision(run, which, sched)}
+    return {
+        "params": c["params"],
+        "macs": c["macs"],
+        "macs_sampled": c["macs"],
+        "attn_macs": c["attn_macs"],
+        "params_total": c["params"],
+        "train_steps": trained,
+        "train_precision": _train_precision(run, which, sched),
+    }
 
 
 def _train_precision(run, which: str, sched) -> Optional[list[str]]:
@@ -228,8 +279,9 @@ def _train_steps(run, which: str, cfg: dict, sched) -> int:
     if run is None:
         return cfg["train"]["steps"]
     base = artifact_step(run.model("base")) or 0
-    if which == "progressive" and ((cfg.get("finetune") or {}).get("single_stage")
-                                   or cfg["prune"]["method"] == "scratch"):
+    if which == "progressive" and (
+        (cfg.get("finetune") or {}).get("single_stage") or cfg["prune"]["method"] == "scratch"
+    ):
         base = 0  # the groups' models started from fresh weights (single-stage, scratch): their own steps only
     if which == "control":
         return artifact_step(run.model("control")) or base
@@ -251,9 +303,14 @@ def compare_models(run, rows: dict, sampler=None) -> list[dict]:
         if a not in rows or b not in rows:
             continue
         ra, rb = rows[a], rows[b]
-        entry = {"model": a, "against": b, "macs_ratio": ra["macs"] / rb["macs"],
-                 "params_ratio": ra["params"] / rb["params"], "primary": run.config["eval"]["primary"],
-                 "loss_groups": loss_changes(run, a, b, ra, rb)}
+        entry = {
+            "model": a,
+            "against": b,
+            "macs_ratio": ra["macs"] / rb["macs"],
+            "params_ratio": ra["params"] / rb["params"],
+            "primary": run.config["eval"]["primary"],
+            "loss_groups": loss_changes(run, a, b, ra, rb),
+        }
         same = all(ra.get("settings", {}).get(k) == rb.get("settings", {}).get(k) for k in ("n", "steps", "extractor"))
         if sampler and same and ra.get("fid") is not None and rb.get("fid") is not None:
             fa, fb = (np.load(run.eval_array("features", w)) for w in (a, b))
@@ -291,8 +348,10 @@ def verdict_text(c: dict, short: bool = False) -> str:
     word = {"better": "BETTER", "worse": "WORSE"}.get(d["verdict"], "same" if short else "no significant difference")
     if short:
         return head + f"{word} {primary.upper()} {interval}"
-    return (head + f"{word} on {primary.upper()}, {interval} (95%, {'paired' if d['paired'] else 'unpaired'}); "
-            f"{c['macs_ratio']:.2f}x MACs")
+    return (
+        head + f"{word} on {primary.upper()}, {interval} (95%, {'paired' if d['paired'] else 'unpaired'}); "
+        f"{c['macs_ratio']:.2f}x MACs"
+    )
 
 
 def bottom_line(comparisons: list[dict]) -> str:
@@ -301,8 +360,11 @@ def bottom_line(comparisons: list[dict]) -> str:
     pc, pb = by.get(("progressive", "control")), by.get(("progressive", "base"))
     if not pb or not pb.get("verdict"):
         return ""
-    word = {"better": "better than", "worse": "worse than", "no significant difference": "not significantly "
-            "different from"}
+    word = {
+        "better": "better than",
+        "worse": "worse than",
+        "no significant difference": "not significantly different from",
+    }
     metric = pb["primary"].upper()
     text = f"The progressive model, at {pb['macs_ratio']:.2f}x the base's MACs, is {word[pb['verdict']]} the base"
     if pc and pc.get("verdict"):
@@ -316,12 +378,16 @@ def bottom_line(comparisons: list[dict]) -> str:
         text += " The method, not the extra steps, made the difference."
     pu = by.get(("progressive", "uniform"))
     if pu and pu.get("verdict"):
-        text += (f" Against one copy pruned to the same average MACs for all timesteps ({pu['macs_ratio']:.2f}x its "
-                 f"MACs, same steps) it is {word[pu['verdict']]} on {metric}.")
+        text += (
+            f" Against one copy pruned to the same average MACs for all timesteps ({pu['macs_ratio']:.2f}x its "
+            f"MACs, same steps) it is {word[pu['verdict']]} on {metric}."
+        )
     pd = by.get(("progressive", "dense-small"))
     if pd and pd.get("verdict"):
-        text += (f" Against a narrower dense UNet of that cost trained from scratch as long ({pd['macs_ratio']:.2f}x "
-                 f"its MACs) it is {word[pd['verdict']]} on {metric}.")
+        text += (
+            f" Against a narrower dense UNet of that cost trained from scratch as long ({pd['macs_ratio']:.2f}x "
+            f"its MACs) it is {word[pd['verdict']]} on {metric}."
+        )
     return text
 
 
@@ -330,8 +396,9 @@ def loss_table(models: dict, comparisons: list[dict]) -> list[dict]:
     base and control (relative, with the interval of the paired difference)."""
     if not models:
         return []
-    groups = next((r.get("loss_group_index") for r in models.values() if r.get("loss_group_index")), None) or \
-        sorted(int(g) for g in next(iter(models.values())).get("loss_groups", {}))
+    groups = next((r.get("loss_group_index") for r in models.values() if r.get("loss_group_index")), None) or sorted(
+        int(g) for g in next(iter(models.values())).get("loss_groups", {})
+    )
     pair = {(c["model"], c["against"]): c.get("loss_groups", {}) for c in comparisons}
     out = []
     for g in groups:
@@ -370,8 +437,9 @@ class FidSampler:
         self.cfg = cfg = run.config
         data = load_dataset(cfg, split="all")
         self.ext, self.ext_info = F.make_extractor(cfg, data, run.path.parent, inception, device, log)
-        self.ref = F.reference_stats(self.ext, self.ext_info, data, cfg, run.path.parent,
-                                     cfg["eval"]["ref_n"] or None, device)
+        self.ref = F.reference_stats(
+            self.ext, self.ext_info, data, cfg, run.path.parent, cfg["eval"]["ref_n"] or None, device
+        )
         self.ref_stats = M.RefStats.of(self.ref["mu"], self.ref["sigma"])
         self.ticks = -(-n // cfg["eval"]["batch_size"]) * steps
         self.seed = cfg["seed"] + 1000  # every model's samples start from the same noise
@@ -382,9 +450,20 @@ class FidSampler:
 
         cfg, m, s = self.cfg, self.cfg["model"], self.cfg["sample"]
         self.log(f"{which}: sampling {self.n} images with {self.steps} steps for FID/KID")
-        imgs = sample_images(model, self.diffusion, self.n, image_size=m["image_size"], channels=m["in_channels"],
-                             steps=self.steps, batch_size=cfg["eval"]["batch_size"], seed=self.seed,
-                             method=s["method"], device=self.device, progress=tick, channels_last=s["channels_last"])
+        imgs = sample_images(
+            model,
+            self.diffusion,
+            self.n,
+            image_size=m["image_size"],
+            channels=m["in_channels"],
+            steps=self.steps,
+            batch_size=cfg["eval"]["batch_size"],
+            seed=self.seed,
+            method=s["method"],
+            device=self.device,
+            progress=tick,
+            channels_last=s["channels_last"],
+        )
         save_grid(imgs[:64], self.run.samples() / f"eval_{which}.png")
         return F.features(self.ext, imgs, device=self.device)
 
@@ -392,8 +471,15 @@ class FidSampler:
         from core.evaluation import metrics as M
 
         s = M.summarise(feats, self.ref_stats, self.ref["feats"], self.cfg["eval"]["bootstrap"], self.cfg["seed"])
-        return {**s, "fid_kind": self.ext_info["kind"], "fid_extractor": self.ext_info["id"], "fid_n": len(feats),
-                "fid_steps": self.steps, "fid_ref_n": self.ref["n"], "sample_seed": self.seed}
+        return {
+            **s,
+            "fid_kind": self.ext_info["kind"],
+            "fid_extractor": self.ext_info["id"],
+            "fid_n": len(feats),
+            "fid_steps": self.steps,
+            "fid_ref_n": self.ref["n"],
+            "sample_seed": self.seed,
+        }
 
     def differences(self, fa: np.ndarray, fb: np.ndarray, paired: bool) -> dict:
         """{"fid": ..., "kid": ...}: a - b with its interval and verdict."""
@@ -401,8 +487,16 @@ class FidSampler:
 
         out = {}
         for metric in ("fid", "kid"):
-            d = M.difference(fa, fb, self.ref_stats, self.ref["feats"], metric, paired,
-                             self.cfg["eval"]["bootstrap"], self.cfg["seed"])
+            d = M.difference(
+                fa,
+                fb,
+                self.ref_stats,
+                self.ref["feats"],
+                metric,
+                paired,
+                self.cfg["eval"]["bootstrap"],
+                self.cfg["seed"],
+            )
             out[metric] = {**d, "verdict": M.verdict(d)}
         return out
 
@@ -414,11 +508,18 @@ def compare_runs(run, which: str, other, other_which: str, inception=None, devic
 
     ra, rb = load_eval(run)["models"][which], load_eval(other)["models"][other_which]
     if ra.get("fid_extractor") != rb.get("fid_extractor") or ra.get("fid_steps") != rb.get("fid_steps"):
-        raise UserError(f"{run.name} and {other.name} were evaluated with different feature extractors or sampling "
-                        f"steps ({ra.get('fid_extractor')}, {ra.get('fid_steps')} vs {rb.get('fid_extractor')}, "
-                        f"{rb.get('fid_steps')}); evaluate both the same way")
+        raise UserError(
+            f"{run.name} and {other.name} were evaluated with different feature extractors or sampling "
+            f"steps ({ra.get('fid_extractor')}, {ra.get('fid_steps')} vs {rb.get('fid_extractor')}, "
+            f"{rb.get('fid_steps')}); evaluate both the same way"
+        )
     sampler = FidSampler(run, None, ra["fid_n"], ra["fid_steps"], inception, device, log)
     fa, fb = np.load(run.eval_array("features", which)), np.load(other.eval_array("features", other_which))
     paired = ra.get("sample_seed") == rb.get("sample_seed") and len(fa) == len(fb)
-    return {"model": which, "against": f"{other.name}:{other_which}", "macs_ratio": ra["macs"] / rb["macs"],
-            "primary": run.config["eval"]["primary"], **sampler.differences(fa, fb, paired)}
+    return {
+        "model": which,
+        "against": f"{other.name}:{other_which}",
+        "macs_ratio": ra["macs"] / rb["macs"],
+        "primary": run.config["eval"]["primary"],
+        **sampler.differences(fa, fb, paired),
+    }

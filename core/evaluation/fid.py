@@ -14,6 +14,7 @@ Two feature extractors:
 Reference statistics (mean and covariance of the reference features) are cached per dataset and extractor
 in ``RUNS_DIR/.cache/fid_stats/``; clean-fid's own stats folder (inside site-packages) is not used.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,11 +61,19 @@ class DomainNet(nn.Module):
         w = width
 
         def block(i, o):
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.GroupNorm(8, o), nn.SiLU(),
-                                 nn.Conv2d(o, o, 3, padding=1), nn.GroupNorm(8, o), nn.SiLU(), nn.AvgPool2d(2))
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1),
+                nn.GroupNorm(8, o),
+                nn.SiLU(),
+                nn.Conv2d(o, o, 3, padding=1),
+                nn.GroupNorm(8, o),
+                nn.SiLU(),
+                nn.AvgPool2d(2),
+            )
 
-        self.body = nn.Sequential(block(channels, w), block(w, 2 * w), block(2 * w, 4 * w),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            block(channels, w), block(w, 2 * w), block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.head = nn.Linear(4 * w, classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,12 +119,21 @@ def feature_scales(net: DomainNet, data, n: int = 5000, batch_size: int = 500) -
     return tuple(float(torch.cat(acc).var(0).sum().sqrt()) for acc in parts)
 
 
-def train_domain_net(data, cfg: dict, epochs: int = 3, batch_size: int = 128, seed: int = 0, device="cpu",
-                     log: Callable[[str], None] = print) -> tuple[DomainNet, dict]:
+def train_domain_net(
+    data,
+    cfg: dict,
+    epochs: int = 3,
+    batch_size: int = 128,
+    seed: int = 0,
+    device="cpu",
+    log: Callable[[str], None] = print,
+) -> tuple[DomainNet, dict]:
     labels = getattr(data, "labels", None)
     if labels is None:
-        raise UserError(f"dataset {data.name!r} has no labels to train the domain feature network on "
-                        "(use a folder with one subfolder per class, or give --inception PATH)")
+        raise UserError(
+            f"dataset {data.name!r} has no labels to train the domain feature network on "
+            "(use a folder with one subfolder per class, or give --inception PATH)"
+        )
     labels = torch.as_tensor(labels).long()
     classes = int(labels.max()) + 1
     if classes < 2:
@@ -132,7 +150,7 @@ def train_domain_net(data, cfg: dict, epochs: int = 3, batch_size: int = 128, se
         net.train()
         order = tr[torch.randperm(len(tr), generator=g)]
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             x = data.get(idx).to(device)
             if torch.rand((), generator=g) < 0.5 and getattr(data, "flip", False):
                 x = x.flip(3)
@@ -145,7 +163,7 @@ def train_domain_net(data, cfg: dict, epochs: int = 3, batch_size: int = 128, se
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(val), 512):
-            idx = val[i:i + 512]
+            idx = val[i : i + 512]
             correct += (net(data.get(idx).to(device)).argmax(1).cpu() == labels[idx]).sum().item()
     info = {"classes": classes, "epochs": epochs, "val_accuracy": correct / len(val), "train_images": len(tr)}
     log(f"domain feature net: validation accuracy {info['val_accuracy']:.3f}")
@@ -182,8 +200,12 @@ def _domain_extractor(data, cfg: dict, key: str, path: Path, device, log) -> tup
             if "scales" not in art:  # a net cached by an older version: its scales, once
                 art["scales"] = feature_scales(net, data)
                 atomic_torch_save(art, path)
-            return _Features(net, art["scales"]).to(device), {**art["info"], "id": ident, "cached": True,
-                                                               "path": str(path)}
+            return _Features(net, art["scales"]).to(device), {
+                **art["info"],
+                "id": ident,
+                "cached": True,
+                "path": str(path),
+            }
         except (UserError, KeyError, TypeError, RuntimeError) as e:  # refused, truncated or not a net
             log(f"{path} is unusable ({e})")
             if not shipped.is_file():
@@ -191,8 +213,9 @@ def _domain_extractor(data, cfg: dict, key: str, path: Path, device, log) -> tup
     log(f"training the domain feature network for {key} (once; cached in {path.parent})")
     net, info = train_domain_net(data, cfg, device=device, log=log)
     scales = feature_scales(net, data)
-    atomic_torch_save({"state": net.state_dict(), "channels": cfg["model"]["in_channels"], "info": info,
-                       "scales": scales}, path)
+    atomic_torch_save(
+        {"state": net.state_dict(), "channels": cfg["model"]["in_channels"], "info": info, "scales": scales}, path
+    )
     return _Features(net, scales).to(device), {**info, "id": ident, "cached": False, "path": str(path)}
 
 
@@ -238,8 +261,9 @@ def inception_extractor(path, runs_dir, device="cpu") -> tuple[nn.Module, dict]:
             warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice: the file is TorchScript
             ext = _Inception(here).to(device).eval()
     except (RuntimeError, ValueError, OSError) as e:  # not TorchScript, or not the Inception network
-        raise UserError(f"cannot load the Inception file {src}: not the TorchScript {INCEPTION_FILE} "
-                        f"({type(e).__name__})") from None
+        raise UserError(
+            f"cannot load the Inception file {src}: not the TorchScript {INCEPTION_FILE} ({type(e).__name__})"
+        ) from None
     return ext, {"id": f"inception-{digest}", "path": str(src)}
 
 
@@ -261,23 +285,27 @@ def features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 256, 
     """Features of uint8 images [N, C, H, W] (clean-fid's batch feature function, batch by batch)."""
     from cleanfid.fid import get_batch_features
 
-    out = [get_batch_features(images[i:i + batch_size].float(), extractor, device)
-           for i in range(0, len(images), batch_size)]
+    out = [
+        get_batch_features(images[i : i + batch_size].float(), extractor, device)
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out).astype(np.float64)
 
 
 def dataset_features(extractor, data, n: Optional[int] = None, batch_size: int = 256, device="cpu") -> np.ndarray:
     n = len(data) if not n else min(n, len(data))
     idx = torch.arange(n)
-    return np.concatenate([features(extractor, data.get(idx[i:i + batch_size]), batch_size, device)
-                           for i in range(0, n, batch_size)])
+    return np.concatenate(
+        [features(extractor, data.get(idx[i : i + batch_size]), batch_size, device) for i in range(0, n, batch_size)]
+    )
 
 
 REF_FEATURES = 5000  # reference features kept for KID and precision/recall (a fixed random subset)
 
 
-def reference_stats(extractor, ext_info: dict, data, cfg: dict, runs_dir, n: Optional[int] = None,
-                    device="cpu") -> dict:
+def reference_stats(
+    extractor, ext_info: dict, data, cfg: dict, runs_dir, n: Optional[int] = None, device="cpu"
+) -> dict:
     """Mean and covariance of the reference images' features, and up to ``REF_FEATURES`` of the features
     themselves (a fixed random subset, for KID and precision/recall), cached per dataset and extractor."""
     key = f"{ext_info['id']}-{dataset_key(data, cfg)}-n{n or len(data)}-v2"
@@ -285,8 +313,14 @@ def reference_stats(extractor, ext_info: dict, data, cfg: dict, runs_dir, n: Opt
     if path.exists():
         try:
             z = np.load(path)
-            return {"mu": z["mu"], "sigma": z["sigma"], "feats": z["feats"].astype(np.float64), "n": int(z["n"]),
-                    "cached": True, "path": str(path)}
+            return {
+                "mu": z["mu"],
+                "sigma": z["sigma"],
+                "feats": z["feats"].astype(np.float64),
+                "n": int(z["n"]),
+                "cached": True,
+                "path": str(path),
+            }
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # unreadable cache: compute it again
     f = dataset_features(extractor, data, n, device=device)

@@ -1,6 +1,7 @@
 """Scoring folders of images made anywhere (``stepadapt eval --images DIR [--images DIR2]``): each folder
 against the dataset's reference features (FID, KID with intervals, precision, recall), and two folders
 against each other (FID between them, and the difference of their scores with its interval)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,16 +28,20 @@ def load_folder(path, size: int, channels: int, log=print) -> tuple[torch.Tensor
         img = _read_image(f, path, size, channels)
         if img is None:
             bombs += 1
-            log(f"warning: --images {path}: {_shown(f.name)} declares more pixels than are decoded safely (a "
-                "decompression bomb); skipped")
+            log(
+                f"warning: --images {path}: {_shown(f.name)} declares more pixels than are decoded safely (a "
+                "decompression bomb); skipped"
+            )
             continue
         arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
         out.append(arr[None] if channels == 1 else arr.permute(2, 0, 1))
         names.append(f.name)
     skipped = len(entries) - len(out)
     if skipped:
-        log(f"warning: --images {path}: {skipped} of {len(entries)} files skipped ({bombs} decompression bombs, "
-            f"{len(entries) - len(files)} not regular files)")
+        log(
+            f"warning: --images {path}: {skipped} of {len(entries)} files skipped ({bombs} decompression bombs, "
+            f"{len(entries) - len(files)} not regular files)"
+        )
     if not out:
         raise UserError(f"--images {path}: the folder has no images" + (f" ({skipped} skipped)" if skipped else ""))
     return torch.stack(out), names
@@ -54,8 +59,10 @@ def _read_image(f: Path, path, size: int, channels: int):
         try:
             with Image.open(f) as im:
                 if im.size != (size, size):
-                    raise UserError(f"--images {path}: {_shown(f.name)} is {im.size[0]}x{im.size[1]}, the dataset's "
-                                    f"images are {size}x{size}")
+                    raise UserError(
+                        f"--images {path}: {_shown(f.name)} is {im.size[0]}x{im.size[1]}, the dataset's "
+                        f"images are {size}x{size}"
+                    )
                 im.load()
                 return im.convert("L" if channels == 1 else "RGB")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -88,12 +95,22 @@ def evaluate_images(cfg: dict, runs_dir, folders: list, inception=None, device="
         if len(f) < 2:
             raise UserError(f"--images {path}: FID needs at least 2 images, the folder has {len(f)}")
     reps = cfg["eval"]["bootstrap"]
-    out = {"kind": info["kind"], "extractor": info["id"], "dataset": cfg["data"]["spec"], "ref_n": ref["n"],
-           "folders": [{"path": str(p), "n": len(f), **M.summarise(f, stats, ref["feats"], reps, cfg["seed"])}
-                       for p, f in zip(folders, feats)]}
+    out = {
+        "kind": info["kind"],
+        "extractor": info["id"],
+        "dataset": cfg["data"]["spec"],
+        "ref_n": ref["n"],
+        "folders": [
+            {"path": str(p), "n": len(f), **M.summarise(f, stats, ref["feats"], reps, cfg["seed"])}
+            for p, f in zip(folders, feats)
+        ],
+    }
     if len(feats) == 2:
         paired = loaded[0][1] == loaded[1][1]  # the same file names: image i of each came from the same noise
-        diffs = {k: {**d, "verdict": M.verdict(d)} for k in ("fid", "kid")
-                 for d in [M.difference(feats[0], feats[1], stats, ref["feats"], k, paired, reps, cfg["seed"])]}
+        diffs = {
+            k: {**d, "verdict": M.verdict(d)}
+            for k in ("fid", "kid")
+            for d in [M.difference(feats[0], feats[1], stats, ref["feats"], k, paired, reps, cfg["seed"])]
+        }
         out["between"] = {"fid_between": F.fid_between(feats[0], feats[1]), "paired": paired, **diffs}
     return out

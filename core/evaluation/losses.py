@@ -1,5 +1,6 @@
 """Held-out losses: the denoising loss (L_simple, the eps MSE) per timestep region, with fixed noise and
 timesteps so that models compare on equal terms."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,16 @@ from core.model.diffusion import GaussianDiffusion, to_model_range
 
 
 @torch.inference_mode()
-def region_samples(model, diffusion: GaussianDiffusion, images: torch.Tensor, regions: dict[int, list[int]],
-                   draws: int = 4, seed: int = 0, batch_size: int = 256, device="cpu") -> dict[int, torch.Tensor]:
+def region_samples(
+    model,
+    diffusion: GaussianDiffusion,
+    images: torch.Tensor,
+    regions: dict[int, list[int]],
+    draws: int = 4,
+    seed: int = 0,
+    batch_size: int = 256,
+    device="cpu",
+) -> dict[int, torch.Tensor]:
     """L_simple (eps MSE) of every (draw, image) per region of timesteps: every image is noised ``draws`` times
     at timesteps drawn uniformly from the region, with noise and timesteps fixed by ``seed`` so that models
     compare on equal terms (sample i of two models saw the same x_t and t: their differences are paired)."""
@@ -23,7 +32,7 @@ def region_samples(model, diffusion: GaussianDiffusion, images: torch.Tensor, re
         per = []
         for _ in range(draws):
             for i in range(0, len(x_all), batch_size):
-                x0 = x_all[i:i + batch_size]
+                x0 = x_all[i : i + batch_size]
                 t = ts_t[torch.randint(len(ts_t), (len(x0),), generator=g)]
                 noise = torch.randn(x0.shape, generator=g)
                 xt = diffusion.q_sample(x0, t, noise)
@@ -33,8 +42,16 @@ def region_samples(model, diffusion: GaussianDiffusion, images: torch.Tensor, re
     return out
 
 
-def region_losses(model, diffusion: GaussianDiffusion, images: torch.Tensor, regions: dict[int, list[int]],
-                  draws: int = 4, seed: int = 0, batch_size: int = 256, device="cpu") -> dict[int, float]:
+def region_losses(
+    model,
+    diffusion: GaussianDiffusion,
+    images: torch.Tensor,
+    regions: dict[int, list[int]],
+    draws: int = 4,
+    seed: int = 0,
+    batch_size: int = 256,
+    device="cpu",
+) -> dict[int, float]:
     """The mean of ``region_samples`` per region."""
     per = region_samples(model, diffusion, images, regions, draws, seed, batch_size, device)
     return {r: v.mean().item() for r, v in per.items()}
@@ -64,8 +81,12 @@ def loss_report(model, diffusion: GaussianDiffusion, images: torch.Tensor, sched
     regions = {g.index: g.timesteps for g in sched.nonempty}
     per = region_samples(model, diffusion, images, regions, draws=draws, device=device)
     weights = torch.tensor([len(ts) for ts in regions.values()], dtype=torch.float64)
-    stacked = torch.stack([per[g].double() for g in regions])          # [groups, samples]
-    overall = (stacked * (weights / weights.sum())[:, None]).sum(0)      # per-sample weighted loss
-    return {"samples": stacked.numpy(), "loss": overall.mean().item(), "loss_ci": mean_ci(overall),
-            "loss_groups": {str(g): per[g].mean().item() for g in regions},
-            "loss_groups_ci": {str(g): mean_ci(per[g]) for g in regions}}
+    stacked = torch.stack([per[g].double() for g in regions])  # [groups, samples]
+    overall = (stacked * (weights / weights.sum())[:, None]).sum(0)  # per-sample weighted loss
+    return {
+        "samples": stacked.numpy(),
+        "loss": overall.mean().item(),
+        "loss_ci": mean_ci(overall),
+        "loss_groups": {str(g): per[g].mean().item() for g in regions},
+        "loss_groups_ci": {str(g): mean_ci(per[g]) for g in regions},
+    }

@@ -24,6 +24,7 @@ ball around some member of that set whose radius is the member's distance to its
 in the set. Precision = share of generated samples inside the reference manifold; recall = share of
 reference samples inside the generated manifold.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -34,8 +35,8 @@ from typing import Optional
 import numpy as np
 
 CONFIDENCE = 0.95
-KID_MAX = 2000   # KID's Gram matrix of the generated samples is n x n: at most this many (the first ones)
-PR_MAX = 5000    # likewise the k-NN distances of precision and recall
+KID_MAX = 2000  # KID's Gram matrix of the generated samples is n x n: at most this many (the first ones)
+PR_MAX = 5000  # likewise the k-NN distances of precision and recall
 INTERVAL = "half-sampling"  # how the intervals are made (the module docstring); written beside them
 
 
@@ -89,8 +90,7 @@ class _FidRows:
         xc, zc = x - mu, z - z.mean(0)
         g = zc.T @ zc if n > zc.shape[1] else zc @ zc.T
         lam = np.clip(np.linalg.eigvalsh((g + g.T) / (2 * (n - 1))), 0, None)
-        return float(((mu - self.ref.mu) ** 2).sum() + (xc * xc).sum() / (n - 1) + self.tr_r
-                     - 2 * np.sqrt(lam).sum())
+        return float(((mu - self.ref.mu) ** 2).sum() + (xc * xc).sum() / (n - 1) + self.tr_r - 2 * np.sqrt(lam).sum())
 
 
 # -- KID ---------------------------------------------------------------------------------------------------
@@ -150,8 +150,7 @@ def precision_recall(gen: np.ndarray, ref: np.ndarray, k: int = 3) -> dict:
     """Improved precision and recall (Kynkaenniemi et al. 2019) with k-NN manifolds; use equal set sizes."""
     if min(len(gen), len(ref)) <= k:
         return {"precision": None, "recall": None, "k": k}
-    return {"precision": _coverage(gen, ref, _radii(ref, k)), "recall": _coverage(ref, gen, _radii(gen, k)),
-            "k": k}
+    return {"precision": _coverage(gen, ref, _radii(ref, k)), "recall": _coverage(ref, gen, _radii(gen, k)), "k": k}
 
 
 # -- intervals ---------------------------------------------------------------------------------------------
@@ -186,8 +185,9 @@ def _centred(est: float, dev: np.ndarray, floor: Optional[float] = None) -> list
     return [float(lo), float(est + hi)]
 
 
-def summarise(gen: np.ndarray, ref_stats: RefStats, ref_feats: np.ndarray, reps: int = 200, seed: int = 0,
-              k: int = 3) -> dict:
+def summarise(
+    gen: np.ndarray, ref_stats: RefStats, ref_feats: np.ndarray, reps: int = 200, seed: int = 0, k: int = 3
+) -> dict:
     """FID and KID with 95% half-sampling intervals (the module docstring), precision and recall, of one
     model's sample features. ``fid`` is the plain FID of all n samples; ``fid_ci`` is an interval for E[FID_n]
     (its lower end at least 0). Precision and recall use as many reference samples as there are generated
@@ -197,13 +197,28 @@ def summarise(gen: np.ndarray, ref_stats: RefStats, ref_feats: np.ndarray, reps:
     f, kv = fid(gen, ref_stats), kt.value()
     fids = np.array([fr(i) for i in _subsets(len(gen), reps, seed)])
     kids = np.array([kt.value(i) for i in _subsets(len(g_kid), reps, seed)])
-    return {"fid": f, "fid_ci": _centred(f, _scale(len(gen)) * fids, floor=0.0), "kid": kv,
-            "kid_ci": _centred(kv, _scale(len(g_kid)) * kids), **precision_recall(g_pr, ref_feats[:len(g_pr)], k),
-            "bootstrap": reps, "interval": INTERVAL, "confidence": CONFIDENCE}
+    return {
+        "fid": f,
+        "fid_ci": _centred(f, _scale(len(gen)) * fids, floor=0.0),
+        "kid": kv,
+        "kid_ci": _centred(kv, _scale(len(g_kid)) * kids),
+        **precision_recall(g_pr, ref_feats[: len(g_pr)], k),
+        "bootstrap": reps,
+        "interval": INTERVAL,
+        "confidence": CONFIDENCE,
+    }
 
 
-def difference(a: np.ndarray, b: np.ndarray, ref_stats: RefStats, ref_feats: np.ndarray, metric: str,
-               paired: bool, reps: int = 200, seed: int = 0) -> dict:
+def difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    ref_stats: RefStats,
+    ref_feats: np.ndarray,
+    metric: str,
+    paired: bool,
+    reps: int = 200,
+    seed: int = 0,
+) -> dict:
     """metric(a) - metric(b) with a 95% half-sampling interval; ``paired``: sample i of a and of b share their
     noise, so both are half-sampled with the same indices (else independently)."""
     if metric == "kid":

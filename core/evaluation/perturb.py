@@ -1,6 +1,7 @@
 """Controlled damage to images, for checking that a metric sees what a person sees: the sensitivity test
 (``tests/test_metric_sensitivity.py``) and the sample-count benchmark (``bench/metric_spread.py``) score
 clean images against speckled and thinned copies of themselves."""
+
 from __future__ import annotations
 
 import torch

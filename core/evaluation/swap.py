@@ -9,13 +9,20 @@ two have disagreed at the tiny preset.
     eval.json["swap"] = {"n", "steps", "rows": [{"group", "t_start", "t_end", "budget_ratio", "macs_ratio",
                          "fid", "fid_ci", "kid", "kid_ci", "diff": {"fid": {...}, "kid": {...}}}]}
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 
-def swap_test(run, device="cpu", log: Callable[[str], None] = print, n: Optional[int] = None,
-              steps: Optional[int] = None, inception=None) -> dict:
+def swap_test(
+    run,
+    device="cpu",
+    log: Callable[[str], None] = print,
+    n: Optional[int] = None,
+    steps: Optional[int] = None,
+    inception=None,
+) -> dict:
     """Run the swap test on ``run`` (a base and a fine-tuned model for every non-empty group); merged into
     ``eval.json`` as ``swap`` and returned."""
     from core.errors import UserError
@@ -30,8 +37,10 @@ def swap_test(run, device="cpu", log: Callable[[str], None] = print, n: Optional
     sched = run_schedule(run)
     missing = [g.index for g in sched.nonempty if not run.model(run.group_stage(g.index)).exists()]
     if not run.model("base").exists() or missing:
-        raise UserError(f"the swap test needs the base and every group's model (missing: "
-                        f"{', '.join(map(str, missing)) or 'base'}); finish the run first")
+        raise UserError(
+            f"the swap test needs the base and every group's model (missing: "
+            f"{', '.join(map(str, missing)) or 'base'}); finish the run first"
+        )
     n, steps = n or cfg["eval"]["fid_n"], steps or cfg["eval"]["steps"]
     sampler = FidSampler(run, create_diffusion(cfg), n, steps, inception, device, log)
     base = load_unet(run.model("base"), device)
@@ -44,14 +53,32 @@ def swap_test(run, device="cpu", log: Callable[[str], None] = print, n: Optional
         mixed = ProgressiveDenoiser(models, sched.group_of).to(device).eval()
         feats = sampler.features(mixed, f"swap_g{g.index:02d}", None)
         s = sampler.summary(feats)
-        rows.append({"group": g.index, "t_start": g.t_start, "t_end": g.t_end, "budget_ratio": g.budget_ratio,
-                     "macs_ratio": _macs_ratio(own, base, cfg), "fid": s["fid"], "fid_ci": s["fid_ci"],
-                     "kid": s["kid"], "kid_ci": s["kid_ci"], "diff": sampler.differences(feats, ref, paired=True)})
-        log(f"swap group {g.index} (t {g.t_start}-{g.t_end}): FID {s['fid']:.4f}, "
-            f"{rows[-1]['diff']['fid']['verdict']} than the base")
+        rows.append(
+            {
+                "group": g.index,
+                "t_start": g.t_start,
+                "t_end": g.t_end,
+                "budget_ratio": g.budget_ratio,
+                "macs_ratio": _macs_ratio(own, base, cfg),
+                "fid": s["fid"],
+                "fid_ci": s["fid_ci"],
+                "kid": s["kid"],
+                "kid_ci": s["kid_ci"],
+                "diff": sampler.differences(feats, ref, paired=True),
+            }
+        )
+        log(
+            f"swap group {g.index} (t {g.t_start}-{g.t_end}): FID {s['fid']:.4f}, "
+            f"{rows[-1]['diff']['fid']['verdict']} than the base"
+        )
     out = load_eval(run)
-    out["swap"] = {"n": n, "steps": steps, "base": {k: base_row[k] for k in ("fid", "fid_ci", "kid", "kid_ci")},
-                   "fid_kind": base_row["fid_kind"], "rows": rows}
+    out["swap"] = {
+        "n": n,
+        "steps": steps,
+        "base": {k: base_row[k] for k in ("fid", "fid_ci", "kid", "kid_ci")},
+        "fid_kind": base_row["fid_kind"],
+        "rows": rows,
+    }
     atomic_write_json(out, run.eval_file())
     return out["swap"]
 
@@ -60,16 +87,22 @@ def _macs_ratio(own, base, cfg: dict) -> float:
     from core.model.macs import count
 
     m = cfg["model"]
-    return count(own, m["image_size"], m["in_channels"])["macs"] / count(base, m["image_size"], m["in_channels"])["macs"]
+    return (
+        count(own, m["image_size"], m["in_channels"])["macs"] / count(base, m["image_size"], m["in_channels"])["macs"]
+    )
 
 
 def swap_summary(swap: dict) -> str:
     """One sentence: which groups' own models made the samples worse or better than the base's."""
     worse = [r["group"] for r in swap["rows"] if r["diff"]["fid"]["verdict"] == "worse"]
     better = [r["group"] for r in swap["rows"] if r["diff"]["fid"]["verdict"] == "better"]
-    parts = [f"worse than the base with group {', '.join(map(str, worse))}'s own model" if worse else "",
-             f"better with group {', '.join(map(str, better))}'s" if better else ""]
+    parts = [
+        f"worse than the base with group {', '.join(map(str, worse))}'s own model" if worse else "",
+        f"better with group {', '.join(map(str, better))}'s" if better else "",
+    ]
     said = "; ".join(p for p in parts if p)
-    return ("Swapping one group's model into the base: " + (said or "no group changes FID significantly") +
-            f" (paired 95% intervals, n = {swap['n']}).")
-
+    return (
+        "Swapping one group's model into the base: "
+        + (said or "no group changes FID significantly")
+        + f" (paired 95% intervals, n = {swap['n']})."
+    )

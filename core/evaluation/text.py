@@ -1,5 +1,6 @@
 """How the evaluation's numbers are written, one way everywhere (CLI tables, the TUI, the reports).
 Imports nothing heavy: the listings use it."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence

@@ -17,6 +17,7 @@ change; anything later (schedule, prune, fine-tune, control, sample, eval, seed)
 copies of the parent's, never hard links: a file changed in place (not replaced) in one run changes no other.
 ``fork`` refuses a parent whose base no longer matches its record, and ``show`` says so.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,16 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from core.errors import UserError
-from core.runs import (Run, atomic_torch_save, atomic_write_bytes, atomic_write_json, base_changed, create_run,
-                       file_sha256, open_run)
+from core.runs import (
+    Run,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    base_changed,
+    create_run,
+    file_sha256,
+    open_run,
+)
 
 SHARED_SECTIONS = ("model", "diffusion", "train", "data")  # what stage 1 depends on: a fork keeps them
 
@@ -80,14 +89,27 @@ def import_base(file, cfg: dict, name: Optional[str], runs_dir, log: Callable[[s
     digest = file_sha256(Path(file).expanduser())
     run = create_run(cfg, name, runs_dir)
     try:
-        _write_base(run, cfg, arch, model.state_dict(), {"origin": "import", "file": str(Path(file).resolve()),
-                                                         "file_sha256": digest, "format": "improved-diffusion"})
+        _write_base(
+            run,
+            cfg,
+            arch,
+            model.state_dict(),
+            {
+                "origin": "import",
+                "file": str(Path(file).resolve()),
+                "file_sha256": digest,
+                "format": "improved-diffusion",
+            },
+        )
     except BaseException:
         _discard(run)
         raise
-    log(f"run {run.name}: stage 1 imported from {file} (sha256 {digest[:12]}; improved-diffusion layout, "
-        f"t * {arch['time_scale']:g} fed to the network)" if "time_scale" in arch else
-        f"run {run.name}: stage 1 imported from {file} (sha256 {digest[:12]})")
+    log(
+        f"run {run.name}: stage 1 imported from {file} (sha256 {digest[:12]}; improved-diffusion layout, "
+        f"t * {arch['time_scale']:g} fed to the network)"
+        if "time_scale" in arch
+        else f"run {run.name}: stage 1 imported from {file} (sha256 {digest[:12]})"
+    )
     return run
 
 
@@ -96,12 +118,21 @@ def _write_base(run: Run, cfg: dict, arch: dict, state: dict, origin: dict) -> N
     import torch
 
     step = cfg["train"]["steps"]  # the stage is finished by definition
-    atomic_torch_save({"state": state, "step": step, "arch": arch, "stage": "base", "imported": origin},
-                      run.model("base"))
+    atomic_torch_save(
+        {"state": state, "step": step, "arch": arch, "stage": "base", "imported": origin}, run.model("base")
+    )
     # what the control continues from: weights = EMA = the imported model, a fresh optimiser
-    atomic_torch_save({"model": state, "ema": state, "opt": None, "step": step,
-                       "rng": {"torch": torch.get_rng_state(), "cuda": None},
-                       "spec": {"name": "base", "imported": True}}, run.ckpt("base"))
+    atomic_torch_save(
+        {
+            "model": state,
+            "ema": state,
+            "opt": None,
+            "step": step,
+            "rng": {"torch": torch.get_rng_state(), "cuda": None},
+            "spec": {"name": "base", "imported": True},
+        },
+        run.ckpt("base"),
+    )
     _record(run, {**origin, "sha256": file_sha256(run.model("base"))})
 
 
@@ -115,10 +146,13 @@ def fork_config(parent: Run, overrides: Iterable[str], step: Optional[int] = Non
     cfg = C.apply_overrides(copy.deepcopy(before), overrides)
     for section in SHARED_SECTIONS:
         if cfg.get(section) != before.get(section):
-            keys = sorted(k for k in set(cfg[section]) | set(before[section])
-                          if cfg[section].get(k) != before[section].get(k))
-            raise UserError(f"a fork shares {parent.name}'s stage 1, so {section}.{keys[0]} cannot change; "
-                            "start a new run (stepadapt run) for another base")
+            keys = sorted(
+                k for k in set(cfg[section]) | set(before[section]) if cfg[section].get(k) != before[section].get(k)
+            )
+            raise UserError(
+                f"a fork shares {parent.name}'s stage 1, so {section}.{keys[0]} cannot change; "
+                "start a new run (stepadapt run) for another base"
+            )
     if step is not None:
         cfg["train"].update(steps=step, keep=[])
     return cfg
@@ -131,8 +165,9 @@ def check_parent_base(parent: Run) -> str:
 
     path = parent.model("base")
     if not path.is_file():
-        raise UserError(f"run {parent.name} has no base model ({path}); train it first (stepadapt resume "
-                        f"{parent.name})")
+        raise UserError(
+            f"run {parent.name} has no base model ({path}); train it first (stepadapt resume {parent.name})"
+        )
     digest = file_sha256(path)
     changed = base_changed(parent, digest)
     if changed:
@@ -140,11 +175,15 @@ def check_parent_base(parent: Run) -> str:
     if base.pending(parent):
         from core.method.fields import artifact_step
 
-        raise UserError(f"run {parent.name}'s base is unfinished (step {artifact_step(path)} of "
-                        f"{parent.config['train']['steps']}); finish it first (stepadapt resume {parent.name})")
+        raise UserError(
+            f"run {parent.name}'s base is unfinished (step {artifact_step(path)} of "
+            f"{parent.config['train']['steps']}); finish it first (stepadapt resume {parent.name})"
+        )
     if not parent.ckpt("base").is_file():
-        raise UserError(f"run {parent.name} has no stage-1 checkpoint ({parent.ckpt('base')}), which the fork's "
-                        "control continues from")
+        raise UserError(
+            f"run {parent.name} has no stage-1 checkpoint ({parent.ckpt('base')}), which the fork's "
+            "control continues from"
+        )
     return digest
 
 
@@ -167,15 +206,19 @@ def check_milestone(parent: Run, step: int) -> tuple[Path, Path, str]:
     model, state = milestone_paths(parent.milestones(), step)
     if not model.is_file() or not state.is_file():
         kept = parent.milestone_steps()
-        raise UserError(f"run {parent.name} kept no milestone at step {step} ("
-                        + (f"kept: {', '.join(map(str, kept))}" if kept else "none kept; see train.keep") + ")")
+        raise UserError(
+            f"run {parent.name} kept no milestone at step {step} ("
+            + (f"kept: {', '.join(map(str, kept))}" if kept else "none kept; see train.keep")
+            + ")"
+        )
     if artifact_step(model) != step or artifact_step(state) != step:
         raise UserError(f"run {parent.name}'s milestone {step} is unreadable or not from step {step}: {model}")
     return model, state, file_sha256(model)
 
 
-def fork_run(parent_name: str, name: Optional[str], overrides: Iterable[str], runs_dir,
-             log: Callable[[str], None] = print) -> Run:
+def fork_run(
+    parent_name: str, name: Optional[str], overrides: Iterable[str], runs_dir, log: Callable[[str], None] = print
+) -> Run:
     """A new run sharing ``parent_name``'s finished stage 1 (config from the parent, with ``overrides``; its base
     files copied and checked against the parent's sha256); with ``PARENT@STEP``, the stage 1 that the parent kept
     at milestone STEP."""
@@ -193,8 +236,9 @@ def fork_run(parent_name: str, name: Optional[str], overrides: Iterable[str], ru
         if file_sha256(run.model("base")) != digest:
             raise UserError(f"the fork's base differs from {parent.name}'s after copying; disk trouble?")
         _copy_base_curve(parent, run, step)
-        _record(run, {"origin": "fork", "run": parent.name, **({} if step is None else {"step": step}),
-                      "sha256": digest})
+        _record(
+            run, {"origin": "fork", "run": parent.name, **({} if step is None else {"step": step}), "sha256": digest}
+        )
     except BaseException:
         _discard(run)
         raise
@@ -218,8 +262,11 @@ def _copy_base_curve(parent: Run, run: Run, step: Optional[int]) -> None:
             run.metrics("base").parent.mkdir(parents=True, exist_ok=True)
             run.metrics("base").write_text("".join(json.dumps(r) + "\n" for r in lines))
     store = open_store(run.path.parent)
-    rows = [{k: v for k, v in r.items() if k != "id"} | {"run": run.name, "job": None}
-            for r in store.metrics(parent.name, stage="base") if step is None or (r.get("step") or 0) <= step]
+    rows = [
+        {k: v for k, v in r.items() if k != "id"} | {"run": run.name, "job": None}
+        for r in store.metrics(parent.name, stage="base")
+        if step is None or (r.get("step") or 0) <= step
+    ]
     if rows:
         store.log_metrics(rows)
 
@@ -240,9 +287,16 @@ def _record(run: Run, base: dict) -> None:
     atomic_write_json(meta, run.path / "meta.json")
     store = open_store(run.path.parent)
     for path, kind in ((run.model("base"), "model"), (run.ckpt("base"), "checkpoint")):
-        store.add_artifact({"run": run.name, "job": None, "path": str(path.relative_to(run.path)), "kind": kind,
-                            "sha256": base["sha256"] if kind == "model" else file_sha256(path),
-                            "bytes": path.stat().st_size})
+        store.add_artifact(
+            {
+                "run": run.name,
+                "job": None,
+                "path": str(path.relative_to(run.path)),
+                "kind": kind,
+                "sha256": base["sha256"] if kind == "model" else file_sha256(path),
+                "bytes": path.stat().st_size,
+            }
+        )
 
 
 def _discard(run: Run) -> None:

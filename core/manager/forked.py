@@ -15,6 +15,7 @@ read ``OMP_NUM_THREADS`` when the server imported torch, so a job's thread count
 (``OMP_ENV``) cannot be set after that, so the server is started with it.
 ``STEPADAPT_FORKSERVER=0`` starts each job as its own interpreter again.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,8 +29,15 @@ from core.manager.procs import pid_alive, proc_start
 
 # not core.manager.worker: the orchestrator runs it as ``-m``, so each forked child executes it again as its
 # ``__mp_main__`` (multiprocessing's main-module fixup), and runpy warns when it was imported before
-PRELOAD = ["torch", "core.manager.stages", "core.training.loop", "core.method.prune",
-           "core.method.artifacts", "core.model.diffusion", "core.model.unet"]
+PRELOAD = [
+    "torch",
+    "core.manager.stages",
+    "core.training.loop",
+    "core.method.prune",
+    "core.method.artifacts",
+    "core.model.diffusion",
+    "core.model.unet",
+]
 
 # OpenMP threads sleep at barriers instead of spinning: idle, a step takes ~1.25x as long; beside any other busy
 # process a spinning job ran 3.7-9x slower (bench/omp_wait.py). A value the user set is kept.
@@ -39,7 +47,9 @@ _context: Optional[multiprocessing.context.BaseContext] = None
 
 
 def enabled() -> bool:
-    return os.environ.get("STEPADAPT_FORKSERVER", "1") != "0" and "forkserver" in multiprocessing.get_all_start_methods()
+    return (
+        os.environ.get("STEPADAPT_FORKSERVER", "1") != "0" and "forkserver" in multiprocessing.get_all_start_methods()
+    )
 
 
 def _ctx():

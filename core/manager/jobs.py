@@ -13,6 +13,7 @@ group (training checkpoints and exits 130), then SIGTERM, then SIGKILL, each aft
 Devices: a job's ``device`` is ``cpu`` or ``cuda:N``; for ``cuda:N`` the child sees only that GPU
 (``CUDA_VISIBLE_DEVICES=N``) and uses it as ``cuda``.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,9 @@ from typing import Optional
 
 from core.errors import UserError
 from core.manager import forked
-from core.manager.procs import pid_alive, proc_start, stat_fields  # noqa: F401 (process identity, here as before)
 from core.manager.journal import prepare_job, worker_args
-from core.store import Store, utc_now, open_store
+from core.manager.procs import pid_alive, proc_start, stat_fields  # noqa: F401 (process identity, here as before)
+from core.store import Store, open_store, utc_now
 
 HEARTBEAT_S = float(os.environ.get("STEPADAPT_HEARTBEAT", "3"))
 STALE_S = float(os.environ.get("STEPADAPT_STALE", "120"))
@@ -119,8 +120,16 @@ def child_env(device: Optional[str], threads: Optional[int] = None, owner: bool 
     return env
 
 
-def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Optional[dict] = None,
-           device: str = "cpu", nproc: int = 1, threads: Optional[int] = None) -> tuple[int, subprocess.Popen]:
+def launch(
+    store: Store,
+    run,
+    stage: str,
+    group: Optional[int] = None,
+    args: Optional[dict] = None,
+    device: str = "cpu",
+    nproc: int = 1,
+    threads: Optional[int] = None,
+) -> tuple[int, subprocess.Popen]:
     """Start ``stage`` (of ``group``) of ``run`` as a worker subprocess in its own process group."""
     job_id, spec, log_path = prepare_job(store, run, stage, group, args, device, "local")
     try:
@@ -139,15 +148,31 @@ def launch(store: Store, run, stage: str, group: Optional[int] = None, args: Opt
         if nproc == 1 and stage != "pipeline" and forked.enabled():  # a fork of the pre-started worker
             p = forked.start(worker[1], worker[2:], env, str(log_path))  # worker: ["-m", MODULE, *ARGS]
         else:
-            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env=env, cwd=os.getcwd())
+            p = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                cwd=os.getcwd(),
+            )
     except OSError as e:
         store.finish_job(job_id, "failed", None, f"cannot start: {e}")
         raise UserError(f"cannot start a worker process: {e}") from None
     finally:
         log.close()
-    store.update_job(job_id, command=cmd, pid=p.pid, pgid=p.pid, proc_start=proc_start(p.pid),
-                     status="running", started=utc_now(), heartbeat=time.time(), log_path=str(log_path))
+    store.update_job(
+        job_id,
+        command=cmd,
+        pid=p.pid,
+        pgid=p.pid,
+        proc_start=proc_start(p.pid),
+        status="running",
+        started=utc_now(),
+        heartbeat=time.time(),
+        log_path=str(log_path),
+    )
     return job_id, p
 
 
@@ -295,8 +320,15 @@ class Tracked:
     def __enter__(self) -> "Heartbeat":
         import socket
 
-        self.store.update_job(self.job_id, pid=os.getpid(), proc_start=proc_start(os.getpid()), status="running",
-                              heartbeat=time.time(), started=utc_now(), host=socket.gethostname())
+        self.store.update_job(
+            self.job_id,
+            pid=os.getpid(),
+            proc_start=proc_start(os.getpid()),
+            status="running",
+            heartbeat=time.time(),
+            started=utc_now(),
+            host=socket.gethostname(),
+        )
         self.hb = Heartbeat(self.store, self.job_id).start()
         return self.hb
 

@@ -27,6 +27,7 @@ Records, ``{"k": kind, ...}``:
     round     row: a proxy round; its ``call_id`` is a call's ``id`` in this journal
     artifact  row: a file the job produced
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -109,16 +110,28 @@ def read_spec(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def prepare_job(store, run, stage: str, group: Optional[int], args: Optional[dict], device: Optional[str],
-                launcher: str) -> tuple[int, Path, Path]:
+def prepare_job(
+    store, run, stage: str, group: Optional[int], args: Optional[dict], device: Optional[str], launcher: str
+) -> tuple[int, Path, Path]:
     """The job's row, its folder with its spec, and its log path: (job id, spec path, log path)."""
-    job_id = store.add_job({"run": run.name, "stage": stage, "group_index": group, "args": args or {},
-                            "device": device, "launcher": launcher, "journal_offset": 0})
+    job_id = store.add_job(
+        {
+            "run": run.name,
+            "stage": stage,
+            "group_index": group,
+            "args": args or {},
+            "device": device,
+            "launcher": launcher,
+            "journal_offset": 0,
+        }
+    )
     log_path = run.job_log(job_id, stage, group)
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        spec = write_spec(run.job_dir(job_id), {"id": job_id, "run": run.name, "stage": stage, "group_index": group,
-                                                "args": args or {}, "device": device})
+        spec = write_spec(
+            run.job_dir(job_id),
+            {"id": job_id, "run": run.name, "stage": stage, "group_index": group, "args": args or {}, "device": device},
+        )
     except (OSError, UserError) as e:
         store.finish_job(job_id, "failed", None, f"cannot write the job's folder: {e}")
         raise UserError(f"cannot write job {job_id}'s folder in {run.path}: {e}") from None
@@ -130,8 +143,8 @@ def worker_args(run, spec: Path) -> list[str]:
 
 
 # -- the owner's side ----------------------------------------------------------------------------------------
-INT_MIN, INT_MAX = -(2 ** 63), 2 ** 63 - 1  # SQLite's integers
-COUNT_MAX = 2 ** 53  # progress and total
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # SQLite's integers
+COUNT_MAX = 2**53  # progress and total
 TEXT_MAX, LONG_TEXT = 4096, {"response_text": 256 * 1024}  # characters of a text field (of an LLM's answer)
 FREE_TEXT = {"message", "reason", "validation_error", "error", "response_text"}  # cut with a marker; others refused
 JSON_MAX, LINE_MAX = 1 << 20, 4 << 20  # bytes of a JSON field (messages, a plan); a longer line is skipped
@@ -270,18 +283,29 @@ def _parse(line: bytes):
 
 # -- checking a record -----------------------------------------------------------------------------------------
 _METRICS = "run:str job:int stage:str group_index:int step:int key:str value:num time:num"
-_CALLS = ("run:str job:int group_index:int session:str round:int seq:int attempt:int model_asked:str "
-          "model_resolved:str messages:json params:json request_key:str source:str response_text:str parsed:json "
-          "validation_error:str error:str latency_s:num prompt_tokens:int completion_tokens:int cost:num "
-          "linked_call:int created:str system_fingerprint:str")
-_ROUNDS = ("run:str group_index:int session:str round:int keep:json plan:json macs:int params:int loss:num "
-           "accepted:int reason:str call_id:int created:str")
+_CALLS = (
+    "run:str job:int group_index:int session:str round:int seq:int attempt:int model_asked:str "
+    "model_resolved:str messages:json params:json request_key:str source:str response_text:str parsed:json "
+    "validation_error:str error:str latency_s:num prompt_tokens:int completion_tokens:int cost:num "
+    "linked_call:int created:str system_fingerprint:str"
+)
+_ROUNDS = (
+    "run:str group_index:int session:str round:int keep:json plan:json macs:int params:int loss:num "
+    "accepted:int reason:str call_id:int created:str"
+)
 _ARTIFACTS = "run:str job:int path:str kind:str sha256:str bytes:int created:str"
 _JOB = "pid:int proc_start:int host:str status:str started:str heartbeat:num progress:num total:num message:str"
 _OWN = {"run": "run", "job": "id", "stage": "stage", "group_index": "group_index"}  # column -> the job row's
-_KEYS = {"job": {"fields"}, "finish": {"status", "?exit_code", "?message"}, "metrics": {"rows"},
-         "drop": {"run", "stage", "group", "step"}, "call": {"id", "row"}, "call_set": {"id", "fields"},
-         "round": {"row"}, "artifact": {"row"}}  # a record's fields; "?": optional
+_KEYS = {
+    "job": {"fields"},
+    "finish": {"status", "?exit_code", "?message"},
+    "metrics": {"rows"},
+    "drop": {"run", "stage", "group", "step"},
+    "call": {"id", "row"},
+    "call_set": {"id", "fields"},
+    "round": {"row"},
+    "artifact": {"row"},
+}  # a record's fields; "?": optional
 
 
 def _value(kind: str, col: str, v):
@@ -339,8 +363,11 @@ def _prepare(job: dict, rec, run_dir: Path) -> tuple[Optional[Callable], int]:
     missing = sorted(f for f in _KEYS[kind] if not f.startswith("?") and f not in rec)
     extra = sorted(set(rec) - fields - {"k"})
     if missing or extra:
-        raise BadRecord(f"{kind} record without {missing[0]!r}" if missing else
-                        f"unknown field {extra[0][:40]!r} in a {kind} record")
+        raise BadRecord(
+            f"{kind} record without {missing[0]!r}"
+            if missing
+            else f"unknown field {extra[0][:40]!r} in a {kind} record"
+        )
     return _PREPARE[kind](job, rec, run_dir)
 
 
@@ -364,6 +391,7 @@ def _job_fields(job: dict, rec: dict, run_dir: Path) -> tuple[Optional[Callable]
             del fields["status"]  # the owner gave it a final status meanwhile (killed, lost): that stands
         if fields:
             store.update_job(job["id"], **fields)
+
     return op, foreign
 
 
@@ -434,6 +462,7 @@ def _call_set(job: dict, rec: dict, run_dir: Path) -> tuple[Optional[Callable], 
         real = _call_id(store, job["id"], cid)
         if real is not None:
             store.update_call(real, **fields)
+
     return (op if fields else None, 0) if fields is not None else (None, 1)
 
 
@@ -444,6 +473,7 @@ def _round(job: dict, rec: dict, run_dir: Path) -> tuple[Optional[Callable], int
     def op(store):
         call = row.get("call_id")
         store.log_round({**row, "call_id": None if call is None else _call_id(store, job["id"], call)})
+
     return (op, 0) if row is not None else (None, 1)
 
 
@@ -481,8 +511,16 @@ def _artifact_file(run_dir: Path, raw) -> tuple[str, str, int]:
     return "/".join(parts), h.hexdigest(), size
 
 
-_PREPARE = {"job": _job_fields, "finish": _finish, "metrics": _metrics, "drop": _drop, "call": _call,
-            "call_set": _call_set, "round": _round, "artifact": _artifact}
+_PREPARE = {
+    "job": _job_fields,
+    "finish": _finish,
+    "metrics": _metrics,
+    "drop": _drop,
+    "call": _call,
+    "call_set": _call_set,
+    "round": _round,
+    "artifact": _artifact,
+}
 
 
 def _call_id(store, job_id: int, local: int) -> Optional[int]:

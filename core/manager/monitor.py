@@ -4,6 +4,7 @@ A stage's state comes from the stage's own ``pending`` answer (``stages/``) and 
 listings call done is exactly what ``resume`` will skip. No checkpoint is loaded: training stages read the
 step of their model artifact memory-mapped.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,9 +59,13 @@ def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
     from core.manager.stages.dense import wanted as dense_wanted
     from core.manager.stages.uniform import wanted as uniform_wanted
 
-    skipped = {"prune": cfg["prune"]["method"] == "none",
-               "control": not cfg["control"]["enabled"] or single_stage(cfg), "base": single_stage(cfg),
-               "uniform": not uniform_wanted(cfg), "dense-small": not dense_wanted(cfg)}
+    skipped = {
+        "prune": cfg["prune"]["method"] == "none",
+        "control": not cfg["control"]["enabled"] or single_stage(cfg),
+        "base": single_stage(cfg),
+        "uniform": not uniform_wanted(cfg),
+        "dense-small": not dense_wanted(cfg),
+    }
     out = {}
     for st in STAGES:
         if st in OPTIONAL_STAGES and not cfg["control"].get(OPTIONAL_STAGES[st]):
@@ -84,18 +89,32 @@ def stages_done(status: dict[str, str]) -> int:
 def slurm_line(active: list[dict]) -> str:
     """'Slurm 12_0 running, 12_1 pending' for a run's unfinished Slurm jobs ('' when it has none)."""
     jobs = [j for j in active if j.get("slurm_job")]
-    return ("Slurm " + ", ".join(f"{j['slurm_job']} {(j.get('slurm_state') or j['status']).lower()}"
-                                 for j in jobs[:4]) + (f" (+{len(jobs) - 4})" if len(jobs) > 4 else "")) if jobs else ""
+    return (
+        (
+            "Slurm "
+            + ", ".join(f"{j['slurm_job']} {(j.get('slurm_state') or j['status']).lower()}" for j in jobs[:4])
+            + (f" (+{len(jobs) - 4})" if len(jobs) > 4 else "")
+        )
+        if jobs
+        else ""
+    )
 
 
 def run_summary(store: Store, row: dict) -> dict:
     """One line about a run for ``runs`` and the TUI's runs screen. A run whose folder is gone is listed as
     ``missing``, one whose config cannot be read as ``broken``."""
     run = Run(Path(row["path"]))
-    out = {"name": row["name"], "status": row["status"], "config_hash": row.get("config_hash"),
-           "seed": row.get("seed"), "created": row.get("created"), "ended": row.get("ended"),
-           "parent": row.get("parent"), "folder": str(run.path),
-           "stages_total": len(STAGES) - len(OPTIONAL_STAGES)}
+    out = {
+        "name": row["name"],
+        "status": row["status"],
+        "config_hash": row.get("config_hash"),
+        "seed": row.get("seed"),
+        "created": row.get("created"),
+        "ended": row.get("ended"),
+        "parent": row.get("parent"),
+        "folder": str(run.path),
+        "stages_total": len(STAGES) - len(OPTIONAL_STAGES),
+    }
     if not (run.path / "config.json").exists():
         return {**out, "status": "missing", "folder": None, "stages_done": 0}
     try:
@@ -106,11 +125,18 @@ def run_summary(store: Store, row: dict) -> dict:
     prune = cfg["prune"]
     from core.manager.bases import base_origin
 
-    out.update({"preset": cfg.get("preset"), "method": prune["method"],
-                "llm": prune["llm"] if prune["method"] == "proxy" else "", "stages_done": stages_done(st),
-                "stages_total": len(st),
-                "base": base_origin(run), "launcher": cfg["launcher"]["kind"],
-                "slurm": slurm_line(store.jobs(row["name"], active=True))})
+    out.update(
+        {
+            "preset": cfg.get("preset"),
+            "method": prune["method"],
+            "llm": prune["llm"] if prune["method"] == "proxy" else "",
+            "stages_done": stages_done(st),
+            "stages_total": len(st),
+            "base": base_origin(run),
+            "launcher": cfg["launcher"]["kind"],
+            "slurm": slurm_line(store.jobs(row["name"], active=True)),
+        }
+    )
     ev = load_eval(run)
     models = ev.get("models", {})
     for model, r in models.items():
@@ -138,12 +164,21 @@ def group_rows(store: Store, run: Run) -> list[dict]:
     for g in sched["groups"]:
         rec = read_json(run.prune_record(g["index"])) if g["size"] else None
         ft = store.metrics(run.name, "finetune", g["index"], "loss")
-        rows.append({"index": g["index"], "size": g["size"], "t_start": g.get("t_start"), "t_end": g.get("t_end"),
-                     "budget_ratio": g["budget_ratio"], "budget_macs": g["budget_macs"],
-                     "macs": _get(rec, "report", "macs"), "params": _get(rec, "report", "params"),
-                     "prune_method": _get(rec, "method", "method"),
-                     "finetuned": run.model(run.group_stage(g["index"])).exists(),
-                     "finetune_loss": ft[-1]["value"] if ft else None})
+        rows.append(
+            {
+                "index": g["index"],
+                "size": g["size"],
+                "t_start": g.get("t_start"),
+                "t_end": g.get("t_end"),
+                "budget_ratio": g["budget_ratio"],
+                "budget_macs": g["budget_macs"],
+                "macs": _get(rec, "report", "macs"),
+                "params": _get(rec, "report", "params"),
+                "prune_method": _get(rec, "method", "method"),
+                "finetuned": run.model(run.group_stage(g["index"])).exists(),
+                "finetune_loss": ft[-1]["value"] if ft else None,
+            }
+        )
     return rows
 
 
@@ -155,13 +190,43 @@ def show_data(store: Store, run: Run) -> dict:
         key = m["stage"] + ("" if m["group_index"] is None else f"/g{m['group_index']:02d}")
         last.setdefault(key, {})[m["key"]] = m["value"]
         last[key]["step"] = m["step"]
-    jobs = [{k: j.get(k) for k in ("id", "stage", "group_index", "status", "pid", "device", "exit_code", "started",
-                                   "ended", "progress", "total", "message", "log_path", "launcher", "host",
-                                   "slurm_job", "slurm_state", "slurm_time")} for j in store.jobs(run.name)]
-    return {"run": summary, "meta": run.meta, "stages": stage_status(run, store.jobs(run.name)),
-            "groups": group_rows(store, run), "jobs": jobs, "metrics_last": last,
-            "artifacts": store.artifacts(run.name), "eval": load_eval(run),
-            "base_changed": base_changed(run)}  # models/base.pt against its record in meta.json, or None
+    jobs = [
+        {
+            k: j.get(k)
+            for k in (
+                "id",
+                "stage",
+                "group_index",
+                "status",
+                "pid",
+                "device",
+                "exit_code",
+                "started",
+                "ended",
+                "progress",
+                "total",
+                "message",
+                "log_path",
+                "launcher",
+                "host",
+                "slurm_job",
+                "slurm_state",
+                "slurm_time",
+            )
+        }
+        for j in store.jobs(run.name)
+    ]
+    return {
+        "run": summary,
+        "meta": run.meta,
+        "stages": stage_status(run, store.jobs(run.name)),
+        "groups": group_rows(store, run),
+        "jobs": jobs,
+        "metrics_last": last,
+        "artifacts": store.artifacts(run.name),
+        "eval": load_eval(run),
+        "base_changed": base_changed(run),
+    }  # models/base.pt against its record in meta.json, or None
 
 
 def run_detail(store: Store, run: Run) -> dict:
@@ -174,9 +239,17 @@ def run_detail(store: Store, run: Run) -> dict:
     if sched:
         full = sched.get("full_macs") or 1
         groups += [_group_row(store, run, g, jobs, full) for g in sched["groups"]]
-    return {"name": run.name, "status": row.get("status", "created"), "preset": cfg.get("preset"),
-            "method": cfg["prune"]["method"], "stages": stage_status(run, jobs), "groups": groups,
-            "jobs": jobs, "scheduled": sched is not None, "eval": read_json(run.eval_file())}
+    return {
+        "name": run.name,
+        "status": row.get("status", "created"),
+        "preset": cfg.get("preset"),
+        "method": cfg["prune"]["method"],
+        "stages": stage_status(run, jobs),
+        "groups": groups,
+        "jobs": jobs,
+        "scheduled": sched is not None,
+        "eval": read_json(run.eval_file()),
+    }
 
 
 def _base_row(store: Store, run: Run, cfg: dict, jobs: list[dict]) -> dict:
@@ -186,16 +259,34 @@ def _base_row(store: Store, run: Run, cfg: dict, jobs: list[dict]) -> dict:
         status = "done" if job["status"] == "succeeded" else job["status"]
     else:
         status = "done" if not stages.pending(run, "base") else "pending"
-    return {"group": "base", "t": f"0-{cfg['diffusion']['steps'] - 1}", "budget": None, "macs": None,
-            "status": status, "progress": (job or {}).get("progress") or 0, "total": (job or {}).get("total") or 0,
-            "loss": loss[-1] if loss else None, "series": loss[-SERIES:],
-            "job": job["id"] if job else None}
+    return {
+        "group": "base",
+        "t": f"0-{cfg['diffusion']['steps'] - 1}",
+        "budget": None,
+        "macs": None,
+        "status": status,
+        "progress": (job or {}).get("progress") or 0,
+        "total": (job or {}).get("total") or 0,
+        "loss": loss[-1] if loss else None,
+        "series": loss[-SERIES:],
+        "job": job["id"] if job else None,
+    }
 
 
 def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -> dict:
     if not g["size"]:
-        return {"group": g["index"], "t": "empty", "budget": g["budget_ratio"], "macs": None, "status": "empty",
-                "progress": 0, "total": 0, "loss": None, "series": [], "job": None}
+        return {
+            "group": g["index"],
+            "t": "empty",
+            "budget": g["budget_ratio"],
+            "macs": None,
+            "status": "empty",
+            "progress": 0,
+            "total": 0,
+            "loss": None,
+            "series": [],
+            "job": None,
+        }
     rec = read_json(run.prune_record(g["index"]))
     ft, pj = _latest(jobs, "finetune", g["index"]), _latest(jobs, "prune", g["index"])
     losses = [m["value"] for m in store.metrics(run.name, "finetune", g["index"], "loss")]
@@ -206,11 +297,18 @@ def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -
     else:
         status = "done" if run.model(run.group_stage(g["index"])).exists() else "pending"
     job = ft or pj
-    return {"group": g["index"], "t": f"{g['t_start']}-{g['t_end']}", "budget": g["budget_ratio"],
-            "macs": _get(rec, "report", "macs") and _get(rec, "report", "macs") / full, "status": status,
-            "progress": (ft or {}).get("progress") or 0, "total": (ft or {}).get("total") or 0,
-            "loss": losses[-1] if losses else None, "series": losses[-SERIES:],
-            "job": job["id"] if job else None}
+    return {
+        "group": g["index"],
+        "t": f"{g['t_start']}-{g['t_end']}",
+        "budget": g["budget_ratio"],
+        "macs": _get(rec, "report", "macs") and _get(rec, "report", "macs") / full,
+        "status": status,
+        "progress": (ft or {}).get("progress") or 0,
+        "total": (ft or {}).get("total") or 0,
+        "loss": losses[-1] if losses else None,
+        "series": losses[-SERIES:],
+        "job": job["id"] if job else None,
+    }
 
 
 def _label_columns(wanted: list[int], width: int, gap: int = 1) -> list[int]:
@@ -232,8 +330,13 @@ def schedule_profile(run: Run) -> dict:
     from core.method.schedule import schedule_from_config
 
     sched = schedule_from_config(run.config)
-    return {"T": sched.num_timesteps, "k": float(sched.k), "ratio": [float(r) for r in sched.ratio],
-            "snr": [float(v) for v in sched.snr], "starts": [(g.index, g.t_start) for g in sched.nonempty]}
+    return {
+        "T": sched.num_timesteps,
+        "k": float(sched.k),
+        "ratio": [float(r) for r in sched.ratio],
+        "snr": [float(v) for v in sched.snr],
+        "starts": [(g.index, g.t_start) for g in sched.nonempty],
+    }
 
 
 def draw_schedule(p: dict, width: int = 64) -> str:
@@ -242,18 +345,20 @@ def draw_schedule(p: dict, width: int = 64) -> str:
     T, k = p["T"], p["k"]
     width = max(1, min(width, T))
     cols = [range(i * T // width, max(i * T // width + 1, (i + 1) * T // width)) for i in range(width)]
-    levels = "".join(SPARK[min(7, int((max(p["ratio"][t] for t in c) - k) / max(1 - k, 1e-9) * 7.999))]
-                     for c in cols)
+    levels = "".join(SPARK[min(7, int((max(p["ratio"][t] for t in c) - k) / max(1 - k, 1e-9) * 7.999))] for c in cols)
     snr = p["snr"]
     lo, hi = min(snr), max(snr)
-    snr_line = "".join(SPARK[min(7, int((sum(snr[t] for t in c) / len(c) - lo) / max(hi - lo, 1e-9) * 7.999))]
-                       for c in cols)
+    snr_line = "".join(
+        SPARK[min(7, int((sum(snr[t] for t in c) / len(c) - lo) / max(hi - lo, 1e-9) * 7.999))] for c in cols
+    )
     marks = [" "] * width
     for (g, _), i in zip(p["starts"], _label_columns([s * width // T for _, s in p["starts"]], width)):
         marks[i] = str(g % 10)
-    return (f"SNR dB  {snr_line}  {hi:.0f}..{lo:.0f}\n"
-            f"budget  {levels}  {k:.2f}F..1F\n"
-            f"groups  {''.join(marks)}  t=0..{T - 1}")
+    return (
+        f"SNR dB  {snr_line}  {hi:.0f}..{lo:.0f}\n"
+        f"budget  {levels}  {k:.2f}F..1F\n"
+        f"groups  {''.join(marks)}  t=0..{T - 1}"
+    )
 
 
 def schedule_text(run: Run, width: int = 64) -> str:
@@ -271,8 +376,22 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-ROW_KEYS = ("fid", "fid_ci", "kid", "kid_ci", "precision", "recall", "fid_kind", "fid_n", "params", "macs",
-            "macs_sampled", "loss", "loss_ci", "train_steps")
+ROW_KEYS = (
+    "fid",
+    "fid_ci",
+    "kid",
+    "kid_ci",
+    "precision",
+    "recall",
+    "fid_kind",
+    "fid_n",
+    "params",
+    "macs",
+    "macs_sampled",
+    "loss",
+    "loss_ci",
+    "train_steps",
+)
 
 
 def comparison(runs: list[Run]) -> dict:
@@ -288,17 +407,29 @@ def comparison(runs: list[Run]) -> dict:
         base_macs = models.get("base", {}).get("macs")
         for model in [m for m in SAMPLE_MODELS if m in models]:
             r = models[model]
-            rows.append({"run": run.name, "model": model, **{k: r.get(k) for k in ROW_KEYS},
-                         "macs_ratio": r["macs"] / base_macs if base_macs else None,
-                         "sample_steps": ev.get("sample_steps")})
+            rows.append(
+                {
+                    "run": run.name,
+                    "model": model,
+                    **{k: r.get(k) for k in ROW_KEYS},
+                    "macs_ratio": r["macs"] / base_macs if base_macs else None,
+                    "sample_steps": ev.get("sample_steps"),
+                }
+            )
         if models:
             verdicts[run.name] = ev.get("comparisons", [])
             losses[run.name] = loss_table(models, ev.get("comparisons", []))
     flat = [_flatten(r.config) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
     diff = {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1}
-    return {"rows": rows, "comparisons": verdicts, "loss_groups": losses, "config_differences": diff,
-            "runs": [r.name for r in runs], **(shared_base(runs) if len(runs) > 1 else {})}
+    return {
+        "rows": rows,
+        "comparisons": verdicts,
+        "loss_groups": losses,
+        "config_differences": diff,
+        "runs": [r.name for r in runs],
+        **(shared_base(runs) if len(runs) > 1 else {}),
+    }
 
 
 def shared_base(runs: list[Run]) -> dict:

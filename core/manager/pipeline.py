@@ -9,6 +9,7 @@ With several slots, stage 1 and the control train as one job on all of them (``n
 The first failed job ends the run ``failed`` at once. ``Pipeline`` runs as a tracked ``pipeline`` job
 (``start_detached``); the foreground ``stepadapt run`` starts the same job and follows it.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,9 +52,18 @@ def _gpu_driver() -> bool:
 class Pipeline:
     """Runs the stages left of ``run`` as jobs; ``view(jobs)`` is called while waiting, ``say(line)`` on events."""
 
-    def __init__(self, run: Run, store: Store, slots: list[str], grace: float = 10.0, poll: float = 0.1,
-                 say: Callable[[str], None] = print, view: Optional[Callable[[list[dict]], None]] = None,
-                 stages: tuple = STAGES, cores: Optional[int] = None):
+    def __init__(
+        self,
+        run: Run,
+        store: Store,
+        slots: list[str],
+        grace: float = 10.0,
+        poll: float = 0.1,
+        say: Callable[[str], None] = print,
+        view: Optional[Callable[[list[dict]], None]] = None,
+        stages: tuple = STAGES,
+        cores: Optional[int] = None,
+    ):
         self.run, self.store, self.slots, self.grace, self.poll = run, store, slots, grace, poll
         self.cores = cores  # CPU cores this pipeline's jobs share (a study's arm: its part); None: the machine's
         self.say, self.view, self.stages = say, view, stages
@@ -79,9 +89,14 @@ class Pipeline:
                 if not units:
                     continue
                 self._run_stage(stage, units)
-            if "eval" in self.stages and self.run.eval_file().exists() and (
+            if (
+                "eval" in self.stages
+                and self.run.eval_file().exists()
+                and (
                     not (self.run.report_dir() / "index.html").exists()
-                    or self.run.eval_file().stat().st_mtime > (self.run.report_dir() / "index.html").stat().st_mtime):
+                    or self.run.eval_file().stat().st_mtime > (self.run.report_dir() / "index.html").stat().st_mtime
+                )
+            ):
                 from core.manager.stages.eval import write_run_report
 
                 write_run_report(self.run, self.store, self.say)
@@ -94,7 +109,9 @@ class Pipeline:
         except KeyboardInterrupt:
             self._stop_all()
             self.store.update_run(self.run.name, status="killed", ended=utc_now())
-            raise Interrupted(f"run {self.run.name} stopped; continue it with: stepadapt resume {shlex.quote(self.run.name)}") from None
+            raise Interrupted(
+                f"run {self.run.name} stopped; continue it with: stepadapt resume {shlex.quote(self.run.name)}"
+            ) from None
         except Interrupted:
             self._stop_all()
             self.store.update_run(self.run.name, status="killed", ended=utc_now())
@@ -162,8 +179,10 @@ class Pipeline:
                 raise
             self.busy_since = self.busy_since or time.time()
             if not self.busy_said:
-                self.say(f"store busy (another process holds its write lock) for {time.time() - self.busy_since:.0f}"
-                         " s; waiting")
+                self.say(
+                    f"store busy (another process holds its write lock) for {time.time() - self.busy_since:.0f}"
+                    " s; waiting"
+                )
                 self.busy_said = True
             return []
         if self.busy_since:
@@ -192,10 +211,15 @@ class Pipeline:
         if self.view:
             self.view(self.store.jobs(self.run.name))
         job_id, what, job = failed
-        why = (f"failed: {job['message'] or 'exit ' + str(job['exit_code'])}" if self.slurm is not None
-               else f"failed (exit {job['exit_code']})")
-        raise StageFailed(f"job {job_id} ({what}) {why}; see stepadapt logs {job_id}; after fixing, continue with "
-                          f"stepadapt resume {shlex.quote(self.run.name)}")
+        why = (
+            f"failed: {job['message'] or 'exit ' + str(job['exit_code'])}"
+            if self.slurm is not None
+            else f"failed (exit {job['exit_code']})"
+        )
+        raise StageFailed(
+            f"job {job_id} ({what}) {why}; see stepadapt logs {job_id}; after fixing, continue with "
+            f"stepadapt resume {shlex.quote(self.run.name)}"
+        )
 
     def _submit(self, stage: str, units: list) -> None:
         from core.manager import slurm
@@ -206,13 +230,15 @@ class Pipeline:
 
         submitted = slurm.submit_units(self.store, self.run, stage, units, args, self.launcher, self.slurm, device)
         limits = time_limits([handle.sid for _, handle in submitted])
-        given = (f"--time {self.launcher['time']}" if self.launcher["time"] else "no --time: the partition's")
+        given = f"--time {self.launcher['time']}" if self.launcher["time"] else "no --time: the partition's"
         for unit, (job_id, handle) in zip(units, submitted):
             self.active[job_id] = (handle, None, unit)
             limit = limits.get(handle.sid, "unknown")
             self.store.update_job(job_id, slurm_time=limit)
-            self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} submitted to Slurm "
-                     f"(job {handle.sid}, time limit {limit}, {given})")
+            self.say(
+                f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} submitted to Slurm "
+                f"(job {handle.sid}, time limit {limit}, {given})"
+            )
 
     def _ranks(self, stage: str) -> int:
         """How many processes train ``stage`` together: every slot for a whole-run training stage, as long as
@@ -226,14 +252,30 @@ class Pipeline:
         if self._ranks(stage) > 1:  # one job on every slot: torchrun, DDP
             gpus = [x.split(":", 1)[1] for x in self.slots if x.startswith("cuda:")]
             if gpus:
-                job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cuda"},
-                                      device="cuda:" + ",".join(gpus), nproc=len(gpus))
+                job_id, proc = launch(
+                    self.store,
+                    self.run,
+                    stage,
+                    unit,
+                    {"device": "cuda"},
+                    device="cuda:" + ",".join(gpus),
+                    nproc=len(gpus),
+                )
             else:  # CPU slots: one process per slot, the cores split between them
-                job_id, proc = launch(self.store, self.run, stage, unit, {"device": "cpu"}, device="cpu",
-                                      nproc=len(self.slots), threads=self._split_cores(len(self.slots)))
+                job_id, proc = launch(
+                    self.store,
+                    self.run,
+                    stage,
+                    unit,
+                    {"device": "cpu"},
+                    device="cpu",
+                    nproc=len(self.slots),
+                    threads=self._split_cores(len(self.slots)),
+                )
         else:
-            job_id, proc = launch(self.store, self.run, stage, unit, self._device_args(slot), device=slot,
-                                  threads=threads)
+            job_id, proc = launch(
+                self.store, self.run, stage, unit, self._device_args(slot), device=slot, threads=threads
+            )
         self.active[job_id] = (proc, slot, unit)
         self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} (pid {proc.pid})")
 
@@ -249,27 +291,37 @@ class Pipeline:
             if slot is not None:
                 free.append(slot)
             what = f"{stage}{'' if job['group_index'] is None else ' group ' + str(job['group_index'])}"
-            self.say(f"job {job_id}: {what} {job['status']} (exit {rc})"
-                     + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else ""))
+            self.say(
+                f"job {job_id}: {what} {job['status']} (exit {rc})"
+                + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else "")
+            )
             if job["status"] == "preempted" and self.slurm is not None and stage not in CHECKPOINTING_STAGES:
                 limit = job.get("slurm_time") or "unknown"
-                raise Interrupted(f"job {job_id} ({what}) was stopped by Slurm (time limit {limit}) before it "
-                                  f"finished, and {stage} cannot checkpoint mid-way: give it more time with "
-                                  f"stepadapt resume {shlex.quote(self.run.name)} --time MINUTES")
+                raise Interrupted(
+                    f"job {job_id} ({what}) was stopped by Slurm (time limit {limit}) before it "
+                    f"finished, and {stage} cannot checkpoint mid-way: give it more time with "
+                    f"stepadapt resume {shlex.quote(self.run.name)} --time MINUTES"
+                )
             if job["status"] == "preempted" and self.slurm is not None:
                 n = self.requeued.get((stage, unit), 0)
                 if n < self.launcher["requeues"]:
                     self.requeued[(stage, unit)] = n + 1
-                    self.say(f"job {job_id}: {what} checkpointed on Slurm's signal; submitting it again "
-                             f"({n + 1} of launcher.requeues {self.launcher['requeues']})")
+                    self.say(
+                        f"job {job_id}: {what} checkpointed on Slurm's signal; submitting it again "
+                        f"({n + 1} of launcher.requeues {self.launcher['requeues']})"
+                    )
                     self._submit(stage, [unit])
                     continue
-                raise Interrupted(f"job {job_id} ({what}) was stopped by Slurm's time limit or preemption "
-                                  f"{n + 1} times; continue with stepadapt resume {shlex.quote(self.run.name)} "
-                                  f"(a longer --time, or more launcher.requeues)")
+                raise Interrupted(
+                    f"job {job_id} ({what}) was stopped by Slurm's time limit or preemption "
+                    f"{n + 1} times; continue with stepadapt resume {shlex.quote(self.run.name)} "
+                    f"(a longer --time, or more launcher.requeues)"
+                )
             if job["status"] == "killed":
-                raise Interrupted(f"job {job_id} ({what}) was killed; run {self.run.name} stopped "
-                              f"(continue with stepadapt resume {shlex.quote(self.run.name)})")
+                raise Interrupted(
+                    f"job {job_id} ({what}) was killed; run {self.run.name} stopped "
+                    f"(continue with stepadapt resume {shlex.quote(self.run.name)})"
+                )
             if job["status"] != "succeeded":
                 failed.append((job_id, what, job))
         return failed
@@ -294,23 +346,29 @@ def ensure_idle(store: Store, run: Run) -> None:
     from core.manager.jobs import job_alive
 
     for j in store.jobs(run.name, active=True):
-        raise UserError(f"run {run.name} is running already (job {j['id']}, {j['stage']}, pid {j['pid']}); "
-                        f"stop it with stepadapt kill {shlex.quote(run.name)}")
+        raise UserError(
+            f"run {run.name} is running already (job {j['id']}, {j['stage']}, pid {j['pid']}); "
+            f"stop it with stepadapt kill {shlex.quote(run.name)}"
+        )
     for j in store.jobs(run.name):
         if j["pid"] and j["proc_start"] and job_alive(j):
-            raise UserError(f"job {j['id']} ({j['stage']}) of run {run.name} is recorded {j['status']}, but its "
-                            f"process {j['pid']} still runs; stop it (kill {j['pid']}) before resuming")
+            raise UserError(
+                f"job {j['id']} ({j['stage']}) of run {run.name} is recorded {j['status']}, but its "
+                f"process {j['pid']} still runs; stop it (kill {j['pid']}) before resuming"
+            )
 
 
-def start_detached(run: Run, store: Store, slots: list[str], grace: float = 10.0,
-                   cores: Optional[int] = None) -> tuple[int, int]:
+def start_detached(
+    run: Run, store: Store, slots: list[str], grace: float = 10.0, cores: Optional[int] = None
+) -> tuple[int, int]:
     """Run the pipeline in the background as a tracked ``pipeline`` job; returns (job id, pid). Two at once
     cannot both start: the check that the run is idle and the launch happen under the run's writer lock.
     ``cores``: the CPU cores its jobs may use together (None: the machine's)."""
     with run_lock(run, "starting its pipeline", wait=5.0):
         ensure_idle(store, run)
-        job_id, proc = launch(store, run, "pipeline", None, {"slots": slots, "grace": grace, "cores": cores},
-                              device=None)
+        job_id, proc = launch(
+            store, run, "pipeline", None, {"slots": slots, "grace": grace, "cores": cores}, device=None
+        )
     store.update_run(run.name, status="running")
     return job_id, proc.pid
 
@@ -335,4 +393,3 @@ def stop_run(store: Store, name: str, grace: float = 10.0, log=lambda s: None) -
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
-

@@ -1,5 +1,6 @@
 """Process identity on Linux: whether a pid still runs and is the process recorded, not a later one that reused
 its number (the start time in /proc/PID/stat). Used by the job tracker and by forked jobs."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ def stat_fields(pid: int) -> Optional[list[str]]:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return raw[raw.rfind(")") + 2:].split()  # fields from 3 (state) on; the name may contain spaces
+    return raw[raw.rfind(")") + 2 :].split()  # fields from 3 (state) on; the name may contain spaces
 
 
 def proc_start(pid: int) -> Optional[int]:

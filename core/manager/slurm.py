@@ -28,6 +28,7 @@ stops and ``stepadapt resume`` (e.g. with a longer ``--time``) continues it. Onl
 from nothing and meet the same limit, so the run stops at once with one line that says so and how to give it
 more time. A resubmitted eval still reuses every model it finished (``eval.json`` and the feature arrays).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,8 @@ import time
 from typing import Optional
 
 from core.errors import UserError
-from core.names import DDP_STAGES
 from core.manager.slurm_state import ACTIVE, query_states, settle_from_state
+from core.names import DDP_STAGES
 
 TOOLS = ("sbatch", "squeue", "scancel")
 REFRESH_S = 1.0
@@ -51,8 +52,10 @@ def check_tools() -> None:
     """Slurm's client tools on PATH, or one line saying what is missing."""
     absent = [t for t in TOOLS if shutil.which(t) is None]
     if absent:
-        raise UserError(f"--launcher slurm: {', '.join(absent)} not found on PATH (no Slurm here?); install Slurm's "
-                        "client tools or use --launcher local")
+        raise UserError(
+            f"--launcher slurm: {', '.join(absent)} not found on PATH (no Slurm here?); install Slurm's "
+            "client tools or use --launcher local"
+        )
 
 
 # -- states ----------------------------------------------------------------------------------------------
@@ -78,8 +81,10 @@ class Tracker:
         if got is None:
             if self.unreachable_since is None:
                 self.unreachable_since = time.time()
-                self.say("Slurm's controller does not answer (squeue failed); jobs keep their states from their "
-                         "journals meanwhile")
+                self.say(
+                    "Slurm's controller does not answer (squeue failed); jobs keep their states from their "
+                    "journals meanwhile"
+                )
             return
         if self.unreachable_since is not None:
             self.say("Slurm's controller answers again")
@@ -143,8 +148,7 @@ def run_worker(runs_dir: str, spec: str, nproc: int = 1) -> int:
     if sid:  # the job log says which limit the job got
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         sid = f"{sid}_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else sid
-        print(f"[slurm] job {sid}: time limit {time_limits([sid]).get(sid, 'unknown')}", file=sys.stderr,
-              flush=True)
+        print(f"[slurm] job {sid}: time limit {time_limits([sid]).get(sid, 'unknown')}", file=sys.stderr, flush=True)
     if nproc > 1:
         return _torchrun(argv, nproc)
     sys.argv = ["core.manager.worker", *argv]
@@ -161,8 +165,18 @@ def run_worker(runs_dir: str, spec: str, nproc: int = 1) -> int:
 def _torchrun(argv: list[str], nproc: int) -> int:
     import signal
 
-    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          f"--nproc_per_node={nproc}", "-m", "core.manager.worker", *argv])
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "core.manager.worker",
+            *argv,
+        ]
+    )
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
         signal.signal(sig, lambda s, f: p.send_signal(s))
     rc = p.wait()
@@ -180,11 +194,18 @@ def executor_for(run, settings: dict, stage: str, n: int):
     private.mkdir(parents=True, exist_ok=True)
     os.chmod(private, 0o700)
     ex = submitit.SlurmExecutor(folder=str(private / "%j"), python=sys.executable, max_num_timeout=0)
-    params = {"job_name": f"stepadapt-{run.name}-{stage}", "signal_delay_s": int(settings["signal_s"]),
-              "stderr_to_stdout": True, "array_parallelism": max(1, n),
-              "setup": [f"cd {shlex.quote(os.getcwd())}", "export STEPADAPT_NO_STORE=1 PYTHONUNBUFFERED=1"]
-              + ([f"export OMP_NUM_THREADS={settings['cpus_per_job']} STEPADAPT_THREADS={settings['cpus_per_job']}"]
-                 if settings["cpus_per_job"] else [])}
+    params = {
+        "job_name": f"stepadapt-{run.name}-{stage}",
+        "signal_delay_s": int(settings["signal_s"]),
+        "stderr_to_stdout": True,
+        "array_parallelism": max(1, n),
+        "setup": [f"cd {shlex.quote(os.getcwd())}", "export STEPADAPT_NO_STORE=1 PYTHONUNBUFFERED=1"]
+        + (
+            [f"export OMP_NUM_THREADS={settings['cpus_per_job']} STEPADAPT_THREADS={settings['cpus_per_job']}"]
+            if settings["cpus_per_job"]
+            else []
+        ),
+    }
     for key, name in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("mem", "mem")):
         if settings[key]:
             params[name] = settings[key]
@@ -204,8 +225,9 @@ def executor_for(run, settings: dict, stage: str, n: int):
     return ex
 
 
-def submit_units(store, run, stage: str, units: list, args: dict, settings: dict, tracker: Tracker,
-                 device: str) -> list[tuple[int, SlurmHandle]]:
+def submit_units(
+    store, run, stage: str, units: list, args: dict, settings: dict, tracker: Tracker, device: str
+) -> list[tuple[int, SlurmHandle]]:
     """The units of ``stage`` as Slurm jobs (one job array for several); returns (job id, handle) for each.
     A refused submission fails the prepared jobs with sbatch's own words and is a ``UserError``."""
     from core.manager.journal import prepare_job, worker_args
@@ -225,8 +247,14 @@ def submit_units(store, run, stage: str, units: list, args: dict, settings: dict
         raise UserError(f"Slurm refused the {stage} jobs: {why}") from None
     out = []
     for (job_id, spec, _), job in zip(prepared, jobs):
-        store.update_job(job_id, slurm_job=str(job.job_id), status="queued", log_path=str(job.paths.stdout),
-                         command=["sbatch", *worker_args(run, spec)], heartbeat=time.time())
+        store.update_job(
+            job_id,
+            slurm_job=str(job.job_id),
+            status="queued",
+            log_path=str(job.paths.stdout),
+            command=["sbatch", *worker_args(run, spec)],
+            heartbeat=time.time(),
+        )
         out.append((job_id, SlurmHandle(store, job_id, str(job.job_id), tracker)))
     return out
 
@@ -235,6 +263,7 @@ def _sbatch_error(e: Exception) -> str:
     text = getattr(e, "stderr", None) or getattr(e, "output", None) or str(e)
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    lines = [line.strip() for line in str(text).splitlines() if "error" in line.lower()] or \
-        [line.strip() for line in str(text).splitlines() if line.strip()]
+    lines = [line.strip() for line in str(text).splitlines() if "error" in line.lower()] or [
+        line.strip() for line in str(text).splitlines() if line.strip()
+    ]
     return (lines[-1] if lines else type(e).__name__)[:300]

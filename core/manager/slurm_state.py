@@ -1,14 +1,27 @@
 """What Slurm says about jobs, for the parts of the manager that only ask (``jobs.reconcile``, ``jobs.stop_job``):
 states from ``squeue`` and ``sacct``, the status a job gets from its final state, and ``scancel``. Submitting
 is ``slurm``'s."""
+
 from __future__ import annotations
 
 import subprocess
 import time
 from typing import Optional
 
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD"}
+ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "RESIZING",
+    "SUSPENDED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "STAGE_OUT",
+    "SIGNALING",
+    "RESV_DEL_HOLD",
+}
 # the status (and why) of a job that ended without writing its own, by its final Slurm state
 AFTER = {
     "CANCELLED": ("killed", "cancelled in Slurm (scancel)"),
@@ -89,7 +102,10 @@ def cancel(job: dict, log=lambda s: None) -> None:
     """``scancel`` a job: Slurm sends SIGTERM (the worker checkpoints and stops), SIGKILL after KillWait."""
     if job.get("slurm_job"):
         p = _run(["scancel", str(job["slurm_job"])])
-        log(f"job {job['id']}: scancel {job['slurm_job']}" + ("" if p.returncode == 0 else f" failed: {p.stderr.strip()}"))
+        log(
+            f"job {job['id']}: scancel {job['slurm_job']}"
+            + ("" if p.returncode == 0 else f" failed: {p.stderr.strip()}")
+        )
 
 
 def wait_final(store, job: dict, seconds: float) -> Optional[str]:

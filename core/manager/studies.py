@@ -21,6 +21,7 @@ device slots. Its record, ``RUNS_DIR/studies/ID/study.json``, names every run, s
 exactly the runs that have not finished and ``study show`` / ``study report`` read the results from the runs'
 ``eval.json``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -38,8 +39,11 @@ from core.runs import Run, atomic_write_json, open_run, read_json, runs_root
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"  # the project's definitions
 MAX_ARMS = 64  # a study makes one run per arm: a file with thousands makes thousands of forks
 INTERNAL_ARM_KEYS = ("seed_of",)  # written by expand_seeds, not by a user
-KEYS = {"definition": ("name", "title", "note", "paper_columns", "common", "base", "arms", "rows", "plot"),
-        "arm": ("name", "set", "after", "at", "seeds"), "row": ("label", "arm", "model", "paper")}
+KEYS = {
+    "definition": ("name", "title", "note", "paper_columns", "common", "base", "arms", "rows", "plot"),
+    "arm": ("name", "set", "after", "at", "seeds"),
+    "row": ("label", "arm", "model", "paper"),
+}
 NAME, NAME_MAX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*"), 96  # a part of a run's name: no '/', no leading '.'
 
 
@@ -54,8 +58,9 @@ def load_definition(name_or_path: str) -> dict:
 
     path = definitions().get(name_or_path) or Path(name_or_path).expanduser()
     if not path.is_file():
-        raise UserError(f"unknown study {name_or_path!r}; choose one of: {', '.join(definitions())} "
-                        "(or give a study file)")
+        raise UserError(
+            f"unknown study {name_or_path!r}; choose one of: {', '.join(definitions())} (or give a study file)"
+        )
     d = load_file(path)
     where = f"study {path}"
     if not isinstance(d, dict):
@@ -83,14 +88,20 @@ def expand_seeds(arms: list[dict], where: str) -> list[dict]:
         if seeds is None:
             out.append(a)
             continue
-        if (not isinstance(seeds, list) or len(seeds) < 2 or len(set(seeds)) != len(seeds)
-                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)):
+        if (
+            not isinstance(seeds, list)
+            or len(seeds) < 2
+            or len(set(seeds)) != len(seeds)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+        ):
             raise UserError(f"{where}: arm {a['name']!r}: 'seeds' must list at least 2 different seeds (integers >= 0)")
         if a.get("after") is not None:
             raise UserError(f"{where}: arm {a['name']!r}: an arm with seeds cannot wait for another ('after')")
         rest = {k: v for k, v in a.items() if k != "seeds"}
-        out += [{**rest, "name": f"{a['name']}-s{x}", "set": {**(a.get("set") or {}), "seed": x}, "seed_of": a["name"]}
-                for x in seeds]
+        out += [
+            {**rest, "name": f"{a['name']}-s{x}", "set": {**(a.get("set") or {}), "seed": x}, "seed_of": a["name"]}
+            for x in seeds
+        ]
     return out
 
 
@@ -126,11 +137,13 @@ def _check_rows(d: dict, names: list[str], where: str) -> None:
         if isinstance(r, dict):
             check_keys(r, "row", f"{where}: row {str(r.get('label'))[:60]!r}")
         if not isinstance(r, dict) or r.get("arm") not in names or r.get("model") not in SAMPLE_MODELS:
-            raise UserError(f"{where}: a row needs label, an arm of {names} and a model of {list(SAMPLE_MODELS)}: "
-                            f"{str(r)[:200]}")
+            raise UserError(
+                f"{where}: a row needs label, an arm of {names} and a model of {list(SAMPLE_MODELS)}: {str(r)[:200]}"
+            )
         if r.get("paper") is not None and (not isinstance(r["paper"], list) or len(r["paper"]) != len(cols)):
-            raise UserError(f"{where}: row {r.get('label')!r} needs a list of {len(cols)} paper values, one per "
-                            "paper_columns")
+            raise UserError(
+                f"{where}: row {r.get('label')!r} needs a list of {len(cols)} paper values, one per paper_columns"
+            )
 
 
 def check_keys(d: dict, what: str, where: str) -> None:
@@ -146,8 +159,10 @@ def check_name(name, what: str) -> str:
     """``name`` (an arm's, a study id) as a part of run names: letters, digits, '-', '_', '.', not starting with
     '.', at most ``NAME_MAX`` characters (ID-ARM stays a valid run name); else one line."""
     if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > NAME_MAX:
-        raise UserError(f"{what} {str(name)[:60]!r} is not a plain name (letters, digits, '-', '_', '.'; not "
-                        f"starting with '.'; at most {NAME_MAX} characters)")
+        raise UserError(
+            f"{what} {str(name)[:60]!r} is not a plain name (letters, digits, '-', '_', '.'; not "
+            f"starting with '.'; at most {NAME_MAX} characters)"
+        )
     return name
 
 
@@ -166,7 +181,7 @@ def arm_overrides(defn: dict, arm: dict, study_id: str = "ID") -> list[str]:
     """The -S overrides of one arm: the study's ``common`` ones, then the arm's own; ``{id}`` in a value is the
     study's id (e.g. ``prune.scratch_from: "{id}-proxy"``, another arm's run)."""
     items = {**(defn.get("common") or {}), **(arm.get("set") or {})}
-    fill = (lambda v: v.replace("{id}", study_id) if isinstance(v, str) else v)
+    fill = lambda v: v.replace("{id}", study_id) if isinstance(v, str) else v
     return [f"{k}={json.dumps(fill(v))}" for k, v in items.items()]
 
 
@@ -188,8 +203,9 @@ def list_records(runs_dir) -> list[dict]:
     return [r for r in (read_json(p / "study.json") for p in sorted(root.glob("*"))) if isinstance(r, dict)]
 
 
-def create_study(defn: dict, study_id: Optional[str], preset: Optional[str], base: Optional[str],
-                 overrides: list[str], runs_dir) -> dict:
+def create_study(
+    defn: dict, study_id: Optional[str], preset: Optional[str], base: Optional[str], overrides: list[str], runs_dir
+) -> dict:
     """The study's record (written once; the runs are made when it runs). A study of the same id continues."""
     from core import config as C
 
@@ -218,15 +234,25 @@ def create_study(defn: dict, study_id: Optional[str], preset: Optional[str], bas
         kept = set(base_cfg["train"]["keep"])
         for arm in defn["arms"]:
             if arm.get("at") is not None and arm["at"] not in kept:
-                raise UserError(f"arm {arm['name']!r} forks milestone {arm['at']}, which the base does not keep "
-                                f"(train.keep: {', '.join(map(str, sorted(kept))) or 'none'})")
+                raise UserError(
+                    f"arm {arm['name']!r} forks milestone {arm['at']}, which the base does not keep "
+                    f"(train.keep: {', '.join(map(str, sorted(kept))) or 'none'})"
+                )
         base_name = f"{study_id}-base"
     for arm in defn["arms"]:
         C.apply_overrides(C.resolve(preset, None, overrides), arm_overrides(defn, arm, study_id))
-    rec = {"id": study_id, "study": defn["name"], "definition": defn, "preset": preset, "overrides": overrides,
-           "base": base_name, "base_given": base is not None, "base_at": base_at,
-           "arms": {a["name"]: f"{study_id}-{a['name']}" for a in defn["arms"]},
-           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    rec = {
+        "id": study_id,
+        "study": defn["name"],
+        "definition": defn,
+        "preset": preset,
+        "overrides": overrides,
+        "base": base_name,
+        "base_given": base is not None,
+        "base_at": base_at,
+        "arms": {a["name"]: f"{study_id}-{a['name']}" for a in defn["arms"]},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     atomic_write_json(rec, folder / "study.json")
     return rec
 
@@ -248,8 +274,11 @@ def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str
     if not (path / "config.json").is_file():
         if rec["base_given"]:
             raise UserError(f"the study's base run {rec['base']} is gone")
-        create_run(C.resolve(rec["preset"], None, [*base_overrides(rec["definition"]), *rec["overrides"]]),
-                   rec["base"], runs_dir)
+        create_run(
+            C.resolve(rec["preset"], None, [*base_overrides(rec["definition"]), *rec["overrides"]]),
+            rec["base"],
+            runs_dir,
+        )
     run = open_run(rec["base"], runs_dir)
     if rec.get("base_at") is None and stages.pending(run, "base"):  # a milestone of a base: kept already
         say(f"study {rec['id']}: training the shared stage 1 ({run.name}) once")
@@ -268,13 +297,21 @@ def ensure_arms(rec: dict, runs_dir, say: Callable[[str], None]) -> list[Run]:
         if (runs_root(runs_dir) / name / "config.json").is_file():
             out.append(open_run(name, runs_dir))
         else:
-            out.append(fork_run(arm_base(rec, arm), name, [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])],
-                                runs_dir, log=say))
+            out.append(
+                fork_run(
+                    arm_base(rec, arm),
+                    name,
+                    [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])],
+                    runs_dir,
+                    log=say,
+                )
+            )
     return out
 
 
-def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
-              say: Callable[[str], None] = print) -> dict[str, str]:
+def run_study(
+    rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0, say: Callable[[str], None] = print
+) -> dict[str, str]:
     """Train the base once, then every unfinished arm's pipeline, one per device slot at a time; returns each
     arm run's final status. A failed arm does not stop the others."""
     from core.manager.jobs import job_alive, reconcile
@@ -292,8 +329,10 @@ def run_study(rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0,
     while todo or active:
         waiting = {after[r.name] for r in todo if not ready(r)}
         if not active and todo and not any(ready(r) for r in todo):
-            say(f"study {rec['id']}: {', '.join(r.name for r in todo)} wait(s) for {', '.join(sorted(waiting))}, "
-                "which did not succeed")
+            say(
+                f"study {rec['id']}: {', '.join(r.name for r in todo)} wait(s) for {', '.join(sorted(waiting))}, "
+                "which did not succeed"
+            )
             break
         while free and any(ready(r) for r in todo):
             run = next(r for r in todo if ready(r))
@@ -336,8 +375,10 @@ def stop_study(rec: dict, store, grace: float, log=print) -> None:
 def finished_or_raise(rec: dict, statuses: dict[str, str]) -> None:
     bad = {n: s for n, s in statuses.items() if s != "succeeded"}
     if bad:
-        raise StageFailed(f"study {rec['id']}: {', '.join(f'{n} {s}' for n, s in bad.items())}; continue with "
-                          f"stepadapt study resume {rec['id']}")
+        raise StageFailed(
+            f"study {rec['id']}: {', '.join(f'{n} {s}' for n, s in bad.items())}; continue with "
+            f"stepadapt study resume {rec['id']}"
+        )
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -360,14 +401,42 @@ def results(rec: dict, runs_dir) -> dict:
         ev = evals[name]
         m = ev.get("models", {}).get(r["model"], {})
         base_macs = ev.get("models", {}).get("base", {}).get("macs")
-        rows.append({"label": r["label"], "run": name, "model": r["model"],
-                     **{k: m.get(k) for k in ("fid", "fid_ci", "kid", "kid_ci", "macs", "params", "loss",
-                                               "loss_ci", "train_steps", "fid_kind", "fid_n")},
-                     "macs_ratio": m["macs"] / base_macs if m.get("macs") and base_macs else None,
-                     "paper": dict(zip(defn.get("paper_columns") or [], r.get("paper") or []))})
-    return {"id": rec["id"], "study": rec["study"], "title": defn["title"], "note": defn.get("note", ""),
-            "preset": rec["preset"], "base": rec["base"], "paper_columns": defn.get("paper_columns") or [],
-            "arms": rec["arms"], "rows": rows}
+        rows.append(
+            {
+                "label": r["label"],
+                "run": name,
+                "model": r["model"],
+                **{
+                    k: m.get(k)
+                    for k in (
+                        "fid",
+                        "fid_ci",
+                        "kid",
+                        "kid_ci",
+                        "macs",
+                        "params",
+                        "loss",
+                        "loss_ci",
+                        "train_steps",
+                        "fid_kind",
+                        "fid_n",
+                    )
+                },
+                "macs_ratio": m["macs"] / base_macs if m.get("macs") and base_macs else None,
+                "paper": dict(zip(defn.get("paper_columns") or [], r.get("paper") or [])),
+            }
+        )
+    return {
+        "id": rec["id"],
+        "study": rec["study"],
+        "title": defn["title"],
+        "note": defn.get("note", ""),
+        "preset": rec["preset"],
+        "base": rec["base"],
+        "paper_columns": defn.get("paper_columns") or [],
+        "arms": rec["arms"],
+        "rows": rows,
+    }
 
 
 SEEDED = ("fid", "kid", "loss")
@@ -400,9 +469,19 @@ def _seed_row(r: dict, names: list[str], evals: dict, defn: dict) -> dict:
             continue
         agg = over_seeds(vals)
         boots = [m.get(f"{key}_ci") for m in ms]
-        row.update({key: agg["mean"], f"{key}_ci": agg["ci"], f"{key}_sd": agg["sd"], f"{key}_seeds": vals,
-                    f"{key}_boot_ci": ([sum(b[0] for b in boots) / len(boots), sum(b[1] for b in boots) / len(boots)]
-                                       if all(boots) else None)})
+        row.update(
+            {
+                key: agg["mean"],
+                f"{key}_ci": agg["ci"],
+                f"{key}_sd": agg["sd"],
+                f"{key}_seeds": vals,
+                f"{key}_boot_ci": (
+                    [sum(b[0] for b in boots) / len(boots), sum(b[1] for b in boots) / len(boots)]
+                    if all(boots)
+                    else None
+                ),
+            }
+        )
     first = ms[0]
     base_macs = evals[names[0]].get("models", {}).get("base", {}).get("macs")
     row.update({k: first.get(k) for k in ("macs", "params", "train_steps", "fid_kind", "fid_n")})

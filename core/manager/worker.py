@@ -6,6 +6,7 @@ killed (SIGINT/SIGTERM: training checkpoints first), otherwise failed (the error
 unexpected failure, is in the job's log). A stage's job writes its books to its journal (``journal``), never
 to the store; only the orchestrator (a ``pipeline`` job) owns the store.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         sys.stdout.flush()
     print(f"[job {job['id']}] {books.status} (exit {books.rc})", flush=True)
     if "LOCAL_RANK" in os.environ:  # under torchrun, which takes any other exit for a crash and prints its own
-        return 0                    # traceback: the job's status and exit code are in its books
+        return 0  # traceback: the job's status and exit code are in its books
     return books.rc
 
 
@@ -125,8 +126,9 @@ def _work(store, job, a, hb) -> None:
         from core.runs import run_lock
 
         with run_lock(run, f"its pipeline, job {job['id']}", wait=10.0):  # one writer per run
-            Pipeline(run, store, args["slots"], grace=args.get("grace", 10.0), say=say,
-                     cores=args.get("cores")).execute()
+            Pipeline(
+                run, store, args["slots"], grace=args.get("grace", 10.0), say=say, cores=args.get("cores")
+            ).execute()
         return
     from core.training.devices import init_distributed
 
@@ -138,8 +140,16 @@ def _work(store, job, a, hb) -> None:
     for path, kind in ctx.artifacts:
         path = Path(path)
         if path.exists():
-            store.add_artifact({"run": run.name, "job": job["id"], "path": str(path.relative_to(run.path)),
-                                "kind": kind, "sha256": file_sha256(path), "bytes": path.stat().st_size})
+            store.add_artifact(
+                {
+                    "run": run.name,
+                    "job": job["id"],
+                    "path": str(path.relative_to(run.path)),
+                    "kind": kind,
+                    "sha256": file_sha256(path),
+                    "bytes": path.stat().st_size,
+                }
+            )
 
 
 class _NoBeat:

@@ -9,11 +9,10 @@ A pruned model is stored as its base architecture plus its plan and rebuilt by `
 A file that is missing, unreadable or does not fit its architecture is a ``UserError`` (one line);
 any other exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 from typing import Optional
-
-import torch
 
 from core.errors import UserError
 from core.method.progressive import ProgressiveDenoiser
@@ -48,8 +47,15 @@ def load_unet(path, device="cpu"):
 
 def save_progressive(path, group_models: dict[int, dict], group_of, meta: Optional[dict] = None) -> None:
     """One artifact: ``{"kind": "progressive", "group_of": [T], "groups": {g: {"arch", "plan", "state"}}, ...}``."""
-    atomic_torch_save({"kind": "progressive", "group_of": [int(g) for g in group_of],
-                       "groups": {int(g): a for g, a in group_models.items()}, **(meta or {})}, path)
+    atomic_torch_save(
+        {
+            "kind": "progressive",
+            "group_of": [int(g) for g in group_of],
+            "groups": {int(g): a for g, a in group_models.items()},
+            **(meta or {}),
+        },
+        path,
+    )
 
 
 def load_progressive(path, device="cpu") -> ProgressiveDenoiser:
@@ -73,5 +79,3 @@ def progressive_from_files(files: dict, group_of, device="cpu") -> ProgressiveDe
         art = read_artifact(path, device)
         models[int(g)] = _rebuild(art["arch"], art.get("plan"), art["state"], path)
     return ProgressiveDenoiser(models, group_of).to(device).eval()
-
-

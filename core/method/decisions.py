@@ -15,6 +15,7 @@ Imported calls are recorded with source ``import``: they serve ``prune --replay 
 (the cache serves answers this store's LLM gave, source ``live``), so an imported answer can never reach a request
 that did not ask for that recording.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,19 +36,55 @@ INT_RANGE = (-(1 << 63), (1 << 63) - 1)
 
 # column: type (int | num | str | json | messages | dict); the store's columns of each kind, plus "type"
 CALL_FIELDS = {
-    "type": "str", "id": "int", "run": "str", "group_index": "int", "round": "int", "seq": "int", "attempt": "int",
-    "model_asked": "str", "model_resolved": "str", "messages": "messages", "params": "dict", "request_key": "str",
-    "source": "str", "response_text": "str", "parsed": "json", "validation_error": "str", "error": "str",
-    "latency_s": "num", "prompt_tokens": "int", "completion_tokens": "int", "cost": "num", "linked_call": "int",
-    "created": "str", "session": "str", "system_fingerprint": "str", "job": "int", "local_id": "int",
+    "type": "str",
+    "id": "int",
+    "run": "str",
+    "group_index": "int",
+    "round": "int",
+    "seq": "int",
+    "attempt": "int",
+    "model_asked": "str",
+    "model_resolved": "str",
+    "messages": "messages",
+    "params": "dict",
+    "request_key": "str",
+    "source": "str",
+    "response_text": "str",
+    "parsed": "json",
+    "validation_error": "str",
+    "error": "str",
+    "latency_s": "num",
+    "prompt_tokens": "int",
+    "completion_tokens": "int",
+    "cost": "num",
+    "linked_call": "int",
+    "created": "str",
+    "session": "str",
+    "system_fingerprint": "str",
+    "job": "int",
+    "local_id": "int",
 }
 ROUND_FIELDS = {
-    "type": "str", "id": "int", "run": "str", "group_index": "int", "round": "int", "keep": "json", "plan": "json",
-    "macs": "int", "params": "int", "loss": "num", "accepted": "int", "reason": "str", "call_id": "int",
-    "created": "str", "session": "str",
+    "type": "str",
+    "id": "int",
+    "run": "str",
+    "group_index": "int",
+    "round": "int",
+    "keep": "json",
+    "plan": "json",
+    "macs": "int",
+    "params": "int",
+    "loss": "num",
+    "accepted": "int",
+    "reason": "str",
+    "call_id": "int",
+    "created": "str",
+    "session": "str",
 }
-REQUIRED = {"call": ("id", "run", "group_index", "session", "seq", "request_key", "model_asked", "messages"),
-            "round": ("run", "group_index", "session", "round")}
+REQUIRED = {
+    "call": ("id", "run", "group_index", "session", "seq", "request_key", "model_asked", "messages"),
+    "round": ("run", "group_index", "session", "round"),
+}
 
 
 def read_export(file) -> list[dict]:
@@ -105,12 +142,20 @@ def _check_value(kind: str, key: str, value, where: str) -> None:
     elif kind in ("int", "num"):
         number = isinstance(value, int) or (kind == "num" and isinstance(value, float) and math.isfinite(value))
         _need(number and not isinstance(value, bool), where, key, "an integer" if kind == "int" else "a number")
-        _need(not isinstance(value, int) or INT_RANGE[0] <= value <= INT_RANGE[1], where, key,
-              "an integer within 64 bits")
+        _need(
+            not isinstance(value, int) or INT_RANGE[0] <= value <= INT_RANGE[1], where, key, "an integer within 64 bits"
+        )
     elif kind == "messages":
-        _need(isinstance(value, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                                              and isinstance(m.get("content"), str) for m in value),
-              where, key, "a list of {role, content} messages")
+        _need(
+            isinstance(value, list)
+            and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in value
+            ),
+            where,
+            key,
+            "a list of {role, content} messages",
+        )
         _cap(len(json.dumps(value)), MAX_MESSAGES, where, key)
     elif kind == "dict":
         _need(isinstance(value, dict), where, key, "an object")

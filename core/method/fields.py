@@ -9,6 +9,7 @@ A runs folder is shared data, so this unpickler resolves no global of the file's
 an inert stub that keeps nothing and calls nothing, ``collections.OrderedDict`` (a state dict) is allowed, and
 any other global (``os.system``, ``builtins.eval``) makes the file unreadable: ``{}``, never a call.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -60,8 +61,18 @@ def artifact_fields(path) -> dict:
                 return {}
             with z.open(name) as f:
                 art = _PlainUnpickler(f).load()
-    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, AttributeError, ImportError,
-            ValueError, TypeError, IndexError, KeyError):
+    except (
+        OSError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        EOFError,
+        AttributeError,
+        ImportError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+    ):
         return {}
     if not isinstance(art, dict):
         return {}

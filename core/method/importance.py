@@ -11,6 +11,7 @@ units with the same quantity over their q/k/v rows and proj columns.
              stopping once a step's loss falls below ``thr`` times the largest loss seen (the remaining,
              noisier steps carry little information about the structure to keep)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ class LossContext:
     """What gradient-based criteria need: how to get batches and a loss at given timesteps."""
 
     diffusion: object
-    images: torch.Tensor            # uint8 [N, C, H, W] used for importance estimation
-    timesteps: list                 # the group's timesteps
+    images: torch.Tensor  # uint8 [N, C, H, W] used for importance estimation
+    timesteps: list  # the group's timesteps
     batch_size: int = 32
     batches: int = 4
     seed: int = 0
@@ -165,8 +166,10 @@ class TaylorImportance(Importance):
         for u in units:
             if u.kind == "heads":
                 blk = model.get_submodule(u.name.split(":", 1)[1])
-                wg = {"qkv_w": (blk.qkv.weight * blk.qkv.weight.grad).abs(),
-                      "proj_w": (blk.proj.weight * blk.proj.weight.grad).abs()}
+                wg = {
+                    "qkv_w": (blk.qkv.weight * blk.qkv.weight.grad).abs(),
+                    "proj_w": (blk.proj.weight * blk.proj.weight.grad).abs(),
+                }
                 out[u.name] = _head_scores(blk, lambda k: wg[k].detach())
             else:
                 out[u.name] = _channel_scores(imp, dg, model, u)
@@ -197,8 +200,6 @@ class DiffPruningImportance(TaylorImportance):
 
     def describe(self):
         return {"method": self.name, "thr": self.thr, "steps": self.steps}
-
-
 
 
 def make_importance(method: str, seed: int = 0) -> Importance:

@@ -8,6 +8,7 @@ fetches its price list. Any litellm model string works: ``openai/gpt-4o``, ``ant
 ``LocalSearchPolicy``) that reads the same prompt, including the memory bank, and answers in the same
 format, so the offline default travels the same path and is recorded the same way.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,8 +74,10 @@ def key_for_base(api_base: str) -> Optional[str]:
 
 
 SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|_SECRET|_PASSWORD)$")
-SECRET_TEXT = re.compile(r"(?i)\b(bearer\s+|authorization[\"']?\s*[:=]\s*[\"']?(bearer\s+)?|api[-_]?key[\"']?\s*[:=]\s*[\"']?)"
-                         r"[A-Za-z0-9._~+/=-]{8,}")
+SECRET_TEXT = re.compile(
+    r"(?i)\b(bearer\s+|authorization[\"']?\s*[:=]\s*[\"']?(bearer\s+)?|api[-_]?key[\"']?\s*[:=]\s*[\"']?)"
+    r"[A-Za-z0-9._~+/=-]{8,}"
+)
 
 
 def secrets(extra: Optional[str] = None) -> list[str]:
@@ -140,9 +143,18 @@ def _retry_after(exc) -> Optional[float]:
         return None
 
 
-def complete(model: str, messages: list, params: dict, *, api_base: Optional[str] = None,
-             api_key: Optional[str] = None, timeout: float = 120.0, retries: int = 3,
-             backoff: float = 2.0, max_wait: float = 60.0) -> Reply:
+def complete(
+    model: str,
+    messages: list,
+    params: dict,
+    *,
+    api_base: Optional[str] = None,
+    api_key: Optional[str] = None,
+    timeout: float = 120.0,
+    retries: int = 3,
+    backoff: float = 2.0,
+    max_wait: float = 60.0,
+) -> Reply:
     """One chat completion; retries timeouts, 429 (honouring Retry-After) and 5xx with backoff, all within
     ``timeout`` seconds from the start of the call: a deadline for the whole call, not per read."""
     if model == LOCAL_MODEL and not api_base:  # the offline policy: in-process, no litellm import (8 s a job)
@@ -164,28 +176,42 @@ def complete(model: str, messages: list, params: dict, *, api_base: Optional[str
             left = deadline - time.time()
             if left <= 0:
                 raise CallTimeout(f"the call's {timeout:g} s are used up")
-            resp = _before(deadline, lambda: lib.completion(model=model, messages=messages, timeout=left,
-                                                            num_retries=0, max_retries=0, **kwargs))
+            resp = _before(
+                deadline,
+                lambda: lib.completion(
+                    model=model, messages=messages, timeout=left, num_retries=0, max_retries=0, **kwargs
+                ),
+            )
             text = scrub(resp.choices[0].message.content or "", api_key)
             usage = getattr(resp, "usage", None)
             try:
                 cost = float(lib.completion_cost(completion_response=resp))
             except Exception:  # litellm raises a bare Exception for a model without a price
                 cost = None
-            return Reply(text=text, model_resolved=getattr(resp, "model", None) or model,
-                         prompt_tokens=getattr(usage, "prompt_tokens", None),
-                         completion_tokens=getattr(usage, "completion_tokens", None), cost=cost,
-                         latency_s=time.time() - t0, attempts=attempts,
-                         system_fingerprint=getattr(resp, "system_fingerprint", None))
+            return Reply(
+                text=text,
+                model_resolved=getattr(resp, "model", None) or model,
+                prompt_tokens=getattr(usage, "prompt_tokens", None),
+                completion_tokens=getattr(usage, "completion_tokens", None),
+                cost=cost,
+                latency_s=time.time() - t0,
+                attempts=attempts,
+                system_fingerprint=getattr(resp, "system_fingerprint", None),
+            )
         except Exception as e:  # the provider boundary: whatever litellm or a server does wrong is this call's error
             name = type(e).__name__
             status = getattr(e, "status_code", None)
-            transient = ("Timeout" in name or "RateLimit" in name or "APIConnection" in name
-                         or "ServiceUnavailable" in name or "InternalServer" in name
-                         or (isinstance(status, int) and (status == 429 or status >= 500)))
+            transient = (
+                "Timeout" in name
+                or "RateLimit" in name
+                or "APIConnection" in name
+                or "ServiceUnavailable" in name
+                or "InternalServer" in name
+                or (isinstance(status, int) and (status == 429 or status >= 500))
+            )
             msg = scrub(str(e).strip().splitlines()[0][:300] if str(e).strip() else name, api_key)
             wait = _retry_after(e) if ("RateLimit" in name or status == 429) else None
-            wait = min(max_wait, wait if wait is not None else backoff * (2 ** attempt), max(0.0, deadline - time.time()))
+            wait = min(max_wait, wait if wait is not None else backoff * (2**attempt), max(0.0, deadline - time.time()))
             attempts.append({"error": f"{name}: {msg}", "status": status, "wait_s": wait if transient else 0})
             if not transient or attempt == retries or time.time() + wait >= deadline:
                 raise LLMError(name, msg) from None
@@ -226,7 +252,7 @@ class LocalSearchPolicy:
                     out[name] = min(1.0, max(0.05, out[name] + rnd.choice((-1, 1)) * 0.1))
             return {"keep": {n: round(v, 4) for n, v in out.items()}, "note": "uniform start"}
         best = min(valid, key=lambda m: m["loss"])
-        keep = {n: v * (0.95 ** retries) for n, v in best["keep"].items()}
+        keep = {n: v * (0.95**retries) for n, v in best["keep"].items()}
         step = 0.2 / (1 + 0.3 * len(memory))
         names = [u["name"] for u in units]
         for name in rnd.sample(names, k=max(1, len(names) // 4)):

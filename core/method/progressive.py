@@ -5,12 +5,12 @@ before calling the model, see ``respace.py``), looks up each sample's group in t
 table, runs every group's part of the batch through that group's model and puts the outputs back in
 batch order. Every group model stays resident; nothing is copied or reloaded per step.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn as nn
-
 
 
 class ProgressiveDenoiser(nn.Module):

@@ -24,6 +24,7 @@ Every call and every round outcome is recorded in the store. Sources of answers:
 one), ``replay`` (the recorded answers of another run, in order, each checked against the request key of the call
 being made; imported ones too).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,6 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
-
 
 from core.errors import ReplayMismatch, UserError
 from core.method.llm import LOCAL_MODEL, LLMError, complete, request_key
@@ -49,13 +49,13 @@ class ProxySettings:
     model: str = LOCAL_MODEL
     api_base: Optional[str] = None
     rounds: int = 5
-    proposals: int = 1               # candidates per round, each measured (the paper's Fig. 7 uses 3)
-    retries: int = 2                 # re-asks after a rejected answer, per proposal
+    proposals: int = 1  # candidates per round, each measured (the paper's Fig. 7 uses 3)
+    retries: int = 2  # re-asks after a rejected answer, per proposal
     temperature: float = 0.0
     seed: int = 0
     max_tokens: int = 4096
     timeout: float = 120.0
-    call_retries: int = 3            # transport retries (timeouts, 429, 5xx) inside one call
+    call_retries: int = 3  # transport retries (timeouts, 429, 5xx) inside one call
     backoff: float = 2.0
     fallback: str = "magnitude"
     prompts_dir: Path = PROMPTS_DIR
@@ -64,8 +64,15 @@ class ProxySettings:
         return {"temperature": self.temperature, "seed": self.seed, "max_tokens": self.max_tokens}
 
     def describe(self) -> dict:
-        out = {"method": "proxy", "llm": self.model, "rounds": self.rounds, "retries": self.retries,
-               "temperature": self.temperature, "seed": self.seed, "prompts": prompts_hash(self.prompts_dir)}
+        out = {
+            "method": "proxy",
+            "llm": self.model,
+            "rounds": self.rounds,
+            "retries": self.retries,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "prompts": prompts_hash(self.prompts_dir),
+        }
         if self.proposals > 1:  # one proposal per round describes (and replays) as before
             out["proposals"] = self.proposals
         return out
@@ -104,7 +111,7 @@ def extract_json(text: str) -> dict:
     candidates += re.findall(r"```(?:json)?\s*(\{.*?\})\s*```", text, re.S)
     i, j = text.find("{"), text.rfind("}")
     if 0 <= i < j:
-        candidates.append(text[i:j + 1])
+        candidates.append(text[i : j + 1])
     for c in candidates:
         try:
             obj = json.loads(c)
@@ -165,9 +172,14 @@ def unit_hints(pruner: Pruner, magnitude: dict, taylor: Optional[dict]) -> list[
     out = []
     for u in pruner.units:
         m = magnitude[u.name].float()
-        row = {"name": u.name, "kind": u.kind, "size": u.size, "blocks": u.blocks,
-               "macs_share": round(pruner.mac_model.unit_share(u.name), 5),
-               "magnitude_spread": round(float(m.std() / m.mean().clamp(min=1e-12)), 4) if u.size > 1 else 0.0}
+        row = {
+            "name": u.name,
+            "kind": u.kind,
+            "size": u.size,
+            "blocks": u.blocks,
+            "macs_share": round(pruner.mac_model.unit_share(u.name), 5),
+            "magnitude_spread": round(float(m.std() / m.mean().clamp(min=1e-12)), 4) if u.size > 1 else 0.0,
+        }
         if taylor:
             row["taylor_share"] = round(float(taylor[u.name].sum()) / max(total_taylor, 1e-30), 5)
         out.append(row)
@@ -202,8 +214,10 @@ def _difference(rec: dict, model: str, messages: list, params: dict) -> str:
         if a != b:
             ta, tb = a.get("content", ""), b.get("content", "")
             k = next((j for j, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
-            return (f"message {i} ({b.get('role')}) differs at character {k}: "
-                    f"recorded {ta[max(0, k - 30):k + 40]!r}, now {tb[max(0, k - 30):k + 40]!r}")
+            return (
+                f"message {i} ({b.get('role')}) differs at character {k}: "
+                f"recorded {ta[max(0, k - 30) : k + 40]!r}, now {tb[max(0, k - 30) : k + 40]!r}"
+            )
     if len(old) != len(messages):
         return f"{len(messages)} messages, recorded {len(old)}"
     return f"parameters {params} were {rec.get('params')}"
@@ -212,8 +226,14 @@ def _difference(rec: dict, model: str, messages: list, params: dict) -> str:
 def cached_answer(store, key: str) -> Optional[dict]:
     """The earliest successful answer this store's LLM gave to request ``key`` (source ``live``, from any run).
     Answers copied from elsewhere (imported, or replayed from an import) are never served to a new request."""
-    return next((c for c in store.same_request(key) if c.get("source") == "live" and c.get("error") is None
-                 and c.get("response_text") is not None), None)
+    return next(
+        (
+            c
+            for c in store.same_request(key)
+            if c.get("source") == "live" and c.get("error") is None and c.get("response_text") is not None
+        ),
+        None,
+    )
 
 
 @dataclass
@@ -222,31 +242,40 @@ class ProxyRun:
 
     pruner: Pruner
     budget_macs: float
-    ctx: object                      # PruneContext
+    ctx: object  # PruneContext
     settings: ProxySettings
-    store: object                    # where calls and rounds are written: the Store, or a job's Journal
+    store: object  # where calls and rounds are written: the Store, or a job's Journal
     run: str
     group: int
-    group_info: dict                 # t_start, t_end, snr_min, snr_max, num_timesteps
-    mode: str = "live"               # live | replay | compare
+    group_info: dict  # t_start, t_end, snr_min, snr_max, num_timesteps
+    mode: str = "live"  # live | replay | compare
     replay: Optional[Replay] = None
-    on_miss: str = "fail"            # fail | live (replay only)
+    on_miss: str = "fail"  # fail | live (replay only)
     use_cache: bool = False
     log: Callable[[str], None] = print
     seq: int = 0
     diverged_at: Optional[int] = None
     sources: dict = field(default_factory=dict)
     session: str = field(default_factory=lambda: __import__("uuid").uuid4().hex)
-    cache: object = None             # the Store that ``use_cache`` reads (default: ``store``)
+    cache: object = None  # the Store that ``use_cache`` reads (default: ``store``)
 
     def ask(self, rnd: int, attempt: int, messages: list) -> dict:
         """One answer for ``messages``: replayed, cached or live; recorded in the store. Returns the row."""
         s = self.settings
         params = s.params()
         key = request_key(s.model, messages, params)
-        row = {"run": self.run, "group_index": self.group, "session": self.session, "round": rnd, "seq": self.seq,
-               "attempt": attempt,
-               "model_asked": s.model, "messages": messages, "params": params, "request_key": key}
+        row = {
+            "run": self.run,
+            "group_index": self.group,
+            "session": self.session,
+            "round": rnd,
+            "seq": self.seq,
+            "attempt": attempt,
+            "model_asked": s.model,
+            "messages": messages,
+            "params": params,
+            "request_key": key,
+        }
         self.seq += 1
         rec = None
         if self.mode == "replay" and self.diverged_at is None:
@@ -254,8 +283,10 @@ class ProxyRun:
             if rec is None or rec["request_key"] != key:
                 what = "the recording has no more calls" if rec is None else _difference(rec, s.model, messages, params)
                 if self.on_miss != "live":
-                    raise ReplayMismatch(f"replay of {self.replay.source_run} diverges at group {self.group} "
-                                         f"round {rnd + 1} (call {self.seq}): {what}")
+                    raise ReplayMismatch(
+                        f"replay of {self.replay.source_run} diverges at group {self.group} "
+                        f"round {rnd + 1} (call {self.seq}): {what}"
+                    )
                 self.diverged_at = rnd + 1
                 self.log(f"group {self.group}: replay diverges at round {rnd + 1} ({what}); asking the LLM from here")
                 rec = None
@@ -266,8 +297,20 @@ class ProxyRun:
             if rec is not None:
                 row["source"] = "cache"
         if rec is not None:
-            row.update({k: rec.get(k) for k in ("model_resolved", "response_text", "error", "prompt_tokens",
-                                                 "completion_tokens", "cost", "system_fingerprint")})
+            row.update(
+                {
+                    k: rec.get(k)
+                    for k in (
+                        "model_resolved",
+                        "response_text",
+                        "error",
+                        "prompt_tokens",
+                        "completion_tokens",
+                        "cost",
+                        "system_fingerprint",
+                    )
+                }
+            )
             row["latency_s"] = 0.0
             row["linked_call"] = rec["id"]
         else:
@@ -276,12 +319,26 @@ class ProxyRun:
                 orig = self.replay.next()
                 row["linked_call"] = orig["id"] if orig else None
             try:
-                rep = complete(s.model, messages, params, api_base=s.api_base, timeout=s.timeout,
-                               retries=s.call_retries, backoff=s.backoff)
-                row.update({"model_resolved": rep.model_resolved, "response_text": rep.text,
-                            "latency_s": rep.latency_s, "prompt_tokens": rep.prompt_tokens,
-                            "completion_tokens": rep.completion_tokens, "cost": rep.cost,
-                            "system_fingerprint": rep.system_fingerprint})
+                rep = complete(
+                    s.model,
+                    messages,
+                    params,
+                    api_base=s.api_base,
+                    timeout=s.timeout,
+                    retries=s.call_retries,
+                    backoff=s.backoff,
+                )
+                row.update(
+                    {
+                        "model_resolved": rep.model_resolved,
+                        "response_text": rep.text,
+                        "latency_s": rep.latency_s,
+                        "prompt_tokens": rep.prompt_tokens,
+                        "completion_tokens": rep.completion_tokens,
+                        "cost": rep.cost,
+                        "system_fingerprint": rep.system_fingerprint,
+                    }
+                )
             except LLMError as e:
                 row.update({"error": str(e), "response_text": None})
         self.sources[row["source"]] = self.sources.get(row["source"], 0) + 1
@@ -305,13 +362,28 @@ class ProxyRun:
                 outcome = self._propose(rnd, self._prompt(rnd, bank, prop), memory)
                 if outcome is None:
                     self._record_round(rnd, {"accepted": 0, "reason": "no valid answer"})
-                    memory.append({"round": rnd, "keep": None, "macs_ratio": None, "loss": None, "accepted": False,
-                                   "reason": "no valid answer"})
+                    memory.append(
+                        {
+                            "round": rnd,
+                            "keep": None,
+                            "macs_ratio": None,
+                            "loss": None,
+                            "accepted": False,
+                            "reason": "no valid answer",
+                        }
+                    )
                     continue
                 candidates.append(self._measure(rnd, *outcome, memory))
-        info = {"rounds": s.rounds, "memory": memory, "base_loss": self.base_loss, "sources": self.sources,
-                "diverged_at": self.diverged_at, "replay_of": self.replay.source_run if self.replay else None,
-                "llm": s.model, "session": self.session}
+        info = {
+            "rounds": s.rounds,
+            "memory": memory,
+            "base_loss": self.base_loss,
+            "sources": self.sources,
+            "diverged_at": self.diverged_at,
+            "replay_of": self.replay.source_run if self.replay else None,
+            "llm": s.model,
+            "session": self.session,
+        }
         if not candidates:
             return None, info
         loss, rnd, plan, macs = min(candidates, key=lambda c: (c[0], c[1]))
@@ -326,13 +398,20 @@ class ProxyRun:
         if self.settings.proposals > 1:
             state.update(proposal=proposal + 1, proposals=self.settings.proposals)
         user = self.tpl["proxy_round"].substitute(
-            round=rnd + 1, rounds=self.settings.rounds, budget_gmacs=_fmt(self.budget_macs / 1e9),
-            budget_pct=f"{100 * self.budget_macs / F:.1f}", full_gmacs=_fmt(F / 1e9),
-            t_start=g["t_start"], t_end=g["t_end"], num_timesteps=g["num_timesteps"], snr_min=f"{g['snr_min']:.1f}",
-            snr_max=f"{g['snr_max']:.1f}", base_loss=_fmt(self.base_loss),
-            state=json.dumps(state, indent=1, sort_keys=True))
-        return [{"role": "system", "content": self.tpl["proxy_system"].substitute()},
-                {"role": "user", "content": user}]
+            round=rnd + 1,
+            rounds=self.settings.rounds,
+            budget_gmacs=_fmt(self.budget_macs / 1e9),
+            budget_pct=f"{100 * self.budget_macs / F:.1f}",
+            full_gmacs=_fmt(F / 1e9),
+            t_start=g["t_start"],
+            t_end=g["t_end"],
+            num_timesteps=g["num_timesteps"],
+            snr_min=f"{g['snr_min']:.1f}",
+            snr_max=f"{g['snr_max']:.1f}",
+            base_loss=_fmt(self.base_loss),
+            state=json.dumps(state, indent=1, sort_keys=True),
+        )
+        return [{"role": "system", "content": self.tpl["proxy_system"].substitute()}, {"role": "user", "content": user}]
 
     def _propose(self, rnd: int, messages: list, memory: list) -> Optional[tuple]:
         """Ask until an answer is valid (re-asking with the reason, up to ``retries`` times); every call is
@@ -349,8 +428,10 @@ class ProxyRun:
             self.log(f"group {self.group} round {rnd + 1}: answer rejected ({reason[:120]})")
             if row.get("error"):
                 continue  # a transport failure: ask the same again
-            messages = messages + [{"role": "assistant", "content": (row["response_text"] or "")[:2000]},
-                                   {"role": "user", "content": self.tpl["proxy_retry"].substitute(error=reason)}]
+            messages = messages + [
+                {"role": "assistant", "content": (row["response_text"] or "")[:2000]},
+                {"role": "user", "content": self.tpl["proxy_retry"].substitute(error=reason)},
+            ]
         return None
 
     def _judge(self, rnd: int, row: dict, memory: list) -> tuple:
@@ -362,11 +443,21 @@ class ProxyRun:
             counts = counts_for_ratio(pr.units, {n: 1 - k for n, k in keep.items()}, nearest=True)
             macs = pr.macs_of(counts)
             if macs > self.budget_macs:
-                memory.append({"round": rnd, "keep": keep, "macs_ratio": round(macs / F, 5), "loss": None,
-                               "accepted": False, "reason": "over budget"})
-                raise ValueError(f"the proposal needs {macs / 1e9:.4f} GMACs ({100 * macs / F:.1f}% of the model), "
-                                 f"over the budget of {self.budget_macs / 1e9:.4f} GMACs "
-                                 f"({100 * self.budget_macs / F:.1f}%): keep less")
+                memory.append(
+                    {
+                        "round": rnd,
+                        "keep": keep,
+                        "macs_ratio": round(macs / F, 5),
+                        "loss": None,
+                        "accepted": False,
+                        "reason": "over budget",
+                    }
+                )
+                raise ValueError(
+                    f"the proposal needs {macs / 1e9:.4f} GMACs ({100 * macs / F:.1f}% of the model), "
+                    f"over the budget of {self.budget_macs / 1e9:.4f} GMACs "
+                    f"({100 * self.budget_macs / F:.1f}%): keep less"
+                )
         except ValueError as e:
             row["validation_error"] = str(e)
             return None, None
@@ -382,13 +473,26 @@ class ProxyRun:
         pruned = pr.apply(plan)
         loss = held_out_loss(pruned, self.ctx)
         params = sum(p.numel() for p in pruned.parameters())
-        self._record_round(rnd, {"keep": keep, "plan": plan, "macs": macs, "params": params, "loss": loss,
-                                 "accepted": 1, "reason": None, "call_id": call_id})
-        memory.append({"round": rnd, "keep": keep, "macs_ratio": round(macs / F, 5), "loss": round(loss, 6),
-                       "accepted": True})
+        self._record_round(
+            rnd,
+            {
+                "keep": keep,
+                "plan": plan,
+                "macs": macs,
+                "params": params,
+                "loss": loss,
+                "accepted": 1,
+                "reason": None,
+                "call_id": call_id,
+            },
+        )
+        memory.append(
+            {"round": rnd, "keep": keep, "macs_ratio": round(macs / F, 5), "loss": round(loss, 6), "accepted": True}
+        )
         self.log(f"group {self.group} round {rnd + 1}: {100 * macs / F:.1f}% of F, loss {loss:.5f}")
         return loss, rnd, plan, macs
 
     def _record_round(self, rnd: int, fields: dict) -> None:
-        self.store.log_round({"run": self.run, "group_index": self.group, "session": self.session, "round": rnd,
-                              **fields})
+        self.store.log_round(
+            {"run": self.run, "group_index": self.group, "session": self.session, "round": rnd, **fields}
+        )

@@ -1,6 +1,7 @@
 """Structural (channel) pruning of the UNet to a MACs budget (paper Eq. 14/15).
 
-Eq. 14: U*_{theta - theta'} = argmin_{theta' in theta} Loss(U_{theta - theta'}(T, D, S))  s.t. FLOPs(U_{theta - theta'}) <= f
+Eq. 14: U*_{theta - theta'} = argmin_{theta' in theta} Loss(U_{theta - theta'}(T, D, S))
+        s.t. FLOPs(U_{theta - theta'}) <= f
 Eq. 15: theta' = P(theta, T, D, S), theta' a subset of theta, s.t. FLOPs(U_{theta - theta'}) <= f
 
 theta' is the set of removed positions (a *plan*), T the group's timesteps, D the data, S the settings, f the
@@ -13,6 +14,7 @@ JSON, applies deterministically to a fresh copy of the base (``apply_plan``), an
 pruned architecture (``build_pruned``). Every method (random, magnitude, taylor, diff, and the LLM proxy)
 produces plans.
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,8 +63,9 @@ def validate_plan(plan: dict, units: list[Unit]) -> dict:
         for p in s:
             counts[p // bs] += 1
         if len(set(counts)) > 1:
-            raise ValueError(f"{name}: must remove the same number of positions from each of its {u.blocks} "
-                             f"GroupNorm blocks of {bs}")
+            raise ValueError(
+                f"{name}: must remove the same number of positions from each of its {u.blocks} GroupNorm blocks of {bs}"
+            )
         if counts[0] >= bs:
             raise ValueError(f"{name}: cannot remove every position")
         if s:
@@ -125,7 +128,7 @@ def plan_from_counts(units: list[Unit], scores: dict[str, torch.Tensor], counts:
         s = scores[u.name].detach().float().cpu()
         chosen = []
         for b in range(u.blocks):
-            blk = s[b * bs:(b + 1) * bs]
+            blk = s[b * bs : (b + 1) * bs]
             # lowest scores go first; ties broken by position so plans are deterministic
             order = sorted(range(bs), key=lambda j: (float(blk[j]), j))
             chosen.extend(b * bs + j for j in order[:per_block])
@@ -162,8 +165,11 @@ class MacModel:
     def __init__(self, model: U.UNet, units: list[Unit], dg):
         names = {m: n for n, m in model.named_modules()}
         hw: dict[str, int] = {}
-        hooks = [m.register_forward_hook(lambda mod, i, o, n=n: hw.__setitem__(n, o.shape[-1] * o.shape[-2]))
-                 for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.GroupNorm, U.AttentionBlock))]
+        hooks = [
+            m.register_forward_hook(lambda mod, i, o, n=n: hw.__setitem__(n, o.shape[-1] * o.shape[-2]))
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.GroupNorm, U.AttentionBlock))
+        ]
         was = model.training
         model.eval()
         with torch.no_grad():
@@ -174,12 +180,20 @@ class MacModel:
         self.layers = {}
         for n, m in model.named_modules():
             if isinstance(m, nn.Conv2d):
-                self.layers[n] = ["conv", m.in_channels, m.out_channels, m.kernel_size[0] * m.kernel_size[1] * hw[n],
-                                  hw[n] if m.bias is not None else 0]
+                self.layers[n] = [
+                    "conv",
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size[0] * m.kernel_size[1] * hw[n],
+                    hw[n] if m.bias is not None else 0,
+                ]
             elif isinstance(m, nn.Linear):
                 self.layers[n] = ["conv", m.in_features, m.out_features, 1, 1 if m.bias is not None else 0]
-        self.attn = {n: [hw[n], m.num_heads, m.proj.in_channels // m.num_heads]
-                     for n, m in model.named_modules() if isinstance(m, U.AttentionBlock)}
+        self.attn = {
+            n: [hw[n], m.num_heads, m.proj.in_channels // m.num_heads]
+            for n, m in model.named_modules()
+            if isinstance(m, U.AttentionBlock)
+        }
         self.effects: dict[str, list] = {}
         for u in units:
             # (layer, dim) -> positions lost per removed position of the unit
@@ -234,16 +248,19 @@ class MacModel:
         return part / total
 
 
-
-
 def measure(model: U.UNet) -> dict:
     from core.model.macs import count
 
     return count(model, model.image_size, model.in_channels)
 
 
-def fit_to_budget(macs_of: Callable[[dict], int], units: list[Unit], budget_macs: float,
-                  shape: Callable[[float], dict[str, int]], iters: int = 40) -> tuple[dict[str, int], int, dict]:
+def fit_to_budget(
+    macs_of: Callable[[dict], int],
+    units: list[Unit],
+    budget_macs: float,
+    shape: Callable[[float], dict[str, int]],
+    iters: int = 40,
+) -> tuple[dict[str, int], int, dict]:
     """The largest pruning level s in [0, 1] whose removal counts ``shape(s)`` fit the budget.
 
     ``shape(s)`` maps a level to removal counts per unit, monotone in s: a uniform ratio for the
@@ -264,8 +281,10 @@ def fit_to_budget(macs_of: Callable[[dict], int], units: list[Unit], budget_macs
     lo, hi = 0.0, 1.0
     best = at(hi)
     if best[1] > budget_macs:
-        raise UserError(f"budget {budget_macs / 1e9:.4f} GMACs is below what pruning can reach "
-                        f"({best[1] / 1e9:.4f} GMACs with every unit at its minimum)")
+        raise UserError(
+            f"budget {budget_macs / 1e9:.4f} GMACs is below what pruning can reach "
+            f"({best[1] / 1e9:.4f} GMACs with every unit at its minimum)"
+        )
     for _ in range(iters):
         mid = (lo + hi) / 2
         c, m = at(mid)
@@ -276,8 +295,9 @@ def fit_to_budget(macs_of: Callable[[dict], int], units: list[Unit], budget_macs
     return best[0], best[1], {"level": hi, "evaluations": evals}
 
 
-def greedy_refill(macs_of: Callable[[dict], int], units: list[Unit], scores: dict, counts: dict[str, int],
-                  budget_macs: float) -> tuple[dict[str, int], int]:
+def greedy_refill(
+    macs_of: Callable[[dict], int], units: list[Unit], scores: dict, counts: dict[str, int], budget_macs: float
+) -> tuple[dict[str, int], int]:
     """Give back whole blocks, most important first, while the budget allows (block granularity can leave
     the level search well under budget)."""
     counts = dict(counts)
@@ -355,8 +375,14 @@ class Pruner:
             return shape
         raise ValueError(f"unknown allocation {allocation!r} (uniform or global)")
 
-    def plan_for_budget(self, scores: dict, budget_macs: float, shape: Callable[[float], dict[str, int]],
-                        tolerance: float = 0.03, log: Callable[[str], None] = lambda s: None):
+    def plan_for_budget(
+        self,
+        scores: dict,
+        budget_macs: float,
+        shape: Callable[[float], dict[str, int]],
+        tolerance: float = 0.03,
+        log: Callable[[str], None] = lambda s: None,
+    ):
         """(plan, predicted MACs, search record) for the budget; see ``fit_to_budget`` and ``greedy_refill``."""
         counts, macs, search = fit_to_budget(self.macs_of, self.units, budget_macs, shape)
         if macs < budget_macs * (1 - tolerance):
@@ -371,16 +397,30 @@ class Pruner:
     def report(self, pruned: U.UNet, plan: dict, budget_macs: float, tolerance: float) -> dict:
         after = measure(pruned)
         return {
-            "budget_macs": int(budget_macs), "macs": after["macs"], "attn_macs": after["attn_macs"],
-            "params": after["params"], "base_macs": self.full["macs"], "base_params": self.full["params"],
-            "macs_ratio": after["macs"] / self.full["macs"], "budget_gap": 1 - after["macs"] / budget_macs,
+            "budget_macs": int(budget_macs),
+            "macs": after["macs"],
+            "attn_macs": after["attn_macs"],
+            "params": after["params"],
+            "base_macs": self.full["macs"],
+            "base_params": self.full["params"],
+            "macs_ratio": after["macs"] / self.full["macs"],
+            "budget_gap": 1 - after["macs"] / budget_macs,
             "within_tolerance": budget_macs * (1 - tolerance) <= after["macs"] <= budget_macs,
-            "plan_hash": plan_hash(plan), "removed": removal_counts(plan),
+            "plan_hash": plan_hash(plan),
+            "removed": removal_counts(plan),
         }
 
 
-def prune_to_budget(base: U.UNet, importance, budget_macs: float, ctx=None, *, allocation: str = "uniform",
-                    tolerance: float = 0.03, log: Callable[[str], None] = lambda s: None):
+def prune_to_budget(
+    base: U.UNet,
+    importance,
+    budget_macs: float,
+    ctx=None,
+    *,
+    allocation: str = "uniform",
+    tolerance: float = 0.03,
+    log: Callable[[str], None] = lambda s: None,
+):
     """Prune a copy of ``base`` to at most ``budget_macs`` MACs and no more than ``tolerance`` under it.
 
     Returns (pruned model, plan, report). ``allocation``: ``uniform`` or ``global`` (see ``Pruner.shape``).
@@ -391,8 +431,12 @@ def prune_to_budget(base: U.UNet, importance, budget_macs: float, ctx=None, *, a
     scores = pr.scores(importance, ctx)
     plan, macs, search = pr.plan_for_budget(scores, budget_macs, pr.shape(scores, allocation), tolerance, log)
     pruned = pr.apply(plan)
-    report = {**importance.describe(), "allocation": allocation, **pr.report(pruned, plan, budget_macs, tolerance),
-              "search": search}
+    report = {
+        **importance.describe(),
+        "allocation": allocation,
+        **pr.report(pruned, plan, budget_macs, tolerance),
+        "search": search,
+    }
     if report["macs"] != macs:
         raise AssertionError(f"MAC model {macs} disagrees with the counter {report['macs']}")
     if getattr(importance, "info", None):
@@ -408,8 +452,8 @@ class PruneContext:
     """Data for pruning one group: importance batches and separate held-out images, at its timesteps."""
 
     diffusion: object
-    images: torch.Tensor        # for importance estimation
-    eval_images: torch.Tensor   # for the loss before/after (disjoint from ``images``)
+    images: torch.Tensor  # for importance estimation
+    eval_images: torch.Tensor  # for the loss before/after (disjoint from ``images``)
     timesteps: list
     batch_size: int = 32
     batches: int = 4
@@ -419,5 +463,6 @@ class PruneContext:
     def loss_context(self):
         from core.method.importance import LossContext
 
-        return LossContext(self.diffusion, self.images, self.timesteps, self.batch_size, self.batches,
-                           self.seed, self.device)
+        return LossContext(
+            self.diffusion, self.images, self.timesteps, self.batch_size, self.batches, self.seed, self.device
+        )

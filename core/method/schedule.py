@@ -27,6 +27,7 @@ Other kinds (paper Table 3 and an extra):
                high-noise end instead of the low-noise end (as T-Stitch and DyDiT shrink the early,
                noisy steps), grouped by Eq. 10
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,6 @@ from typing import Optional
 import numpy as np
 
 from core.names import SCHEDULE_KINDS
-
 
 
 def snr_db(alphas_cumprod: np.ndarray) -> np.ndarray:
@@ -77,7 +77,7 @@ def interval_index(ratio: np.ndarray, k: float, n: int) -> np.ndarray:
     """Eq. 10 with upper limits w(i) = k + (1-k)(i+1)/N: the group i with w(i-1) < ratio <= w(i)."""
     if k >= 1.0:
         return np.zeros(len(ratio), dtype=np.int64)
-    pos = (np.asarray(ratio) - k) / (1.0 - k) * n   # in [0, N]
+    pos = (np.asarray(ratio) - k) / (1.0 - k) * n  # in [0, N]
     # ceil(pos) - 1, with a little slack so that values on a boundary stay in the lower group despite rounding
     idx = np.ceil(pos - 1e-9).astype(np.int64) - 1
     return np.clip(idx, 0, n - 1)
@@ -109,10 +109,10 @@ class Schedule:
     n_groups: int
     num_timesteps: int
     full_macs: Optional[int]
-    snr: np.ndarray          # [T] dB
-    ratio: np.ndarray        # [T] budget ratio FLOPs(t)/F
-    group_of: np.ndarray     # [T] group index of each timestep
-    groups: list             # [Group] * N, empty ones included
+    snr: np.ndarray  # [T] dB
+    ratio: np.ndarray  # [T] budget ratio FLOPs(t)/F
+    group_of: np.ndarray  # [T] group index of each timestep
+    groups: list  # [Group] * N, empty ones included
 
     @property
     def nonempty(self) -> list:
@@ -125,7 +125,10 @@ class Schedule:
 
     def to_json(self, with_timesteps: bool = False) -> dict:
         return {
-            "kind": self.kind, "k": self.k, "n_groups": self.n_groups, "num_timesteps": self.num_timesteps,
+            "kind": self.kind,
+            "k": self.k,
+            "n_groups": self.n_groups,
+            "num_timesteps": self.num_timesteps,
             "full_macs": self.full_macs,
             "avg_budget_ratio": self.avg_budget_ratio,
             "avg_budget_macs": None if self.full_macs is None else int(round(self.avg_budget_ratio * self.full_macs)),
@@ -134,8 +137,9 @@ class Schedule:
         }
 
 
-def make_schedule(alphas_cumprod: np.ndarray, kind: str = "snr", k: float = 0.5, n_groups: int = 10,
-                  full_macs: Optional[int] = None) -> Schedule:
+def make_schedule(
+    alphas_cumprod: np.ndarray, kind: str = "snr", k: float = 0.5, n_groups: int = 10, full_macs: Optional[int] = None
+) -> Schedule:
     """Budgets per timestep and their grouping; see the module docstring for each kind."""
     if not 0 < k <= 1:
         raise ValueError("k must be in (0, 1]")
@@ -146,8 +150,7 @@ def make_schedule(alphas_cumprod: np.ndarray, kind: str = "snr", k: float = 0.5,
     ratio = budget_ratios(alphas_cumprod, kind, k)
     if kind in ("equal", "constant"):
         group_of = np.minimum(np.arange(T) * n_groups // T, n_groups - 1)
-        limits = [float(ratio[group_of == i].max()) if (group_of == i).any() else float("nan")
-                  for i in range(n_groups)]
+        limits = [float(ratio[group_of == i].max()) if (group_of == i).any() else float("nan") for i in range(n_groups)]
     else:
         group_of = interval_index(ratio, k, n_groups)
         limits = [k + (1.0 - k) * (i + 1) / n_groups for i in range(n_groups)]
@@ -157,17 +160,19 @@ def make_schedule(alphas_cumprod: np.ndarray, kind: str = "snr", k: float = 0.5,
         budget = limits[i]
         if not math.isfinite(budget):
             budget = k + (1.0 - k) * (i + 1) / n_groups
-        groups.append(Group(
-            index=i,
-            t_start=int(ts.min()) if len(ts) else None,
-            t_end=int(ts.max()) if len(ts) else None,
-            size=int(len(ts)),
-            budget_ratio=float(budget),
-            budget_macs=None if full_macs is None else int(round(budget * full_macs)),
-            snr_min=float(snr[ts].min()) if len(ts) else None,
-            snr_max=float(snr[ts].max()) if len(ts) else None,
-            timesteps=[int(t) for t in ts],
-        ))
+        groups.append(
+            Group(
+                index=i,
+                t_start=int(ts.min()) if len(ts) else None,
+                t_end=int(ts.max()) if len(ts) else None,
+                size=int(len(ts)),
+                budget_ratio=float(budget),
+                budget_macs=None if full_macs is None else int(round(budget * full_macs)),
+                snr_min=float(snr[ts].min()) if len(ts) else None,
+                snr_max=float(snr[ts].max()) if len(ts) else None,
+                timesteps=[int(t) for t in ts],
+            )
+        )
     return Schedule(kind, k, n_groups, T, full_macs, snr, ratio, group_of, groups)
 
 
@@ -206,18 +211,21 @@ def plot_schedule(sched: Schedule, path) -> None:
         ax1.axvline(g.t_start - 0.5, color="0.6", lw=0.6)
         x = (g.t_start + g.t_end) / 2
         row = next((r for r, prev in enumerate(last) if x - prev >= gap), len(last))  # narrow groups stack up
-        last[row:row + 1] = [x]
+        last[row : row + 1] = [x]
         ax2.text(x, 1.01 + 0.045 * row, str(g.index), ha="center", va="bottom", fontsize=7, transform=above)
     empty = [g.index for g in sched.groups if g.size == 0]
-    title = f"{sched.kind} schedule, k={sched.k}, N={sched.n_groups}, T={sched.num_timesteps}; " \
-            f"avg budget {sched.avg_budget_ratio:.3f} F"
+    title = (
+        f"{sched.kind} schedule, k={sched.k}, N={sched.n_groups}, T={sched.num_timesteps}; "
+        f"avg budget {sched.avg_budget_ratio:.3f} F"
+    )
     if empty:
         title += f"; empty groups: {', '.join(map(str, empty))}"
     ax1.set_title(title, fontsize=9, pad=8 + 11 * len(last))
     lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     labels = ax1.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    ax1.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8,
-               frameon=False)  # under the axes: inside, it covered the budget curve's low end
+    ax1.legend(
+        lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False
+    )  # under the axes: inside, it covered the budget curve's low end
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -230,9 +238,9 @@ def run_schedule(run, cfg: Optional[dict] = None) -> Schedule:
     match the config)."""
     import json
 
+    from core.config import model_arch
     from core.errors import UserError
     from core.model.macs import count
-    from core.config import model_arch
     from core.model.unet import build_unet
     from core.runs import atomic_write_json
 
@@ -248,8 +256,10 @@ def run_schedule(run, cfg: Optional[dict] = None) -> Schedule:
     data = sched.to_json(with_timesteps=True)
     if old:
         if old["groups"] != data["groups"]:
-            raise UserError(f"{path} does not match the run's config (was the schedule changed?); "
-                            "start a new run for a new schedule")
+            raise UserError(
+                f"{path} does not match the run's config (was the schedule changed?); "
+                "start a new run for a new schedule"
+            )
     else:
         atomic_write_json(data, path)
     return sched

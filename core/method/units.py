@@ -15,6 +15,7 @@ GroupNorm stays valid without ``round_to``: a unit whose channels pass through G
 is cut into G equal contiguous blocks and loses the same number of positions from each block, so every
 GroupNorm keeps G groups of equal size (a directly normalised unit keeps its channels' group membership).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,6 @@ from typing import Sequence
 import torch.nn as nn
 
 from core.model import unet as U
-
 
 # --------------------------------------------------------------------------- attention as a stream unit
 
@@ -78,10 +78,10 @@ def build_graph(model: U.UNet):
 
 @dataclass
 class Unit:
-    name: str                  # root module name, or "heads:<attention block name>"
-    kind: str                  # "channels" or "heads"
-    size: int                  # prunable positions (channels, or the head dimension)
-    blocks: int                # removal is spread equally over this many contiguous blocks (GroupNorm groups)
+    name: str  # root module name, or "heads:<attention block name>"
+    kind: str  # "channels" or "heads"
+    size: int  # prunable positions (channels, or the head dimension)
+    blocks: int  # removal is spread equally over this many contiguous blocks (GroupNorm groups)
     members: list = field(default_factory=list)  # module names coupled in this unit
 
     @property
@@ -90,8 +90,7 @@ class Unit:
         return self.size - self.blocks
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "size": self.size, "blocks": self.blocks,
-                "members": self.members}
+        return {"name": self.name, "kind": self.kind, "size": self.size, "blocks": self.blocks, "members": self.members}
 
 
 def root_pruner(module):

@@ -4,6 +4,7 @@ Notation follows the paper: beta_t, alpha_t = 1 - beta_t, alpha_bar_t = prod_{s<
 timesteps are 0-indexed (t = 0 is the first noising step, t = T-1 the last).
 The model predicts eps and, with learned variance, an interpolation value v in [-1, 1] (Eq. 15).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,10 @@ def betas_for(schedule: str, num_timesteps: int) -> np.ndarray:
     if schedule == "cosine":
         # beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}, clipped to 0.999 to avoid singularities near t = T
         return np.array(
-            [min(1 - cosine_alpha_bar((i + 1) / num_timesteps) / cosine_alpha_bar(i / num_timesteps), 0.999)
-             for i in range(num_timesteps)],
+            [
+                min(1 - cosine_alpha_bar((i + 1) / num_timesteps) / cosine_alpha_bar(i / num_timesteps), 0.999)
+                for i in range(num_timesteps)
+            ],
             dtype=np.float64,
         )
     raise ValueError(f"unknown noise schedule {schedule!r} (use linear or cosine)")
@@ -44,7 +47,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
 
 def approx_standard_normal_cdf(x):
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def discretized_gaussian_log_likelihood(x, means, log_scales):
@@ -57,7 +60,8 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     cdf_delta = cdf_plus - cdf_min
     return torch.where(
-        x < -0.999, log_cdf_plus,
+        x < -0.999,
+        log_cdf_plus,
         torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))),
     )
 
@@ -82,8 +86,13 @@ class GaussianDiffusion:
     (identity here; a respaced process in ``respace.py`` overrides it).
     """
 
-    def __init__(self, betas: np.ndarray, learn_sigma: bool = True, vlb_weight: float = 0.001,
-                 loss_timesteps: Optional[int] = None):
+    def __init__(
+        self,
+        betas: np.ndarray,
+        learn_sigma: bool = True,
+        vlb_weight: float = 0.001,
+        loss_timesteps: Optional[int] = None,
+    ):
         betas = np.asarray(betas, dtype=np.float64)
         assert betas.ndim == 1 and (betas > 0).all() and (betas <= 1).all()
         self.betas = betas
@@ -105,7 +114,8 @@ class GaussianDiffusion:
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # beta~_0 = 0: clip the log to beta~_1 as IDDPM does
         self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
-        # mu~_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0 + sqrt(alpha_t)(1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
+        # mu~_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
+        #       + sqrt(alpha_t)(1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
@@ -119,24 +129,31 @@ class GaussianDiffusion:
     def q_sample(self, x_start, t, noise=None):
         if noise is None:
             noise = torch.randn_like(x_start)
-        return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-                + _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+        return (
+            _extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+            + _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
+        )
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)."""
-        mean = (_extract(self.posterior_mean_coef1, t, x_t.shape) * x_start
-                + _extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
+        mean = (
+            _extract(self.posterior_mean_coef1, t, x_t.shape) * x_start
+            + _extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
+        )
         var = _extract(self.posterior_variance, t, x_t.shape)
         log_var = _extract(self.posterior_log_variance_clipped, t, x_t.shape)
         return mean, var, log_var
 
     def predict_xstart_from_eps(self, x_t, t, eps):
-        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-                - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
+        return (
+            _extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+            - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps
+        )
 
     def predict_eps_from_xstart(self, x_t, t, x_start):
-        return ((_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x_start)
-                / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x_start) / _extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
+        )
 
     # -- model parameterisation
     def model_t(self, t: torch.Tensor) -> torch.Tensor:
@@ -179,8 +196,9 @@ class GaussianDiffusion:
         nll = mean_flat(nll) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(self, model: Callable, x_start, t, noise=None, teacher: Optional[Callable] = None,
-                        distill: float = 0.0):
+    def training_losses(
+        self, model: Callable, x_start, t, noise=None, teacher: Optional[Callable] = None, distill: float = 0.0
+    ):
         """L_hybrid = L_simple + lambda L_vlb (IDDPM Eq. 16), per sample.
 
         L_simple = ||eps - eps_theta(x_t, t)||^2 (mean over dims); the VLB term sees the eps
@@ -229,13 +247,22 @@ class GaussianDiffusion:
         a_prev = _extract(self.alphas_cumprod_prev, t, x.shape)
         sigma = eta * torch.sqrt((1 - a_prev) / (1 - a)) * torch.sqrt(1 - a / a_prev)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        mean = out["pred_xstart"] * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev - sigma ** 2) * eps
+        mean = out["pred_xstart"] * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev - sigma**2) * eps
         nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
         return mean + nonzero * sigma * noise
 
     @torch.no_grad()
-    def sample(self, model, shape, method: str = "ancestral", eta: float = 0.0, generator=None,
-               device="cpu", progress: Optional[Callable[[int], None]] = None, noise=None):
+    def sample(
+        self,
+        model,
+        shape,
+        method: str = "ancestral",
+        eta: float = 0.0,
+        generator=None,
+        device="cpu",
+        progress: Optional[Callable[[int], None]] = None,
+        noise=None,
+    ):
         """Run the reverse process from x_T ~ N(0, I) to x_0. ``method``: 'ancestral' or 'ddim'."""
         if method not in ("ancestral", "ddim"):
             raise ValueError(f"unknown sampler {method!r} (use ancestral or ddim)")
@@ -271,8 +298,9 @@ class TimestepSampler:
 def create_diffusion(cfg: dict) -> GaussianDiffusion:
     """Build the training process from a config's ``diffusion`` section (plus ``model.learn_sigma``)."""
     d = cfg["diffusion"]
-    return GaussianDiffusion(betas_for(d["noise_schedule"], d["steps"]),
-                             learn_sigma=cfg["model"]["learn_sigma"], vlb_weight=d["vlb_weight"])
+    return GaussianDiffusion(
+        betas_for(d["noise_schedule"], d["steps"]), learn_sigma=cfg["model"]["learn_sigma"], vlb_weight=d["vlb_weight"]
+    )
 
 
 # -- the pixel range the process works in ------------------------------------------------------

@@ -21,6 +21,7 @@ scaled by 1000/T (``rescale_timesteps=True``): an imported model records ``model
 
 Nothing is written unless every tensor of our model is filled from exactly one of theirs with the right shape.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,8 +43,9 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint not found: {path}")
     sd = load_torch(path, "checkpoint")
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"{path} is not a state dict (a mapping of tensor names to tensors), as improved-diffusion "
-                        "saves its models")
+        raise UserError(
+            f"{path} is not a state dict (a mapping of tensor names to tensors), as improved-diffusion saves its models"
+        )
     return {str(k): v for k, v in sd.items()}
 
 
@@ -60,6 +62,7 @@ def _half(first: bool) -> Transform:
     def take(t: torch.Tensor) -> torch.Tensor:
         n = t.shape[0] // 2
         return t[:n] if first else t[n:]
+
     return take
 
 
@@ -133,28 +136,45 @@ def _fits(sd: dict, model, preset: str) -> None:
     if "input_blocks.0.0.weight" not in sd or "out.2.weight" not in sd:
         raise UserError("the checkpoint is not an improved-diffusion UNet (no input_blocks.0.0 / out.2 tensors)")
     if "num_classes" in info:
-        raise UserError(f"the checkpoint is class-conditional ({info['num_classes']} classes, label_emb); "
-                        "stepadapt's models are unconditional")
+        raise UserError(
+            f"the checkpoint is class-conditional ({info['num_classes']} classes, label_emb); "
+            "stepadapt's models are unconditional"
+        )
     if info.get("in_channels") != model.in_channels:
-        raise UserError(f"the checkpoint takes {info.get('in_channels')}-channel images; preset {preset} has "
-                        f"{model.in_channels} (model.in_channels)")
+        raise UserError(
+            f"the checkpoint takes {info.get('in_channels')}-channel images; preset {preset} has "
+            f"{model.in_channels} (model.in_channels)"
+        )
     if info.get("out_channels") != model.out_channels:
         want = "learns the variance (learn_sigma=True)" if model.learn_sigma else "predicts the noise only"
-        have = "learns the variance" if info.get("out_channels") == 2 * model.in_channels else "does not learn the variance"
-        raise UserError(f"the checkpoint {have} ({info.get('out_channels')} output channels) but preset {preset} "
-                        f"{want}: {model.out_channels} output channels (model.learn_sigma)")
+        have = (
+            "learns the variance"
+            if info.get("out_channels") == 2 * model.in_channels
+            else "does not learn the variance"
+        )
+        raise UserError(
+            f"the checkpoint {have} ({info.get('out_channels')} output channels) but preset {preset} "
+            f"{want}: {model.out_channels} output channels (model.learn_sigma)"
+        )
     if info.get("model_channels") != model.model_channels:
-        raise UserError(f"the checkpoint has {info.get('model_channels')} base channels; preset {preset} has "
-                        f"{model.model_channels} (model.model_channels)")
+        raise UserError(
+            f"the checkpoint has {info.get('model_channels')} base channels; preset {preset} has "
+            f"{model.model_channels} (model.model_channels)"
+        )
     if "scale_shift_norm" in info and info["scale_shift_norm"] != all(
-            getattr(m, "scale_shift", True) for m in model.modules() if hasattr(m, "scale_shift")):
+        getattr(m, "scale_shift", True) for m in model.modules() if hasattr(m, "scale_shift")
+    ):
         flag = str(info["scale_shift_norm"]).lower()
-        raise UserError(f"the checkpoint was trained with use_scale_shift_norm={info['scale_shift_norm']}; "
-                        f"pass -S model.scale_shift_norm={flag}")
+        raise UserError(
+            f"the checkpoint was trained with use_scale_shift_norm={info['scale_shift_norm']}; "
+            f"pass -S model.scale_shift_norm={flag}"
+        )
     ours = len(model.input_blocks)
     if info["input_blocks"] != ours:
-        raise UserError(f"the checkpoint has {info['input_blocks']} input blocks, preset {preset}'s model {ours}: "
-                        "another image size, channel_mult or num_res_blocks (is it a model for another dataset?)")
+        raise UserError(
+            f"the checkpoint has {info['input_blocks']} input blocks, preset {preset}'s model {ours}: "
+            "another image size, channel_mult or num_res_blocks (is it a model for another dataset?)"
+        )
 
 
 def convert(sd: dict[str, torch.Tensor], model, preset: str = "this") -> dict[str, torch.Tensor]:
@@ -170,14 +190,17 @@ def convert(sd: dict[str, torch.Tensor], model, preset: str = "this") -> dict[st
             raise UserError(f"the checkpoint has no {theirs} (needed for {ours}); is it a model of preset {preset}?")
         t = fn(sd[theirs])
         if tuple(t.shape) != tuple(target[ours].shape):
-            raise UserError(f"{theirs} has shape {list(sd[theirs].shape)}, which does not fit preset {preset}'s "
-                            f"{ours} {list(target[ours].shape)}")
+            raise UserError(
+                f"{theirs} has shape {list(sd[theirs].shape)}, which does not fit preset {preset}'s "
+                f"{ours} {list(target[ours].shape)}"
+            )
         out[ours] = t.to(target[ours].dtype).clone().contiguous()
         used.add(theirs)
     extra = sorted(set(sd) - used)
     if extra:
-        raise UserError(f"the checkpoint has {len(extra)} tensor(s) preset {preset}'s model has no place for, "
-                        f"e.g. {extra[0]}")
+        raise UserError(
+            f"the checkpoint has {len(extra)} tensor(s) preset {preset}'s model has no place for, e.g. {extra[0]}"
+        )
     return out
 
 

@@ -6,6 +6,7 @@ GroupNorm subclasses such as IDDPM's GroupNorm32, and so do we). The attention m
 (q k^T and w v) are functional ops that counter cannot see; they are measured by the attention
 blocks themselves and reported alongside as ``attn_macs``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,9 @@ def progressive_cost(model, image_size: int, channels: int, sample_steps: int | 
         per_group[int(g)] = {**count(m, image_size, channels, t_any), "timesteps": int((group_of == int(g)).sum())}
 
     def average(ts) -> dict:
-        return {key: sum(per_group[int(group_of[t])][key] for t in ts) / len(ts)
-                for key in ("params", "macs", "attn_macs")}
+        return {
+            key: sum(per_group[int(group_of[t])][key] for t in ts) / len(ts) for key in ("params", "macs", "attn_macs")
+        }
 
     T = len(group_of)
     res = {"groups": per_group, "avg_all": average(range(T)), "num_timesteps": T}

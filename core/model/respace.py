@@ -5,6 +5,7 @@ the respaced process has beta'_k = 1 - alpha_bar_{s_k} / alpha_bar_{s_{k-1}} (al
 Its step k is shown to the model as the original timestep s_k (``timestep_map``), so a model
 trained on T steps, or a progressive model routing by original timestep, runs unchanged.
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -41,5 +42,9 @@ def respaced(diffusion: GaussianDiffusion, steps: int) -> GaussianDiffusion:
     """The process ``diffusion`` respaced to ``steps`` steps (itself when steps == T)."""
     if steps == diffusion.num_timesteps:
         return diffusion
-    return SpacedDiffusion(diffusion.betas, space_timesteps(diffusion.num_timesteps, steps),
-                           learn_sigma=diffusion.learn_sigma, vlb_weight=diffusion.vlb_weight)
+    return SpacedDiffusion(
+        diffusion.betas,
+        space_timesteps(diffusion.num_timesteps, steps),
+        learn_sigma=diffusion.learn_sigma,
+        vlb_weight=diffusion.vlb_weight,
+    )

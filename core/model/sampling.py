@@ -1,4 +1,5 @@
 """Drawing samples from a trained denoiser (base or progressive) with a respaced process."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,7 @@ from typing import Callable, Optional
 
 import torch
 
-from core.model.diffusion import to_uint8
-from core.model.diffusion import GaussianDiffusion
+from core.model.diffusion import GaussianDiffusion, to_uint8
 from core.model.respace import respaced
 
 
@@ -27,10 +27,21 @@ def set_layout(model, channels_last: bool = True):
 
 
 @torch.inference_mode()
-def sample_images(model: Callable, diffusion: GaussianDiffusion, n: int, *, image_size: int, channels: int,
-                  steps: int, batch_size: int = 64, seed: int = 0, method: str = "ancestral",
-                  device="cpu", progress: Optional[Callable[[int], None]] = None,
-                  channels_last: bool = True) -> torch.Tensor:
+def sample_images(
+    model: Callable,
+    diffusion: GaussianDiffusion,
+    n: int,
+    *,
+    image_size: int,
+    channels: int,
+    steps: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    method: str = "ancestral",
+    device="cpu",
+    progress: Optional[Callable[[int], None]] = None,
+    channels_last: bool = True,
+) -> torch.Tensor:
     """``n`` images as uint8 [n, C, H, W], sampled with ``steps`` of the process's T steps.
 
     Batch b starts from noise seeded by (seed, b), so a given seed gives the same images whatever the batch count.
@@ -42,8 +53,9 @@ def sample_images(model: Callable, diffusion: GaussianDiffusion, n: int, *, imag
     for b, i in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - i)
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-        x = proc.sample(model, (m, channels, image_size, image_size), method=method, generator=g,
-                        device=device, progress=progress)
+        x = proc.sample(
+            model, (m, channels, image_size, image_size), method=method, generator=g, device=device, progress=progress
+        )
         out.append(to_uint8(x).cpu())
     return torch.cat(out)
 
@@ -60,7 +72,7 @@ def tile(images: torch.Tensor, padding: int = 2):
     canvas = torch.zeros(3, rows * (h + padding) + padding, cols * (w + padding) + padding, dtype=torch.uint8)
     for i in range(n):
         y, x = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
-        canvas[:, y:y + h, x:x + w] = rgb[i]
+        canvas[:, y : y + h, x : x + w] = rgb[i]
     return Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
@@ -82,8 +94,14 @@ def paste_labelled(tiles: dict, path: Path, gap: int = 8) -> Path:
     from PIL import Image, ImageDraw
 
     label_h = 16
-    canvas = Image.new("RGB", (sum(t.width for t in tiles.values()) + gap * (len(tiles) - 1),
-                               max(t.height for t in tiles.values()) + label_h), "white")
+    canvas = Image.new(
+        "RGB",
+        (
+            sum(t.width for t in tiles.values()) + gap * (len(tiles) - 1),
+            max(t.height for t in tiles.values()) + label_h,
+        ),
+        "white",
+    )
     draw, x = ImageDraw.Draw(canvas), 0
     for name, tile in tiles.items():
         canvas.paste(tile, (x, label_h))

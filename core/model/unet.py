@@ -14,6 +14,7 @@ Differences from improved-diffusion's module layout, all parameter- and MAC-neut
 Everything counted by a module-level MAC counter (convs and linears) matches IDDPM:
 the ``cifar10`` preset has 52.5M parameters and 8.14 GMACs at 32x32.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,9 @@ def gn(channels: int, groups: int = 32) -> GroupNorm32:
 class ResBlock(nn.Module):
     """h = conv(SiLU(GN(x))); h = GN(h) * (1 + scale(emb)) + shift(emb); out = skip(x) + conv(drop(SiLU(h)))."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, scale_shift: bool = True,
-                 norm_groups: int = 32):
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, scale_shift: bool = True, norm_groups: int = 32
+    ):
         super().__init__()
         self.scale_shift = scale_shift
         self.in_norm = gn(in_ch, norm_groups)
@@ -193,9 +195,7 @@ class UNet(nn.Module):
         # attention resolutions are given in pixels (16, 8) and turned into downsample rates
         attn_ds = {image_size // r for r in attention_resolutions}
 
-        self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # the first conv gets no embedding
         self.input_blocks = nn.ModuleList([_Plain(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         skip_chs = [model_channels]
@@ -213,16 +213,22 @@ class UNet(nn.Module):
                 skip_chs.append(ch)
                 ds *= 2
 
-        self.middle_block = Sequence_([
-            ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm, norm_groups),
-            AttentionBlock(ch, num_heads, norm_groups),
-            ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm, norm_groups),
-        ])
+        self.middle_block = Sequence_(
+            [
+                ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm, norm_groups),
+                AttentionBlock(ch, num_heads, norm_groups),
+                ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm, norm_groups),
+            ]
+        )
 
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_chs.pop(), mult * model_channels, emb_dim, dropout, scale_shift_norm, norm_groups)]
+                layers = [
+                    ResBlock(
+                        ch + skip_chs.pop(), mult * model_channels, emb_dim, dropout, scale_shift_norm, norm_groups
+                    )
+                ]
                 ch = mult * model_channels
                 if ds in attn_ds:
                     layers.append(AttentionBlock(ch, num_heads, norm_groups))

@@ -9,6 +9,7 @@ Data specs (``--data``):
 Images are uint8 tensors [C, H, W] at the model's size and channel count; batches are scaled to [-1, 1]
 on the device. Batch k of a stream is a pure function of (seed, k), so training resumes exactly.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,12 @@ def _fit(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
             p = (size - h) // 2
             images = F.pad(images, (p, p, p, p))
         else:
-            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
-                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
+            images = (
+                F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
     return images.contiguous()
 
 
@@ -99,8 +104,10 @@ def _cifar10(root: str, size: int, channels: int, flip: bool, download: bool) ->
 
     path = Path(root).expanduser()
     if not download and not (path / "cifar-10-batches-py").is_dir():
-        raise UserError(f"CIFAR-10 not found under {path} (expected {path / 'cifar-10-batches-py'}); "
-                        "pass --download to fetch it, or point data.root / --data cifar10:ROOT at a copy")
+        raise UserError(
+            f"CIFAR-10 not found under {path} (expected {path / 'cifar-10-batches-py'}); "
+            "pass --download to fetch it, or point data.root / --data cifar10:ROOT at a copy"
+        )
     try:
         ds = CIFAR10(str(path), train=True, download=download)
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as e:  # corrupt or unreachable
@@ -191,7 +198,7 @@ class BatchStream(torch.utils.data.Dataset):
         self.data, self.batch_size, self.seed = data, batch_size, seed
 
     def __len__(self):
-        return 2 ** 62
+        return 2**62
 
     @functools.lru_cache(maxsize=2)
     def _perm(self, epoch: int) -> torch.Tensor:
@@ -220,8 +227,13 @@ def batches(data, batch_size: int, seed: int, start: int, stop: int, workers: in
     """Batches start..stop-1 of the stream, loaded by ``workers`` background processes (0: in process)."""
     stream = BatchStream(data, batch_size, seed)
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, sampler=range(start, stop), num_workers=workers, pin_memory=pin,
-        persistent_workers=False, prefetch_factor=4 if workers else None,
+        stream,
+        batch_size=None,
+        sampler=range(start, stop),
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
         generator=torch.Generator(),  # the loader draws a base seed: keep it off the global RNG (dropout's)
     )
     return iter(loader)

@@ -1,4 +1,5 @@
 """Devices and process groups: which device a job trains on, and joining torchrun's process group."""
+
 from __future__ import annotations
 
 import os

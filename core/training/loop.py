@@ -16,6 +16,7 @@ bf16 autocast (``spec.bf16``) where the device computes bf16 natively: CUDA, and
 (``devices.bf16_native``); channels-last; on CUDA fused AdamW; ``spec.compile`` compiles the model;
 ``spec.accum`` splits each step's batch into micro-batches.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,7 @@ def ema_decay_at(decay: float, step: int, warmup: bool) -> float:
 
 
 def _step_seed(seed: int, step: int, salt: int) -> int:
-    return (seed * 1_000_003 + step * 7 + salt) % (2 ** 63)
+    return (seed * 1_000_003 + step * 7 + salt) % (2**63)
 
 
 PARENT_DEATH = getattr(signal, "SIGUSR1", signal.SIGTERM)  # what a forked job gets when its server dies
@@ -97,8 +98,14 @@ class ProgressLine:
         if enabled and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.bar = Progress(
+                TextColumn(f"[bold]{name}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self.task = self.bar.add_task(name, total=total, completed=start, info="")
             self.bar.start()
 
@@ -133,11 +140,22 @@ class TrainLoop:
     Hooks: ``on_start(step)`` once with the step training starts from (0, or the checkpoint's),
     ``on_step(done, total)`` after every step, ``on_log(record)`` with every logged record."""
 
-    def __init__(self, spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
-                 resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
-                 on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
-                 on_step: Optional[Callable[[int, int], None]] = None, teacher: Optional[torch.nn.Module] = None,
-                 evaluator: Optional[Callable[[torch.nn.Module], float]] = None):
+    def __init__(
+        self,
+        spec: TrainSpec,
+        model: torch.nn.Module,
+        diffusion: GaussianDiffusion,
+        data,
+        *,
+        resume: bool = False,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+        on_log: Optional[Callable[[dict], None]] = None,
+        on_start: Optional[Callable[[int], None]] = None,
+        on_step: Optional[Callable[[int, int], None]] = None,
+        teacher: Optional[torch.nn.Module] = None,
+        evaluator: Optional[Callable[[torch.nn.Module], float]] = None,
+    ):
         self.spec, self.model, self.diffusion, self.data = spec, model, diffusion, data
         self.evaluator = evaluator if spec.eval_every > 0 else None
         self.best = {"step": None, "value": None}  # the lowest measurement so far (kept in the checkpoint)
@@ -164,8 +182,9 @@ class TrainLoop:
         if spec.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay,
-                                     fused=True if self.cuda else None)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, fused=True if self.cuda else None
+        )
         self.net = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -173,8 +192,9 @@ class TrainLoop:
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
         if spec.compile:
             self.net = torch.compile(self.net)
-        self.sampler = TimestepSampler(spec.timesteps if spec.timesteps is not None
-                                       else range(self.diffusion.num_timesteps))
+        self.sampler = TimestepSampler(
+            spec.timesteps if spec.timesteps is not None else range(self.diffusion.num_timesteps)
+        )
         self.autocast = autocast(self.device, spec.bf16)
         self.precision = "bf16 autocast" if isinstance(self.autocast, torch.autocast) else "fp32"
         self.precisions = {self.precision}  # every precision this model was trained at (kept in its files)
@@ -228,7 +248,7 @@ class TrainLoop:
         t = self.sampler.sample(x0.shape[0], self.gen_cpu, self.device)
         noise = torch.randn(x0.shape, generator=self.gen_dev, device=self.device)
         if self.world > 1:
-            x0, t, noise = x0[self.rank::self.world], t[self.rank::self.world], noise[self.rank::self.world]
+            x0, t, noise = x0[self.rank :: self.world], t[self.rank :: self.world], noise[self.rank :: self.world]
         if spec.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
@@ -244,14 +264,13 @@ class TrainLoop:
         for i, (xc, tc, nc) in enumerate(parts):
             w = xc.shape[0] / x0.shape[0]
             sync_later = self.world > 1 and i < len(parts) - 1 and hasattr(self.net, "no_sync")
-            with (self.net.no_sync() if sync_later else contextlib.nullcontext()), self.autocast:
+            with self.net.no_sync() if sync_later else contextlib.nullcontext(), self.autocast:
                 terms = self.diffusion.training_losses(self.net, xc, tc, nc, self.teacher, self.spec.distill)
                 part = terms["loss"].mean() * w
             part.backward()
             zero = torch.zeros_like(terms["mse"])
             vb, dist = terms.get("vb", zero).mean(), terms.get("distill", zero).mean()
-            total += torch.stack([part.detach(), terms["mse"].mean().detach() * w, vb.detach() * w,
-                                  dist.detach() * w])
+            total += torch.stack([part.detach(), terms["mse"].mean().detach() * w, vb.detach() * w, dist.detach() * w])
         if self.spec.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
         self.opt.step()
@@ -266,13 +285,20 @@ class TrainLoop:
             acc /= self.world
         vals = (acc / n).tolist()
         now = time.time()
-        rec = {"step": done, "loss": vals[0], "mse": vals[1], "vb": vals[2], "it_s": n / max(now - since, 1e-9),
-               "time": now}
+        rec = {
+            "step": done,
+            "loss": vals[0],
+            "mse": vals[1],
+            "vb": vals[2],
+            "it_s": n / max(now - since, 1e-9),
+            "time": now,
+        }
         if self.teacher is not None:
             rec["distill"] = vals[3]
         if not all(math.isfinite(v) for v in vals):
-            raise UserError(f"{self.spec.name}: loss became {vals[0]} at step {done}; "
-                            f"last good checkpoint: {self.spec.ckpt}")
+            raise UserError(
+                f"{self.spec.name}: loss became {vals[0]} at step {done}; last good checkpoint: {self.spec.ckpt}"
+            )
         if self.main:
             with self.spec.metrics.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -283,12 +309,19 @@ class TrainLoop:
         """The resumable state at ``step`` (to ``spec.ckpt`` unless ``path`` says where)."""
         if not self.main:
             return
-        atomic_torch_save({
-            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-            "step": step, "best": self.best, "precisions": sorted(self.precisions),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
-            "spec": {k: str(v) if isinstance(v, Path) else v for k, v in self.spec.__dict__.items()},
-        }, path or self.spec.ckpt)
+        atomic_torch_save(
+            {
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(),
+                "step": step,
+                "best": self.best,
+                "precisions": sorted(self.precisions),
+                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
+                "spec": {k: str(v) if isinstance(v, Path) else v for k, v in self.spec.__dict__.items()},
+            },
+            path or self.spec.ckpt,
+        )
 
     def keep_milestone(self, step: int) -> None:
         """Milestone ``step`` (``spec.keep``): the EMA weights as a model artifact and the training state beside them,
@@ -297,8 +330,16 @@ class TrainLoop:
             return
         model, state = milestone_paths(self.spec.milestones, step)
         self.checkpoint(step, state)
-        atomic_torch_save({"state": self.ema.state_dict(), "step": step, "precisions": sorted(self.precisions),
-                           "milestone": True, **self.spec.extra}, model)
+        atomic_torch_save(
+            {
+                "state": self.ema.state_dict(),
+                "step": step,
+                "precisions": sorted(self.precisions),
+                "milestone": True,
+                **self.spec.extra,
+            },
+            model,
+        )
 
     def evaluate(self, step: int) -> None:
         """Measure the EMA model (lower is better): a line in ``spec.evals``, and ``spec.best_out`` when it is the
@@ -310,13 +351,17 @@ class TrainLoop:
         with open(self.spec.evals, "a") as f:
             f.write(json.dumps({"step": step, "value": value}) + "\n")
         if self.spec.snapshots is not None:  # for measures of the whole model later (FID during fine-tuning)
-            atomic_torch_save({"state": self.ema.state_dict(), "step": step, **self.spec.extra},
-                              snapshot_path(self.spec.snapshots, step))
+            atomic_torch_save(
+                {"state": self.ema.state_dict(), "step": step, **self.spec.extra},
+                snapshot_path(self.spec.snapshots, step),
+            )
         if self.best["value"] is None or value < self.best["value"]:
             self.best = {"step": step, "value": value}
             if self.spec.best_out is not None:
-                atomic_torch_save({"state": self.ema.state_dict(), "step": step, "best_value": value,
-                                   **self.spec.extra}, self.spec.best_out)
+                atomic_torch_save(
+                    {"state": self.ema.state_dict(), "step": step, "best_value": value, **self.spec.extra},
+                    self.spec.best_out,
+                )
 
     def stopping(self, stop: StopFlag) -> bool:
         """Whether a signal asked to stop; every rank stops at the same step (the signal may reach them apart)."""
@@ -336,8 +381,12 @@ class TrainLoop:
         spec, start = self.spec, self.start
         self._hook("on_start", start)
         if self.main:
-            print(f"[{spec.name}] {self.precision} on {self.device.type}"
-                  + (f", {self.world} processes (DDP)" if self.world > 1 else ""), file=sys.stderr, flush=True)
+            print(
+                f"[{spec.name}] {self.precision} on {self.device.type}"
+                + (f", {self.world} processes (DDP)" if self.world > 1 else ""),
+                file=sys.stderr,
+                flush=True,
+            )
         spec.metrics.parent.mkdir(parents=True, exist_ok=True)
         bar = ProgressLine(spec.name, start, spec.steps, self.progress)
         last, acc, n, t0, since = {"step": start}, torch.zeros(4, device=self.device), 0, time.time(), time.time()
@@ -358,16 +407,19 @@ class TrainLoop:
                     if self.evaluator is not None and (done % spec.eval_every == 0 or done == spec.steps):
                         self.evaluate(done)
                     self._hook("on_step", done, spec.steps)
-                    bar.update(done, f"loss {last.get('loss', float('nan')):.4f} {last.get('it_s', 0):.1f} it/s",
-                               logged)
+                    bar.update(
+                        done, f"loss {last.get('loss', float('nan')):.4f} {last.get('it_s', 0):.1f} it/s", logged
+                    )
                     if done in spec.keep:
                         self.keep_milestone(done)
                     if done % spec.ckpt_every == 0 and done != spec.steps:
                         self.checkpoint(done)
                     if self.stopping(stop):
                         self.checkpoint(done)
-                        e = Interrupted(f"{spec.name}: stopped by {signal.Signals(stop.signum or signal.SIGINT).name} "
-                                        f"at step {done}; checkpoint saved, continue with --resume")
+                        e = Interrupted(
+                            f"{spec.name}: stopped by {signal.Signals(stop.signum or signal.SIGINT).name} "
+                            f"at step {done}; checkpoint saved, continue with --resume"
+                        )
                         e.signum = stop.signum
                         raise e
                 if spec.steps > start or not spec.ckpt.exists():
@@ -380,20 +432,49 @@ class TrainLoop:
     def finish(self) -> None:
         """The EMA weights as the job's model artifact (rank 0), then every rank waits for it."""
         if self.main:
-            atomic_torch_save({"state": self.ema.state_dict(), "step": self.spec.steps,
-                               "precisions": sorted(self.precisions), **self.spec.extra}, self.spec.model_out)
+            atomic_torch_save(
+                {
+                    "state": self.ema.state_dict(),
+                    "step": self.spec.steps,
+                    "precisions": sorted(self.precisions),
+                    **self.spec.extra,
+                },
+                self.spec.model_out,
+            )
         if self.world > 1:
             self.dist.barrier()
 
 
-def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, *,
-          resume: bool = False, device: torch.device | str = "cpu", progress: bool = True,
-          on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable[[int], None]] = None,
-          on_step: Optional[Callable[[int, int], None]] = None, teacher: Optional[torch.nn.Module] = None,
-          evaluator: Optional[Callable[[torch.nn.Module], float]] = None) -> dict:
+def train(
+    spec: TrainSpec,
+    model: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    data,
+    *,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    on_log: Optional[Callable[[dict], None]] = None,
+    on_start: Optional[Callable[[int], None]] = None,
+    on_step: Optional[Callable[[int, int], None]] = None,
+    teacher: Optional[torch.nn.Module] = None,
+    evaluator: Optional[Callable[[torch.nn.Module], float]] = None,
+) -> dict:
     """Train ``model`` per ``spec`` (see ``TrainLoop``); returns the final metrics. Writes the checkpoint, the
     metrics file and the EMA model. ``resume``: continue from an existing checkpoint (else one is an error).
     ``teacher``: the model whose output the student matches with weight ``spec.distill``. ``evaluator``: a
     measurement of the EMA model (lower is better) taken every ``spec.eval_every`` steps."""
-    return TrainLoop(spec, model, diffusion, data, resume=resume, device=device, progress=progress,
-                     on_log=on_log, on_start=on_start, on_step=on_step, teacher=teacher, evaluator=evaluator).run()
+    return TrainLoop(
+        spec,
+        model,
+        diffusion,
+        data,
+        resume=resume,
+        device=device,
+        progress=progress,
+        on_log=on_log,
+        on_start=on_start,
+        on_step=on_step,
+        teacher=teacher,
+        evaluator=evaluator,
+    ).run()

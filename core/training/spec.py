@@ -1,5 +1,6 @@
 """What one training job is (``TrainSpec``) and where its files go: plain data, importable without torch
 (the stage modules build specs, and listing a run asks them what is left to do)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,10 +12,10 @@ from typing import Optional
 class TrainSpec:
     """One training job: what to train for how long, and where its state goes."""
 
-    name: str                          # "base", "group03", ...
-    ckpt: Path                         # resumable state
-    model_out: Path                    # EMA weights written at the end
-    metrics: Path                      # JSON lines
+    name: str  # "base", "group03", ...
+    ckpt: Path  # resumable state
+    model_out: Path  # EMA weights written at the end
+    metrics: Path  # JSON lines
     steps: int
     batch_size: int
     lr: float
@@ -26,16 +27,16 @@ class TrainSpec:
     ckpt_every: int = 1000
     bf16: bool = True
     workers: int = 0
-    channels_last: bool = True         # NHWC weights and inputs (oneDNN and cuDNN run these fastest)
-    compile: bool = False              # torch.compile the forward/backward
-    accum: int = 1                     # micro-batches per optimiser step (batch_size is the total)
+    channels_last: bool = True  # NHWC weights and inputs (oneDNN and cuDNN run these fastest)
+    compile: bool = False  # torch.compile the forward/backward
+    accum: int = 1  # micro-batches per optimiser step (batch_size is the total)
     timesteps: Optional[list[int]] = None  # None: all T
-    distill: float = 0.0               # weight of matching the teacher's output (needs a teacher)
-    ema_warmup: bool = False           # EMA decay min(decay, (1 + k) / (10 + k)) at step k (see ``ema_decay_at``)
-    eval_every: int = 0                # with an evaluator: measure the EMA model every N steps (and at 0 and the end)
-    evals: Optional[Path] = None       # JSON lines {"step", "value"} of those measurements
-    best_out: Optional[Path] = None    # the EMA weights at the best (lowest) measurement so far
-    snapshots: Optional[Path] = None   # a folder for the EMA weights at every measurement (stepNNNNNNN.pt)
+    distill: float = 0.0  # weight of matching the teacher's output (needs a teacher)
+    ema_warmup: bool = False  # EMA decay min(decay, (1 + k) / (10 + k)) at step k (see ``ema_decay_at``)
+    eval_every: int = 0  # with an evaluator: measure the EMA model every N steps (and at 0 and the end)
+    evals: Optional[Path] = None  # JSON lines {"step", "value"} of those measurements
+    best_out: Optional[Path] = None  # the EMA weights at the best (lowest) measurement so far
+    snapshots: Optional[Path] = None  # a folder for the EMA weights at every measurement (stepNNNNNNN.pt)
     extra: dict = field(default_factory=dict)  # stored with the model artifact (group index, arch, ...)
     keep: list[int] = field(default_factory=list)  # milestones: steps whose EMA weights and state are kept
     milestones: Optional[Path] = None  # their folder (``milestone_paths``)

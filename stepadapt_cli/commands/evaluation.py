@@ -1,4 +1,5 @@
 """Evaluation: `stepadapt eval` (a CI gate), `report`, `compare`."""
+
 from __future__ import annotations
 
 import click
@@ -37,30 +38,77 @@ def _check_baseline(result: dict, cmp: dict, baseline_value: float, tolerance: f
 
 @click.command("eval", short_help="FID/KID with intervals, loss per group, MACs of a run's models; a CI gate.")
 @click.argument("run_name", metavar="[RUN]", required=False)
-@click.option("--model", "which", type=click.Choice(["base", "control", "uniform", "dense-small", "progressive", "all",
-                                                     "both"]),
-              default="all",
-              show_default=True, help="Which models (both: base and progressive).")
-@click.option("--n", "n", type=int, default=None, help="Samples for FID/KID (default eval.fid_n: 50000 cifar10, 1024 tiny).")
+@click.option(
+    "--model",
+    "which",
+    type=click.Choice(["base", "control", "uniform", "dense-small", "progressive", "all", "both"]),
+    default="all",
+    show_default=True,
+    help="Which models (both: base and progressive).",
+)
+@click.option(
+    "--n", "n", type=int, default=None, help="Samples for FID/KID (default eval.fid_n: 50000 cifar10, 1024 tiny)."
+)
 @steps_option("sample", "Respaced sampling steps (default eval.steps: 100; tiny 25).")
-@click.option("--inception", type=click.Path(dir_okay=False), default=None,
-              help="TorchScript inception-2015-12-05.pt for standard FID (default: eval.inception, else domain FID).")
-@click.option("--images", "folders", multiple=True, type=click.Path(), metavar="DIR",
-              help="Score a folder of images instead of a run's models (twice: two folders, and each against the other).")
+@click.option(
+    "--inception",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TorchScript inception-2015-12-05.pt for standard FID (default: eval.inception, else domain FID).",
+)
+@click.option(
+    "--images",
+    "folders",
+    multiple=True,
+    type=click.Path(),
+    metavar="DIR",
+    help="Score a folder of images instead of a run's models (twice: two folders, and each against the other).",
+)
 @click.option("--preset", default=None, help="With --images and no RUN: the preset whose dataset is the reference.")
-@click.option("--max-fid", type=float, default=None, help=f"Exit {EXIT_MAX_FID} if the gated model's FID is above this.")
-@click.option("--baseline", "baseline_run", default=None, metavar="RUN",
-              help=f"Exit {EXIT_BASELINE} if the gated model is significantly worse than RUN's on the primary metric.")
-@click.option("--tolerance", type=float, default=0.0, show_default=True,
-              help="Relative margin: worse only when the interval of (ours - baseline) is above tolerance x baseline.")
+@click.option(
+    "--max-fid", type=float, default=None, help=f"Exit {EXIT_MAX_FID} if the gated model's FID is above this."
+)
+@click.option(
+    "--baseline",
+    "baseline_run",
+    default=None,
+    metavar="RUN",
+    help=f"Exit {EXIT_BASELINE} if the gated model is significantly worse than RUN's on the primary metric.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Relative margin: worse only when the interval of (ours - baseline) is above tolerance x baseline.",
+)
 @click.option("--force", is_flag=True, help="Measure again even if the model and settings are unchanged.")
-@click.option("--swap", is_flag=True, help="Also the per-group swap test: the base everywhere but one group's "
-              "timesteps, which get that group's own model; FID/KID against the base, paired.")
+@click.option(
+    "--swap",
+    is_flag=True,
+    help="Also the per-group swap test: the base everywhere but one group's "
+    "timesteps, which get that group's own model; FID/KID against the base, paired.",
+)
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (keys in docs/evaluation.md).")
 @runs_dir_option
-def eval_cmd(run_name, which, n, steps, inception, folders, preset, max_fid, baseline_run, tolerance, force, swap,
-             device, as_json, runs_dir):
+def eval_cmd(
+    run_name,
+    which,
+    n,
+    steps,
+    inception,
+    folders,
+    preset,
+    max_fid,
+    baseline_run,
+    tolerance,
+    force,
+    swap,
+    device,
+    as_json,
+    runs_dir,
+):
     """FID and KID with 95% intervals, precision/recall, held-out loss per timestep group, params and MACs
     (averaged over timesteps) of a run's base, control and progressive models, stored in RUN/eval.json, with
     a verdict per pair. With --images: score folders of images against the dataset.
@@ -78,27 +126,56 @@ def eval_cmd(run_name, which, n, steps, inception, folders, preset, max_fid, bas
 
     run = open_run(run_name, runs_dir)
     base_run = open_run(baseline_run, runs_dir) if baseline_run else None
-    models = {"all": ("base", "control", "uniform", "dense-small", "progressive"), "both": ("base", "progressive")}.get(which, (which,))
-    say = (lambda s: click.echo(s, err=True))
+    models = {"all": ("base", "control", "uniform", "dense-small", "progressive"), "both": ("base", "progressive")}.get(
+        which, (which,)
+    )
+    say = lambda s: click.echo(s, err=True)
     ev = evaluate_run(run, dev, log=say, models=models, n=n, steps=steps, inception=inception, fid=True, force=force)
     got = {w: ev["models"][w] for w in models if w in ev["models"]}
     if not got:
         raise UserError(f"run {run.name} has no {which} model to evaluate")
     first = next(iter(got.values()))
-    keys = ("fid", "fid_ci", "kid", "kid_ci", "precision", "recall", "params", "macs", "macs_sampled", "loss",
-            "loss_ci", "loss_groups", "train_steps")
-    result = {"run": run.name, "kind": first["fid_kind"], "extractor": first["fid_extractor"],
-              "n": first["fid_n"], "steps": first["fid_steps"], "primary": ev["primary"],
-              "models": {w: {k: r.get(k) for k in keys} for w, r in got.items()},
-              "comparisons": [c for c in ev["comparisons"] if c["model"] in got and c["against"] in got],
-              "fid_curve": ev.get("fid_curve", []) if "progressive" in got else [],
-              "baseline": None, "checks": {"max_fid": max_fid, "max_fid_ok": None, "baseline_ok": None,
-                                           "tolerance": tolerance}}
+    keys = (
+        "fid",
+        "fid_ci",
+        "kid",
+        "kid_ci",
+        "precision",
+        "recall",
+        "params",
+        "macs",
+        "macs_sampled",
+        "loss",
+        "loss_ci",
+        "loss_groups",
+        "train_steps",
+    )
+    result = {
+        "run": run.name,
+        "kind": first["fid_kind"],
+        "extractor": first["fid_extractor"],
+        "n": first["fid_n"],
+        "steps": first["fid_steps"],
+        "primary": ev["primary"],
+        "models": {w: {k: r.get(k) for k in keys} for w, r in got.items()},
+        "comparisons": [c for c in ev["comparisons"] if c["model"] in got and c["against"] in got],
+        "fid_curve": ev.get("fid_curve", []) if "progressive" in got else [],
+        "baseline": None,
+        "checks": {"max_fid": max_fid, "max_fid_ok": None, "baseline_ok": None, "tolerance": tolerance},
+    }
     code = _check_max_fid(result, got, max_fid)
     if base_run is not None:
         bm = "progressive" if base_run.model("progressive").exists() else "base"
-        bev = evaluate_run(base_run, dev, log=say, models=(bm,), n=first["fid_n"], steps=first["fid_steps"],
-                           inception=inception, fid=True)
+        bev = evaluate_run(
+            base_run,
+            dev,
+            log=say,
+            models=(bm,),
+            n=first["fid_n"],
+            steps=first["fid_steps"],
+            inception=inception,
+            fid=True,
+        )
         cmp = compare_runs(run, _gated(got), base_run, bm, inception, dev, say)
         code = code or _check_baseline(result, cmp, bev["models"][bm][cmp["primary"]], tolerance)
     result["passed"] = code == 0
@@ -134,7 +211,7 @@ def _eval_images(run_name, preset, folders, inception, dev, as_json, runs_dir) -
         render.print_image_scores(out)
 
 
-@click.command(short_help='HTML and Markdown report of a run.')
+@click.command(short_help="HTML and Markdown report of a run.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--baseline", "baselines", multiple=True, metavar="RUN", help="Runs to show on the FID vs MACs plot.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default RUN/report).")
@@ -152,7 +229,7 @@ def report(run_name, baselines, out, runs_dir):
     click.echo(f"report  {html}\nmarkdown {md}")
 
 
-@click.command(short_help='Table 1 style comparison of runs, and config keys that differ.')
+@click.command(short_help="Table 1 style comparison of runs, and config keys that differ.")
 @click.argument("run_names", metavar="RUN...", nargs=-1, required=True)
 @json_option
 @runs_dir_option
@@ -165,8 +242,9 @@ def compare(run_names, as_json, runs_dir):
     data = comparison([open_run(n, runs_dir) for n in run_names])
     missing = [n for n in data["runs"] if n not in {r["run"] for r in data["rows"]}]
     if missing:
-        raise UserError(f"no evaluation yet for {', '.join(missing)} (the eval stage writes RUN/eval.json; "
-                        f"run stepadapt eval RUN)")
+        raise UserError(
+            f"no evaluation yet for {', '.join(missing)} (the eval stage writes RUN/eval.json; run stepadapt eval RUN)"
+        )
     if as_json:
         emit_json(data)
     else:

@@ -1,4 +1,5 @@
 """Views of runs and their records: info, macs, runs, show, logs, llm-log (and llm-import of exported records)."""
+
 from __future__ import annotations
 
 import time
@@ -36,7 +37,7 @@ def info(preset, config_file, overrides, as_json):
     render.print_preset(cfg, res)
 
 
-@click.command(short_help='Params and MACs averaged over timesteps (Table 1).')
+@click.command(short_help="Params and MACs averaged over timesteps (Table 1).")
 @click.argument("run_name", metavar="RUN")
 @steps_option("sample", "Sampling steps to average over (default: sample.steps).")
 @json_option
@@ -55,8 +56,11 @@ def macs(run_name, steps, as_json, runs_dir):
         raise UserError(f"--sample-steps must be in [1, {cfg['diffusion']['steps']}]")
     if not run.model("base").exists():
         raise UserError(f"run {run.name} has no base model yet")
-    out = {"run": run.name, "sample_steps": steps,
-           "base": count(load_unet(run.model("base")), m["image_size"], m["in_channels"])}
+    out = {
+        "run": run.name,
+        "sample_steps": steps,
+        "base": count(load_unet(run.model("base")), m["image_size"], m["in_channels"]),
+    }
     if run.model("progressive").exists():
         prog = load_progressive(run.model("progressive"))
         cost = progressive_cost(prog, m["image_size"], m["in_channels"], steps)
@@ -69,7 +73,7 @@ def macs(run_name, steps, as_json, runs_dir):
     render.print_macs(run.name, out, steps)
 
 
-@click.command("runs", short_help='List runs: status, stages, FID, MACs.')
+@click.command("runs", short_help="List runs: status, stages, FID, MACs.")
 @json_option
 @runs_dir_option
 def runs_cmd(as_json, runs_dir):
@@ -87,8 +91,16 @@ def runs_cmd(as_json, runs_dir):
                 try:
                     register_run(Run(d))
                 except (ValueError, OSError) as e:  # a truncated config.json or meta.json: list it as broken
-                    broken.append({"name": d.name, "status": "broken", "folder": str(d), "stages_done": 0,
-                                   "stages_total": 0, "error": f"{type(e).__name__}: {e}"})
+                    broken.append(
+                        {
+                            "name": d.name,
+                            "status": "broken",
+                            "folder": str(d),
+                            "stages_done": 0,
+                            "stages_total": 0,
+                            "error": f"{type(e).__name__}: {e}",
+                        }
+                    )
     rows = [run_summary(store, r) for r in store.list_runs()] + broken
     if as_json:
         emit_json(rows)
@@ -98,7 +110,7 @@ def runs_cmd(as_json, runs_dir):
         render.print_runs(root, rows)
 
 
-@click.command(short_help='One run: stages, groups, jobs, artifacts, results.')
+@click.command(short_help="One run: stages, groups, jobs, artifacts, results.")
 @click.argument("run_name", metavar="RUN")
 @json_option
 @runs_dir_option
@@ -119,7 +131,7 @@ def show(run_name, as_json, runs_dir):
         render.print_comparison(comparison([run]))
 
 
-@click.command(short_help='Print (or follow) job logs of a run or a job.')
+@click.command(short_help="Print (or follow) job logs of a run or a job.")
 @click.argument("target", metavar="RUN|JOB")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run or job ends.")
 @runs_dir_option
@@ -181,12 +193,21 @@ def _follow_logs(store, kind: str, ref, jobs) -> None:
 @click.command("llm-log", short_help="The proxy's recorded LLM calls of a run.")
 @click.argument("run_name", metavar="RUN")
 @click.option("--group", type=int, default=None, help="Only this group's calls.")
-@click.option("--verdict", type=click.Choice(["accepted", "rejected", "error"]), default=None,
-              help="Only calls with this verdict.")
+@click.option(
+    "--verdict",
+    type=click.Choice(["accepted", "rejected", "error"]),
+    default=None,
+    help="Only calls with this verdict.",
+)
 @click.option("-n", "last", type=int, default=None, help="Only the last N calls.")
 @click.option("--call", "call_id", type=int, default=None, help="Show one call whole (messages and answer).")
-@click.option("--export", "export_to", type=click.Path(dir_okay=False), default=None,
-              help="Write the run's recorded calls and proxy rounds to FILE (JSON lines) for `llm-import`.")
+@click.option(
+    "--export",
+    "export_to",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the run's recorded calls and proxy rounds to FILE (JSON lines) for `llm-import`.",
+)
 @json_option
 @runs_dir_option
 def llm_log(run_name, group, verdict, last, call_id, export_to, as_json, runs_dir):
@@ -229,22 +250,39 @@ def _call_rows(store, run_name: str, group) -> list[dict]:
     if not calls:
         everything = store.calls(run_name)
         if not everything:
-            raise UserError(f"run {run_name!r} has no recorded LLM calls in {store.path} (it was not pruned by the "
-                            f"proxy there, or the name is wrong)")
+            raise UserError(
+                f"run {run_name!r} has no recorded LLM calls in {store.path} (it was not pruned by the "
+                f"proxy there, or the name is wrong)"
+            )
         groups = sorted({c["group_index"] for c in everything})
-        raise UserError(f"run {run_name!r} has no LLM calls for group {group}; groups with calls: "
-                        f"{', '.join(map(str, groups))}")
+        raise UserError(
+            f"run {run_name!r} has no LLM calls for group {group}; groups with calls: {', '.join(map(str, groups))}"
+        )
     rounds = {r["call_id"]: r for r in store.rounds(run_name, group) if r["call_id"]}
     rows = []
     for c in calls:
         r = rounds.get(c["id"]) or {}
-        rows.append({"id": c["id"], "created": c["created"], "group": c["group_index"], "round": c["round"] + 1,
-                     "attempt": c["attempt"], "source": c["source"], "model": c["model_asked"],
-                     "prompt_tokens": c["prompt_tokens"], "completion_tokens": c["completion_tokens"],
-                     "latency_s": c["latency_s"], "cost": c["cost"],
-                     "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted"),
-                     "reason": c["error"] or c["validation_error"], "request_key": c["request_key"],
-                     "linked_call": c["linked_call"], "macs": r.get("macs"), "loss": r.get("loss")})
+        rows.append(
+            {
+                "id": c["id"],
+                "created": c["created"],
+                "group": c["group_index"],
+                "round": c["round"] + 1,
+                "attempt": c["attempt"],
+                "source": c["source"],
+                "model": c["model_asked"],
+                "prompt_tokens": c["prompt_tokens"],
+                "completion_tokens": c["completion_tokens"],
+                "latency_s": c["latency_s"],
+                "cost": c["cost"],
+                "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted"),
+                "reason": c["error"] or c["validation_error"],
+                "request_key": c["request_key"],
+                "linked_call": c["linked_call"],
+                "macs": r.get("macs"),
+                "loss": r.get("loss"),
+            }
+        )
     return rows
 
 
@@ -256,8 +294,10 @@ def _provider_changes(store, c: dict) -> list[str]:
             continue
         for key in ("model_resolved", "system_fingerprint"):
             if other.get(key) != c.get(key):
-                out.append(f"changed since call {other['id']} (run {other['run']}): {key} "
-                           f"{other.get(key) or '-'} -> {c.get(key) or '-'}")
+                out.append(
+                    f"changed since call {other['id']} (run {other['run']}): {key} "
+                    f"{other.get(key) or '-'} -> {c.get(key) or '-'}"
+                )
     return out
 
 
@@ -269,13 +309,12 @@ def _export(store, run_name: str, path: Path) -> None:
     records = store.export_decisions(run_name)
     if not records:
         raise UserError(f"no recorded LLM calls for run {run_name!r} in {store.path}")
-    atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n"
-                                                       for r in records).encode()))
+    atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()))
     calls = sum(r["type"] == "call" for r in records)
     click.echo(f"{calls} calls and {len(records) - calls} rounds of run {run_name} written to {path}")
 
 
-@click.command("llm-import", short_help='Import calls exported by llm-log --export.')
+@click.command("llm-import", short_help="Import calls exported by llm-log --export.")
 @click.argument("file", type=click.Path(dir_okay=False))
 @runs_dir_option
 def llm_import(file, runs_dir):
@@ -292,8 +331,9 @@ def llm_import(file, runs_dir):
 
     records = read_export(file)
     counts = open_plain_store(runs_root(runs_dir)).import_decisions(records)
-    click.echo(f"imported {counts['calls']} calls and {counts['rounds']} rounds "
-               f"({counts['skipped']} already here) from {file}")
+    click.echo(
+        f"imported {counts['calls']} calls and {counts['rounds']} rounds ({counts['skipped']} already here) from {file}"
+    )
 
 
 COMMANDS = [info, macs, runs_cmd, show, logs, llm_log, llm_import]

@@ -4,6 +4,7 @@ A run's pipeline is always a tracked ``pipeline`` job (``pipeline.start_detached
 at once, otherwise this process follows the job (its log lines and a live table of its jobs) until it ends;
 Ctrl-C stops the run as ``stepadapt kill`` would.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,26 @@ def open_store(runs_dir):
 
 
 def pipeline_options(f):
-    for opt in reversed([
-        click.option("--detach", is_flag=True, help="Run in the background as a tracked job and return."),
-        click.option("--parallel", type=int, default=1, show_default=True,
-                     help="Group jobs at once on CPU (with CUDA: one per GPU)."),
-        click.option("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all visible)."),
-        click.option("--grace", type=float, default=10.0, show_default=True,
-                     help="Seconds a job gets to checkpoint after SIGINT before SIGTERM/SIGKILL."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--detach", is_flag=True, help="Run in the background as a tracked job and return."),
+            click.option(
+                "--parallel",
+                type=int,
+                default=1,
+                show_default=True,
+                help="Group jobs at once on CPU (with CUDA: one per GPU).",
+            ),
+            click.option("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all visible)."),
+            click.option(
+                "--grace",
+                type=float,
+                default=10.0,
+                show_default=True,
+                help="Seconds a job gets to checkpoint after SIGINT before SIGTERM/SIGKILL.",
+            ),
+        ]
+    ):
         f = opt(f)
     return f
 
@@ -58,25 +71,42 @@ def _collect_launcher(ctx, param, value):
 
 def launcher_options(f):
     """--launcher and the Slurm options: recorded in the run's config (``launcher``, not in its hash)."""
+
     def opt(*decls, **kw):
         return click.option(*decls, callback=_collect_launcher, expose_value=False, **kw)
 
-    for o in reversed([
-        opt("--launcher", "kind", type=click.Choice(["local", "slurm"]), default=None,
-            help="Where stage jobs run: local subprocesses, or Slurm jobs through submitit [default: the "
-                 "config's, local]."),
-        opt("--partition", default=None, help="Slurm partition of the jobs."),
-        opt("--gpus-per-job", "gpus_per_job", type=click.IntRange(0), default=None, help="Slurm: GPUs per job."),
-        opt("--cpus-per-job", "cpus_per_job", type=click.IntRange(0), default=None, help="Slurm: CPUs per job."),
-        opt("--mem", default=None, help="Slurm: memory per job, e.g. 32G."),
-        opt("--time", type=click.IntRange(0), default=None,
-            help="Slurm: time limit per job in minutes (jobs checkpoint on Slurm's warning signal and are "
-                 "submitted again)."),
-        opt("--account", default=None, help="Slurm account."),
-        opt("--qos", default=None, help="Slurm quality of service."),
-        opt("--sbatch", "sbatch_opts", multiple=True, metavar="KEY=VALUE",
-            help="Any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)."),
-    ]):
+    for o in reversed(
+        [
+            opt(
+                "--launcher",
+                "kind",
+                type=click.Choice(["local", "slurm"]),
+                default=None,
+                help="Where stage jobs run: local subprocesses, or Slurm jobs through submitit [default: the "
+                "config's, local].",
+            ),
+            opt("--partition", default=None, help="Slurm partition of the jobs."),
+            opt("--gpus-per-job", "gpus_per_job", type=click.IntRange(0), default=None, help="Slurm: GPUs per job."),
+            opt("--cpus-per-job", "cpus_per_job", type=click.IntRange(0), default=None, help="Slurm: CPUs per job."),
+            opt("--mem", default=None, help="Slurm: memory per job, e.g. 32G."),
+            opt(
+                "--time",
+                type=click.IntRange(0),
+                default=None,
+                help="Slurm: time limit per job in minutes (jobs checkpoint on Slurm's warning signal and are "
+                "submitted again).",
+            ),
+            opt("--account", default=None, help="Slurm account."),
+            opt("--qos", default=None, help="Slurm quality of service."),
+            opt(
+                "--sbatch",
+                "sbatch_opts",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Any other sbatch option, e.g. --sbatch constraint=a100 (repeatable).",
+            ),
+        ]
+    ):
         f = o(f)
     return f
 
@@ -112,27 +142,39 @@ def execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> None
     slots = device_slots(parallel, parse_gpus(gpus))
     job_id, pid = start_detached(run, store, slots, grace)
     if detach:
-        click.echo(f"run {run.name}: started in the background (job {job_id}, pid {pid}) on "
-                   f"{', '.join(sorted(set(slots)))}")
-        rd = "" if run.path.parent.resolve() == runs_root(None).resolve() else \
-            f" --runs-dir {shlex.quote(str(run.path.parent))}"
+        click.echo(
+            f"run {run.name}: started in the background (job {job_id}, pid {pid}) on {', '.join(sorted(set(slots)))}"
+        )
+        rd = (
+            ""
+            if run.path.parent.resolve() == runs_root(None).resolve()
+            else f" --runs-dir {shlex.quote(str(run.path.parent))}"
+        )
         name = shlex.quote(run.name)
-        click.echo(f"follow it with: stepadapt logs {name}{rd} -f   |   stepadapt tui{rd}   |   "
-                   f"stepadapt kill {name}{rd}")
+        click.echo(
+            f"follow it with: stepadapt logs {name}{rd} -f   |   stepadapt tui{rd}   |   stepadapt kill {name}{rd}"
+        )
         return
     job = follow(run, store, job_id, grace)
     if job["status"] == "killed":  # the pipeline's own words when they say how to go on (a time limit: --time)
         said = job["message"] or ""
-        raise Interrupted(said if "stepadapt resume" in said else
-                          f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}")
+        raise Interrupted(
+            said
+            if "stepadapt resume" in said
+            else f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}"
+        )
     if job["status"] != "succeeded":
-        raise StageFailed(job["message"] or f"run {run.name} {job['status']}; see stepadapt logs {shlex.quote(run.name)}")
+        raise StageFailed(
+            job["message"] or f"run {run.name} {job['status']}; see stepadapt logs {shlex.quote(run.name)}"
+        )
     from core.manager.monitor import comparison
 
     render.print_comparison(comparison([run]))
     report = run.report_dir() / "index.html"
     if report.exists():
-        click.echo(f"report: {report}   (stepadapt show {shlex.quote(run.name)}; stepadapt tui {shlex.quote(run.name)})")
+        click.echo(
+            f"report: {report}   (stepadapt show {shlex.quote(run.name)}; stepadapt tui {shlex.quote(run.name)})"
+        )
 
 
 def follow(run, store, job_id: int, grace: float) -> dict:
@@ -162,7 +204,9 @@ def follow(run, store, job_id: int, grace: float) -> dict:
     except KeyboardInterrupt:
         say(f"stopping run {run.name} ...")
         stop_run(store, run.name, grace, log=say)
-        raise Interrupted(f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}") from None
+        raise Interrupted(
+            f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}"
+        ) from None
     finally:
         if view:
             view.stop()
@@ -184,9 +228,17 @@ def _echo_new_lines(path: Path, pos: int, say, final: bool = False) -> int:
 
 def _settings(method, llm, api_base, data_spec, seed, overrides) -> list[str]:
     """The command's options as config overrides, before the -S ones."""
-    extra = [f"{key}={val}" for key, val in (("prune.method", method), ("prune.llm", llm),
-                                             ("prune.api_base", api_base), ("data.spec", data_spec),
-                                             ("seed", seed)) if val is not None]
+    extra = [
+        f"{key}={val}"
+        for key, val in (
+            ("prune.method", method),
+            ("prune.llm", llm),
+            ("prune.api_base", api_base),
+            ("data.spec", data_spec),
+            ("seed", seed),
+        )
+        if val is not None
+    ]
     return extra + list(overrides)
 
 
@@ -194,30 +246,67 @@ def _is_file(base: str) -> bool:
     return Path(base).expanduser().is_file()
 
 
-@click.command("run", short_help='The whole method as one pipeline of tracked jobs.')
+@click.command("run", short_help="The whole method as one pipeline of tracked jobs.")
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
-@click.option("--name", "run_name", default=None, callback=check_name,
-              help="Run name, printable characters only (default: PRESET-DATE-TIME).")
-@click.option("--base", default=None, metavar="RUN|FILE.pt",
-              help="Start from a trained base: another run's (a fork sharing its stage 1) or an "
-                   "improved-diffusion checkpoint (imported).")
-@click.option("--method", type=click.Choice(PRUNE_METHODS), default=None,
-              help="How group models are pruned (none: fine-tune unpruned copies).")
+@click.option(
+    "--name",
+    "run_name",
+    default=None,
+    callback=check_name,
+    help="Run name, printable characters only (default: PRESET-DATE-TIME).",
+)
+@click.option(
+    "--base",
+    default=None,
+    metavar="RUN|FILE.pt",
+    help="Start from a trained base: another run's (a fork sharing its stage 1) or an "
+    "improved-diffusion checkpoint (imported).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(PRUNE_METHODS),
+    default=None,
+    help="How group models are pruned (none: fine-tune unpruned copies).",
+)
 @click.option("--llm", default=None, help="Proxy LLM (litellm model string; default the offline local search).")
 @click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server.")
 @click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
 @click.option("--seed", type=int, default=None)
-@click.option("--inception", type=click.Path(dir_okay=False), default=None,
-              help="TorchScript inception-2015-12-05.pt: standard FID (eval.inception; default the domain FID).")
-@click.option("--single-stage", is_flag=True,
-              help="The paper's single-stage variant: every group's model from scratch, no stage 1 (method none).")
+@click.option(
+    "--inception",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TorchScript inception-2015-12-05.pt: standard FID (eval.inception; default the domain FID).",
+)
+@click.option(
+    "--single-stage",
+    is_flag=True,
+    help="The paper's single-stage variant: every group's model from scratch, no stage 1 (method none).",
+)
 @pipeline_options
 @launcher_options
 @runs_dir_option
 @overrides_option
-def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spec, seed, inception, single_stage,
-            detach, parallel, gpus, grace, runs_dir, overrides):
+def run_cmd(
+    config_file,
+    preset,
+    run_name,
+    base,
+    method,
+    llm,
+    api_base,
+    data_spec,
+    seed,
+    inception,
+    single_stage,
+    detach,
+    parallel,
+    gpus,
+    grace,
+    runs_dir,
+    overrides,
+):
     """The whole method as one pipeline of tracked jobs: base training -> schedule -> per-group prune ->
     per-group fine-tune -> progressive model -> control -> samples -> evaluation. Ends with a table of the
     base, the control and the progressive model. With --base, stage 1 is taken from another run or a file."""
@@ -225,8 +314,9 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
     from core.runs import create_run
     from core.training.data import load_dataset
 
-    extra = launcher_overrides() + _settings(method or ("none" if single_stage else None), llm, api_base, data_spec,
-                                             seed, overrides)
+    extra = launcher_overrides() + _settings(
+        method or ("none" if single_stage else None), llm, api_base, data_spec, seed, overrides
+    )
     if single_stage:
         extra.insert(0, "finetune.single_stage=true")
     if inception is not None:
@@ -237,7 +327,7 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
         raise UserError("--parallel must be >= 1")
     parse_gpus(gpus)
     store = open_store(runs_dir)
-    say = (lambda line: click.echo(line, err=True))
+    say = lambda line: click.echo(line, err=True)
     if base is not None and not _is_file(base):  # a fork: the parent's config, its stage 1
         if config_file or preset:
             raise UserError("a fork takes its base run's config; change what may change with -S (or --method ...)")
@@ -256,19 +346,36 @@ def run_cmd(config_file, preset, run_name, base, method, llm, api_base, data_spe
         else:
             run = create_run(cfg, run_name, runs_dir)
     cfg = run.config
-    click.echo(f"run {run.name}: {cfg['preset']} preset, prune method {cfg['prune']['method']}, "
-               f"config {run.meta['config_hash']}, folder {run.path}", err=True)
+    click.echo(
+        f"run {run.name}: {cfg['preset']} preset, prune method {cfg['prune']['method']}, "
+        f"config {run.meta['config_hash']}, folder {run.path}",
+        err=True,
+    )
     execute(run, store, detach, parallel, gpus, grace)
 
 
 @click.command("import", short_help="Make an improved-diffusion checkpoint a new run's stage 1.")
 @click.argument("run_name", metavar="RUN", callback=check_name)
-@click.option("--from-iddpm", "file", required=True, type=click.Path(dir_okay=False),
-              help="improved-diffusion UNet state dict (e.g. cifar10_uncond_50M_500K.pt).")
-@click.option("--preset", default=None, help="The preset the checkpoint's architecture matches (cifar10, "
-              "imagenet64, ...; default: the config file's, else tiny).")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
-              help="A config file for the run (as for stepadapt run).")
+@click.option(
+    "--from-iddpm",
+    "file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="improved-diffusion UNet state dict (e.g. cifar10_uncond_50M_500K.pt).",
+)
+@click.option(
+    "--preset",
+    default=None,
+    help="The preset the checkpoint's architecture matches (cifar10, "
+    "imagenet64, ...; default: the config file's, else tiny).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A config file for the run (as for stepadapt run).",
+)
 @click.option("--data", "data_spec", default=None, help="The run's data: cifar10[:ROOT] | folder:PATH | PATH | digits.")
 @runs_dir_option
 @overrides_option
@@ -303,12 +410,17 @@ def fork(parent, run_name, method, llm, api_base, seed, runs_dir, overrides):
     NEW."""
     from core.manager.bases import fork_run
 
-    run = fork_run(parent, run_name, _settings(method, llm, api_base, None, seed, overrides), runs_dir,
-                   log=lambda line: click.echo(line, err=True))
+    run = fork_run(
+        parent,
+        run_name,
+        _settings(method, llm, api_base, None, seed, overrides),
+        runs_dir,
+        log=lambda line: click.echo(line, err=True),
+    )
     click.echo(f"next: stepadapt resume {shlex.quote(run.name)}")
 
 
-@click.command(short_help='Continue a stopped, failed or lost run.')
+@click.command(short_help="Continue a stopped, failed or lost run.")
 @click.argument("run_name", metavar="RUN")
 @pipeline_options
 @launcher_options
@@ -329,8 +441,9 @@ def resume(run_name, detach, parallel, gpus, grace, runs_dir):
         from core.runs import set_launcher
 
         la = set_launcher(run, launcher_overrides())
-        click.echo(f"run {run.name}: launcher {la['kind']}" + (f", time {la['time']} min" if la["time"] else ""),
-                   err=True)
+        click.echo(
+            f"run {run.name}: launcher {la['kind']}" + (f", time {la['time']} min" if la["time"] else ""), err=True
+        )
     click.echo(f"run {run.name}: resuming ({row['status']})", err=True)
     execute(run, store, detach, parallel, gpus, grace)
 
@@ -350,10 +463,11 @@ def job_tag(j: dict) -> str:
     return j["stage"] + ("" if j["group_index"] is None else f"-g{j['group_index']:02d}")
 
 
-@click.command(short_help='Stop a run or a job (training checkpoints first).')
+@click.command(short_help="Stop a run or a job (training checkpoints first).")
 @click.argument("target", metavar="RUN|JOB")
-@click.option("--grace", type=float, default=10.0, show_default=True,
-              help="Seconds between SIGINT, SIGTERM and SIGKILL.")
+@click.option(
+    "--grace", type=float, default=10.0, show_default=True, help="Seconds between SIGINT, SIGTERM and SIGKILL."
+)
 @runs_dir_option
 def kill(target, grace, runs_dir):
     """Stop a run (its pipeline and every running job) or one job: SIGINT (training checkpoints), then SIGTERM,

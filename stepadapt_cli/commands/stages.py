@@ -1,4 +1,5 @@
 """Each stage of the method on its own: train, schedule, prune, finetune, sample."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,19 +11,32 @@ import click
 from core.errors import UserError
 from core.names import ALLOCATIONS, PRUNE_METHODS, SAMPLE_MODELS, SAMPLERS, SCHEDULE_KINDS
 
-from ..common import (check_name, device_option, emit_json, json_option, overrides_option, runs_dir_option,
-                      set_threads, steps_option)
 from .. import render
+from ..common import (
+    check_name,
+    device_option,
+    emit_json,
+    json_option,
+    overrides_option,
+    runs_dir_option,
+    set_threads,
+    steps_option,
+)
 
 
-@click.command(short_help='Stage 1: train the base denoiser on all timesteps.')
+@click.command(short_help="Stage 1: train the base denoiser on all timesteps.")
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
 @click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
 @click.option("--download", is_flag=True, help="Allow downloading CIFAR-10 if it is missing.")
 @steps_option("train", "Training steps (total, also when resuming).")
-@click.option("--name", "run_name", default=None, callback=check_name,
-              help="Run name, as for `stepadapt run` (default: PRESET-DATE-TIME).")
+@click.option(
+    "--name",
+    "run_name",
+    default=None,
+    callback=check_name,
+    help="Run name, as for `stepadapt run` (default: PRESET-DATE-TIME).",
+)
 @click.option("--run", "run_name", default=None, hidden=True)  # the earlier spelling of --name
 @runs_dir_option
 @click.option("--resume", is_flag=True, help="Continue the run named by --name from its checkpoint.")
@@ -32,10 +46,10 @@ from .. import render
 def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, resume, device, seed, overrides):
     """Stage 1: train the base denoiser on all timesteps."""
     from core import config as C
+    from core.config import model_arch
     from core.manager.stages.base import base_spec, record_if_finished
     from core.method.fields import artifact_step
     from core.model.diffusion import create_diffusion
-    from core.config import model_arch
     from core.model.unet import build_unet
     from core.runs import create_run, open_run, record_base, run_lock
     from core.training.data import load_dataset
@@ -46,15 +60,21 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
         if not run_name:
             raise UserError("--resume needs --name NAME")
         if config_file or preset or overrides or data_spec or seed is not None:
-            raise UserError("--resume continues a run with its saved config; only --train-steps and --device may change")
+            raise UserError(
+                "--resume continues a run with its saved config; only --train-steps and --device may change"
+            )
         run = open_run(run_name, runs_dir)
         cfg = run.config
         if steps is not None:
             cfg["train"]["steps"] = steps
     else:
         extra = list(overrides)
-        for key, val in (("data.spec", data_spec), ("data.download", "true" if download else None),
-                         ("train.steps", steps), ("seed", seed)):
+        for key, val in (
+            ("data.spec", data_spec),
+            ("data.download", "true" if download else None),
+            ("train.steps", steps),
+            ("seed", seed),
+        ):
             if val is not None:
                 extra.append(f"{key}={val}")
         cfg = C.resolve(preset, config_file, extra)
@@ -67,29 +87,40 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     with run_lock(run, "stepadapt train"):  # one writer per run
         done = artifact_step(spec.ckpt) if resume else None
         if done is not None and done > spec.steps:
-            raise UserError(f"run {run.name} is at step {done} already; --train-steps {spec.steps} would label its "
-                            f"step-{done} weights as step {spec.steps} (give --train-steps {done} or more)")
-        click.echo(f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps "
-                   f"on {dev}", err=True)
+            raise UserError(
+                f"run {run.name} is at step {done} already; --train-steps {spec.steps} would label its "
+                f"step-{done} weights as step {spec.steps} (give --train-steps {done} or more)"
+            )
+        click.echo(
+            f"run {run.name}: training base on {data.name} ({len(data)} images) for {spec.steps} steps on {dev}",
+            err=True,
+        )
         model = build_unet(model_arch(cfg), seed=cfg["seed"])
         with tracked_stage(run, "base", dev) as ctx:  # a job in runs/show/TUI, with its progress and status
             record_base(run, finished=False)  # a record of an earlier stage 1 no longer holds while it trains
-            last = run_train(spec, model, create_diffusion(cfg), data, resume=resume, device=dev,
-                             **ctx.train_hooks("base", None))
+            last = run_train(
+                spec, model, create_diffusion(cfg), data, resume=resume, device=dev, **ctx.train_hooks("base", None)
+            )
             record_if_finished(run)  # sha256 and size in meta.json: what fork and show check the file against
     click.echo(f"run folder   {run.path}")
-    click.echo(f"base model   {spec.model_out}  (EMA, step {spec.steps}, last loss {last.get('loss', float('nan')):.4f})")
+    click.echo(
+        f"base model   {spec.model_out}  (EMA, step {spec.steps}, last loss {last.get('loss', float('nan')):.4f})"
+    )
 
 
-@click.command(short_help='SNR schedule: MACs budget per timestep and the groups.')
+@click.command(short_help="SNR schedule: MACs budget per timestep and the groups.")
 @click.argument("target", metavar="[RUN|CONFIG]", required=False)
 @click.option("--preset", default=None, help="Preset (default tiny, or the run's).")
 @click.option("--run", "run_name", default=None, hidden=True)  # earlier spellings of the argument
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), hidden=True)
 @click.option("--k", "k", type=float, default=None, help="Smallest budget as a fraction of F (paper: 0.5).")
 @click.option("--groups", "n_groups", type=int, default=None, help="Number of groups N (paper: 10).")
-@click.option("--kind", type=click.Choice(SCHEDULE_KINDS), default=None,
-              help="snr (Eq. 8), the Table 3 comparisons, or equal-size groups.")
+@click.option(
+    "--kind",
+    type=click.Choice(SCHEDULE_KINDS),
+    default=None,
+    help="snr (Eq. 8), the Table 3 comparisons, or equal-size groups.",
+)
 @json_option
 @click.option("--timesteps", "with_ts", is_flag=True, help="With --json: list every group's timesteps.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG: SNR, budget, groups.")
@@ -114,11 +145,15 @@ def schedule(target, preset, run_name, config_file, k, n_groups, kind, as_json, 
     run = open_run(run_name, runs_dir) if run_name else None
     saved = read_json(run.schedule_file()) if run and not extra and not plot else None
     if saved:  # the run's own schedule, as its stages use it
-        data = saved if with_ts else {**saved, "groups": [{k: v for k, v in g.items() if k != "timesteps"}
-                                                          for g in saved["groups"]]}
+        data = (
+            saved
+            if with_ts
+            else {**saved, "groups": [{k: v for k, v in g.items() if k != "timesteps"} for g in saved["groups"]]}
+        )
     else:
-        data = _computed_schedule(C.apply_overrides(run.config, extra) if run else C.resolve(preset, config_file, extra),
-                                  with_ts, plot)
+        data = _computed_schedule(
+            C.apply_overrides(run.config, extra) if run else C.resolve(preset, config_file, extra), with_ts, plot
+        )
     if as_json:
         emit_json(data)
         return
@@ -153,8 +188,9 @@ def tracked_stage(run, stage: str, device):
 
     store = open_reconciled(run.path.parent)
     _, row = register_run(run)
-    job_id = store.add_job({"run": run.name, "stage": stage, "args": {"device": str(device)}, "device": str(device),
-                            "command": sys.argv})
+    job_id = store.add_job(
+        {"run": run.name, "stage": stage, "args": {"device": str(device)}, "device": str(device), "command": sys.argv}
+    )
     store.update_run(run.name, status="running", started=row.get("started") or utc_now(), ended=None)
     try:
         with Tracked(store, job_id) as hb:
@@ -166,8 +202,17 @@ def tracked_stage(run, stage: str, device):
     store.update_run(run.name, status="created", ended=utc_now())  # its other stages are still to run
 
 
-PROXY_FLAGS = ("llm", "api_base", "rounds", "proposals", "retries", "temperature", "timeout", "replay_run",
-               "prompts_dir")
+PROXY_FLAGS = (
+    "llm",
+    "api_base",
+    "rounds",
+    "proposals",
+    "retries",
+    "temperature",
+    "timeout",
+    "replay_run",
+    "prompts_dir",
+)
 
 
 def _proxy_settings(run, seed, flags: dict):
@@ -180,8 +225,15 @@ def _proxy_settings(run, seed, flags: dict):
     ps = proxy_settings(run.config)
     if seed is not None:
         ps.seed = seed
-    for key, flag in (("model", "llm"), ("api_base", "api_base"), ("rounds", "rounds"), ("proposals", "proposals"),
-                      ("retries", "retries"), ("temperature", "temperature"), ("timeout", "timeout")):
+    for key, flag in (
+        ("model", "llm"),
+        ("api_base", "api_base"),
+        ("rounds", "rounds"),
+        ("proposals", "proposals"),
+        ("retries", "retries"),
+        ("temperature", "temperature"),
+        ("timeout", "timeout"),
+    ):
         if flags[flag] is not None:
             setattr(ps, key, flags[flag])
     if flags["prompts_dir"]:
@@ -201,8 +253,14 @@ def _adopt_recorded(run, ps, flags: dict, seed) -> None:
     from core.store import open_store
 
     rec = recorded_proxy_settings(run.path.parent, open_store(run.path.parent), flags["replay_run"])
-    given = {"model": flags["llm"], "rounds": flags["rounds"], "retries": flags["retries"],
-             "temperature": flags["temperature"], "seed": seed, "proposals": flags.get("proposals")}
+    given = {
+        "model": flags["llm"],
+        "rounds": flags["rounds"],
+        "retries": flags["retries"],
+        "temperature": flags["temperature"],
+        "seed": seed,
+        "proposals": flags.get("proposals"),
+    }
     adopted = []
     for key, user in given.items():
         if user is None and rec.get(key) is not None and getattr(ps, key) != rec[key]:
@@ -212,37 +270,84 @@ def _adopt_recorded(run, ps, flags: dict, seed) -> None:
     if adopted:
         click.echo(f"replay of {src}: adopted its recorded {', '.join(adopted)} (a flag overrides)", err=True)
     if rec.get("prompts") and rec["prompts"] != prompts_hash(ps.prompts_dir):
-        click.echo(f"replay of {src}: its prompt templates ({rec['prompts']}) differ from {ps.prompts_dir} "
-                   f"({prompts_hash(ps.prompts_dir)}); the replay stops where a request differs", err=True)
+        click.echo(
+            f"replay of {src}: its prompt templates ({rec['prompts']}) differ from {ps.prompts_dir} "
+            f"({prompts_hash(ps.prompts_dir)}); the replay stops where a request differs",
+            err=True,
+        )
 
 
 @click.command(short_help="Stage 2a: prune each group's copy to its MACs budget.")
 @click.argument("run_name", metavar="RUN")
-@click.option("--method", type=click.Choice([m for m in PRUNE_METHODS if m != "none"]), default=None,
-              help="proxy (LLM or offline search) or an importance criterion (default: prune.method).")
+@click.option(
+    "--method",
+    type=click.Choice([m for m in PRUNE_METHODS if m != "none"]),
+    default=None,
+    help="proxy (LLM or offline search) or an importance criterion (default: prune.method).",
+)
 @click.option("--groups", "groups", default="all", show_default=True, help="all, or group indices like 0,3,9.")
 @click.option("--seed", type=int, default=None, help="Seed for random scores and data batches (default: run seed).")
-@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
-              help="uniform: one ratio for every unit; global: one threshold on unit-normalised scores.")
+@click.option(
+    "--allocation",
+    type=click.Choice(ALLOCATIONS),
+    default=None,
+    help="uniform: one ratio for every unit; global: one threshold on unit-normalised scores.",
+)
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the per-group reports as JSON.")
 @click.option("--llm", default=None, help="Proxy: litellm model string (default stepadapt/local-search, offline).")
-@click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+@click.option(
+    "--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
+)
 @click.option("--rounds", type=int, default=None, help="Proxy: rounds per group (default 5).")
 @click.option("--proposals", type=int, default=None, help="Proxy: candidates per round, each measured (default 1).")
 @click.option("--retries", type=int, default=None, help="Proxy: re-asks after a rejected answer (default 2).")
 @click.option("--temperature", type=float, default=None, help="Proxy: sampling temperature (default 0).")
 @click.option("--timeout", type=float, default=None, help="Proxy: seconds per LLM call (default 120).")
-@click.option("--replay", "replay_run", default=None, metavar="RUN",
-              help="Proxy: replay RUN's recorded answers in order (with another --llm: ask it the same and compare).")
-@click.option("--on-miss", type=click.Choice(["fail", "live"]), default="fail", show_default=True,
-              help="Proxy replay: stop at the first diverging request (exit 3) or ask the LLM from there.")
+@click.option(
+    "--replay",
+    "replay_run",
+    default=None,
+    metavar="RUN",
+    help="Proxy: replay RUN's recorded answers in order (with another --llm: ask it the same and compare).",
+)
+@click.option(
+    "--on-miss",
+    type=click.Choice(["fail", "live"]),
+    default="fail",
+    show_default=True,
+    help="Proxy replay: stop at the first diverging request (exit 3) or ask the LLM from there.",
+)
 @click.option("--cache", "use_cache", is_flag=True, help="Proxy: reuse a recorded answer to an identical request.")
-@click.option("--prompts", "prompts_dir", type=click.Path(file_okay=False), default=None,
-              help="Proxy: folder of prompt templates (default: the project's prompts/).")
+@click.option(
+    "--prompts",
+    "prompts_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Proxy: folder of prompt templates (default: the project's prompts/).",
+)
 @runs_dir_option
-def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_base, rounds, proposals, retries,
-          temperature, timeout, replay_run, on_miss, use_cache, prompts_dir, runs_dir):
+def prune(
+    run_name,
+    method,
+    groups,
+    seed,
+    allocation,
+    device,
+    as_json,
+    llm,
+    api_base,
+    rounds,
+    proposals,
+    retries,
+    temperature,
+    timeout,
+    replay_run,
+    on_miss,
+    use_cache,
+    prompts_dir,
+    runs_dir,
+):
     """Stage 2a: prune a copy of the base for every group to its MACs budget (Eq. 14/15).
 
     Writes RUN/prune/groupNN.json (plan and report); `stepadapt finetune RUN` then fine-tunes the pruned
@@ -253,18 +358,39 @@ def prune(run_name, method, groups, seed, allocation, device, as_json, llm, api_
 
     run = open_run(run_name, runs_dir)
     set_threads(run.config)
-    flags = dict(llm=llm, api_base=api_base, rounds=rounds, proposals=proposals, retries=retries,
-                 temperature=temperature, timeout=timeout, replay_run=replay_run, prompts_dir=prompts_dir)
+    flags = dict(
+        llm=llm,
+        api_base=api_base,
+        rounds=rounds,
+        proposals=proposals,
+        retries=retries,
+        temperature=temperature,
+        timeout=timeout,
+        replay_run=replay_run,
+        prompts_dir=prompts_dir,
+    )
     proxy = None
     if (method or run.config["prune"]["method"]) == "proxy":
         proxy = _proxy_settings(run, seed, flags)
         seed = proxy.seed  # the data batches follow the proxy's seed (a replay's, when adopted)
     elif any(v is not None for v in flags.values()) or use_cache:
-        raise UserError("--llm, --api-base, --rounds, --retries, --temperature, --timeout, --replay, --cache "
-                        "and --prompts are for --method proxy")
-    recs = prune_groups(run, method, groups, seed, allocation, pick_device(device),
-                        log=lambda m: click.echo(m, err=True), proxy=proxy, replay=replay_run, on_miss=on_miss,
-                        use_cache=use_cache)
+        raise UserError(
+            "--llm, --api-base, --rounds, --retries, --temperature, --timeout, --replay, --cache "
+            "and --prompts are for --method proxy"
+        )
+    recs = prune_groups(
+        run,
+        method,
+        groups,
+        seed,
+        allocation,
+        pick_device(device),
+        log=lambda m: click.echo(m, err=True),
+        proxy=proxy,
+        replay=replay_run,
+        on_miss=on_miss,
+        use_cache=use_cache,
+    )
     if as_json:
         emit_json([{k: v for k, v in r.items() if k != "plan"} for r in recs])
         return
@@ -326,8 +452,14 @@ def control(run_name, device, runs_dir):
 @click.argument("run_name", metavar="RUN")
 @click.option("--n", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
 @steps_option("sample", "Sampling steps, respaced (default: the config's sample.steps).")
-@click.option("--model", "which", type=click.Choice(SAMPLE_MODELS), default="base", show_default=True,
-              help="The stage-1 model, or the group models routed by timestep.")
+@click.option(
+    "--model",
+    "which",
+    type=click.Choice(SAMPLE_MODELS),
+    default="base",
+    show_default=True,
+    help="The stage-1 model, or the group models routed by timestep.",
+)
 @click.option("--method", type=click.Choice(SAMPLERS), default=None, help="Sampler (default: sample.method).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: RUN/samples).")
@@ -365,9 +497,20 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
     total = -(-n // s["batch_size"]) * steps
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task(f"sampling {n} images, {steps} steps", total=total)
-        imgs = sample_images(model, create_diffusion(cfg), n, image_size=m["image_size"], channels=m["in_channels"],
-                             steps=steps, batch_size=s["batch_size"], seed=seed, method=method or s["method"],
-                             device=dev, progress=lambda k: bar.advance(task, k), channels_last=s["channels_last"])
+        imgs = sample_images(
+            model,
+            create_diffusion(cfg),
+            n,
+            image_size=m["image_size"],
+            channels=m["in_channels"],
+            steps=steps,
+            batch_size=s["batch_size"],
+            seed=seed,
+            method=method or s["method"],
+            device=dev,
+            progress=lambda k: bar.advance(task, k),
+            channels_last=s["channels_last"],
+        )
     grid_path = run.sample_grid(which, steps, seed)
     if out:
         grid_path = Path(out) / grid_path.name

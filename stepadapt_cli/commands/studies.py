@@ -1,4 +1,5 @@
 """The paper's experiments as studies: ``study NAME`` runs one, ``study resume|show|report|list``."""
+
 from __future__ import annotations
 
 import shlex
@@ -9,7 +10,7 @@ from core.errors import Interrupted, UserError
 
 from .. import render
 from ..common import emit_json, json_option, overrides_option, runs_dir_option
-from .management import parse_gpus, open_store
+from .management import open_store, parse_gpus
 
 
 class StudyGroup(click.Group):
@@ -50,8 +51,9 @@ def _execute(rec, store, runs_dir, parallel, gpus, grace):
     except KeyboardInterrupt:
         say(f"stopping study {rec['id']} ...")
         stop_study(rec, store, grace, log=say)
-        raise Interrupted(f"study {rec['id']} stopped; continue it with: stepadapt study resume "
-                          f"{shlex.quote(rec['id'])}") from None
+        raise Interrupted(
+            f"study {rec['id']} stopped; continue it with: stepadapt study resume {shlex.quote(rec['id'])}"
+        ) from None
     _report(rec, runs_dir)
     finished_or_raise(rec, statuses)
 
@@ -62,7 +64,11 @@ def _report(rec, runs_dir):
     from core.runs import Run, runs_root
 
     res = results(rec, runs_dir)
-    runs = [Run(runs_root(runs_dir) / n) for n in rec["arms"].values() if (runs_root(runs_dir) / n / "config.json").is_file()]
+    runs = [
+        Run(runs_root(runs_dir) / n)
+        for n in rec["arms"].values()
+        if (runs_root(runs_dir) / n / "config.json").is_file()
+    ]
     html, _ = write_study_report(res, runs, study_dir(runs_dir, rec["id"]) / "report")
     render.print_study(res)
     click.echo(f"report: {html}")
@@ -73,8 +79,9 @@ def _report(rec, runs_dir):
 @click.option("--preset", default=None, help="Model preset of every run (default tiny).")
 @click.option("--base", default=None, metavar="RUN", help="Fork every arm from this run's finished stage 1.")
 @click.option("--name", "study_id", default=None, help="Study id (default NAME-PRESET); its runs are ID-ARM.")
-@click.option("--parallel", type=int, default=1, show_default=True,
-              help="Arms at once on CPU (with CUDA: one per GPU).")
+@click.option(
+    "--parallel", type=int, default=1, show_default=True, help="Arms at once on CPU (with CUDA: one per GPU)."
+)
 @click.option("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all visible).")
 @click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds a job gets to checkpoint.")
 @runs_dir_option
@@ -87,8 +94,9 @@ def run_cmd(name, preset, base, study_id, parallel, gpus, grace, runs_dir, overr
     defn = load_definition(name)
     store = open_store(runs_dir)
     rec = create_study(defn, study_id, preset, base, list(overrides), runs_dir)
-    click.echo(f"study {rec['id']}: {defn['title']}; base {rec['base']}, arms "
-               f"{', '.join(rec['arms'].values())}", err=True)
+    click.echo(
+        f"study {rec['id']}: {defn['title']}; base {rec['base']}, arms {', '.join(rec['arms'].values())}", err=True
+    )
     _execute(rec, store, runs_dir, parallel, gpus, grace)
 
 
@@ -117,8 +125,9 @@ def show(study_id, as_json, runs_dir):
     rec = load_record(runs_dir, study_id)
     store = open_store(runs_dir)
     res = results(rec, runs_dir)
-    res["runs"] = {n: (store.get_run(n) or {}).get("status", "not created")
-                   for n in [rec["base"], *rec["arms"].values()]}
+    res["runs"] = {
+        n: (store.get_run(n) or {}).get("status", "not created") for n in [rec["base"], *rec["arms"].values()]
+    }
     if as_json:
         emit_json(res)
         return
@@ -142,10 +151,14 @@ def list_cmd(as_json, runs_dir):
     """The study definitions shipped in studies/ (one YAML file each) and the studies started in the runs folder."""
     from core.manager.studies import definitions, list_records, load_definition
 
-    defs = [{"name": n, "title": load_definition(n)["title"], "arms": len(load_definition(n)["arms"]),
-             "file": str(p)} for n, p in definitions().items()]
-    started = [{"id": r["id"], "study": r["study"], "preset": r["preset"], "base": r["base"],
-                "runs": len(r["arms"])} for r in list_records(runs_dir)]
+    defs = [
+        {"name": n, "title": load_definition(n)["title"], "arms": len(load_definition(n)["arms"]), "file": str(p)}
+        for n, p in definitions().items()
+    ]
+    started = [
+        {"id": r["id"], "study": r["study"], "preset": r["preset"], "base": r["base"], "runs": len(r["arms"])}
+        for r in list_records(runs_dir)
+    ]
     if as_json:
         emit_json({"definitions": defs, "studies": started})
         return

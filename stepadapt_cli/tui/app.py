@@ -9,6 +9,7 @@ connection commits), a run folder changes, or the view changes, and posts a ``Sn
 to the screen, which redraws. The UI thread never touches SQLite. Actions that reach the job layer (kill,
 resume) run in worker threads with their own connections too.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -109,8 +110,11 @@ class StepadaptApp(App):
     def kill_run(self, name: str) -> None:
         from core.manager.pipeline import stop_run
 
-        self._act(lambda store: f"run {name}: " + ", ".join(
-            f"job {j['id']} {s}" for j, s in stop_run(store, name, grace=10.0)))
+        self._act(
+            lambda store: (
+                f"run {name}: " + ", ".join(f"job {j['id']} {s}" for j, s in stop_run(store, name, grace=10.0))
+            )
+        )
 
     @work(thread=True, group="actions")
     def kill_job(self, job_id: int) -> None:

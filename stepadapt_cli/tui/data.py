@@ -1,5 +1,6 @@
 """What each view shows, read from the store and the run folders. Runs in the app's worker thread only,
 with that thread's own store connection (SQLite connections belong to the thread that opened them)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,15 +43,24 @@ def proxy_view(store: Store, run: Run) -> dict:
         g = c["group_index"]
         if g not in groups:
             proxy = ((read_json(run.prune_record(g)) or {}).get("report") or {}).get("proxy") or {}
-            groups[g] = {"base_loss": proxy.get("base_loss"), "winner_round": proxy.get("winner_round"),
-                         "session": proxy.get("session")}
+            groups[g] = {
+                "base_loss": proxy.get("base_loss"),
+                "winner_round": proxy.get("winner_round"),
+                "session": proxy.get("session"),
+            }
     rows = []
     for c in store.calls(run.name):
         r = rounds.get(c["id"]) or {}
         info = groups[c["group_index"]]
         chosen = bool(r) and r["round"] == info["winner_round"] and c["session"] == info["session"]
-        rows.append({"call": c, "round": r, "chosen": chosen,
-                     "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted")})
+        rows.append(
+            {
+                "call": c,
+                "round": r,
+                "chosen": chosen,
+                "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted"),
+            }
+        )
     return {"rows": rows, "groups": groups}
 
 

@@ -1,4 +1,5 @@
 """Modal dialogs: a yes/no confirmation and the key help."""
+
 from __future__ import annotations
 
 from textual import on

@@ -1,14 +1,15 @@
 """A job's log, followed live (the file is read in a worker thread), with its status line."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Optional
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from rich.text import Text
 from textual.widgets import Footer, Header, RichLog, Static
 
 from .dialogs import Confirm
@@ -40,11 +41,18 @@ class JobScreen(ViewScreen):
         grp = "" if j["group_index"] is None else f" group {j['group_index']}"
         ended = "" if j["exit_code"] is None else f"  exit {j['exit_code']}"
         self.job = j
-        self.query_one("#jobinfo", Static).update(Text(
-            f"job {j['id']}  {j['stage']}{grp}  run {j['run']}  [{j['status']}]  "
-            + (f"Slurm job {j['slurm_job']} {(j.get('slurm_state') or '').lower()}  host {j.get('host') or '-'}"
-               if j.get("slurm_job") else f"pid {j['pid']}") + f"{ended}\n"
-            f"{j['log_path'] or '(no log file: it ran in a terminal)'}"))
+        self.query_one("#jobinfo", Static).update(
+            Text(
+                f"job {j['id']}  {j['stage']}{grp}  run {j['run']}  [{j['status']}]  "
+                + (
+                    f"Slurm job {j['slurm_job']} {(j.get('slurm_state') or '').lower()}  host {j.get('host') or '-'}"
+                    if j.get("slurm_job")
+                    else f"pid {j['pid']}"
+                )
+                + f"{ended}\n"
+                f"{j['log_path'] or '(no log file: it ran in a terminal)'}"
+            )
+        )
         self.refresh_bindings()
         if not self.following:
             self.following = True

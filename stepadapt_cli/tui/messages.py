@@ -1,4 +1,5 @@
 """Messages from the app's data worker to the UI thread."""
+
 from __future__ import annotations
 
 from textual.message import Message

@@ -1,6 +1,7 @@
 """The proxy's searches of a run: every try of every round (its verdict, and for an accepted proposal the
 measured MACs and loss, the chosen one marked), per group the unpruned loss and the losses round by round;
 the detail pane opens at the selected answer, the prompt one key away."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,7 @@ class ProxyScreen(ViewScreen):
 
     def on_mount(self) -> None:
         self.title = f"proxy rounds of {self.run_name}"
-        self.query_one(DataTable).add_columns("group", "round", "try", "verdict", "MACs G", "loss", "source",
-                                              "reason")
+        self.query_one(DataTable).add_columns("group", "round", "try", "verdict", "MACs G", "loss", "source", "reason")
 
     def show(self, data) -> None:
         rows = data["rows"]
@@ -48,14 +48,23 @@ class ProxyScreen(ViewScreen):
         t = self.query_one(DataTable)
         t.clear()
         if not rows:
-            self.query_one("#call", Static).update("No proxy rounds recorded for this run "
-                                                   "(pruned with another method, or not pruned yet).")
+            self.query_one("#call", Static).update(
+                "No proxy rounds recorded for this run (pruned with another method, or not pruned yet)."
+            )
         for r in rows:
             c, rnd = r["call"], r["round"]
-            verdict = ("* chosen" if r["chosen"] else r["verdict"])
-            t.add_row(str(c["group_index"]), str(c["round"] + 1), str(c["attempt"] + 1), verdict,
-                      fmt(rnd.get("macs") and rnd["macs"] / 1e9), fmt(rnd.get("loss"), "{:.5f}"), c["source"],
-                      Text((c["error"] or c["validation_error"] or "")[:60]), key=str(c["id"]))
+            verdict = "* chosen" if r["chosen"] else r["verdict"]
+            t.add_row(
+                str(c["group_index"]),
+                str(c["round"] + 1),
+                str(c["attempt"] + 1),
+                verdict,
+                fmt(rnd.get("macs") and rnd["macs"] / 1e9),
+                fmt(rnd.get("loss"), "{:.5f}"),
+                c["source"],
+                Text((c["error"] or c["validation_error"] or "")[:60]),
+                key=str(c["id"]),
+            )
 
     def action_show_call(self) -> None:
         t = self.query_one(DataTable)
@@ -74,8 +83,10 @@ class ProxyScreen(ViewScreen):
     def show_call(self, key: str) -> None:
         self.selected = key
         c = self.rows[key]["call"]
-        head = (f"call {c['id']}  source {c['source']}  model {c['model_asked']}  "
-                f"verdict {c['error'] or c['validation_error'] or 'accepted'}")
+        head = (
+            f"call {c['id']}  source {c['source']}  model {c['model_asked']}  "
+            f"verdict {c['error'] or c['validation_error'] or 'accepted'}"
+        )
         parts = [head, f"--- answer ---\n{pretty(c['response_text'])}"]
         if self.with_prompt:
             parts += [f"--- {m['role']} ---\n{m['content']}" for m in c["messages"]]

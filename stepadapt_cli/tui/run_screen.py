@@ -1,4 +1,5 @@
 """The run screen: the stage pipeline, the schedule, and one row for the base and per timestep group."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -41,8 +42,11 @@ def eval_summary(ev, width: int = 160) -> Text:
 
 def widths(total: int) -> dict:
     """What grows with the terminal's width: the schedule strip, the progress bar and the loss sparkline."""
-    return {"strip": max(20, total - 24), "bar": 10 if total < 140 else 20,
-            "spark": 12 if total < 120 else min(SERIES, 12 + (total - 120) // 2)}
+    return {
+        "strip": max(20, total - 24),
+        "bar": 10 if total < 140 else 20,
+        "spark": 12 if total < 120 else min(SERIES, 12 + (total - 120) // 2),
+    }
 
 
 def loss_columns(ev) -> dict:
@@ -54,16 +58,34 @@ def loss_columns(ev) -> dict:
         return written(ch, "{:+.0%}", "")
 
     rows = loss_table((ev or {}).get("models") or {}, (ev or {}).get("comparisons") or [])
-    return {str(r["group"]): (r.get("progressive"), change(r.get("vs_base")), change(r.get("vs_control")))
-            for r in rows}
+    return {
+        str(r["group"]): (r.get("progressive"), change(r.get("vs_base")), change(r.get("vs_control"))) for r in rows
+    }
 
 
 class RunScreen(ViewScreen):
-    BINDINGS = [BACK, Binding("l", "log", "log"),
-                Binding("p", "proxy", "proxy"), Binding("k", "kill", "kill run"), Binding("r", "resume", "resume"),
-                HELP]
-    COLUMNS = ("group", "t", "budget", "MACs", "status", "step", "", "hybrid loss", "trend", "eval eps-MSE",
-               "vs base", "vs control")
+    BINDINGS = [
+        BACK,
+        Binding("l", "log", "log"),
+        Binding("p", "proxy", "proxy"),
+        Binding("k", "kill", "kill run"),
+        Binding("r", "resume", "resume"),
+        HELP,
+    ]
+    COLUMNS = (
+        "group",
+        "t",
+        "budget",
+        "MACs",
+        "status",
+        "step",
+        "",
+        "hybrid loss",
+        "trend",
+        "eval eps-MSE",
+        "vs base",
+        "vs control",
+    )
 
     def __init__(self, name: str):
         super().__init__(("run", name))
@@ -95,8 +117,9 @@ class RunScreen(ViewScreen):
             return
         w = widths(self.size.width or 80)
         stages = "  ".join(f"{k}:{v}" for k, v in d["stages"].items())
-        self.query_one("#stages", Static).update(Text(f"{d['name']}  [{d['status']}]  {d['preset']}  "
-                                                      f"prune {d['method']}\n{stages}"))
+        self.query_one("#stages", Static).update(
+            Text(f"{d['name']}  [{d['status']}]  {d['preset']}  prune {d['method']}\n{stages}")
+        )
         if d["scheduled"]:
             self.query_one("#schedule", Static).update(draw_schedule(d["schedule_profile"], w["strip"]))
         self.query_one("#evalsum", Static).update(eval_summary(d.get("eval"), self.size.width or 80))
@@ -106,10 +129,21 @@ class RunScreen(ViewScreen):
         losses = loss_columns(d.get("eval"))
         for g in d["groups"]:
             held, vs_base, vs_control = losses.get(str(g["group"]), (None, "", ""))
-            t.add_row(str(g["group"]), g["t"], fmt(g["budget"], "{:.3f}"), fmt(g["macs"], "{:.3f}"), g["status"],
-                      f"{g['progress']}/{g['total']}" if g["total"] else "", bar(g["progress"], g["total"], w["bar"]),
-                      fmt(g["loss"]), sparkline(g["series"], w["spark"]), fmt(held), vs_base, vs_control,
-                      key=str(g["group"]))
+            t.add_row(
+                str(g["group"]),
+                g["t"],
+                fmt(g["budget"], "{:.3f}"),
+                fmt(g["macs"], "{:.3f}"),
+                g["status"],
+                f"{g['progress']}/{g['total']}" if g["total"] else "",
+                bar(g["progress"], g["total"], w["bar"]),
+                fmt(g["loss"]),
+                sparkline(g["series"], w["spark"]),
+                fmt(held),
+                vs_base,
+                vs_control,
+                key=str(g["group"]),
+            )
         if d["groups"]:
             t.move_cursor(row=min(cur, len(d["groups"]) - 1))
 

@@ -1,10 +1,11 @@
 """The runs screen: every run in the runs folder, with a filter and a sort key."""
+
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from rich.text import Text
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from .view import HELP, ViewScreen, fmt
@@ -17,10 +18,14 @@ def _llm(model) -> str:
 
 
 class RunsScreen(ViewScreen):
-    BINDINGS = [Binding("enter", "open", "open"), Binding("slash", "filter", "filter"),
-                Binding("escape", "close_filter", "close filter", show=False),
-                Binding("s", "sort", "sort"), Binding("q", "app.quit", "quit"),
-                HELP]
+    BINDINGS = [
+        Binding("enter", "open", "open"),
+        Binding("slash", "filter", "filter"),
+        Binding("escape", "close_filter", "close filter", show=False),
+        Binding("s", "sort", "sort"),
+        Binding("q", "app.quit", "quit"),
+        HELP,
+    ]
     COLUMNS = ("name", "status", "stages", "best FID", "method", "llm", "preset")
     SORT_KEYS = ("created", "name", "status", "method", "best_fid")
 
@@ -52,21 +57,39 @@ class RunsScreen(ViewScreen):
         msg = self.query_one("#message", Static)
         runs_dir = self.app.runs_dir
         if not self.rows:
-            msg.update(Text(f"No runs in {runs_dir}.\nStart one with:  stepadapt run --preset tiny --runs-dir {runs_dir}"))
+            msg.update(
+                Text(f"No runs in {runs_dir}.\nStart one with:  stepadapt run --preset tiny --runs-dir {runs_dir}")
+            )
         else:
-            msg.update(Text(f"{len(self.rows)} runs in {runs_dir}   sort: {self.SORT_KEYS[self.sort]}"
-                            + (f"   filter: {self.filter}" if self.filter else "")))
+            msg.update(
+                Text(
+                    f"{len(self.rows)} runs in {runs_dir}   sort: {self.SORT_KEYS[self.sort]}"
+                    + (f"   filter: {self.filter}" if self.filter else "")
+                )
+            )
         key = self.SORT_KEYS[self.sort]
-        rows = [r for r in self.rows if not self.filter or any(
-            self.filter.lower() in str(r.get(k) or "").lower() for k in ("name", "status", "preset", "method"))]
-        rows.sort(key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else 0),
-                  reverse=key == "created")
+        rows = [
+            r
+            for r in self.rows
+            if not self.filter
+            or any(self.filter.lower() in str(r.get(k) or "").lower() for k in ("name", "status", "preset", "method"))
+        ]
+        rows.sort(
+            key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else 0), reverse=key == "created"
+        )
         cur = t.cursor_row
         t.clear()
         for r in rows:
-            t.add_row(Text(r["name"]), r["status"], f"{r['stages_done']}/{r['stages_total']}",
-                      fmt(r.get("best_fid"), "{:.2f}"), r.get("method") or "-", _llm(r.get("llm")),
-                      Text(r.get("preset") or "-"), key=r["name"])
+            t.add_row(
+                Text(r["name"]),
+                r["status"],
+                f"{r['stages_done']}/{r['stages_total']}",
+                fmt(r.get("best_fid"), "{:.2f}"),
+                r.get("method") or "-",
+                _llm(r.get("llm")),
+                Text(r.get("preset") or "-"),
+                key=r["name"],
+            )
         if rows:
             t.move_cursor(row=min(cur, len(rows) - 1))
         elif self.rows:

@@ -1,4 +1,5 @@
 """The base of every data screen: it names the view it shows and redraws from the app's snapshots."""
+
 from __future__ import annotations
 
 from textual.binding import Binding

@@ -14,14 +14,14 @@ Each stage module answers both questions about itself:
 The orchestrator runs what ``pending`` returns, and the monitor (``runs``, ``show``, the TUI) calls a stage
 done exactly when ``pending`` is empty, so the two can never disagree.
 """
+
 from __future__ import annotations
 
 from core.manager.stages import assemble, base, control, dense, finetune, prune, sample, schedule, uniform
 from core.manager.stages import eval as eval_stage
 from core.names import STAGES
 
-BY_NAME = {m.NAME: m for m in (base, schedule, prune, finetune, assemble, control, uniform, dense, sample,
-                                     eval_stage)}
+BY_NAME = {m.NAME: m for m in (base, schedule, prune, finetune, assemble, control, uniform, dense, sample, eval_stage)}
 assert tuple(BY_NAME) == STAGES
 
 

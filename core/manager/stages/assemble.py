@@ -1,4 +1,5 @@
 """The progressive model: every non-empty group's fine-tuned model in one artifact (``models/progressive.pt``)."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,5 @@
 """Stage 1: the base denoiser trained on all timesteps (``models/base.pt``)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,12 +23,26 @@ def base_spec(run, cfg: dict, steps: Optional[int] = None, **changes) -> TrainSp
     """The stage-1 job of ``run`` as its config says (``changes`` override spec fields)."""
     t = cfg["train"]
     spec = TrainSpec(
-        name="base", ckpt=run.ckpt("base"), model_out=run.model("base"), metrics=run.metrics("base"),
-        steps=t["steps"] if steps is None else steps, batch_size=t["batch_size"], lr=t["lr"],
-        ema_decay=t["ema_decay"], seed=cfg["seed"], weight_decay=t["weight_decay"], grad_clip=t["grad_clip"],
-        log_every=t["log_every"], ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"],
-        channels_last=t["channels_last"], compile=t["compile"], accum=t["accum"],
-        extra={"arch": model_arch(cfg), "stage": "base"}, keep=list(t.get("keep") or []),
+        name="base",
+        ckpt=run.ckpt("base"),
+        model_out=run.model("base"),
+        metrics=run.metrics("base"),
+        steps=t["steps"] if steps is None else steps,
+        batch_size=t["batch_size"],
+        lr=t["lr"],
+        ema_decay=t["ema_decay"],
+        seed=cfg["seed"],
+        weight_decay=t["weight_decay"],
+        grad_clip=t["grad_clip"],
+        log_every=t["log_every"],
+        ckpt_every=t["ckpt_every"],
+        bf16=t["bf16"],
+        workers=cfg["data"]["workers"],
+        channels_last=t["channels_last"],
+        compile=t["compile"],
+        accum=t["accum"],
+        extra={"arch": model_arch(cfg), "stage": "base"},
+        keep=list(t.get("keep") or []),
         milestones=run.milestones(),
     )
     for key, val in changes.items():
@@ -62,8 +77,15 @@ def work(ctx) -> None:
     main = distributed()[1] == 0  # under torchrun only rank 0 writes files
     if main:
         record_base(ctx.run, finished=False)  # a record of an earlier stage 1 no longer holds while it trains
-    train(spec, model, create_diffusion(cfg), data, resume=spec.ckpt.exists(), device=ctx.device,
-          **ctx.train_hooks("base", None))
+    train(
+        spec,
+        model,
+        create_diffusion(cfg),
+        data,
+        resume=spec.ckpt.exists(),
+        device=ctx.device,
+        **ctx.train_hooks("base", None),
+    )
     ctx.produced(spec.model_out, "model")
     ctx.produced(spec.ckpt, "checkpoint")
     if main:

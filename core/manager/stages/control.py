@@ -6,6 +6,7 @@ The progressive model had stage 1 plus N fine-tunes; the control has exactly the
 network. "Progressive beats base" can be the extra steps; "progressive beats control" is the method. This
 is the paper's Table 2 comparison at equal steps, built into every run (``control.enabled``).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -42,8 +43,13 @@ def work(ctx) -> None:
 def run_training(ctx, train_fn, name: str) -> None:
     """A control's job: ``train_fn`` (this module's ``train_control`` or another control's) with the job's
     heartbeat and hooks, then its model and checkpoint recorded as the job's artifacts."""
-    spec = train_fn(ctx.run, ctx.device, ctx.log, lambda total: ctx.heartbeat.set(progress=0, total=total),
-                    ctx.train_hooks(name, None))
+    spec = train_fn(
+        ctx.run,
+        ctx.device,
+        ctx.log,
+        lambda total: ctx.heartbeat.set(progress=0, total=total),
+        ctx.train_hooks(name, None),
+    )
     ctx.produced(spec.model_out, "model")
     ctx.produced(spec.ckpt, "checkpoint")
 
@@ -64,7 +70,9 @@ def train_control(run, device="cpu", log=print, on_total=None, hooks=None):
         raise UserError("the control needs every non-empty group fine-tuned first (its length is their steps)")
     base_step = artifact_step(run.ckpt("base"))
     if base_step is None:
-        raise UserError(f"the control starts from stage 1's checkpoint, and {run.ckpt('base')} is missing or unreadable")
+        raise UserError(
+            f"the control starts from stage 1's checkpoint, and {run.ckpt('base')} is missing or unreadable"
+        )
     spec = control_spec(run, cfg, added, base_step)
     dist, rank, _ = distributed()  # under torchrun (DDP) rank 0 prepares the checkpoint, the others wait for it
     if rank == 0:
@@ -76,14 +84,23 @@ def train_control(run, device="cpu", log=print, on_total=None, hooks=None):
             tmp = spec.ckpt.with_suffix(".copy")
             shutil.copyfile(run.ckpt("base"), tmp)
             tmp.replace(spec.ckpt)
-        log(f"control: stage 1 (step {base_step}) trained on for {added} steps of {spec.batch_size} images on all "
-            f"timesteps, as every group's fine-tune together")
+        log(
+            f"control: stage 1 (step {base_step}) trained on for {added} steps of {spec.batch_size} images on all "
+            f"timesteps, as every group's fine-tune together"
+        )
     if dist is not None:
         dist.barrier()
     if on_total:
         on_total(spec.steps)
-    train(spec, build_unet(model_arch(cfg), seed=cfg["seed"]), create_diffusion(cfg), load_dataset(cfg), resume=True,
-          device=device, **(hooks or {}))
+    train(
+        spec,
+        build_unet(model_arch(cfg), seed=cfg["seed"]),
+        create_diffusion(cfg),
+        load_dataset(cfg),
+        resume=True,
+        device=device,
+        **(hooks or {}),
+    )
     return spec
 
 
@@ -91,8 +108,24 @@ def control_spec(run, cfg: dict, added: int, base_step: int):
     from core.manager.stages.base import base_spec
 
     f = cfg["finetune"]
-    return base_spec(run, cfg, steps=base_step + added, name="control", ckpt=run.ckpt("control"),
-                     model_out=run.model("control"), metrics=run.metrics("control"), batch_size=f["batch_size"],
-                     lr=f["lr"], ema_decay=f["ema_decay"], keep=[], milestones=None,  # milestones are stage 1's
-                     extra={"arch": model_arch(cfg), "stage": "control", "base_step": base_step, "added_steps": added,
-                            "added_images": added * f["batch_size"]})
+    return base_spec(
+        run,
+        cfg,
+        steps=base_step + added,
+        name="control",
+        ckpt=run.ckpt("control"),
+        model_out=run.model("control"),
+        metrics=run.metrics("control"),
+        batch_size=f["batch_size"],
+        lr=f["lr"],
+        ema_decay=f["ema_decay"],
+        keep=[],
+        milestones=None,  # milestones are stage 1's
+        extra={
+            "arch": model_arch(cfg),
+            "stage": "control",
+            "base_step": base_step,
+            "added_steps": added,
+            "added_images": added * f["batch_size"],
+        },
+    )

@@ -7,6 +7,7 @@ Its width is the ``model.model_channels`` whose MACs come nearest the target; Gr
 largest divisor of that width up to ``model.norm_groups``. Off by default (``control.dense``): it trains a whole
 model from scratch, as long as stage 1 and the fine-tunes together, the most expensive arm of a comparison.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ def width_for(cfg: dict, target_macs: float) -> tuple[dict, int]:
     arch, m = model_arch(cfg), cfg["model"]
     heads = max(1, m["num_heads"])
     # channel multipliers of the levels with attention (their resolution listed) and of the middle block
-    attn = [mult for i, mult in enumerate(m["channel_mult"]) if m["image_size"] // 2 ** i in m["attention_resolutions"]]
+    attn = [mult for i, mult in enumerate(m["channel_mult"]) if m["image_size"] // 2**i in m["attention_resolutions"]]
     attn.append(m["channel_mult"][-1])
     best = None
     for width in range(2, arch["model_channels"] + 1):
@@ -82,8 +83,9 @@ def train_dense(run, device="cpu", log=print, on_total=None, hooks=None) -> Trai
     if added is None or base is None or not run.model("progressive").exists():
         raise UserError("the dense-small control matches the progressive model's cost and steps: finish it first")
     m = cfg["model"]
-    target = progressive_cost(load_progressive(run.model("progressive")), m["image_size"],
-                              m["in_channels"])["avg_all"]["macs"]
+    target = progressive_cost(load_progressive(run.model("progressive")), m["image_size"], m["in_channels"])["avg_all"][
+        "macs"
+    ]
     earlier = artifact_fields(run.ckpt(NAME)).get("spec", {}).get("extra", {})
     if earlier.get("target_macs") == target and earlier.get("total_steps") == base + added:
         arch, macs = earlier["arch"], earlier["macs"]  # resuming: the width found before
@@ -92,19 +94,48 @@ def train_dense(run, device="cpu", log=print, on_total=None, hooks=None) -> Trai
             run.ckpt(NAME).unlink()  # the progressive model or its steps changed: start again
         arch, macs = width_for(cfg, target)
     spec = TrainSpec(
-        name=NAME, ckpt=run.ckpt(NAME), model_out=run.model(NAME), metrics=run.metrics(NAME), steps=base + added,
-        batch_size=t["batch_size"], lr=t["lr"], ema_decay=t["ema_decay"], seed=cfg["seed"] + 104_729,
-        weight_decay=t["weight_decay"], grad_clip=t["grad_clip"], log_every=t["log_every"], ckpt_every=t["ckpt_every"],
-        bf16=t["bf16"], workers=cfg["data"]["workers"], channels_last=t["channels_last"], compile=t["compile"],
-        accum=t["accum"], extra={"arch": arch, "stage": NAME, "target_macs": target, "macs": macs,
-                                  "total_steps": base + added, "added_steps": added},
+        name=NAME,
+        ckpt=run.ckpt(NAME),
+        model_out=run.model(NAME),
+        metrics=run.metrics(NAME),
+        steps=base + added,
+        batch_size=t["batch_size"],
+        lr=t["lr"],
+        ema_decay=t["ema_decay"],
+        seed=cfg["seed"] + 104_729,
+        weight_decay=t["weight_decay"],
+        grad_clip=t["grad_clip"],
+        log_every=t["log_every"],
+        ckpt_every=t["ckpt_every"],
+        bf16=t["bf16"],
+        workers=cfg["data"]["workers"],
+        channels_last=t["channels_last"],
+        compile=t["compile"],
+        accum=t["accum"],
+        extra={
+            "arch": arch,
+            "stage": NAME,
+            "target_macs": target,
+            "macs": macs,
+            "total_steps": base + added,
+            "added_steps": added,
+        },
     )
-    log(f"dense-small control: {arch['model_channels']} channels ({macs / 1e9:.4f} GMACs, "
+    log(
+        f"dense-small control: {arch['model_channels']} channels ({macs / 1e9:.4f} GMACs, "
         f"{macs / target:.3f}x the progressive model's average), "
         f"{'resuming' if spec.ckpt.exists() else 'training from fresh weights'} for {spec.steps} steps "
-        "(stage 1 and every fine-tune together)")
+        "(stage 1 and every fine-tune together)"
+    )
     if on_total:
         on_total(spec.steps)
-    train(spec, build_unet(arch, seed=spec.seed), create_diffusion(cfg), load_dataset(cfg),
-          resume=spec.ckpt.exists(), device=device, **(hooks or {}))
+    train(
+        spec,
+        build_unet(arch, seed=spec.seed),
+        create_diffusion(cfg),
+        load_dataset(cfg),
+        resume=spec.ckpt.exists(),
+        device=device,
+        **(hooks or {}),
+    )
     return spec

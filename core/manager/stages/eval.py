@@ -1,6 +1,7 @@
 """Evaluation of the base and the progressive model (``eval.json``). The run's report (``report/``) reads the
 store (proxy rounds, job timings), so the orchestrator that owns the store writes it after this stage
 (``write_run_report``)."""
+
 from __future__ import annotations
 
 NAME = "eval"
@@ -24,6 +25,14 @@ def write_run_report(run, store, say=print) -> None:
     from core.runs import file_sha256
 
     html, _ = write_report(run, [], run.report_dir())
-    store.add_artifact({"run": run.name, "job": None, "path": str(html.relative_to(run.path)), "kind": "report",
-                        "sha256": file_sha256(html), "bytes": html.stat().st_size})
+    store.add_artifact(
+        {
+            "run": run.name,
+            "job": None,
+            "path": str(html.relative_to(run.path)),
+            "kind": "report",
+            "sha256": file_sha256(html),
+            "bytes": html.stat().st_size,
+        }
+    )
     say(f"report: {html}")

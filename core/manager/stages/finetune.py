@@ -7,6 +7,7 @@ Each group is its own training job (``group03`` ...) with its own EMA, checkpoin
 resume independently. When every non-empty group has a model, they are assembled into one progressive
 model artifact (``models/progressive.pt``, see ``assemble``).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -41,17 +42,40 @@ def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int
     grp = sched.groups[g]
     name = run.group_stage(g)
     return TrainSpec(
-        name=name, ckpt=run.ckpt(name), model_out=run.model(name), metrics=run.metrics(name),
-        steps=steps if steps is not None else f["steps"], batch_size=f["batch_size"], lr=f["lr"],
-        ema_decay=f["ema_decay"], seed=cfg["seed"] + 1 + g, weight_decay=t["weight_decay"],
-        grad_clip=t["grad_clip"], log_every=min(t["log_every"], max(1, (steps or f["steps"]) // 10)),
-        ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"], timesteps=grp.timesteps,
-        channels_last=t["channels_last"], compile=t["compile"], distill=f["distill"], ema_warmup=f["ema_warmup"],
+        name=name,
+        ckpt=run.ckpt(name),
+        model_out=run.model(name),
+        metrics=run.metrics(name),
+        steps=steps if steps is not None else f["steps"],
+        batch_size=f["batch_size"],
+        lr=f["lr"],
+        ema_decay=f["ema_decay"],
+        seed=cfg["seed"] + 1 + g,
+        weight_decay=t["weight_decay"],
+        grad_clip=t["grad_clip"],
+        log_every=min(t["log_every"], max(1, (steps or f["steps"]) // 10)),
+        ckpt_every=t["ckpt_every"],
+        bf16=t["bf16"],
+        workers=cfg["data"]["workers"],
+        timesteps=grp.timesteps,
+        channels_last=t["channels_last"],
+        compile=t["compile"],
+        distill=f["distill"],
+        ema_warmup=f["ema_warmup"],
         accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
-        eval_every=f.get("eval_every", 0), evals=run.heldout_curve(name), best_out=run.best_model(name),
+        eval_every=f.get("eval_every", 0),
+        evals=run.heldout_curve(name),
+        best_out=run.best_model(name),
         snapshots=run.snapshots(name) if f.get("fid_n") else None,
-        extra={"arch": model_arch(cfg), "stage": "finetune", "group": g, "t_start": grp.t_start, "t_end": grp.t_end,
-               "budget_macs": grp.budget_macs, "distill": f["distill"]},
+        extra={
+            "arch": model_arch(cfg),
+            "stage": "finetune",
+            "group": g,
+            "t_start": grp.t_start,
+            "t_end": grp.t_end,
+            "budget_macs": grp.budget_macs,
+            "distill": f["distill"],
+        },
     )
 
 
@@ -59,13 +83,20 @@ def group_done(spec: TrainSpec) -> bool:
     return _trained(spec.model_out, spec.steps)
 
 
-def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, device="cpu",
-                    progress: bool = True, log: Callable[[str], None] = print, hooks=None) -> list[int]:
+def finetune_groups(
+    run: Run,
+    groups: str = "all",
+    steps: Optional[int] = None,
+    device="cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    hooks=None,
+) -> list[int]:
     """Fine-tune the selected groups (resuming unfinished ones); returns the groups trained now.
 
     ``hooks(g)``, if given, returns the keyword hooks (on_start, on_step, on_log) for ``train`` of group g."""
-    from core.method.artifacts import load_unet
     from core.manager.stages.prune import pruned_base
+    from core.method.artifacts import load_unet
     from core.model.diffusion import create_diffusion
     from core.training.data import load_dataset
     from core.training.loop import train
@@ -94,17 +125,33 @@ def finetune_groups(run: Run, groups: str = "all", steps: Optional[int] = None, 
         model.train()
         spec.extra["plan"] = rec["plan"] if rec else None
         spec.extra["prune_method"] = rec["method"]["method"] if rec else "none"
-        how = (f"pruned by {spec.extra['prune_method']} to {rec['report']['macs'] / 1e9:.4f} GMACs" if rec
-               else "not pruned")
+        how = (
+            f"pruned by {spec.extra['prune_method']} to {rec['report']['macs'] / 1e9:.4f} GMACs"
+            if rec
+            else "not pruned"
+        )
         if rec and spec.extra["prune_method"] == "scratch":
-            how = (f"{rec['method'].get('from')}'s architecture ({rec['report']['macs'] / 1e9:.4f} GMACs) from fresh "
-                   "weights (scratch training)")
-        log(f"group {g}: t in [{grp.t_start}, {grp.t_end}] ({grp.size} steps), budget {grp.budget_ratio:.2f} F, "
+            how = (
+                f"{rec['method'].get('from')}'s architecture ({rec['report']['macs'] / 1e9:.4f} GMACs) from fresh "
+                "weights (scratch training)"
+            )
+        log(
+            f"group {g}: t in [{grp.t_start}, {grp.t_end}] ({grp.size} steps), budget {grp.budget_ratio:.2f} F, "
             f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps"
-            + (f", distilling from the base (weight {spec.distill:g})" if teacher is not None else ""))
-        train(spec, model, diffusion, data, resume=resume, device=device, progress=progress, teacher=teacher,
-              evaluator=heldout_evaluator(cfg, diffusion, grp, device) if spec.eval_every else None,
-              **(hooks(g) if hooks else {}))
+            + (f", distilling from the base (weight {spec.distill:g})" if teacher is not None else "")
+        )
+        train(
+            spec,
+            model,
+            diffusion,
+            data,
+            resume=resume,
+            device=device,
+            progress=progress,
+            teacher=teacher,
+            evaluator=heldout_evaluator(cfg, diffusion, grp, device) if spec.eval_every else None,
+            **(hooks(g) if hooks else {}),
+        )
         trained.append(g)
     assemble(run, sched)
     return trained
@@ -118,8 +165,9 @@ def heldout_evaluator(cfg: dict, diffusion, grp, device="cpu"):
     images = eval_images(cfg, cfg["eval"]["loss_images"])
 
     def measure(model) -> float:
-        return region_losses(model, diffusion, images, {grp.index: grp.timesteps}, draws=cfg["eval"]["loss_draws"],
-                             device=device)[grp.index]
+        return region_losses(
+            model, diffusion, images, {grp.index: grp.timesteps}, draws=cfg["eval"]["loss_draws"], device=device
+        )[grp.index]
 
     return measure
 

@@ -5,6 +5,7 @@ Each group's result is ``RUN/prune/groupNN.json``: the method and its settings, 
 (budget, MACs, params, loss before/after on held-out images at the group's timesteps). The pruned model is
 never stored separately: base EMA + plan rebuilds it exactly, and ``finetune`` starts from it.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -56,7 +57,7 @@ def prune_images(cfg: dict, n: int, n_eval: int, seed: int) -> tuple[torch.Tenso
     if held is not None:
         ev = held.get(torch.arange(min(n_eval, len(held))))
     else:
-        ev = train.get(perm[n:n + n_eval])
+        ev = train.get(perm[n : n + n_eval])
     if len(ev) < 2:
         raise UserError("not enough images to measure the loss before/after pruning")
     return imp, ev
@@ -91,10 +92,20 @@ def _fresh_weights(run: Run, g: int):
     return build_unet(model_arch(run.config), seed=10_007 * (run.config["seed"] + 1) + g)
 
 
-def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", seed: Optional[int] = None,
-                 allocation: Optional[str] = None, device="cpu", log: Callable[[str], None] = print,
-                 proxy=None, replay: Optional[str] = None, on_miss: str = "fail",
-                 use_cache: bool = False, books=None) -> list[dict]:
+def prune_groups(
+    run: Run,
+    method: Optional[str] = None,
+    groups: str = "all",
+    seed: Optional[int] = None,
+    allocation: Optional[str] = None,
+    device="cpu",
+    log: Callable[[str], None] = print,
+    proxy=None,
+    replay: Optional[str] = None,
+    on_miss: str = "fail",
+    use_cache: bool = False,
+    books=None,
+) -> list[dict]:
     """Prune the selected groups (skipping those already pruned the same way); returns their records.
 
     ``method="proxy"``: the LLM proxy with ``proxy`` (``ProxySettings``); ``replay``: another run whose
@@ -137,15 +148,25 @@ def prune_groups(run: Run, method: Optional[str] = None, groups: str = "all", se
             continue
         grp = sched.groups[g]
         images = images or prune_images(cfg, pc["images"], pc["eval_images"], seed)
-        ctx = PruneContext(diffusion, images[0], images[1], grp.timesteps, pc["batch_size"], pc["batches"], seed,
-                           str(device))
-        log(f"group {g}: t in [{grp.t_start}, {grp.t_end}], pruning to {grp.budget_macs / 1e9:.4f} GMACs "
-            f"({grp.budget_ratio:.3f} F) with {method}")
-        plan, report = prune_one(g, grp, load_unet(run.model("base"), device), ctx, want["allocation"],
-                                 pc["tolerance"])
-        rec = {"group": g, "t_start": grp.t_start, "t_end": grp.t_end, "budget_ratio": grp.budget_ratio,
-               "budget_macs": grp.budget_macs, **want, "plan": plan, "report": report,
-               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        ctx = PruneContext(
+            diffusion, images[0], images[1], grp.timesteps, pc["batch_size"], pc["batches"], seed, str(device)
+        )
+        log(
+            f"group {g}: t in [{grp.t_start}, {grp.t_end}], pruning to {grp.budget_macs / 1e9:.4f} GMACs "
+            f"({grp.budget_ratio:.3f} F) with {method}"
+        )
+        plan, report = prune_one(g, grp, load_unet(run.model("base"), device), ctx, want["allocation"], pc["tolerance"])
+        rec = {
+            "group": g,
+            "t_start": grp.t_start,
+            "t_end": grp.t_end,
+            "budget_ratio": grp.budget_ratio,
+            "budget_macs": grp.budget_macs,
+            **want,
+            "plan": plan,
+            "report": report,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
         atomic_write_json(rec, run.prune_record(g))
         records.append(rec)
     return records
@@ -158,8 +179,10 @@ def _pruned_already(run: Run, g: int, want: dict, log) -> Optional[dict]:
         if {k: old.get(k) for k in want} == want:
             log(f"group {g}: pruned already ({want['method']['method']}), skipped")
             return old
-        raise UserError(f"group {g} was already pruned with {old['method']['method']} (seed {old['seed']}); "
-                        "start a new run to compare methods")
+        raise UserError(
+            f"group {g} was already pruned with {old['method']['method']} (seed {old['seed']}); "
+            "start a new run to compare methods"
+        )
     if run.ckpt(run.group_stage(g)).exists():
         raise UserError(f"group {g} is already fine-tuned without this plan; start a new run to prune it")
     return None
@@ -183,8 +206,9 @@ class _CriterionPruning:
     def __call__(self, g, grp, base, ctx, allocation, tolerance):
         from core.method.prune import prune_to_budget
 
-        _, plan, report = prune_to_budget(base, self.importance, grp.budget_macs, ctx, allocation=allocation,
-                                          tolerance=tolerance, log=self.log)
+        _, plan, report = prune_to_budget(
+            base, self.importance, grp.budget_macs, ctx, allocation=allocation, tolerance=tolerance, log=self.log
+        )
         return plan, report
 
 
@@ -212,16 +236,24 @@ class _ScratchArchitecture:
         if src is None:
             raise UserError(f"run {self.source.name} has no pruned model for group {g} yet (prune it first)")
         if (src["t_start"], src["t_end"]) != (grp.t_start, grp.t_end):
-            raise UserError(f"run {self.source.name}'s group {g} covers t {src['t_start']}-{src['t_end']}, this "
-                            f"run's {grp.t_start}-{grp.t_end}: use runs with the same schedule")
+            raise UserError(
+                f"run {self.source.name}'s group {g} covers t {src['t_start']}-{src['t_end']}, this "
+                f"run's {grp.t_start}-{grp.t_end}: use runs with the same schedule"
+            )
         plan = src["plan"]
         pruned = copy.deepcopy(base)
         if plan["remove"]:
             apply_plan(pruned, plan)
-        report = {**self.describe(), "reinitialised": True, "source_plan_hash": src["report"].get("plan_hash"),
-                  **Pruner(base).report(pruned, plan, grp.budget_macs, tolerance)}
-        self.log(f"group {g}: {self.source.name}'s architecture ({report['macs'] / 1e9:.4f} GMACs), weights to be "
-                 "initialised afresh")
+        report = {
+            **self.describe(),
+            "reinitialised": True,
+            "source_plan_hash": src["report"].get("plan_hash"),
+            **Pruner(base).report(pruned, plan, grp.budget_macs, tolerance),
+        }
+        self.log(
+            f"group {g}: {self.source.name}'s architecture ({report['macs'] / 1e9:.4f} GMACs), weights to be "
+            "initialised afresh"
+        )
         return plan, report
 
 
@@ -243,15 +275,32 @@ class _ProxyPruning:
         return self.settings.describe()
 
     def __call__(self, g, grp, base, ctx, allocation, tolerance):
-        return _proxy_group(self.run, g, grp, self.sched, base, ctx, self.settings, self.store, self.books,
-                            self.replay, self.on_miss, self.use_cache, allocation, tolerance, self.seed, self.log)
+        return _proxy_group(
+            self.run,
+            g,
+            grp,
+            self.sched,
+            base,
+            ctx,
+            self.settings,
+            self.store,
+            self.books,
+            self.replay,
+            self.on_miss,
+            self.use_cache,
+            allocation,
+            tolerance,
+            self.seed,
+            self.log,
+        )
 
 
-def _proxy_group(run, g, grp, sched, base, ctx, settings, store, books, replay, on_miss, use_cache, allocation,
-                 tolerance, seed, log):
+def _proxy_group(
+    run, g, grp, sched, base, ctx, settings, store, books, replay, on_miss, use_cache, allocation, tolerance, seed, log
+):
     from core.method.importance import make_importance
-    from core.method.prune import Pruner, held_out_loss, prune_to_budget
     from core.method.proxy import ProxyRun, Replay
+    from core.method.prune import Pruner, held_out_loss, prune_to_budget
 
     pr = Pruner(base)
     mode, rep = "live", None
@@ -263,19 +312,51 @@ def _proxy_group(run, g, grp, sched, base, ctx, settings, store, books, replay, 
             raise UserError(f"run {replay!r} has no recorded proxy calls for group {g}")
         rep = Replay(calls, replay)
         mode = "replay" if calls[0]["model_asked"] == settings.model else "compare"
-    info_group = {"t_start": grp.t_start, "t_end": grp.t_end, "snr_min": grp.snr_min, "snr_max": grp.snr_max,
-                  "num_timesteps": sched.num_timesteps}
-    search = ProxyRun(pr, grp.budget_macs, ctx, settings, books, run.name, g, info_group, mode=mode, replay=rep,
-                      on_miss=on_miss, use_cache=use_cache, log=log, cache=store)
+    info_group = {
+        "t_start": grp.t_start,
+        "t_end": grp.t_end,
+        "snr_min": grp.snr_min,
+        "snr_max": grp.snr_max,
+        "num_timesteps": sched.num_timesteps,
+    }
+    search = ProxyRun(
+        pr,
+        grp.budget_macs,
+        ctx,
+        settings,
+        books,
+        run.name,
+        g,
+        info_group,
+        mode=mode,
+        replay=rep,
+        on_miss=on_miss,
+        use_cache=use_cache,
+        log=log,
+        cache=store,
+    )
     plan, info = search.search()
     if plan is None:
         log(f"group {g}: no valid proposal in {settings.rounds} rounds; falling back to {settings.fallback}")
-        _, plan, fb = prune_to_budget(base, make_importance(settings.fallback, seed), grp.budget_macs, ctx,
-                                      allocation=allocation, tolerance=tolerance, log=log)
+        _, plan, fb = prune_to_budget(
+            base,
+            make_importance(settings.fallback, seed),
+            grp.budget_macs,
+            ctx,
+            allocation=allocation,
+            tolerance=tolerance,
+            log=log,
+        )
         info["fallback"] = settings.fallback
     pruned = pr.apply(plan)
-    report = {**settings.describe(), "allocation": "proxy", **pr.report(pruned, plan, grp.budget_macs, tolerance),
-              "proxy": info, "loss_before": info["base_loss"], "loss_after": held_out_loss(pruned, ctx)}
+    report = {
+        **settings.describe(),
+        "allocation": "proxy",
+        **pr.report(pruned, plan, grp.budget_macs, tolerance),
+        "proxy": info,
+        "loss_before": info["base_loss"],
+        "loss_after": held_out_loss(pruned, ctx),
+    }
     return plan, report
 
 
@@ -287,15 +368,25 @@ def recorded_proxy_settings(runs_dir, store, src: str) -> dict:
     for path in sorted((runs_dir / src / "prune").glob("group*.json")):
         m = (read_json(path) or {}).get("method") or {}
         if m.get("method") == "proxy":
-            return {"model": m.get("llm"), "rounds": m.get("rounds"), "retries": m.get("retries"),
-                    "temperature": m.get("temperature"), "seed": m.get("seed"), "prompts": m.get("prompts"),
-                    "proposals": m.get("proposals", 1)}
+            return {
+                "model": m.get("llm"),
+                "rounds": m.get("rounds"),
+                "retries": m.get("retries"),
+                "temperature": m.get("temperature"),
+                "seed": m.get("seed"),
+                "prompts": m.get("prompts"),
+                "proposals": m.get("proposals", 1),
+            }
     calls = store.calls(src)
     if not calls:
         return {}
     params = calls[0]["params"] or {}
-    return {"model": calls[0]["model_asked"], "temperature": params.get("temperature"), "seed": params.get("seed"),
-            "rounds": max(c["round"] for c in calls) + 1}
+    return {
+        "model": calls[0]["model_asked"],
+        "temperature": params.get("temperature"),
+        "seed": params.get("seed"),
+        "rounds": max(c["round"] for c in calls) + 1,
+    }
 
 
 def proxy_settings(cfg: dict):
@@ -303,14 +394,26 @@ def proxy_settings(cfg: dict):
     from core.method.proxy import ProxySettings
 
     p = cfg["prune"]
-    return ProxySettings(model=p["llm"], api_base=p["api_base"] or None, rounds=p["rounds"], seed=cfg["seed"],
-                         proposals=p.get("proposals", 1))
+    return ProxySettings(
+        model=p["llm"],
+        api_base=p["api_base"] or None,
+        rounds=p["rounds"],
+        seed=cfg["seed"],
+        proposals=p.get("proposals", 1),
+    )
 
 
 def work(ctx) -> None:
     cfg = ctx.run.config
     method = cfg["prune"]["method"]
     ctx.heartbeat.set(message=f"pruning with {method}")
-    prune_groups(ctx.run, method, str(ctx.group), device=ctx.device, log=ctx.say,
-                 proxy=proxy_settings(cfg) if method == "proxy" else None, books=ctx.store)
+    prune_groups(
+        ctx.run,
+        method,
+        str(ctx.group),
+        device=ctx.device,
+        log=ctx.say,
+        proxy=proxy_settings(cfg) if method == "proxy" else None,
+        books=ctx.store,
+    )
     ctx.produced(ctx.run.prune_record(ctx.group), "plan")

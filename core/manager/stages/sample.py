@@ -1,5 +1,6 @@
 """Sample grids of the base, the control (when the run has one) and the progressive model from the same noise
 (``samples/{which}_sS_seed0.png``), and the three side by side (``samples/side_by_side_sS_seed0.png``)."""
+
 from __future__ import annotations
 
 from core.names import SAMPLE_MODELS
@@ -11,7 +12,6 @@ GROUPED = False
 def sample_models(run) -> list[str]:
     """The run's models: the single-stage variant has neither a base nor a control."""
     from core.config import single_stage
-
     from core.manager.stages import dense, uniform
 
     cfg, one = run.config, single_stage(run.config)
@@ -46,13 +46,26 @@ def work(ctx) -> None:
 
     grids = {}
     for which, path in paths.items():
-        model = (load_progressive(ctx.run.model(which), ctx.device) if which == "progressive"
-                 else load_unet(ctx.run.model(which), ctx.device))
+        model = (
+            load_progressive(ctx.run.model(which), ctx.device)
+            if which == "progressive"
+            else load_unet(ctx.run.model(which), ctx.device)
+        )
         ctx.heartbeat.set(message=f"sampling {s['n']} images from the {which} model, {s['steps']} steps")
-        imgs = sample_images(model, create_diffusion(cfg), s["n"], image_size=m["image_size"],
-                             channels=m["in_channels"], steps=s["steps"], batch_size=s["batch_size"], seed=0,
-                             method=s["method"], device=ctx.device, progress=tick,
-                             channels_last=s["channels_last"])
+        imgs = sample_images(
+            model,
+            create_diffusion(cfg),
+            s["n"],
+            image_size=m["image_size"],
+            channels=m["in_channels"],
+            steps=s["steps"],
+            batch_size=s["batch_size"],
+            seed=0,
+            method=s["method"],
+            device=ctx.device,
+            progress=tick,
+            channels_last=s["channels_last"],
+        )
         save_grid(imgs, path)
         grids[which] = imgs
         ctx.log(f"{which}: {path}")

@@ -1,4 +1,5 @@
 """The SNR schedule: a MACs budget per timestep and the timestep groups (``schedule.json``, ``schedule.png``)."""
+
 from __future__ import annotations
 
 NAME = "schedule"
@@ -14,7 +15,9 @@ def work(ctx) -> None:
 
     sched = run_schedule(ctx.run)
     plot_schedule(sched, ctx.run.schedule_plot())
-    ctx.log(f"schedule: {len(sched.nonempty)} non-empty groups of {sched.n_groups}; "
-            f"average budget {sched.to_json()['avg_budget_ratio']:.4f} F")
+    ctx.log(
+        f"schedule: {len(sched.nonempty)} non-empty groups of {sched.n_groups}; "
+        f"average budget {sched.to_json()['avg_budget_ratio']:.4f} F"
+    )
     ctx.produced(ctx.run.schedule_file(), "schedule")
     ctx.produced(ctx.run.schedule_plot(), "plot")

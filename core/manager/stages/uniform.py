@@ -13,6 +13,7 @@ timesteps at a time, and its recorded calls belong to the groups). Runs without 
 the two-stage variant) have no uniform control: their progressive model costs what the base costs.
 Off by default (``control.uniform``): it adds a pruning and as many training steps as the control.
 """
+
 from __future__ import annotations
 
 from core.config import model_arch, single_stage
@@ -28,8 +29,11 @@ GROUPED = False
 
 def wanted(cfg: dict) -> bool:
     """Whether a run with ``cfg`` has a uniform control."""
-    return bool(cfg["control"].get("uniform")) and not single_stage(cfg) and cfg["prune"]["method"] not in (
-        "none", "scratch")
+    return (
+        bool(cfg["control"].get("uniform"))
+        and not single_stage(cfg)
+        and cfg["prune"]["method"] not in ("none", "scratch")
+    )
 
 
 def criterion(cfg: dict) -> str:
@@ -49,23 +53,42 @@ def uniform_spec(run, cfg: dict, added: int, extra: dict) -> TrainSpec:
     """The uniform control's training: the fine-tunes' rate, batch and EMA, all timesteps, ``added`` steps."""
     f, t = cfg["finetune"], cfg["train"]
     return TrainSpec(
-        name=NAME, ckpt=run.ckpt(NAME), model_out=run.model(NAME), metrics=run.metrics(NAME), steps=added,
-        batch_size=f["batch_size"], lr=f["lr"], ema_decay=f["ema_decay"], seed=cfg["seed"] + 7919,
-        weight_decay=t["weight_decay"], grad_clip=t["grad_clip"], log_every=min(t["log_every"], max(1, added // 10)),
-        ckpt_every=t["ckpt_every"], bf16=t["bf16"], workers=cfg["data"]["workers"], channels_last=t["channels_last"],
-        compile=t["compile"], ema_warmup=f["ema_warmup"], accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
-        extra={"arch": model_arch(cfg), "stage": NAME, **extra, "added_steps": added,
-               "added_images": added * f["batch_size"]},
+        name=NAME,
+        ckpt=run.ckpt(NAME),
+        model_out=run.model(NAME),
+        metrics=run.metrics(NAME),
+        steps=added,
+        batch_size=f["batch_size"],
+        lr=f["lr"],
+        ema_decay=f["ema_decay"],
+        seed=cfg["seed"] + 7919,
+        weight_decay=t["weight_decay"],
+        grad_clip=t["grad_clip"],
+        log_every=min(t["log_every"], max(1, added // 10)),
+        ckpt_every=t["ckpt_every"],
+        bf16=t["bf16"],
+        workers=cfg["data"]["workers"],
+        channels_last=t["channels_last"],
+        compile=t["compile"],
+        ema_warmup=f["ema_warmup"],
+        accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
+        extra={
+            "arch": model_arch(cfg),
+            "stage": NAME,
+            **extra,
+            "added_steps": added,
+            "added_images": added * f["batch_size"],
+        },
     )
 
 
 def plan_uniform(run, device="cpu", log=print) -> dict:
     """The uniform control's plan (pruned once, then read from ``prune/uniform.json``): the base pruned to the
     progressive model's average MACs over all timesteps."""
+    from core.manager.stages.prune import prune_images
     from core.method.artifacts import load_progressive, load_unet
     from core.method.importance import make_importance
     from core.method.prune import PruneContext, prune_to_budget
-    from core.manager.stages.prune import prune_images
     from core.model.diffusion import create_diffusion
     from core.model.macs import progressive_cost
     from core.runs import atomic_write_json, read_json
@@ -77,17 +100,35 @@ def plan_uniform(run, device="cpu", log=print) -> dict:
     if not run.model("progressive").exists():
         raise UserError("the uniform control prunes to the progressive model's average MACs: assemble it first")
     m = cfg["model"]
-    target = progressive_cost(load_progressive(run.model("progressive")), m["image_size"],
-                              m["in_channels"])["avg_all"]["macs"]
+    target = progressive_cost(load_progressive(run.model("progressive")), m["image_size"], m["in_channels"])["avg_all"][
+        "macs"
+    ]
     pc, method = cfg["prune"], criterion(cfg)
     diffusion = create_diffusion(cfg)
     images = prune_images(cfg, pc["images"], pc["eval_images"], cfg["seed"])
-    ctx = PruneContext(diffusion, images[0], images[1], list(range(diffusion.num_timesteps)), pc["batch_size"],
-                       pc["batches"], cfg["seed"], str(device))
-    log(f"uniform control: pruning the base with {method} to the progressive model's average "
-        f"{target / 1e9:.4f} GMACs, for all timesteps")
-    _, plan, report = prune_to_budget(load_unet(run.model("base"), device), make_importance(method, cfg["seed"]),
-                                      target, ctx, allocation=pc["allocation"], tolerance=pc["tolerance"], log=log)
+    ctx = PruneContext(
+        diffusion,
+        images[0],
+        images[1],
+        list(range(diffusion.num_timesteps)),
+        pc["batch_size"],
+        pc["batches"],
+        cfg["seed"],
+        str(device),
+    )
+    log(
+        f"uniform control: pruning the base with {method} to the progressive model's average "
+        f"{target / 1e9:.4f} GMACs, for all timesteps"
+    )
+    _, plan, report = prune_to_budget(
+        load_unet(run.model("base"), device),
+        make_importance(method, cfg["seed"]),
+        target,
+        ctx,
+        allocation=pc["allocation"],
+        tolerance=pc["tolerance"],
+        log=log,
+    )
     rec = {"budget_macs": target, "method": method, "allocation": pc["allocation"], "plan": plan, "report": report}
     atomic_write_json(rec, path)
     return rec
@@ -112,8 +153,9 @@ def train_uniform(run, device="cpu", log=print, on_total=None, hooks=None) -> Tr
     if added is None:
         raise UserError("the uniform control trains as many steps as the fine-tunes together: fine-tune first")
     rec = plan_uniform(run, device, log)
-    spec = uniform_spec(run, cfg, added, {"plan": rec["plan"], "budget_macs": rec["budget_macs"],
-                                          "prune_method": rec["method"]})
+    spec = uniform_spec(
+        run, cfg, added, {"plan": rec["plan"], "budget_macs": rec["budget_macs"], "prune_method": rec["method"]}
+    )
     earlier = artifact_fields(spec.ckpt).get("spec", {}).get("extra", {})
     if spec.ckpt.exists() and earlier.get("added_steps") != added:  # the fine-tunes changed since: start again
         spec.ckpt.unlink()
@@ -121,11 +163,14 @@ def train_uniform(run, device="cpu", log=print, on_total=None, hooks=None) -> Tr
     if rec["plan"]["remove"]:
         apply_plan(model, rec["plan"])
     model.train()
-    log(f"uniform control: {rec['report']['macs'] / 1e9:.4f} GMACs ({rec['method']}), "
+    log(
+        f"uniform control: {rec['report']['macs'] / 1e9:.4f} GMACs ({rec['method']}), "
         f"{'resuming' if spec.ckpt.exists() else 'training'} on all timesteps for {added} steps of "
-        f"{spec.batch_size} images, as every group's fine-tune together")
+        f"{spec.batch_size} images, as every group's fine-tune together"
+    )
     if on_total:
         on_total(spec.steps)
-    train(spec, model, create_diffusion(cfg), load_dataset(cfg), resume=spec.ckpt.exists(), device=device,
-          **(hooks or {}))
+    train(
+        spec, model, create_diffusion(cfg), load_dataset(cfg), resume=spec.ckpt.exists(), device=device, **(hooks or {})
+    )
     return spec
