@@ -6,7 +6,7 @@ import click
 
 from core import __version__
 
-from .commands import evaluation, inspection, management, stages, studies
+from .commands import evaluation, exchange, inspection, management, stages, studies
 from .common import CONTEXT, Cli, runs_dir_option
 
 
@@ -35,7 +35,14 @@ def tui(run_name, runs_dir):
         raise click.exceptions.Exit(app.return_code)
 
 
-for _cmd in management.COMMANDS + stages.COMMANDS + inspection.COMMANDS + evaluation.COMMANDS + studies.COMMANDS:
+for _cmd in (
+    management.COMMANDS
+    + exchange.COMMANDS
+    + stages.COMMANDS
+    + inspection.COMMANDS
+    + evaluation.COMMANDS
+    + studies.COMMANDS
+):
     cli.add_command(_cmd)
 
 

@@ -40,6 +40,11 @@ from core.runs import (
 SHARED_SECTIONS = ("model", "diffusion", "train", "data")  # what stage 1 depends on: a fork keeps them
 
 
+def is_import_source(base: str) -> bool:
+    """Whether ``--base`` names a model to import (a checkpoint file) rather than a run to fork."""
+    return Path(base).expanduser().is_file()
+
+
 def base_sha256(run: Run) -> Optional[str]:
     """sha256 of the run's stage-1 model (recorded at import/fork time, else computed), None if it has none."""
     recorded = (run.meta.get("base") or {}).get("sha256")

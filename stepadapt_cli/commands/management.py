@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from core.errors import Interrupted, StageFailed, UserError
+from core.manager.bases import is_import_source
 from core.names import JOB_ACTIVE, PRUNE_METHODS
 
 from .. import render
@@ -242,10 +243,6 @@ def _settings(method, llm, api_base, data_spec, seed, overrides) -> list[str]:
     return extra + list(overrides)
 
 
-def _is_file(base: str) -> bool:
-    return Path(base).expanduser().is_file()
-
-
 @click.command("run", short_help="The whole method as one pipeline of tracked jobs.")
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
@@ -328,7 +325,7 @@ def run_cmd(
     parse_gpus(gpus)
     store = open_store(runs_dir)
     say = lambda line: click.echo(line, err=True)
-    if base is not None and not _is_file(base):  # a fork: the parent's config, its stage 1
+    if base is not None and not is_import_source(base):  # a fork: the parent's config, its stage 1
         if config_file or preset:
             raise UserError("a fork takes its base run's config; change what may change with -S (or --method ...)")
         from core.manager.bases import fork_run
@@ -352,46 +349,6 @@ def run_cmd(
         err=True,
     )
     execute(run, store, detach, parallel, gpus, grace)
-
-
-@click.command("import", short_help="Make an improved-diffusion checkpoint a new run's stage 1.")
-@click.argument("run_name", metavar="RUN", callback=check_name)
-@click.option(
-    "--from-iddpm",
-    "file",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="improved-diffusion UNet state dict (e.g. cifar10_uncond_50M_500K.pt).",
-)
-@click.option(
-    "--preset",
-    default=None,
-    help="The preset the checkpoint's architecture matches (cifar10, "
-    "imagenet64, ...; default: the config file's, else tiny).",
-)
-@click.option(
-    "--config",
-    "config_file",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="A config file for the run (as for stepadapt run).",
-)
-@click.option("--data", "data_spec", default=None, help="The run's data: cifar10[:ROOT] | folder:PATH | PATH | digits.")
-@runs_dir_option
-@overrides_option
-def import_cmd(run_name, file, preset, config_file, data_spec, runs_dir, overrides):
-    """Create run RUN whose finished stage 1 is an improved-diffusion checkpoint, converted to stepadapt's UNet
-    (every tensor's shape checked against the preset; a misfit writes nothing). The model records
-    model.rescale_timesteps (the network sees t * 1000 / T, as theirs were trained) and GroupNorm(32).
-    Continue with: stepadapt resume RUN (stage 2 onwards), or fork it: stepadapt fork RUN NEW."""
-    from core import config as C
-    from core.manager.bases import import_base, import_config
-
-    extra = _settings(None, None, None, data_spec, None, overrides)
-    cfg = import_config(C.resolve(preset, config_file, extra), overrides)
-    run = import_base(file, cfg, run_name, runs_dir, log=lambda line: click.echo(line, err=True))
-    q = shlex.quote(run.name)
-    click.echo(f"next: stepadapt resume {q}   (or stepadapt fork {q} NEW -S ... to share this base)")
 
 
 @click.command(short_help="A new run sharing another run's trained stage 1.")
@@ -489,4 +446,4 @@ def kill(target, grace, runs_dir):
     click.echo(f"run {ref}: killed; continue it with stepadapt resume {shlex.quote(ref)}")
 
 
-COMMANDS = [run_cmd, import_cmd, fork, resume, kill]
+COMMANDS = [run_cmd, fork, resume, kill]
