@@ -76,7 +76,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import config as C  # noqa: E402
-from core.evaluation import fid as F  # noqa: E402
+from core.evaluation import features as F  # noqa: E402
 from core.evaluation import metrics as M  # noqa: E402
 from core.evaluation.perturb import speckle  # noqa: E402
 from core.training.data import load_dataset  # noqa: E402

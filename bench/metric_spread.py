@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.evaluation import fid as F  # noqa: E402
+from core.evaluation import features as F  # noqa: E402
 from core.evaluation import metrics as M  # noqa: E402
 from core.evaluation.perturb import speckle, thin  # noqa: E402
 from core.method.artifacts import load_unet  # noqa: E402

@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import config as C  # noqa: E402
-from core.evaluation.evaluate import compare_runs, load_eval, verdict_text  # noqa: E402
+from core.evaluation.evaluate import compare_runs, load_eval  # noqa: E402
+from core.evaluation.text import verdict_text  # noqa: E402
 from core.runs import Run, create_run, open_run  # noqa: E402
 
 EXE = str(Path(sys.executable).with_name("stepadapt"))

@@ -35,8 +35,11 @@ from core import config as C  # noqa: E402
 from core.evaluation.losses import region_losses  # noqa: E402
 from core.manager.stages.prune import prune_images  # noqa: E402
 from core.method.artifacts import load_unet
-from core.method.importance import make_importance  # noqa: E402
-from core.method.prune import PruneContext, prune_to_budget  # noqa: E402
+from core.method.importance import (
+    LossContext,  # noqa: E402
+    make_importance,  # noqa: E402
+)
+from core.method.prune import prune_to_budget  # noqa: E402
 from core.method.schedule import run_schedule  # noqa: E402
 from core.model.diffusion import create_diffusion  # noqa: E402
 from core.model.unet import build_unet  # noqa: E402
@@ -160,7 +163,7 @@ def main() -> None:
     for method in methods:
         for seed in seeds:
             imgs, ev = prune_images(cfg, pc["images"], pc["eval_images"], seed)
-            ctx = PruneContext(diffusion, imgs, ev, grp.timesteps, pc["batch_size"], pc["batches"], seed)
+            ctx = LossContext(diffusion, imgs, ev, grp.timesteps, pc["batch_size"], pc["batches"], seed)
             tp0 = time.time()
             extra = {}
             if method == "proxy":

@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from core.evaluation.evaluate import compare_runs, verdict_text
+    from core.evaluation.evaluate import compare_runs
+    from core.evaluation.text import verdict_text
     from core.runs import open_run, read_json, runs_root
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -59,8 +59,26 @@ _BASE: dict[str, Any] = {
         "norm_groups": 32,
         # True for improved-diffusion's models (the network sees t * 1000 / T); off for models trained here
         "rescale_timesteps": False,
+        # where the base model's layout comes from: iddpm (improved-diffusion's UNet) or diffusers (a UNet2DModel)
+        "family": "iddpm",
+        # timestep embedding [cos | sin] (IDDPM) or [sin | cos] (False: DDPM, diffusers' flip_sin_to_cos)
+        "time_flip_sin_to_cos": True,
+        # timestep embedding frequencies exp(-log(10000) i / (dim/2 - shift)); diffusers' freq_shift
+        "time_freq_shift": 0,
+        # downsampling conv padding: 1 on every side (IDDPM), 0 = right and bottom only (DDPM/diffusers)
+        "downsample_padding": 1,
+        # every GroupNorm's epsilon (diffusers' norm_eps; DDPM's models use 1e-6)
+        "norm_eps": 1e-5,
+        # channels per attention head, diffusers' attention_head_dim (0: model.num_heads heads per block)
+        "head_channels": 0,
     },
-    "diffusion": {"steps": 4000, "noise_schedule": "cosine", "vlb_weight": 0.001},
+    "diffusion": {
+        "steps": 4000,
+        "noise_schedule": "cosine",
+        "vlb_weight": 0.001,
+        # reverse variance when model.learn_sigma is off: large (sigma^2 = beta_t) or small (the posterior's, DDPM)
+        "fixed_variance": "large",
+    },
     "data": {"spec": "cifar10", "root": "data", "flip": True, "download": False, "workers": 4, "holdout": 0},
     "train": {
         "steps": 500000,
@@ -351,6 +369,18 @@ def validate(cfg: dict) -> None:
             "channels must divide into model.num_heads",
         ),
         (0 <= m["dropout"] < 1, "model.dropout must be in [0, 1)"),
+        (m["family"] in ("iddpm", "diffusers"), "model.family must be iddpm or diffusers"),
+        (m["downsample_padding"] in (0, 1), "model.downsample_padding must be 0 or 1"),
+        (m["norm_eps"] > 0 and m["time_freq_shift"] >= 0, "model.norm_eps must be > 0, model.time_freq_shift >= 0"),
+        (
+            m["head_channels"] == 0
+            or (
+                m["head_channels"] > 0
+                and all(m["model_channels"] * x % m["head_channels"] == 0 for x in m["channel_mult"])
+            ),
+            "model.head_channels must be 0 or divide every level's channels",
+        ),
+        (d["fixed_variance"] in ("large", "small"), "diffusion.fixed_variance must be large or small"),
         (d["steps"] >= 2, "diffusion.steps must be >= 2"),
         (
             d["noise_schedule"] in NOISE_SCHEDULES,

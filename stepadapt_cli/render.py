@@ -8,7 +8,7 @@ import json
 import click
 from rich.markup import escape
 
-from core.evaluation.text import change, with_ci
+from core.evaluation.text import change, fmt, with_ci
 
 from .common import console
 
@@ -21,10 +21,6 @@ def _table(title: str, columns, justify: str = "left"):
     for col in columns:
         tab.add_column(col, justify=justify)
     return tab
-
-
-def fmt(value, spec: str = "{:.4f}", scale: float = 1.0) -> str:
-    return "-" if value is None else spec.format(value / scale)
 
 
 def print_preset(cfg: dict, res: dict) -> None:
@@ -284,7 +280,7 @@ def print_show(run, data: dict) -> None:
 
 
 def verdict_line(c: dict) -> str:
-    from core.evaluation.evaluate import verdict_text
+    from core.evaluation.text import verdict_text
 
     return verdict_text(c)
 
@@ -335,7 +331,7 @@ def print_comparison(data: dict) -> None:
     for run, rows in data.get("loss_groups", {}).items():
         print_loss_table(run, rows)
     if len(data["runs"]) == 1:
-        from core.evaluation.evaluate import bottom_line
+        from core.evaluation.text import bottom_line
 
         line = bottom_line(next(iter(data.get("comparisons", {}).values()), []))
         if line:

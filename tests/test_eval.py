@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core import config as C
-from core.evaluation.fid import features, fid_between, make_extractor, reference_stats
+from core.evaluation.features import features, make_extractor, reference_stats
+from core.evaluation.metrics import fid_between
 from core.training.data import load_dataset
 from tests.conftest import MICRO, assert_clean_error, run_cli
 
@@ -22,7 +23,7 @@ def digits():
 def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digits, tmp_path):
     """The bundled digits' net ships with the package: the session's shared cache gets a copy of it on first
     use (by this test or another; the others wait on its lock), nothing is trained, and every use loads it."""
-    from core.evaluation.fid import SHIPPED_NETS, cache_dir, dataset_key
+    from core.evaluation.features import SHIPPED_NETS, cache_dir, dataset_key
 
     cfg, data = digits
     logs = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core import config as C
-from core.evaluation import fid as F
+from core.evaluation import features as F
 from core.evaluation import metrics as M
 from core.evaluation.perturb import speckle, thin
 from core.training.data import load_dataset

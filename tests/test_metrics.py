@@ -9,7 +9,7 @@ import torch
 from cleanfid.fid import frechet_distance, kernel_distance
 
 from core import config as C
-from core.evaluation import fid as F
+from core.evaluation import features as F
 from core.evaluation import metrics as M
 from core.training.data import load_dataset
 

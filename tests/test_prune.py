@@ -8,9 +8,8 @@ import torch
 from core import config as C
 from core.errors import UserError
 from core.method.artifacts import load_unet
-from core.method.importance import DiffPruningImportance, TaylorImportance, make_importance
+from core.method.importance import DiffPruningImportance, LossContext, TaylorImportance, make_importance
 from core.method.prune import (
-    PruneContext,
     Pruner,
     apply_plan,
     build_pruned,
@@ -45,7 +44,7 @@ def context(cfg, n_t=(100, 300), batch=2):
     imgs = torch.randint(
         0, 256, (24, m["in_channels"], m["image_size"], m["image_size"]), generator=g, dtype=torch.uint8
     )
-    return PruneContext(create_diffusion(cfg), imgs[:16], imgs[16:], list(range(*n_t)), batch_size=batch, batches=1)
+    return LossContext(create_diffusion(cfg), imgs[:16], imgs[16:], list(range(*n_t)), batch_size=batch, batches=1)
 
 
 def importance(method):

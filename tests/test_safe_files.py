@@ -177,7 +177,7 @@ def test_a_refused_file_says_so_in_one_line(tmp_path):
 
 def test_a_poisoned_cached_feature_net_is_replaced_by_the_shipped_one(tmp_path, monkeypatch):
     from core.config import preset
-    from core.evaluation.fid import SHIPPED_NETS, dataset_key, domain_extractor
+    from core.evaluation.features import SHIPPED_NETS, dataset_key, domain_extractor
     from core.training.data import load_dataset
 
     monkeypatch.setenv("STEPADAPT_CACHE", str(tmp_path / "cache"))

@@ -335,62 +335,6 @@ def loss_changes(run, a: str, b: str, ra: dict, rb: dict) -> dict:
     return out
 
 
-def verdict_text(c: dict, short: bool = False) -> str:
-    """'progressive vs control: WORSE on FID, +0.31 [+0.12, +0.50] (95%, paired); 0.70x MACs', or with ``short``
-    'progressive vs control: WORSE FID +0.31 [+0.12, +0.50]' (one line at 80 columns)."""
-    primary = c.get("primary", "fid")
-    d = c.get(primary)
-    head = f"{c['model']} vs {c['against']}: "
-    if not d:
-        return head + "no sample metric" + ("" if short else f"; {c['macs_ratio']:.2f}x MACs")
-    spec = "{:+.3f}" if primary == "fid" else "{:+.5f}"
-    interval = f"{spec.format(d['diff'])} [{spec.format(d['ci'][0])}, {spec.format(d['ci'][1])}]"
-    word = {"better": "BETTER", "worse": "WORSE"}.get(d["verdict"], "same" if short else "no significant difference")
-    if short:
-        return head + f"{word} {primary.upper()} {interval}"
-    return (
-        head + f"{word} on {primary.upper()}, {interval} (95%, {'paired' if d['paired'] else 'unpaired'}); "
-        f"{c['macs_ratio']:.2f}x MACs"
-    )
-
-
-def bottom_line(comparisons: list[dict]) -> str:
-    """One plain sentence on what a run's numbers say about the method (or '' without the comparisons)."""
-    by = {(c["model"], c["against"]): c for c in comparisons}
-    pc, pb = by.get(("progressive", "control")), by.get(("progressive", "base"))
-    if not pb or not pb.get("verdict"):
-        return ""
-    word = {
-        "better": "better than",
-        "worse": "worse than",
-        "no significant difference": "not significantly different from",
-    }
-    metric = pb["primary"].upper()
-    text = f"The progressive model, at {pb['macs_ratio']:.2f}x the base's MACs, is {word[pb['verdict']]} the base"
-    if pc and pc.get("verdict"):
-        text += f" and {word[pc['verdict']]} its equal-compute control (the base trained on for the same steps)"
-    text += f" on {metric} (95% intervals)."
-    if pc and pc["verdict"] == "worse":
-        text += " At this scale the method does not beat training the base for longer."
-    elif pc and pc["verdict"] == "no significant difference":
-        text += " It matches the control at lower cost; a larger sample count may separate them."
-    elif pc and pc["verdict"] == "better":
-        text += " The method, not the extra steps, made the difference."
-    pu = by.get(("progressive", "uniform"))
-    if pu and pu.get("verdict"):
-        text += (
-            f" Against one copy pruned to the same average MACs for all timesteps ({pu['macs_ratio']:.2f}x its "
-            f"MACs, same steps) it is {word[pu['verdict']]} on {metric}."
-        )
-    pd = by.get(("progressive", "dense-small"))
-    if pd and pd.get("verdict"):
-        text += (
-            f" Against a narrower dense UNet of that cost trained from scratch as long ({pd['macs_ratio']:.2f}x "
-            f"its MACs) it is {word[pd['verdict']]} on {metric}."
-        )
-    return text
-
-
 def loss_table(models: dict, comparisons: list[dict]) -> list[dict]:
     """One row per timestep group: each model's held-out loss, and the progressive model's change against
     base and control (relative, with the interval of the paired difference)."""
@@ -429,7 +373,7 @@ class FidSampler:
     cached across runs)."""
 
     def __init__(self, run, diffusion, n: int, steps: int, inception, device, log):
-        from core.evaluation import fid as F
+        from core.evaluation import features as F
         from core.evaluation import metrics as M
         from core.training.data import load_dataset
 
@@ -445,7 +389,7 @@ class FidSampler:
         self.seed = cfg["seed"] + 1000  # every model's samples start from the same noise
 
     def features(self, model, which: str, tick) -> np.ndarray:
-        from core.evaluation import fid as F
+        from core.evaluation import features as F
         from core.model.sampling import sample_images, save_grid
 
         cfg, m, s = self.cfg, self.cfg["model"], self.cfg["sample"]

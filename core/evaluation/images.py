@@ -78,7 +78,7 @@ def _shown(name: str) -> str:
 
 def evaluate_images(cfg: dict, runs_dir, folders: list, inception=None, device="cpu", log=print) -> dict:
     """Scores of one or two folders (see the module docstring)."""
-    from core.evaluation import fid as F
+    from core.evaluation import features as F
     from core.evaluation import metrics as M
     from core.training.data import load_dataset
 
@@ -112,5 +112,5 @@ def evaluate_images(cfg: dict, runs_dir, folders: list, inception=None, device="
             for k in ("fid", "kid")
             for d in [M.difference(feats[0], feats[1], stats, ref["feats"], k, paired, reps, cfg["seed"])]
         }
-        out["between"] = {"fid_between": F.fid_between(feats[0], feats[1]), "paired": paired, **diffs}
+        out["between"] = {"fid_between": M.fid_between(feats[0], feats[1]), "paired": paired, **diffs}
     return out

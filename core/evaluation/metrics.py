@@ -34,6 +34,8 @@ from typing import Optional
 
 import numpy as np
 
+from core.errors import UserError
+
 CONFIDENCE = 0.95
 KID_MAX = 2000  # KID's Gram matrix of the generated samples is n x n: at most this many (the first ones)
 PR_MAX = 5000  # likewise the k-NN distances of precision and recall
@@ -72,6 +74,13 @@ def fid(gen: np.ndarray, ref: RefStats) -> float:
     lam = np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)
     trace_g = float((xc * xc).sum() / (n - 1))
     return float(((mu - ref.mu) ** 2).sum() + trace_g + np.trace(ref.sigma) - 2 * np.sqrt(lam).sum())
+
+
+def fid_between(a: np.ndarray, b: np.ndarray) -> float:
+    """FID between two sets of features, ``b`` taken as the reference (its mean and covariance)."""
+    if len(a) < 2 or len(b) < 2:
+        raise UserError("FID needs at least 2 samples on each side")
+    return fid(a, RefStats.of(b.mean(0), np.cov(b, rowvar=False)))
 
 
 class _FidRows:

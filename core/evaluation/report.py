@@ -287,8 +287,8 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
 # a section is ("table", title, note, head, rows), ("figure", title, file, caption), ("text", title, lines) or
 # ("pre", title, text); a table cell is text, or (text, href) for a link
 def _comparison(run: Run, baselines: list[Run], ev: dict) -> list[tuple]:
-    from core.evaluation.evaluate import bottom_line, loss_table, verdict_text
-    from core.evaluation.text import change
+    from core.evaluation.evaluate import loss_table
+    from core.evaluation.text import bottom_line, change, verdict_text
     from core.evaluation.text import with_ci as ci
 
     rows = []

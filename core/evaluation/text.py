@@ -6,6 +6,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 
+def fmt(value: Optional[float], spec: str = "{:.4f}", scale: float = 1.0) -> str:
+    """A number in ``spec`` (divided by ``scale``), or '-' when there is none."""
+    return "-" if value is None else spec.format(value / scale)
+
+
 def with_ci(value: Optional[float], ci: Optional[Sequence[float]], spec: str = "{:.3f}", scale: float = 1.0) -> str:
     """'1.234 [1.100, 1.400]': a value and its 95% interval ('-' when there is no value)."""
     if value is None:
@@ -22,3 +27,59 @@ def significance(diff_ci: Sequence[float]) -> str:
 def change(ch: Optional[dict], spec: str = "{:+.1%}", missing: str = "-") -> str:
     """A relative loss change with its verdict: '+58.0% higher', '-3.1% same'."""
     return f"{spec.format(ch['rel'])} {significance(ch['ci'])}" if ch else missing
+
+
+def verdict_text(c: dict, short: bool = False) -> str:
+    """'progressive vs control: WORSE on FID, +0.31 [+0.12, +0.50] (95%, paired); 0.70x MACs', or with ``short``
+    'progressive vs control: WORSE FID +0.31 [+0.12, +0.50]' (one line at 80 columns)."""
+    primary = c.get("primary", "fid")
+    d = c.get(primary)
+    head = f"{c['model']} vs {c['against']}: "
+    if not d:
+        return head + "no sample metric" + ("" if short else f"; {c['macs_ratio']:.2f}x MACs")
+    spec = "{:+.3f}" if primary == "fid" else "{:+.5f}"
+    interval = f"{spec.format(d['diff'])} [{spec.format(d['ci'][0])}, {spec.format(d['ci'][1])}]"
+    word = {"better": "BETTER", "worse": "WORSE"}.get(d["verdict"], "same" if short else "no significant difference")
+    if short:
+        return head + f"{word} {primary.upper()} {interval}"
+    return (
+        head + f"{word} on {primary.upper()}, {interval} (95%, {'paired' if d['paired'] else 'unpaired'}); "
+        f"{c['macs_ratio']:.2f}x MACs"
+    )
+
+
+def bottom_line(comparisons: list[dict]) -> str:
+    """One plain sentence on what a run's numbers say about the method (or '' without the comparisons)."""
+    by = {(c["model"], c["against"]): c for c in comparisons}
+    pc, pb = by.get(("progressive", "control")), by.get(("progressive", "base"))
+    if not pb or not pb.get("verdict"):
+        return ""
+    word = {
+        "better": "better than",
+        "worse": "worse than",
+        "no significant difference": "not significantly different from",
+    }
+    metric = pb["primary"].upper()
+    text = f"The progressive model, at {pb['macs_ratio']:.2f}x the base's MACs, is {word[pb['verdict']]} the base"
+    if pc and pc.get("verdict"):
+        text += f" and {word[pc['verdict']]} its equal-compute control (the base trained on for the same steps)"
+    text += f" on {metric} (95% intervals)."
+    if pc and pc["verdict"] == "worse":
+        text += " At this scale the method does not beat training the base for longer."
+    elif pc and pc["verdict"] == "no significant difference":
+        text += " It matches the control at lower cost; a larger sample count may separate them."
+    elif pc and pc["verdict"] == "better":
+        text += " The method, not the extra steps, made the difference."
+    pu = by.get(("progressive", "uniform"))
+    if pu and pu.get("verdict"):
+        text += (
+            f" Against one copy pruned to the same average MACs for all timesteps ({pu['macs_ratio']:.2f}x its "
+            f"MACs, same steps) it is {word[pu['verdict']]} on {metric}."
+        )
+    pd = by.get(("progressive", "dense-small"))
+    if pd and pd.get("verdict"):
+        text += (
+            f" Against a narrower dense UNet of that cost trained from scratch as long ({pd['macs_ratio']:.2f}x "
+            f"its MACs) it is {word[pd['verdict']]} on {metric}."
+        )
+    return text

@@ -14,7 +14,7 @@ units with the same quantity over their q/k/v rows and proj columns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -25,15 +25,21 @@ from core.names import IMPORTANCE_METHODS
 
 @dataclass
 class LossContext:
-    """What gradient-based criteria need: how to get batches and a loss at given timesteps."""
+    """The data of one group's losses: importance batches, separate held-out images, its timesteps, and how to
+    get a batch's loss at given timesteps (what gradient-based criteria and the loss before/after use)."""
 
     diffusion: object
     images: torch.Tensor  # uint8 [N, C, H, W] used for importance estimation
+    eval_images: Optional[torch.Tensor]  # uint8 [M, C, H, W] for the loss before/after (disjoint from ``images``)
     timesteps: list  # the group's timesteps
     batch_size: int = 32
     batches: int = 4
     seed: int = 0
     device: str = "cpu"
+
+    def held_out(self, batches: int, seed: int) -> "LossContext":
+        """The same context over the held-out images, with its own batch count and seed."""
+        return replace(self, images=self.eval_images, eval_images=None, batches=batches, seed=seed)
 
     def loss_at(self, model, t_values: torch.Tensor, batch: int, key: str = "loss") -> torch.Tensor:
         from core.model.diffusion import to_model_range

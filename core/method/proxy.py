@@ -242,7 +242,7 @@ class ProxyRun:
 
     pruner: Pruner
     budget_macs: float
-    ctx: object  # PruneContext
+    ctx: object  # LossContext
     settings: ProxySettings
     store: object  # where calls and rounds are written: the Store, or a job's Journal
     run: str

@@ -21,7 +21,6 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -325,11 +324,9 @@ def greedy_refill(
 @torch.no_grad()
 def held_out_loss(model, ctx, batches: int = 4, seed: int = 12345) -> float:
     """Hybrid loss on fixed batches at the group's timesteps (fixed images, noise and timesteps)."""
-    from core.method.importance import LossContext
-
     was = model.training
     model.eval()
-    c = LossContext(ctx.diffusion, ctx.eval_images, ctx.timesteps, ctx.batch_size, batches, seed, ctx.device)
+    c = ctx.held_out(batches, seed)
     ts = torch.as_tensor(ctx.timesteps, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
     vals = []
@@ -354,7 +351,7 @@ class Pruner:
         return self.mac_model.count(counts)["macs"]
 
     def scores(self, importance, ctx=None) -> dict:
-        return importance.scores(self.base, self.units, self.dg, ctx.loss_context() if ctx is not None else None)
+        return importance.scores(self.base, self.units, self.dg, ctx)
 
     def shape(self, scores: dict, allocation: str) -> Callable[[float], dict[str, int]]:
         """Pruning level -> removal counts: ``uniform`` (one ratio for every unit) or ``global`` (one
@@ -424,7 +421,7 @@ def prune_to_budget(
     """Prune a copy of ``base`` to at most ``budget_macs`` MACs and no more than ``tolerance`` under it.
 
     Returns (pruned model, plan, report). ``allocation``: ``uniform`` or ``global`` (see ``Pruner.shape``).
-    ``ctx`` (``PruneContext``) supplies the data and timesteps for gradient-based criteria and for the
+    ``ctx`` (``importance.LossContext``) supplies the data and timesteps for gradient-based criteria and for the
     held-out loss before and after.
     """
     pr = Pruner(base)
@@ -445,24 +442,3 @@ def prune_to_budget(
         report["loss_before"] = held_out_loss(pr.base, ctx)
         report["loss_after"] = held_out_loss(pruned, ctx)
     return pruned, plan, report
-
-
-@dataclass
-class PruneContext:
-    """Data for pruning one group: importance batches and separate held-out images, at its timesteps."""
-
-    diffusion: object
-    images: torch.Tensor  # for importance estimation
-    eval_images: torch.Tensor  # for the loss before/after (disjoint from ``images``)
-    timesteps: list
-    batch_size: int = 32
-    batches: int = 4
-    seed: int = 0
-    device: str = "cpu"
-
-    def loss_context(self):
-        from core.method.importance import LossContext
-
-        return LossContext(
-            self.diffusion, self.images, self.timesteps, self.batch_size, self.batches, self.seed, self.device
-        )

@@ -2,7 +2,9 @@
 
 Notation follows the paper: beta_t, alpha_t = 1 - beta_t, alpha_bar_t = prod_{s<=t} alpha_s,
 timesteps are 0-indexed (t = 0 is the first noising step, t = T-1 the last).
-The model predicts eps and, with learned variance, an interpolation value v in [-1, 1] (Eq. 15).
+The model predicts eps and, with learned variance, an interpolation value v in [-1, 1] (Eq. 15). Without it
+(DDPM's models, diffusers' ``UNet2DModel``) the variance is fixed: sigma_t^2 = beta_t ("large") or the posterior's
+beta~_t ("small", diffusers' ``fixed_small``), and the loss is L_simple alone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 
 # --------------------------------------------------------------------------- schedules
+
+FIXED_VARIANCES = ("large", "small")  # sigma_t^2 = beta_t, or beta~_t (DDPM Sec. 3.2)
 
 
 def cosine_alpha_bar(t: float, s: float = 0.008) -> float:
@@ -92,12 +96,18 @@ class GaussianDiffusion:
         learn_sigma: bool = True,
         vlb_weight: float = 0.001,
         loss_timesteps: Optional[int] = None,
+        fixed_variance: str = "large",
     ):
+        """``betas`` [T]; ``fixed_variance``: the reverse variance of a model that does not learn it, "large"
+        (sigma_t^2 = beta_t) or "small" (sigma_t^2 = beta~_t); ignored with ``learn_sigma``."""
+        if fixed_variance not in FIXED_VARIANCES:
+            raise ValueError(f"unknown fixed variance {fixed_variance!r} (use {' or '.join(FIXED_VARIANCES)})")
         betas = np.asarray(betas, dtype=np.float64)
         assert betas.ndim == 1 and (betas > 0).all() and (betas <= 1).all()
         self.betas = betas
         self.num_timesteps = len(betas)
         self.learn_sigma = learn_sigma
+        self.fixed_variance = fixed_variance
         self.vlb_weight = vlb_weight
         # number of terms in L_vlb (T of the process the model is trained on)
         self.vlb_terms = loss_timesteps or self.num_timesteps
@@ -177,6 +187,8 @@ class GaussianDiffusion:
             max_log = _extract(np.log(self.betas), t, x.shape)
             frac = (v + 1) / 2
             log_var = frac * max_log + (1 - frac) * min_log
+        elif self.fixed_variance == "small":  # DDPM's sigma_t^2 = beta~_t (clipped to beta~_1 at t = 0)
+            log_var = _extract(self.posterior_log_variance_clipped, t, x.shape)
         else:  # fixed large variance (DDPM's sigma^2 = beta, with beta~_1 at t = 0)
             log_var = _extract(np.log(np.append(self.posterior_variance[1], self.betas[1:])), t, x.shape)
         x_start = self.predict_xstart_from_eps(x, t, eps)
@@ -299,7 +311,10 @@ def create_diffusion(cfg: dict) -> GaussianDiffusion:
     """Build the training process from a config's ``diffusion`` section (plus ``model.learn_sigma``)."""
     d = cfg["diffusion"]
     return GaussianDiffusion(
-        betas_for(d["noise_schedule"], d["steps"]), learn_sigma=cfg["model"]["learn_sigma"], vlb_weight=d["vlb_weight"]
+        betas_for(d["noise_schedule"], d["steps"]),
+        learn_sigma=cfg["model"]["learn_sigma"],
+        vlb_weight=d["vlb_weight"],
+        fixed_variance=d.get("fixed_variance", "large"),
     )
 
 

@@ -47,4 +47,5 @@ def respaced(diffusion: GaussianDiffusion, steps: int) -> GaussianDiffusion:
         space_timesteps(diffusion.num_timesteps, steps),
         learn_sigma=diffusion.learn_sigma,
         vlb_weight=diffusion.vlb_weight,
+        fixed_variance=diffusion.fixed_variance,
     )

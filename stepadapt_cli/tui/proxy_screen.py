@@ -14,7 +14,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
-from .view import BACK, HELP, ViewScreen, fmt
+from core.evaluation.text import fmt
+
+from .view import BACK, HELP, ViewScreen
 
 
 class ProxyScreen(ViewScreen):

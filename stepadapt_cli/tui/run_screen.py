@@ -9,17 +9,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
+from core.evaluation.text import fmt
 from core.manager.monitor import SERIES, bar, draw_schedule, sparkline
 
 from .dialogs import Confirm
-from .view import BACK, HELP, ViewScreen, fmt
+from .view import BACK, HELP, ViewScreen
 
 
 def eval_summary(ev, width: int = 160) -> Text:
     """The run's evaluation: each model's FID and KID with 95% intervals and MACs against the base, then the
     verdict of each pair (the per-group losses are columns of the group table). Under 110 columns each line is
     shortened to fit one line, so the group rows keep their room at 80x24."""
-    from core.evaluation.evaluate import verdict_text
+    from core.evaluation.text import verdict_text
 
     models = (ev or {}).get("models") or {}
     if not models:

@@ -8,7 +8,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from .view import HELP, ViewScreen, fmt
+from core.evaluation.text import fmt
+
+from .view import HELP, ViewScreen
 
 
 def _llm(model) -> str:

@@ -21,7 +21,3 @@ class ViewScreen(Screen):
 
     def show(self, data) -> None:  # pragma: no cover - every screen overrides it
         raise NotImplementedError
-
-
-def fmt(v, spec="{:.4f}"):
-    return "-" if v is None else spec.format(v)

@@ -116,7 +116,7 @@ def prune_groups(
     replay and the cache read the store.
     """
     from core.method.artifacts import load_unet
-    from core.method.prune import PruneContext
+    from core.method.importance import LossContext
     from core.model.diffusion import create_diffusion
 
     cfg = run.config
@@ -148,7 +148,7 @@ def prune_groups(
             continue
         grp = sched.groups[g]
         images = images or prune_images(cfg, pc["images"], pc["eval_images"], seed)
-        ctx = PruneContext(
+        ctx = LossContext(
             diffusion, images[0], images[1], grp.timesteps, pc["batch_size"], pc["batches"], seed, str(device)
         )
         log(

@@ -87,8 +87,8 @@ def plan_uniform(run, device="cpu", log=print) -> dict:
     progressive model's average MACs over all timesteps."""
     from core.manager.stages.prune import prune_images
     from core.method.artifacts import load_progressive, load_unet
-    from core.method.importance import make_importance
-    from core.method.prune import PruneContext, prune_to_budget
+    from core.method.importance import LossContext, make_importance
+    from core.method.prune import prune_to_budget
     from core.model.diffusion import create_diffusion
     from core.model.macs import progressive_cost
     from core.runs import atomic_write_json, read_json
@@ -106,7 +106,7 @@ def plan_uniform(run, device="cpu", log=print) -> dict:
     pc, method = cfg["prune"], criterion(cfg)
     diffusion = create_diffusion(cfg)
     images = prune_images(cfg, pc["images"], pc["eval_images"], cfg["seed"])
-    ctx = PruneContext(
+    ctx = LossContext(
         diffusion,
         images[0],
         images[1],

@@ -333,22 +333,5 @@ def reference_stats(
     return {"mu": mu, "sigma": sigma, "feats": keep.astype(np.float64), "n": len(f), "cached": False, "path": str(path)}
 
 
-def fid_from_features(feats: np.ndarray, ref: dict) -> float:
-    """Frechet distance between N(mu, Sigma) of ``feats`` and the reference statistics (clean-fid)."""
-    from cleanfid.fid import frechet_distance
-
-    if len(feats) < 2:
-        raise UserError(f"FID needs at least 2 samples, got {len(feats)}")
-    return float(frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), ref["mu"], ref["sigma"]))
-
-
-def fid_between(a: np.ndarray, b: np.ndarray) -> float:
-    from cleanfid.fid import fid_from_feats
-
-    if len(a) < 2 or len(b) < 2:
-        raise UserError("FID needs at least 2 samples on each side")
-    return float(fid_from_feats(a, b))
-
-
 def describe(info: dict) -> str:
     return json.dumps({k: v for k, v in info.items() if k != "path"}, sort_keys=True)
