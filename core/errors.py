@@ -5,8 +5,14 @@
     ├── StageFailed      a job of the pipeline failed; the run is resumable: 1
     └── ReplayMismatch   a strict proxy replay met a request that differs from the recorded one: 3
 
-Anything else that escapes is a bug: the CLI prints one line and writes the traceback to a crash file.
+Anything else that escapes is a bug: the CLI prints one line and writes the traceback to a crash file (1).
+``eval``'s gates end with their own codes, below. Every exit code the tool uses is defined in this module.
 """
+
+EXIT_BUG = 1  # an unexpected error: one line, and the traceback in a crash file
+EXIT_INTERRUPTED = 130  # Ctrl-C, or a stop signal, after saving what can be resumed
+EXIT_MAX_FID = 4  # eval --max-fid: the gated model's FID is above the limit
+EXIT_AGAINST = 5  # eval --against RUN: the gated model is significantly worse than RUN's
 
 
 class UserError(Exception):
@@ -18,7 +24,7 @@ class UserError(Exception):
 class Interrupted(UserError):
     """Stopped by SIGINT/SIGTERM after checkpointing; ``resume`` continues."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED
 
 
 class Stopped(KeyboardInterrupt):

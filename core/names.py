@@ -50,7 +50,10 @@ ARTIFACT_KINDS = ("model", "checkpoint", "schedule", "plot", "plan", "samples", 
 # job and run states (store tables ``jobs`` and ``runs``)
 JOB_ACTIVE = ("queued", "running")
 JOB_FINAL = ("succeeded", "failed", "killed", "lost", "preempted")  # preempted: Slurm's signal, checkpointed
-RUN_STATUSES = ("created", "running", "succeeded", "failed", "killed", "lost")
+# partial: some stages done and the rest still to run (a study's shared stage 1, or one stage run on its own)
+RUN_STATUSES = ("created", "running", "partial", "succeeded", "failed", "killed", "lost")
+# seconds a stopped job gets to checkpoint after SIGINT, before SIGTERM and then SIGKILL
+GRACE_S = 10.0
 
 # a stage as the monitor shows it
 STAGE_STATES = ("pending", "running", "done", "skipped", "failed", "killed", "lost", "preempted")

@@ -35,6 +35,14 @@ from typing import Any, Optional
 from core.config import config_hash
 from core.errors import UserError
 
+CONFIG_FILE = "config.json"  # a run's resolved config; its presence makes a folder a run folder
+META_FILE = "meta.json"  # a run's config hash, seed, git state, creation time, command line
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` holds a run (its config file)."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
 
 def runs_root(runs_dir: Optional[str] = None) -> Path:
     return Path(runs_dir or os.environ.get("STEPADAPT_HOME") or "runs").expanduser()
@@ -215,7 +223,7 @@ class Run:
 
         from core.config import complete
 
-        path = self.path / "config.json"
+        path = self.config_file
         stamp = path.stat().st_mtime_ns
         if getattr(self, "_config_stamp", None) != stamp:
             self._config, self._config_stamp = complete(json.loads(path.read_text())), stamp
@@ -223,7 +231,15 @@ class Run:
 
     @property
     def meta(self) -> dict:
-        return json.loads((self.path / "meta.json").read_text())
+        return json.loads(self.meta_file.read_text())
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def meta_file(self) -> Path:
+        return self.path / META_FILE
 
     @staticmethod
     def group_stage(g: int) -> str:
@@ -316,7 +332,7 @@ def record_base(run: Run, finished: bool = True) -> None:
         base.update(sha256=file_sha256(path), bytes=path.stat().st_size)
     elif "sha256" not in (meta.get("base") or {}):
         return  # nothing recorded: nothing to forget
-    atomic_write_json({**meta, "base": base}, run.path / "meta.json")
+    atomic_write_json({**meta, "base": base}, run.meta_file)
 
 
 def base_changed(run: Run, digest: Optional[str] = None) -> Optional[str]:
@@ -348,7 +364,7 @@ def set_launcher(run: Run, overrides: list[str]) -> dict:
         raise UserError("only launcher settings can change when a run resumes")
     cfg = apply_overrides(run.config, overrides)
     with run_lock(run, "changing its launcher", wait=5.0):
-        atomic_write_json(cfg, run.path / "config.json")
+        atomic_write_json(cfg, run.config_file)
     return cfg["launcher"]
 
 
@@ -454,8 +470,8 @@ def create_run(
     if parent:
         meta["parent"] = parent
     try:
-        atomic_write_json(cfg, path / "config.json")
-        atomic_write_json(meta, path / "meta.json")
+        atomic_write_json(cfg, path / CONFIG_FILE)
+        atomic_write_json(meta, path / META_FILE)
     except UserError:  # a half-made folder would say "exists" to train and "not found" to resume
         import shutil
 
@@ -498,12 +514,12 @@ def register_run(run: Run, status: str = "created"):
 
 def open_run(name_or_path: str, runs_dir: Optional[str] = None) -> Run:
     p = Path(name_or_path).expanduser()
-    if not (p / "config.json").is_file():
+    if not (p / CONFIG_FILE).is_file():
         p = runs_root(runs_dir) / name_or_path
-    if not (p / "config.json").is_file():
+    if not (p / CONFIG_FILE).is_file():
         raise UserError(f"run not found: {name_or_path!r} (looked in {runs_root(runs_dir)})")
     try:
-        json.loads((p / "config.json").read_text())
+        json.loads((p / CONFIG_FILE).read_text())
     except json.JSONDecodeError:
         raise UserError(f"run {name_or_path!r} has a corrupt config.json") from None
     return Run(p)

@@ -21,7 +21,7 @@ Migration 003 adds the experiment manager's tables:
 
 ``runs`` - one row per run folder:
     id, name (unique, the folder name), parent (the run it was derived from, or null), status
-    (``names.RUN_STATUSES``: created | running | succeeded | failed | killed | lost), config (resolved
+    (``names.RUN_STATUSES``: created | running | partial | succeeded | failed | killed | lost), config (resolved
     config JSON), config_hash, seed, git_sha, git_dirty (0/1), path, created, started, ended
 
 ``jobs`` - one row per tracked subprocess (a stage, or one group of a stage):

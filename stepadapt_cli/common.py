@@ -9,7 +9,7 @@ import traceback
 
 import click
 
-from core.errors import UserError
+from core.errors import EXIT_BUG, EXIT_INTERRUPTED, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -25,7 +25,7 @@ class Cli(click.Group):
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:  # an unexpected failure: one line here, the traceback in a file
@@ -35,25 +35,44 @@ class Cli(click.Group):
             with os.fdopen(fd, "w") as f:
                 traceback.print_exc(file=f)
             click.echo(f"error: internal error {type(e).__name__}: {e} (traceback in {path})", err=True)
-            ctx.exit(1)
-
-
-class Respelled(click.Option):
-    """An option that also accepts its earlier spellings (its later names) without showing them in help."""
-
-    def get_help_record(self, ctx):
-        names = self.opts
-        self.opts = names[:1]
-        try:
-            return super().get_help_record(ctx)
-        finally:
-            self.opts = names
+            ctx.exit(EXIT_BUG)
 
 
 def steps_option(kind: str, help: str):
     """``--train-steps``, ``--finetune-steps`` or ``--sample-steps``: one name per kind of step, so a command line
-    never leaves it to the reader which steps are meant (``--steps`` still works, unshown)."""
-    return click.option(f"--{kind}-steps", "--steps", "steps", cls=Respelled, type=int, default=None, help=help)
+    never leaves it to the reader which steps are meant."""
+    return click.option(f"--{kind}-steps", "steps", type=int, default=None, help=help)
+
+
+def preset_option(f):
+    return click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")(f)
+
+
+def slots_options(f):
+    """Where a pipeline's (or a study's) jobs run: ``--parallel`` CPU slots or ``--gpus``, and ``--grace``.
+    ``--parallel`` left out: 1 for a new run; a resumed run keeps the slots it last ran on."""
+    from core.names import GRACE_S
+
+    for opt in reversed(
+        [
+            click.option(
+                "--parallel",
+                type=click.IntRange(1),
+                default=None,
+                help="Jobs at once on CPU (with CUDA: one per GPU) [default: 1; resume: as last time].",
+            ),
+            click.option("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all visible)."),
+            click.option(
+                "--grace",
+                type=float,
+                default=GRACE_S,
+                show_default=True,
+                help="Seconds a job gets to checkpoint after SIGINT, before SIGTERM and SIGKILL.",
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
 
 
 def overrides_option(f):

@@ -440,10 +440,10 @@ def print_eval(result: dict, ev: dict) -> None:
         console().print(escape(verdict_line(c)), highlight=False)
     print_loss_table(result["run"], loss_table({w: ev["models"][w] for w in result["models"]}, result["comparisons"]))
     print_fid_curve(result.get("fid_curve") or [])
-    if result["baseline"]:
-        ok = result["checks"]["baseline_ok"]
+    if result["against"]:
+        ok = result["checks"]["against_ok"]
         console().print(
-            escape(f"baseline: {verdict_line(result['baseline'])} -> {'ok' if ok else 'WORSE'}"), highlight=False
+            escape(f"against: {verdict_line(result['against'])} -> {'ok' if ok else 'WORSE'}"), highlight=False
         )
     if result["checks"]["max_fid"] is not None:
         console().print(

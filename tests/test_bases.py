@@ -307,7 +307,18 @@ def test_fork_of_a_missing_or_unfinished_base_is_refused(runs_dir):
     rd = ["--runs-dir", runs_dir]
     assert_clean_error(run_cli("fork", "nosuch", "f1", *rd))
     run_cli(
-        "train", "--preset", "tiny", "--run", "half", "--steps", "2", *SMALL, "-S", "train.batch_size=4", *rd, check=0
+        "train",
+        "--preset",
+        "tiny",
+        "--name",
+        "half",
+        "--train-steps",
+        "2",
+        *SMALL,
+        "-S",
+        "train.batch_size=4",
+        *rd,
+        check=0,
     )
     cfg_file = runs_dir / "half" / "config.json"  # as if its training had stopped at step 2 of 50
     cfg = json.loads(cfg_file.read_text())
@@ -408,7 +419,18 @@ def test_compare_flags_runs_whose_bases_differ(runs_dir):
     ]
     for seed in (0, 1):
         run_cli(
-            "train", "--preset", "tiny", "--run", f"s{seed}", "--steps", "2", "--seed", str(seed), *tiny, *rd, check=0
+            "train",
+            "--preset",
+            "tiny",
+            "--name",
+            f"s{seed}",
+            "--train-steps",
+            "2",
+            "--seed",
+            str(seed),
+            *tiny,
+            *rd,
+            check=0,
         )
     for name in ("s0", "s1"):  # a minimal evaluation file, as the eval stage writes it
         (runs_dir / name / "eval.json").write_text(

@@ -53,7 +53,7 @@ def test_missing_data_path_creates_nothing(runs_dir, tmp_path):
 def test_unwritable_runs_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    p = run_cli("train", "--preset", "tiny", "--runs-dir", blocker / "runs", "--steps", "1")
+    p = run_cli("train", "--preset", "tiny", "--runs-dir", blocker / "runs", "--train-steps", "1")
     assert_clean_error(p)
     assert "cannot create run folder" in p.stderr
 
@@ -75,7 +75,7 @@ def test_malformed_config_files(tmp_path, runs_dir):
 def test_config_file_overrides_and_run_record(tmp_path, runs_dir):
     cfg = tmp_path / "exp.toml"
     cfg.write_text('preset = "tiny"\nseed = 7\n[train]\nsteps = 2\nlog_every = 1\n')
-    p = run_cli("train", cfg, "--run", "r1", "--runs-dir", runs_dir, *MICRO, "-S", "train.lr=0.0003", check=0)
+    p = run_cli("train", cfg, "--name", "r1", "--runs-dir", runs_dir, *MICRO, "-S", "train.lr=0.0003", check=0)
     run = runs_dir / "r1"
     resolved = json.loads((run / "config.json").read_text())
     assert resolved["seed"] == 7 and resolved["train"]["steps"] == 2 and resolved["train"]["lr"] == 0.0003
@@ -84,13 +84,13 @@ def test_config_file_overrides_and_run_record(tmp_path, runs_dir):
     assert len(meta["config_hash"]) == 16 and meta["seed"] == 7
     assert (run / "models" / "base.pt").exists() and "base model" in p.stdout
     # the same name again is refused, never overwritten
-    again = run_cli("train", cfg, "--run", "r1", "--runs-dir", runs_dir, *MICRO)
+    again = run_cli("train", cfg, "--name", "r1", "--runs-dir", runs_dir, *MICRO)
     assert_clean_error(again)
     assert "already exists" in again.stderr
     # sampling writes a grid
-    run_cli("sample", "r1", "--runs-dir", runs_dir, "--n", "4", "--sample-steps", "3", check=0)
+    run_cli("sample", "r1", "--runs-dir", runs_dir, "--samples", "4", "--sample-steps", "3", check=0)
     assert (run / "samples" / "base_s3_seed0.png").exists()
-    bad = run_cli("sample", "r1", "--runs-dir", runs_dir, "--steps", "0")  # the short spelling still works
+    bad = run_cli("sample", "r1", "--runs-dir", runs_dir, "--sample-steps", "0")
     assert_clean_error(bad)
     assert "--sample-steps must be in [1, " in bad.stderr
     assert_clean_error(run_cli("sample", "nope", "--runs-dir", runs_dir))
@@ -99,6 +99,55 @@ def test_config_file_overrides_and_run_record(tmp_path, runs_dir):
 def test_env_home_sets_the_runs_dir(tmp_path):
     home = tmp_path / "home"
     run_cli(
-        "train", "--preset", "tiny", "--run", "h", "--steps", "1", *MICRO, env={"STEPADAPT_HOME": str(home)}, check=0
+        "train",
+        "--preset",
+        "tiny",
+        "--name",
+        "h",
+        "--train-steps",
+        "1",
+        *MICRO,
+        env={"STEPADAPT_HOME": str(home)},
+        check=0,
     )
     assert (home / "h" / "models" / "base.pt").exists()
+
+
+# (command, the one visible spelling, the spellings it replaced): an option means one thing everywhere
+RENAMED = [
+    (["sample"], "--sampler", ["--method"]),  # --method is the pruning method everywhere else
+    (["sample"], "--samples", ["--n"]),
+    (["eval"], "--samples", ["--n"]),  # -n is "the last N" (llm-log)
+    (["schedule"], "--n-groups", ["--groups", "--run", "--config"]),  # --groups selects groups elsewhere
+    (["train"], "--name", ["--run"]),
+    (["train"], "--train-steps", ["--steps"]),
+    (["finetune"], "--finetune-steps", ["--steps"]),
+    (["sample"], "--sample-steps", ["--steps"]),
+    (["eval"], "--against", ["--baseline"]),
+    (["report"], "--with-run", ["--baseline"]),
+    (["llm-log"], "--last", []),
+]
+
+
+@pytest.mark.parametrize("cmd,new,old", RENAMED, ids=[f"{c[0]}{n}" for c, n, _ in RENAMED])
+def test_renamed_options_have_one_spelling(cmd, new, old):
+    """The visible spelling is in --help, and the old one is neither shown nor accepted."""
+    shown = run_cli(*cmd, "--help", check=0).stdout
+    assert re.search(rf"(^|[\s,]){re.escape(new)}\b", shown, re.M), shown
+    for spelling in old:
+        assert not re.search(rf"(^|[\s,]){re.escape(spelling)}[\s=,]", shown, re.M), (spelling, shown)
+        p = run_cli(*cmd, "x", spelling, "1")
+        assert p.returncode == 2 and f"No such option '{spelling}'" in p.stderr, p.stderr
+
+
+def test_slot_options_are_declared_once():
+    """run, resume and study run|resume take the same --parallel/--gpus/--grace: same names, type, default, help."""
+    from stepadapt_cli.main import cli
+
+    study = cli.commands["study"].commands
+    commands = [cli.commands["run"], cli.commands["resume"], study["run"], study["resume"]]
+    for name in ("parallel", "gpus", "grace"):
+        seen = {
+            (tuple(p.opts), str(p.type), p.default, p.help) for c in commands for p in c.params if p.name == name
+        }
+        assert len(seen) == 1, (name, seen)

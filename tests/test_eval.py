@@ -89,8 +89,8 @@ def trained(tmp_path_factory):
         "-S",
         "finetune.fid_n=16",
     ]
-    run_cli("train", "--preset", "tiny", "--run", "ev", "--steps", "6", *extra, "--runs-dir", rd, check=0)
-    run_cli("finetune", "ev", "--steps", "2", "--runs-dir", rd, check=0)
+    run_cli("train", "--preset", "tiny", "--name", "ev", "--train-steps", "6", *extra, "--runs-dir", rd, check=0)
+    run_cli("finetune", "ev", "--finetune-steps", "2", "--runs-dir", rd, check=0)
     run_cli("control", "ev", "--runs-dir", rd, check=0)
     return rd
 
@@ -126,7 +126,7 @@ EVAL_KEYS = {
     "models",
     "comparisons",
     "fid_curve",
-    "baseline",
+    "against",
     "checks",
     "passed",
     "exit_code",
@@ -150,7 +150,7 @@ MODEL_KEYS = {
 
 def test_eval_json_keys_and_exit_codes(trained):
     rd = ["--runs-dir", trained]
-    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--json", *rd, check=0)
+    p = run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", "--json", *rd, check=0)
     out = json.loads(p.stdout)
     assert set(out) == EVAL_KEYS
     assert set(out["models"]) == {"base", "control", "progressive"}
@@ -183,15 +183,15 @@ def test_eval_json_keys_and_exit_codes(trained):
     fid = out["models"]["progressive"]["fid"]
     # the gate: --max-fid on the progressive model (exit 4), vs a baseline run (exit 5)
     before = (trained / "ev" / "eval.json").stat().st_mtime_ns
-    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--max-fid", str(fid / 2), "--json", *rd)
+    p = run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", "--max-fid", str(fid / 2), "--json", *rd)
     assert p.returncode == 4 and json.loads(p.stdout)["checks"]["max_fid_ok"] is False
     assert p.stderr.count("reused") == 4  # same models, curve and settings: nothing measured again, nothing rewritten
     assert (trained / "ev" / "eval.json").stat().st_mtime_ns == before
-    run_cli("eval", "ev", "--n", "16", "--steps", "4", "--max-fid", str(fid * 2), *rd, check=0)
-    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--baseline", "ev", "--json", *rd, check=0)
-    b = json.loads(p.stdout)["baseline"]
+    run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", "--max-fid", str(fid * 2), *rd, check=0)
+    p = run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", "--against", "ev", "--json", *rd, check=0)
+    b = json.loads(p.stdout)["against"]
     assert b["fid"]["diff"] == 0 and b["fid"]["verdict"] == "no significant difference" and b["fid"]["paired"]
-    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--baseline", "ev", "--tolerance", "-0.5", *rd)
+    p = run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", "--against", "ev", "--tolerance", "-0.5", *rd)
     assert p.returncode == 5 and "WORSE" in p.stdout
 
 
@@ -246,14 +246,14 @@ def test_eval_images_bad_folders_are_one_line_errors(digits, tmp_path):
 
 def test_eval_bad_input(trained, tmp_path):
     rd = ["--runs-dir", trained]
-    assert_clean_error(run_cli("eval", "ev", "--n", "1", *rd))
+    assert_clean_error(run_cli("eval", "ev", "--samples", "1", *rd))
     assert_clean_error(run_cli("eval", "ev", "--inception", tmp_path / "missing.pt", *rd))
     bad = tmp_path / "inception-2015-12-05.pt"
     bad.write_bytes(b"not a torchscript file")
-    p = run_cli("eval", "ev", "--n", "4", "--steps", "2", "--inception", bad, *rd)
+    p = run_cli("eval", "ev", "--samples", "4", "--sample-steps", "2", "--inception", bad, *rd)
     assert_clean_error(p)
     assert "Inception" in p.stderr
-    run_cli("train", "--preset", "tiny", "--run", "empty", "--steps", "0", *MICRO, *rd, check=0)
+    run_cli("train", "--preset", "tiny", "--name", "empty", "--train-steps", "0", *MICRO, *rd, check=0)
     (trained / "empty" / "models" / "base.pt").unlink()
     p = run_cli("eval", "empty", *rd)
     assert_clean_error(p)
@@ -262,7 +262,7 @@ def test_eval_bad_input(trained, tmp_path):
 
 def test_report_renders_with_its_images(trained):
     rd = ["--runs-dir", trained]
-    run_cli("eval", "ev", "--n", "16", "--steps", "4", *rd, check=0)
+    run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", *rd, check=0)
     p = run_cli("report", "ev", *rd, check=0)
     page = (trained / "ev" / "report" / "index.html").read_text()
     assert "domain FID" in page and "Table 1 style" in page
@@ -281,15 +281,15 @@ def test_fid_curve_has_only_the_steps_every_group_reached_and_measures_only_what
     step is measured again (the others are reused), and ``eval`` prints the curve with its lowest point."""
     rd = ["--runs-dir", trained]
     run = trained / "ev"
-    run_cli("eval", "ev", "--n", "16", "--steps", "4", *rd, check=0)
+    run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", *rd, check=0)
     snap = sorted((run / "models" / "snapshots").glob("group*/step0000002.pt"))[-1]
     aside = snap.with_name("aside.pt")
     snap.rename(aside)
-    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", "--json", *rd, check=0)
+    p = run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", "--json", *rd, check=0)
     assert [r["step"] for r in json.loads(p.stdout)["fid_curve"]] == [0, 1]
     assert "at fine-tune step" not in p.stderr
     aside.rename(snap)
-    p = run_cli("eval", "ev", "--n", "16", "--steps", "4", *rd, check=0)
+    p = run_cli("eval", "ev", "--samples", "16", "--sample-steps", "4", *rd, check=0)
     assert re.findall(r"at fine-tune step (\d+)", p.stderr) == ["2"]
     assert "during fine-tuning" in p.stdout and "lowest FID" in p.stdout
     assert [json.loads(l)["step"] for l in (run / "metrics" / "fid_curve.jsonl").read_text().splitlines()] == [0, 1, 2]
@@ -299,7 +299,9 @@ def test_the_swap_test_puts_one_groups_model_into_the_base_and_compares_it_paire
     """eval --swap: per non-empty group, the base everywhere but that group's timesteps, compared with the base's
     samples from the same noise: a paired difference (swap minus base) with its interval and a verdict per group,
     recorded in eval.json and printed with a one-sentence summary."""
-    p = run_cli("eval", "ev", "--n", "16", "--sample-steps", "2", "--swap", "--json", "--runs-dir", trained, check=0)
+    p = run_cli(
+        "eval", "ev", "--samples", "16", "--sample-steps", "2", "--swap", "--json", "--runs-dir", trained, check=0
+    )
     swap = json.loads(p.stdout)["swap"]
     assert [r["group"] for r in swap["rows"]] == [0, 1] and swap["n"] == 16
     for r in swap["rows"]:
@@ -310,14 +312,16 @@ def test_the_swap_test_puts_one_groups_model_into_the_base_and_compares_it_paire
         assert 0 < r["macs_ratio"] <= 1.0
     stored = json.loads((trained / "ev" / "eval.json").read_text())["swap"]
     assert stored["rows"] == swap["rows"]
-    table = run_cli("eval", "ev", "--n", "16", "--sample-steps", "2", "--swap", "--runs-dir", trained, check=0).stdout
+    table = run_cli(
+        "eval", "ev", "--samples", "16", "--sample-steps", "2", "--swap", "--runs-dir", trained, check=0
+    ).stdout
     assert "swap test" in table and "Swapping one group's model into the base" in table
 
 
 def test_rows_scored_with_the_old_intervals_are_scored_again_from_their_stored_features_without_sampling(trained):
     """An eval.json row written before half-sampling intervals (no 'interval' key) is re-scored from the stored
     per-sample features: the same FID, the new interval, and no model is sampled again."""
-    args = ("eval", "ev", "--n", "16", "--sample-steps", "2", "--model", "both", "--json", "--runs-dir", trained)
+    args = ("eval", "ev", "--samples", "16", "--sample-steps", "2", "--model", "both", "--json", "--runs-dir", trained)
     first = json.loads(run_cli(*args, check=0).stdout)["models"]["base"]
     path = trained / "ev" / "eval.json"
     ev = json.loads(path.read_text())

@@ -15,7 +15,7 @@ from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
 
 
 def _train(name, rd, *extra):
-    return run_cli("train", "--preset", "tiny", "--run", name, "--steps", "2", *MICRO, *extra, *rd, check=0)
+    return run_cli("train", "--preset", "tiny", "--name", name, "--train-steps", "2", *MICRO, *extra, *rd, check=0)
 
 
 def test_a_second_writer_of_a_run_is_refused_with_the_holder_named(runs_dir):
@@ -30,10 +30,10 @@ def test_a_second_writer_of_a_run_is_refused_with_the_holder_named(runs_dir):
             "-m",
             "stepadapt_cli.main",
             "train",
-            "--run",
+            "--name",
             "one",
             "--resume",
-            "--steps",
+            "--train-steps",
             "100000",
             *map(str, rd),
         ],
@@ -48,19 +48,19 @@ def test_a_second_writer_of_a_run_is_refused_with_the_holder_named(runs_dir):
         end = time.time() + 60
         while time.time() < end and f"pid {first.pid}" not in (lock.read_text() if lock.exists() else ""):
             time.sleep(0.2)
-        p = run_cli("train", "--run", "one", "--resume", "--steps", "100000", *rd)
+        p = run_cli("train", "--name", "one", "--resume", "--train-steps", "100000", *rd)
         assert_clean_error(p)
         assert f"being written by pid {first.pid}" in p.stderr
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    run_cli("train", "--run", "one", "--resume", "--steps", "3", *rd, check=0)  # a dead holder's lock is free
+    run_cli("train", "--name", "one", "--resume", "--train-steps", "3", *rd, check=0)  # a dead holder's lock is free
 
 
 def test_resume_with_fewer_steps_than_done_is_refused(runs_dir):
     rd = ["--runs-dir", runs_dir]
     _train("done", rd)
-    p = run_cli("train", "--run", "done", "--resume", "--train-steps", "1", *rd)
+    p = run_cli("train", "--name", "done", "--resume", "--train-steps", "1", *rd)
     assert_clean_error(p)
     assert "at step 2 already" in p.stderr and "give --train-steps 2 or more" in p.stderr
 

@@ -174,9 +174,9 @@ def test_prune_cli_end_to_end(runs_dir):
         "train",
         "--preset",
         "tiny",
-        "--run",
+        "--name",
         "pr",
-        "--steps",
+        "--train-steps",
         "3",
         *MICRO,
         "-S",
@@ -205,7 +205,7 @@ def test_prune_cli_end_to_end(runs_dir):
         assert (runs_dir / "pr" / "prune" / f"group{r['group']:02d}.json").exists()
     assert_clean_error(run_cli("prune", "pr", "--method", "magnitude", *rd))  # already pruned another way
     run_cli("prune", "pr", "--method", "taylor", *rd, check=0)  # the same way: skipped
-    run_cli("finetune", "pr", "--steps", "1", *rd, check=0)
+    run_cli("finetune", "pr", "--finetune-steps", "1", *rd, check=0)
     m = json.loads(run_cli("macs", "pr", "--json", *rd, check=0).stdout)
     avg = m["progressive"]["avg_all"]["macs"]
     expected = (

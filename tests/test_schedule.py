@@ -142,11 +142,11 @@ def test_schedule_cli_json_and_plot(tmp_path):
     assert d["full_macs"] == pytest.approx(8.144e9, rel=1e-3)
     assert sum(g["size"] for g in d["groups"]) == 4000 and d["empty_groups"] == [8]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    p = run_cli("schedule", "--kind", "increasing", "--groups", "4", "--k", "0.25", "--json", check=0)
+    p = run_cli("schedule", "--kind", "increasing", "--n-groups", "4", "--k", "0.25", "--json", check=0)
     d = json.loads(p.stdout)
     assert [g["budget_ratio"] for g in d["groups"]] == pytest.approx([0.4375, 0.625, 0.8125, 1.0])
     assert_clean_error(run_cli("schedule", "--k", "1.5"))
-    assert_clean_error(run_cli("schedule", "--groups", "0"))
+    assert_clean_error(run_cli("schedule", "--n-groups", "0"))
 
 
 def test_the_reversed_snr_schedule_gives_the_smallest_budget_to_the_high_noise_end():

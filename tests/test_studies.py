@@ -243,7 +243,7 @@ def test_scratch_takes_another_runs_architecture_and_none_of_the_base_weights(ru
         "-S",
         "prune.batch_size=8",
     ]
-    run_cli("train", "--preset", "tiny", "--run", "src", "--steps", "5", *small, *rd, check=0)
+    run_cli("train", "--preset", "tiny", "--name", "src", "--train-steps", "5", *small, *rd, check=0)
     run_cli("prune", "src", "--method", "magnitude", *rd, check=0)
     p = run_cli("fork", "src", "scr", "-S", "prune.method=scratch", *rd)
     assert_clean_error(p)  # scratch without a source: one line
@@ -262,7 +262,7 @@ def test_scratch_takes_another_runs_architecture_and_none_of_the_base_weights(ru
     from core.method.artifacts import load_progressive
     from core.method.schedule import run_schedule
 
-    run_cli("finetune", "scr", "--steps", "2", *rd, check=0)
+    run_cli("finetune", "scr", "--finetune-steps", "2", *rd, check=0)
     cost = model_cost(load_progressive(scr.model("progressive")), "progressive", scr.config, 3, run_schedule(scr), scr)
     assert cost["train_steps"] == 2
 

@@ -106,11 +106,11 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
         "train",
         "--preset",
         "tiny",
-        "--run",
+        "--name",
         "sig",
         "--runs-dir",
         str(runs_dir),
-        "--steps",
+        "--train-steps",
         "100000",
         *MICRO,
         "-S",
@@ -138,7 +138,7 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
     assert shown["run"]["status"] == "killed"
     assert [(j["status"], j["exit_code"]) for j in shown["jobs"]] == [("killed", 130)]
-    run_cli("train", "--run", "sig", "--runs-dir", runs_dir, "--resume", "--steps", stopped + 2, check=0)
+    run_cli("train", "--name", "sig", "--runs-dir", runs_dir, "--resume", "--train-steps", stopped + 2, check=0)
     assert torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=True)["step"] == stopped + 2
     assert (runs_dir / "sig" / "models" / "base.pt").exists()
     shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
@@ -236,9 +236,9 @@ def test_finetune_measures_held_out_loss_every_n_steps_keeps_the_best_and_resume
         "train",
         "--preset",
         "tiny",
-        "--run",
+        "--name",
         "ft",
-        "--steps",
+        "--train-steps",
         "4",
         *MICRO,
         "-S",
@@ -254,8 +254,8 @@ def test_finetune_measures_held_out_loss_every_n_steps_keeps_the_best_and_resume
         *rd,
         check=0,
     )
-    run_cli("finetune", "ft", "--steps", "4", *rd, check=0)
-    run_cli("finetune", "ft", "--steps", "6", *rd, check=0)
+    run_cli("finetune", "ft", "--finetune-steps", "4", *rd, check=0)
+    run_cli("finetune", "ft", "--finetune-steps", "6", *rd, check=0)
     run = runs_dir / "ft"
     curves = sorted((run / "metrics" / "heldout").glob("group*.jsonl"))
     assert curves
@@ -269,7 +269,7 @@ def test_finetune_measures_held_out_loss_every_n_steps_keeps_the_best_and_resume
     g = int(curves[0].stem[len("group") :])
     kept = torch.load(run / "models" / "best" / curves[0].name.replace(".jsonl", ".pt"), weights_only=True)
     assert all(torch.equal(prog["groups"][g]["state"][k], kept["state"][k]) for k in kept["state"])
-    p = run_cli("train", "--preset", "tiny", "--run", "bad", "-S", "finetune.keep=best", *rd)
+    p = run_cli("train", "--preset", "tiny", "--name", "bad", "-S", "finetune.keep=best", *rd)
     assert p.returncode == 2 and "eval_every" in p.stderr
 
 

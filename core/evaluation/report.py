@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from core.evaluation.evaluate import load_eval
-from core.runs import Run, read_jsonl, writing_in
+from core.runs import Run, read_json, read_jsonl, writing_in
 
 
 def _plt():
@@ -18,13 +18,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def plot_losses(run: Run, path: Path) -> bool:
@@ -43,7 +36,7 @@ def plot_losses(run: Run, path: Path) -> bool:
     axes[0].set_xlabel("step")
     for p in groups:
         rows = read_jsonl(p)
-        rep = (_read_json(run.path / "prune" / f"{p.stem}.json") or {}).get("report") or {}
+        rep = (read_json(run.path / "prune" / f"{p.stem}.json") or {}).get("report") or {}
         start = [(0, rep["loss_after"])] if rep.get("loss_after") is not None else []
         pts = start + [(r["step"], r["mse"]) for r in rows]
         if pts:

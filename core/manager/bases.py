@@ -1,4 +1,5 @@
-"""Runs that start from a trained base: an imported improved-diffusion checkpoint, or a fork of another run.
+"""Runs that start from a trained base: an imported improved-diffusion checkpoint or diffusers ``UNet2DModel``
+folder, or a fork of another run; and a run's models written back out as diffusers folders (``export_run``).
 
 Either way the new run's stage 1 is finished before its first job: ``models/base.pt`` (EMA weights, the arch,
 the step, and where it came from) and ``checkpoints/base.pt`` (what the control continues from) exist, and
@@ -7,6 +8,9 @@ the step, and where it came from) and ``checkpoints/base.pt`` (what the control 
 
     meta["base"] = {"origin": "import", "file": PATH, "file_sha256": ..., "format": "improved-diffusion",
                     "sha256": sha256 of models/base.pt, "bytes": its size}
+    meta["base"] = {"origin": "import", "file": DIR, "file_sha256": sha256 of its safetensors file (of the shards'
+                    sha256s, one a line, for a sharded model), "format": "diffusers", "sha256", "bytes"}
+                   (the run's config says model.family = diffusers, and the settings its weights and scheduler fix)
     meta["base"] = {"origin": "fork", "run": PARENT, "sha256": ..., "bytes": ...}   (and meta["parent"] = PARENT)
     meta["base"] = {"origin": "fork", "run": PARENT, "step": STEP, "sha256": ..., "bytes": ...}   a fork of
                    PARENT@STEP: the milestone that PARENT's stage 1 kept at STEP (train.keep), EMA weights and
@@ -41,8 +45,11 @@ SHARED_SECTIONS = ("model", "diffusion", "train", "data")  # what stage 1 depend
 
 
 def is_import_source(base: str) -> bool:
-    """Whether ``--base`` names a model to import (a checkpoint file) rather than a run to fork."""
-    return Path(base).expanduser().is_file()
+    """Whether ``--base`` names a model to import (a checkpoint file, or a diffusers save_pretrained folder) rather
+    than a run to fork."""
+    from core.model.unet2d import is_folder
+
+    return Path(base).expanduser().is_file() or is_folder(base)
 
 
 def base_sha256(run: Run) -> Optional[str]:
@@ -85,9 +92,14 @@ def import_config(cfg: dict, overrides: Iterable[str] = ()) -> dict:
 
 def import_base(file, cfg: dict, name: Optional[str], runs_dir, log: Callable[[str], None] = print) -> Run:
     """A new run whose finished stage 1 is improved-diffusion checkpoint ``file`` converted to this project's
-    UNet. The file is read and converted before the run folder exists: a misfit writes nothing."""
+    UNet (or, for a diffusers folder, ``import_diffusers``). The file is read and converted before the run folder
+    exists: a misfit writes nothing."""
     from core.config import model_arch
     from core.model.iddpm import import_model
+    from core.model.unet2d import is_folder
+
+    if is_folder(file):
+        return import_diffusers(file, cfg, name, runs_dir, log)
 
     arch = model_arch(cfg)
     model = import_model(file, arch, cfg["preset"] or "this")
@@ -114,6 +126,56 @@ def import_base(file, cfg: dict, name: Optional[str], runs_dir, log: Callable[[s
         f"t * {arch['time_scale']:g} fed to the network)"
         if "time_scale" in arch
         else f"run {run.name}: stage 1 imported from {file} (sha256 {digest[:12]})"
+    )
+    return run
+
+
+def diffusers_config(cfg: dict, arch: dict, diffusion: dict) -> dict:
+    """``cfg`` with the model and diffusion settings a diffusers folder fixes (its config.json and scheduler).
+    A setting the user asked for (file or -S: one that differs from the preset's) that contradicts them is refused;
+    ``model.dropout`` (which the weights do not fix) stays the user's if asked for, else is the folder's."""
+    from core import config as C
+
+    ref = C.preset(cfg["preset"] or "tiny")
+    for section, fixed in (("model", arch), ("diffusion", diffusion)):
+        for key, value in fixed.items():
+            asked, default = cfg[section].get(key), ref[section].get(key)
+            if key == "dropout" and asked != default:
+                continue
+            if asked not in (value, default) and (section, key) not in IMPORT_SET:
+                raise UserError(f"{section}.{key}={asked} was asked, but the diffusers model has {value}")
+            cfg[section][key] = value
+    return C.apply_overrides(cfg, ())
+
+
+IMPORT_SET = {("model", "norm_groups"), ("model", "rescale_timesteps")}  # what import_config sets for iddpm files
+
+
+def import_diffusers(folder, cfg: dict, name: Optional[str], runs_dir, log: Callable[[str], None] = print) -> Run:
+    """A new run whose finished stage 1 is a diffusers ``UNet2DModel`` folder (safetensors weights, its scheduler's
+    DDPM settings) as this project's UNet; every misfit is one line before the run folder exists."""
+    import hashlib
+
+    from core.config import model_arch
+    from core.model.unet2d import load_folder
+
+    model, arch, diffusion, files = load_folder(folder)
+    cfg = diffusers_config(cfg, arch, diffusion)
+    digests = [file_sha256(f) for f in files["weights"]]
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    run = create_run(cfg, name, runs_dir)
+    origin = {"origin": "import", "file": str(Path(folder).expanduser().resolve()), "file_sha256": digest}
+    try:
+        _write_base(run, cfg, model_arch(cfg), model.state_dict(), {**origin, "format": "diffusers"})
+    except BaseException:
+        _discard(run)
+        raise
+    d = cfg["diffusion"]
+    params = sum(p.numel() for p in model.parameters())
+    log(
+        f"run {run.name}: stage 1 imported from {folder} (diffusers UNet2DModel, {params / 1e6:.1f}M params, sha256 "
+        f"{digest[:12]}; {d['noise_schedule']} betas, T = {d['steps']}, epsilon prediction, "
+        + ("learned variance)" if cfg["model"]["learn_sigma"] else f"fixed {d['fixed_variance']} variance)")
     )
     return run
 
@@ -310,3 +372,103 @@ def _discard(run: Run) -> None:
 
     shutil.rmtree(run.path, ignore_errors=True)
     open_store(run.path.parent).forget_run(run.name)
+
+
+# -- export ------------------------------------------------------------------------------------------------
+def export_run(run: Run, dest, log: Callable[[str], None] = print) -> dict:
+    """Every model of ``run`` as a diffusers folder under ``dest``: ``base``, the controls it has, and one folder per
+    group of its progressive model, with ``scheduler_config.json``, ``routing.json`` (each group's timesteps and
+    folder) and a README.md that names the models a ``UNet2DModel`` cannot express, and why. ``dest`` is new or
+    empty, and appears whole or not at all. Returns the routing table."""
+    import os
+    import tempfile
+
+    from core.method.artifacts import load_progressive, load_unet, read_artifact
+    from core.model.to_diffusers import export_unet, scheduler_config
+    from core.names import CONTROLS
+
+    dest, cfg = Path(dest).expanduser(), run.config
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"{dest} exists and is not empty; export into a new folder")
+    if not run.model("base").is_file():
+        raise UserError(f"run {run.name} has no base model yet ({run.model('base')}); nothing to export")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    table = {
+        "run": run.name,
+        "family": cfg["model"].get("family", "iddpm"),
+        "num_train_timesteps": cfg["diffusion"]["steps"],
+        "scheduler": "scheduler_config.json",
+        "models": {},
+        "groups": [],
+    }
+
+    def one(model, arch: dict, folder: str) -> dict:
+        res = export_unet(model, arch, cfg["diffusion"], tmp / folder)
+        if "reason" in res:
+            log(f"{folder}: not exported: {res['reason']}")
+            return {"folder": None, "reason": res["reason"]}
+        log(f"{folder}: exported (max |ours - diffusers| = {res['max_abs_diff']:.1e})")
+        return {"folder": folder, "max_abs_diff": res["max_abs_diff"]}
+
+    try:
+        for name in ("base", *CONTROLS):
+            path = run.model(name)
+            if path.is_file():
+                table["models"][name] = one(load_unet(path), read_artifact(path)["arch"], name)
+        prog = run.model("progressive")
+        if prog.is_file():
+            model, art = load_progressive(prog), read_artifact(prog, what="progressive model")
+            group_of = [int(g) for g in art["group_of"]]
+            for g in sorted(int(k) for k in art["groups"]):
+                entry = one(model.models[str(g)], art["groups"][g]["arch"], run.group_stage(g))
+                table["groups"].append({"group": g, "timesteps": _ranges(group_of, g), **entry})
+        else:
+            log(f"run {run.name} has no progressive model yet ({prog}): no group folders")
+        learn_sigma = cfg["model"]["learn_sigma"]
+        atomic_write_json(
+            {"_class_name": "DDPMScheduler", **scheduler_config(cfg["diffusion"], learn_sigma)},
+            tmp / "scheduler_config.json",
+        )
+        atomic_write_json(table, tmp / "routing.json")
+        (tmp / "README.md").write_text(export_readme(table))
+        if dest.exists():
+            dest.rmdir()
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return table
+
+
+def _ranges(group_of: list[int], g: int) -> list[list[int]]:
+    """The timesteps routed to group ``g`` as inclusive [first, last] runs."""
+    out: list[list[int]] = []
+    for t, h in enumerate(group_of):
+        if h != g:
+            continue
+        if out and out[-1][1] == t - 1:
+            out[-1][1] = t
+        else:
+            out.append([t, t])
+    return out
+
+
+def export_readme(table: dict) -> str:
+    """What an export folder holds, which models it lacks and why, and how to sample with its folders."""
+    rows = [(k, v) for k, v in table["models"].items()] + [(f"group {e['group']}", e) for e in table["groups"]]
+    done = [f"`{v['folder']}/`" for _, v in rows if v["folder"]]
+    lines = [
+        f"# Run {table['run']} as diffusers models",
+        "",
+        "Each folder is a `UNet2DModel` (`UNet2DModel.from_pretrained(folder)`): " + (", ".join(done) or "none") + ".",
+        "`scheduler_config.json` is the run's DDPM process (`DDPMScheduler.from_pretrained(this folder)`);",
+        "`routing.json` says which group's folder denoises which timesteps (inclusive ranges of training steps).",
+        "",
+    ]
+    missing = [(n, v["reason"]) for n, v in rows if not v["folder"]]
+    if missing:
+        lines += ["Not exported, because a `UNet2DModel` config cannot express them:", ""]
+        lines += [f"- {n}: {why}" for n, why in missing] + [""]
+    lines += ["Sampling with the progressive model outside stepadapt: see stepadapt's docs/diffusers.md.", ""]
+    return "\n".join(lines)

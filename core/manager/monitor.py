@@ -115,7 +115,7 @@ def run_summary(store: Store, row: dict) -> dict:
         "folder": str(run.path),
         "stages_total": len(STAGES) - len(OPTIONAL_STAGES),
     }
-    if not (run.path / "config.json").exists():
+    if not run.config_file.exists():
         return {**out, "status": "missing", "folder": None, "stages_done": 0}
     try:
         cfg = run.config

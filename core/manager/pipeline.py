@@ -24,6 +24,7 @@ from core.errors import Interrupted, StageFailed, UserError
 from core.manager import stages
 from core.manager.jobs import launch, settle, stop_job
 from core.manager.journal import ingest_active
+from core.manager.lifecycle import mark_running, mark_settled
 from core.names import CHECKPOINTING_STAGES, DDP_STAGES, GROUP_STAGES, STAGES
 from core.runs import Run, run_lock
 from core.store import Store, utc_now
@@ -79,8 +80,7 @@ class Pipeline:
             self.slurm = slurm.Tracker(say)
 
     def execute(self) -> None:
-        row = self.store.get_run(self.run.name)
-        self.store.update_run(self.run.name, status="running", started=row.get("started") or utc_now(), ended=None)
+        mark_running(self.store, self.run)
         old = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
         signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
@@ -100,24 +100,22 @@ class Pipeline:
                 from core.manager.stages.eval import write_run_report
 
                 write_run_report(self.run, self.store, self.say)
-            if tuple(self.stages) == STAGES:
-                self.store.update_run(self.run.name, status="succeeded", ended=utc_now())
+            if mark_settled(self.store, self.run) == "succeeded":
                 self.say(f"run {self.run.name}: all stages done")
             else:  # some stages only (a study's shared stage 1): the run goes on later
-                self.store.update_run(self.run.name, status="created", ended=utc_now())
                 self.say(f"run {self.run.name}: {', '.join(self.stages)} done")
         except KeyboardInterrupt:
             self._stop_all()
-            self.store.update_run(self.run.name, status="killed", ended=utc_now())
+            mark_settled(self.store, self.run, "killed")
             raise Interrupted(
                 f"run {self.run.name} stopped; continue it with: stepadapt resume {shlex.quote(self.run.name)}"
             ) from None
         except Interrupted:
             self._stop_all()
-            self.store.update_run(self.run.name, status="killed", ended=utc_now())
+            mark_settled(self.store, self.run, "killed")
             raise
         except StageFailed:
-            self.store.update_run(self.run.name, status="failed", ended=utc_now())
+            mark_settled(self.store, self.run, "failed")
             raise
         finally:
             for s, h in old.items():
@@ -387,7 +385,7 @@ def stop_run(store: Store, name: str, grace: float = 10.0, log=lambda s: None) -
             done.append((j, stop_job(store, j["id"], wait, log=log)))
     row = store.get_run(name)
     if row and row["status"] == "running":
-        store.update_run(name, status="killed", ended=utc_now())
+        store.update_run(name, status="killed", ended=utc_now())  # the run's pipeline, gone, cannot say it
     return done
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 from core.errors import StageFailed, UserError
 from core.names import SAMPLE_MODELS
-from core.runs import Run, atomic_write_json, open_run, read_json, runs_root
+from core.runs import Run, atomic_write_json, is_run_folder, open_run, read_json, runs_root
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"  # the project's definitions
 MAX_ARMS = 64  # a study makes one run per arm: a file with thousands makes thousands of forks
@@ -271,7 +271,7 @@ def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str
     from core.runs import create_run, run_lock
 
     path = runs_root(runs_dir) / rec["base"]
-    if not (path / "config.json").is_file():
+    if not is_run_folder(path):
         if rec["base_given"]:
             raise UserError(f"the study's base run {rec['base']} is gone")
         create_run(
@@ -294,7 +294,7 @@ def ensure_arms(rec: dict, runs_dir, say: Callable[[str], None]) -> list[Run]:
     defn, out = rec["definition"], []
     for arm in defn["arms"]:
         name = rec["arms"][arm["name"]]
-        if (runs_root(runs_dir) / name / "config.json").is_file():
+        if is_run_folder(runs_root(runs_dir) / name):
             out.append(open_run(name, runs_dir))
         else:
             out.append(
@@ -390,7 +390,7 @@ def results(rec: dict, runs_dir) -> dict:
     evals = {}  # one read of each arm's eval.json (several rows may come from one arm)
     for name in rec["arms"].values():
         path = runs_root(runs_dir) / name
-        evals[name] = load_eval(Run(path)) if (path / "config.json").is_file() else {}
+        evals[name] = load_eval(Run(path)) if is_run_folder(path) else {}
     rows = []
     for r in defn["rows"]:
         seeded = [a["name"] for a in defn["arms"] if a.get("seed_of") == r["arm"]]

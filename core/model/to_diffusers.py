@@ -108,6 +108,11 @@ def export_unet(model, arch: dict, diffusion: dict, folder) -> dict:
     config, reason = config_for(model, arch)
     if reason:
         return {"reason": reason}
+    if model.model_channels != config["block_out_channels"][0]:  # the sinusoid's width is not pruned with conv_in
+        return {
+            "reason": f"its first level was pruned to {config['block_out_channels'][0]} channels while its timestep "
+            f"embedding keeps {model.model_channels}; a UNet2DModel ties the two (block_out_channels[0])"
+        }
     unet, theirs = UNet2DModel(**config).eval(), to_theirs(model)
     want = unet.state_dict()
     for name, t in want.items():
@@ -115,8 +120,9 @@ def export_unet(model, arch: dict, diffusion: dict, folder) -> dict:
         if have is None or tuple(have.shape) != tuple(t.shape):
             shape = "absent" if have is None else list(have.shape)
             return {
-                "reason": f"its widths vary within a level ({name} is {shape}; a UNet2DModel with block_out_channels "
-                f"{config['block_out_channels']} has {list(t.shape)}): a UNet2DModel has one width per level"
+                "reason": f"its pruned widths vary within a level ({name} is {shape}, a UNet2DModel with "
+                f"block_out_channels {config['block_out_channels']} has {list(t.shape)}); a UNet2DModel gives every "
+                "resnet of a level that level's width, hidden and output"
             }
     extra = sorted(set(theirs) - set(want))
     if extra:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import click
 
-from core.errors import UserError
+from core.errors import EXIT_AGAINST, EXIT_MAX_FID, UserError
 
 from .. import render
 from ..common import device_option, emit_json, json_option, runs_dir_option, steps_option
-
-EXIT_MAX_FID = 4
-EXIT_BASELINE = 5
 
 
 def _gated(models: dict) -> str:
@@ -26,14 +23,14 @@ def _check_max_fid(result: dict, got: dict, max_fid) -> int:
     return 0 if ok else EXIT_MAX_FID
 
 
-def _check_baseline(result: dict, cmp: dict, baseline_value: float, tolerance: float) -> int:
-    """The rule every comparison uses: worse when the whole 95% interval of (ours - baseline) on the primary
-    metric lies above zero (above ``tolerance`` x the baseline's value, when a tolerance is given)."""
+def _check_against(result: dict, cmp: dict, their_value: float, tolerance: float) -> int:
+    """The rule every comparison uses: worse when the whole 95% interval of (ours - theirs) on the primary
+    metric lies above zero (above ``tolerance`` x their value, when a tolerance is given)."""
     d = cmp[cmp["primary"]]
-    worse = d["ci"][0] > tolerance * baseline_value
-    result["baseline"] = cmp
-    result["checks"]["baseline_ok"] = not worse
-    return EXIT_BASELINE if worse else 0
+    worse = d["ci"][0] > tolerance * their_value
+    result["against"] = cmp
+    result["checks"]["against_ok"] = not worse
+    return EXIT_AGAINST if worse else 0
 
 
 @click.command("eval", short_help="FID/KID with intervals, loss per group, MACs of a run's models; a CI gate.")
@@ -47,7 +44,7 @@ def _check_baseline(result: dict, cmp: dict, baseline_value: float, tolerance: f
     help="Which models (both: base and progressive).",
 )
 @click.option(
-    "--n", "n", type=int, default=None, help="Samples for FID/KID (default eval.fid_n: 50000 cifar10, 1024 tiny)."
+    "--samples", "n", type=int, default=None, help="Samples for FID/KID (default eval.fid_n: 50000 cifar10, 1024 tiny)."
 )
 @steps_option("sample", "Respaced sampling steps (default eval.steps: 100; tiny 25).")
 @click.option(
@@ -69,18 +66,18 @@ def _check_baseline(result: dict, cmp: dict, baseline_value: float, tolerance: f
     "--max-fid", type=float, default=None, help=f"Exit {EXIT_MAX_FID} if the gated model's FID is above this."
 )
 @click.option(
-    "--baseline",
-    "baseline_run",
+    "--against",
+    "against_run",
     default=None,
     metavar="RUN",
-    help=f"Exit {EXIT_BASELINE} if the gated model is significantly worse than RUN's on the primary metric.",
+    help=f"Exit {EXIT_AGAINST} if the gated model is significantly worse than RUN's on the primary metric.",
 )
 @click.option(
     "--tolerance",
     type=float,
     default=0.0,
     show_default=True,
-    help="Relative margin: worse only when the interval of (ours - baseline) is above tolerance x baseline.",
+    help="Relative margin: worse only when the interval of (ours - theirs) is above tolerance x theirs.",
 )
 @click.option("--force", is_flag=True, help="Measure again even if the model and settings are unchanged.")
 @click.option(
@@ -101,7 +98,7 @@ def eval_cmd(
     folders,
     preset,
     max_fid,
-    baseline_run,
+    against_run,
     tolerance,
     force,
     swap,
@@ -113,7 +110,7 @@ def eval_cmd(
     (averaged over timesteps) of a run's base, control and progressive models, stored in RUN/eval.json, with
     a verdict per pair. With --images: score folders of images against the dataset.
 
-    Exit codes: 0 all checks passed, 4 --max-fid missed, 5 worse than --baseline, 2 bad input."""
+    Exit codes: 0 all checks passed, 4 --max-fid missed, 5 worse than --against, 2 bad input."""
     from core.training.devices import pick_device
 
     dev = pick_device(device)
@@ -125,7 +122,7 @@ def eval_cmd(
     from core.runs import open_run
 
     run = open_run(run_name, runs_dir)
-    base_run = open_run(baseline_run, runs_dir) if baseline_run else None
+    their_run = open_run(against_run, runs_dir) if against_run else None
     models = {"all": ("base", "control", "uniform", "dense-small", "progressive"), "both": ("base", "progressive")}.get(
         which, (which,)
     )
@@ -160,14 +157,14 @@ def eval_cmd(
         "models": {w: {k: r.get(k) for k in keys} for w, r in got.items()},
         "comparisons": [c for c in ev["comparisons"] if c["model"] in got and c["against"] in got],
         "fid_curve": ev.get("fid_curve", []) if "progressive" in got else [],
-        "baseline": None,
-        "checks": {"max_fid": max_fid, "max_fid_ok": None, "baseline_ok": None, "tolerance": tolerance},
+        "against": None,
+        "checks": {"max_fid": max_fid, "max_fid_ok": None, "against_ok": None, "tolerance": tolerance},
     }
     code = _check_max_fid(result, got, max_fid)
-    if base_run is not None:
-        bm = "progressive" if base_run.model("progressive").exists() else "base"
+    if their_run is not None:
+        bm = "progressive" if their_run.model("progressive").exists() else "base"
         bev = evaluate_run(
-            base_run,
+            their_run,
             dev,
             log=say,
             models=(bm,),
@@ -176,8 +173,8 @@ def eval_cmd(
             inception=inception,
             fid=True,
         )
-        cmp = compare_runs(run, _gated(got), base_run, bm, inception, dev, say)
-        code = code or _check_baseline(result, cmp, bev["models"][bm][cmp["primary"]], tolerance)
+        cmp = compare_runs(run, _gated(got), their_run, bm, inception, dev, say)
+        code = code or _check_against(result, cmp, bev["models"][bm][cmp["primary"]], tolerance)
     result["passed"] = code == 0
     result["exit_code"] = code
     if swap:
@@ -213,10 +210,10 @@ def _eval_images(run_name, preset, folders, inception, dev, as_json, runs_dir) -
 
 @click.command(short_help="HTML and Markdown report of a run.")
 @click.argument("run_name", metavar="RUN")
-@click.option("--baseline", "baselines", multiple=True, metavar="RUN", help="Runs to show on the FID vs MACs plot.")
+@click.option("--with-run", "others", multiple=True, metavar="RUN", help="Other runs to show on the FID vs MACs plot.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default RUN/report).")
 @runs_dir_option
-def report(run_name, baselines, out, runs_dir):
+def report(run_name, others, out, runs_dir):
     """One HTML page and a Markdown file: schedule, training losses, proxy rounds, FID vs MACs, sample grids."""
     from pathlib import Path
 
@@ -224,8 +221,8 @@ def report(run_name, baselines, out, runs_dir):
     from core.runs import open_run
 
     run = open_run(run_name, runs_dir)
-    others = [open_run(b, runs_dir) for b in baselines]
-    html, md = write_report(run, others, Path(out) if out else run.report_dir())
+    other_runs = [open_run(b, runs_dir) for b in others]
+    html, md = write_report(run, other_runs, Path(out) if out else run.report_dir())
     click.echo(f"report  {html}\nmarkdown {md}")
 
 

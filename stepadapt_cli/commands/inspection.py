@@ -79,7 +79,7 @@ def macs(run_name, steps, as_json, runs_dir):
 def runs_cmd(as_json, runs_dir):
     """List runs: status, preset, method, stages done, MACs of the base and progressive models."""
     from core.manager.monitor import run_summary
-    from core.runs import Run, register_run, runs_root
+    from core.runs import Run, is_run_folder, register_run, runs_root
 
     store = open_store(runs_dir)
     root = runs_root(runs_dir)
@@ -87,7 +87,7 @@ def runs_cmd(as_json, runs_dir):
     broken = []
     if root.is_dir():  # folders made before the store had runs
         for d in sorted(root.iterdir()):
-            if (d / "config.json").is_file() and (d / "meta.json").is_file() and d.name not in known:
+            if is_run_folder(d) and Run(d).meta_file.is_file() and d.name not in known:
                 try:
                     register_run(Run(d))
                 except (ValueError, OSError) as e:  # a truncated config.json or meta.json: list it as broken
@@ -199,7 +199,7 @@ def _follow_logs(store, kind: str, ref, jobs) -> None:
     default=None,
     help="Only calls with this verdict.",
 )
-@click.option("-n", "last", type=int, default=None, help="Only the last N calls.")
+@click.option("-n", "--last", "last", type=int, default=None, help="Only the last N calls.")
 @click.option("--call", "call_id", type=int, default=None, help="Show one call whole (messages and answer).")
 @click.option(
     "--export",

@@ -12,15 +12,16 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import click
 
 from core.errors import Interrupted, StageFailed, UserError
 from core.manager.bases import is_import_source
-from core.names import JOB_ACTIVE, PRUNE_METHODS
+from core.names import GRACE_S, JOB_ACTIVE, PRUNE_METHODS
 
 from .. import render
-from ..common import check_name, overrides_option, runs_dir_option
+from ..common import check_name, overrides_option, preset_option, runs_dir_option, slots_options
 
 
 def open_store(runs_dir):
@@ -32,28 +33,9 @@ def open_store(runs_dir):
 
 
 def pipeline_options(f):
-    for opt in reversed(
-        [
-            click.option("--detach", is_flag=True, help="Run in the background as a tracked job and return."),
-            click.option(
-                "--parallel",
-                type=int,
-                default=1,
-                show_default=True,
-                help="Group jobs at once on CPU (with CUDA: one per GPU).",
-            ),
-            click.option("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all visible)."),
-            click.option(
-                "--grace",
-                type=float,
-                default=10.0,
-                show_default=True,
-                help="Seconds a job gets to checkpoint after SIGINT before SIGTERM/SIGKILL.",
-            ),
-        ]
-    ):
-        f = opt(f)
-    return f
+    return click.option("--detach", is_flag=True, help="Run in the background as a tracked job and return.")(
+        slots_options(f)
+    )
 
 
 def _collect_launcher(ctx, param, value):
@@ -132,20 +114,22 @@ def parse_gpus(gpus):
         raise UserError(f"bad --gpus {gpus!r}: use indices like 0,1") from None
 
 
-def execute(run, store, detach: bool, parallel: int, gpus, grace: float) -> None:
-    """Start the run's pipeline job; unless ``detach``, follow it to its end."""
+def execute(run, store, detach: bool, parallel: Optional[int], gpus, grace: float, resuming: bool = False) -> None:
+    """Start the run's pipeline job (``resuming``: through ``lifecycle.resume_run``, which keeps the slots it last
+    ran on unless ``parallel`` or ``gpus`` say otherwise); unless ``detach``, follow it to its end."""
+    from core.manager.lifecycle import resume_run
     from core.manager.pipeline import device_slots, start_detached
     from core.runs import runs_root
 
-    if parallel < 1:
-        raise UserError("--parallel must be >= 1")
     _check_launcher(run.config)
-    slots = device_slots(parallel, parse_gpus(gpus))
-    job_id, pid = start_detached(run, store, slots, grace)
+    slots = None if resuming and parallel is None and gpus is None else device_slots(parallel or 1, parse_gpus(gpus))
+    if resuming:
+        job_id, pid = resume_run(store, run, slots, grace)
+    else:
+        job_id, pid = start_detached(run, store, slots, grace)
     if detach:
-        click.echo(
-            f"run {run.name}: started in the background (job {job_id}, pid {pid}) on {', '.join(sorted(set(slots)))}"
-        )
+        on = ", ".join(sorted(set(store.job(job_id)["args"]["slots"])))
+        click.echo(f"run {run.name}: started in the background (job {job_id}, pid {pid}) on {on}")
         rd = (
             ""
             if run.path.parent.resolve() == runs_root(None).resolve()
@@ -245,7 +229,7 @@ def _settings(method, llm, api_base, data_spec, seed, overrides) -> list[str]:
 
 @click.command("run", short_help="The whole method as one pipeline of tracked jobs.")
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")
+@preset_option
 @click.option(
     "--name",
     "run_name",
@@ -320,8 +304,6 @@ def run_cmd(
         if not Path(inception).expanduser().is_file():
             raise UserError(f"Inception weights not found: {inception}")
         extra.insert(0, f"eval.inception={Path(inception).expanduser().resolve()}")
-    if parallel < 1:
-        raise UserError("--parallel must be >= 1")
     parse_gpus(gpus)
     store = open_store(runs_dir)
     say = lambda line: click.echo(line, err=True)
@@ -402,14 +384,14 @@ def resume(run_name, detach, parallel, gpus, grace, runs_dir):
             f"run {run.name}: launcher {la['kind']}" + (f", time {la['time']} min" if la["time"] else ""), err=True
         )
     click.echo(f"run {run.name}: resuming ({row['status']})", err=True)
-    execute(run, store, detach, parallel, gpus, grace)
+    execute(run, store, detach, parallel, gpus, grace, resuming=True)
 
 
 def resolve_target(store, target: str, runs_dir):
     """RUN name (a run of that name exists) or JOB id."""
-    from core.runs import runs_root
+    from core.runs import is_run_folder, runs_root
 
-    if store.get_run(target) is not None or (runs_root(runs_dir) / target / "config.json").is_file():
+    if store.get_run(target) is not None or is_run_folder(runs_root(runs_dir) / target):
         return "run", target
     if target.isdigit() and store.job(int(target)) is not None:
         return "job", int(target)
@@ -423,7 +405,7 @@ def job_tag(j: dict) -> str:
 @click.command(short_help="Stop a run or a job (training checkpoints first).")
 @click.argument("target", metavar="RUN|JOB")
 @click.option(
-    "--grace", type=float, default=10.0, show_default=True, help="Seconds between SIGINT, SIGTERM and SIGKILL."
+    "--grace", type=float, default=GRACE_S, show_default=True, help="Seconds between SIGINT, SIGTERM and SIGKILL."
 )
 @runs_dir_option
 def kill(target, grace, runs_dir):

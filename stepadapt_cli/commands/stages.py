@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import sys
 
 import click
 
 from core.errors import UserError
+from core.manager.lifecycle import tracked_stage
 from core.names import ALLOCATIONS, PRUNE_METHODS, SAMPLE_MODELS, SAMPLERS, SCHEDULE_KINDS
 
 from .. import render
@@ -37,7 +37,6 @@ from ..common import (
     callback=check_name,
     help="Run name, as for `stepadapt run` (default: PRESET-DATE-TIME).",
 )
-@click.option("--run", "run_name", default=None, hidden=True)  # the earlier spelling of --name
 @runs_dir_option
 @click.option("--resume", is_flag=True, help="Continue the run named by --name from its checkpoint.")
 @device_option
@@ -96,7 +95,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
             err=True,
         )
         model = build_unet(model_arch(cfg), seed=cfg["seed"])
-        with tracked_stage(run, "base", dev) as ctx:  # a job in runs/show/TUI, with its progress and status
+        with tracked_stage(run, "base", dev, _say) as ctx:  # a job in runs/show/TUI, with its progress and status
             record_base(run, finished=False)  # a record of an earlier stage 1 no longer holds while it trains
             last = run_train(
                 spec, model, create_diffusion(cfg), data, resume=resume, device=dev, **ctx.train_hooks("base", None)
@@ -111,10 +110,8 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
 @click.command(short_help="SNR schedule: MACs budget per timestep and the groups.")
 @click.argument("target", metavar="[RUN|CONFIG]", required=False)
 @click.option("--preset", default=None, help="Preset (default tiny, or the run's).")
-@click.option("--run", "run_name", default=None, hidden=True)  # earlier spellings of the argument
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), hidden=True)
 @click.option("--k", "k", type=float, default=None, help="Smallest budget as a fraction of F (paper: 0.5).")
-@click.option("--groups", "n_groups", type=int, default=None, help="Number of groups N (paper: 10).")
+@click.option("--n-groups", "n_groups", type=int, default=None, help="Number of groups N (paper: 10).")
 @click.option(
     "--kind",
     type=click.Choice(SCHEDULE_KINDS),
@@ -126,7 +123,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG: SNR, budget, groups.")
 @runs_dir_option
 @overrides_option
-def schedule(target, preset, run_name, config_file, k, n_groups, kind, as_json, with_ts, plot, runs_dir, overrides):
+def schedule(target, preset, k, n_groups, kind, as_json, with_ts, plot, runs_dir, overrides):
     """SNR -> MACs budget per timestep (Eq. 7/8) and the timestep groups (Eq. 9/10), of a run (its saved
     schedule, read as it is unless a setting changes), a config file, or a preset."""
     import os
@@ -134,10 +131,8 @@ def schedule(target, preset, run_name, config_file, k, n_groups, kind, as_json, 
     from core import config as C
     from core.runs import open_run, read_json
 
-    if target and os.path.isfile(target):
-        config_file = config_file or target
-    elif target:
-        run_name = run_name or target
+    config_file = target if target and os.path.isfile(target) else None
+    run_name = target if target and not config_file else None
     extra = list(overrides)
     for key, val in (("k", k), ("groups", n_groups), ("kind", kind)):
         if val is not None:
@@ -176,30 +171,8 @@ def _computed_schedule(cfg: dict, with_ts: bool, plot) -> dict:
     return sched.to_json(with_timesteps=with_ts)
 
 
-@contextlib.contextmanager
-def tracked_stage(run, stage: str, device):
-    """A stage run by a command on its own, kept as a job of the run (as a pipeline's job is): it shows in
-    `runs`, `show` and the TUI with its progress, and ends succeeded, failed, or killed (resumable)."""
-    from core.errors import Interrupted
-    from core.manager.context import WorkContext
-    from core.manager.jobs import Tracked, open_reconciled
-    from core.runs import register_run
-    from core.store import utc_now
-
-    store = open_reconciled(run.path.parent)
-    _, row = register_run(run)
-    job_id = store.add_job(
-        {"run": run.name, "stage": stage, "args": {"device": str(device)}, "device": str(device), "command": sys.argv}
-    )
-    store.update_run(run.name, status="running", started=row.get("started") or utc_now(), ended=None)
-    try:
-        with Tracked(store, job_id) as hb:
-            yield WorkContext(run, store, store.job(job_id), device, hb, log=lambda s: click.echo(s, err=True))
-    except BaseException as e:
-        killed = isinstance(e, (KeyboardInterrupt, Interrupted))
-        store.update_run(run.name, status="killed" if killed else "failed", ended=utc_now())
-        raise
-    store.update_run(run.name, status="created", ended=utc_now())  # its other stages are still to run
+def _say(line: str) -> None:
+    click.echo(line, err=True)
 
 
 PROXY_FLAGS = (
@@ -443,14 +416,14 @@ def control(run_name, device, runs_dir):
     if not stage.pending(run):
         click.echo(f"control model  {run.model('control')} (done already)")
         return
-    with tracked_stage(run, "control", pick_device(device)) as ctx:
+    with tracked_stage(run, "control", pick_device(device), _say) as ctx:
         stage.work(ctx)
     click.echo(f"control model  {run.model('control')}")
 
 
 @click.command(short_help="Sample a PNG grid from a run's model.")
 @click.argument("run_name", metavar="RUN")
-@click.option("--n", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
+@click.option("--samples", "n", type=int, default=None, help="Number of images (default: the config's sample.n).")
 @steps_option("sample", "Sampling steps, respaced (default: the config's sample.steps).")
 @click.option(
     "--model",
@@ -460,12 +433,12 @@ def control(run_name, device, runs_dir):
     show_default=True,
     help="The stage-1 model, or the group models routed by timestep.",
 )
-@click.option("--method", type=click.Choice(SAMPLERS), default=None, help="Sampler (default: sample.method).")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Sampler (default: sample.method).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: RUN/samples).")
 @device_option
 @runs_dir_option
-def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
+def sample(run_name, n, steps, which, sampler, seed, out, device, runs_dir):
     """Sample images from a run's model and save them as a PNG grid (and a .pt tensor)."""
     from pathlib import Path
 
@@ -485,7 +458,7 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
     n = n if n is not None else s["n"]
     steps = steps if steps is not None else s["steps"]
     if n < 1:
-        raise UserError("--n must be >= 1")
+        raise UserError("--samples must be >= 1")
     if not 1 <= steps <= cfg["diffusion"]["steps"]:
         raise UserError(f"--sample-steps must be in [1, {cfg['diffusion']['steps']}]")
     path = run.model(which)
@@ -506,7 +479,7 @@ def sample(run_name, n, steps, which, method, seed, out, device, runs_dir):
             steps=steps,
             batch_size=s["batch_size"],
             seed=seed,
-            method=method or s["method"],
+            method=sampler or s["method"],
             device=dev,
             progress=lambda k: bar.advance(task, k),
             channels_last=s["channels_last"],

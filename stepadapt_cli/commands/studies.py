@@ -6,10 +6,10 @@ import shlex
 
 import click
 
-from core.errors import Interrupted, UserError
+from core.errors import Interrupted
 
 from .. import render
-from ..common import emit_json, json_option, overrides_option, runs_dir_option
+from ..common import emit_json, json_option, overrides_option, preset_option, runs_dir_option, slots_options
 from .management import open_store, parse_gpus
 
 
@@ -33,9 +33,7 @@ def _execute(rec, store, runs_dir, parallel, gpus, grace):
     from core.manager.pipeline import device_slots
     from core.manager.studies import finished_or_raise, run_study, stop_study
 
-    if parallel < 1:
-        raise UserError("--parallel must be >= 1")
-    slots = device_slots(parallel, parse_gpus(gpus))
+    slots = device_slots(parallel or 1, parse_gpus(gpus))
 
     def say(line):
         click.echo(line, err=True)
@@ -61,14 +59,10 @@ def _execute(rec, store, runs_dir, parallel, gpus, grace):
 def _report(rec, runs_dir):
     from core.evaluation.report import write_study_report
     from core.manager.studies import results, study_dir
-    from core.runs import Run, runs_root
+    from core.runs import Run, is_run_folder, runs_root
 
     res = results(rec, runs_dir)
-    runs = [
-        Run(runs_root(runs_dir) / n)
-        for n in rec["arms"].values()
-        if (runs_root(runs_dir) / n / "config.json").is_file()
-    ]
+    runs = [Run(runs_root(runs_dir) / n) for n in rec["arms"].values() if is_run_folder(runs_root(runs_dir) / n)]
     html, _ = write_study_report(res, runs, study_dir(runs_dir, rec["id"]) / "report")
     render.print_study(res)
     click.echo(f"report: {html}")
@@ -76,14 +70,10 @@ def _report(rec, runs_dir):
 
 @study.command("run", short_help="Run a study: the shared base once, then every arm.")
 @click.argument("name", metavar="NAME")
-@click.option("--preset", default=None, help="Model preset of every run (default tiny).")
+@preset_option
 @click.option("--base", default=None, metavar="RUN", help="Fork every arm from this run's finished stage 1.")
 @click.option("--name", "study_id", default=None, help="Study id (default NAME-PRESET); its runs are ID-ARM.")
-@click.option(
-    "--parallel", type=int, default=1, show_default=True, help="Arms at once on CPU (with CUDA: one per GPU)."
-)
-@click.option("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all visible).")
-@click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds a job gets to checkpoint.")
+@slots_options
 @runs_dir_option
 @overrides_option
 def run_cmd(name, preset, base, study_id, parallel, gpus, grace, runs_dir, overrides):
@@ -102,9 +92,7 @@ def run_cmd(name, preset, base, study_id, parallel, gpus, grace, runs_dir, overr
 
 @study.command(short_help="Continue a study: only its unfinished runs.")
 @click.argument("study_id", metavar="ID")
-@click.option("--parallel", type=int, default=1, show_default=True, help="Arms at once on CPU.")
-@click.option("--gpus", default=None, help="GPU indices to use (default: all visible).")
-@click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds a job gets to checkpoint.")
+@slots_options
 @runs_dir_option
 def resume(study_id, parallel, gpus, grace, runs_dir):
     """Continue study ID: finished runs are kept, the others resume from their checkpoints."""

@@ -124,13 +124,10 @@ class StepadaptApp(App):
 
     @work(thread=True, group="actions")
     def resume_run(self, name: str) -> None:
-        from core.manager.pipeline import device_slots, start_detached
+        from core.manager.lifecycle import resume_run
 
         def resume(store: Store) -> str:
-            row = store.get_run(name)
-            if row and row["status"] == "succeeded":
-                raise UserError(f"run {name} has finished; nothing to resume")
-            job_id, pid = start_detached(run_of(store, self.runs_dir, name), store, device_slots(1))
+            job_id, pid = resume_run(store, run_of(store, self.runs_dir, name))
             return f"run {name}: resumed in the background (job {job_id}, pid {pid})"
 
         self._act(resume)

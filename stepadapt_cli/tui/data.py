@@ -22,7 +22,7 @@ def read_view(store: Store, runs_dir: Path, key: tuple):
         return runs_overview(store)
     if kind == "run":
         run = run_of(store, runs_dir, key[1])
-        if not (run.path / "config.json").exists():
+        if not run.config_file.exists():
             return None
         return {**run_detail(store, run), "schedule_profile": _schedule_profile(run)}
     if kind == "job":
@@ -70,7 +70,7 @@ _PROFILES: dict = {}
 def _schedule_profile(run: Run) -> dict:
     """The schedule strip's data, computed once per run and config (the run screen redraws on every heartbeat
     and draws the strip at its own width)."""
-    key = (str(run.path), (run.path / "config.json").stat().st_mtime_ns)
+    key = (str(run.path), run.config_file.stat().st_mtime_ns)
     if key not in _PROFILES:
         _PROFILES[key] = schedule_profile(run)
     return _PROFILES[key]

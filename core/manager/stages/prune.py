@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from core.config import single_stage
 from core.errors import UserError
 from core.method.schedule import nonempty_groups, parse_groups, run_schedule
-from core.runs import Run, atomic_write_json
+from core.runs import Run, atomic_write_json, is_run_folder
 
 if TYPE_CHECKING:
     import torch
@@ -220,7 +220,7 @@ class _ScratchArchitecture:
         if not source:
             raise UserError("prune.method scratch needs prune.scratch_from (a run whose groups were pruned)")
         self.source = Run(run.path.parent / source)
-        if not (self.source.path / "config.json").is_file():
+        if not is_run_folder(self.source.path):
             raise UserError(f"prune.scratch_from: run {source!r} not found in {run.path.parent}")
         self.log = log
 
