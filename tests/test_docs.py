@@ -52,3 +52,35 @@ def test_readme_is_a_short_user_readme_linking_the_detailed_docs():
     for target in ("docs/method.md", "docs/store.md", "docs/architecture.md", "bench/README.md"):
         assert f"]({target})" in text, f"README.md does not link to {target}"
         assert (REPO / target).exists(), f"README.md links to {target}, which does not exist"
+
+
+def test_every_module_is_in_the_architecture_doc():
+    """docs/architecture.md names every module of core/ and stepadapt_cli/ (a table row per module), so a new
+    module cannot land without saying what it holds."""
+    doc = (REPO / "docs/architecture.md").read_text()
+    named = set(re.findall(r"`([\w/]+\.py)`", doc))
+    missing = []
+    for top in ("core", "stepadapt_cli"):
+        for path in sorted((REPO / top).rglob("*.py")):
+            rel = path.relative_to(REPO / top)
+            if path.name == "__init__.py" and path.stat().st_size < 300:
+                continue  # a package marker (a docstring at most)
+            full = f"{top}/{rel}"
+            if not (path.name in named or any("/" in n and full.endswith(n) for n in named)):
+                missing.append(f"{top}/{rel}")
+    assert not missing, f"modules missing from docs/architecture.md: {', '.join(missing)}"
+
+
+def test_run_file_names_are_spelled_only_in_core_runs():
+    """A run's config and meta file names are spelled once, in core/runs.py (docs/architecture.md says so).
+    core/model/ is exempt: it reads other tools' model folders (diffusers' config.json is theirs)."""
+    offenders = []
+    for top in ("core", "stepadapt_cli"):
+        for path in (REPO / top).rglob("*.py"):
+            if path == REPO / "core/runs.py" or path.parent == REPO / "core/model":
+                continue  # core/model/ reads other tools' model folders, with config files of their own
+            text = path.read_text()
+            for name in ('"config.json"', '"meta.json"'):
+                if name in text:
+                    offenders.append(f"{path.relative_to(REPO)}: {name}")
+    assert not offenders, offenders
