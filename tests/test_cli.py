@@ -147,7 +147,5 @@ def test_slot_options_are_declared_once():
     study = cli.commands["study"].commands
     commands = [cli.commands["run"], cli.commands["resume"], study["run"], study["resume"]]
     for name in ("parallel", "gpus", "grace"):
-        seen = {
-            (tuple(p.opts), str(p.type), p.default, p.help) for c in commands for p in c.params if p.name == name
-        }
+        seen = {(tuple(p.opts), str(p.type), p.default, p.help) for c in commands for p in c.params if p.name == name}
         assert len(seen) == 1, (name, seen)

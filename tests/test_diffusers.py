@@ -232,9 +232,10 @@ def _bad(case: str, tmp_path):
     if case == "other_class":
         diffusers.AutoencoderKL(block_out_channels=(32,), norm_num_groups=8).save_pretrained(str(folder))
     elif case == "conditional":
+        down, up = ("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D")
         diffusers.UNet2DConditionModel(
             block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32, layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=down, up_block_types=up,
         ).save_pretrained(str(folder))  # fmt: skip
     elif case == "class_labels":
         make_unet(num_class_embeds=10).save_pretrained(str(folder))

@@ -402,3 +402,23 @@ def test_proxy_view_marks_the_chosen_candidate_and_shows_rejected_tries(run_in_s
             await _until(pilot, lambda: "THE PROMPT" in _text(app.screen.query_one("#call")))
 
     asyncio.run(go())
+
+
+def test_key_help_is_built_from_every_screens_bindings(tmp_path):
+    """`?` shows a help whose lines list each screen's bound keys with their descriptions (built from the
+    bindings, so a new key shows up there without anyone editing the help)."""
+    from stepadapt_cli.tui.proxy_screen import ProxyScreen
+
+    async def go():
+        app = StepadaptApp(tmp_path)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("question_mark")
+            await _until(pilot, lambda: bool(app.screen.query("#help")))
+            text = _text(app.screen.query_one("#help"))
+            for cls in (RunsScreen, RunScreen, JobScreen, ProxyScreen):
+                for b in cls.BINDINGS:
+                    if b.description and b.key != "question_mark":
+                        assert b.description in text, (cls.__name__, b.description, text)
+            assert "ctrl+q quit" in text
+
+    asyncio.run(go())

@@ -28,7 +28,7 @@ from core.manager.jobs import reconcile
 from core.store import Store, open_store
 
 from .data import read_view, run_of
-from .dialogs import Help
+from .dialogs import Help, key_help
 from .messages import Snapshot
 from .runs_screen import RunsScreen
 from .view import ViewScreen
@@ -41,7 +41,7 @@ class StepadaptApp(App):
     TITLE = "stepadapt"
     CSS_PATH = "app.tcss"
     BINDINGS = [Binding("ctrl+q", "quit", "quit", show=False), Binding("question_mark", "push_screen('help')", "help")]
-    SCREENS = {"help": Help}
+    SCREENS = {"help": lambda: Help(help_text())}
 
     def __init__(self, runs_dir, run_name: Optional[str] = None, poll: float = POLL_S):
         super().__init__()
@@ -138,6 +138,16 @@ class StepadaptApp(App):
             self.call_from_thread(self.notify, action(open_store(self.runs_dir)))
         except UserError as e:
             self.call_from_thread(self.notify, str(e), severity="error")
+
+
+def help_text() -> str:
+    """The key help of every screen, from their bindings."""
+    from .job_screen import JobScreen
+    from .proxy_screen import ProxyScreen
+    from .run_screen import RunScreen
+
+    screens = [("runs screen", RunsScreen), ("run screen", RunScreen), ("job log", JobScreen), ("proxy", ProxyScreen)]
+    return key_help(screens, StepadaptApp.BINDINGS)
 
 
 def _fingerprint(data) -> str:

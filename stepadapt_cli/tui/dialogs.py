@@ -9,16 +9,28 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
-HELP = """stepadapt tui - keys
-
-runs screen   enter open run   / filter   s sort column   q quit
-run screen    l job log (selected row)   p proxy rounds   k kill run   r resume run   escape back
-job log       k kill job   escape back
-proxy         enter show the answer   m prompt and answer   escape back
-everywhere    ? this help   ctrl+q quit
-
-Group rows: timestep range, budget (fraction of F), achieved MACs (fraction of F) after pruning,
+# how a binding's key is written in the help
+_KEYS = {"slash": "/", "question_mark": "?", "enter": "enter", "escape": "escape"}
+GROUP_ROWS = """Group rows: timestep range, budget (fraction of F), achieved MACs (fraction of F) after pruning,
 job status, fine-tune step/total, current loss and a loss sparkline."""
+
+
+def key_help(screens: list[tuple[str, type]], everywhere: list[Binding]) -> str:
+    """The help screen's text, built from the screens' own bindings (so it cannot go stale): one line per
+    screen, its keys in binding order, then the keys every screen has."""
+
+    def keys(bindings) -> str:
+        return "   ".join(
+            f"{'/'.join(_KEYS.get(k, k) for k in b.key.split(','))} {b.description}"
+            for b in bindings
+            if b.description and b.key != "question_mark"
+        )
+
+    width = max(len(title) for title, _ in screens) + 2
+    lines = ["stepadapt tui - keys", ""]
+    lines += [f"{title:<{width}}{keys(cls.BINDINGS)}" for title, cls in screens]
+    lines += [f"{'everywhere':<{width}}? this help   {keys(everywhere)}", "", GROUP_ROWS]
+    return "\n".join(lines)
 
 
 class Confirm(ModalScreen[bool]):
@@ -50,5 +62,9 @@ class Help(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
     def compose(self) -> ComposeResult:
-        yield Static(HELP, id="help")
+        yield Static(self.text, id="help")
