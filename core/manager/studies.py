@@ -34,9 +34,10 @@ from typing import Callable, Optional
 
 from core.errors import StageFailed, UserError
 from core.names import SAMPLE_MODELS
+from core.resources import studies_dir
 from core.runs import Run, atomic_write_json, is_run_folder, open_run, read_json, runs_root
 
-STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"  # the project's definitions
+STUDIES_DIR = studies_dir()  # the shipped definitions (core/resources.py)
 MAX_ARMS = 64  # a study makes one run per arm: a file with thousands makes thousands of forks
 INTERNAL_ARM_KEYS = ("seed_of",)  # written by expand_seeds, not by a user
 KEYS = {

@@ -38,8 +38,9 @@ from typing import Callable, Optional
 from core.errors import ReplayMismatch, UserError
 from core.method.llm import LOCAL_MODEL, LLMError, complete, request_key
 from core.method.prune import Pruner, counts_for_ratio, greedy_refill, held_out_loss, plan_from_counts
+from core.resources import prompts_dir
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"  # the project's prompts/
+PROMPTS_DIR = prompts_dir()  # the shipped prompts (core/resources.py)
 MAX_ANSWER_CHARS = 100_000
 MAX_ANSWER_DEPTH = 32  # nesting of {...} and [...]; a real answer needs 2
 
