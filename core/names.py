@@ -14,7 +14,16 @@ DDP_STAGES = ("base", "control")
 CHECKPOINTING_STAGES = ("base", "finetune", "control")
 
 # how group models are pruned: the LLM proxy, an importance criterion, or not at all
-IMPORTANCE_METHODS = ("random", "magnitude", "lamp", "taylor", "diff")
+# the importance criteria, each a class of core/method/importance.py and its settings: a new criterion is one
+# class there and one line here (``seeded``: the class takes the run's seed)
+IMPORTANCE_CRITERIA = {
+    "random": ("RandomImportance", {"seeded": True}),
+    "magnitude": ("MagnitudeImportance", {}),
+    "lamp": ("MagnitudeImportance", {"lamp": True}),
+    "taylor": ("TaylorImportance", {}),
+    "diff": ("DiffPruningImportance", {}),
+}
+IMPORTANCE_METHODS = tuple(IMPORTANCE_CRITERIA)
 PRUNE_METHODS = ("proxy", *IMPORTANCE_METHODS, "scratch", "none")
 ALLOCATIONS = ("uniform", "global")
 

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from core.model import unet as U
-from core.names import IMPORTANCE_METHODS
+from core.names import IMPORTANCE_CRITERIA, IMPORTANCE_METHODS
 
 
 @dataclass
@@ -209,14 +209,9 @@ class DiffPruningImportance(TaylorImportance):
 
 
 def make_importance(method: str, seed: int = 0) -> Importance:
-    if method == "random":
-        return RandomImportance(seed)
-    if method == "magnitude":
-        return MagnitudeImportance()
-    if method == "lamp":
-        return MagnitudeImportance(lamp=True)
-    if method == "taylor":
-        return TaylorImportance()
-    if method == "diff":
-        return DiffPruningImportance()
-    raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(IMPORTANCE_METHODS)}")
+    """The criterion ``method`` names (``names.IMPORTANCE_CRITERIA``: its class here and its settings)."""
+    if method not in IMPORTANCE_CRITERIA:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(IMPORTANCE_METHODS)}")
+    cls, settings = IMPORTANCE_CRITERIA[method]
+    kwargs = {k: v for k, v in settings.items() if k != "seeded"}
+    return globals()[cls](seed=seed, **kwargs) if settings.get("seeded") else globals()[cls](**kwargs)
