@@ -379,15 +379,6 @@ class Store:
         """Every call made with this request key, from any run, oldest first."""
         return [_decode(r) for r in self.db["llm_calls"].rows_where("request_key = ?", [key], order_by="id")]
 
-    def cached(self, key: str) -> Optional[dict]:
-        """The earliest successful answer recorded for this request key, from any run."""
-        rows = list(
-            self.db["llm_calls"].rows_where(
-                "request_key = ? and error is null and response_text is not null", [key], order_by="id", limit=1
-            )
-        )
-        return _decode(rows[0]) if rows else None
-
     # -- proxy rounds
     def log_round(self, row: dict) -> int:
         row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()}

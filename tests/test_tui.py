@@ -318,11 +318,11 @@ def test_resume_and_kill_from_the_run_screen(tmp_path):
 def test_group_labels_in_the_schedule_strip_never_overwrite_each_other(tmp_path, width):
     """tiny's groups 0 and 1 start a few timesteps apart, as do 6, 7 and 9: every non-empty group keeps its label,
     with a space before the next one (5 6 7 9, never 5679)."""
-    from core.manager.monitor import schedule_text
+    from core.manager.monitor import draw_schedule, schedule_profile
     from core.method.schedule import schedule_from_config
 
     run = create_run(C.resolve("tiny", None, []), "strip", tmp_path)
-    labels = schedule_text(run, width).splitlines()[2].split("t=")[0][len("groups  ") :]
+    labels = draw_schedule(schedule_profile(run), width).splitlines()[2].split("t=")[0][len("groups  ") :]
     assert labels.split() == [str(g.index) for g in schedule_from_config(run.config).nonempty]
 
 

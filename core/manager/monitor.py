@@ -361,11 +361,6 @@ def draw_schedule(p: dict, width: int = 64) -> str:
     )
 
 
-def schedule_text(run: Run, width: int = 64) -> str:
-    """The schedule drawn in text: budget (k F .. F) over t, and where each group starts."""
-    return draw_schedule(schedule_profile(run), width)
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

@@ -28,9 +28,6 @@ class ProgressiveDenoiser(nn.Module):
     def num_timesteps(self) -> int:
         return len(self.group_of)
 
-    def model_for(self, t: int) -> nn.Module:
-        return self.models[str(int(self.group_of[t]))]
-
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         groups = self.group_of[t.long()]
         first = groups[0]

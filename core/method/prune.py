@@ -36,10 +36,6 @@ PLAN_VERSION = 1
 # --------------------------------------------------------------------------- plans
 
 
-def empty_plan() -> dict:
-    return {"version": PLAN_VERSION, "remove": {}}
-
-
 def validate_plan(plan: dict, units: list[Unit]) -> dict:
     """Check a plan against the units of the base; returns it normalised (sorted positions). Raises ValueError."""
     if not isinstance(plan, dict) or not isinstance(plan.get("remove"), dict):

@@ -130,12 +130,6 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
     # -- forward process
-    def q_mean_variance(self, x_start, t):
-        """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)."""
-        mean = _extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-        var = _extract(1.0 - self.alphas_cumprod, t, x_start.shape)
-        return mean, var, torch.log(var)
-
     def q_sample(self, x_start, t, noise=None):
         if noise is None:
             noise = torch.randn_like(x_start)
