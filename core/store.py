@@ -66,7 +66,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 from core.errors import UserError
 from core.names import ARTIFACT_KINDS, JOB_ACTIVE, JOB_FINAL, RUN_STATUSES
@@ -278,6 +278,22 @@ def _disk_full(folder: Path) -> bool:
         return shutil.disk_usage(folder).free == 0
     except OSError:  # the folder itself is unreachable: not a full disk
         return False
+
+
+@runtime_checkable
+class Books(Protocol):
+    """Where a job writes what it does: the ``Store`` itself (a command that owns it), or the job's ``Journal``
+    (``core/manager/journal.py``: files the store's owner ingests). Stages and the proxy write through this."""
+
+    def for_thread(self) -> "Books": ...
+    def update_job(self, job_id: int, **fields) -> None: ...
+    def finish_job(self, job_id: int, status: str, exit_code: Optional[int], message: Optional[str] = None) -> bool: ...
+    def log_metrics(self, rows: list[dict]) -> None: ...
+    def drop_metrics_after(self, run: str, stage: str, group: Optional[int], step: int) -> Optional[int]: ...
+    def log_call(self, row: dict) -> int: ...
+    def update_call(self, call_id: int, **fields) -> None: ...
+    def log_round(self, row: dict) -> None: ...
+    def add_artifact(self, row: dict) -> None: ...
 
 
 class Store:

@@ -237,3 +237,24 @@ def test_a_pipeline_job_leaves_its_records_in_its_journal_and_they_reach_the_sto
     assert base == {"origin": "trained", "sha256": hashlib.sha256(model).hexdigest(), "bytes": len(model)}
     assert any(a["kind"] == "report" for a in store.artifacts("j"))
     assert (runs_dir / "j" / "report" / "index.html").exists()
+
+
+def test_store_and_journal_are_both_books(tmp_path):
+    """What a job writes goes through one protocol (``core.store.Books``), which both the store and the job's
+    journal implement, with the same signatures."""
+    import inspect
+
+    from core.manager.journal import Journal
+    from core.store import Books, Store
+
+    for cls in (Store, Journal):
+        for name, proto in inspect.getmembers(Books, inspect.isfunction):
+            if name.startswith("_"):
+                continue
+            impl = getattr(cls, name, None)
+            assert impl is not None, (cls.__name__, name)
+            assert list(inspect.signature(impl).parameters) == list(inspect.signature(proto).parameters), (
+                cls.__name__,
+                name,
+            )
+    assert isinstance(Store(tmp_path / "s.db"), Books)

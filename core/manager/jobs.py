@@ -30,7 +30,7 @@ from core.errors import UserError
 from core.manager import forked
 from core.manager.journal import prepare_job, worker_args
 from core.manager.procs import pid_alive, proc_start, stat_fields  # noqa: F401 (process identity, here as before)
-from core.store import Store, open_store, utc_now
+from core.store import Books, Store, open_store, utc_now
 
 HEARTBEAT_S = float(os.environ.get("STEPADAPT_HEARTBEAT", "3"))
 STALE_S = float(os.environ.get("STEPADAPT_STALE", "120"))
@@ -263,7 +263,7 @@ def stop_job(store: Store, job_id: int, grace: float = 10.0, log=lambda s: None)
 class Heartbeat:
     """A thread that writes the job's heartbeat, progress and message every ``HEARTBEAT_S`` seconds."""
 
-    def __init__(self, books, job_id: int):
+    def __init__(self, books: Books, job_id: int):
         self.books, self.job_id = books, job_id
         self.progress = None
         self.total = None
@@ -313,7 +313,7 @@ class Tracked:
     goes on. ``rc`` and ``message`` say how it ended. The worker and every stage command run on its own keep
     their books with it."""
 
-    def __init__(self, books, job_id: int):
+    def __init__(self, books: Books, job_id: int):
         self.store, self.job_id = books, job_id
         self.status, self.rc, self.message = "failed", 1, None
 

@@ -12,7 +12,7 @@ from core.names import JOB_ACTIVE
 
 from .. import render
 from ..common import emit_json, json_option, overrides_option, runs_dir_option, steps_option
-from .management import job_tag, open_store, resolve_target
+from .management import job_tag, reconciled_store, resolve_target
 
 
 @click.command(short_help="Params and MACs of a preset's UNet.")
@@ -81,7 +81,7 @@ def runs_cmd(as_json, runs_dir):
     from core.manager.monitor import run_summary
     from core.runs import Run, is_run_folder, register_run, runs_root
 
-    store = open_store(runs_dir)
+    store = reconciled_store(runs_dir)
     root = runs_root(runs_dir)
     known = {r["name"] for r in store.list_runs()}
     broken = []
@@ -119,7 +119,7 @@ def show(run_name, as_json, runs_dir):
     from core.manager.monitor import comparison, show_data
     from core.runs import open_run, register_run
 
-    store = open_store(runs_dir)
+    store = reconciled_store(runs_dir)
     run = open_run(run_name, runs_dir)
     register_run(run)
     data = show_data(store, run)
@@ -137,7 +137,7 @@ def show(run_name, as_json, runs_dir):
 @runs_dir_option
 def logs(target, follow, runs_dir):
     """Print a job's log, or every job log of a run in order (-f: follow them live)."""
-    store = open_store(runs_dir)
+    store = reconciled_store(runs_dir)
     kind, ref = resolve_target(store, target, runs_dir)
 
     def jobs():
@@ -213,9 +213,9 @@ def _follow_logs(store, kind: str, ref, jobs) -> None:
 def llm_log(run_name, group, verdict, last, call_id, export_to, as_json, runs_dir):
     """List the proxy's LLM calls of a run (round, model, tokens, latency, verdict), or show one whole."""
     from core.runs import runs_root
-    from core.store import open_store as open_plain_store
+    from core.store import open_store
 
-    store = open_plain_store(runs_root(runs_dir))
+    store = open_store(runs_root(runs_dir))
     if export_to:
         _export(store, run_name, Path(export_to))
         return
@@ -327,10 +327,10 @@ def llm_import(file, runs_dir):
     the cache answers only with what this store's LLM answered."""
     from core.method.decisions import read_export
     from core.runs import runs_root
-    from core.store import open_store as open_plain_store
+    from core.store import open_store
 
     records = read_export(file)
-    counts = open_plain_store(runs_root(runs_dir)).import_decisions(records)
+    counts = open_store(runs_root(runs_dir)).import_decisions(records)
     click.echo(
         f"imported {counts['calls']} calls and {counts['rounds']} rounds ({counts['skipped']} already here) from {file}"
     )

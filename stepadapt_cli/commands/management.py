@@ -24,8 +24,9 @@ from .. import render
 from ..common import check_name, overrides_option, preset_option, runs_dir_option, slots_options
 
 
-def open_store(runs_dir):
-    """The runs folder's store, with jobs whose process is gone marked lost."""
+def reconciled_store(runs_dir):
+    """The runs folder's store, with jobs whose process is gone marked lost (``core.store.open_store`` opens it
+    as it is)."""
     from core.manager.jobs import open_reconciled
     from core.runs import runs_root
 
@@ -305,7 +306,7 @@ def run_cmd(
             raise UserError(f"Inception weights not found: {inception}")
         extra.insert(0, f"eval.inception={Path(inception).expanduser().resolve()}")
     parse_gpus(gpus)
-    store = open_store(runs_dir)
+    store = reconciled_store(runs_dir)
     say = lambda line: click.echo(line, err=True)
     if base is not None and not is_import_source(base):  # a fork: the parent's config, its stage 1
         if config_file or preset:
@@ -370,7 +371,7 @@ def resume(run_name, detach, parallel, gpus, grace, runs_dir):
     longer Slurm --time)."""
     from core.runs import open_run, register_run
 
-    store = open_store(runs_dir)
+    store = reconciled_store(runs_dir)
     store.require_writable()
     run = open_run(run_name, runs_dir)
     _, row = register_run(run)
@@ -414,7 +415,7 @@ def kill(target, grace, runs_dir):
     from core.manager.jobs import stop_job
     from core.manager.pipeline import stop_run
 
-    store = open_store(runs_dir)
+    store = reconciled_store(runs_dir)
     kind, ref = resolve_target(store, target, runs_dir)
 
     def say(line):

@@ -10,7 +10,7 @@ from core.errors import Interrupted
 
 from .. import render
 from ..common import emit_json, json_option, overrides_option, preset_option, runs_dir_option, slots_options
-from .management import open_store, parse_gpus
+from .management import parse_gpus, reconciled_store
 
 
 class StudyGroup(click.Group):
@@ -82,7 +82,7 @@ def run_cmd(name, preset, base, study_id, parallel, gpus, grace, runs_dir, overr
     from core.manager.studies import create_study, load_definition
 
     defn = load_definition(name)
-    store = open_store(runs_dir)
+    store = reconciled_store(runs_dir)
     rec = create_study(defn, study_id, preset, base, list(overrides), runs_dir)
     click.echo(
         f"study {rec['id']}: {defn['title']}; base {rec['base']}, arms {', '.join(rec['arms'].values())}", err=True
@@ -99,7 +99,7 @@ def resume(study_id, parallel, gpus, grace, runs_dir):
     from core.manager.studies import load_record
 
     rec = load_record(runs_dir, study_id)
-    _execute(rec, open_store(runs_dir), runs_dir, parallel, gpus, grace)
+    _execute(rec, reconciled_store(runs_dir), runs_dir, parallel, gpus, grace)
 
 
 @study.command(short_help="A study's runs, their status, and its table.")
@@ -111,7 +111,7 @@ def show(study_id, as_json, runs_dir):
     from core.manager.studies import load_record, results
 
     rec = load_record(runs_dir, study_id)
-    store = open_store(runs_dir)
+    store = reconciled_store(runs_dir)
     res = results(rec, runs_dir)
     res["runs"] = {
         n: (store.get_run(n) or {}).get("status", "not created") for n in [rec["base"], *rec["arms"].values()]
