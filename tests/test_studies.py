@@ -541,3 +541,48 @@ def test_an_arm_with_seeds_is_one_run_per_seed_and_its_row_aggregates_them_as_wo
     assert over_seeds([5.0, 5.0])["ci"] == [5.0, 5.0]
     spec.write_text(spec.read_text().replace("[0, 1, 2]", "[1]"))
     assert_clean_error(run_cli("study", str(spec), "--name", "x", "--runs-dir", runs_dir))
+
+
+def test_milestone_arms_start_while_the_base_trains_on(tmp_path, runs_dir):
+    """With two slots, the study's stage 1 trains as a background job on one while the arm that forks its
+    milestone (kept at step 5) runs on the other: that arm's pipeline starts before stage 1 has ended; the arm
+    on the final base waits for it. Both end succeeded, and the base run is partial (only stage 1 is its job)."""
+    spec = tmp_path / "m.yaml"
+    spec.write_text(MILESTONES.replace("train.steps: 10", "train.steps: 400"))
+    p = run_cli(
+        "study",
+        str(spec),
+        "--name",
+        "e",
+        "--parallel",
+        "2",
+        *MICRO,
+        *[
+            x
+            for kv in (
+                "finetune.steps=2",
+                "finetune.batch_size=8",
+                "control.enabled=false",
+                "sample.n=4",
+                "sample.steps=3",
+                "eval.loss_images=16",
+                "eval.fid=false",
+                "eval.steps=3",
+                "schedule.groups=2",
+            )
+            for x in ("-S", kv)
+        ],
+        "--runs-dir",
+        runs_dir,
+        check=0,
+    )
+    assert "arms start as their milestones are kept" in p.stderr, p.stderr
+    from core.store import Store
+
+    store = Store(runs_dir / "stepadapt.db")
+    stage1 = next(j for j in store.jobs("e-base") if j["stage"] == "base")
+    early = next(j for j in store.jobs("e-early") if j["stage"] == "pipeline")
+    late = next(j for j in store.jobs("e-late") if j["stage"] == "pipeline")
+    assert early["started"] < stage1["ended"] <= late["started"], (early["started"], stage1["ended"], late["started"])
+    assert _status(runs_dir, "e-early") == "succeeded" and _status(runs_dir, "e-late") == "succeeded"
+    assert _status(runs_dir, "e-base") == "partial"

@@ -357,16 +357,21 @@ def ensure_idle(store: Store, run: Run) -> None:
 
 
 def start_detached(
-    run: Run, store: Store, slots: list[str], grace: float = 10.0, cores: Optional[int] = None
+    run: Run,
+    store: Store,
+    slots: list[str],
+    grace: float = 10.0,
+    cores: Optional[int] = None,
+    stages: Optional[tuple] = None,
 ) -> tuple[int, int]:
     """Run the pipeline in the background as a tracked ``pipeline`` job; returns (job id, pid). Two at once
     cannot both start: the check that the run is idle and the launch happen under the run's writer lock.
-    ``cores``: the CPU cores its jobs may use together (None: the machine's)."""
+    ``cores``: the CPU cores its jobs may use together (None: the machine's); ``stages``: only these (a
+    study's shared stage 1), else all."""
+    args = {"slots": slots, "grace": grace, "cores": cores, **({"stages": list(stages)} if stages else {})}
     with run_lock(run, "starting its pipeline", wait=5.0):
         ensure_idle(store, run)
-        job_id, proc = launch(
-            store, run, "pipeline", None, {"slots": slots, "grace": grace, "cores": cores}, device=None
-        )
+        job_id, proc = launch(store, run, "pipeline", None, args, device=None)
     store.update_run(run.name, status="running")
     return job_id, proc.pid
 

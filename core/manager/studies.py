@@ -264,12 +264,10 @@ def _status(store, name: str) -> Optional[str]:
     return row["status"] if row else None
 
 
-def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str], None]) -> Run:
-    """The study's base run with a finished stage 1 (created and trained here unless it was given)."""
+def _base_run(rec: dict, runs_dir) -> Run:
+    """The study's base run, created here unless it was given."""
     from core import config as C
-    from core.manager import stages
-    from core.manager.pipeline import Pipeline
-    from core.runs import create_run, run_lock
+    from core.runs import create_run
 
     path = runs_root(runs_dir) / rec["base"]
     if not is_run_folder(path):
@@ -280,71 +278,109 @@ def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str
             rec["base"],
             runs_dir,
         )
-    run = open_run(rec["base"], runs_dir)
-    if rec.get("base_at") is None and stages.pending(run, "base"):  # a milestone of a base: kept already
+    return open_run(rec["base"], runs_dir)
+
+
+def base_pending(rec: dict, run: Run) -> bool:
+    """Whether the study's shared stage 1 still has to train (never for a milestone given as its base)."""
+    from core.manager import stages
+
+    return rec.get("base_at") is None and bool(stages.pending(run, "base"))
+
+
+def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str], None]) -> Run:
+    """The study's base run with a finished stage 1 (created and trained here, in this process, unless it was
+    given)."""
+    from core.manager.pipeline import Pipeline
+    from core.runs import run_lock
+
+    run = _base_run(rec, runs_dir)
+    if base_pending(rec, run):
         say(f"study {rec['id']}: training the shared stage 1 ({run.name}) once")
         with run_lock(run, "the study's stage 1", wait=10.0):
             Pipeline(run, store, slots[:1], say=say, stages=("base",)).execute()
     return run
 
 
-def ensure_arms(rec: dict, runs_dir, say: Callable[[str], None]) -> list[Run]:
-    """Every arm's run, forked from the base where it does not exist yet."""
+def arm_run(rec: dict, arm: dict, runs_dir, say: Callable[[str], None]) -> Run:
+    """An arm's run, forked from the base (or its milestone) where it does not exist yet."""
     from core.manager.bases import fork_run
 
-    defn, out = rec["definition"], []
-    for arm in defn["arms"]:
-        name = rec["arms"][arm["name"]]
-        if is_run_folder(runs_root(runs_dir) / name):
-            out.append(open_run(name, runs_dir))
-        else:
-            out.append(
-                fork_run(
-                    arm_base(rec, arm),
-                    name,
-                    [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])],
-                    runs_dir,
-                    log=say,
-                )
-            )
-    return out
+    name = rec["arms"][arm["name"]]
+    if is_run_folder(runs_root(runs_dir) / name):
+        return open_run(name, runs_dir)
+    defn = rec["definition"]
+    return fork_run(arm_base(rec, arm), name, [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])], runs_dir, say)
+
+
+def _forkable(rec: dict, arm: dict, base: Run, base_busy: bool) -> bool:
+    """Whether an arm's starting point exists: its milestone kept (the base may still be training on), or the
+    base's finished stage 1."""
+    at = arm.get("at") if arm.get("at") is not None else rec.get("base_at")
+    if at is not None:
+        from core.training.spec import milestone_paths
+
+        model, state = milestone_paths(base.milestones(), at)
+        return model.is_file() and state.is_file()
+    return not base_busy and not base_pending(rec, base)
 
 
 def run_study(
     rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0, say: Callable[[str], None] = print
 ) -> dict[str, str]:
     """Train the base once, then every unfinished arm's pipeline, one per device slot at a time; returns each
-    arm run's final status. A failed arm does not stop the others."""
+    arm run's final status. A failed arm does not stop the others. With more than one slot and arms that fork
+    milestones (``at``), the base trains on as a background job on one slot while the arms whose milestone it
+    has kept run on the others."""
     from core.manager.jobs import job_alive, reconcile
     from core.manager.pipeline import start_detached
 
-    ensure_base(rec, store, slots, runs_dir, say)
-    runs = ensure_arms(rec, runs_dir, say)
-    after = {rec["arms"][a["name"]]: rec["arms"][a["after"]] for a in rec["definition"]["arms"] if a.get("after")}
-    todo = [r for r in runs if _status(store, r.name) != "succeeded"]
-    free, active = list(slots), {}
+    defn = rec["definition"]
+    base = _base_run(rec, runs_dir)
+    free, active = list(slots), {}  # active: job id -> (run, its slots, the arm or None for the base)
+    early = len(slots) > 1 and any(a.get("at") is not None for a in defn["arms"])
+    if base_pending(rec, base) and early:
+        mine, free = free[:1], free[1:]
+        job_id, pid = start_detached(base, store, mine, grace, cores=_cores(mine, slots), stages=("base",))
+        active[job_id] = (base, mine, None)
+        say(
+            f"study {rec['id']}: training the shared stage 1 ({base.name}) on {mine[0]} (job {job_id}, pid {pid}); "
+            "arms start as their milestones are kept"
+        )
+    else:
+        ensure_base(rec, store, slots, runs_dir, say)
+    names = {a["name"]: rec["arms"][a["name"]] for a in defn["arms"]}
+    after = {names[a["name"]]: names[a["after"]] for a in defn["arms"] if a.get("after")}
+    todo = [a for a in defn["arms"] if _status(store, names[a["name"]]) != "succeeded"]
 
-    def ready(run):  # an arm that needs another arm's result starts when that one has succeeded
-        return run.name not in after or _status(store, after[run.name]) == "succeeded"
+    def base_busy() -> bool:
+        return any(arm is None for _, _, arm in active.values())
+
+    def ready(arm):  # its starting point exists, and an arm that needs another's result waits for its success
+        name = names[arm["name"]]
+        return _forkable(rec, arm, base, base_busy()) and (
+            name not in after or _status(store, after[name]) == "succeeded"
+        )
 
     while todo or active:
-        waiting = {after[r.name] for r in todo if not ready(r)}
-        if not active and todo and not any(ready(r) for r in todo):
+        if not active and todo and not any(ready(a) for a in todo):
+            waiting = sorted({after[names[a["name"]]] for a in todo if names[a["name"]] in after})
             say(
-                f"study {rec['id']}: {', '.join(r.name for r in todo)} wait(s) for {', '.join(sorted(waiting))}, "
-                "which did not succeed"
+                f"study {rec['id']}: {', '.join(names[a['name']] for a in todo)} cannot start"
+                + (f" (waiting for {', '.join(waiting)}, which did not succeed)" if waiting else "")
             )
             break
-        while free and any(ready(r) for r in todo):
-            run = next(r for r in todo if ready(r))
-            todo.remove(run)
-            share = max(1, len(free) // sum(1 for r in [run, *todo] if ready(r)))  # fewer arms than slots: more each
+        while free and any(ready(a) for a in todo):
+            arm = next(a for a in todo if ready(a))
+            todo.remove(arm)
+            run = arm_run(rec, arm, runs_dir, say)
+            share = max(1, len(free) // sum(1 for a in [arm, *todo] if ready(a)))  # fewer arms than slots: more each
             mine, free = free[:share], free[share:]
             job_id, pid = start_detached(run, store, mine, grace, cores=_cores(mine, slots))
-            active[job_id] = (run, mine)
+            active[job_id] = (run, mine, arm)
             say(f"study {rec['id']}: {run.name} started on {', '.join(mine)} (job {job_id}, pid {pid})")
         time.sleep(0.5)
-        for job_id, (run, mine) in list(active.items()):
+        for job_id, (run, mine, arm) in list(active.items()):
             job = store.job(job_id)
             if job["status"] in ("queued", "running") and not job_alive(job):
                 reconcile(store)
@@ -353,8 +389,13 @@ def run_study(
                 continue
             del active[job_id]
             free.extend(mine)
-            say(f"study {rec['id']}: {run.name} {job['status']}")
-    return {r.name: _status(store, r.name) for r in runs}
+            say(f"study {rec['id']}: {run.name} {job['status']}" + (" (the shared stage 1)" if arm is None else ""))
+            if arm is None and job["status"] != "succeeded":
+                raise StageFailed(
+                    f"study {rec['id']}: the shared stage 1 ({run.name}) {job['status']}; continue with "
+                    f"stepadapt study resume {rec['id']}"
+                )
+    return {names[a["name"]]: _status(store, names[a["name"]]) for a in defn["arms"]}
 
 
 def _cores(mine: list[str], slots: list[str]) -> Optional[int]:
@@ -368,7 +409,7 @@ def _cores(mine: list[str], slots: list[str]) -> Optional[int]:
 def stop_study(rec: dict, store, grace: float, log=print) -> None:
     from core.manager.pipeline import stop_run
 
-    for name in rec["arms"].values():
+    for name in [rec["base"], *rec["arms"].values()]:  # the base: its stage 1 may be training beside the arms
         if _status(store, name) == "running":
             stop_run(store, name, grace, log=log)
 

@@ -126,8 +126,9 @@ def _work(store, job, a, hb) -> None:
         from core.runs import run_lock
 
         with run_lock(run, f"its pipeline, job {job['id']}", wait=10.0):  # one writer per run
+            only = {"stages": tuple(args["stages"])} if args.get("stages") else {}
             Pipeline(
-                run, store, args["slots"], grace=args.get("grace", 10.0), say=say, cores=args.get("cores")
+                run, store, args["slots"], grace=args.get("grace", 10.0), say=say, cores=args.get("cores"), **only
             ).execute()
         return
     from core.training.devices import init_distributed

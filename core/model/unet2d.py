@@ -103,8 +103,10 @@ def model_dir(folder) -> Optional[Path]:
 def is_folder(path) -> bool:
     """Whether ``path`` is a diffusers ``save_pretrained`` folder (of a model, or of a pipeline with ``unet/``);
     a run's folder, which has a config.json too, is not (it has meta.json)."""
+    from core.runs import META_FILE
+
     p = Path(path).expanduser()
-    return p.is_dir() and model_dir(p) is not None and not (p / "meta.json").is_file()
+    return p.is_dir() and model_dir(p) is not None and not (p / META_FILE).is_file()
 
 
 def scheduler_file(folder) -> Optional[Path]:

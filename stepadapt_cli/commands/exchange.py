@@ -10,7 +10,6 @@ import click
 from core.errors import UserError
 
 from ..common import check_name, overrides_option, runs_dir_option
-from .management import _settings
 
 
 @click.command("import", short_help="Make an improved-diffusion checkpoint or a diffusers UNet a new run's stage 1.")
@@ -68,7 +67,7 @@ def import_cmd(run_name, file, folder, preset, config_file, data_spec, runs_dir,
             raise UserError(
                 f"{folder} is not a diffusers save_pretrained folder (no config.json, nor unet/config.json)"
             )
-    extra = _settings(None, None, None, data_spec, None, overrides)
+    extra = ([f"data.spec={data_spec}"] if data_spec is not None else []) + list(overrides)  # --data, then -S
     cfg = import_config(C.resolve(preset, config_file, extra), overrides)
     run = import_base(file or folder, cfg, run_name, runs_dir, log=lambda line: click.echo(line, err=True))
     q = shlex.quote(run.name)
