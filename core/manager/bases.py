@@ -351,7 +351,7 @@ def _record(run: Run, base: dict) -> None:
 
     meta = dict(run.meta)
     meta["base"] = {**base, "bytes": run.model("base").stat().st_size}
-    atomic_write_json(meta, run.path / "meta.json")
+    atomic_write_json(meta, run.meta_file)
     store = open_store(run.path.parent)
     for path, kind in ((run.model("base"), "model"), (run.ckpt("base"), "checkpoint")):
         store.add_artifact(

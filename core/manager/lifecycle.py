@@ -1,6 +1,6 @@
 """How a run's status moves, in one place: ``running`` when work starts, then ``succeeded`` (every stage done),
 ``partial`` (some stages done and the rest still to run: a study's shared stage 1, or one stage run on its own),
-``killed`` or ``failed``; and the one way a run is resumed, from the CLI and the TUI alike."""
+``killed`` or ``failed`` (``pipeline.resume_run`` is the one way a run is resumed, from the CLI and the TUI)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import contextlib
 import sys
 from typing import Callable, Optional
 
-from core.errors import UserError
-from core.names import GRACE_S
 from core.runs import Run
 from core.store import Store, utc_now
 
@@ -38,27 +36,6 @@ def mark_settled(store: Store, run: Run, outcome: Optional[str] = None) -> str:
     status = outcome or settled_status(run)
     store.update_run(run.name, status=status, ended=utc_now())
     return status
-
-
-def last_slots(store: Store, run: Run) -> Optional[list[str]]:
-    """The device slots the run's last pipeline ran on (None when it never ran as a pipeline)."""
-    for job in reversed(store.jobs(run.name)):
-        slots = (job.get("args") or {}).get("slots") if job["stage"] == "pipeline" else None
-        if slots:
-            return list(slots)
-    return None
-
-
-def resume_run(store: Store, run: Run, slots: Optional[list[str]] = None, grace: float = GRACE_S) -> tuple[int, int]:
-    """Start the rest of a stopped, failed, lost or partial run as a detached pipeline job; returns (job id,
-    pid). ``slots`` None: the slots of its last pipeline (one CPU slot if it never had one)."""
-    from core.manager.pipeline import device_slots, start_detached
-    from core.runs import register_run
-
-    _, row = register_run(run)
-    if row["status"] == "succeeded":
-        raise UserError(f"run {run.name} has finished (succeeded); nothing to resume")
-    return start_detached(run, store, slots or last_slots(store, run) or device_slots(1), grace)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from core.manager import stages
 from core.manager.jobs import launch, settle, stop_job
 from core.manager.journal import ingest_active
 from core.manager.lifecycle import mark_running, mark_settled
-from core.names import CHECKPOINTING_STAGES, DDP_STAGES, GROUP_STAGES, STAGES
+from core.names import CHECKPOINTING_STAGES, DDP_STAGES, GRACE_S, GROUP_STAGES, STAGES
 from core.runs import Run, run_lock
 from core.store import Store, utc_now
 
@@ -374,6 +374,26 @@ def start_detached(
         job_id, proc = launch(store, run, "pipeline", None, args, device=None)
     store.update_run(run.name, status="running")
     return job_id, proc.pid
+
+
+def last_slots(store: Store, run: Run) -> Optional[list[str]]:
+    """The device slots the run's last pipeline ran on (None when it never ran as a pipeline)."""
+    for job in reversed(store.jobs(run.name)):
+        slots = (job.get("args") or {}).get("slots") if job["stage"] == "pipeline" else None
+        if slots:
+            return list(slots)
+    return None
+
+
+def resume_run(store: Store, run: Run, slots: Optional[list[str]] = None, grace: float = GRACE_S) -> tuple[int, int]:
+    """Start the rest of a stopped, failed, lost or partial run as a detached pipeline job; returns (job id,
+    pid). ``slots`` None: the slots of its last pipeline (one CPU slot if it never had one)."""
+    from core.runs import register_run
+
+    _, row = register_run(run)
+    if row["status"] == "succeeded":
+        raise UserError(f"run {run.name} has finished (succeeded); nothing to resume")
+    return start_detached(run, store, slots or last_slots(store, run) or device_slots(1), grace)
 
 
 def stop_run(store: Store, name: str, grace: float = 10.0, log=lambda s: None) -> list[tuple[dict, str]]:

@@ -116,10 +116,9 @@ def parse_gpus(gpus):
 
 
 def execute(run, store, detach: bool, parallel: Optional[int], gpus, grace: float, resuming: bool = False) -> None:
-    """Start the run's pipeline job (``resuming``: through ``lifecycle.resume_run``, which keeps the slots it last
+    """Start the run's pipeline job (``resuming``: through ``pipeline.resume_run``, which keeps the slots it last
     ran on unless ``parallel`` or ``gpus`` say otherwise); unless ``detach``, follow it to its end."""
-    from core.manager.lifecycle import resume_run
-    from core.manager.pipeline import device_slots, start_detached
+    from core.manager.pipeline import device_slots, resume_run, start_detached
     from core.runs import runs_root
 
     _check_launcher(run.config)

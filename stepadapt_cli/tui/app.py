@@ -124,7 +124,7 @@ class StepadaptApp(App):
 
     @work(thread=True, group="actions")
     def resume_run(self, name: str) -> None:
-        from core.manager.lifecycle import resume_run
+        from core.manager.pipeline import resume_run
 
         def resume(store: Store) -> str:
             job_id, pid = resume_run(store, run_of(store, self.runs_dir, name))
