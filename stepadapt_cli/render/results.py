@@ -1,5 +1,4 @@
-"""Every table the CLI prints, in one place (rich). Commands gather data and call these; ``--json`` prints
-the same data instead."""
+"""The results' tables: comparisons, held-out losses, the swap test, `eval`, scored folders, studies."""
 
 from __future__ import annotations
 
@@ -10,279 +9,8 @@ from rich.markup import escape
 
 from core.evaluation.text import change, fmt, with_ci
 
-from .common import console
-
-
-def _table(title: str, columns, justify: str = "left"):
-    """A table whose title is plain text (run names may hold brackets: never markup)."""
-    from rich.table import Table
-
-    tab = Table(title=escape(title))
-    for col in columns:
-        tab.add_column(col, justify=justify)
-    return tab
-
-
-def print_preset(cfg: dict, res: dict) -> None:
-    m = cfg["model"]
-    click.echo(
-        f"preset      {res['preset']} ({m['image_size']}x{m['image_size']}x{m['in_channels']}, "
-        f"T={res['timesteps']} {cfg['diffusion']['noise_schedule']})"
-    )
-    click.echo(f"params      {res['params'] / 1e6:.2f} M")
-    click.echo(f"MACs        {res['macs'] / 1e9:.3f} G  (convs and linears: the paper's FLOPs)")
-    click.echo(f"attention   {res['attn_macs'] / 1e9:.3f} G  (q k^T and w v matmuls, not in the figure above)")
-
-
-def print_schedule(data: dict) -> None:
-    full = data["full_macs"]
-    tab = _table(
-        f"{data['kind']} schedule: k={data['k']}, N={data['n_groups']}, T={data['num_timesteps']}, "
-        f"F={full / 1e9:.3f} GMACs",
-        ("group", "t_start", "t_end", "size", "budget", "budget GMACs", "SNR dB (min..max)"),
-        "right",
-    )
-    for g in data["groups"]:
-        if g["size"] == 0:
-            tab.add_row(str(g["index"]), "-", "-", "0", f"{g['budget_ratio']:.3f}", "-", "empty: skipped")
-            continue
-        tab.add_row(
-            str(g["index"]),
-            str(g["t_start"]),
-            str(g["t_end"]),
-            str(g["size"]),
-            f"{g['budget_ratio']:.3f}",
-            f"{g['budget_macs'] / 1e9:.3f}",
-            f"{g['snr_min']:.1f} .. {g['snr_max']:.1f}",
-        )
-    con = console()
-    con.print(tab)
-    con.print(
-        f"average budget over all T: {data['avg_budget_ratio']:.4f} F = {data['avg_budget_macs'] / 1e9:.3f} GMACs"
-    )
-
-
-def print_prune_records(run_name: str, recs: list[dict]) -> None:
-    tab = _table(
-        f"{run_name}: pruned group models",
-        ("group", "t", "budget G", "MACs G", "MACs/F", "gap", "params M", "loss before", "loss after"),
-        "right",
-    )
-    for r in recs:
-        rep = r["report"]
-        tab.add_row(
-            str(r["group"]),
-            f"{r['t_start']}-{r['t_end']}",
-            f"{r['budget_macs'] / 1e9:.4f}",
-            f"{rep['macs'] / 1e9:.4f}",
-            f"{rep['macs_ratio']:.3f}",
-            f"{100 * rep['budget_gap']:.2f}%",
-            f"{rep['params'] / 1e6:.3f}",
-            fmt(rep.get("loss_before")),
-            fmt(rep.get("loss_after")),
-        )
-    console().print(tab)
-
-
-def print_macs(run_name: str, out: dict, steps: int) -> None:
-    tab = _table(
-        f"{run_name}: per-sample cost, averaged over timesteps",
-        ("model", "params (avg, M)", "MACs avg over T (G)", f"MACs avg over {steps} steps (G)", "+ attention (G)"),
-        "right",
-    )
-    b = out["base"]
-    tab.add_row(
-        "base",
-        f"{b['params'] / 1e6:.2f}",
-        f"{b['macs'] / 1e9:.3f}",
-        f"{b['macs'] / 1e9:.3f}",
-        f"{b['attn_macs'] / 1e9:.3f}",
-    )
-    if "progressive" in out:
-        p = out["progressive"]
-        tab.add_row(
-            "progressive",
-            f"{p['avg_all']['params'] / 1e6:.2f}",
-            f"{p['avg_all']['macs'] / 1e9:.3f}",
-            f"{p['avg_sampled']['macs'] / 1e9:.3f}",
-            f"{p['avg_all']['attn_macs'] / 1e9:.3f}",
-        )
-    console().print(tab)
-
-
-def print_llm_call(c: dict) -> None:
-    click.echo(
-        f"call {c['id']}  run {c['run']}  group {c['group_index']}  round {c['round'] + 1}  "
-        f"attempt {c['attempt']}  source {c['source']}  model {c['model_asked']} -> {c['model_resolved']}"
-    )
-    click.echo(
-        f"request key {c['request_key']}  latency {c['latency_s'] or 0:.2f}s  tokens "
-        f"{fmt(c['prompt_tokens'], '{}')}/{fmt(c['completion_tokens'], '{}')}  cost {fmt(c['cost'], '{}')}  "
-        f"fingerprint {c.get('system_fingerprint') or '-'}  at {c.get('created') or '-'}"
-    )
-    for m in c["messages"]:
-        click.echo(f"\n--- {m['role']} ---\n{m['content']}")
-    click.echo(f"\n--- answer ---\n{c['response_text']}")
-    click.echo(f"\n--- verdict ---\n{c['error'] or c['validation_error'] or 'accepted'}")
-
-
-def print_llm_calls(run_name: str, rows: list[dict]) -> None:
-    tab = _table(
-        f"{run_name}: LLM calls",
-        ("id", "time", "group", "round", "try", "source", "model", "tokens", "latency", "GMACs", "loss", "verdict"),
-    )
-    for r in rows:
-        tok = f"{fmt(r['prompt_tokens'], '{}')}/{fmt(r['completion_tokens'], '{}')}"
-        verdict = r["verdict"] + (f": {r['reason'][:40]}" if r["reason"] else "")
-        tab.add_row(
-            str(r["id"]),
-            (r["created"] or "-")[11:19],
-            str(r["group"]),
-            str(r["round"]),
-            str(r["attempt"]),
-            r["source"],
-            escape(r["model"]),
-            tok,
-            fmt(r["latency_s"], "{:.2f}s"),
-            fmt(r["macs"], "{:.4f}", 1e9),
-            fmt(r["loss"], "{:.5f}"),
-            escape(verdict),
-        )
-    console().print(tab)
-
-
-def print_runs(root, rows: list[dict]) -> None:
-    """The important columns first: name, status, stages, the progressive model's FID with its interval, its
-    verdict against the equal-compute control, MACs ratio."""
-    short = {"better": "better", "worse": "worse", "no significant difference": "same"}
-    tab = _table(
-        f"runs in {root}",
-        ("name", "status", "stages", "FID prog [95%]", "vs control", "MACs prog/base", "method", "preset", "created"),
-    )
-    for r in rows:
-        ratio = r["progressive_macs"] / r["base_macs"] if r.get("progressive_macs") and r.get("base_macs") else None
-        name = (
-            escape(r["name"])
-            + (f"\n[dim]{escape(r['base'])}[/]" if r.get("base", "trained") != "trained" else "")
-            + (f"\n[dim]{escape(r['slurm'])}[/]" if r.get("slurm") else "")
-        )
-        tab.add_row(
-            name,
-            r["status"],
-            f"{r.get('stages_done', 0)}/{r.get('stages_total', 0)}",
-            with_ci(r.get("progressive_fid"), r.get("progressive_fid_ci"), "{:.2f}"),
-            short.get(r.get("progressive_vs_control"), "-"),
-            fmt(ratio, "{:.3f}"),
-            r.get("method") or "-",
-            escape(r.get("preset") or "-"),
-            (r.get("created") or "-")[:16].replace("T", " "),
-        )
-    console().print(tab)
-
-
-def print_show(run, data: dict) -> None:
-    con = console()
-    s, meta = data["run"], data["meta"]
-    con.print(
-        f"[bold]{escape(run.name)}[/]  {s['status']}  preset {escape(str(s.get('preset')))}  method "
-        f"{s.get('method')}  config {meta.get('config_hash')}  seed {meta.get('seed')}  git "
-        f"{str(meta.get('git_sha'))[:10]}{' (dirty)' if meta.get('git_dirty') else ''}"
-    )
-    con.print(f"folder {run.path}", markup=False, highlight=False)
-    base = meta.get("base") or {}
-    if base.get("origin") == "import":
-        con.print(
-            f"stage 1: imported from {base.get('file')} ({base.get('format')}, file sha256 "
-            f"{str(base.get('file_sha256'))[:12]}; base sha256 {str(base.get('sha256'))[:12]})",
-            markup=False,
-            highlight=False,
-        )
-    elif base.get("origin") == "fork":
-        at = f"@{base['step']}" if base.get("step") is not None else ""
-        con.print(
-            f"stage 1: shared with {base.get('run')}{at} (a fork; base sha256 {str(base.get('sha256'))[:12]})",
-            markup=False,
-            highlight=False,
-        )
-    elif base.get("sha256"):
-        con.print(f"stage 1: trained here (base sha256 {str(base['sha256'])[:12]})", markup=False, highlight=False)
-    if data.get("base_changed"):
-        con.print(
-            f"[bold red]stage 1: CHANGED[/] {escape(data['base_changed'])}; forks of this run are refused",
-            highlight=False,
-        )
-    con.print(
-        "stages: " + "  ".join(f"{k} [{'green' if v == 'done' else 'yellow'}]{v}[/]" for k, v in data["stages"].items())
-    )
-    if data["groups"]:
-        tab = _table(
-            "groups",
-            ("group", "t", "size", "budget/F", "budget G", "MACs G", "params M", "pruned by", "fine-tuned", "ft loss"),
-            "right",
-        )
-        for g in data["groups"]:
-            tab.add_row(
-                str(g["index"]),
-                f"{g['t_start']}-{g['t_end']}" if g["size"] else "-",
-                str(g["size"]),
-                f"{g['budget_ratio']:.3f}",
-                f"{g['budget_macs'] / 1e9:.4f}",
-                fmt(g["macs"], scale=1e9),
-                fmt(g["params"], "{:.3f}", 1e6),
-                g["prune_method"] or "-",
-                "yes" if g["finetuned"] else ("-" if not g["size"] else "no"),
-                fmt(g["finetune_loss"]),
-            )
-        con.print(tab)
-    if data["jobs"]:
-        slurm = any(j.get("slurm_job") for j in data["jobs"])
-        tab = _table(
-            "jobs",
-            (
-                "id",
-                "stage",
-                "group",
-                "status",
-                *(("Slurm job",) if slurm else ()),
-                "exit",
-                "progress",
-                "started",
-                "note",
-            ),
-        )
-        for j in data["jobs"]:
-            tab.add_row(
-                str(j["id"]),
-                j["stage"],
-                "" if j["group_index"] is None else str(j["group_index"]),
-                j["status"],
-                *(
-                    (
-                        f"{j['slurm_job']} {(j.get('slurm_state') or '').lower()}"
-                        + (f" (limit {j['slurm_time']})" if j.get("slurm_time") else "")
-                        if j.get("slurm_job")
-                        else "",
-                    )
-                    if slurm
-                    else ()
-                ),
-                "" if j["exit_code"] is None else str(j["exit_code"]),
-                f"{j['progress']}/{j['total']}" if j["total"] else "",
-                (j["started"] or "")[:19],
-                escape((j["message"] or "")[:50]),
-            )
-        con.print(tab)
-    if data["artifacts"]:
-        tab = _table("artifacts", ("path", "kind", "MB", "sha256", "job"))
-        for a in data["artifacts"]:
-            tab.add_row(escape(a["path"]), a["kind"], f"{a['bytes'] / 1e6:.2f}", a["sha256"][:12], str(a["job"]))
-        con.print(tab)
-
-
-def verdict_line(c: dict) -> str:
-    from core.evaluation.text import verdict_text
-
-    return verdict_text(c)
+from ..common import console
+from .common import titled_table, verdict_line
 
 
 def print_comparison(data: dict) -> None:
@@ -291,7 +19,7 @@ def print_comparison(data: dict) -> None:
         return
     fid_kind = next((r["fid_kind"] for r in data["rows"] if r.get("fid_kind")), None)
     n = next((r["fid_n"] for r in data["rows"] if r.get("fid_n")), None)
-    tab = _table(
+    tab = titled_table(
         "Table 1 style: cost per sample averaged over timesteps; quality with 95% intervals"
         + (f"; FID is {fid_kind}, n = {n}" if fid_kind else ""),
         (
@@ -368,7 +96,7 @@ def print_loss_table(run: str, rows: list[dict]) -> None:
     against = [m for m in ("base", "control", "uniform", "dense-small") if any(r.get(f"vs_{m}") for r in rows)] or [
         "base"
     ]
-    tab = _table(
+    tab = titled_table(
         f"{run}: held-out loss (eps-MSE) per timestep group",
         ("group", *models, *(f"progressive vs {m}" for m in against)),
         "right",
@@ -383,7 +111,7 @@ def print_swap(run: str, swap: dict) -> None:
     base with its paired interval."""
     from core.evaluation.swap import swap_summary
 
-    tab = _table(
+    tab = titled_table(
         f"{run}: swap test, the base with one group's own model ({swap['fid_kind']}, n = {swap['n']})",
         ("group", "t", "budget", "MACs vs base", "FID", "FID - base [95%]", "verdict"),
         "right",
@@ -406,7 +134,7 @@ def print_swap(run: str, swap: dict) -> None:
 def print_eval(result: dict, ev: dict) -> None:
     from core.evaluation.evaluate import loss_table
 
-    tab = _table(
+    tab = titled_table(
         f"{result['run']}: {result['kind']}, {result['n']} samples, {result['steps']} steps, 95% intervals",
         (
             "model",
@@ -456,7 +184,7 @@ def print_fid_curve(rows: list[dict]) -> None:
     if not rows:
         return
     best = min(rows, key=lambda r: r["fid"])["step"]
-    tab = _table(
+    tab = titled_table(
         f"progressive model during fine-tuning ({rows[0]['n']} samples per step, same noise), 95% intervals",
         ("fine-tune step", "FID", "KID x1e3", ""),
         "right",
@@ -472,7 +200,7 @@ def print_fid_curve(rows: list[dict]) -> None:
 
 
 def print_image_scores(out: dict) -> None:
-    tab = _table(
+    tab = titled_table(
         f"{out['kind']} against {out['dataset']} ({out['ref_n']} reference images), 95% intervals",
         ("folder", "images", "FID", "KID x1e3", "precision", "recall"),
         "right",
@@ -516,7 +244,7 @@ class LiveJobs:
     def __call__(self, jobs: list[dict]) -> None:
         from rich.progress_bar import ProgressBar
 
-        tab = _table(self.title, ("job", "stage", "group", "status", "progress", "", "note"))
+        tab = titled_table(self.title, ("job", "stage", "group", "status", "progress", "", "note"))
         tab.expand = False
         for j in jobs:
             if j["stage"] == "pipeline":
@@ -548,7 +276,7 @@ class LiveJobs:
 def print_study(res: dict) -> None:
     """A study's table: ours (preset, intervals) beside the paper's published values."""
     kind = next((r["fid_kind"] for r in res["rows"] if r.get("fid_kind")), "FID").split(" (")[0]
-    tab = _table(
+    tab = titled_table(
         f"study {res['id']}: {res['title']}",
         ("row", f"ours {kind} [95%]", "MACs/base", "params M", "steps", *[f"paper {c}" for c in res["paper_columns"]]),
         "right",
@@ -576,13 +304,13 @@ def print_study(res: dict) -> None:
 
 
 def print_study_list(defs: list[dict], started: list[dict]) -> None:
-    tab = _table("study definitions (stepadapt study NAME)", ("name", "arms", "title"))
+    tab = titled_table("study definitions (stepadapt study NAME)", ("name", "arms", "title"))
     for d in defs:
         tab.add_row(escape(d["name"]), str(d["arms"]), escape(d["title"]))
     con = console()
     con.print(tab)
     if started:
-        t2 = _table("started studies (stepadapt study show ID)", ("id", "study", "preset", "base", "runs"))
+        t2 = titled_table("started studies (stepadapt study show ID)", ("id", "study", "preset", "base", "runs"))
         for s in started:
             t2.add_row(escape(s["id"]), escape(s["study"]), escape(s["preset"]), escape(s["base"]), str(s["runs"]))
         con.print(t2)
