@@ -422,3 +422,26 @@ def test_key_help_is_built_from_every_screens_bindings(tmp_path):
             assert "ctrl+q quit" in text
 
     asyncio.run(go())
+
+
+def test_runs_list_shows_the_progressive_models_fid_and_verdict_not_the_best_of_all(tmp_path):
+    """A run whose control scores best (0.11) and whose progressive model is worse (0.21, WORSE than the
+    control) shows 0.210 and WORSE in the runs list, as `stepadapt runs` does, never 0.11."""
+    from core.runs import atomic_write_json
+
+    run = create_run(C.resolve("tiny", None, MICRO), "lost", tmp_path)
+    ev = {
+        "models": {"base": {"fid": 0.22}, "control": {"fid": 0.11}, "progressive": {"fid": 0.21}},
+        "comparisons": [{"model": "progressive", "against": "control", "verdict": "worse"}],
+    }
+    atomic_write_json(ev, run.eval_file())
+
+    async def go():
+        app = StepadaptApp(tmp_path)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await _until(pilot, lambda: len(_rows(app.screen)) == 1)
+            row = _rows(app.screen)[0]
+            assert "0.210" in row and "WORSE" in row, row
+            assert not any("0.11" in c for c in row), row
+
+    asyncio.run(go())

@@ -28,8 +28,11 @@ class RunsScreen(ViewScreen):
         Binding("q", "app.quit", "quit"),
         HELP,
     ]
-    COLUMNS = ("name", "status", "stages", "best FID", "method", "llm", "preset")
-    SORT_KEYS = ("created", "name", "status", "method", "best_fid")
+    # the progressive model's FID and its verdict against the equal-compute control, as `stepadapt runs` shows
+    # them (never the best of all models: that is the control's when the method loses)
+    COLUMNS = ("name", "status", "stages", "FID prog", "vs control", "method", "llm", "preset")
+    SORT_KEYS = ("created", "name", "status", "method", "progressive_fid")
+    VERDICT = {"better": "better", "worse": "WORSE", "no significant difference": "same"}
 
     def __init__(self):
         super().__init__(("runs",))
@@ -86,7 +89,8 @@ class RunsScreen(ViewScreen):
                 Text(r["name"]),
                 r["status"],
                 f"{r['stages_done']}/{r['stages_total']}",
-                fmt(r.get("best_fid"), "{:.2f}"),
+                fmt(r.get("progressive_fid"), "{:.3f}"),
+                self.VERDICT.get(r.get("progressive_vs_control"), "-"),
                 r.get("method") or "-",
                 _llm(r.get("llm")),
                 Text(r.get("preset") or "-"),
