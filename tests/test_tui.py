@@ -445,3 +445,40 @@ def test_runs_list_shows_the_progressive_models_fid_and_verdict_not_the_best_of_
             assert not any("0.11" in c for c in row), row
 
     asyncio.run(go())
+
+
+def test_run_screen_offers_kill_and_resume_only_where_they_apply_and_opens_a_stage_jobs_log(tmp_path):
+    """A killed run's footer offers resume, not kill (k does nothing); a control job gets its own row, whose log
+    `l` opens; q quits from the run screen."""
+    from stepadapt_cli.tui.dialogs import Confirm
+    from stepadapt_cli.tui.job_screen import JobScreen
+
+    run = create_run(C.resolve("tiny", None, MICRO), "stopped", tmp_path)
+    store = open_store(tmp_path)
+    log = run.job_log(1, "control", None)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("[control] step 5/10\n")
+    job = store.add_job({"run": "stopped", "stage": "control", "status": "running", "total": 10})
+    store.update_job(job, progress=5, log_path=str(log))
+    store.finish_job(job, "killed", 130)
+    store.update_run("stopped", status="killed")
+
+    async def go():
+        app = StepadaptApp(tmp_path, "stopped", poll=0.1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _until(pilot, lambda: isinstance(app.screen, RunScreen) and "control" in _screen_text(app), 60)
+            await _until(pilot, lambda: "esc back" in _screen_text(app), 30)
+            footer = next(line for line in _screen_text(app).splitlines() if "esc back" in line)
+            assert "resume" in footer and "kill" not in footer, footer
+            await pilot.press("k")
+            await pilot.pause(0.3)
+            assert not isinstance(app.screen, Confirm)
+            table = app.screen.query_one(DataTable)
+            table.move_cursor(row=[str(r[0]) for r in _rows(app.screen)].index("control"))
+            await pilot.press("l")
+            await _until(pilot, lambda: isinstance(app.screen, JobScreen))
+            await pilot.press("q")
+            await pilot.pause(0.3)
+            assert not app.is_running
+
+    asyncio.run(go())

@@ -13,13 +13,13 @@ from textual.binding import Binding
 from textual.widgets import Footer, Header, RichLog, Static
 
 from .dialogs import Confirm
-from .view import BACK, HELP, ViewScreen
+from .view import BACK, HELP, QUIT, ViewScreen
 
 FOLLOW_S = 0.5
 
 
 class JobScreen(ViewScreen):
-    BINDINGS = [BACK, Binding("k", "kill", "kill job"), HELP]
+    BINDINGS = [BACK, Binding("k", "kill", "kill job"), HELP, QUIT]
 
     def __init__(self, job_id: int):
         super().__init__(("job", job_id))

@@ -13,7 +13,7 @@ from core.evaluation.text import fmt
 from core.manager.monitor import SERIES, bar, draw_schedule, sparkline
 
 from .dialogs import Confirm
-from .view import BACK, HELP, ViewScreen
+from .view import BACK, HELP, QUIT, ViewScreen
 
 
 def eval_summary(ev, width: int = 160) -> Text:
@@ -39,6 +39,26 @@ def eval_summary(ev, width: int = 160) -> Text:
         lines.append(f"{name:<12} FID {fid}  KID {kid}  {ratio}{steps}")
     lines += [verdict_text(c, short=narrow) for c in (ev.get("comparisons") or [])]
     return Text("\n".join(lines))
+
+
+# the run states resume continues (names.RUN_STATUSES but running and succeeded)
+RESUMABLE = ("created", "partial", "failed", "killed", "lost")
+# the whole-run stages with a job of their own, shown below the groups (stage 1 is the first row already)
+WHOLE_RUN_STAGES = ("schedule", "assemble", "control", "uniform", "dense-small", "sample", "eval")
+
+
+def stage_rows(jobs: list[dict]) -> list[tuple]:
+    """One row per whole-run stage that has run (its latest job): name, status, progress; ``l`` opens its log."""
+    rows = []
+    for stage in WHOLE_RUN_STAGES:
+        mine = [j for j in jobs if j["stage"] == stage]
+        if not mine:
+            continue
+        j = mine[-1]
+        status = "done" if j["status"] == "succeeded" else j["status"]
+        steps = f"{j.get('progress') or 0}/{j['total']}" if j.get("total") else ""
+        rows.append((stage, "", "", "", status, steps, bar(j.get("progress") or 0, j.get("total") or 0, 10), *[""] * 5))
+    return rows
 
 
 def widths(total: int) -> dict:
@@ -72,6 +92,7 @@ class RunScreen(ViewScreen):
         Binding("k", "kill", "kill run"),
         Binding("r", "resume", "resume"),
         HELP,
+        QUIT,
     ]
     COLUMNS = (
         "group",
@@ -112,7 +133,10 @@ class RunScreen(ViewScreen):
             self.show(self.detail)
 
     def show(self, d) -> None:
+        status_before = self.detail.get("status")
         self.detail = d or {}
+        if self.detail.get("status") != status_before:
+            self.refresh_bindings()  # kill and resume follow the run's status
         if not d:
             self.query_one("#stages", Static).update(Text(f"run {self.run_name} not found"))
             return
@@ -145,8 +169,10 @@ class RunScreen(ViewScreen):
                 vs_control,
                 key=str(g["group"]),
             )
-        if d["groups"]:
-            t.move_cursor(row=min(cur, len(d["groups"]) - 1))
+        for row in stage_rows(d.get("jobs") or []):
+            t.add_row(*row, key=row[0])
+        if t.row_count:
+            t.move_cursor(row=min(cur, t.row_count - 1))
 
     def _selected_job(self) -> Optional[int]:
         t = self.query_one(DataTable)
@@ -156,6 +182,9 @@ class RunScreen(ViewScreen):
         g = next((g for g in self.detail.get("groups", []) if str(g["group"]) == key), None)
         if g and g["job"]:
             return g["job"]
+        staged = [j for j in self.detail.get("jobs", []) if j["stage"] == key]
+        if staged:
+            return staged[-1]["id"]
         jobs = [j for j in self.detail.get("jobs", []) if j["log_path"]]
         return jobs[-1]["id"] if jobs else None
 
@@ -172,6 +201,16 @@ class RunScreen(ViewScreen):
         from .proxy_screen import ProxyScreen
 
         self.app.push_screen(ProxyScreen(self.run_name))
+
+    def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
+        """Kill only a running run, resume only one that has something left and is not running: the footer
+        offers what applies (False hides the key and ignores it)."""
+        status = self.detail.get("status")
+        if action == "kill":
+            return status == "running"
+        if action == "resume":
+            return status in RESUMABLE
+        return True
 
     def action_kill(self) -> None:
         def answer(yes: bool) -> None:

@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from core.evaluation.text import fmt
 
-from .view import HELP, ViewScreen
+from .view import HELP, QUIT, ViewScreen
 
 
 def _llm(model) -> str:
@@ -25,7 +25,7 @@ class RunsScreen(ViewScreen):
         Binding("slash", "filter", "filter"),
         Binding("escape", "close_filter", "close filter", show=False),
         Binding("s", "sort", "sort"),
-        Binding("q", "app.quit", "quit"),
+        QUIT,
         HELP,
     ]
     # the progressive model's FID and its verdict against the equal-compute control, as `stepadapt runs` shows

@@ -7,6 +7,7 @@ from textual.screen import Screen
 
 BACK = Binding("escape", "app.pop_screen", "back")
 HELP = Binding("question_mark", "app.push_screen('help')", "help")
+QUIT = Binding("q", "app.quit", "quit")  # on every screen
 
 
 class ViewScreen(Screen):
