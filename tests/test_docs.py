@@ -24,7 +24,7 @@ def test_check_mode_names_the_stale_file_and_the_fix_in_one_line(tmp_path):
     line that names README.md (and no other file) and the command that fixes it."""
     for name in ("core", "stepadapt_cli"):
         (tmp_path / name).symlink_to(REPO / name)
-    for name in ("README.md", "docs/commands.md", "docs/store.md", "docs/generate.py"):
+    for name in ("README.md", "docs/commands.md", "docs/store.md", "docs/config.md", "docs/generate.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text((REPO / name).read_text())
     readme = (REPO / "README.md").read_text()
@@ -84,3 +84,21 @@ def test_run_file_names_are_spelled_only_in_core_runs():
                 if name in text:
                     offenders.append(f"{path.relative_to(REPO)}: {name}")
     assert not offenders, offenders
+
+
+def test_every_config_key_has_a_one_line_meaning():
+    """KEY_DOCS beside _BASE names every key of the config, and nothing else; each meaning is one line."""
+    sys.path.insert(0, str(REPO))
+    from core.config import _BASE, KEY_DOCS
+
+    def keys(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from keys(v, prefix + k + ".")
+            else:
+                yield prefix + k
+
+    have = set(keys(_BASE))
+    assert have - set(KEY_DOCS) == set(), f"config keys without a line in core.config.KEY_DOCS: {have - set(KEY_DOCS)}"
+    assert set(KEY_DOCS) - have == set(), f"KEY_DOCS names keys the config lacks: {set(KEY_DOCS) - have}"
+    assert all(m.strip() and "\n" not in m for m in KEY_DOCS.values())
