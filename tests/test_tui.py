@@ -482,3 +482,44 @@ def test_run_screen_offers_kill_and_resume_only_where_they_apply_and_opens_a_sta
             assert not app.is_running
 
     asyncio.run(go())
+
+
+def test_samples_view_draws_each_models_grid_side_by_side_and_the_palette_opens_it(tmp_path):
+    """`s` on the run screen, and the command palette's "samples of RUN", show the evaluation's grids of every
+    model in half blocks: two white pixels are a '▀' in white on white, two black ones black on black."""
+    from PIL import Image
+
+    from core.runs import atomic_write_json
+    from stepadapt_cli.tui.samples_screen import SamplesScreen
+
+    run = create_run(C.resolve("tiny", None, MICRO), "seen", tmp_path)
+    (run.path / "samples").mkdir(exist_ok=True)
+    ev = {"models": {}}
+    for name, shade in (("base", 255), ("progressive", 0)):
+        im = Image.new("L", (32, 32), shade)
+        im.putpixel((0, 1), 255 - shade)
+        im.save(run.path / "samples" / f"eval_{name}.png")
+        ev["models"][name] = {"fid": 0.2, "macs": 1e8, "fid_grid": f"samples/eval_{name}.png"}
+    atomic_write_json(ev, run.eval_file())
+
+    async def go():
+        app = StepadaptApp(tmp_path, "seen", poll=0.1)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await _until(pilot, lambda: isinstance(app.screen, RunScreen), 60)
+            await pilot.press("s")
+            await _until(pilot, lambda: isinstance(app.screen, SamplesScreen) and "▀" in _screen_text(app), 60)
+            text = _screen_text(app)
+            assert "base" in text and "progressive" in text
+            styles = {str(seg.style) for strip in app.screen._compositor.render_strips() for seg in strip}
+            colours = {s.replace(" ", "") for s in styles}
+            assert "#ffffffon#ffffff" in colours, colours  # the white grid (base)
+            assert "#000000on#000000" in colours, colours  # the black one (progressive)
+            await pilot.press("escape")
+            await pilot.press("ctrl+p")
+            await pilot.pause(0.3)
+            await pilot.press(*"samples of seen")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await _until(pilot, lambda: isinstance(app.screen, SamplesScreen), 30)
+
+    asyncio.run(go())

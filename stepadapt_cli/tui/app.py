@@ -21,6 +21,7 @@ from typing import Optional
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
 from textual.css.query import NoMatches
 
 from core.errors import UserError
@@ -37,8 +38,29 @@ POLL_S = 0.5
 RECONCILE_S = 5.0
 
 
+class ToolCommands(Provider):
+    """The command palette (ctrl+p) offers the tool's own actions on the run shown, or on any run: open its
+    report in the browser, show its sample grids, open its proxy rounds."""
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        matcher = self.matcher(query)
+        screen = app.screen
+        names = [screen.run_name] if hasattr(screen, "run_name") else [p.name for p in app.run_folders()]
+        for name in names:
+            for label, action in (
+                (f"open the report of {name}", lambda n=name: app.open_report(n)),
+                (f"samples of {name}", lambda n=name: app.open_samples(n)),
+                (f"proxy rounds of {name}", lambda n=name: app.open_proxy(n)),
+            ):
+                score = matcher.match(label)
+                if score > 0:
+                    yield Hit(score, matcher.highlight(label), action, help=f"run {name}")
+
+
 class StepadaptApp(App):
     TITLE = "stepadapt"
+    COMMANDS = App.COMMANDS | {ToolCommands}
     CSS_PATH = "app.tcss"
     BINDINGS = [Binding("ctrl+q", "quit", "quit", show=False), Binding("question_mark", "push_screen('help')", "help")]
     SCREENS = {"help": lambda: Help(help_text())}
@@ -104,6 +126,37 @@ class StepadaptApp(App):
                 scr.show(message.data)
             except NoMatches:  # the screen is not composed yet: hand it over once it is
                 self.set_timer(0.05, lambda: self.post_message(Snapshot(message.key, message.data)))
+
+    # -- the command palette's actions ------------------------------------------------------------------
+    def run_folders(self) -> list[Path]:
+        from core.runs import is_run_folder
+
+        try:
+            return sorted(p for p in self.runs_dir.iterdir() if is_run_folder(p))
+        except OSError:
+            return []
+
+    def open_report(self, name: str) -> None:
+        """The run's HTML report in the browser (a notification when there is none, or no browser)."""
+        import webbrowser
+
+        from core.runs import Run
+
+        page = Run(self.runs_dir / name).report_dir() / "index.html"
+        if not page.is_file():
+            self.notify(f"run {name} has no report yet: stepadapt report {name}", severity="warning")
+        elif not webbrowser.open(page.as_uri()):
+            self.notify(f"no browser here; the report is {page}")
+
+    def open_samples(self, name: str) -> None:
+        from .samples_screen import SamplesScreen
+
+        self.push_screen(SamplesScreen(name))
+
+    def open_proxy(self, name: str) -> None:
+        from .proxy_screen import ProxyScreen
+
+        self.push_screen(ProxyScreen(name))
 
     # -- actions that reach the job layer (in threads: stopping waits for the process) -----------------
     @work(thread=True, group="actions")

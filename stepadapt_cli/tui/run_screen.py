@@ -89,6 +89,7 @@ class RunScreen(ViewScreen):
         BACK,
         Binding("l", "log", "log"),
         Binding("p", "proxy", "proxy"),
+        Binding("s", "samples", "samples"),
         Binding("k", "kill", "kill run"),
         Binding("r", "resume", "resume"),
         HELP,
@@ -196,6 +197,11 @@ class RunScreen(ViewScreen):
             self.notify("no job log yet", severity="warning")
             return
         self.app.push_screen(JobScreen(job))
+
+    def action_samples(self) -> None:
+        from .samples_screen import SamplesScreen
+
+        self.app.push_screen(SamplesScreen(self.run_name))
 
     def action_proxy(self) -> None:
         from .proxy_screen import ProxyScreen
