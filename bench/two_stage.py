@@ -85,10 +85,10 @@ def main() -> None:
         regions = {g.index: g.timesteps for g in sched.nonempty}
         images = held.get(torch.arange(len(held)))
         evals = {
-            "base_at_split": region_losses(load_unet(b.model("base")), diffusion, images, regions, args.draws),
-            "a_base_total": region_losses(load_unet(a.model("base")), diffusion, images, regions, args.draws),
+            "base_at_split": region_losses(load_unet(b.model("base")), diffusion, images, regions, draws=args.draws),
+            "a_base_total": region_losses(load_unet(a.model("base")), diffusion, images, regions, draws=args.draws),
             "b_two_stage": region_losses(
-                load_progressive(b.model("progressive")), diffusion, images, regions, args.draws
+                load_progressive(b.model("progressive")), diffusion, images, regions, draws=args.draws
             ),
         }
         T = sched.num_timesteps

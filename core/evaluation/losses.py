@@ -42,18 +42,9 @@ def region_samples(
     return out
 
 
-def region_losses(
-    model,
-    diffusion: GaussianDiffusion,
-    images: torch.Tensor,
-    regions: dict[int, list[int]],
-    draws: int = 4,
-    seed: int = 0,
-    batch_size: int = 256,
-    device="cpu",
-) -> dict[int, float]:
-    """The mean of ``region_samples`` per region."""
-    per = region_samples(model, diffusion, images, regions, draws, seed, batch_size, device)
+def region_losses(model, diffusion: GaussianDiffusion, images: torch.Tensor, regions: dict[int, list[int]], **kw):
+    """The mean of ``region_samples`` per region (``kw``: its draws, seed, batch_size, device)."""
+    per = region_samples(model, diffusion, images, regions, **kw)
     return {r: v.mean().item() for r, v in per.items()}
 
 

@@ -445,36 +445,10 @@ class TrainLoop:
             self.dist.barrier()
 
 
-def train(
-    spec: TrainSpec,
-    model: torch.nn.Module,
-    diffusion: GaussianDiffusion,
-    data,
-    *,
-    resume: bool = False,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    on_log: Optional[Callable[[dict], None]] = None,
-    on_start: Optional[Callable[[int], None]] = None,
-    on_step: Optional[Callable[[int, int], None]] = None,
-    teacher: Optional[torch.nn.Module] = None,
-    evaluator: Optional[Callable[[torch.nn.Module], float]] = None,
-) -> dict:
-    """Train ``model`` per ``spec`` (see ``TrainLoop``); returns the final metrics. Writes the checkpoint, the
-    metrics file and the EMA model. ``resume``: continue from an existing checkpoint (else one is an error).
-    ``teacher``: the model whose output the student matches with weight ``spec.distill``. ``evaluator``: a
-    measurement of the EMA model (lower is better) taken every ``spec.eval_every`` steps."""
-    return TrainLoop(
-        spec,
-        model,
-        diffusion,
-        data,
-        resume=resume,
-        device=device,
-        progress=progress,
-        on_log=on_log,
-        on_start=on_start,
-        on_step=on_step,
-        teacher=teacher,
-        evaluator=evaluator,
-    ).run()
+def train(spec: TrainSpec, model: torch.nn.Module, diffusion: GaussianDiffusion, data, **options) -> dict:
+    """Train ``model`` per ``spec`` (see ``TrainLoop``, whose keyword options it takes: resume, device, progress,
+    the hooks, teacher, evaluator); returns the final metrics. Writes the checkpoint, the metrics file and the EMA
+    model. ``resume``: continue from an existing checkpoint (else one is an error). ``teacher``: the model whose
+    output the student matches with weight ``spec.distill``. ``evaluator``: a measurement of the EMA model (lower
+    is better) taken every ``spec.eval_every`` steps."""
+    return TrainLoop(spec, model, diffusion, data, **options).run()

@@ -42,6 +42,38 @@ class TrainSpec:
     milestones: Optional[Path] = None  # their folder (``milestone_paths``)
 
 
+def stage_spec(run, name: str, cfg: dict, steps: int, seed: int, tuning: bool = False, **fields) -> TrainSpec:
+    """A training job of ``run`` named ``name`` (its checkpoint, model and metrics files) with the config's
+    training settings: stage 1's rate, batch and EMA, or with ``tuning`` the fine-tunes' (and their EMA warm-up,
+    a log line every tenth of the steps at least, and accumulation only where the batch divides); ``fields``
+    set the rest (timesteps, extra, ...)."""
+    t = cfg["train"]
+    rate = cfg["finetune"] if tuning else t
+    settings = dict(
+        name=name,
+        ckpt=run.ckpt(name),
+        model_out=run.model(name),
+        metrics=run.metrics(name),
+        steps=steps,
+        batch_size=rate["batch_size"],
+        lr=rate["lr"],
+        ema_decay=rate["ema_decay"],
+        seed=seed,
+        weight_decay=t["weight_decay"],
+        grad_clip=t["grad_clip"],
+        log_every=min(t["log_every"], max(1, steps // 10)) if tuning else t["log_every"],
+        ckpt_every=t["ckpt_every"],
+        bf16=t["bf16"],
+        workers=cfg["data"]["workers"],
+        channels_last=t["channels_last"],
+        compile=t["compile"],
+        accum=t["accum"] if not tuning or rate["batch_size"] % t["accum"] == 0 else 1,
+    )
+    if tuning:
+        settings["ema_warmup"] = rate["ema_warmup"]
+    return TrainSpec(**{**settings, **fields})
+
+
 def snapshot_path(folder: Path, step: int) -> Path:
     """The EMA weights a training job kept at ``step`` (``TrainSpec.snapshots``)."""
     return Path(folder) / f"step{step:07d}.pt"

@@ -6,7 +6,7 @@ from typing import Optional
 
 from core.config import model_arch, single_stage
 from core.method.fields import artifact_step
-from core.training.spec import TrainSpec
+from core.training.spec import TrainSpec, stage_spec
 
 NAME = "base"
 GROUPED = False
@@ -22,25 +22,12 @@ def pending(run) -> list:
 def base_spec(run, cfg: dict, steps: Optional[int] = None, **changes) -> TrainSpec:
     """The stage-1 job of ``run`` as its config says (``changes`` override spec fields)."""
     t = cfg["train"]
-    spec = TrainSpec(
-        name="base",
-        ckpt=run.ckpt("base"),
-        model_out=run.model("base"),
-        metrics=run.metrics("base"),
-        steps=t["steps"] if steps is None else steps,
-        batch_size=t["batch_size"],
-        lr=t["lr"],
-        ema_decay=t["ema_decay"],
-        seed=cfg["seed"],
-        weight_decay=t["weight_decay"],
-        grad_clip=t["grad_clip"],
-        log_every=t["log_every"],
-        ckpt_every=t["ckpt_every"],
-        bf16=t["bf16"],
-        workers=cfg["data"]["workers"],
-        channels_last=t["channels_last"],
-        compile=t["compile"],
-        accum=t["accum"],
+    spec = stage_spec(
+        run,
+        "base",
+        cfg,
+        t["steps"] if steps is None else steps,
+        cfg["seed"],
         extra={"arch": model_arch(cfg), "stage": "base"},
         keep=list(t.get("keep") or []),
         milestones=run.milestones(),

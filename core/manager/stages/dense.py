@@ -16,7 +16,7 @@ from core.config import model_arch, single_stage
 from core.errors import UserError
 from core.manager.stages.control import added_steps, run_training
 from core.method.fields import artifact_fields, artifact_step
-from core.training.spec import TrainSpec
+from core.training.spec import TrainSpec, stage_spec
 
 NAME = "dense-small"
 GROUPED = False
@@ -76,7 +76,7 @@ def train_dense(run, device="cpu", log=print, on_total=None, hooks=None) -> Trai
     from core.training.data import load_dataset
     from core.training.loop import train
 
-    cfg, t = run.config, run.config["train"]
+    cfg = run.config
     if not wanted(cfg):
         raise UserError("this run has no dense-small control (control.dense off, or nothing pruned)")
     added, base = added_steps(run), artifact_step(run.model("base"))
@@ -93,25 +93,12 @@ def train_dense(run, device="cpu", log=print, on_total=None, hooks=None) -> Trai
         if run.ckpt(NAME).exists():
             run.ckpt(NAME).unlink()  # the progressive model or its steps changed: start again
         arch, macs = width_for(cfg, target)
-    spec = TrainSpec(
-        name=NAME,
-        ckpt=run.ckpt(NAME),
-        model_out=run.model(NAME),
-        metrics=run.metrics(NAME),
-        steps=base + added,
-        batch_size=t["batch_size"],
-        lr=t["lr"],
-        ema_decay=t["ema_decay"],
-        seed=cfg["seed"] + 104_729,
-        weight_decay=t["weight_decay"],
-        grad_clip=t["grad_clip"],
-        log_every=t["log_every"],
-        ckpt_every=t["ckpt_every"],
-        bf16=t["bf16"],
-        workers=cfg["data"]["workers"],
-        channels_last=t["channels_last"],
-        compile=t["compile"],
-        accum=t["accum"],
+    spec = stage_spec(
+        run,
+        NAME,
+        cfg,
+        base + added,
+        cfg["seed"] + 104_729,
         extra={
             "arch": arch,
             "stage": NAME,

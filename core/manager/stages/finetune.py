@@ -18,7 +18,7 @@ from core.manager.stages.assemble import assemble
 from core.method.fields import artifact_step
 from core.method.schedule import Schedule, nonempty_groups, parse_groups, run_schedule
 from core.runs import Run
-from core.training.spec import TrainSpec
+from core.training.spec import TrainSpec, stage_spec
 
 NAME = "finetune"
 GROUPED = True
@@ -38,31 +38,18 @@ def _trained(model_path, steps: int) -> bool:
 
 
 def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int] = None) -> TrainSpec:
-    f, t = cfg["finetune"], cfg["train"]
+    f = cfg["finetune"]
     grp = sched.groups[g]
     name = run.group_stage(g)
-    return TrainSpec(
-        name=name,
-        ckpt=run.ckpt(name),
-        model_out=run.model(name),
-        metrics=run.metrics(name),
-        steps=steps if steps is not None else f["steps"],
-        batch_size=f["batch_size"],
-        lr=f["lr"],
-        ema_decay=f["ema_decay"],
-        seed=cfg["seed"] + 1 + g,
-        weight_decay=t["weight_decay"],
-        grad_clip=t["grad_clip"],
-        log_every=min(t["log_every"], max(1, (steps or f["steps"]) // 10)),
-        ckpt_every=t["ckpt_every"],
-        bf16=t["bf16"],
-        workers=cfg["data"]["workers"],
+    return stage_spec(
+        run,
+        name,
+        cfg,
+        steps if steps is not None else f["steps"],
+        cfg["seed"] + 1 + g,
+        tuning=True,
         timesteps=grp.timesteps,
-        channels_last=t["channels_last"],
-        compile=t["compile"],
         distill=f["distill"],
-        ema_warmup=f["ema_warmup"],
-        accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
         eval_every=f.get("eval_every", 0),
         evals=run.heldout_curve(name),
         best_out=run.best_model(name),

@@ -21,7 +21,7 @@ from core.errors import UserError
 from core.manager.stages.control import added_steps, run_training
 from core.method.fields import artifact_fields
 from core.names import IMPORTANCE_METHODS
-from core.training.spec import TrainSpec
+from core.training.spec import TrainSpec, stage_spec
 
 NAME = "uniform"
 GROUPED = False
@@ -51,27 +51,14 @@ def pending(run) -> list:
 
 def uniform_spec(run, cfg: dict, added: int, extra: dict) -> TrainSpec:
     """The uniform control's training: the fine-tunes' rate, batch and EMA, all timesteps, ``added`` steps."""
-    f, t = cfg["finetune"], cfg["train"]
-    return TrainSpec(
-        name=NAME,
-        ckpt=run.ckpt(NAME),
-        model_out=run.model(NAME),
-        metrics=run.metrics(NAME),
-        steps=added,
-        batch_size=f["batch_size"],
-        lr=f["lr"],
-        ema_decay=f["ema_decay"],
-        seed=cfg["seed"] + 7919,
-        weight_decay=t["weight_decay"],
-        grad_clip=t["grad_clip"],
-        log_every=min(t["log_every"], max(1, added // 10)),
-        ckpt_every=t["ckpt_every"],
-        bf16=t["bf16"],
-        workers=cfg["data"]["workers"],
-        channels_last=t["channels_last"],
-        compile=t["compile"],
-        ema_warmup=f["ema_warmup"],
-        accum=t["accum"] if f["batch_size"] % t["accum"] == 0 else 1,
+    f = cfg["finetune"]
+    return stage_spec(
+        run,
+        NAME,
+        cfg,
+        added,
+        cfg["seed"] + 7919,
+        tuning=True,
         extra={
             "arch": model_arch(cfg),
             "stage": NAME,
