@@ -212,7 +212,7 @@ def test_a_study_stopped_midway_resumes_without_rerunning_finished_runs(tmp_path
     assert [r["label"] for r in shown["rows"]] == ["base", "unpruned groups", "magnitude"]
     assert all(r["loss"] is not None and r["macs"] for r in shown["rows"])
     assert shown["rows"][2]["macs_ratio"] < 1.0 and shown["rows"][1]["paper"] == {"FID": 3.52}
-    assert shown["runs"] == {"s-base": "created", "s-a": "succeeded", "s-b": "succeeded"}
+    assert shown["runs"] == {"s-base": "partial", "s-a": "succeeded", "s-b": "succeeded"}
     page = (runs_dir / "studies" / "s" / "report" / "index.html").read_text()
     assert "paper: FID" in page and "samples.png" in page
     assert (runs_dir / "studies" / "s" / "report" / "samples.png").stat().st_size > 0

@@ -142,7 +142,7 @@ def test_sigint_checkpoints_and_resume_completes(runs_dir):
     assert torch.load(runs_dir / "sig" / "checkpoints" / "base.pt", weights_only=True)["step"] == stopped + 2
     assert (runs_dir / "sig" / "models" / "base.pt").exists()
     shown = json.loads(run_cli("show", "sig", "--json", "--runs-dir", runs_dir, check=0).stdout)
-    assert [j["status"] for j in shown["jobs"]] == ["killed", "succeeded"] and shown["run"]["status"] == "created"
+    assert [j["status"] for j in shown["jobs"]] == ["killed", "succeeded"] and shown["run"]["status"] == "partial"
 
 
 DDP_SCRIPT = """

@@ -28,7 +28,7 @@ class WorkContext:
     def produced(self, path, kind: str) -> None:
         self.artifacts.append((path, kind))
 
-    def say(self, msg: str) -> None:
+    def log_status(self, msg: str) -> None:
         """A log line that is also the job's status message."""
         self.log(msg)
         self.heartbeat.set(message=msg[:120])

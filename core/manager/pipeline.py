@@ -51,7 +51,7 @@ def _gpu_driver() -> bool:
 
 
 class Pipeline:
-    """Runs the stages left of ``run`` as jobs; ``view(jobs)`` is called while waiting, ``say(line)`` on events."""
+    """Runs the stages left of ``run`` as jobs; ``view(jobs)`` is called while waiting, ``log(line)`` on events."""
 
     def __init__(
         self,
@@ -60,14 +60,14 @@ class Pipeline:
         slots: list[str],
         grace: float = 10.0,
         poll: float = 0.1,
-        say: Callable[[str], None] = print,
+        log: Callable[[str], None] = print,
         view: Optional[Callable[[list[dict]], None]] = None,
         stages: tuple = STAGES,
         cores: Optional[int] = None,
     ):
         self.run, self.store, self.slots, self.grace, self.poll = run, store, slots, grace, poll
         self.cores = cores  # CPU cores this pipeline's jobs share (a study's arm: its part); None: the machine's
-        self.say, self.view, self.stages = say, view, stages
+        self.log, self.view, self.stages = log, view, stages
         self.active: dict[int, tuple] = {}  # job id -> (Popen or slurm.SlurmHandle, slot, unit)
         self.launcher = run.config["launcher"]
         self.slurm = None
@@ -77,7 +77,7 @@ class Pipeline:
             from core.manager import slurm
 
             slurm.check_tools()
-            self.slurm = slurm.Tracker(say)
+            self.slurm = slurm.Tracker(log)
 
     def execute(self) -> None:
         mark_running(self.store, self.run)
@@ -89,6 +89,7 @@ class Pipeline:
                 if not units:
                     continue
                 self._run_stage(stage, units)
+            settled = mark_settled(self.store, self.run)  # first: the report shows the run's final status
             if (
                 "eval" in self.stages
                 and self.run.eval_file().exists()
@@ -99,11 +100,11 @@ class Pipeline:
             ):
                 from core.manager.stages.eval import write_run_report
 
-                write_run_report(self.run, self.store, self.say)
-            if mark_settled(self.store, self.run) == "succeeded":
-                self.say(f"run {self.run.name}: all stages done")
+                write_run_report(self.run, self.store, self.log)
+            if settled == "succeeded":
+                self.log(f"run {self.run.name}: all stages done")
             else:  # some stages only (a study's shared stage 1): the run goes on later
-                self.say(f"run {self.run.name}: {', '.join(self.stages)} done")
+                self.log(f"run {self.run.name}: {', '.join(self.stages)} done")
         except KeyboardInterrupt:
             self._stop_all()
             mark_settled(self.store, self.run, "killed")
@@ -161,7 +162,7 @@ class Pipeline:
             job = self.store.job(job_id)
             silent = stalled(job)
             if silent is not None:
-                self.say(f"job {job_id}: no heartbeat for {silent:.0f} s; killing it")
+                self.log(f"job {job_id}: no heartbeat for {silent:.0f} s; killing it")
                 kill_stalled(self.store, job, silent)
         if self.view:
             self.view(self.store.jobs(self.run.name))
@@ -177,14 +178,14 @@ class Pipeline:
                 raise
             self.busy_since = self.busy_since or time.time()
             if not self.busy_said:
-                self.say(
+                self.log(
                     f"store busy (another process holds its write lock) for {time.time() - self.busy_since:.0f}"
                     " s; waiting"
                 )
                 self.busy_said = True
             return []
         if self.busy_since:
-            self.say(f"store free again after {time.time() - self.busy_since:.0f} s")
+            self.log(f"store free again after {time.time() - self.busy_since:.0f} s")
         self.busy_since, self.busy_said = None, False
         return failed
 
@@ -233,7 +234,7 @@ class Pipeline:
             self.active[job_id] = (handle, None, unit)
             limit = limits.get(handle.sid, "unknown")
             self.store.update_job(job_id, slurm_time=limit)
-            self.say(
+            self.log(
                 f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} submitted to Slurm "
                 f"(job {handle.sid}, time limit {limit}, {given})"
             )
@@ -275,7 +276,7 @@ class Pipeline:
                 self.store, self.run, stage, unit, self._device_args(slot), device=slot, threads=threads
             )
         self.active[job_id] = (proc, slot, unit)
-        self.say(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} (pid {proc.pid})")
+        self.log(f"job {job_id}: {stage}{'' if unit is None else f' group {unit}'} started on {slot} (pid {proc.pid})")
 
     def _reap(self, stage: str, free: list) -> list[tuple]:
         """Settle the jobs that ended (their slots become free); returns the failed ones."""
@@ -289,7 +290,7 @@ class Pipeline:
             if slot is not None:
                 free.append(slot)
             what = f"{stage}{'' if job['group_index'] is None else ' group ' + str(job['group_index'])}"
-            self.say(
+            self.log(
                 f"job {job_id}: {what} {job['status']} (exit {rc})"
                 + (f": {job['message']}" if job["status"] != "succeeded" and job["message"] else "")
             )
@@ -304,7 +305,7 @@ class Pipeline:
                 n = self.requeued.get((stage, unit), 0)
                 if n < self.launcher["requeues"]:
                     self.requeued[(stage, unit)] = n + 1
-                    self.say(
+                    self.log(
                         f"job {job_id}: {what} checkpointed on Slurm's signal; submitting it again "
                         f"({n + 1} of launcher.requeues {self.launcher['requeues']})"
                     )
@@ -328,13 +329,13 @@ class Pipeline:
         """Stop every active job (SIGINT first: training checkpoints) and record how each ended."""
         for job_id, (proc, _, _) in list(self.active.items()):
             try:
-                stop_job(self.store, job_id, self.grace, log=self.say)
+                stop_job(self.store, job_id, self.grace, log=self.log)
             except UserError:  # it ended by itself meanwhile
                 pass
             try:
                 settle(self.store, job_id, proc.wait(timeout=self.grace))
             except subprocess.TimeoutExpired:
-                self.say(f"job {job_id}: pid {proc.pid} still there after SIGKILL")
+                self.log(f"job {job_id}: pid {proc.pid} still there after SIGKILL")
             self.active.pop(job_id, None)
 
 

@@ -62,12 +62,12 @@ def check_tools() -> None:
 class Tracker:
     """Every submitted job's Slurm state, refreshed with one ``squeue`` call at most every ``REFRESH_S``."""
 
-    def __init__(self, say=print):
+    def __init__(self, log=print):
         self.ids: set[str] = set()
         self.states: dict[str, str] = {}
         self.at = 0.0
         self.unreachable_since: Optional[float] = None
-        self.say = say
+        self.log = log
 
     def state(self, sid: str) -> Optional[str]:
         self.ids.add(sid)
@@ -81,13 +81,13 @@ class Tracker:
         if got is None:
             if self.unreachable_since is None:
                 self.unreachable_since = time.time()
-                self.say(
+                self.log(
                     "Slurm's controller does not answer (squeue failed); jobs keep their states from their "
                     "journals meanwhile"
                 )
             return
         if self.unreachable_since is not None:
-            self.say("Slurm's controller answers again")
+            self.log("Slurm's controller answers again")
         self.unreachable_since = None
         self.states.update(got)
 

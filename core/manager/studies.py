@@ -288,7 +288,7 @@ def base_pending(rec: dict, run: Run) -> bool:
     return rec.get("base_at") is None and bool(stages.pending(run, "base"))
 
 
-def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str], None]) -> Run:
+def ensure_base(rec: dict, store, slots: list[str], runs_dir, log: Callable[[str], None]) -> Run:
     """The study's base run with a finished stage 1 (created and trained here, in this process, unless it was
     given)."""
     from core.manager.pipeline import Pipeline
@@ -296,13 +296,13 @@ def ensure_base(rec: dict, store, slots: list[str], runs_dir, say: Callable[[str
 
     run = _base_run(rec, runs_dir)
     if base_pending(rec, run):
-        say(f"study {rec['id']}: training the shared stage 1 ({run.name}) once")
+        log(f"study {rec['id']}: training the shared stage 1 ({run.name}) once")
         with run_lock(run, "the study's stage 1", wait=10.0):
-            Pipeline(run, store, slots[:1], say=say, stages=("base",)).execute()
+            Pipeline(run, store, slots[:1], log=log, stages=("base",)).execute()
     return run
 
 
-def arm_run(rec: dict, arm: dict, runs_dir, say: Callable[[str], None]) -> Run:
+def arm_run(rec: dict, arm: dict, runs_dir, log: Callable[[str], None]) -> Run:
     """An arm's run, forked from the base (or its milestone) where it does not exist yet."""
     from core.manager.bases import fork_run
 
@@ -310,7 +310,7 @@ def arm_run(rec: dict, arm: dict, runs_dir, say: Callable[[str], None]) -> Run:
     if is_run_folder(runs_root(runs_dir) / name):
         return open_run(name, runs_dir)
     defn = rec["definition"]
-    return fork_run(arm_base(rec, arm), name, [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])], runs_dir, say)
+    return fork_run(arm_base(rec, arm), name, [*rec["overrides"], *arm_overrides(defn, arm, rec["id"])], runs_dir, log)
 
 
 def _forkable(rec: dict, arm: dict, base: Run, base_busy: bool) -> bool:
@@ -326,7 +326,7 @@ def _forkable(rec: dict, arm: dict, base: Run, base_busy: bool) -> bool:
 
 
 def run_study(
-    rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0, say: Callable[[str], None] = print
+    rec: dict, store, slots: list[str], runs_dir, grace: float = 10.0, log: Callable[[str], None] = print
 ) -> dict[str, str]:
     """Train the base once, then every unfinished arm's pipeline, one per device slot at a time; returns each
     arm run's final status. A failed arm does not stop the others. With more than one slot and arms that fork
@@ -343,12 +343,12 @@ def run_study(
         mine, free = free[:1], free[1:]
         job_id, pid = start_detached(base, store, mine, grace, cores=_cores(mine, slots), stages=("base",))
         active[job_id] = (base, mine, None)
-        say(
+        log(
             f"study {rec['id']}: training the shared stage 1 ({base.name}) on {mine[0]} (job {job_id}, pid {pid}); "
             "arms start as their milestones are kept"
         )
     else:
-        ensure_base(rec, store, slots, runs_dir, say)
+        ensure_base(rec, store, slots, runs_dir, log)
     names = {a["name"]: rec["arms"][a["name"]] for a in defn["arms"]}
     after = {names[a["name"]]: names[a["after"]] for a in defn["arms"] if a.get("after")}
     todo = [a for a in defn["arms"] if _status(store, names[a["name"]]) != "succeeded"]
@@ -365,7 +365,7 @@ def run_study(
     while todo or active:
         if not active and todo and not any(ready(a) for a in todo):
             waiting = sorted({after[names[a["name"]]] for a in todo if names[a["name"]] in after})
-            say(
+            log(
                 f"study {rec['id']}: {', '.join(names[a['name']] for a in todo)} cannot start"
                 + (f" (waiting for {', '.join(waiting)}, which did not succeed)" if waiting else "")
             )
@@ -373,12 +373,12 @@ def run_study(
         while free and any(ready(a) for a in todo):
             arm = next(a for a in todo if ready(a))
             todo.remove(arm)
-            run = arm_run(rec, arm, runs_dir, say)
+            run = arm_run(rec, arm, runs_dir, log)
             share = max(1, len(free) // sum(1 for a in [arm, *todo] if ready(a)))  # fewer arms than slots: more each
             mine, free = free[:share], free[share:]
             job_id, pid = start_detached(run, store, mine, grace, cores=_cores(mine, slots))
             active[job_id] = (run, mine, arm)
-            say(f"study {rec['id']}: {run.name} started on {', '.join(mine)} (job {job_id}, pid {pid})")
+            log(f"study {rec['id']}: {run.name} started on {', '.join(mine)} (job {job_id}, pid {pid})")
         time.sleep(0.5)
         for job_id, (run, mine, arm) in list(active.items()):
             job = store.job(job_id)
@@ -389,7 +389,7 @@ def run_study(
                 continue
             del active[job_id]
             free.extend(mine)
-            say(f"study {rec['id']}: {run.name} {job['status']}" + (" (the shared stage 1)" if arm is None else ""))
+            log(f"study {rec['id']}: {run.name} {job['status']}" + (" (the shared stage 1)" if arm is None else ""))
             if arm is None and job["status"] != "succeeded":
                 raise StageFailed(
                     f"study {rec['id']}: the shared stage 1 ({run.name}) {job['status']}; continue with "

@@ -118,7 +118,7 @@ def _work(store, job, a, hb) -> None:
     if job["stage"] == "pipeline":
         from core.manager.pipeline import Pipeline
 
-        def say(line):
+        def log(line):
             print(line, flush=True)
             if hb is not None:
                 hb.set(message=line[:200])
@@ -128,7 +128,7 @@ def _work(store, job, a, hb) -> None:
         with run_lock(run, f"its pipeline, job {job['id']}", wait=10.0):  # one writer per run
             only = {"stages": tuple(args["stages"])} if args.get("stages") else {}
             Pipeline(
-                run, store, args["slots"], grace=args.get("grace", 10.0), say=say, cores=args.get("cores"), **only
+                run, store, args["slots"], grace=args.get("grace", 10.0), log=log, cores=args.get("cores"), **only
             ).execute()
         return
     from core.training.devices import init_distributed

@@ -169,11 +169,11 @@ def follow(run, store, job_id: int, grace: float) -> dict:
     from core.manager.pipeline import stop_run
 
     view = render.LiveJobs(f"run {run.name}") if sys.stdout.isatty() else None
-    say = view.say if view else (lambda s: click.echo(s, err=True))
-    log, pos = Path(store.job(job_id)["log_path"]), 0
+    log = view.log if view else (lambda s: click.echo(s, err=True))
+    log_file, pos = Path(store.job(job_id)["log_path"]), 0
     try:
         while True:
-            pos = _echo_new_lines(log, pos, say)
+            pos = _echo_new_lines(log_file, pos, log)
             job = store.job(job_id)
             if view:
                 view(store.jobs(run.name))
@@ -185,10 +185,10 @@ def follow(run, store, job_id: int, grace: float) -> dict:
         end = time.time() + 5
         while job_alive(job) and time.time() < end:  # its last lines are written after its status
             time.sleep(0.05)
-        _echo_new_lines(log, pos, say, final=True)
+        _echo_new_lines(log_file, pos, log, final=True)
     except KeyboardInterrupt:
-        say(f"stopping run {run.name} ...")
-        stop_run(store, run.name, grace, log=say)
+        log(f"stopping run {run.name} ...")
+        stop_run(store, run.name, grace, log=log)
         raise Interrupted(
             f"run {run.name} stopped; continue it with: stepadapt resume {shlex.quote(run.name)}"
         ) from None
@@ -198,7 +198,7 @@ def follow(run, store, job_id: int, grace: float) -> dict:
     return store.job(job_id)
 
 
-def _echo_new_lines(path: Path, pos: int, say, final: bool = False) -> int:
+def _echo_new_lines(path: Path, pos: int, log, final: bool = False) -> int:
     try:
         with open(path, "rb") as f:
             f.seek(pos)
@@ -207,7 +207,7 @@ def _echo_new_lines(path: Path, pos: int, say, final: bool = False) -> int:
         return pos
     end = len(chunk) if final else chunk.rfind(b"\n") + 1
     for line in chunk[:end].decode(errors="replace").splitlines():
-        say(line)
+        log(line)
     return pos + end
 
 
@@ -306,13 +306,13 @@ def run_cmd(
         extra.insert(0, f"eval.inception={Path(inception).expanduser().resolve()}")
     parse_gpus(gpus)
     store = reconciled_store(runs_dir)
-    say = lambda line: click.echo(line, err=True)
+    log = lambda line: click.echo(line, err=True)
     if base is not None and not is_import_source(base):  # a fork: the parent's config, its stage 1
         if config_file or preset:
             raise UserError("a fork takes its base run's config; change what may change with -S (or --method ...)")
         from core.manager.bases import fork_run
 
-        run = fork_run(base, run_name, extra, runs_dir, log=say)
+        run = fork_run(base, run_name, extra, runs_dir, log=log)
     else:
         cfg = C.resolve(preset, config_file, extra)
         load_dataset(cfg)  # a missing dataset fails here, before a run folder exists
@@ -321,7 +321,7 @@ def run_cmd(
             from core.manager.bases import import_base, import_config
 
             cfg = import_config(cfg, overrides)
-            run = import_base(base, cfg, run_name, runs_dir, log=say)
+            run = import_base(base, cfg, run_name, runs_dir, log=log)
         else:
             run = create_run(cfg, run_name, runs_dir)
     cfg = run.config
@@ -417,13 +417,13 @@ def kill(target, grace, runs_dir):
     store = reconciled_store(runs_dir)
     kind, ref = resolve_target(store, target, runs_dir)
 
-    def say(line):
+    def log(line):
         click.echo(line, err=True)
 
     if kind == "job":
-        click.echo(f"job {ref}: {stop_job(store, ref, grace, log=say)}")
+        click.echo(f"job {ref}: {stop_job(store, ref, grace, log=log)}")
         return
-    for j, status in stop_run(store, ref, grace, log=say):
+    for j, status in stop_run(store, ref, grace, log=log):
         click.echo(f"job {j['id']} ({job_tag(j)}): {status}")
     click.echo(f"run {ref}: killed; continue it with stepadapt resume {shlex.quote(ref)}")
 

@@ -35,7 +35,7 @@ def _execute(rec, store, runs_dir, parallel, gpus, grace):
 
     slots = device_slots(parallel or 1, parse_gpus(gpus))
 
-    def say(line):
+    def log(line):
         click.echo(line, err=True)
 
     import signal
@@ -45,10 +45,10 @@ def _execute(rec, store, runs_dir, parallel, gpus, grace):
 
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        statuses = run_study(rec, store, slots, runs_dir, grace, say)
+        statuses = run_study(rec, store, slots, runs_dir, grace, log)
     except KeyboardInterrupt:
-        say(f"stopping study {rec['id']} ...")
-        stop_study(rec, store, grace, log=say)
+        log(f"stopping study {rec['id']} ...")
+        stop_study(rec, store, grace, log=log)
         raise Interrupted(
             f"study {rec['id']} stopped; continue it with: stepadapt study resume {shlex.quote(rec['id'])}"
         ) from None

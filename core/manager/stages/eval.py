@@ -19,7 +19,7 @@ def work(ctx) -> None:
     ctx.produced(ctx.run.eval_file(), "eval")
 
 
-def write_run_report(run, store, say=print) -> None:
+def write_run_report(run, store, log=print) -> None:
     """The run's report, written by the owner of the store once the evaluation is there."""
     from core.evaluation.report import write_report
     from core.runs import file_sha256
@@ -35,4 +35,4 @@ def write_run_report(run, store, say=print) -> None:
             "bytes": html.stat().st_size,
         }
     )
-    say(f"report: {html}")
+    log(f"report: {html}")

@@ -412,7 +412,7 @@ def work(ctx) -> None:
         method,
         str(ctx.group),
         device=ctx.device,
-        log=ctx.say,
+        log=ctx.log_status,
         proxy=proxy_settings(cfg) if method == "proxy" else None,
         books=ctx.store,
     )
