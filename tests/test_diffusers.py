@@ -289,3 +289,27 @@ def test_a_folder_that_does_not_fit_is_refused_in_one_line_and_nothing_is_writte
     db = runs_dir / "stepadapt.db"
     if db.exists():
         assert sqlite3.connect(db).execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_a_diffusers_models_attention_heads_are_never_cut_apart():
+    """Pruning a diffusers-family model to half its MACs never changes an attention head's size (heads go
+    whole or not at all, and whole heads stay: UNet2DModel's config cannot express fewer): its units have no
+    head dimensions, and every attention block of the pruned model keeps its heads and head size. The same
+    layout as improved-diffusion's family does have head-dimension units."""
+    from core.config import resolve
+    from core.method.importance import make_importance
+    from core.method.prune import prune_to_budget
+    from core.method.units import units_of
+    from core.model import unet as U
+    from core.model.macs import count
+
+    cfg = resolve("tiny", None, ["model.attention_resolutions=[16]"])["model"]
+    ours, theirs = U.build_unet({**cfg, "family": "iddpm"}), U.build_unet({**cfg, "family": "diffusers"})
+    assert any(u.kind == "heads" for u in units_of(ours))
+    assert not any(u.kind == "heads" for u in units_of(theirs))
+    heads = {n: (m.num_heads, m.proj.in_channels) for n, m in theirs.named_modules() if isinstance(m, U.AttentionBlock)}
+    full = count(theirs, cfg["image_size"], cfg["in_channels"])["macs"]
+    pruned, plan, report = prune_to_budget(theirs, make_importance("magnitude"), 0.5 * full)
+    assert report["macs"] <= 0.5 * full
+    after = {n: (m.num_heads, m.proj.in_channels) for n, m in pruned.named_modules() if isinstance(m, U.AttentionBlock)}
+    assert after == heads

@@ -5,7 +5,8 @@ channels (a residual stream with its skip concatenations, a ResBlock's hidden ch
 scale/shift linears and GroupNorm, the time-embedding width, ...). Removing position j of a unit
 removes it from every layer of the unit, so the model stays valid. Each attention block adds one more
 unit, its head dimension (``heads:NAME``): removing position d drops q, k and v's d-th channel in every
-head and the matching input of ``proj``; head count and scale stay as built.
+head and the matching input of ``proj``; head count and scale stay as built. A diffusers-family model has no
+such units: its heads are pruned whole or not at all, and whole heads are not pruned.
 
 Attention is pruned, not ignored. While the graph is traced, an attention block shows only its residual
 coupling (``unet.stream_only()``) and a custom pruner cuts its ``norm``, ``qkv`` input and ``proj`` output
@@ -118,7 +119,9 @@ def units_of(model: U.UNet, dg=None) -> list[Unit]:
             continue  # cannot keep its GroupNorms valid: frozen
         units.append(Unit(names[root], "channels", size, blocks, members=members))
     for name, m in model.named_modules():
-        if isinstance(m, U.AttentionBlock):
+        if isinstance(m, U.AttentionBlock) and getattr(model, "family", "iddpm") != "diffusers":
+            # a diffusers UNet2DModel's heads are pruned whole or not at all; its config cannot express fewer
+            # heads at a level's width either, so its attention is not pruned (its channels carry the budget)
             dh = m.proj.in_channels // m.num_heads
             if dh > 1:
                 units.append(Unit(f"heads:{name}", "heads", dh, 1, members=[f"{name}.qkv", f"{name}.proj"]))

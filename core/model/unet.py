@@ -314,7 +314,7 @@ def build_unet(cfg: dict, seed: int | None = None) -> UNet:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_unet(cfg)
-    return UNet(
+    model = UNet(
         image_size=cfg["image_size"],
         in_channels=cfg["in_channels"],
         model_channels=cfg["model_channels"],
@@ -334,3 +334,7 @@ def build_unet(cfg: dict, seed: int | None = None) -> UNet:
         norm_eps=cfg.get("norm_eps", NORM_EPS),
         head_channels=cfg.get("head_channels", 0),
     )
+    # the layout's family (config model.family): a diffusers model's attention heads keep their size, so
+    # pruning never cuts head dimensions there (core/method/units.py)
+    model.family = cfg.get("family", "iddpm")
+    return model
