@@ -320,6 +320,11 @@ class Run:
         tag = stage if group is None else f"{stage}-g{group:02d}"
         return self.path / "logs" / f"{job_id:04d}-{tag}.log"
 
+    def in_runs_folder(self, path: Path) -> str:
+        """``path`` (inside this run's folder) as the store keeps it: relative to the runs folder, so it stays
+        right when the runs folder moves or a command runs from elsewhere."""
+        return str(Path(self.name) / Path(path).relative_to(self.path))
+
 
 def record_base(run: Run, finished: bool = True) -> None:
     """``meta.json``'s record of stage 1's model: once stage 1 is finished (``finished``), the sha256 and size of
@@ -492,6 +497,9 @@ def register_run(run: Run, status: str = "created"):
         row is not None and row["path"] == str(run.path.resolve()) and row["config_hash"] == run.meta.get("config_hash")
     ):
         return store, row  # up to date (or a read-only folder, shown as it is)
+    if row is not None and row["config_hash"] == run.meta.get("config_hash") and not Path(row["path"]).exists():
+        store.move_run(run.name, str(run.path.resolve()))  # the runs folder was moved: its jobs and tags stay
+        return store, store.get_run(run.name)
     if row is not None:  # a run of the same name whose folder was deleted: the new folder wins
         store.forget_run(run.name)
     meta = run.meta
@@ -513,13 +521,52 @@ def register_run(run: Run, status: str = "created"):
 
 
 def open_run(name_or_path: str, runs_dir: Optional[str] = None) -> Run:
+    """The run a user named: a folder path, an exact name, ``latest`` (the newest run), or a prefix of exactly
+    one run's name; anything else is one error line, with the nearest names ("did you mean ...")."""
     p = Path(name_or_path).expanduser()
+    root = runs_root(runs_dir)
     if not (p / CONFIG_FILE).is_file():
-        p = runs_root(runs_dir) / name_or_path
-    if not (p / CONFIG_FILE).is_file():
-        raise UserError(f"run not found: {name_or_path!r} (looked in {runs_root(runs_dir)})")
+        p = root / name_or_path
+    if not (p / CONFIG_FILE).is_file() and "/" not in name_or_path:
+        p = root / resolve_run_name(name_or_path, root)
     try:
         json.loads((p / CONFIG_FILE).read_text())
     except json.JSONDecodeError:
         raise UserError(f"run {name_or_path!r} has a corrupt config.json") from None
     return Run(p)
+
+
+def run_names(root: Path) -> list[str]:
+    """The names of the run folders in ``root``, sorted."""
+    try:
+        return sorted(d.name for d in Path(root).iterdir() if is_run_folder(d))
+    except OSError:
+        return []
+
+
+def resolve_run_name(name: str, root: Path) -> str:
+    """``latest``: the run created last (``meta.json``'s time, else the folder's); a prefix: the one run whose
+    name starts with it. Several matches or none: one ``UserError`` naming them or the nearest names."""
+    import difflib
+
+    names = run_names(root)
+    if name == "latest" and names:
+
+        def created(n: str) -> str:
+            meta = read_json(root / n / META_FILE) or {}
+            return str(meta.get("created") or "")
+
+        return max(names, key=lambda n: (created(n), (root / n).stat().st_mtime))
+    found = [n for n in names if n.startswith(name)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        more = f" (+{len(found) - 5} more)" if len(found) > 5 else ""
+        raise UserError(f"run {name!r} is ambiguous in {root}: {', '.join(found[:5])}{more}; give more of the name")
+
+    def score(n: str) -> float:  # a typo in the whole name, or in its beginning (a mistyped prefix)
+        return max(difflib.SequenceMatcher(None, name, m).ratio() for m in (n, n[: len(name)]))
+
+    near = sorted((n for n in names if score(n) >= 0.6), key=lambda n: -score(n))[:3]
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    raise UserError(f"run not found: {name!r} (looked in {root}){hint}")

@@ -52,6 +52,15 @@ refer to until ingested).
 Migration 006 adds ``jobs.slurm_time``: the time limit Slurm gave the job as ``squeue`` prints it
 (``UNLIMITED``, ``1:00:00``, ...), the partition's default when no ``--time`` was given.
 
+Migration 007 adds what a researcher writes about runs: ``run_tags`` (run, key, value: ``stepadapt tag``, one
+value per key and run, null for a bare label) and ``run_notes`` (run, text, created: ``stepadapt note``). They
+live here rather than in ``meta.json`` because a tag may be written while the run's pipeline rewrites its
+``meta.json``: the store's transactions keep both writes, and ``runs --tag`` filters with a query.
+
+``jobs.log_path`` is written relative to the runs folder (``NAME/logs/0007-finetune-g03.log``); older rows
+hold it relative to the folder the run was launched from, or absolute. ``job`` and ``jobs`` return it as a path
+that exists wherever the runs folder is now (``_log_path``).
+
 ``_migrations`` - name and time of every applied migration, in order.
 
 Readers and several writers may use the file at once: WAL lets readers proceed during writes and a busy
@@ -238,6 +247,13 @@ def _m006(db) -> None:
         db["jobs"].add_column("slurm_time", str)
 
 
+def _m007(db) -> None:
+    db["run_tags"].create({"id": int, "run": str, "key": str, "value": str, "created": str}, pk="id")
+    db["run_tags"].create_index(["run", "key"], unique=True)
+    db["run_notes"].create({"id": int, "run": str, "text": str, "created": str}, pk="id")
+    db["run_notes"].create_index(["run"])
+
+
 MIGRATIONS: list[tuple[str, Callable]] = [
     ("001_llm_calls_and_proxy_rounds", _m001),
     ("002_search_sessions", _m002),
@@ -245,6 +261,7 @@ MIGRATIONS: list[tuple[str, Callable]] = [
     ("004_system_fingerprint", _m004),
     ("005_job_journals_and_slurm", _m005),
     ("006_slurm_time_limit", _m006),
+    ("007_run_tags_and_notes", _m007),
 ]
 
 # how long a writer waits for another's write lock before the write fails (the orchestrator then waits on)
@@ -555,7 +572,13 @@ class Store:
 
     def job(self, job_id: int) -> Optional[dict]:
         rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
-        return _decode(rows[0]) if rows else None
+        return self._job_row(rows[0]) if rows else None
+
+    def _job_row(self, row: dict) -> dict:
+        out = _decode(row)
+        if out.get("log_path"):
+            out["log_path"] = str(_log_path(self.path.parent, out["run"], out["log_path"]))
+        return out
 
     def jobs(self, run: Optional[str] = None, active: bool = False) -> list[dict]:
         where, args = [], []
@@ -564,7 +587,7 @@ class Store:
             args.append(run)
         if active:
             where.append(f"status in {JOB_ACTIVE}")
-        return [_decode(r) for r in self.db["jobs"].rows_where(" and ".join(where) or None, args, order_by="id")]
+        return [self._job_row(r) for r in self.db["jobs"].rows_where(" and ".join(where) or None, args, order_by="id")]
 
     # -- metrics
     def log_metrics(self, rows: list[dict]) -> None:
@@ -599,14 +622,70 @@ class Store:
             self.db.execute("delete from artifacts where run = ? and path = ?", [row["run"], row["path"]])
             self.db["artifacts"].insert(row)
 
-    def forget_run(self, name: str) -> None:
-        """Delete a run's row and its jobs, metrics and artifacts (its folder is gone or replaced)."""
+    def forget_run(self, name: str, decisions: bool = False) -> None:
+        """Delete a run's row and its jobs, metrics, artifacts, tags and notes (its folder is gone or replaced);
+        with ``decisions`` (``stepadapt rm``) its recorded LLM calls and proxy rounds too."""
+        tables = ("runs", "jobs", "metrics", "artifacts", "run_tags", "run_notes")
         with self._tx():
-            for table in ("runs", "jobs", "metrics", "artifacts"):
+            for table in tables + (("llm_calls", "proxy_rounds") if decisions else ()):
                 self.db.execute(f"delete from {table} where {'name' if table == 'runs' else 'run'} = ?", [name])
+
+    def forget_artifacts(self, run: str, paths: list[str]) -> None:
+        """Delete the artifact rows of files that were removed (``stepadapt gc``)."""
+        with self._tx():
+            for p in paths:
+                self.db.execute("delete from artifacts where run = ? and path = ?", [run, p])
+
+    def move_run(self, name: str, path: str) -> None:
+        """Point a run's row at its folder's new place (the runs folder was moved); its other rows stay."""
+        self._update("runs", "name", name, {"path": path})
+
+    # -- tags and notes (migration 007)
+    def set_tag(self, run: str, key: str, value: Optional[str]) -> None:
+        with self._tx():
+            self.db.execute("delete from run_tags where run = ? and key = ?", [run, key])
+            self.db["run_tags"].insert({"run": run, "key": key, "value": value, "created": utc_now()})
+
+    def remove_tag(self, run: str, key: str) -> bool:
+        with self._tx():
+            return self.db.execute("delete from run_tags where run = ? and key = ?", [run, key]).rowcount > 0
+
+    def tags(self, run: Optional[str] = None) -> dict:
+        """{run: {key: value}} (of one run, or of every run), keys in the order they were set."""
+        where, args = ("run = ?", [run]) if run else (None, [])
+        out: dict = {}
+        for r in self.db["run_tags"].rows_where(where, args, order_by="id"):
+            out.setdefault(r["run"], {})[r["key"]] = r["value"]
+        return out
+
+    def add_note(self, run: str, text: str) -> None:
+        with self._tx():
+            self.db["run_notes"].insert({"run": run, "text": text, "created": utc_now()})
+
+    def notes(self, run: Optional[str] = None) -> dict:
+        """{run: [{"text", "created"}]}, oldest first."""
+        where, args = ("run = ?", [run]) if run else (None, [])
+        out: dict = {}
+        for r in self.db["run_notes"].rows_where(where, args, order_by="id"):
+            out.setdefault(r["run"], []).append({"text": r["text"], "created": r["created"]})
+        return out
 
     def artifacts(self, run: str) -> list[dict]:
         return list(self.db["artifacts"].rows_where("run = ?", [run], order_by="id"))
+
+
+def _log_path(root: Path, run: str, stored: str) -> Path:
+    """Where a job's log is now: a path written relative to the runs folder (``NAME/logs/FILE``), or an older
+    row's path relative to the launch folder or absolute, found again under ``root`` by its run folder's name
+    (so a moved runs folder, or a command run from another folder, still finds it)."""
+    p = Path(stored)
+    parts = p.parts
+    if run in parts:  # NAME/logs/FILE, runs/NAME/logs/FILE, /old/place/runs/NAME/logs/FILE
+        i = len(parts) - 1 - parts[::-1].index(run)
+        moved = root.joinpath(*parts[i:])
+        if moved.exists() or not p.is_absolute():
+            return moved
+    return p if p.is_absolute() else root / p
 
 
 def _encode(row: dict) -> dict:

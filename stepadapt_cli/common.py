@@ -14,8 +14,47 @@ from core.errors import EXIT_BUG, EXIT_INTERRUPTED, UserError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# bare `stepadapt` lists the commands in the order a researcher meets them: start a run, its stages, look at it,
+# its results, manage it, then the rest; a command not named here follows, alphabetically
+WORKFLOW = (
+    "run",
+    "resume",
+    "kill",
+    "fork",
+    "train",
+    "schedule",
+    "prune",
+    "finetune",
+    "control",
+    "sample",
+    "eval",
+    "report",
+    "compare",
+    "plot",
+    "export",
+    "runs",
+    "show",
+    "logs",
+    "tui",
+    "llm-log",
+    "tag",
+    "note",
+    "rm",
+    "gc",
+    "study",
+    "macs",
+    "info",
+    "import",
+    "llm-import",
+)
+
+
 class Cli(click.Group):
     """Click group whose commands report UserError (and any other failure) as one line, never a traceback."""
+
+    def list_commands(self, ctx):
+        known = {n: i for i, n in enumerate(WORKFLOW)}
+        return sorted(self.commands, key=lambda n: (known.get(n, len(WORKFLOW)), n))
 
     def invoke(self, ctx):
         try:
@@ -122,10 +161,20 @@ def set_threads(cfg: dict) -> None:
         torch.set_num_threads(int(cfg["train"]["threads"]))
 
 
-def console():
-    """A rich console; when output is not a terminal, wide enough that tables are not squeezed."""
+def console_width() -> int:
+    """Columns to print in: the terminal's; piped, ``$COLUMNS`` when set (``COLUMNS=80 stepadapt runs | less``),
+    else 200, wide enough that a table written to a file is not squeezed."""
+    import shutil
     import sys
 
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    cols = os.environ.get("COLUMNS", "")
+    return int(cols) if cols.isdigit() and int(cols) > 0 else 200
+
+
+def console():
+    """A rich console as wide as ``console_width`` says."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    return Console(width=console_width())

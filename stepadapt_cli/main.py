@@ -6,7 +6,7 @@ import click
 
 from core import __version__
 
-from .commands import evaluation, exchange, inspection, management, stages, studies
+from .commands import curves, evaluation, exchange, housekeeping, inspection, management, stages, studies
 from .common import CONTEXT, Cli, runs_dir_option
 
 
@@ -41,7 +41,9 @@ for _cmd in (
     + stages.COMMANDS
     + inspection.COMMANDS
     + evaluation.COMMANDS
+    + curves.COMMANDS
     + studies.COMMANDS
+    + housekeeping.COMMANDS
 ):
     cli.add_command(_cmd)
 

@@ -336,3 +336,36 @@ def test_rows_scored_with_the_old_intervals_are_scored_again_from_their_stored_f
     assert again["fid"] == first["fid"] and again["fid_ci"] == first["fid_ci"]
     assert again["fid_ci"][0] <= again["fid"] <= again["fid_ci"][1]
     assert json.loads(path.read_text())["models"]["base"]["interval"] == "half-sampling"
+
+
+def test_plot_overlays_curves_and_export_csv_writes_results_and_history(trained, tmp_path):
+    """`plot` draws stage 1, the control and each group's fine-tune of a real run in one PNG; `export --csv`
+    writes one row per model and metric with its interval (as eval.json holds them), `--history` every logged
+    training number; bad choices are one line each."""
+    import csv
+
+    rd = ("--runs-dir", trained)
+    run_cli("eval", "ev", "--samples", "16", "--sample-steps", "2", *rd, check=0)
+    png = tmp_path / "c.png"
+    p = run_cli("plot", "ev", "--metric", "mse", "--smooth", "0.5", "--out", png, *rd, check=0)
+    assert "4 curves of mse" in p.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # base, control, 2 groups
+    out = tmp_path / "r.csv"
+    run_cli("export", "ev", "--csv", out, *rd, check=0)
+    rows = list(csv.DictReader(out.open()))
+    ev = json.loads((trained / "ev" / "eval.json").read_text())
+    for model in ("base", "control", "progressive"):
+        fid = next(r for r in rows if r["model"] == model and r["metric"] == "fid")
+        want = ev["models"][model]
+        assert float(fid["value"]) == want["fid"] and float(fid["lo"]) == want["fid_ci"][0], fid
+    hist = tmp_path / "h.csv"
+    run_cli("export", "ev", "--csv", hist, "--history", *rd, check=0)
+    stages = {r["stage"] for r in csv.DictReader(hist.open())}
+    assert {"base", "control", "group00", "group01"} <= stages, stages
+    for bad in (
+        ("plot", "ev", "--stage", "nonsense"),
+        ("plot", "ev", "--smooth", "1.5"),
+        ("export", "ev"),
+        ("export", "ev", "--history", "--to-diffusers", tmp_path / "x"),
+    ):
+        p = run_cli(*bad, *rd)
+        assert_clean_error(p)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+FID = "{:.3f}"  # FID and KID x1e3 everywhere (tables, the TUI, the reports): one precision
+
 
 def fmt(value: Optional[float], spec: str = "{:.4f}", scale: float = 1.0) -> str:
     """A number in ``spec`` (divided by ``scale``), or '-' when there is none."""
@@ -17,6 +19,18 @@ def with_ci(value: Optional[float], ci: Optional[Sequence[float]], spec: str = "
         return "-"
     out = spec.format(value / scale)
     return out + (f" [{spec.format(ci[0] / scale)}, {spec.format(ci[1] / scale)}]" if ci else "")
+
+
+def narrow_ci(value: Optional[float], ci: Optional[Sequence[float]], spec: str = FID, scale: float = 1.0) -> str:
+    """'0.213±0.061': a value and the larger half-width of its 95% interval, for tables that must fit 80 columns
+    (bootstrap intervals are not symmetric: the larger side is the honest one); '-' when there is no value."""
+    if value is None:
+        return "-"
+    out = spec.format(value / scale)
+    if not ci:
+        return out
+    half = max(value - ci[0], ci[1] - value, 0.0)
+    return out + "±" + spec.format(half / scale)
 
 
 def significance(diff_ci: Sequence[float]) -> str:
@@ -83,3 +97,35 @@ def bottom_line(comparisons: list[dict]) -> str:
             f"its MACs) it is {word[pd['verdict']]} on {metric}."
         )
     return text
+
+
+def group_pattern(table: list[dict], against: str = "control") -> str:
+    """Where the progressive model's held-out loss differs from ``against``'s, group by group (group 0 has the
+    least noise): 'Per group against the control (group 0: least noise): lower loss in groups 2, 3 (-3.1%,
+    -2.0%), higher in groups 0, 1 (+12.0%, +4.2%): better at high noise, worse at low noise.' ('' without the
+    per-group comparison). ``table``: ``evaluate.loss_table``'s rows."""
+    rows = [t for t in table if t.get(f"vs_{against}")]
+    if not rows:
+        return ""
+    side = {"lower": [], "higher": [], "same": []}
+    for t in rows:
+        ch = t[f"vs_{against}"]
+        side[significance(ch["ci"])].append((t["group"], ch["rel"]))
+
+    def part(word: str, items: list) -> str:
+        gs = ", ".join(str(g) for g, _ in items)
+        return f"{word} in group{'s' if len(items) > 1 else ''} {gs} ({', '.join(f'{r:+.1%}' for _, r in items)})"
+
+    parts = [part(w, side[k]) for w, k in (("lower loss", "lower"), ("higher", "higher")) if side[k]]
+    if side["same"]:
+        parts.append(
+            f"no significant difference in group{'s' if len(side['same']) > 1 else ''} "
+            + ", ".join(str(g) for g, _ in side["same"])
+        )
+    text = f"Per group against the {against} (group 0: least noise): " + "; ".join(parts)
+    lo, hi = side["lower"], side["higher"]
+    if lo and hi and min(g for g, _ in lo) > max(g for g, _ in hi):
+        text += ": better at high noise, worse at low noise"
+    elif lo and hi and max(g for g, _ in lo) < min(g for g, _ in hi):
+        text += ": better at low noise, worse at high noise"
+    return text + "."

@@ -171,7 +171,7 @@ def launch(
         status="running",
         started=utc_now(),
         heartbeat=time.time(),
-        log_path=str(log_path),
+        log_path=run.in_runs_folder(log_path),  # relative to the runs folder (the store reads it back from there)
     )
     return job_id, p
 

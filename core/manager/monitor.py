@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from core.chosen import chosen_candidates, pruned_with, record_method
 from core.errors import UserError
 from core.evaluation.evaluate import load_eval, loss_table
 from core.manager import stages
@@ -100,10 +101,12 @@ def slurm_line(active: list[dict]) -> str:
     )
 
 
-def run_summary(store: Store, row: dict) -> dict:
+def run_summary(store: Store, row: dict, labels: Optional[tuple] = None, disk: bool = False) -> dict:
     """One line about a run for ``runs`` and the TUI's runs screen. A run whose folder is gone is listed as
-    ``missing``, one whose config cannot be read as ``broken``."""
+    ``missing``, one whose config cannot be read as ``broken``. ``labels``: every run's (tags, notes) when the
+    caller read them at once; ``disk``: also the bytes of the run's folder."""
     run = Run(Path(row["path"]))
+    tags, notes = labels or (store.tags(row["name"]), store.notes(row["name"]))
     out = {
         "name": row["name"],
         "status": row["status"],
@@ -114,6 +117,8 @@ def run_summary(store: Store, row: dict) -> dict:
         "parent": row.get("parent"),
         "folder": str(run.path),
         "stages_total": len(STAGES) - len(OPTIONAL_STAGES),
+        "tags": tags.get(row["name"], {}),
+        "notes": notes.get(row["name"], []),
     }
     if not run.config_file.exists():
         return {**out, "status": "missing", "folder": None, "stages_done": 0}
@@ -128,7 +133,7 @@ def run_summary(store: Store, row: dict) -> dict:
     out.update(
         {
             "preset": cfg.get("preset"),
-            "method": prune["method"],
+            "method": pruned_with(run, cfg),
             "llm": prune["llm"] if prune["method"] == "proxy" else "",
             "stages_done": stages_done(st),
             "stages_total": len(st),
@@ -148,6 +153,10 @@ def run_summary(store: Store, row: dict) -> dict:
             out[f"{c['model']}_vs_{c['against']}"] = c["verdict"]
     fids = [r["fid"] for r in models.values() if r.get("fid") is not None]
     out["best_fid"] = min(fids) if fids else None
+    if disk:
+        from core.manager.housekeeping import disk_use
+
+        out["bytes"] = disk_use(run.path)
     return out
 
 
@@ -155,8 +164,12 @@ def runs_overview(store: Store) -> list[dict]:
     return [run_summary(store, r) for r in store.list_runs()]
 
 
-def group_rows(store: Store, run: Run) -> list[dict]:
-    """Per timestep group: size, budget, achieved MACs and params after pruning, fine-tune state and loss."""
+def group_rows(store: Store, run: Run, kept: Optional[dict] = None) -> list[dict]:
+    """Per timestep group: size, budget, achieved MACs and params after pruning, the candidate the plan kept
+    (``kept``: ``chosen``'s answer), fine-tune state and loss."""
+    from core.chosen import chosen_text
+
+    kept = kept or {}
     sched = read_json(run.schedule_file())
     if not sched:
         return []
@@ -174,7 +187,8 @@ def group_rows(store: Store, run: Run) -> list[dict]:
                 "budget_macs": g["budget_macs"],
                 "macs": _get(rec, "report", "macs"),
                 "params": _get(rec, "report", "params"),
-                "prune_method": _get(rec, "method", "method"),
+                "prune_method": record_method(rec),
+                "kept": chosen_text(kept[g["index"]]) if g["index"] in kept else None,
                 "finetuned": run.model(run.group_stage(g["index"])).exists(),
                 "finetune_loss": ft[-1]["value"] if ft else None,
             }
@@ -182,9 +196,17 @@ def group_rows(store: Store, run: Run) -> list[dict]:
     return rows
 
 
+def chosen(store: Store, run: Run) -> dict[int, dict]:
+    """Per pruned group, the candidate its plan kept (``core.chosen``), read from this store."""
+    return chosen_candidates(run, store.rounds(run.name), store.calls(run.name))
+
+
 def show_data(store: Store, run: Run) -> dict:
     """Everything ``stepadapt show`` prints (and ``--json`` returns)."""
+    from core.manager.housekeeping import disk_use
+
     summary = run_summary(store, store.get_run(run.name))
+    kept = chosen(store, run)
     last = {}
     for m in store.metrics(run.name):
         key = m["stage"] + ("" if m["group_index"] is None else f"/g{m['group_index']:02d}")
@@ -216,17 +238,25 @@ def show_data(store: Store, run: Run) -> dict:
         }
         for j in store.jobs(run.name)
     ]
+    from core.chosen import chosen_text
+
+    for j in jobs:  # a prune job's last line is its last round; what it kept is the prune record's
+        if j["stage"] == "prune" and j["status"] == "succeeded" and j["group_index"] in kept:
+            j["kept"] = chosen_text(kept[j["group_index"]])
     return {
         "run": summary,
         "meta": run.meta,
         "stages": stage_status(run, store.jobs(run.name)),
-        "groups": group_rows(store, run),
+        "groups": group_rows(store, run, kept),
         "jobs": jobs,
         "metrics_last": last,
         "artifacts": store.artifacts(run.name),
         "eval": load_eval(run),
-        "base_changed": base_changed(run),
-    }  # models/base.pt against its record in meta.json, or None
+        "base_changed": base_changed(run),  # models/base.pt against its record in meta.json, or None
+        "chosen": {str(g): c for g, c in kept.items()},
+        "disk": {p.name: disk_use(p) for p in sorted(run.path.iterdir()) if p.is_dir()},
+        "bytes": disk_use(run.path),
+    }
 
 
 def run_detail(store: Store, run: Run) -> dict:
@@ -423,6 +453,7 @@ def comparison(runs: list[Run]) -> dict:
         "loss_groups": losses,
         "config_differences": diff,
         "runs": [r.name for r in runs],
+        "not_evaluated": [r.name for r in runs if r.name not in verdicts],  # no eval.json yet: no rows
         **(shared_base(runs) if len(runs) > 1 else {}),
     }
 

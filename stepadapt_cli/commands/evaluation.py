@@ -10,6 +10,38 @@ from .. import render
 from ..common import device_option, emit_json, json_option, runs_dir_option, steps_option
 
 
+def _evaluate_with_progress(run, dev, models, n, steps, inception, force) -> dict:
+    """``evaluate_run`` with a progress bar on a terminal (sampling for FID takes a while; a cached evaluation
+    returns at once and draws nothing); its log lines print above the bar."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from core.evaluation.evaluate import evaluate_run
+
+    err = Console(stderr=True)
+    columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("eval", total=None)
+
+        def progress(done, total):
+            bar.update(task, completed=done, total=total)
+
+        return evaluate_run(
+            run,
+            dev,
+            log=lambda line: bar.console.print(line, markup=False, highlight=False),
+            progress=progress,
+            models=models,
+            n=n,
+            steps=steps,
+            inception=inception,
+            fid=True,
+            force=force,
+        )
+
+
 def _gated(models: dict) -> str:
     return "progressive" if "progressive" in models else "base"
 
@@ -126,8 +158,8 @@ def eval_cmd(
     models = {"all": ("base", "control", "uniform", "dense-small", "progressive"), "both": ("base", "progressive")}.get(
         which, (which,)
     )
-    say = lambda s: click.echo(s, err=True)
-    ev = evaluate_run(run, dev, log=say, models=models, n=n, steps=steps, inception=inception, fid=True, force=force)
+    ev = _evaluate_with_progress(run, dev, models, n, steps, inception, force)
+    log = lambda s: click.echo(s, err=True)
     got = {w: ev["models"][w] for w in models if w in ev["models"]}
     if not got:
         raise UserError(f"run {run.name} has no {which} model to evaluate")
@@ -166,21 +198,21 @@ def eval_cmd(
         bev = evaluate_run(
             their_run,
             dev,
-            log=say,
+            log=log,
             models=(bm,),
             n=first["fid_n"],
             steps=first["fid_steps"],
             inception=inception,
             fid=True,
         )
-        cmp = compare_runs(run, _gated(got), their_run, bm, inception, dev, say)
+        cmp = compare_runs(run, _gated(got), their_run, bm, inception, dev, log)
         code = code or _check_against(result, cmp, bev["models"][bm][cmp["primary"]], tolerance)
     result["passed"] = code == 0
     result["exit_code"] = code
     if swap:
         from core.evaluation.swap import swap_test
 
-        result["swap"] = swap_test(run, dev, say, n=first["fid_n"], steps=first["fid_steps"], inception=inception)
+        result["swap"] = swap_test(run, dev, log, n=first["fid_n"], steps=first["fid_steps"], inception=inception)
     if as_json:
         emit_json(result)
     else:
@@ -212,18 +244,50 @@ def _eval_images(run_name, preset, folders, inception, dev, as_json, runs_dir) -
 @click.argument("run_name", metavar="RUN")
 @click.option("--with-run", "others", multiple=True, metavar="RUN", help="Other runs to show on the FID vs MACs plot.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default RUN/report).")
+@click.option(
+    "--self-contained", is_flag=True, help="Also write report.html: one file with its images inlined, to mail."
+)
+@click.option("--open", "open_it", is_flag=True, help="Open the report in a browser (where there is one).")
 @runs_dir_option
-def report(run_name, others, out, runs_dir):
-    """One HTML page and a Markdown file: schedule, training losses, proxy rounds, FID vs MACs, sample grids."""
+def report(run_name, others, out, self_contained, open_it, runs_dir):
+    """One HTML page and a Markdown file: the verdict and bottom line first, then the Table 1 comparison,
+    schedule, training losses, proxy rounds (every try, the kept one marked), FID vs MACs, sample grids, jobs."""
     from pathlib import Path
 
     from core.evaluation.report import write_report
+    from core.evaluation.report_page import write_self_contained
     from core.runs import open_run
 
     run = open_run(run_name, runs_dir)
     other_runs = [open_run(b, runs_dir) for b in others]
-    html, md = write_report(run, other_runs, Path(out) if out else run.report_dir())
+    folder = Path(out) if out else run.report_dir()
+    html, md = write_report(run, other_runs, folder)
     click.echo(f"report  {html}\nmarkdown {md}")
+    if self_contained:
+        html = write_self_contained(html)
+        click.echo(f"one file {html}")
+    if open_it:
+        _open_in_browser(html)
+
+
+def _open_in_browser(page) -> None:
+    """Open ``page`` in a browser where there is a desktop (or $BROWSER); else, say where it is. A text browser
+    is never started in this terminal."""
+    import os
+    import sys
+    import webbrowser
+
+    desktop = sys.platform in ("darwin", "win32") or any(
+        os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")
+    )
+    opened = False
+    if desktop:
+        try:
+            opened = webbrowser.open(page.resolve().as_uri())
+        except webbrowser.Error:
+            opened = False
+    if not opened:
+        click.echo(f"no browser to open it here; open {page.resolve()}", err=True)
 
 
 @click.command(short_help="Table 1 style comparison of runs, and config keys that differ.")
@@ -231,21 +295,19 @@ def report(run_name, others, out, runs_dir):
 @json_option
 @runs_dir_option
 def compare(run_names, as_json, runs_dir):
-    """Compare runs like the paper's Table 1 (FID, MACs and params averaged over timesteps, training steps)
-    and list the config keys that differ."""
+    """Compare runs like the paper's Table 1 (FID, MACs and params averaged over timesteps, training steps),
+    whether they share stage 1, and the config keys that differ. A run not evaluated yet is listed as such
+    (stepadapt eval RUN fills its rows)."""
     from core.manager.monitor import comparison
     from core.runs import open_run
 
+    from ..render.evaluation import print_comparison
+
     data = comparison([open_run(n, runs_dir) for n in run_names])
-    missing = [n for n in data["runs"] if n not in {r["run"] for r in data["rows"]}]
-    if missing:
-        raise UserError(
-            f"no evaluation yet for {', '.join(missing)} (the eval stage writes RUN/eval.json; run stepadapt eval RUN)"
-        )
     if as_json:
         emit_json(data)
     else:
-        render.print_comparison(data)
+        print_comparison(data)
 
 
 COMMANDS = [eval_cmd, report, compare]

@@ -74,27 +74,52 @@ def import_cmd(run_name, file, folder, preset, config_file, data_spec, runs_dir,
     click.echo(f"next: stepadapt resume {q}   (or stepadapt fork {q} NEW -S ... to share this base)")
 
 
-@click.command("export", short_help="Write a run's models as diffusers UNet2DModel folders.")
-@click.argument("run_name", metavar="RUN")
+@click.command("export", short_help="A run's models as diffusers folders, or runs' results as CSV.")
+@click.argument("run_names", metavar="RUN...", nargs=-1, required=True)
 @click.option(
     "--to-diffusers",
     "dest",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=True, file_okay=False),
     help="A new (or empty) folder: one UNet2DModel folder per model, scheduler_config.json, routing.json, README.md.",
 )
+@click.option(
+    "--csv",
+    "csv_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write one row per run, model and metric (value, 95% interval, n) of the runs' evaluations.",
+)
+@click.option("--history", is_flag=True, help="With --csv: the training curves instead (run, stage, step, key, value).")
 @runs_dir_option
-def export_cmd(run_name, dest, runs_dir):
+def export_cmd(run_names, dest, csv_file, history, runs_dir):
     """Write every model of RUN (base, the controls, each group's model of the progressive model) as a folder that
-    diffusers' UNet2DModel.from_pretrained loads, with the run's scheduler and routing.json (group, timesteps,
-    folder), for runs of either family. A model whose widths a UNet2DModel config cannot express (pruned widths
-    that differ within a level, a pruned attention head size, improved-diffusion's timestep scale) is named with
-    the reason, in the output, routing.json and README.md, and not written. DIR appears whole or not at all."""
-    from core.manager.bases import export_run
+    diffusers' UNet2DModel.from_pretrained loads (--to-diffusers), or the results of RUN... as CSV (--csv; with
+    --history their training curves), for a spreadsheet, pandas, W&B or MLflow.
+
+    --to-diffusers writes the run's scheduler and routing.json (group, timesteps, folder), for runs of either
+    family. A model whose widths a UNet2DModel config cannot express (pruned widths that differ within a level, a
+    pruned attention head size, improved-diffusion's timestep scale) is named with the reason, in the output,
+    routing.json and README.md, and not written. DIR appears whole or not at all."""
     from core.runs import open_run
 
-    run = open_run(run_name, runs_dir)
-    table = export_run(run, dest, log=lambda line: click.echo(line, err=True))
+    if (dest is None) == (csv_file is None):
+        raise UserError("give one of --to-diffusers DIR or --csv FILE")
+    if history and csv_file is None:
+        raise UserError("--history goes with --csv FILE")
+    runs = [open_run(n, runs_dir) for n in run_names]
+    if csv_file is not None:
+        from core.evaluation.history import history_rows, result_rows, write_csv
+
+        rows = [row for run in runs for row in (history_rows(run) if history else result_rows(run))]
+        write_csv(rows, csv_file)
+        click.echo(f"{csv_file}: {len(rows)} rows from {len(runs)} run(s)")
+        return
+    if len(runs) != 1:
+        raise UserError("--to-diffusers exports one run at a time")
+    from core.manager.bases import export_run
+
+    table = export_run(runs[0], dest, log=lambda line: click.echo(line, err=True))
     rows = list(table["models"].values()) + table["groups"]
     done = sum(1 for r in rows if r["folder"])
     click.echo(f"{dest}: {done} of {len(rows)} models as diffusers folders; routing table {dest}/routing.json")

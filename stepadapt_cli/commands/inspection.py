@@ -73,21 +73,38 @@ def macs(run_name, steps, as_json, runs_dir):
     render.print_macs(run.name, out, steps)
 
 
-@click.command("runs", short_help="List runs: status, stages, FID, MACs.")
+SORT_KEYS = ("created", "name", "status", "fid", "disk")
+
+
+@click.command("runs", short_help="List runs: status, FID, verdict, MACs, disk; filters.")
+@click.option("--status", "statuses", multiple=True, metavar="STATUS", help="Only runs in this state (repeatable).")
+@click.option("--preset", default=None, help="Only runs of this preset.")
+@click.option("--method", default=None, help="Only runs pruned with this method (as their plans record it).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY[=VALUE]", help="Only runs with this tag (repeatable).")
+@click.option("--sort", type=click.Choice(SORT_KEYS), default="created", show_default=True, help="Order of the rows.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N rows (after sorting).")
+@click.option("--prune-missing", is_flag=True, help="Forget runs whose folder is gone (rm -rf runs/X), then list.")
 @json_option
 @runs_dir_option
-def runs_cmd(as_json, runs_dir):
-    """List runs: status, preset, method, stages done, MACs of the base and progressive models."""
+def runs_cmd(statuses, preset, method, tags, sort, limit, prune_missing, as_json, runs_dir):
+    """List runs: status, stages done, the progressive model's FID and verdict against its control, MACs ratio,
+    disk use, method, tags. The filters combine (a run must pass each)."""
+    from core.manager.housekeeping import prune_missing as forget_missing
     from core.manager.monitor import run_summary
     from core.runs import Run, is_run_folder, register_run, runs_root
 
     store = reconciled_store(runs_dir)
     root = runs_root(runs_dir)
-    known = {r["name"] for r in store.list_runs()}
+    if prune_missing:
+        gone = forget_missing(store)
+        click.echo(f"forgot {len(gone)} missing run(s){': ' + ', '.join(gone) if gone else ''}", err=True)
+    known = {r["name"]: r for r in store.list_runs()}
     broken = []
-    if root.is_dir():  # folders made before the store had runs
+    if root.is_dir():  # folders made before the store had runs, and runs of a runs folder that was moved
         for d in sorted(root.iterdir()):
-            if is_run_folder(d) and Run(d).meta_file.is_file() and d.name not in known:
+            row = known.get(d.name)
+            moved = row is not None and not Path(row["path"]).exists()
+            if is_run_folder(d) and Run(d).meta_file.is_file() and (row is None or moved):
                 try:
                     register_run(Run(d))
                 except (ValueError, OSError) as e:  # a truncated config.json or meta.json: list it as broken
@@ -101,23 +118,59 @@ def runs_cmd(as_json, runs_dir):
                             "error": f"{type(e).__name__}: {e}",
                         }
                     )
-    rows = [run_summary(store, r) for r in store.list_runs()] + broken
+    labels = (store.tags(), store.notes())
+    rows = [run_summary(store, r, labels, disk=True) for r in store.list_runs()] + broken
+    rows = _filtered(rows, statuses, preset, method, tags)
+    rows = _sorted(rows, sort)[:limit]
     if as_json:
         emit_json(rows)
     elif not rows:
-        click.echo(f"no runs in {root}")
+        click.echo(f"no runs in {root}" + (" match" if statuses or preset or method or tags else ""))
     else:
         render.print_runs(root, rows)
 
 
-@click.command(short_help="One run: stages, groups, jobs, artifacts, results.")
+def _filtered(rows: list[dict], statuses, preset, method, tags) -> list[dict]:
+    def has(r, tag):
+        key, _, value = tag.partition("=")
+        have = r.get("tags") or {}
+        return key in have and (not value or have[key] == value)
+
+    return [
+        r
+        for r in rows
+        if (not statuses or r["status"] in statuses)
+        and (preset is None or r.get("preset") == preset)
+        and (method is None or method in (r.get("method") or "").split("+"))
+        and all(has(r, t) for t in tags)
+    ]
+
+
+def _sorted(rows: list[dict], key: str) -> list[dict]:
+    """Newest first for created, best (lowest) FID first with the unevaluated last, largest disk use first."""
+    if key == "name":
+        return sorted(rows, key=lambda r: r["name"])
+    if key == "status":
+        return sorted(rows, key=lambda r: (r["status"], r["name"]))
+    if key == "fid":
+        return sorted(rows, key=lambda r: (r.get("progressive_fid") is None, r.get("progressive_fid") or 0))
+    if key == "disk":
+        return sorted(rows, key=lambda r: -(r.get("bytes") or 0))
+    return sorted(rows, key=lambda r: r.get("created") or "", reverse=True)
+
+
+@click.command(short_help="One run: verdict, stages, groups, jobs, results.")
 @click.argument("run_name", metavar="RUN")
+@click.option("--artifacts", "with_artifacts", is_flag=True, help="Also list every file the jobs produced.")
 @json_option
 @runs_dir_option
-def show(run_name, as_json, runs_dir):
-    """One run: stages, groups (budgets and achieved MACs), jobs, last metrics, artifacts, evaluation."""
+def show(run_name, with_artifacts, as_json, runs_dir):
+    """One run: its verdict first, then tags and notes, disk use, stages, groups (budgets, achieved MACs, the
+    candidate each kept), jobs, and the evaluation; --artifacts: the files the jobs produced too."""
     from core.manager.monitor import comparison, show_data
     from core.runs import open_run, register_run
+
+    from ..render.evaluation import print_comparison
 
     store = reconciled_store(runs_dir)
     run = open_run(run_name, runs_dir)
@@ -126,45 +179,97 @@ def show(run_name, as_json, runs_dir):
     if as_json:
         emit_json(data)
         return
-    render.print_show(run, data)
+    render.print_show(run, data, with_artifacts)
     if data["eval"]:
-        render.print_comparison(comparison([run]))
+        print_comparison(comparison([run]), verdicts=False)  # print_show said them first
 
 
 @click.command(short_help="Print (or follow) job logs of a run or a job.")
 @click.argument("target", metavar="RUN|JOB")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run or job ends.")
+@click.option("--stage", default=None, help="Only this stage's jobs (base, prune, finetune, ...).")
+@click.option("--group", type=int, default=None, help="Only this group's jobs.")
+@click.option("-n", "--tail", type=click.IntRange(0), default=None, help="Only the last N lines of each log.")
 @runs_dir_option
-def logs(target, follow, runs_dir):
-    """Print a job's log, or every job log of a run in order (-f: follow them live)."""
+def logs(target, follow, stage, group, tail, runs_dir):
+    """Print a job's log, or every job log of a run in order, each under a header with its times (-f: follow
+    them live). A prune job's log ends with the candidate its group kept."""
+    from core.manager.monitor import chosen
+    from core.runs import Run, open_run
+
     store = reconciled_store(runs_dir)
-    kind, ref = resolve_target(store, target, runs_dir)
+    if store.get_run(target) is not None or (target.isdigit() and store.job(int(target)) is not None):
+        kind, ref = resolve_target(store, target, runs_dir)
+    else:  # a prefix, latest, or a typo (did you mean)
+        kind, ref = "run", open_run(target, runs_dir).name
 
     def jobs():
-        return [store.job(ref)] if kind == "job" else [j for j in store.jobs(ref) if j["log_path"]]
+        js = [store.job(ref)] if kind == "job" else [j for j in store.jobs(ref) if j["log_path"]]
+        return [
+            j for j in js if (stage is None or j["stage"] == stage) and (group is None or j["group_index"] == group)
+        ]
 
     if not follow:
-        _print_logs(kind, ref, jobs())
+        row = store.get_run(ref if kind == "run" else store.job(ref)["run"])
+        run = Run(Path(row["path"])) if row else None
+        _print_logs(kind, ref, jobs(), tail, chosen(store, run) if run and run.config_file.exists() else {})
     else:
-        _follow_logs(store, kind, ref, jobs)
+        _follow_logs(store, kind, ref, jobs, tail)
 
 
-def _print_logs(kind: str, ref, js: list[dict]) -> None:
+def _times(j: dict) -> str:
+    """'started 06-11 14:22:33, ended 14:25:02 (2m29s)'."""
+    import datetime as dt
+
+    start, end = j.get("started"), j.get("ended")
+    out = f"started {start[5:19].replace('T', ' ')}" if start else "not started"
+    if start and end:
+        try:
+            took = int((dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds())
+            out += f", ended {end[11:19]} ({took // 60}m{took % 60:02d}s)"
+        except ValueError:
+            pass
+    return out
+
+
+def _print_logs(kind: str, ref, js: list[dict], tail, kept: dict) -> None:
+    from core.chosen import chosen_text
+
     if not js or not any(j["log_path"] for j in js):
-        raise UserError(f"no job logs for {kind} {ref}")
+        raise UserError(f"no job logs for {kind} {ref}" + (" with that stage or group" if kind == "run" else ""))
     for j in js:
         if not j["log_path"]:
             continue
         if kind == "run":
-            click.echo(f"==> job {j['id']} {job_tag(j)} ({j['status']}) {j['log_path']} <==")
+            click.echo(f"==> job {j['id']} {job_tag(j)} ({j['status']}) {_times(j)}: {j['log_path']} <==")
         p = Path(j["log_path"])
-        click.echo(p.read_text(errors="replace") if p.exists() else "(log file missing)", nl=False)
+        if not p.exists():
+            click.echo("(log file missing)")
+            continue
+        text = p.read_text(errors="replace")
+        if tail is not None:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[len(lines) - tail :] if tail else [])
+        click.echo(text, nl=bool(text) and not text.endswith("\n"))
+        if j["stage"] == "prune" and j["status"] == "succeeded" and j["group_index"] in kept:
+            click.echo(f"group {j['group_index']} kept {chosen_text(kept[j['group_index']])} (prune record)")
 
 
-def _follow_logs(store, kind: str, ref, jobs) -> None:
+def _follow_logs(store, kind: str, ref, jobs, tail=None) -> None:
     from core.manager.jobs import reconcile
 
     offsets: dict[int, int] = {}
+    if tail is not None:  # start each existing log at its last N lines
+        for j in jobs():
+            p = Path(j["log_path"]) if j["log_path"] else None
+            if p is not None and p.exists():
+                data = p.read_bytes()
+                cut = len(data)
+                for _ in range(tail + (1 if data.endswith(b"\n") else 0)):
+                    cut = data.rfind(b"\n", 0, cut)
+                    if cut < 0:
+                        break
+                offsets[j["id"]] = max(cut + 1, 0)
     last_check, finishing = 0.0, False
     while True:
         for j in jobs():
@@ -195,10 +300,11 @@ def _follow_logs(store, kind: str, ref, jobs) -> None:
 @click.option("--group", type=int, default=None, help="Only this group's calls.")
 @click.option(
     "--verdict",
-    type=click.Choice(["accepted", "rejected", "error"]),
+    type=click.Choice(["chosen", "accepted", "rejected", "error"]),
     default=None,
-    help="Only calls with this verdict.",
+    help="Only calls with this verdict (chosen: the candidates the groups kept; accepted includes them).",
 )
+@click.option("--wide", is_flag=True, help="Every column, also those with one value for every call.")
 @click.option("-n", "--last", "last", type=int, default=None, help="Only the last N calls.")
 @click.option("--call", "call_id", type=int, default=None, help="Show one call whole (messages and answer).")
 @click.option(
@@ -210,12 +316,19 @@ def _follow_logs(store, kind: str, ref, jobs) -> None:
 )
 @json_option
 @runs_dir_option
-def llm_log(run_name, group, verdict, last, call_id, export_to, as_json, runs_dir):
-    """List the proxy's LLM calls of a run (round, model, tokens, latency, verdict), or show one whole."""
-    from core.runs import runs_root
+def llm_log(run_name, group, verdict, last, call_id, wide, export_to, as_json, runs_dir):
+    """List the proxy's LLM calls of a run (round and try from 1, model, tokens, latency, verdict; the candidate
+    each group kept marked chosen), or show one whole. By default a column with one value for every call is
+    said once in the title (--wide: every column)."""
+    from core.runs import open_run, runs_root
     from core.store import open_store
 
     store = open_store(runs_root(runs_dir))
+    if not store.calls(run_name):  # a prefix or latest; a name with recorded calls but no folder stays as it is
+        try:
+            run_name = open_run(run_name, runs_dir).name
+        except UserError:
+            pass
     if export_to:
         _export(store, run_name, Path(export_to))
         return
@@ -231,8 +344,10 @@ def llm_log(run_name, group, verdict, last, call_id, export_to, as_json, runs_di
             for line in c["changes"]:
                 click.echo(line)
         return
-    rows = _call_rows(store, run_name, group)
-    if verdict:
+    rows = _call_rows(store, run_name, group, runs_dir)
+    if verdict == "chosen":
+        rows = [r for r in rows if r["chosen"]]
+    elif verdict:
         rows = [r for r in rows if r["verdict"] == verdict]
     if last is not None:
         rows = rows[-last:] if last > 0 else []
@@ -241,11 +356,15 @@ def llm_log(run_name, group, verdict, last, call_id, export_to, as_json, runs_di
     elif not rows:
         click.echo(f"no {verdict} calls in run {run_name}" if verdict else f"no calls in run {run_name}")
     else:
-        render.print_llm_calls(run_name, rows)
+        render.print_llm_calls(run_name, rows, wide)
 
 
-def _call_rows(store, run_name: str, group) -> list[dict]:
-    """The run's (or group's) calls with their verdict and, for an accepted proposal, its measured MACs and loss."""
+def _call_rows(store, run_name: str, group, runs_dir) -> list[dict]:
+    """The run's (or group's) calls as ``core.chosen.proxy_tries`` tells them (1-based round and try, verdict,
+    chosen), with the tokens, latency, cost and request key of each."""
+    from core.chosen import chosen_candidates, proxy_tries
+    from core.runs import Run, runs_root
+
     calls = store.calls(run_name, group)
     if not calls:
         everything = store.calls(run_name)
@@ -258,29 +377,19 @@ def _call_rows(store, run_name: str, group) -> list[dict]:
         raise UserError(
             f"run {run_name!r} has no LLM calls for group {group}; groups with calls: {', '.join(map(str, groups))}"
         )
-    rounds = {r["call_id"]: r for r in store.rounds(run_name, group) if r["call_id"]}
-    rows = []
-    for c in calls:
-        r = rounds.get(c["id"]) or {}
-        rows.append(
+    rounds = store.rounds(run_name, group)
+    run = Run(runs_root(runs_dir) / run_name)
+    kept = chosen_candidates(run, rounds, calls) if run.config_file.exists() else {}
+    rows = proxy_tries(calls, rounds, kept)
+    for row, c in zip(rows, calls):
+        row.update(
             {
-                "id": c["id"],
-                "created": c["created"],
-                "group": c["group_index"],
-                "round": c["round"] + 1,
-                "attempt": c["attempt"],
-                "source": c["source"],
-                "model": c["model_asked"],
                 "prompt_tokens": c["prompt_tokens"],
                 "completion_tokens": c["completion_tokens"],
                 "latency_s": c["latency_s"],
                 "cost": c["cost"],
-                "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted"),
-                "reason": c["error"] or c["validation_error"],
                 "request_key": c["request_key"],
                 "linked_call": c["linked_call"],
-                "macs": r.get("macs"),
-                "loss": r.get("loss"),
             }
         )
     return rows

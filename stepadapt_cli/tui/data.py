@@ -34,12 +34,15 @@ def read_view(store: Store, runs_dir: Path, key: tuple):
 
 def proxy_view(store: Store, run: Run) -> dict:
     """Every call of the run's proxy searches with its verdict and, for an accepted one, the measured candidate;
-    per group the unpruned model's loss and the chosen round (from the group's prune record)."""
+    per group the unpruned model's loss and the kept candidate (``core.chosen``, as every view names it)."""
+    from core.chosen import chosen_candidates, proxy_tries
     from core.runs import read_json
 
-    rounds = {r["call_id"]: r for r in store.rounds(run.name) if r["call_id"]}
+    calls, all_rounds = store.calls(run.name), store.rounds(run.name)
+    kept = chosen_candidates(run, all_rounds, calls) if run.config_file.exists() else {}
+    rounds = {r["call_id"]: r for r in all_rounds if r["call_id"]}
     groups = {}
-    for c in store.calls(run.name):
+    for c in calls:
         g = c["group_index"]
         if g not in groups:
             proxy = ((read_json(run.prune_record(g)) or {}).get("report") or {}).get("proxy") or {}
@@ -47,20 +50,12 @@ def proxy_view(store: Store, run: Run) -> dict:
                 "base_loss": proxy.get("base_loss"),
                 "winner_round": proxy.get("winner_round"),
                 "session": proxy.get("session"),
+                "kept": kept.get(g),
             }
-    rows = []
-    for c in store.calls(run.name):
-        r = rounds.get(c["id"]) or {}
-        info = groups[c["group_index"]]
-        chosen = bool(r) and r["round"] == info["winner_round"] and c["session"] == info["session"]
-        rows.append(
-            {
-                "call": c,
-                "round": r,
-                "chosen": chosen,
-                "verdict": "error" if c["error"] else ("rejected" if c["validation_error"] else "accepted"),
-            }
-        )
+    rows = [
+        {"call": c, "round": rounds.get(c["id"]) or {}, "chosen": t["chosen"], "verdict": t["verdict"]}
+        for c, t in zip(calls, proxy_tries(calls, all_rounds, kept))
+    ]
     return {"rows": rows, "groups": groups}
 
 
