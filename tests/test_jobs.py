@@ -309,7 +309,12 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     stopped = torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"]
     assert 5 <= stopped < 400
     log = open(base["log_path"]).read()
-    assert log.count("1 CPU threads") == 2 and "2 processes (DDP)" in log and "Traceback" not in log
+    assert (
+        log.count("CPU threads") == 1
+        and "1 CPU threads each on 2 ranks" in log
+        and "2 processes (DDP)" in log
+        and "Traceback" not in log
+    )
 
     p = run_cli("resume", "ddp", "--parallel", "2", *rd, check=0)
     assert "all stages done" in p.stderr + p.stdout

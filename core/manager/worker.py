@@ -113,7 +113,15 @@ def _work(store, job, a, hb) -> None:
 
         if threads:
             torch.set_num_threads(int(threads))
-        print(f"[job {job['id']}] {torch.get_num_threads()} CPU threads, OMP_WAIT_POLICY={_omp_policy()}", flush=True)
+        if os.environ.get("RANK", "0") == "0":  # a DDP job says it once, not once per rank
+            ranks = int(os.environ.get("WORLD_SIZE", "1"))
+            each = " each" if ranks > 1 else ""
+            print(
+                f"[job {job['id']}] {torch.get_num_threads()} CPU threads{each}"
+                + (f" on {ranks} ranks" if ranks > 1 else "")
+                + f", OMP_WAIT_POLICY={_omp_policy()}",
+                flush=True,
+            )
     args = job["args"] or {}
     if job["stage"] == "pipeline":
         from core.manager.pipeline import Pipeline

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -56,17 +57,27 @@ def macs(run_name, steps, as_json, runs_dir):
         raise UserError(f"--sample-steps must be in [1, {cfg['diffusion']['steps']}]")
     if not run.model("base").exists():
         raise UserError(f"run {run.name} has no base model yet")
-    out = {
-        "run": run.name,
-        "sample_steps": steps,
-        "base": count(load_unet(run.model("base")), m["image_size"], m["in_channels"]),
-    }
-    if run.model("progressive").exists():
-        prog = load_progressive(run.model("progressive"))
-        cost = progressive_cost(prog, m["image_size"], m["in_channels"], steps)
-        cost["params_total"] = sum(p.numel() for p in prog.parameters())
-        cost["groups"] = {str(g): v for g, v in cost["groups"].items()}
-        out["progressive"] = cost
+    import sys
+
+    from rich.console import Console
+
+    # counting runs a forward pass per model and timestep group: say so on a terminal (tens of seconds at cifar10)
+    with (
+        Console(stderr=True).status(f"counting MACs of {run.name} ...", spinner="dots")
+        if sys.stderr.isatty()
+        else (contextlib.nullcontext())
+    ):
+        out = {
+            "run": run.name,
+            "sample_steps": steps,
+            "base": count(load_unet(run.model("base")), m["image_size"], m["in_channels"]),
+        }
+        if run.model("progressive").exists():
+            prog = load_progressive(run.model("progressive"))
+            cost = progressive_cost(prog, m["image_size"], m["in_channels"], steps)
+            cost["params_total"] = sum(p.numel() for p in prog.parameters())
+            cost["groups"] = {str(g): v for g, v in cost["groups"].items()}
+            out["progressive"] = cost
     if as_json:
         emit_json(out)
         return

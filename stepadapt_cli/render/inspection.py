@@ -73,9 +73,18 @@ def print_prune_records(run_name: str, recs: list[dict]) -> None:
 
 
 def print_macs(run_name: str, out: dict, steps: int) -> None:
+    """Params and MACs of the base and the progressive model, with the ratio to the base (the paper's Table 1
+    column) over all T timesteps and over the ``steps`` respaced sampling steps (eval uses its own eval.steps)."""
     tab = titled_table(
         f"{run_name}: per-sample cost, averaged over timesteps",
-        ("model", "params (avg, M)", "MACs avg over T (G)", f"MACs avg over {steps} steps (G)", "+ attention (G)"),
+        (
+            "model",
+            "params (avg, M)",
+            "MACs avg over T (G)",
+            f"MACs avg over {steps} steps (G)",
+            "ratio to base",
+            "+ attention (G)",
+        ),
         "right",
     )
     b = out["base"]
@@ -84,6 +93,7 @@ def print_macs(run_name: str, out: dict, steps: int) -> None:
         f"{b['params'] / 1e6:.2f}",
         f"{b['macs'] / 1e9:.3f}",
         f"{b['macs'] / 1e9:.3f}",
+        "1.000",
         f"{b['attn_macs'] / 1e9:.3f}",
     )
     if "progressive" in out:
@@ -93,6 +103,7 @@ def print_macs(run_name: str, out: dict, steps: int) -> None:
             f"{p['avg_all']['params'] / 1e6:.2f}",
             f"{p['avg_all']['macs'] / 1e9:.3f}",
             f"{p['avg_sampled']['macs'] / 1e9:.3f}",
+            f"{p['avg_all']['macs'] / b['macs']:.3f} ({p['avg_sampled']['macs'] / b['macs']:.3f})",
             f"{p['avg_all']['attn_macs'] / 1e9:.3f}",
         )
     console().print(tab)
