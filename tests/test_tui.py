@@ -400,6 +400,8 @@ def test_proxy_view_marks_the_chosen_candidate_and_shows_rejected_tries(run_in_s
             assert "THE PROMPT" not in _text(app.screen.query_one("#call"))
             await pilot.press("m")
             await _until(pilot, lambda: "THE PROMPT" in _text(app.screen.query_one("#call")))
+            shown = _text(app.screen.query_one("#call"))
+            assert shown.index("THE PROMPT") < shown.index("--- answer ---")  # on top, where it is seen
 
     asyncio.run(go())
 

@@ -16,11 +16,17 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from core.evaluation.text import fmt
 
-from .view import BACK, HELP, ViewScreen
+from .view import BACK, HELP, QUIT, ViewScreen
 
 
 class ProxyScreen(ViewScreen):
-    BINDINGS = [BACK, Binding("enter", "show_call", "answer"), Binding("m", "toggle_prompt", "prompt/answer"), HELP]
+    BINDINGS = [
+        BACK,
+        Binding("enter", "show_call", "answer"),
+        Binding("m", "toggle_prompt", "prompt/answer"),
+        HELP,
+        QUIT,
+    ]
 
     def __init__(self, name: str):
         super().__init__(("proxy", name))
@@ -74,9 +80,14 @@ class ProxyScreen(ViewScreen):
             self.show_call(t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value)
 
     def action_toggle_prompt(self) -> None:
+        """The prompt on top of the detail pane (where it can be seen, not below a long answer), or the answer
+        alone; of the selected call, else of the row under the cursor."""
         self.with_prompt = not self.with_prompt
+        t = self.query_one(DataTable)
         if self.selected:
             self.show_call(self.selected)
+        elif t.row_count:
+            self.show_call(t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value)
 
     @on(DataTable.RowSelected)
     def selected_row(self, event: DataTable.RowSelected) -> None:
@@ -89,11 +100,11 @@ class ProxyScreen(ViewScreen):
             f"call {c['id']}  source {c['source']}  model {c['model_asked']}  "
             f"verdict {c['error'] or c['validation_error'] or 'accepted'}"
         )
-        parts = [head, f"--- answer ---\n{pretty(c['response_text'])}"]
+        answer = f"--- answer ---\n{pretty(c['response_text'])}"
         if self.with_prompt:
-            parts += [f"--- {m['role']} ---\n{m['content']}" for m in c["messages"]]
+            parts = [head, *[f"--- {m['role']} ---\n{m['content']}" for m in c["messages"]], answer]
         else:
-            parts.append("(m: show the prompt)")
+            parts = [head, "(m: show the prompt above the answer)", answer]
         self.query_one("#call", Static).update(Text("\n".join(parts)))
         self.query_one("#callbox").scroll_home(animate=False)
 
