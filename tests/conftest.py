@@ -25,6 +25,8 @@ def run_cli(*args, env=None, timeout=600, check=None):
     e = dict(os.environ)
     e.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     e.pop("STEPADAPT_DEBUG", None)
+    for k in ("COLUMNS", "LINES"):  # pytest-xdist's workers set them (80x24); a test that wants a width says so
+        e.pop(k, None)
     if env:
         e.update(env)
     p = subprocess.run(

@@ -56,8 +56,13 @@ def _db(runs_dir):
 
 
 def _jobs(runs_dir, run):
+    """The run's job rows as stored, with log paths resolved: the store keeps them relative to the runs folder."""
     with _db(runs_dir) as con:
-        return [dict(r) for r in con.execute("select * from jobs where run = ? order by id", [run])]
+        rows = [dict(r) for r in con.execute("select * from jobs where run = ? order by id", [run])]
+    for r in rows:
+        if r.get("log_path"):
+            r["log_path"] = str(Path(runs_dir) / r["log_path"])
+    return rows
 
 
 def _wait(cond, timeout=120, what="condition"):
