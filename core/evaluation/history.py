@@ -27,15 +27,6 @@ def curve_files(run: Run, stage: str) -> list[tuple[str, Path]]:
     return [(f"{run.name}/{stage}", run.metrics(stage))] if run.metrics(stage).is_file() else []
 
 
-def base_steps(run: Run) -> int:
-    """The stage-1 steps the run's later stages start from: the milestone it forked, else its train.steps."""
-    try:
-        at = (run.meta.get("base") or {}).get("step")
-    except (OSError, ValueError):
-        at = None
-    return int(at if at is not None else run.config["train"]["steps"])
-
-
 def curves(runs: list[Run], stages: list[str], metric: str) -> list[dict]:
     """Every curve of ``metric`` in ``stages`` of ``runs``: {"label", "run", "stage", "steps", "values"}. A stage
     that starts from the trained base (fine-tunes, the controls) is drawn where stage 1 ended, continuing its
@@ -45,11 +36,12 @@ def curves(runs: list[Run], stages: list[str], metric: str) -> list[dict]:
         raise UserError(f"--stage {','.join(bad)}: choose among {', '.join(CURVE_STAGES)}")
     out = []
     for run in runs:
+        base = run.config["train"]["steps"]  # a fork of a milestone has the milestone's step here
         for stage in stages:
             for label, path in curve_files(run, stage):
                 rows = [r for r in read_jsonl(path) if isinstance(r.get(metric), (int, float))]
                 if rows:
-                    start = base_steps(run) if stage != "base" and rows[0]["step"] <= base_steps(run) else 0
+                    start = base if stage != "base" and rows[0]["step"] <= base else 0
                     out.append(
                         {
                             "label": label,

@@ -172,9 +172,15 @@ def base_overrides(defn: dict) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in (defn.get("base") or {}).items()]
 
 
+def arm_at(rec: dict, arm: dict) -> Optional[int]:
+    """The milestone step an arm starts from: its own ``at``, or the study's ``--base RUN@STEP``; None for the
+    base's final weights."""
+    return arm.get("at") if arm.get("at") is not None else rec.get("base_at")
+
+
 def arm_base(rec: dict, arm: dict) -> str:
     """What an arm forks: the study's base, or a milestone of it (the arm's ``at``, or ``--base RUN@STEP``)."""
-    at = arm.get("at") if arm.get("at") is not None else rec.get("base_at")
+    at = arm_at(rec, arm)
     return rec["base"] if at is None else f"{rec['base']}@{at}"
 
 
@@ -316,7 +322,7 @@ def arm_run(rec: dict, arm: dict, runs_dir, log: Callable[[str], None]) -> Run:
 def _forkable(rec: dict, arm: dict, base: Run, base_busy: bool) -> bool:
     """Whether an arm's starting point exists: its milestone kept (the base may still be training on), or the
     base's finished stage 1."""
-    at = arm.get("at") if arm.get("at") is not None else rec.get("base_at")
+    at = arm_at(rec, arm)
     if at is not None:
         from core.training.spec import milestone_paths
 
