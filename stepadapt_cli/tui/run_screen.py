@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from core.evaluation.text import fmt
+from core.evaluation.text import fmt, narrow_ci, with_ci
 from core.manager.monitor import SERIES, bar, draw_schedule, sparkline
 
 from .dialogs import Confirm
@@ -31,9 +31,9 @@ def eval_summary(ev, width: int = 160) -> Text:
     for name in [m for m in ("base", "control", "uniform", "dense-small", "progressive") if m in models]:
         m = models[name]
         ci = m.get("fid_ci")
-        fid = fmt(m.get("fid"), "{:.2f}") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        fid = narrow_ci(m.get("fid"), ci) if narrow else with_ci(m.get("fid"), ci)
         kci = m.get("kid_ci")
-        kid = fmt(m.get("kid"), "{:.4f}") + (f" [{kci[0]:.4f}, {kci[1]:.4f}]" if kci and not narrow else "")
+        kid = narrow_ci(m.get("kid"), kci, "{:.4f}") if narrow else with_ci(m.get("kid"), kci, "{:.4f}")
         ratio = f"{m['macs'] / base['macs']:.3f}x MACs" if base.get("macs") else f"{m['macs'] / 1e9:.3f} GMACs"
         steps = "" if narrow else f"  {m.get('train_steps', '?')} steps"
         lines.append(f"{name:<12} FID {fid}  KID {kid}  {ratio}{steps}")

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from core.evaluation.text import fmt
+from core.evaluation.text import narrow_ci
 
 from .view import HELP, QUIT, ViewScreen
 
@@ -30,7 +30,7 @@ class RunsScreen(ViewScreen):
     ]
     # the progressive model's FID and its verdict against the equal-compute control, as `stepadapt runs` shows
     # them (never the best of all models: that is the control's when the method loses)
-    COLUMNS = ("name", "status", "stages", "FID prog", "vs control", "method", "llm", "preset")
+    COLUMNS = ("name", "status", "stages", "FID prog ±95%", "vs control", "method", "llm", "preset")
     SORT_KEYS = ("created", "name", "status", "method", "progressive_fid")
     VERDICT = {"better": "better", "worse": "WORSE", "no significant difference": "same"}
 
@@ -89,7 +89,7 @@ class RunsScreen(ViewScreen):
                 Text(r["name"]),
                 r["status"],
                 f"{r['stages_done']}/{r['stages_total']}",
-                fmt(r.get("progressive_fid"), "{:.3f}"),
+                narrow_ci(r.get("progressive_fid"), r.get("progressive_fid_ci")),
                 self.VERDICT.get(r.get("progressive_vs_control"), "-"),
                 r.get("method") or "-",
                 _llm(r.get("llm")),
