@@ -148,7 +148,13 @@ def run_worker(runs_dir: str, spec: str, nproc: int = 1) -> int:
     if sid:  # the job log says which limit the job got
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         sid = f"{sid}_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else sid
-        print(f"[slurm] job {sid}: time limit {time_limits([sid]).get(sid, 'unknown')}", file=sys.stderr, flush=True)
+        limit = None
+        for attempt in range(5):  # a busy controller may not answer at once (squeue times out or errs)
+            limit = time_limits([sid]).get(sid)
+            if limit:
+                break
+            time.sleep(1 + attempt)
+        print(f"[slurm] job {sid}: time limit {limit or 'unknown (squeue did not say)'}", file=sys.stderr, flush=True)
     if nproc > 1:
         return _torchrun(argv, nproc)
     sys.argv = ["core.manager.worker", *argv]
