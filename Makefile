@@ -6,7 +6,7 @@ BIN   := $(VENV)/bin
 # e.g. make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench venv clean
+.PHONY: demo base test bench venv clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,11 +17,21 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# the demo: group jobs two at a time (one thread each), stage 1 and the control on two one-thread DDP ranks, and
-# FID/KID from 512 samples per model (the smallest n at which two evaluations of one model agree, bench/README.md;
-# `stepadapt eval` uses 1024)
+# the demo: stage 2 on the base that ships with the package (core/bases/tiny, its provenance.json says how it was
+# made), group jobs two at a time (one thread each), the control on two one-thread DDP ranks, and FID/KID from 512
+# samples per model (the smallest n at which two evaluations of one model agree, bench/README.md; `stepadapt eval`
+# uses 1024). `stepadapt run --preset tiny` trains its own stage 1 first: the full path.
 demo: venv
-	$(BIN)/stepadapt run --preset tiny --parallel 2 -S eval.fid_n=512 --name demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/stepadapt run --base shipped --parallel 2 $(DEMO) --name demo-$$(date +%Y%m%d-%H%M%S)
+DEMO ?= -S eval.fid_n=512
+
+# the shipped base again, from scratch (hours on 2 CPU cores): stage 1 of the tiny preset, evaluated at n = 1024,
+# written to core/bases/tiny with its provenance (bench/ship_base.py)
+BASE_STEPS ?= 6000
+base: venv
+	$(BIN)/stepadapt train --preset tiny --train-steps $(BASE_STEPS) --name tiny-base-$(BASE_STEPS)
+	$(BIN)/stepadapt eval tiny-base-$(BASE_STEPS) --model base
+	$(BIN)/python bench/ship_base.py --run tiny-base-$(BASE_STEPS)
 
 # ruff first (lint, then format check): the style holds without a reviewer
 test: venv

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_wheel_installed_in_a_scratch_venv_finds_studies_and_prompts(tmp_path):
     """Build the wheel, install it (no dependencies: they come from this venv's site-packages through a .pth,
     which does not run this venv's editable finder) into a new venv, and from an empty folder run
-    `stepadapt study list` and load the proxy's templates: both read the wheel's copies, not the checkout."""
+    `stepadapt study list`, load the proxy's templates and the shipped base: all read the wheel's copies, not the
+    checkout."""
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels, REPO],
@@ -45,15 +46,16 @@ def test_wheel_installed_in_a_scratch_venv_finds_studies_and_prompts(tmp_path):
     assert p.returncode == 0, p.stderr
     assert '"name": "table1"' in p.stdout and str(REPO) not in p.stdout, p.stdout
     code = (
-        "import core, core.method.proxy as P; "
-        "t = P.load_templates(P.PROMPTS_DIR); "
-        "print(core.__file__); print(P.PROMPTS_DIR); print(sorted(t))"
+        "import core, core.method.proxy as P, core.manager.shipped as S; "
+        "t = P.load_templates(P.PROMPTS_DIR); S.load('tiny'); "
+        "print(core.__file__); print(P.PROMPTS_DIR); print(sorted(t)); print(S.SHIPPED)"
     )
     p = subprocess.run([py, "-c", code], cwd=empty, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    core_file, prompts, names = p.stdout.splitlines()
+    core_file, prompts, names, bases = p.stdout.splitlines()
     assert core_file.startswith(str(site)) and prompts.startswith(str(site)), p.stdout
     assert "proxy_system" in names and "proxy_round" in names, names
+    assert bases.startswith(str(site)), bases  # the shipped base is in the wheel, checked against its sha256
 
 
 def test_pyproject_lists_every_package():

@@ -52,6 +52,7 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
             ("prune method", pruned_with(run, cfg)),
             ("config", str(meta.get("config_hash"))),
             ("seed", str(meta.get("seed"))),
+            ("stage 1", _stage1(run)),
             ("git", str(meta.get("git_sha"))[:10] + (" (dirty: uncommitted changes)" if meta.get("git_dirty") else "")),
             ("run time", _run_time(books["jobs"])),
             ("command", _command(meta.get("command"))),
@@ -380,3 +381,17 @@ def _proxy_table(calls: list[dict], rounds: list[dict], kept: dict, full: float)
     head = ["group", "round", "try", "MACs / F", "loss", "verdict"]
     note = "every answer of the LLM; accepted: a valid proposal, measured; chosen: the candidate the group kept."
     return [("table", "Proxy rounds", note, head, rows)] if rows else []
+
+
+def _stage1(run) -> str:
+    """Where the run's stage 1 came from, from ``meta.json``: trained here, imported (file), the shipped base, or a
+    fork (parent and milestone step)."""
+    base, parent = run.meta.get("base") or {}, run.meta.get("parent")
+    origin = base.get("origin") or ("fork" if parent else "trained")
+    if origin == "shipped":
+        return f"the shipped base {base.get('name')} ({base.get('steps'):,} steps); parent {parent}"
+    if origin == "import":
+        return f"imported from {base.get('file')}"
+    if origin == "fork":
+        return f"a fork of {base.get('run') or parent}" + (f"@{base['step']}" if base.get("step") is not None else "")
+    return "trained here"

@@ -69,10 +69,12 @@ def base_sha256(run: Run) -> Optional[str]:
 
 
 def base_origin(run: Run) -> str:
-    """One word for where the run's stage 1 came from: trained, imported, or fork of PARENT."""
+    """Where the run's stage 1 came from: trained, imported, shipped base NAME, or fork of PARENT."""
     base = run.meta.get("base") or {}
     if base.get("origin") == "import":
         return "imported"
+    if base.get("origin") == "shipped":
+        return f"shipped base {base.get('name')} ({base.get('steps'):,} steps)"
     if base.get("origin") == "fork" or run.meta.get("parent"):
         at = f"@{base['step']}" if base.get("step") is not None else ""
         return f"fork of {base.get('run') or run.meta.get('parent')}{at}"

@@ -240,9 +240,9 @@ def _settings(method, llm, api_base, data_spec, seed, overrides) -> list[str]:
 @click.option(
     "--base",
     default=None,
-    metavar="RUN|FILE.pt",
-    help="Start from a trained base: another run's (a fork sharing its stage 1) or an "
-    "improved-diffusion checkpoint (imported).",
+    metavar="RUN|FILE.pt|shipped",
+    help="Start from a trained base: another run's (a fork sharing its stage 1), an "
+    "improved-diffusion checkpoint or diffusers folder (imported), or `shipped`: the base that ships with the package.",
 )
 @click.option(
     "--method",
@@ -307,7 +307,14 @@ def run_cmd(
     parse_gpus(gpus)
     store = reconciled_store(runs_dir)
     log = lambda line: click.echo(line, err=True)
-    if base is not None and not is_import_source(base):  # a fork: the parent's config, its stage 1
+    from core.manager.shipped import import_shipped, shipped_name
+
+    shipped = shipped_name(base, preset)
+    if shipped is not None:  # the package's own trained base: its stage-1 settings, a fork of it
+        if config_file:
+            raise UserError("a run on the shipped base takes its stage-1 settings; change what may change with -S")
+        run = import_shipped(shipped, extra, run_name, runs_dir, log=log)
+    elif base is not None and not is_import_source(base):  # a fork: the parent's config, its stage 1
         if config_file or preset:
             raise UserError("a fork takes its base run's config; change what may change with -S (or --method ...)")
         from core.manager.bases import fork_run

@@ -207,6 +207,11 @@ def print_show(run, data: dict, artifacts: bool = False) -> None:
             f"stage 1: imported from {base.get('file')} ({base.get('format')}, file sha256 "
             f"{str(base.get('file_sha256'))[:12]}; base sha256 {str(base.get('sha256'))[:12]})"
         )
+    elif base.get("origin") == "shipped":
+        put(
+            f"stage 1: the shipped base {base.get('name')} ({base.get('file')}, {base.get('steps'):,} steps, commit "
+            f"{str(base.get('commit'))[:10]}; parent {meta.get('parent')}, base sha256 {str(base.get('sha256'))[:12]})"
+        )
     elif base.get("origin") == "fork":
         at = f"@{base['step']}" if base.get("step") is not None else ""
         put(f"stage 1: shared with {base.get('run')}{at} (a fork; base sha256 {str(base.get('sha256'))[:12]})")
