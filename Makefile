@@ -18,12 +18,13 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 # the demo: stage 2 on the base that ships with the package (core/bases/tiny, its provenance.json says how it was
-# made), group jobs two at a time (one thread each), the control on two one-thread DDP ranks, and FID/KID from 512
-# samples per model (the smallest n at which two evaluations of one model agree, bench/README.md; `stepadapt eval`
-# uses 1024). `stepadapt run --preset tiny` trains its own stage 1 first: the full path.
+# made): 5 timestep groups, 40 fine-tune steps each (the control trains 200 steps more), group jobs two at a time
+# (one thread each), the control on two one-thread DDP ranks, and FID/KID from 512 samples per model (the smallest n
+# at which two evaluations of one model agree) with 10 respaced steps (eval's cost, bench/README.md "The demo").
+# `stepadapt run --preset tiny` trains its own stage 1 first and uses the preset's settings: the full path.
+DEMO ?= -S schedule.groups=5 -S finetune.steps=40 -S eval.fid_n=512 -S eval.steps=10 -S sample.steps=25
 demo: venv
 	$(BIN)/stepadapt run --base shipped --parallel 2 $(DEMO) --name demo-$$(date +%Y%m%d-%H%M%S)
-DEMO ?= -S eval.fid_n=512
 
 # the shipped base again, from scratch (hours on 2 CPU cores): stage 1 of the tiny preset, evaluated at n = 1024,
 # written to core/bases/tiny with its provenance (bench/ship_base.py)

@@ -25,7 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DEMO = ["run", "--preset", "tiny", "--parallel", "2", "-S", "eval.fid_n=512"]  # the Makefile's demo target
+
+def demo_command() -> list[str]:
+    """`make demo`'s stepadapt arguments: the Makefile's ``DEMO`` settings read from it, so the two cannot drift."""
+    import re
+
+    settings = re.search(r"^DEMO \?= (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    return ["run", "--base", "shipped", "--parallel", "2", *settings]
 
 
 def _t(iso: str) -> float:
@@ -132,7 +138,7 @@ def main() -> None:
                     sys.executable,
                     "-m",
                     "stepadapt_cli.main",
-                    *DEMO,
+                    *demo_command(),
                     *extra,
                     "--name",
                     "demo",

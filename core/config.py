@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import yaml
 
 from core.errors import UserError
-from core.names import METRICS, NOISE_SCHEDULES, PRUNE_METHODS, SAMPLERS, SCHEDULE_KINDS
+from core.names import METRICS, NOISE_SCHEDULES, PRUNE_METHODS, SAMPLERS, SCHEDULE_KINDS, TRUNKS
 
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 8
@@ -108,6 +108,8 @@ _BASE: dict[str, Any] = {
         "keep": "last",
         "single_stage": False,
         "fid_n": 0,
+        "trunk": "separate",
+        "trunk_share": 0.5,
     },
     "control": {"enabled": True, "uniform": False, "dense": False},
     "prune": {
@@ -214,6 +216,8 @@ KEY_DOCS: dict[str, str] = {
     "finetune.keep": "which weights a group keeps: last, or best (lowest held-out loss)",
     "finetune.single_stage": "the paper's single-stage variant: every group model from scratch, no stage 1",
     "finetune.fid_n": "samples for FID along fine-tuning (0: none)",
+    "finetune.trunk": "separate (a whole model per group) or shared: one encoder for all groups, decoders per group",
+    "finetune.trunk_share": "finetune.trunk shared: the part of each group's finetune.steps that trains the trunk",
     "control.enabled": "train the equal-compute control: stage 1 trained on for the fine-tunes' total steps",
     "control.uniform": "also the control at equal inference cost: one copy pruned to the progressive MACs",
     "control.dense": "also a dense narrower UNet of that cost, trained from scratch as long",
@@ -536,6 +540,7 @@ def validate(cfg: dict) -> None:
             cfg["finetune"]["keep"] == "last" or cfg["finetune"]["eval_every"] > 0,
             "finetune.keep best needs finetune.eval_every > 0 (what 'best' is measured by)",
         ),
+        *trunk_checks(cfg),
         (
             cfg["sample"]["steps"] >= 1 and cfg["sample"]["steps"] <= d["steps"],
             "sample.steps must be in [1, diffusion.steps]",
@@ -545,6 +550,28 @@ def validate(cfg: dict) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(f"invalid config: {msg}")
+
+
+def trunk_checks(cfg: dict) -> list[tuple[bool, str]]:
+    """``finetune.trunk``: a known value; shared, a trunk and decoders that each train at least one step, from the
+    base's weights (not the single-stage variant, not ``prune.method scratch``, which start from fresh weights)."""
+    f = cfg["finetune"]
+    if f["trunk"] != "shared":
+        return [(f["trunk"] in TRUNKS, f"finetune.trunk must be one of {', '.join(TRUNKS)}")]
+    trunk, decoder = trunk_split(cfg, 1)
+    return [
+        (0 < f["trunk_share"] < 1, "finetune.trunk_share must be in (0, 1)"),
+        (
+            trunk >= 1 and decoder >= 1,
+            f"finetune.trunk shared gives round({f['trunk_share']:g} x finetune.steps) = {trunk} of each group's "
+            f"{f['steps']} steps to the trunk and {decoder} to its decoder; both need at least 1",
+        ),
+        (
+            not f["single_stage"] and cfg["prune"]["method"] != "scratch",
+            "finetune.trunk shared fine-tunes the base's encoder once for every group: not with "
+            "finetune.single_stage or prune.method scratch (fresh weights)",
+        ),
+    ]
 
 
 def launcher_checks(la: dict) -> list[tuple[bool, str]]:
@@ -583,6 +610,21 @@ def single_stage(cfg: dict) -> bool:
     """The paper's single-stage variant (Appendix A): every group's model trains from scratch; no stage 1, no
     control."""
     return bool(cfg.get("finetune", {}).get("single_stage"))
+
+
+def shared_trunk(cfg: dict) -> bool:
+    """Whether the group models share one trunk (``finetune.trunk shared``, ``method/trunk.py``); a config
+    written before the key existed is ``separate``."""
+    return (cfg.get("finetune") or {}).get("trunk", "separate") == "shared"
+
+
+def trunk_split(cfg: dict, groups: int) -> tuple[int, int]:
+    """With a shared trunk, (the trunk's steps, each decoder's steps) for ``groups`` non-empty groups: each group
+    gives r = round(finetune.trunk_share x finetune.steps) of its steps to the trunk, so N r and S - r, together
+    N S, what N separate fine-tunes train (``method/trunk.py``)."""
+    s = cfg["finetune"]["steps"]
+    r = round(cfg["finetune"].get("trunk_share", 0.5) * s)
+    return groups * r, s - r
 
 
 def model_arch(cfg: dict) -> dict:

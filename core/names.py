@@ -2,7 +2,19 @@
 the TUI read them from here."""
 
 # the pipeline, in order; group stages run one job per non-empty timestep group
-STAGES = ("base", "schedule", "prune", "finetune", "assemble", "control", "uniform", "dense-small", "sample", "eval")
+STAGES = (
+    "base",
+    "schedule",
+    "trunk",
+    "prune",
+    "finetune",
+    "assemble",
+    "control",
+    "uniform",
+    "dense-small",
+    "sample",
+    "eval",
+)
 GROUP_STAGES = ("prune", "finetune")
 # the whole-run training stages: with several slots (GPUs, or CPU slots of `--parallel N`), or several GPUs per
 # Slurm job, one job trains on all of them (torchrun, DDP: the batch split between the ranks). On CPU that is
@@ -11,7 +23,7 @@ GROUP_STAGES = ("prune", "finetune")
 DDP_STAGES = ("base", "control")
 # the stages that checkpoint mid-way (training): stopped by a time limit, they continue where they were; the
 # others (prune, sample, eval) would start again, so a time limit shorter than their work is said at once
-CHECKPOINTING_STAGES = ("base", "finetune", "control")
+CHECKPOINTING_STAGES = ("base", "trunk", "finetune", "control")
 
 # how group models are pruned: the LLM proxy, an importance criterion, or not at all
 # the importance criteria, each a class of core/method/importance.py and its settings: a new criterion is one
@@ -30,6 +42,10 @@ ALLOCATIONS = ("uniform", "global")
 # budget over timesteps: Eq. 8 (snr), the Table 3 comparisons, or equal-size groups
 SCHEDULE_KINDS = ("snr", "constant", "increasing", "decreasing", "equal", "snr-reversed")
 
+# the group models: whole models each (the paper's), or one shared encoder with a decoder per group
+# (``finetune.trunk``, core/method/trunk.py)
+TRUNKS = ("separate", "shared")
+
 SAMPLERS = ("ancestral", "ddim")
 NOISE_SCHEDULES = ("cosine", "linear")
 # the models a run evaluates: stage 1, the equal-compute control (stage 1 trained on for the steps of every
@@ -39,10 +55,13 @@ NOISE_SCHEDULES = ("cosine", "linear")
 # from scratch for as many steps, manager/stages/dense.py)
 SAMPLE_MODELS = ("base", "control", "uniform", "dense-small", "progressive")
 CONTROLS = ("control", "uniform", "dense-small")
+# the stages a switch turns on: stage -> (its config key, the value that turns it on); a run with the switch off
+# does not list them
 OPTIONAL_STAGES = {
-    "uniform": "uniform",
-    "dense-small": "dense",
-}  # stage -> its switch in the control section  # what the progressive model is compared with, besides the base
+    "trunk": ("finetune.trunk", "shared"),
+    "uniform": ("control.uniform", True),
+    "dense-small": ("control.dense", True),
+}
 # the comparisons a run reports, (model, against)
 MODEL_PAIRS = (
     ("progressive", "control"),

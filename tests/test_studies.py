@@ -41,6 +41,7 @@ EXPECTED_ARMS = {
         "g10": {"schedule.groups": 10, "finetune.steps": 100},
         "reversed": {"schedule.kind": "snr-reversed", "control.uniform": True},
         "distill": {"finetune.distill": 1.0, "prune.method": "proxy"},
+        "shared": {"finetune.trunk": "shared", "schedule.groups": 10, "finetune.steps": 100},
     },
     "convergence": {
         **{

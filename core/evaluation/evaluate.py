@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from core.config import shared_trunk
 from core.evaluation.metrics import INTERVAL
 from core.names import CONTROLS, MODEL_PAIRS, SAMPLE_MODELS
 
@@ -241,9 +242,10 @@ def model_cost(model, which: str, cfg: dict, steps: int, sched, run=None) -> dic
             "macs": cost["avg_all"]["macs"],
             "macs_sampled": cost["avg_sampled"]["macs"],
             "attn_macs": cost["avg_all"]["attn_macs"],
-            "params_total": sum(p.numel() for p in model.parameters()),
+            "params_total": sum(p.numel() for p in model.parameters()),  # a shared trunk's encoder once
             "train_steps": trained,
             "train_precision": _train_precision(run, which, sched),
+            **({"trunk": model.trunk} if getattr(model, "trunk", None) else {}),
         }
     c = count(model, m["image_size"], m["in_channels"])
     return {
@@ -259,7 +261,8 @@ def model_cost(model, which: str, cfg: dict, steps: int, sched, run=None) -> dic
 
 def _train_precision(run, which: str, sched) -> Optional[list[str]]:
     """The precisions the model's training ran at (``fp32``, ``bf16 autocast``), from its artifacts: the
-    progressive model's are its stage 1's and its groups' fine-tunes'. None where an artifact predates the record."""
+    progressive model's are its stage 1's, its groups' fine-tunes' and a shared trunk's. None where an artifact
+    predates the record."""
     from core.method.fields import artifact_fields
 
     if run is None:
@@ -267,13 +270,14 @@ def _train_precision(run, which: str, sched) -> Optional[list[str]]:
     paths = [run.model(which)] if which in CONTROLS else [run.model("base")]
     if which == "progressive":
         paths += [run.model(run.group_stage(g.index)) for g in sched.nonempty]
+        paths += [run.model("trunk")] if shared_trunk(run.config) else []
     found = [artifact_fields(p).get("precisions") for p in paths if p.exists()]
     return None if not found or any(f is None for f in found) else sorted({x for f in found for x in f})
 
 
 def _train_steps(run, which: str, cfg: dict, sched) -> int:
     """Optimiser steps behind a model, from the artifacts: base; control (base + its added steps);
-    progressive (base + every group's fine-tune)."""
+    progressive (base + every group's fine-tune, and a shared trunk's steps)."""
     from core.method.fields import artifact_step
 
     if run is None:
@@ -290,7 +294,8 @@ def _train_steps(run, which: str, cfg: dict, sched) -> int:
     if which == "dense-small":  # from fresh weights: its own steps only
         return artifact_step(run.model("dense-small")) or 0
     if which == "progressive":
-        return base + sum(artifact_step(run.model(run.group_stage(g.index))) or 0 for g in sched.nonempty)
+        trunk = (artifact_step(run.model("trunk")) or 0) if shared_trunk(cfg) else 0
+        return base + trunk + sum(artifact_step(run.model(run.group_stage(g.index))) or 0 for g in sched.nonempty)
     return base
 
 

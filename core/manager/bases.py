@@ -108,7 +108,7 @@ def import_base(file, cfg: dict, name: Optional[str], runs_dir, log: Callable[[s
     digest = file_sha256(Path(file).expanduser())
     run = create_run(cfg, name, runs_dir)
     try:
-        _write_base(
+        write_base(
             run,
             cfg,
             arch,
@@ -121,7 +121,7 @@ def import_base(file, cfg: dict, name: Optional[str], runs_dir, log: Callable[[s
             },
         )
     except BaseException:
-        _discard(run)
+        discard_run(run)
         raise
     log(
         f"run {run.name}: stage 1 imported from {file} (sha256 {digest[:12]}; improved-diffusion layout, "
@@ -168,9 +168,9 @@ def import_diffusers(folder, cfg: dict, name: Optional[str], runs_dir, log: Call
     run = create_run(cfg, name, runs_dir)
     origin = {"origin": "import", "file": str(Path(folder).expanduser().resolve()), "file_sha256": digest}
     try:
-        _write_base(run, cfg, model_arch(cfg), model.state_dict(), {**origin, "format": "diffusers"})
+        write_base(run, cfg, model_arch(cfg), model.state_dict(), {**origin, "format": "diffusers"})
     except BaseException:
-        _discard(run)
+        discard_run(run)
         raise
     d = cfg["diffusion"]
     params = sum(p.numel() for p in model.parameters())
@@ -182,7 +182,7 @@ def import_diffusers(folder, cfg: dict, name: Optional[str], runs_dir, log: Call
     return run
 
 
-def _write_base(run: Run, cfg: dict, arch: dict, state: dict, origin: dict) -> None:
+def write_base(run: Run, cfg: dict, arch: dict, state: dict, origin: dict) -> None:
     """models/base.pt and checkpoints/base.pt of a finished stage 1 that was not trained here."""
     import torch
 
@@ -309,7 +309,7 @@ def fork_run(
             run, {"origin": "fork", "run": parent.name, **({} if step is None else {"step": step}), "sha256": digest}
         )
     except BaseException:
-        _discard(run)
+        discard_run(run)
         raise
     at = "" if step is None else f" at step {step}"
     log(f"run {run.name}: a fork of {parent.name}{at}, sharing its stage 1 (base sha256 {digest[:12]})")
@@ -368,7 +368,7 @@ def _record(run: Run, base: dict) -> None:
         )
 
 
-def _discard(run: Run) -> None:
+def discard_run(run: Run) -> None:
     """Remove a run that could not be made whole (its folder and its row)."""
     from core.store import open_store
 

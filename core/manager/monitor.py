@@ -53,8 +53,9 @@ def _latest(jobs: list[dict], stage: str, group: Optional[int] = None) -> Option
 
 
 def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
-    """Stage -> running | done | skipped | failed | killed | lost | pending; a control that is switched off
-    (``control.uniform``, ``control.dense``) is left out, as it is not part of the run."""
+    """Stage -> running | done | skipped | failed | killed | lost | pending; a stage that is switched off
+    (``control.uniform``, ``control.dense``, the trunk of a run without ``finetune.trunk shared``) is left out, as
+    it is not part of the run."""
     cfg = run.config
     from core.config import single_stage
     from core.manager.stages.dense import wanted as dense_wanted
@@ -69,7 +70,7 @@ def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
     }
     out = {}
     for st in STAGES:
-        if st in OPTIONAL_STAGES and not cfg["control"].get(OPTIONAL_STAGES[st]):
+        if not switched_on(cfg, st):
             continue
         js = [j for j in jobs if j["stage"] == st]
         if any(j["status"] in JOB_ACTIVE for j in js):
@@ -81,6 +82,16 @@ def stage_status(run: Run, jobs: list[dict]) -> dict[str, str]:
         else:
             out[st] = "pending"
     return out
+
+
+def switched_on(cfg: dict, stage: str) -> bool:
+    """Whether ``stage`` is part of a run with ``cfg``: always, unless a switch turns it on
+    (``names.OPTIONAL_STAGES``) and it is off."""
+    if stage not in OPTIONAL_STAGES:
+        return True
+    key, on = OPTIONAL_STAGES[stage]
+    section, name = key.split(".")
+    return (cfg.get(section) or {}).get(name) == on
 
 
 def stages_done(status: dict[str, str]) -> int:

@@ -110,7 +110,7 @@ def import_shipped(
     name: str, overrides: Iterable[str], run_name: Optional[str], runs_dir, log: Callable[[str], None] = print
 ):
     """A new run whose finished stage 1 is the shipped base ``name``; nothing is written if it does not load."""
-    from core.manager.bases import _discard, _write_base
+    from core.manager.bases import discard_run, write_base
     from core.runs import create_run
 
     arch, state, prov = load(name)
@@ -125,9 +125,9 @@ def import_shipped(
         "commit": prov.get("commit"),
     }
     try:
-        _write_base(run, cfg, arch, state, origin)
+        write_base(run, cfg, arch, state, origin)
     except BaseException:
-        _discard(run)
+        discard_run(run)
         raise
     ev = prov.get("eval") or {}
     fid = f", FID {ev['fid']:.3f} [{ev['fid_ci'][0]:.3f}, {ev['fid_ci'][1]:.3f}] at n = {ev['n']}" if ev else ""

@@ -3,7 +3,8 @@
     models/base.pt, models/groupNN.pt   {"arch": model config, "state": EMA weights, "step", "plan"?, ...}
                                         (written by the training loop; "plan" for a pruned group model)
     models/progressive.pt               {"kind": "progressive", "group_of": [T], "groups": {g: {"arch", "plan",
-                                        "state"}}, "schedule": ...}
+                                        "state"}}, "schedule": ..., "trunk"?: {...}}
+                                        ("trunk": the group models share one encoder, ``trunk.py``)
 
 A pruned model is stored as its base architecture plus its plan and rebuilt by ``prune.build_pruned``.
 A file that is missing, unreadable or does not fit its architecture is a ``UserError`` (one line);
@@ -13,6 +14,8 @@ any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 from typing import Optional
+
+import torch.nn as nn
 
 from core.errors import UserError
 from core.method.progressive import ProgressiveDenoiser
@@ -64,11 +67,26 @@ def load_progressive(path, device="cpu") -> ProgressiveDenoiser:
     if art.get("kind") != "progressive":
         raise UserError(f"{path} is not a progressive model artifact")
     models = {int(g): _rebuild(a["arch"], a.get("plan"), a["state"], path) for g, a in art["groups"].items()}
+    trunk = _shared_trunk(art, models, path) if art.get("trunk") else None
     try:
-        model = ProgressiveDenoiser(models, art["group_of"])
+        model = ProgressiveDenoiser(models, art["group_of"], trunk)
     except ValueError as e:
         raise UserError(f"{path}: {e}") from None
     return model.to(device).eval()
+
+
+def _shared_trunk(art: dict, models: dict, path) -> dict:
+    """A shared trunk's group models made to hold one encoder, once their encoder weights are checked equal;
+    its record with the encoder's parameters and the whole model's, the encoder counted once."""
+    from core.method.trunk import differing, share_encoder
+
+    first, *rest = sorted(art["groups"])
+    bad = differing(art["groups"][first]["state"], [(f"group {g}", art["groups"][g]["state"]) for g in rest])
+    if bad:
+        raise UserError(f"{path}: the group models share one encoder, yet {', '.join(bad)} differ from group {first}")
+    encoder = share_encoder(models)
+    total = sum(p.numel() for p in nn.ModuleList(models.values()).parameters())
+    return {**art["trunk"], "encoder_params": encoder, "params_total": total}
 
 
 def progressive_from_files(files: dict, group_of, device="cpu") -> ProgressiveDenoiser:

@@ -4,6 +4,10 @@
 before calling the model, see ``respace.py``), looks up each sample's group in the timestep -> group
 table, runs every group's part of the batch through that group's model and puts the outputs back in
 batch order. Every group model stays resident; nothing is copied or reloaded per step.
+
+With a shared trunk (``trunk.py``) the group models hold one encoder module between them (``trunk``: its record,
+``{"shared": True, "encoder_params", "params_total", ...}``; None for separate models), so ``parameters()``
+counts it once.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import torch.nn as nn
 
 
 class ProgressiveDenoiser(nn.Module):
-    def __init__(self, models: dict[int, nn.Module], group_of: np.ndarray | list[int]):
+    def __init__(self, models: dict[int, nn.Module], group_of: np.ndarray | list[int], trunk: dict | None = None):
         super().__init__()
+        self.trunk = trunk
         self.models = nn.ModuleDict({str(g): m for g, m in models.items()})
         table = torch.as_tensor(np.asarray(group_of), dtype=torch.long)
         missing = sorted(set(table.tolist()) - set(models))

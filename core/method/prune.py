@@ -334,12 +334,13 @@ def held_out_loss(model, ctx, batches: int = 4, seed: int = 12345) -> float:
 
 
 class Pruner:
-    """The units, graph and MAC model of one base model: score once, then plan for any budget."""
+    """The units, graph and MAC model of one base model: score once, then plan for any budget. ``only``: the
+    units that may be pruned (e.g. ``trunk.decoder_only``: a shared trunk's decoder); default all."""
 
-    def __init__(self, base: U.UNet):
+    def __init__(self, base: U.UNet, only: Optional[Callable[[Unit], bool]] = None):
         self.base = copy.deepcopy(base).eval()
         self.dg = build_graph(self.base)
-        self.units = units_of(self.base, self.dg)
+        self.units = [u for u in units_of(self.base, self.dg) if only is None or only(u)]
         self.mac_model = MacModel(self.base, self.units, self.dg)
         self.full = measure(self.base)
 
@@ -413,14 +414,15 @@ def prune_to_budget(
     allocation: str = "uniform",
     tolerance: float = 0.03,
     log: Callable[[str], None] = lambda s: None,
+    only: Optional[Callable[[Unit], bool]] = None,
 ):
     """Prune a copy of ``base`` to at most ``budget_macs`` MACs and no more than ``tolerance`` under it.
 
     Returns (pruned model, plan, report). ``allocation``: ``uniform`` or ``global`` (see ``Pruner.shape``).
     ``ctx`` (``importance.LossContext``) supplies the data and timesteps for gradient-based criteria and for the
-    held-out loss before and after.
+    held-out loss before and after. ``only``: the units that may be pruned (``Pruner``).
     """
-    pr = Pruner(base)
+    pr = Pruner(base, only)
     scores = pr.scores(importance, ctx)
     plan, macs, search = pr.plan_for_budget(scores, budget_macs, pr.shape(scores, allocation), tolerance, log)
     pruned = pr.apply(plan)

@@ -44,7 +44,7 @@ def eval_summary(ev, width: int = 160) -> Text:
 # the run states resume continues (names.RUN_STATUSES but running and succeeded)
 RESUMABLE = ("created", "partial", "failed", "killed", "lost")
 # the whole-run stages with a job of their own, shown below the groups (stage 1 is the first row already)
-WHOLE_RUN_STAGES = ("schedule", "assemble", "control", "uniform", "dense-small", "sample", "eval")
+WHOLE_RUN_STAGES = ("schedule", "trunk", "assemble", "control", "uniform", "dense-small", "sample", "eval")
 
 
 def stage_rows(jobs: list[dict]) -> list[tuple]:

@@ -1,6 +1,6 @@
 """One module per pipeline stage, in order (``names.STAGES``):
 
-    base -> schedule -> prune (per group) -> finetune (per group) -> assemble -> control -> uniform
+    base -> schedule -> trunk -> prune (per group) -> finetune (per group) -> assemble -> control -> uniform
     -> dense-small -> sample -> eval
 
 Each stage module answers both questions about itself:
@@ -17,11 +17,13 @@ done exactly when ``pending`` is empty, so the two can never disagree.
 
 from __future__ import annotations
 
-from core.manager.stages import assemble, base, control, dense, finetune, prune, sample, schedule, uniform
+from core.manager.stages import assemble, base, control, dense, finetune, prune, sample, schedule, trunk, uniform
 from core.manager.stages import eval as eval_stage
 from core.names import STAGES
 
-BY_NAME = {m.NAME: m for m in (base, schedule, prune, finetune, assemble, control, uniform, dense, sample, eval_stage)}
+BY_NAME = {
+    m.NAME: m for m in (base, schedule, trunk, prune, finetune, assemble, control, uniform, dense, sample, eval_stage)
+}
 assert tuple(BY_NAME) == STAGES
 
 

@@ -1,9 +1,14 @@
-"""The progressive model: every non-empty group's fine-tuned model in one artifact (``models/progressive.pt``)."""
+"""The progressive model: every non-empty group's fine-tuned model in one artifact (``models/progressive.pt``).
+
+With a shared trunk (``finetune.trunk shared``) every group's encoder is checked bit-identical to the trunk's
+first, and the artifact records the trunk (``trunk``: shared, the encoder's modules, the trunk's and each
+decoder's steps); loading it gives group models that hold one encoder between them."""
 
 from __future__ import annotations
 
 from typing import Optional
 
+from core.config import shared_trunk, trunk_split
 from core.errors import UserError
 from core.method.schedule import nonempty_groups
 
@@ -35,8 +40,21 @@ def assemble(run, sched=None) -> Optional[str]:
             path = run.best_model(run.group_stage(g.index))
         art = read_artifact(path)
         parts[g.index] = {"arch": art["arch"], "plan": art.get("plan"), "state": art["state"]}
+    meta = {"schedule": sched.to_json()}
+    if shared_trunk(run.config):
+        from core.manager.stages.trunk import check_encoder
+        from core.method.fields import artifact_step
+        from core.method.trunk import ENCODER
+
+        check_encoder(run, [g.index for g in sched.nonempty])
+        meta["trunk"] = {
+            "shared": True,
+            "encoder": list(ENCODER),
+            "trunk_steps": artifact_step(run.model("trunk")),
+            "decoder_steps": trunk_split(run.config, len(sched.nonempty))[1],
+        }
     out = run.model("progressive")
-    save_progressive(out, parts, sched.group_of, {"schedule": sched.to_json()})
+    save_progressive(out, parts, sched.group_of, meta)
     return str(out)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from core.config import model_arch, single_stage
+from core.config import model_arch, shared_trunk, single_stage
 from core.errors import UserError
 from core.method.fields import artifact_fields, artifact_step
 from core.method.schedule import nonempty_groups
@@ -21,11 +21,14 @@ GROUPED = False
 
 
 def added_steps(run) -> Optional[int]:
-    """Steps every non-empty group's fine-tune trained, together; None until each group has its model."""
+    """Steps every non-empty group's fine-tune trained, together (with a shared trunk, ``finetune.trunk shared``,
+    the trunk's steps and every decoder's); None until each group has its model."""
     groups = nonempty_groups(run)
     if not groups:
         return None
     steps = [artifact_step(run.model(run.group_stage(g))) for g in groups]
+    if shared_trunk(run.config):
+        steps.append(artifact_step(run.model("trunk")))
     return None if any(s is None for s in steps) else sum(steps)
 
 

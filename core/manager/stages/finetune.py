@@ -6,13 +6,17 @@ With ``finetune.distill`` > 0 the group's model also matches the unpruned base's
 Each group is its own training job (``group03`` ...) with its own EMA, checkpoint and metrics, so groups
 resume independently. When every non-empty group has a model, they are assembled into one progressive
 model artifact (``models/progressive.pt``, see ``assemble``).
+
+With a shared trunk (``finetune.trunk shared``, ``method/trunk.py``) a group starts from the trunk (its decoder
+pruned) instead of the base, its encoder's parameters are frozen, and it trains S - r steps
+(``config.trunk_split``); afterwards its encoder is checked bit-identical to the trunk's.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional
 
-from core.config import model_arch, single_stage
+from core.config import model_arch, shared_trunk, single_stage, trunk_split
 from core.errors import UserError
 from core.manager.stages.assemble import assemble
 from core.method.fields import artifact_step
@@ -28,8 +32,13 @@ def pending(run) -> list:
     groups = nonempty_groups(run)
     if groups is None:  # no schedule yet: every group is still to do
         return list(range(run.config["schedule"]["groups"]))
-    steps = run.config["finetune"]["steps"]
+    steps = group_steps(run.config, len(groups))
     return [g for g in groups if not _trained(run.model(run.group_stage(g)), steps)]
+
+
+def group_steps(cfg: dict, groups: int) -> int:
+    """Each group's fine-tune steps: ``finetune.steps``, or with a shared trunk its decoder's share of them."""
+    return trunk_split(cfg, groups)[1] if shared_trunk(cfg) else cfg["finetune"]["steps"]
 
 
 def _trained(model_path, steps: int) -> bool:
@@ -45,7 +54,7 @@ def group_spec(run: Run, cfg: dict, sched: Schedule, g: int, steps: Optional[int
         run,
         name,
         cfg,
-        steps if steps is not None else f["steps"],
+        steps if steps is not None else group_steps(cfg, len(sched.nonempty)),
         cfg["seed"] + 1 + g,
         tuning=True,
         timesteps=grp.timesteps,
@@ -92,6 +101,11 @@ def finetune_groups(
     base_path = run.model("base")
     if not base_path.exists() and not single_stage(cfg):
         raise UserError(f"run {run.name} has no base model yet ({base_path}); run stage 1 (stepadapt train) first")
+    trunk = shared_trunk(cfg)
+    if trunk:  # the trunk first (here when `finetune` runs on its own; the pipeline's trunk stage did it)
+        from core.manager.stages.trunk import ensure_trunk
+
+        ensure_trunk(run, device, log)
     sched = run_schedule(run, cfg)
     empty = [g.index for g in sched.groups if g.size == 0]
     if empty:
@@ -108,10 +122,16 @@ def finetune_groups(
             log(f"group {g}: done already ({spec.steps} steps), skipped")
             continue
         resume = spec.ckpt.exists()
-        model, rec = pruned_base(run, g)  # a fresh copy of the base EMA weights, pruned by the group's plan
+        model, rec = pruned_base(run, g)  # a fresh copy of the base (or trunk) EMA weights, pruned by the group's plan
         model.train()
         spec.extra["plan"] = rec["plan"] if rec else None
         spec.extra["prune_method"] = rec["method"]["method"] if rec else "none"
+        if trunk:
+            from core.method.fields import artifact_step
+            from core.method.trunk import ENCODER, freeze_encoder
+
+            frozen = freeze_encoder(model)
+            spec.extra["trunk"] = {"step": artifact_step(run.model("trunk")), "frozen": list(ENCODER)}
         how = (
             f"pruned by {spec.extra['prune_method']} to {rec['report']['macs'] / 1e9:.4f} GMACs"
             if rec
@@ -126,6 +146,7 @@ def finetune_groups(
             f"group {g}: t in [{grp.t_start}, {grp.t_end}] ({grp.size} steps), budget {grp.budget_ratio:.2f} F, "
             f"{how}, {'resuming' if resume else 'fine-tuning'} for {spec.steps} steps"
             + (f", distilling from the base (weight {spec.distill:g})" if teacher is not None else "")
+            + (f"; the shared trunk's encoder ({frozen / 1e6:.3f} M params) frozen" if trunk else "")
         )
         train(
             spec,
@@ -139,6 +160,10 @@ def finetune_groups(
             evaluator=heldout_evaluator(cfg, diffusion, grp, device) if spec.eval_every else None,
             **(hooks(g) if hooks else {}),
         )
+        if trunk:
+            from core.manager.stages.trunk import check_encoder
+
+            check_encoder(run, [g])
         trained.append(g)
     assemble(run, sched)
     return trained
@@ -161,7 +186,7 @@ def heldout_evaluator(cfg: dict, diffusion, grp, device="cpu"):
 
 def work(ctx) -> None:
     g = ctx.group
-    ctx.heartbeat.set(progress=0, total=ctx.run.config["finetune"]["steps"])
+    ctx.heartbeat.set(progress=0, total=group_steps(ctx.run.config, len(nonempty_groups(ctx.run) or [g])))
     finetune_groups(ctx.run, str(g), None, ctx.device, log=ctx.log, hooks=lambda gg: ctx.train_hooks("finetune", gg))
     ctx.produced(ctx.run.model(ctx.run.group_stage(g)), "model")
     ctx.produced(ctx.run.ckpt(ctx.run.group_stage(g)), "checkpoint")

@@ -4,6 +4,10 @@ LLM proxy Eq. 16/17, see ``method/proxy.py``).
 Each group's result is ``RUN/prune/groupNN.json``: the method and its settings, the plan, and the report
 (budget, MACs, params, loss before/after on held-out images at the group's timesteps). The pruned model is
 never stored separately: base EMA + plan rebuilds it exactly, and ``finetune`` starts from it.
+
+With a shared trunk (``finetune.trunk shared``, ``method/trunk.py``) each group prunes the trunk instead of the
+base, and only units all of whose layers lie in the decoder (``trunk.decoder_only``); the record says so
+(``trunk: shared``, ``trunk_step``, and ``reachable_macs``: the fewest MACs pruning the decoder alone reaches).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import datetime as _dt
 import json
 from typing import TYPE_CHECKING, Callable, Optional
 
-from core.config import single_stage
+from core.config import shared_trunk, single_stage
 from core.errors import UserError
 from core.method.schedule import nonempty_groups, parse_groups, run_schedule
 from core.runs import Run, atomic_write_json, is_run_folder
@@ -78,10 +82,19 @@ def pruned_base(run: Run, g: int, device="cpu"):
         if rec["plan"]["remove"]:
             apply_plan(fresh, rec["plan"])
         return fresh.to(device).eval(), rec
-    model = load_unet(run.model("base"), device)
+    model = load_unet(start_model(run), device)
     if rec is not None and rec["plan"]["remove"]:
         apply_plan(model, rec["plan"])
     return model, rec
+
+
+def start_model(run: Run):
+    """The model every group is pruned from and starts its fine-tune from: stage 1's, or the shared trunk's."""
+    if not shared_trunk(run.config):
+        return run.model("base")
+    if not run.model("trunk").exists():
+        raise UserError(f"run {run.name} shares a trunk (finetune.trunk shared) that is not trained yet")
+    return run.model("trunk")
 
 
 def _fresh_weights(run: Run, g: int):
@@ -130,6 +143,15 @@ def prune_groups(
     empty = [gr.index for gr in sched.groups if gr.size == 0]
     if empty:
         log(f"empty groups (skipped): {', '.join(map(str, empty))}")
+    only, trunk = None, None
+    if shared_trunk(cfg):  # the shared trunk's decoder alone, pruned from the trunk (trained here if need be)
+        from core.manager.stages.trunk import check_budgets, ensure_trunk
+        from core.method.fields import artifact_step
+        from core.method.trunk import decoder_only
+
+        reach = check_budgets(run, sched)
+        ensure_trunk(run, device, log)
+        only, trunk = decoder_only, {"trunk_step": artifact_step(run.model("trunk")), "reachable_macs": reach}
     if method == "proxy":
         from core.method.proxy import ProxySettings
 
@@ -140,6 +162,8 @@ def prune_groups(
     else:
         prune_one = _CriterionPruning(method, seed, log)
     want = {"method": prune_one.describe(), "allocation": allocation or pc["allocation"], "seed": seed}
+    if trunk is not None:
+        want["trunk"] = "shared"
     diffusion, images, records = create_diffusion(cfg), None, []
     for g in selected:
         old = _pruned_already(run, g, want, log)
@@ -153,9 +177,10 @@ def prune_groups(
         )
         log(
             f"group {g}: t in [{grp.t_start}, {grp.t_end}], pruning to {grp.budget_macs / 1e9:.4f} GMACs "
-            f"({grp.budget_ratio:.3f} F) with {method}"
+            f"({grp.budget_ratio:.3f} F) with {method}" + (" (the shared trunk's decoder alone)" if only else "")
         )
-        plan, report = prune_one(g, grp, load_unet(run.model("base"), device), ctx, want["allocation"], pc["tolerance"])
+        start = load_unet(start_model(run), device)
+        plan, report = prune_one(g, grp, start, ctx, want["allocation"], pc["tolerance"], only)
         rec = {
             "group": g,
             "t_start": grp.t_start,
@@ -163,6 +188,7 @@ def prune_groups(
             "budget_ratio": grp.budget_ratio,
             "budget_macs": grp.budget_macs,
             **want,
+            **(trunk or {}),
             "plan": plan,
             "report": report,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -203,11 +229,18 @@ class _CriterionPruning:
     def describe(self) -> dict:
         return self.importance.describe()
 
-    def __call__(self, g, grp, base, ctx, allocation, tolerance):
+    def __call__(self, g, grp, base, ctx, allocation, tolerance, only=None):
         from core.method.prune import prune_to_budget
 
         _, plan, report = prune_to_budget(
-            base, self.importance, grp.budget_macs, ctx, allocation=allocation, tolerance=tolerance, log=self.log
+            base,
+            self.importance,
+            grp.budget_macs,
+            ctx,
+            allocation=allocation,
+            tolerance=tolerance,
+            log=self.log,
+            only=only,
         )
         return plan, report
 
@@ -227,7 +260,7 @@ class _ScratchArchitecture:
     def describe(self) -> dict:
         return {"method": "scratch", "from": self.source.name}
 
-    def __call__(self, g, grp, base, ctx, allocation, tolerance):
+    def __call__(self, g, grp, base, ctx, allocation, tolerance, only=None):
         import copy
 
         from core.method.prune import Pruner, apply_plan
@@ -274,7 +307,7 @@ class _ProxyPruning:
     def describe(self) -> dict:
         return self.settings.describe()
 
-    def __call__(self, g, grp, base, ctx, allocation, tolerance):
+    def __call__(self, g, grp, base, ctx, allocation, tolerance, only=None):
         return _proxy_group(
             self.run,
             g,
@@ -292,17 +325,34 @@ class _ProxyPruning:
             tolerance,
             self.seed,
             self.log,
+            only,
         )
 
 
 def _proxy_group(
-    run, g, grp, sched, base, ctx, settings, store, books, replay, on_miss, use_cache, allocation, tolerance, seed, log
+    run,
+    g,
+    grp,
+    sched,
+    base,
+    ctx,
+    settings,
+    store,
+    books,
+    replay,
+    on_miss,
+    use_cache,
+    allocation,
+    tolerance,
+    seed,
+    log,
+    only=None,
 ):
     from core.method.importance import make_importance
     from core.method.proxy import ProxyRun, Replay
     from core.method.prune import Pruner, held_out_loss, prune_to_budget
 
-    pr = Pruner(base)
+    pr = Pruner(base, only)
     mode, rep = "live", None
     if replay is not None:
         src = load_prune_record(Run(run.path.parent / replay), g) if (run.path.parent / replay).is_dir() else None
@@ -346,6 +396,7 @@ def _proxy_group(
             allocation=allocation,
             tolerance=tolerance,
             log=log,
+            only=only,
         )
         info["fallback"] = settings.fallback
     pruned = pr.apply(plan)
