@@ -18,11 +18,12 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 # the demo: stage 2 on the base that ships with the package (core/bases/tiny, its provenance.json says how it was
-# made): 5 timestep groups, 40 fine-tune steps each (the control trains 200 steps more), group jobs two at a time
+# made): 5 timestep groups, 25 fine-tune steps each (the control trains 125 steps more), group jobs two at a time
 # (one thread each), the control on two one-thread DDP ranks, and FID/KID from 512 samples per model (the smallest n
-# at which two evaluations of one model agree) with 10 respaced steps (eval's cost, bench/README.md "The demo").
-# `stepadapt run --preset tiny` trains its own stage 1 first and uses the preset's settings: the full path.
-DEMO ?= -S schedule.groups=5 -S finetune.steps=40 -S eval.fid_n=512 -S eval.steps=10 -S sample.steps=25
+# at which two evaluations of one model agree) with the preset's 25 respaced steps: at 10 steps the verdict against
+# the control changed (bench/README.md, "The demo"). `stepadapt run --preset tiny` trains its own stage 1 first and
+# uses the preset's settings: the full path.
+DEMO ?= -S schedule.groups=5 -S finetune.steps=25 -S eval.fid_n=512 -S eval.loss_images=128 -S sample.steps=25
 demo: venv
 	$(BIN)/stepadapt run --base shipped --parallel 2 $(DEMO) --name demo-$$(date +%Y%m%d-%H%M%S)
 
