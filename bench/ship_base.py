@@ -52,6 +52,7 @@ def main() -> None:
         + (f", a fork of {origin['run']}@{origin['step']} (its milestone)" if origin.get("step") else ""),
         "config": {s: cfg[s] for s in shipped.STAGE1_SECTIONS},
         "config_hash": run.meta.get("config_hash"),
+        "stage1_hash": shipped.stage1_hash(cfg),
         "commit": maker.get("git_sha"),
         "seed": cfg["seed"],
         "steps": int(art["step"]),

@@ -61,6 +61,10 @@ def test_the_shipped_base_is_tensors_only_matches_its_record_and_reproduces_its_
 
     model = build_pruned(arch, None, state).eval()
     cfg = shipped.base_config(prov)
+    # the stage 1 `make base` trains (stepadapt train --preset tiny --train-steps N) is the one that made it
+    from core import config as C
+
+    assert shipped.stage1_hash(C.resolve("tiny", None, [f"train.steps={prov['steps']}"])) == prov["stage1_hash"]
     loss = shipped.fixed_batch_loss(model, cfg, prov["check"]["images"], prov["check"]["seed"])
     assert abs(loss - prov["check"]["loss"]) <= 0.01 * prov["check"]["loss"], (loss, prov["check"])
 

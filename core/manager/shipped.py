@@ -4,8 +4,9 @@
 
     weights.safetensors   its EMA weights: tensors only, read without pickle (safetensors)
     provenance.json       how it was made and what it measures:
-        {"name", "preset", "command", "config": the run's model, diffusion, train and data sections,
-         "config_hash", "commit", "seed", "steps", "sha256" and "bytes" of weights.safetensors, "dtype", "params",
+        {"name", "preset", "note", "command", "config": the run's model, diffusion, train and data sections,
+         "config_hash", "stage1_hash" (``stage1_hash``: what a run of the same stage 1 has), "commit", "seed",
+         "steps", "sha256" and "bytes" of weights.safetensors, "dtype", "params",
          "eval": {"fid", "fid_ci", "kid", "kid_ci", "n", "sample_steps", "kind"},
          "held_out_loss": {group: loss} (the eval's held-out loss per timestep group),
          "check": {"images", "seed", "loss"} (``fixed_batch_loss``: what a test reproduces within 1%)}
@@ -83,6 +84,16 @@ def load(name: str) -> tuple[dict, dict, dict]:
     except RuntimeError as e:
         raise UserError(f"shipped base {name!r} does not fit its architecture: {str(e).splitlines()[0]}") from None
     return arch, state, prov
+
+
+def stage1_hash(cfg: dict) -> str:
+    """The identity of a stage 1: its sections (``train.keep`` aside, which keeps weights and changes none), so that
+    settings added later to the other sections do not change it as they change the run's ``config_hash``."""
+    import hashlib
+
+    what = {s: dict(cfg[s]) for s in STAGE1_SECTIONS}
+    what["train"].pop("keep", None)
+    return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def base_config(prov: dict, overrides: Iterable[str] = ()) -> dict:
