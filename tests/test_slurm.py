@@ -275,6 +275,42 @@ def test_the_controller_going_away_mid_run_loses_no_job_and_the_run_completes(cl
     assert store.get_run("t")["status"] == "succeeded"
 
 
+def test_a_submission_waits_for_the_controller_and_any_other_refusal_fails_at_once(cluster, monkeypatch):
+    """sbatch against a controller stopped for longer than sbatch waits itself: the submission says the
+    controller does not answer, tries again, and goes through once it is back (one job, not two);
+    sbatch refusing for another reason raises at once."""
+    import threading
+
+    from core.manager import slurm
+
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    monkeypatch.setattr(slurm, "UNREACHABLE_RETRY_S", 1.0)
+    monkeypatch.setattr(slurm, "UNREACHABLE_WAIT_S", 90.0)
+    said, tries = [], []
+
+    def sbatch(*extra):
+        def submit():
+            tries.append(1)
+            cmd = ["sbatch", "--parsable", "--output=/dev/null", *extra, "--wrap", "true"]
+            return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+        return submit
+
+    tracker = slurm.Tracker(said.append)
+    cluster.stop_controller()
+    threading.Timer(25.0, cluster.start_controller).start()  # sbatch itself gives up after ~9 s
+    sid = slurm._submit_waiting_for_controller(sbatch(), tracker)
+    assert re.fullmatch(r"\d+", sid) and len(tries) >= 2
+    assert [s.split(" (")[0] for s in said] == [
+        "Slurm's controller does not answer",
+        "Slurm's controller answers again",
+    ]
+    tries.clear()
+    with pytest.raises(subprocess.CalledProcessError):
+        slurm._submit_waiting_for_controller(sbatch("--partition=nosuch"), slurm.Tracker(said.append))
+    assert len(tries) == 1
+
+
 def test_slurm_bad_input_is_one_line_and_loses_nothing(cluster, runs_dir, tmp_path):
     rd = ["--runs-dir", runs_dir]
     # no Slurm on PATH

@@ -46,6 +46,11 @@ from core.names import DDP_STAGES
 TOOLS = ("sbatch", "squeue", "scancel")
 REFRESH_S = 1.0
 FINAL_GRACE_S = 2.0  # after Slurm says a job ended, how long its journal may still bring its own final status
+# sbatch's words when the controller is away (restarting, failing over): a submission waits for it, up to
+# UNREACHABLE_WAIT_S, instead of failing the run; any other refusal fails at once
+UNREACHABLE = ("unable to contact slurm controller", "connect failure", "socket timed out", "connection refused")
+UNREACHABLE_WAIT_S = 300.0
+UNREACHABLE_RETRY_S = 3.0
 
 
 def check_tools() -> None:
@@ -79,17 +84,24 @@ class Tracker:
         self.at = time.time()
         got = query_states(sorted(self.ids))
         if got is None:
-            if self.unreachable_since is None:
-                self.unreachable_since = time.time()
-                self.log(
-                    "Slurm's controller does not answer (squeue failed); jobs keep their states from their "
-                    "journals meanwhile"
-                )
+            self.controller_away("squeue failed")
             return
+        self.controller_back()
+        self.states.update(got)
+
+    def controller_away(self, what: str) -> None:
+        """Says once, when it starts, that the controller does not answer."""
+        if self.unreachable_since is None:
+            self.unreachable_since = time.time()
+            self.log(
+                f"Slurm's controller does not answer ({what}); jobs keep their states from their journals "
+                "meanwhile, and submissions wait for it"
+            )
+
+    def controller_back(self) -> None:
         if self.unreachable_since is not None:
             self.log("Slurm's controller answers again")
         self.unreachable_since = None
-        self.states.update(got)
 
 
 class SlurmHandle:
@@ -243,9 +255,13 @@ def submit_units(
     ex = executor_for(run, settings, stage, len(units))
     runs_dir = str(run.path.parent.resolve())
     nproc = settings["gpus_per_job"] if stage in DDP_STAGES and settings["gpus_per_job"] > 1 else 1
-    try:
+
+    def submit():
         with ex.batch():
-            jobs = [ex.submit(run_worker, runs_dir, str(spec.resolve()), nproc) for _, spec, _ in prepared]
+            return [ex.submit(run_worker, runs_dir, str(spec.resolve()), nproc) for _, spec, _ in prepared]
+
+    try:
+        jobs = _submit_waiting_for_controller(submit, tracker)
     except Exception as e:  # submitit raises what sbatch said (CalledProcessError, FailedJobError, ...)
         why = _sbatch_error(e)
         for job_id, _, _ in prepared:
@@ -263,6 +279,24 @@ def submit_units(
         )
         out.append((job_id, SlurmHandle(store, job_id, str(job.job_id), tracker)))
     return out
+
+
+def _submit_waiting_for_controller(submit, tracker: Tracker):
+    """``submit()``, tried again every ``UNREACHABLE_RETRY_S`` while sbatch says the controller does not answer
+    (one job array is one sbatch call, so a failed try submitted nothing), for up to ``UNREACHABLE_WAIT_S``;
+    the tracker says when the controller goes away and comes back. Any other error is raised at once."""
+    deadline = time.time() + UNREACHABLE_WAIT_S
+    while True:
+        try:
+            jobs = submit()
+        except Exception as e:
+            if not any(w in _sbatch_error(e).lower() for w in UNREACHABLE) or time.time() >= deadline:
+                raise
+            tracker.controller_away("sbatch failed")
+            time.sleep(UNREACHABLE_RETRY_S)
+            continue
+        tracker.controller_back()
+        return jobs
 
 
 def _sbatch_error(e: Exception) -> str:
