@@ -106,3 +106,31 @@ def test_a_run_on_the_shipped_base_names_it_as_parent_and_runs_stage_two(runs_di
     assert_clean_error(run_cli("run", "--base", "shipped", "-S", "model.model_channels=8", "--name", "x", *rd))
     assert_clean_error(run_cli("run", "--base", "shipped:nope", "--name", "y", *rd))
     assert not (runs_dir / "x").exists() and not (runs_dir / "y").exists()
+
+
+def test_a_study_on_the_shipped_base_imports_it_once_and_forks_every_arm_from_it(tmp_path, runs_dir):
+    """``study run FILE --base shipped``: the study's base run is the shipped base (its parent shipped:tiny), each
+    arm a fork of it; an arm that wants a milestone of its own is refused in one line, before anything is written."""
+    rd = ["--runs-dir", runs_dir]
+    pairs = [QUICK[i + 1].split("=", 1) for i in range(0, len(QUICK), 2)]
+    common = ", ".join(f"{k}: {v}" for k, v in pairs)
+    study = tmp_path / "mini.yaml"
+    study.write_text(
+        'title: "two arms on the shipped base"\n'
+        f"common: {{{common}}}\n"
+        "arms:\n  - {name: mag, set: {prune.method: magnitude}}\n  - {name: none, set: {prune.method: none}}\n"
+        "rows:\n  - {label: base, arm: mag, model: base}\n  - {label: pruned, arm: mag, model: progressive}\n"
+    )
+    run_cli("study", "run", str(study), "--base", "shipped", "--name", "s", *rd, check=0)
+    show = json.loads(run_cli("show", "s-base", "--json", *rd, check=0).stdout)
+    assert show["run"]["parent"] == "shipped:tiny"
+    _, state, _ = shipped.load("tiny")
+    for arm in ("s-mag", "s-none"):
+        assert json.loads(run_cli("show", arm, "--json", *rd, check=0).stdout)["run"]["parent"] == "s-base"
+        art = torch.load(runs_dir / arm / "models" / "base.pt", weights_only=True)
+        assert all(torch.equal(art["state"][k], v) for k, v in state.items())
+    milestone = tmp_path / "at.yaml"
+    milestone.write_text(study.read_text().replace("{name: mag,", "{name: mag, at: 1500,"))
+    p = run_cli("study", "run", str(milestone), "--base", "shipped", "--name", "m", *rd)
+    assert_clean_error(p)
+    assert "milestone" in p.stderr and not (runs_dir / "m-base").exists()

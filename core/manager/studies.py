@@ -224,7 +224,16 @@ def create_study(
     if (folder / "study.json").exists():
         raise UserError(f"study {study_id} exists; continue it with: stepadapt study resume {study_id}")
     base_at = None
-    if base is not None:  # a run's finished stage 1, or a milestone of it (RUN@STEP)
+    from core.manager.shipped import import_shipped, shipped_name
+
+    shipped = shipped_name(base, preset) if base is not None else None
+    if shipped is not None:  # the package's own trained base, imported once as the study's base run
+        if any(arm.get("at") is not None for arm in defn["arms"]):
+            raise UserError("the study's arms fork milestones of their own ('at'); the shipped base keeps none")
+        base_name = f"{study_id}-base"
+        if not is_run_folder(runs_root(runs_dir) / base_name):
+            import_shipped(shipped, overrides, base_name, runs_dir, log=lambda line: None)
+    elif base is not None:  # a run's finished stage 1, or a milestone of it (RUN@STEP)
         from core.manager.bases import check_milestone, check_parent_base, split_milestone
 
         base, base_at = split_milestone(base)

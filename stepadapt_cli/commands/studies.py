@@ -71,7 +71,13 @@ def _report(rec, runs_dir):
 @study.command("run", short_help="Run a study: the shared base once, then every arm.")
 @click.argument("name", metavar="NAME")
 @preset_option
-@click.option("--base", default=None, metavar="RUN", help="Fork every arm from this run's finished stage 1.")
+@click.option(
+    "--base",
+    default=None,
+    metavar="RUN|shipped",
+    help="Fork every arm from this run's finished stage 1 (RUN@STEP: a milestone), or from the base that ships "
+    "with the package (shipped).",
+)
 @click.option("--name", "study_id", default=None, help="Study id (default NAME-PRESET); its runs are ID-ARM.")
 @slots_options
 @runs_dir_option
