@@ -12,6 +12,8 @@ from core.runs import Run, read_json
 from core.store import open_store
 from tests.conftest import MICRO, run_cli
 
+pytestmark = pytest.mark.xdist_group("chosen")  # its module fixture is built once, on one worker
+
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):

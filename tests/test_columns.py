@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import MICRO, run_cli
 
+pytestmark = pytest.mark.xdist_group("columns")  # its module fixture is built once, on one worker
+
 NAME = "demo-20250611-142233-with-a-longer-name"  # 39 characters: the name that used to be cut ("demo-…")
 
 

@@ -13,6 +13,8 @@ from core.evaluation.metrics import fid_between
 from core.training.data import load_dataset
 from tests.conftest import MICRO, assert_clean_error, run_cli
 
+pytestmark = pytest.mark.xdist_group("eval")  # its module fixture is built once, on one worker
+
 
 @pytest.fixture(scope="module")
 def digits():

@@ -16,6 +16,8 @@ from core.runs import Run
 from core.store import open_store
 from tests.conftest import MICRO, REPO, assert_clean_error, run_cli
 
+pytestmark = pytest.mark.xdist_group("housekeeping")  # its module fixture is built once, on one worker
+
 
 def _train(rd, name, steps=2):
     run_cli("train", "--preset", "tiny", "--name", name, "--train-steps", steps, *MICRO, "--runs-dir", rd, check=0)

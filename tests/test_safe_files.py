@@ -12,6 +12,8 @@ import torch
 
 from tests.conftest import MICRO, REPO, run_cli
 
+pytestmark = pytest.mark.xdist_group("safe_files")  # its module fixture is built once, on one worker
+
 
 class _Payload:
     """Unpickled with arbitrary globals, this runs ``touch MARKER`` (os.system), as the attack did."""

@@ -42,6 +42,7 @@ EXPECTED_ARMS = {
         "reversed": {"schedule.kind": "snr-reversed", "control.uniform": True},
         "distill": {"finetune.distill": 1.0, "prune.method": "proxy"},
         "shared": {"finetune.trunk": "shared", "schedule.groups": 10, "finetune.steps": 100},
+        "unpruned": {"prune.method": "none", "control.uniform": False, "schedule.groups": 10},
     },
     "convergence": {
         **{
@@ -587,3 +588,54 @@ def test_milestone_arms_start_while_the_base_trains_on(tmp_path, runs_dir):
     assert early["started"] < stage1["ended"] <= late["started"], (early["started"], stage1["ended"], late["started"])
     assert _status(runs_dir, "e-early") == "succeeded" and _status(runs_dir, "e-late") == "succeeded"
     assert _status(runs_dir, "e-base") == "partial"
+
+
+def test_the_gap_by_base_steps_and_the_crossover_as_worked_by_hand(tmp_path, runs_dir):
+    """Arms p1 (at 1,000 base steps), p2 (2,000), p4 (4,000, three seeds) and t2 (another series). Gaps to the
+    control (progressive minus control, FID): p1 +0.05 [+0.01, +0.09] worse, p2 -0.03 [-0.05, -0.01] better; p4's
+    seeds -0.02, -0.04, -0.06: mean -0.04, sd 0.02, t(0.975, 2) * 0.02 / sqrt(3) = 0.049683, so [-0.0897, +0.0097]:
+    n.s. over seeds, although every seed's own bootstrap interval says better. So the proxy series has no crossover
+    up to 4,000 steps (its last point does not pay); had p4 paid, the crossover would be 2,000."""
+    from core.manager.studies import results
+
+    spec = tmp_path / "gaps.yaml"
+    spec.write_text(
+        "title: gaps\narms:\n"
+        "  - {name: p1, set: {prune.method: proxy}}\n  - {name: p2, set: {prune.method: proxy}}\n"
+        "  - {name: p4, seeds: [0, 1, 2], set: {prune.method: proxy}}\n  - {name: t2, set: {prune.method: none}}\n"
+        "rows:\n  - {label: p1, arm: p1, model: progressive}\n"
+    )
+    rec = create_study(load_definition(str(spec)), "g", "tiny", None, [], runs_dir)
+
+    def arm(name, steps, gap, ci):
+        run = runs_dir / f"g-{name}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps(C.resolve("tiny", None, [])))
+        comparison = {"model": "progressive", "against": "control", "fid": {"diff": gap, "ci": ci}}
+        models = {"base": {"train_steps": steps, "macs": 1.0}, "progressive": {"fid": 1.0, "macs": 0.7}}
+        (run / "eval.json").write_text(json.dumps({"models": models, "comparisons": [comparison]}))
+
+    arm("p1", 1000, 0.05, [0.01, 0.09])
+    arm("p2", 2000, -0.03, [-0.05, -0.01])
+    for i, g in enumerate((-0.02, -0.04, -0.06)):
+        arm(f"p4-s{i}", 4000, g, [g - 0.01, g + 0.005])
+    arm("t2", 2000, 0.0, [-0.01, 0.01])
+    res = results(rec, runs_dir)
+    proxy = [p for p in res["gaps"] if p["series"] == 'prune.method="proxy"']
+    assert [(p["base_steps"], p["seeds"], p["gaps"]["control"]["verdict"]) for p in proxy] == [
+        (1000, 1, "worse"),
+        (2000, 1, "better"),
+        (4000, 3, "same"),
+    ]
+    assert proxy[2]["gaps"]["control"]["diff"] == pytest.approx(-0.04)
+    assert proxy[2]["gaps"]["control"]["ci"] == pytest.approx([-0.089683, 0.009683], abs=1e-6)
+    assert res["crossover"] == {'prune.method="proxy"': {"against": "control", "step": None, "up_to": 4000}}
+    shown = run_cli("study", "show", "g", "--runs-dir", runs_dir, env={"COLUMNS": "200"}, check=0).stdout
+    assert 'prune.method="proxy": no crossover up to 4,000 base steps (against the control)' in shown
+    for i in range(3):  # every seed pays by more: the mean's interval excludes zero, and 2,000 steps on pays
+        run = runs_dir / f"g-p4-s{i}"
+        ev = json.loads((run / "eval.json").read_text())
+        ev["comparisons"][0]["fid"]["diff"] = -0.04 - 0.001 * i
+        (run / "eval.json").write_text(json.dumps(ev))
+    res = results(rec, runs_dir)
+    assert res["crossover"]['prune.method="proxy"']["step"] == 2000

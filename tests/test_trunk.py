@@ -11,6 +11,8 @@ from core import config as C
 from core.method.trunk import in_decoder, in_encoder
 from tests.conftest import MICRO, assert_clean_error, run_cli
 
+pytestmark = pytest.mark.xdist_group("trunk")  # its module fixture is built once, on one worker
+
 SMALL = [
     *MICRO,
     "-S",

@@ -10,7 +10,7 @@ from core.evaluation.evaluate import load_eval
 from core.runs import Run, read_json, read_jsonl
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +24,7 @@ def plot_losses(run: Run, path: Path) -> bool:
     groups = sorted(run.path.glob("metrics/group*.jsonl"))
     if not base and not groups:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     if base:
         axes[0].plot([r["step"] for r in base], [r["loss"] for r in base], label="loss (hybrid)")
@@ -68,7 +68,7 @@ def plot_heldout(run: Run, path: Path) -> bool:
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, rows in curves.items():
         steps, vals = [r["step"] for r in rows], [r["value"] for r in rows]
@@ -95,7 +95,7 @@ def plot_fid_curve(runs: list[Run], path: Path) -> bool:
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, rows in curves.items():
         steps = [r["step"] for r in rows]
@@ -127,7 +127,7 @@ def plot_proxy(rounds: list[dict], path: Path, chosen: Optional[dict] = None) ->
     (``chosen``: ``core.chosen``'s answer; without it, the lowest accepted loss)."""
     if not rounds:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     groups = sorted({r["group_index"] for r in rounds})
     for g in groups:
@@ -203,7 +203,7 @@ def plot_fid_macs(runs: list[Run], path: Path) -> bool:
     pts = distinct_points(runs)
     if not pts:
         return False
-    plt = _plt()
+    plt = pyplot()
     many = len(pts) > 6
     fig, axes = plt.subplots(1, 2, figsize=(13 if many else 11, 4.5 if many else 4))
     kind = pts[0][3].get("fid_kind", "").split(" (")[0] or "FID"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from core.evaluation.gaps import gap_section, plot_gaps
 from core.evaluation.report_figures import plot_fid_curve, plot_fid_macs, plot_heldout, plot_proxy, side_by_side
 from core.evaluation.report_page import html_page, markdown_page
 from core.runs import Run, writing_in
@@ -26,6 +27,19 @@ def write_study_report(res: dict, runs: list[Run], out: Path) -> tuple[Path, Pat
     with writing_in(out):  # a full disk or a read-only folder: one line, not a traceback
         out.mkdir(parents=True, exist_ok=True)
         sections = [study_table(res)]
+        gaps = gap_section(res)
+        if gaps:  # a study whose arms fork several base steps: where the method pays
+            sections.append(gaps)
+            if plot_gaps(res["gaps"], out / "gaps.png"):
+                sections.append(
+                    (
+                        "figure",
+                        "The gap to each control by base steps",
+                        "gaps.png",
+                        "the progressive model minus each control of its run (FID, paired, 95% intervals); below "
+                        "zero the method pays",
+                    )
+                )
         if plot_fid_macs(runs, out / "fid_macs.png"):
             sections.append(
                 (

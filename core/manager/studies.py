@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from core.errors import StageFailed, UserError
+from core.evaluation.gaps import crossover, gap_points, over_seeds
 from core.names import SAMPLE_MODELS
 from core.resources import studies_dir
 from core.runs import Run, atomic_write_json, is_run_folder, open_run, read_json, runs_root
@@ -493,24 +494,20 @@ def results(rec: dict, runs_dir) -> dict:
         "paper_columns": defn.get("paper_columns") or [],
         "arms": rec["arms"],
         "rows": rows,
+        **_gaps(defn, rec["arms"], evals),
     }
 
 
+def _gaps(defn: dict, names: dict, evals: dict) -> dict:
+    """The progressive model's gap to each control by base steps, and the crossover per series
+    (``core/evaluation/gaps.py``); nothing for a study whose arms all fork one base."""
+    points = gap_points(defn["arms"], names, evals)
+    if len({p["base_steps"] for p in points}) < 2:
+        return {"gaps": points, "crossover": {}}
+    return {"gaps": points, "crossover": crossover(points)}
+
+
 SEEDED = ("fid", "kid", "loss")
-
-
-def over_seeds(values: list[float]) -> dict:
-    """Mean, standard deviation and 95% t-interval of one measure over training seeds (the spread a bootstrap of
-    one run's samples cannot see): mean +- t(0.975, k - 1) * sd / sqrt(k)."""
-    import math
-
-    from scipy.stats import t
-
-    k = len(values)
-    mean = sum(values) / k
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
-    half = float(t.ppf(0.975, k - 1)) * sd / math.sqrt(k)
-    return {"mean": mean, "sd": sd, "ci": [mean - half, mean + half], "n": k}
 
 
 def _seed_row(r: dict, names: list[str], evals: dict, defn: dict) -> dict:

@@ -136,6 +136,16 @@ def print_study(res: dict) -> None:
         ),
         highlight=False,
     )
+    if len({p["base_steps"] for p in res.get("gaps") or []}) > 1:  # arms on several base steps
+        from core.evaluation.gaps import crossover_text, gap_rows
+
+        head, rows = gap_rows(res["gaps"])
+        gaps = titled_table("where the method pays: progressive minus each control, by base steps", head, "right")
+        for row in rows:
+            gaps.add_row(*map(escape, row))
+        con.print(gaps)
+        for series, c in res["crossover"].items():
+            con.print(escape(crossover_text(series, c)), highlight=False)
     if res.get("runs"):
         con.print(escape("runs: " + ", ".join(f"{n} {s}" for n, s in res["runs"].items())), highlight=False)
 
