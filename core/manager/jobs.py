@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from core.errors import UserError
+from core.errors import EXIT_INTERRUPTED, UserError
 from core.manager import forked
 from core.manager.journal import prepare_job, worker_args
 from core.manager.procs import pid_alive, proc_start, stat_fields  # noqa: F401 (process identity, here as before)
@@ -337,9 +337,9 @@ class Tracked:
         if kind is None:
             self.status, self.rc = "succeeded", 0
         elif issubclass(kind, KeyboardInterrupt):
-            self.status, self.rc, self.message = "killed", 130, "stopped by signal"
+            self.status, self.rc, self.message = "killed", EXIT_INTERRUPTED, "stopped by signal"
         elif issubclass(kind, UserError):
-            self.status = "killed" if exc.exit_code == 130 else "failed"
+            self.status = "killed" if exc.exit_code == EXIT_INTERRUPTED else "failed"
             self.rc, self.message = exc.exit_code, str(exc)
         else:
             self.message = f"internal error {kind.__name__}: {exc}"

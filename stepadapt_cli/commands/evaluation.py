@@ -245,7 +245,7 @@ def _eval_images(run_name, preset, folders, inception, dev, as_json, runs_dir) -
 @click.option("--with-run", "others", multiple=True, metavar="RUN", help="Other runs to show on the FID vs MACs plot.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default RUN/report).")
 @click.option(
-    "--self-contained", is_flag=True, help="Also write report.html: one file with its images inlined, to mail."
+    "--self-contained", is_flag=True, help="Also write standalone.html: one file with its images inlined, to mail."
 )
 @click.option("--open", "open_it", is_flag=True, help="Open the report in a browser (where there is one).")
 @runs_dir_option

@@ -39,7 +39,7 @@ def rm(run_name, yes, keep_models, runs_dir):
 
 @click.command(short_help="Drop the resume checkpoints of finished runs.")
 @click.argument("run_names", metavar="[RUN]...", nargs=-1)
-@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be deleted and how much it frees.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be deleted and how much it frees.")
 @runs_dir_option
 def gc(run_names, dry_run, runs_dir):
     """Delete checkpoints/ (the training state that resume continues from) of every run that succeeded, or of
