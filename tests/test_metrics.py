@@ -137,3 +137,18 @@ def test_disjoint_sets_of_real_digits_are_not_called_different(digit_sets, metri
     d = M.difference(a, b, stats, ref, metric, paired=False, reps=200)
     assert not d["paired"] and d["ci"][0] <= d["diff"] <= d["ci"][1]
     assert M.verdict(d) == "no significant difference", d
+
+
+def test_the_bottom_line_credits_the_method_only_when_it_beats_the_base_too():
+    """Better than the control but worse than the base (the control's extra steps made it worse: seen on the
+    shipped 6,000-step base) is not 'the method made the difference'; the base is the model to beat. A verdict
+    against the uniform control reads as a sentence."""
+    from core.evaluation.text import bottom_line
+
+    def c(against, verdict, ratio=0.7):
+        return {"model": "progressive", "against": against, "verdict": verdict, "primary": "fid", "macs_ratio": ratio}
+
+    line = bottom_line([c("control", "better"), c("base", "worse"), c("uniform", "no significant difference", 1.0)])
+    assert "not the base" in line and "made the difference" not in line
+    assert "(1.00x its MACs, same steps) it is not significantly different on FID." in line
+    assert "made the difference" in bottom_line([c("control", "better"), c("base", "better")])

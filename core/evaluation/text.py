@@ -82,19 +82,25 @@ def bottom_line(comparisons: list[dict]) -> str:
         text += " At this scale the method does not beat training the base for longer."
     elif pc and pc["verdict"] == "no significant difference":
         text += " It matches the control at lower cost; a larger sample count may separate them."
-    elif pc and pc["verdict"] == "better":
+    elif pc and pc["verdict"] == "better" and pb["verdict"] == "better":
         text += " The method, not the extra steps, made the difference."
+    elif pc and pc["verdict"] == "better":  # the extra steps made one network no better than the base either
+        text += (
+            " It beats the control but not the base: the extra steps did not improve one network either, so the "
+            "base itself is the model to beat here."
+        )
+    alone = {"better": "better", "worse": "worse", "no significant difference": "not significantly different"}
     pu = by.get(("progressive", "uniform"))
     if pu and pu.get("verdict"):
         text += (
             f" Against one copy pruned to the same average MACs for all timesteps ({pu['macs_ratio']:.2f}x its "
-            f"MACs, same steps) it is {word[pu['verdict']]} on {metric}."
+            f"MACs, same steps) it is {alone[pu['verdict']]} on {metric}."
         )
     pd = by.get(("progressive", "dense-small"))
     if pd and pd.get("verdict"):
         text += (
             f" Against a narrower dense UNet of that cost trained from scratch as long ({pd['macs_ratio']:.2f}x "
-            f"its MACs) it is {word[pd['verdict']]} on {metric}."
+            f"its MACs) it is {alone[pd['verdict']]} on {metric}."
         )
     return text
 
