@@ -1,7 +1,6 @@
 """Copy bench/results/NAME.md into bench/README.md between <!-- bench:NAME --> and <!-- /bench:NAME --> markers.
 
-The top-level README.md shows one of these tables too (the demo's base vs progressive sampling table), so
-its markers are filled the same way.
+README.md's results are written by hand from them (its markers, if any, are filled the same way).
 
     python bench/readme.py
 """

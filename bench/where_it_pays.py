@@ -105,12 +105,20 @@ def main() -> None:
         "| vs control | vs uniform | vs dense-small | vs base |",
         "|---|---|---|---|---:|---:|---|---|---|---|",
     ]
+    seen, shared = set(), set()
     for r in rows:
+        key = (r["model"], r["fid"], r["kid"], r["train_steps"])
+        if r["model"] != "progressive" and key in seen:  # the same model in another arm (a shared base, its control)
+            shared.add(r["model"])
+            continue
+        seen.add(key)
         v = r.get("verdicts") or {}
         md.append(
             f"| {r['arm']} | {r['model']} | {ci(r['fid'], r['fid_ci'])} | {ci(r['kid'], r['kid_ci'], '{:.2f}', 1e3)} "
             f"| {r['macs_ratio']:.3f} | {r['train_steps'] or '-'} | " + " | ".join(v.get(k, "") for k in AGAINST) + " |"
         )
+    if shared:
+        md += ["", f"Rows left out: {', '.join(sorted(shared))} of later arms, the same models with the same scores."]
     if pending:
         md += ["", f"Pending (no finished evaluation yet): {', '.join(pending)}."]
     if drawn:
