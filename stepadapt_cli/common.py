@@ -83,6 +83,11 @@ def steps_option(kind: str, help: str):
     return click.option(f"--{kind}-steps", "steps", type=int, default=None, help=help)
 
 
+def inception_option(help: str):
+    """``--inception``: the TorchScript Inception network for standard FID."""
+    return click.option("--inception", type=click.Path(dir_okay=False), default=None, help=help)
+
+
 def preset_option(f):
     return click.option("--preset", default=None, help="Model preset (default: the config file's, else tiny).")(f)
 

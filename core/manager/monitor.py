@@ -300,34 +300,28 @@ def _base_row(store: Store, run: Run, cfg: dict, jobs: list[dict]) -> dict:
         status = "done" if job["status"] == "succeeded" else job["status"]
     else:
         status = "done" if not stages.pending(run, "base") else "pending"
+    return _row("base", f"0-{cfg['diffusion']['steps'] - 1}", None, None, status, loss, job, job)
+
+
+def _row(group, t: str, budget, macs, status: str, losses: list, training, job) -> dict:
+    """A row of the group table: ``training`` the job whose progress it shows, ``job`` the one it links to."""
     return {
-        "group": "base",
-        "t": f"0-{cfg['diffusion']['steps'] - 1}",
-        "budget": None,
-        "macs": None,
+        "group": group,
+        "t": t,
+        "budget": budget,
+        "macs": macs,
         "status": status,
-        "progress": (job or {}).get("progress") or 0,
-        "total": (job or {}).get("total") or 0,
-        "loss": loss[-1] if loss else None,
-        "series": loss[-SERIES:],
+        "progress": (training or {}).get("progress") or 0,
+        "total": (training or {}).get("total") or 0,
+        "loss": losses[-1] if losses else None,
+        "series": losses[-SERIES:],
         "job": job["id"] if job else None,
     }
 
 
 def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -> dict:
     if not g["size"]:
-        return {
-            "group": g["index"],
-            "t": "empty",
-            "budget": g["budget_ratio"],
-            "macs": None,
-            "status": "empty",
-            "progress": 0,
-            "total": 0,
-            "loss": None,
-            "series": [],
-            "job": None,
-        }
+        return _row(g["index"], "empty", g["budget_ratio"], None, "empty", [], None, None)
     rec = read_json(run.prune_record(g["index"]))
     ft, pj = _latest(jobs, "finetune", g["index"]), _latest(jobs, "prune", g["index"])
     losses = [m["value"] for m in store.metrics(run.name, "finetune", g["index"], "loss")]
@@ -337,19 +331,8 @@ def _group_row(store: Store, run: Run, g: dict, jobs: list[dict], full: float) -
         status = "pruning" if pj["status"] == "running" else f"prune {pj['status']}"
     else:
         status = "done" if run.model(run.group_stage(g["index"])).exists() else "pending"
-    job = ft or pj
-    return {
-        "group": g["index"],
-        "t": f"{g['t_start']}-{g['t_end']}",
-        "budget": g["budget_ratio"],
-        "macs": _get(rec, "report", "macs") and _get(rec, "report", "macs") / full,
-        "status": status,
-        "progress": (ft or {}).get("progress") or 0,
-        "total": (ft or {}).get("total") or 0,
-        "loss": losses[-1] if losses else None,
-        "series": losses[-SERIES:],
-        "job": job["id"] if job else None,
-    }
+    macs = _get(rec, "report", "macs") and _get(rec, "report", "macs") / full
+    return _row(g["index"], f"{g['t_start']}-{g['t_end']}", g["budget_ratio"], macs, status, losses, ft, ft or pj)
 
 
 def _label_columns(wanted: list[int], width: int, gap: int = 1) -> list[int]:

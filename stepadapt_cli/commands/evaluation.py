@@ -7,7 +7,7 @@ import click
 from core.errors import EXIT_AGAINST, EXIT_MAX_FID, UserError
 
 from .. import render
-from ..common import device_option, emit_json, json_option, runs_dir_option, steps_option
+from ..common import device_option, emit_json, inception_option, json_option, runs_dir_option, steps_option
 
 
 def _evaluate_with_progress(run, dev, models, n, steps, inception, force) -> dict:
@@ -79,12 +79,7 @@ def _check_against(result: dict, cmp: dict, their_value: float, tolerance: float
     "--samples", "n", type=int, default=None, help="Samples for FID/KID (default eval.fid_n: 50000 cifar10, 1024 tiny)."
 )
 @steps_option("sample", "Respaced sampling steps (default eval.steps: 100; tiny 25).")
-@click.option(
-    "--inception",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="TorchScript inception-2015-12-05.pt for standard FID (default: eval.inception, else domain FID).",
-)
+@inception_option("TorchScript inception-2015-12-05.pt for standard FID (default: eval.inception, else domain FID).")
 @click.option(
     "--images",
     "folders",

@@ -21,7 +21,7 @@ from core.manager.bases import is_import_source
 from core.names import GRACE_S, JOB_ACTIVE, PRUNE_METHODS
 
 from .. import render
-from ..common import check_name, overrides_option, preset_option, runs_dir_option, slots_options
+from ..common import check_name, inception_option, overrides_option, preset_option, runs_dir_option, slots_options
 
 
 def reconciled_store(runs_dir):
@@ -254,12 +254,7 @@ def _settings(method, llm, api_base, data_spec, seed, overrides) -> list[str]:
 @click.option("--api-base", default=None, help="Proxy: base URL of an OpenAI-compatible server.")
 @click.option("--data", "data_spec", default=None, help="digits | cifar10[:ROOT] | folder:PATH | PATH.")
 @click.option("--seed", type=int, default=None)
-@click.option(
-    "--inception",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="TorchScript inception-2015-12-05.pt: standard FID (eval.inception; default the domain FID).",
-)
+@inception_option("TorchScript inception-2015-12-05.pt: standard FID (eval.inception; default the domain FID).")
 @click.option(
     "--single-stage",
     is_flag=True,

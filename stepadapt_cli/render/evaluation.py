@@ -29,6 +29,17 @@ def _verdicts(con, comps: list[dict], run: str, width: int) -> None:
         _say(con, ("  " if run else "") + verdict_text(c, short=width < 120))
 
 
+def _score_cols() -> list:
+    """The columns a table of models opens with: the model, FID, KID, precision and recall."""
+    return [
+        Col("model"),
+        Col("FID ±95%", justify="right"),
+        Col("KID x1e3 ±95%", drop=3, justify="right"),
+        Col("precision", drop=6, justify="right"),
+        Col("recall", drop=7, justify="right"),
+    ]
+
+
 def print_comparison(data: dict, verdicts: bool = True) -> None:
     """Table 1 style rows of every evaluated run, the runs without an evaluation marked, the verdicts (left out
     with ``verdicts=False``: `show` says them first), the per-group losses, whether the runs share stage 1, and
@@ -42,11 +53,7 @@ def print_comparison(data: dict, verdicts: bool = True) -> None:
     n = next((r["fid_n"] for r in data["rows"] if r.get("fid_n")), None)
     cols = [
         *((Col("run", whole=True),) if many else ()),
-        Col("model"),
-        Col("FID ±95%", justify="right"),
-        Col("KID x1e3 ±95%", drop=3, justify="right"),
-        Col("precision", drop=6, justify="right"),
-        Col("recall", drop=7, justify="right"),
+        *_score_cols(),
         Col("MACs/base", drop=1, justify="right"),
         Col("params M", drop=5, justify="right"),
         Col("held-out loss ±95%", drop=2, justify="right"),
@@ -159,11 +166,7 @@ def print_eval(result: dict, ev: dict) -> None:
     con, width = console(), console_width()
     s = result["steps"]
     cols = [
-        Col("model"),
-        Col("FID ±95%", justify="right"),
-        Col("KID x1e3 ±95%", drop=3, justify="right"),
-        Col("precision", drop=6, justify="right"),
-        Col("recall", drop=7, justify="right"),
+        *_score_cols(),
         Col("params M", drop=5, justify="right"),
         Col("GMACs avg T", drop=1, justify="right"),
         Col(f"GMACs avg {s} steps", drop=4, justify="right"),

@@ -57,6 +57,16 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
+def confirm(screen, question: str, act) -> None:
+    """Ask ``question`` over ``screen``; on yes, call ``act``."""
+
+    def answer(yes: bool) -> None:
+        if yes:
+            act()
+
+    screen.app.push_screen(Confirm(question), answer)
+
+
 class Help(ModalScreen[None]):
     """The keys of every screen."""
 

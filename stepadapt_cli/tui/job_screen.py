@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, RichLog, Static
 
-from .dialogs import Confirm
+from .dialogs import confirm
 from .view import BACK, HELP, QUIT, ViewScreen
 
 FOLLOW_S = 0.5
@@ -87,8 +87,4 @@ class JobScreen(ViewScreen):
         return True
 
     def action_kill(self) -> None:
-        def answer(yes: bool) -> None:
-            if yes:
-                self.app.kill_job(self.job_id)
-
-        self.app.push_screen(Confirm(f"Kill job {self.job_id}?"), answer)
+        confirm(self, f"Kill job {self.job_id}?", lambda: self.app.kill_job(self.job_id))

@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from core.evaluation.text import fmt, narrow_ci, with_ci
 from core.manager.monitor import SERIES, bar, draw_schedule, sparkline
 
-from .dialogs import Confirm
+from .dialogs import confirm
 from .view import BACK, HELP, QUIT, ViewScreen
 
 
@@ -219,15 +219,9 @@ class RunScreen(ViewScreen):
         return True
 
     def action_kill(self) -> None:
-        def answer(yes: bool) -> None:
-            if yes:
-                self.app.kill_run(self.run_name)
-
-        self.app.push_screen(Confirm(f"Kill run {self.run_name}? (training checkpoints first)"), answer)
+        confirm(
+            self, f"Kill run {self.run_name}? (training checkpoints first)", lambda: self.app.kill_run(self.run_name)
+        )
 
     def action_resume(self) -> None:
-        def answer(yes: bool) -> None:
-            if yes:
-                self.app.resume_run(self.run_name)
-
-        self.app.push_screen(Confirm(f"Resume run {self.run_name} in the background?"), answer)
+        confirm(self, f"Resume run {self.run_name} in the background?", lambda: self.app.resume_run(self.run_name))

@@ -15,6 +15,7 @@ from core.config import model_arch, shared_trunk, single_stage
 from core.errors import UserError
 from core.method.fields import artifact_fields, artifact_step
 from core.method.schedule import nonempty_groups
+from core.training.spec import TrainSpec, stage_spec
 
 NAME = "control"
 GROUPED = False
@@ -61,11 +62,8 @@ def train_control(run, device="cpu", log=print, on_total=None, hooks=None):
     """Train (or resume) the control of ``run``; returns its ``TrainSpec``."""
     import shutil
 
-    from core.model.diffusion import create_diffusion
     from core.model.unet import build_unet
-    from core.training.data import load_dataset
     from core.training.devices import distributed
-    from core.training.loop import train
 
     cfg = run.config
     added = added_steps(run)
@@ -93,18 +91,32 @@ def train_control(run, device="cpu", log=print, on_total=None, hooks=None):
         )
     if dist is not None:
         dist.barrier()
+    return train_spec(spec, build_unet(model_arch(cfg), seed=cfg["seed"]), cfg, device, on_total, hooks, resume=True)
+
+
+def train_spec(spec, model, cfg: dict, device, on_total=None, hooks=None, resume=None):
+    """Train ``model`` by ``spec`` on the run's data (resuming when its checkpoint exists, unless told); returns it."""
+    from core.model.diffusion import create_diffusion
+    from core.training.data import load_dataset
+    from core.training.loop import train
+
     if on_total:
         on_total(spec.steps)
     train(
         spec,
-        build_unet(model_arch(cfg), seed=cfg["seed"]),
+        model,
         create_diffusion(cfg),
         load_dataset(cfg),
-        resume=True,
+        resume=spec.ckpt.exists() if resume is None else resume,
         device=device,
         **(hooks or {}),
     )
     return spec
+
+
+def all_timesteps_spec(run, name: str, cfg: dict, steps: int, seed: int, **extra) -> TrainSpec:
+    """A job of ``run`` on all timesteps at the fine-tunes' rate, batch and EMA; ``extra`` after its arch and stage."""
+    return stage_spec(run, name, cfg, steps, seed, tuning=True, extra={"arch": model_arch(cfg), "stage": name, **extra})
 
 
 def control_spec(run, cfg: dict, added: int, base_step: int):

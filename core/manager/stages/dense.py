@@ -14,7 +14,7 @@ import math
 
 from core.config import model_arch, single_stage
 from core.errors import UserError
-from core.manager.stages.control import added_steps, run_training
+from core.manager.stages.control import added_steps, run_training, train_spec
 from core.method.fields import artifact_fields, artifact_step
 from core.training.spec import TrainSpec, stage_spec
 
@@ -70,11 +70,8 @@ def work(ctx) -> None:
 def train_dense(run, device="cpu", log=print, on_total=None, hooks=None) -> TrainSpec:
     """Find the width (once) and train (or resume) the dense-small control of ``run``; returns its ``TrainSpec``."""
     from core.method.artifacts import load_progressive
-    from core.model.diffusion import create_diffusion
     from core.model.macs import progressive_cost
     from core.model.unet import build_unet
-    from core.training.data import load_dataset
-    from core.training.loop import train
 
     cfg = run.config
     if not wanted(cfg):
@@ -114,15 +111,4 @@ def train_dense(run, device="cpu", log=print, on_total=None, hooks=None) -> Trai
         f"{'resuming' if spec.ckpt.exists() else 'training from fresh weights'} for {spec.steps} steps "
         "(stage 1 and every fine-tune together)"
     )
-    if on_total:
-        on_total(spec.steps)
-    train(
-        spec,
-        build_unet(arch, seed=spec.seed),
-        create_diffusion(cfg),
-        load_dataset(cfg),
-        resume=spec.ckpt.exists(),
-        device=device,
-        **(hooks or {}),
-    )
-    return spec
+    return train_spec(spec, build_unet(arch, seed=spec.seed), cfg, device, on_total, hooks)

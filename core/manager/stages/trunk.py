@@ -17,10 +17,10 @@ from typing import Optional
 
 from core.config import model_arch, shared_trunk, trunk_split
 from core.errors import UserError
-from core.manager.stages.control import run_training
+from core.manager.stages.control import all_timesteps_spec, run_training, train_spec
 from core.method.fields import artifact_step
 from core.method.schedule import nonempty_groups
-from core.training.spec import TrainSpec, stage_spec
+from core.training.spec import TrainSpec
 
 NAME = "trunk"
 GROUPED = False
@@ -41,20 +41,8 @@ def trunk_spec(run, cfg: dict, groups: int) -> TrainSpec:
     from core.method.trunk import ENCODER
 
     steps, decoder = trunk_split(cfg, groups)
-    return stage_spec(
-        run,
-        NAME,
-        cfg,
-        steps,
-        cfg["seed"] + 104_729,
-        tuning=True,
-        extra={
-            "arch": model_arch(cfg),
-            "stage": NAME,
-            "groups": groups,
-            "decoder_steps": decoder,
-            "encoder": list(ENCODER),
-        },
+    return all_timesteps_spec(
+        run, NAME, cfg, steps, cfg["seed"] + 104_729, groups=groups, decoder_steps=decoder, encoder=list(ENCODER)
     )
 
 
@@ -110,9 +98,6 @@ def train_trunk(run, device="cpu", log=print, on_total=None, hooks=None) -> Trai
     """Check the budgets, then train (or resume) the trunk of ``run``; returns its ``TrainSpec``."""
     from core.method.artifacts import load_unet
     from core.method.schedule import run_schedule
-    from core.model.diffusion import create_diffusion
-    from core.training.data import load_dataset
-    from core.training.loop import train
 
     cfg = run.config
     if not shared_trunk(cfg):
@@ -140,12 +125,7 @@ def train_trunk(run, device="cpu", log=print, on_total=None, hooks=None) -> Trai
         f"images ({len(sched.nonempty)} groups x {spec.steps // len(sched.nonempty)}); each group's decoder then "
         f"trains {spec.extra['decoder_steps']} steps on its timesteps, the encoder frozen and shared"
     )
-    if on_total:
-        on_total(spec.steps)
-    train(
-        spec, model, create_diffusion(cfg), load_dataset(cfg), resume=spec.ckpt.exists(), device=device, **(hooks or {})
-    )
-    return spec
+    return train_spec(spec, model, cfg, device, on_total, hooks)
 
 
 def work(ctx) -> None:

@@ -16,12 +16,12 @@ Off by default (``control.uniform``): it adds a pruning and as many training ste
 
 from __future__ import annotations
 
-from core.config import model_arch, single_stage
+from core.config import single_stage
 from core.errors import UserError
-from core.manager.stages.control import added_steps, run_training
+from core.manager.stages.control import added_steps, all_timesteps_spec, run_training, train_spec
 from core.method.fields import artifact_fields
 from core.names import IMPORTANCE_METHODS
-from core.training.spec import TrainSpec, stage_spec
+from core.training.spec import TrainSpec
 
 NAME = "uniform"
 GROUPED = False
@@ -51,21 +51,15 @@ def pending(run) -> list:
 
 def uniform_spec(run, cfg: dict, added: int, extra: dict) -> TrainSpec:
     """The uniform control's training: the fine-tunes' rate, batch and EMA, all timesteps, ``added`` steps."""
-    f = cfg["finetune"]
-    return stage_spec(
+    return all_timesteps_spec(
         run,
         NAME,
         cfg,
         added,
         cfg["seed"] + 7919,
-        tuning=True,
-        extra={
-            "arch": model_arch(cfg),
-            "stage": NAME,
-            **extra,
-            "added_steps": added,
-            "added_images": added * f["batch_size"],
-        },
+        **extra,
+        added_steps=added,
+        added_images=added * cfg["finetune"]["batch_size"],
     )
 
 
@@ -129,9 +123,6 @@ def train_uniform(run, device="cpu", log=print, on_total=None, hooks=None) -> Tr
     """Prune (once) and train (or resume) the uniform control of ``run``; returns its ``TrainSpec``."""
     from core.method.artifacts import load_unet
     from core.method.prune import apply_plan
-    from core.model.diffusion import create_diffusion
-    from core.training.data import load_dataset
-    from core.training.loop import train
 
     cfg = run.config
     if not wanted(cfg):
@@ -155,9 +146,4 @@ def train_uniform(run, device="cpu", log=print, on_total=None, hooks=None) -> Tr
         f"{'resuming' if spec.ckpt.exists() else 'training'} on all timesteps for {added} steps of "
         f"{spec.batch_size} images, as every group's fine-tune together"
     )
-    if on_total:
-        on_total(spec.steps)
-    train(
-        spec, model, create_diffusion(cfg), load_dataset(cfg), resume=spec.ckpt.exists(), device=device, **(hooks or {})
-    )
-    return spec
+    return train_spec(spec, model, cfg, device, on_total, hooks)
