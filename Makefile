@@ -39,7 +39,7 @@ base: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
 
 # every benchmark (hours on 2 CPU cores), then the tables in bench/README.md
 bench: venv
