@@ -152,3 +152,21 @@ def test_the_bottom_line_credits_the_method_only_when_it_beats_the_base_too():
     assert "not the base" in line and "made the difference" not in line
     assert "(1.00x its MACs, same steps) it is not significantly different on FID." in line
     assert "made the difference" in bottom_line([c("control", "better"), c("base", "better")])
+
+
+def test_the_per_group_pattern_reads_noise_from_the_schedule_not_the_group_number():
+    """A reversed schedule numbers its groups from the most noise (group 0 is t = 999): the pattern names the
+    least-noise group from the schedule's timesteps and says where the model is better by noise, not by number."""
+    from core.evaluation.text import group_pattern
+
+    def row(g, rel, ci):
+        return {"group": g, "vs_control": {"rel": rel, "ci": ci}}
+
+    table = [row(0, 0.88, [0.5, 1.2]), row(1, 0.1, [0.05, 0.2]), row(2, -0.04, [-0.06, -0.02])]
+    assert "(group 0: least noise)" in group_pattern(table)  # no schedule: group 0 has the least noise
+    assert "better at high noise, worse at low noise" in group_pattern(table)  # read by number: the wrong way
+    reversed_ = group_pattern(table, t_start={0: 999, 1: 990, 2: 10})
+    assert "(group 2: least noise, group 0: most)" in reversed_
+    assert reversed_.endswith("better at low noise, worse at high noise.")
+    mixed = group_pattern(table, t_start={0: 500, 1: 999, 2: 10})
+    assert "(from least to most noise: groups 2, 0, 1)" in mixed

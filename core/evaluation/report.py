@@ -18,7 +18,7 @@ from core.evaluation.report_figures import (
 )
 from core.evaluation.report_page import html_page, markdown_page, write_self_contained  # noqa: F401 (the CLI's)
 from core.evaluation.report_study import write_study_report  # noqa: F401 (a study's report: `study report`)
-from core.runs import Run, writing_in
+from core.runs import Run, read_json, writing_in
 
 _distinct_points = distinct_points  # the name the studies' tests know
 
@@ -38,7 +38,7 @@ def write_report(run: Run, baselines: list[Run], out: Path) -> tuple[Path, Path]
         kept = chosen_candidates(run, rounds, calls)
         jobs = _jobs_table(run, out, books["jobs"])
         sections = [
-            *_headline(ev),
+            *_headline(run, ev),
             *_comparison(run, baselines, ev),
             *_figures(run, baselines, out, rounds, full, kept),
             *_proxy_table(calls, rounds, kept, full),
@@ -114,7 +114,7 @@ def _run_time(jobs: list[dict]) -> str:
     return f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
 
 
-def _headline(ev: dict) -> list[tuple]:
+def _headline(run: Run, ev: dict) -> list[tuple]:
     """The verdict of the progressive model against its control (else the base) as a badge, then the bottom line
     and the per-group pattern of the held-out loss."""
     from core.evaluation.evaluate import loss_table
@@ -131,7 +131,11 @@ def _headline(ev: dict) -> list[tuple]:
         if word != "SAME"
         else (f"no significant difference from the {c['against']} on {c.get('primary', 'fid').upper()}")
     )
-    lines = [x for x in (bottom_line(comps), group_pattern(loss_table(ev.get("models", {}), comps))) if x]
+    sched = read_json(run.schedule_file()) if run.schedule_file().exists() else {}
+    t_start = {g["index"]: g["t_start"] for g in sched.get("groups", []) if g.get("t_start") is not None}
+    lines = [
+        x for x in (bottom_line(comps), group_pattern(loss_table(ev.get("models", {}), comps), t_start=t_start)) if x
+    ]
     return [("badge", word.lower(), badge, [verdict_text(c)] + lines)]
 
 

@@ -105,11 +105,12 @@ def bottom_line(comparisons: list[dict]) -> str:
     return text
 
 
-def group_pattern(table: list[dict], against: str = "control") -> str:
-    """Where the progressive model's held-out loss differs from ``against``'s, group by group (group 0 has the
-    least noise): 'Per group against the control (group 0: least noise): lower loss in groups 2, 3 (-3.1%,
-    -2.0%), higher in groups 0, 1 (+12.0%, +4.2%): better at high noise, worse at low noise.' ('' without the
-    per-group comparison). ``table``: ``evaluate.loss_table``'s rows."""
+def group_pattern(table: list[dict], against: str = "control", t_start: Optional[dict] = None) -> str:
+    """Where the progressive model's held-out loss differs from ``against``'s, group by group: 'Per group against
+    the control (group 0: least noise): lower loss in groups 2, 3 (-3.1%, -2.0%), higher in groups 0, 1 (+12.0%,
+    +4.2%): better at high noise, worse at low noise.' ('' without the per-group comparison). ``table``:
+    ``evaluate.loss_table``'s rows; ``t_start``: each group's first timestep (the schedule's), which orders the
+    groups by noise (a reversed schedule numbers them from the most noise); without it group 0 has the least."""
     rows = [t for t in table if t.get(f"vs_{against}")]
     if not rows:
         return ""
@@ -128,10 +129,18 @@ def group_pattern(table: list[dict], against: str = "control") -> str:
             f"no significant difference in group{'s' if len(side['same']) > 1 else ''} "
             + ", ".join(str(g) for g, _ in side["same"])
         )
-    text = f"Per group against the {against} (group 0: least noise): " + "; ".join(parts)
-    lo, hi = side["lower"], side["higher"]
-    if lo and hi and min(g for g, _ in lo) > max(g for g, _ in hi):
+    noise = (lambda g: t_start.get(g, g)) if t_start else (lambda g: g)  # larger: more noise
+    order = sorted((t["group"] for t in rows), key=noise)  # from the least noise to the most
+    if order == sorted(order):
+        where = f"group {order[0]}: least noise"
+    elif order == sorted(order, reverse=True):
+        where = f"group {order[0]}: least noise, group {order[-1]}: most"
+    else:
+        where = "from least to most noise: groups " + ", ".join(map(str, order))
+    text = f"Per group against the {against} ({where}): " + "; ".join(parts)
+    lo, hi = [noise(g) for g, _ in side["lower"]], [noise(g) for g, _ in side["higher"]]
+    if lo and hi and min(lo) > max(hi):
         text += ": better at high noise, worse at low noise"
-    elif lo and hi and max(g for g, _ in lo) < min(g for g, _ in hi):
+    elif lo and hi and max(lo) < min(hi):
         text += ": better at low noise, worse at high noise"
     return text + "."

@@ -188,7 +188,9 @@ def print_show(run, data: dict, artifacts: bool = False) -> None:
     from core.evaluation.evaluate import loss_table
     from core.evaluation.text import group_pattern
 
-    for line in (bottom_line(comps), group_pattern(loss_table(data["eval"].get("models", {}), comps)) if comps else ""):
+    t_start = {g["index"]: g["t_start"] for g in data.get("groups") or [] if g.get("t_start") is not None}
+    pattern = group_pattern(loss_table(data["eval"].get("models", {}), comps), t_start=t_start) if comps else ""
+    for line in (bottom_line(comps), pattern):
         if line:
             put(line)
     put(
