@@ -309,7 +309,8 @@ def test_the_swap_test_puts_one_groups_model_into_the_base_and_compares_it_paire
     for r in swap["rows"]:
         d = r["diff"]["fid"]
         assert d["paired"] and d["ci"][0] <= d["diff"] <= d["ci"][1]
-        assert d["diff"] == pytest.approx(r["fid"] - swap["base"]["fid"], abs=1e-9)
+        # the same difference two ways (the paired statistic, and two FIDs subtracted): equal to float precision
+        assert d["diff"] == pytest.approx(r["fid"] - swap["base"]["fid"], rel=1e-6, abs=1e-9)
         assert d["verdict"] in ("better", "worse", "no significant difference")
         assert 0 < r["macs_ratio"] <= 1.0
     stored = json.loads((trained / "ev" / "eval.json").read_text())["swap"]
