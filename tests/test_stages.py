@@ -65,7 +65,7 @@ def finished(tmp_path_factory):
     for path in [*stages.sample.sample_paths(run).values(), run.sample_grid("side_by_side", 5)]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"png")
-    run.eval_file().write_text(json.dumps({"models": {}}))
+    run.eval_file().write_text(json.dumps({"models": {}, "comparisons": []}))
     return root / "full"
 
 
@@ -104,6 +104,10 @@ def _other_sample_steps(run: Run):
         path.rename(path.with_name(path.name.replace("_s5_", "_s7_")))
 
 
+def _partial_eval(run: Run):
+    run.eval_file().write_text(json.dumps({"models": {"base": {"fid": 0.1}}}))
+
+
 PIPELINE = [s for s in STAGES if s not in OPTIONAL_STAGES]  # the controls at equal inference cost are off here
 LATER = [
     "schedule.json",
@@ -130,6 +134,7 @@ STATES = {  # state -> (how to get it from the finished folder, the stages left 
     "no control yet": ([_rm("models/control.pt")], ["control"]),
     "control switched off": ([_rm("models/control.pt"), _config("control.enabled", False)], []),
     "not evaluated": ([_rm("eval.json")], ["eval"]),
+    "evaluation stopped part-way (models measured, no comparisons)": ([_partial_eval], ["eval"]),
 }
 
 

@@ -9,7 +9,11 @@ GROUPED = False
 
 
 def pending(run) -> list:
-    return [] if run.eval_file().exists() else [None]
+    """Done once eval.json has its comparisons: they are written when every model is measured, and an eval stopped
+    part-way leaves the models it finished without them (a resume measures the rest)."""
+    from core.runs import read_json
+
+    return [] if "comparisons" in (read_json(run.eval_file()) or {}) else [None]  # None: missing or cut short
 
 
 def work(ctx) -> None:
