@@ -71,7 +71,8 @@ def main() -> None:
     rec = read_json(runs_root(a.runs_dir) / "studies" / a.study / "study.json")
     name = a.name or f"where_it_pays_{a.study.replace('-', '_')}"
     rows, comparisons, runs, pending = [], {}, [], []
-    for arm, run_name in rec["arms"].items():
+    order = [a["name"] for a in rec["definition"]["arms"]]  # the definition's order (the record's keys are sorted)
+    for arm, run_name in sorted(rec["arms"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         if not is_run_folder(runs_root(a.runs_dir) / run_name):
             pending.append(arm)
             continue
