@@ -24,7 +24,9 @@ AGAINST = ("control", "uniform", "dense-small", "base")
 
 
 def arm_rows(arm: str, run) -> tuple[list[dict], dict]:
-    """One row per model the arm measured, and the progressive model's comparisons by control."""
+    """One row per model the arm measured, and the progressive model's FID gaps by control (``gaps.run_gaps``)."""
+    from core.evaluation.gaps import run_gaps
+
     path = run.eval_file()
     if not path.exists():
         return [], {}
@@ -47,19 +49,11 @@ def arm_rows(arm: str, run) -> tuple[list[dict], dict]:
                 "train_steps": r.get("train_steps"),
             }
         )
-    verdicts = {c["against"]: c for c in ev.get("comparisons", []) if c["model"] == "progressive"}
-    return rows, verdicts
-
-
-def verdict(c: dict | None) -> str:
-    if not c or not c.get("fid"):
-        return "-"
-    d = c["fid"]
-    word = {"better": "**better**", "worse": "worse"}.get(d["verdict"], "n.s.")
-    return f"{word} {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+    return rows, run_gaps(ev)
 
 
 def main() -> None:
+    from core.evaluation.gaps import gap_cell
     from core.evaluation.report_figures import plot_fid_macs
     from core.runs import is_run_folder, open_run, read_json, runs_root
 
@@ -77,16 +71,16 @@ def main() -> None:
             pending.append(arm)
             continue
         run = open_run(run_name, a.runs_dir)
-        got, verdicts = arm_rows(arm, run)
+        got, gaps = arm_rows(arm, run)
         if not got:
             pending.append(arm)
             continue
         rows += got
-        comparisons[arm] = {k: v.get("fid") for k, v in verdicts.items()}
+        comparisons[arm] = gaps
         runs.append(run)
         for r in got:
             if r["model"] == "progressive":
-                r["verdicts"] = {k: verdict(verdicts.get(k)) for k in AGAINST}
+                r["verdicts"] = {k: gap_cell(gaps.get(k)) for k in AGAINST}
     out = ROOT / "bench" / "results"
     meta = {"study": a.study, "base": rec["base"], "rows": rows, "comparisons": comparisons, "pending": pending}
     (out / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
