@@ -160,9 +160,9 @@ def emit_json(obj) -> None:
 
 def set_threads(cfg: dict) -> None:
     """Torch's thread count as the config says (``train.threads``; unset: torch's default)."""
-    import torch
-
     if cfg["train"].get("threads"):
+        import torch  # only then: a command that fails on its input has not paid torch's import
+
         torch.set_num_threads(int(cfg["train"]["threads"]))
 
 

@@ -149,3 +149,44 @@ def test_slot_options_are_declared_once():
     for name in ("parallel", "gpus", "grace"):
         seen = {(tuple(p.opts), str(p.type), p.default, p.help) for c in commands for p in c.params if p.name == name}
         assert len(seen) == 1, (name, seen)
+
+
+# each stage command checks its run and settings before it loads torch and the training code (1.5 s of import):
+# bad input is one line at once, and a run that is found still loads what it needs
+_PROBE = """
+import runpy, sys
+sys.argv = ["stepadapt", *sys.argv[1:]]
+try:
+    runpy.run_module("stepadapt_cli.main", run_name="__main__")
+finally:
+    print("torch loaded" if "torch" in sys.modules else "torch not loaded", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--preset", "tiny", "-S", "nope=1"],
+        ["train", "--preset", "tiny", "-S", "train.steps=-1"],
+        ["run", "--preset", "nope"],
+        ["eval", "nope"],
+        ["sample", "nope"],
+        ["finetune", "nope"],
+        ["prune", "nope"],
+        ["control", "nope"],
+        ["macs", "nope"],
+    ],
+)
+def test_bad_input_to_a_stage_command_is_refused_before_torch_loads(args, runs_dir):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    p = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args, "--runs-dir", str(runs_dir)], cwd=REPO, capture_output=True, text=True
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines[0].startswith("error:") and lines[-1] == "torch not loaded", p.stderr
+    assert [d for d in runs_dir.iterdir() if d.is_dir()] == []  # no run folder left behind either

@@ -138,18 +138,20 @@ def eval_cmd(
     a verdict per pair. With --images: score folders of images against the dataset.
 
     Exit codes: 0 all checks passed, 4 --max-fid missed, 5 worse than --against, 2 bad input."""
-    from core.training.devices import pick_device
-
-    dev = pick_device(device)
     if folders:
-        return _eval_images(run_name, preset, folders, inception, dev, as_json, runs_dir)
+        from core.training.devices import pick_device
+
+        return _eval_images(run_name, preset, folders, inception, pick_device(device), as_json, runs_dir)
     if run_name is None:
         raise UserError("give a RUN to evaluate (or --images DIR)")
-    from core.evaluation.evaluate import compare_runs, evaluate_run
     from core.runs import open_run
 
     run = open_run(run_name, runs_dir)
     their_run = open_run(against_run, runs_dir) if against_run else None
+    from core.evaluation.evaluate import compare_runs, evaluate_run  # torch: once the runs are found
+    from core.training.devices import pick_device
+
+    dev = pick_device(device)
     models = {"all": ("base", "control", "uniform", "dense-small", "progressive"), "both": ("base", "progressive")}.get(
         which, (which,)
     )

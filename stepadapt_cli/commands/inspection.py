@@ -45,8 +45,6 @@ def info(preset, config_file, overrides, as_json):
 @runs_dir_option
 def macs(run_name, steps, as_json, runs_dir):
     """MACs and params of a run's base and progressive models, averaged over timesteps (paper Table 1)."""
-    from core.method.artifacts import load_progressive, load_unet
-    from core.model.macs import count, progressive_cost
     from core.runs import open_run
 
     run = open_run(run_name, runs_dir)
@@ -60,6 +58,9 @@ def macs(run_name, steps, as_json, runs_dir):
     import sys
 
     from rich.console import Console
+
+    from core.method.artifacts import load_progressive, load_unet  # torch: after the input is checked
+    from core.model.macs import count, progressive_cost
 
     # counting runs a forward pass per model and timestep group: say so on a terminal (tens of seconds at cifar10)
     with (

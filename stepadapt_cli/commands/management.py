@@ -288,7 +288,6 @@ def run_cmd(
     base, the control and the progressive model. With --base, stage 1 is taken from another run or a file."""
     from core import config as C
     from core.runs import create_run
-    from core.training.data import load_dataset
 
     extra = launcher_overrides() + _settings(
         method or ("none" if single_stage else None), llm, api_base, data_spec, seed, overrides
@@ -317,6 +316,8 @@ def run_cmd(
         run = fork_run(base, run_name, extra, runs_dir, log=log)
     else:
         cfg = C.resolve(preset, config_file, extra)
+        from core.training.data import load_dataset  # torch: once the config holds
+
         load_dataset(cfg)  # a missing dataset fails here, before a run folder exists
         _check_launcher(cfg)
         if base is not None:

@@ -46,14 +46,7 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
     """Stage 1: train the base denoiser on all timesteps."""
     from core import config as C
     from core.config import model_arch
-    from core.manager.stages.base import base_spec, record_if_finished
-    from core.method.fields import artifact_step
-    from core.model.diffusion import create_diffusion
-    from core.model.unet import build_unet
     from core.runs import create_run, open_run, record_base, run_lock
-    from core.training.data import load_dataset
-    from core.training.devices import pick_device
-    from core.training.loop import train as run_train
 
     if resume:
         if not run_name:
@@ -77,6 +70,15 @@ def train(config_file, preset, data_spec, download, steps, run_name, runs_dir, r
             if val is not None:
                 extra.append(f"{key}={val}")
         cfg = C.resolve(preset, config_file, extra)
+    # torch and the training code only once the config holds: bad input is one line in a fraction of a second
+    from core.manager.stages.base import base_spec, record_if_finished
+    from core.method.fields import artifact_step
+    from core.model.diffusion import create_diffusion
+    from core.model.unet import build_unet
+    from core.training.data import load_dataset
+    from core.training.devices import pick_device
+    from core.training.loop import train as run_train
+
     dev = pick_device(device)
     set_threads(cfg)
     data = load_dataset(cfg)  # before creating the run: a missing dataset leaves nothing behind
@@ -325,9 +327,7 @@ def prune(
 
     Writes RUN/prune/groupNN.json (plan and report); `stepadapt finetune RUN` then fine-tunes the pruned
     copies. A pruned model is rebuilt from the base and its plan."""
-    from core.manager.stages.prune import prune_groups
     from core.runs import open_run
-    from core.training.devices import pick_device
 
     run = open_run(run_name, runs_dir)
     set_threads(run.config)
@@ -351,6 +351,9 @@ def prune(
             "--llm, --api-base, --rounds, --retries, --temperature, --timeout, --replay, --cache "
             "and --prompts are for --method proxy"
         )
+    from core.manager.stages.prune import prune_groups
+    from core.training.devices import pick_device
+
     recs = prune_groups(
         run,
         method,
@@ -382,14 +385,15 @@ def finetune(run_name, steps, groups, device, runs_dir):
 
     Resumable: finished groups are skipped, interrupted ones continue from their checkpoint. When every
     non-empty group has a model, they are assembled into RUN/models/progressive.pt."""
-    from core.manager.stages.finetune import finetune_groups
     from core.runs import open_run
-    from core.training.devices import pick_device
 
     run = open_run(run_name, runs_dir)
     set_threads(run.config)
     if steps is not None and steps < 1:
         raise UserError("--finetune-steps must be >= 1")
+    from core.manager.stages.finetune import finetune_groups
+    from core.training.devices import pick_device
+
     trained = finetune_groups(run, groups, steps, pick_device(device), log=lambda s: click.echo(s, err=True))
     prog = run.model("progressive")
     click.echo(f"fine-tuned groups: {', '.join(map(str, trained)) or 'none (all done)'}")
@@ -405,14 +409,15 @@ def control(run_name, device, runs_dir):
     """Train the equal-compute control: the base model continued from its final checkpoint (weights, EMA,
     optimiser state) on all timesteps for as many steps and images as every group's fine-tune used together
     (RUN/models/control.pt). Resumable; run it after `stepadapt finetune`."""
-    from core.manager.stages import control as stage
     from core.runs import open_run
-    from core.training.devices import pick_device
 
     run = open_run(run_name, runs_dir)
     set_threads(run.config)
     if not run.config["control"]["enabled"]:
         raise UserError(f"run {run.name} has control.enabled = false (set at creation with -S control.enabled=true)")
+    from core.manager.stages import control as stage
+    from core.training.devices import pick_device
+
     if not stage.pending(run):
         click.echo(f"control model  {run.model('control')} (done already)")
         return
@@ -442,14 +447,9 @@ def sample(run_name, n, steps, which, sampler, seed, out, device, runs_dir):
     """Sample images from a run's model and save them as a PNG grid (and a .pt tensor)."""
     from pathlib import Path
 
-    import torch
     from rich.progress import Progress
 
-    from core.method.artifacts import load_progressive, load_unet
-    from core.model.diffusion import create_diffusion
-    from core.model.sampling import sample_images, save_grid
     from core.runs import open_run
-    from core.training.devices import pick_device
 
     run = open_run(run_name, runs_dir)
     cfg = run.config
@@ -465,6 +465,13 @@ def sample(run_name, n, steps, which, sampler, seed, out, device, runs_dir):
     if not path.exists():
         hint = "stepadapt train" if which == "base" else f"stepadapt finetune {run.name}"
         raise UserError(f"run {run.name} has no {which} model yet ({path}); run {hint} first")
+    import torch
+
+    from core.method.artifacts import load_progressive, load_unet
+    from core.model.diffusion import create_diffusion
+    from core.model.sampling import sample_images, save_grid
+    from core.training.devices import pick_device
+
     dev = pick_device(device)
     model = load_progressive(path, dev) if which == "progressive" else load_unet(path, dev)
     total = -(-n // s["batch_size"]) * steps
