@@ -67,9 +67,11 @@ def swap_test(
                 "diff": sampler.differences(feats, ref, paired=True),
             }
         )
+        d = rows[-1]["diff"]["fid"]
+        said = {"better": "better than", "worse": "worse than"}.get(d["verdict"], "no significant difference from")
         log(
-            f"swap group {g.index} (t {g.t_start}-{g.t_end}): FID {s['fid']:.4f}, "
-            f"{rows[-1]['diff']['fid']['verdict']} than the base"
+            f"swap group {g.index} (t {g.t_start}-{g.t_end}): FID {s['fid']:.4f}, {said} the base "
+            f"({d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}])"
         )
     out = load_eval(run)
     out["swap"] = {
