@@ -34,7 +34,8 @@ def test_fid_is_zero_against_itself_grows_with_noise_and_the_net_is_cached(digit
     ext, info = make_extractor(cfg, data, tmp_path, log=logs.append)
     assert info["kind"].startswith("domain FID") and info["cached"]
     assert not any("training" in line for line in logs)
-    assert any("shipped with stepadapt" in line for line in logs) == (not existed)
+    if existed:  # copied before (another worker may copy it between the look above and this use: then no line)
+        assert not any("shipped with stepadapt" in line for line in logs)
     assert cached_net.read_bytes() == (SHIPPED_NETS / cached_net.name).read_bytes()
     assert info["val_accuracy"] > 0.8  # it learned the digits: its features mean something
     imgs = data.get(torch.arange(600))
