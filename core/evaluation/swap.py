@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from core.evaluation.text import VERDICT_PHRASE
+
 
 def swap_test(
     run,
@@ -68,7 +70,7 @@ def swap_test(
             }
         )
         d = rows[-1]["diff"]["fid"]
-        said = {"better": "better than", "worse": "worse than"}.get(d["verdict"], "no significant difference from")
+        said = VERDICT_PHRASE[d["verdict"]]
         log(
             f"swap group {g.index} (t {g.t_start}-{g.t_end}): FID {s['fid']:.4f}, {said} the base "
             f"({d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}])"

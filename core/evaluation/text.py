@@ -8,6 +8,14 @@ from typing import Optional, Sequence
 FID = "{:.3f}"  # FID and KID x1e3 everywhere (tables, the TUI, the reports): one precision
 
 
+# a verdict as the words before what it is measured against ("... the base")
+VERDICT_PHRASE = {
+    "better": "better than",
+    "worse": "worse than",
+    "no significant difference": "not significantly different from",
+}
+
+
 def fmt(value: Optional[float], spec: str = "{:.4f}", scale: float = 1.0) -> str:
     """A number in ``spec`` (divided by ``scale``), or '-' when there is none."""
     return "-" if value is None else spec.format(value / scale)
@@ -68,11 +76,7 @@ def bottom_line(comparisons: list[dict]) -> str:
     pc, pb = by.get(("progressive", "control")), by.get(("progressive", "base"))
     if not pb or not pb.get("verdict"):
         return ""
-    word = {
-        "better": "better than",
-        "worse": "worse than",
-        "no significant difference": "not significantly different from",
-    }
+    word = VERDICT_PHRASE
     metric = pb["primary"].upper()
     text = f"The progressive model, at {pb['macs_ratio']:.2f}x the base's MACs, is {word[pb['verdict']]} the base"
     if pc and pc.get("verdict"):
