@@ -51,7 +51,26 @@ def pytest_sessionstart(session):
 def pytest_runtest_protocol(item, nextitem):
     t0, c0 = time.time(), _usage()
     yield
-    _rows.append({"test": item.nodeid, "wall": time.time() - t0, "cpu": _usage() - c0})
+    _rows.append({"test": item.nodeid, "wall": time.time() - t0, "cpu": _usage() - c0, "left": _left_behind()})
+
+
+def _left_behind():
+    # the processes of this worker's cgroup that outlive the test: the worker aside, each is something a test
+    # started and did not stop
+    me = os.getpid()
+    out = []
+    with open(os.path.join(_cg, "cgroup.procs")) as f:
+        pids = [int(x) for x in f.read().split()]
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        out.append(cmd[:200])
+    return out
 
 
 def pytest_sessionfinish(session):
@@ -68,7 +87,8 @@ import atexit, json, os, resource, sys
 def _record():
     r = resource.getrusage(resource.RUSAGE_SELF)
     with open(os.path.join(os.environ["SUITE_CPU_DIR"], "procs.jsonl"), "a") as f:
-        f.write(json.dumps({"cpu": r.ru_utime + r.ru_stime, "torch": "torch" in sys.modules}) + "\\n")
+        cmd = " ".join(a for a in sys.argv[:3] if not a.startswith("/tmp"))
+        f.write(json.dumps({"cpu": r.ru_utime + r.ru_stime, "torch": "torch" in sys.modules, "cmd": cmd}) + "\\n")
 
 
 atexit.register(_record)
@@ -116,7 +136,9 @@ def main() -> None:
         "short_torch_processes": len(torch_only),
         "short_torch_cpu_s": sum(torch_only),
         "cpu_model": _cpu_model(),
+        "by_command": _by_command(procs),
         "slowest": sorted(rows, key=lambda r: -r["wall"])[: a.top],
+        "left_behind": [{"test": r["test"], "processes": r["left"]} for r in rows if r.get("left")],
         "files": {k: {"wall": v[0], "cpu": v[1], "tests": v[2]} for k, v in by_file.items()},
     }
     res = ROOT / "bench" / "results"
@@ -130,6 +152,19 @@ def main() -> None:
                 d.rmdir()
             except OSError:
                 pass
+
+
+def _by_command(procs: list[dict]) -> list[dict]:
+    """Python processes grouped by what they ran (the script or module and the stepadapt command): how many,
+    their CPU, how many imported torch. Processes forked from a fork server exit without atexit and are not
+    here (their CPU is in the tests' totals)."""
+    out: dict[str, dict] = {}
+    for p in procs:
+        words = [w.rsplit("/", 1)[-1] for w in p.get("cmd", "?").split()]
+        key = " ".join(words[:2]) if words and words[0] in ("main.py", "-m") else (words[0] if words else "?")
+        o = out.setdefault(key, {"command": key, "processes": 0, "cpu": 0.0, "torch": 0})
+        o["processes"], o["cpu"], o["torch"] = o["processes"] + 1, o["cpu"] + p["cpu"], o["torch"] + p["torch"]
+    return sorted(out.values(), key=lambda o: -o["cpu"])
 
 
 def _cpu_model() -> str:
@@ -152,6 +187,16 @@ def _markdown(o: dict) -> str:
     ]
     for r in o["slowest"]:
         lines.append(f"| {r['test']} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['cpu'] / max(r['wall'], 1e-9):.2f} |")
+    if o["left_behind"]:
+        lines += ["", "Processes alive in the worker's cgroup after a test (each counted once, at the first test):", ""]
+        seen: set[str] = set()
+        for r in o["left_behind"]:
+            new = [c for c in r["processes"] if c not in seen]
+            seen.update(new)
+            lines += [f"- {r['test']}: " + "; ".join(f"`{c[:120]}`" for c in new)] if new else []
+    lines += ["", "| process | count | imported torch | CPU s |", "|---|---:|---:|---:|"]
+    for c in o["by_command"][:20]:
+        lines.append(f"| `{c['command']}` | {c['processes']} | {c['torch']} | {c['cpu']:.0f} |")
     lines += ["", "| file | tests | wall s | CPU s |", "|---|---:|---:|---:|"]
     for k, v in sorted(o["files"].items(), key=lambda kv: -kv[1]["wall"]):
         lines.append(f"| {k} | {v['tests']} | {v['wall']:.0f} | {v['cpu']:.0f} |")

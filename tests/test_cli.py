@@ -169,6 +169,8 @@ finally:
         ["train", "--preset", "tiny", "-S", "nope=1"],
         ["train", "--preset", "tiny", "-S", "train.steps=-1"],
         ["run", "--preset", "nope"],
+        ["run", "--preset", "tiny", "--data", "folder:/no/such/folder"],  # a missing dataset: found without torch
+        ["run", "--preset", "tiny", "--data", "cifar10:/no/such/root"],
         ["eval", "nope"],
         ["sample", "nope"],
         ["finetune", "nope"],

@@ -258,7 +258,7 @@ def side_by_side(paths: dict, out: Path) -> bool:
     enlarged by a whole factor to at least ``GRID_PX`` wide (32-pixel samples are unreadable at their size)."""
     from PIL import Image
 
-    from core.model.sampling import paste_labelled
+    from core.model.pasting import paste_labelled
 
     tiles = {name: Image.open(p).convert("RGB") for name, p in paths.items() if p.exists()}
     tiles = {k: t.resize((t.width * f, t.height * f), Image.NEAREST) for k, t in tiles.items() for f in [_factor(t)]}

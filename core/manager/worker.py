@@ -104,7 +104,6 @@ def _work(store, job, a, hb) -> None:
     from core.manager import stages
     from core.manager.context import WorkContext
     from core.runs import file_sha256, open_run
-    from core.training.devices import pick_device
 
     run = open_run(job["run"], a.runs_dir)
     threads = os.environ.get("STEPADAPT_THREADS") or run.config["train"].get("threads")
@@ -139,7 +138,7 @@ def _work(store, job, a, hb) -> None:
                 run, store, args["slots"], grace=args.get("grace", 10.0), log=log, cores=args.get("cores"), **only
             ).execute()
         return
-    from core.training.devices import init_distributed
+    from core.training.devices import init_distributed, pick_device
 
     device = init_distributed() or pick_device(args.get("device", "auto"))  # torchrun: this rank's GPU
     ctx = WorkContext(run, store, job, device, hb or _NoBeat(), log=lambda s: print(s, flush=True))

@@ -177,10 +177,10 @@ def make_schedule(
 
 
 def schedule_from_config(cfg: dict, full_macs: Optional[int] = None) -> Schedule:
-    from core.model.diffusion import create_diffusion
+    from core.model.betas import alphas_cumprod
 
     s = cfg["schedule"]
-    return make_schedule(create_diffusion(cfg).alphas_cumprod, s["kind"], s["k"], s["groups"], full_macs)
+    return make_schedule(alphas_cumprod(cfg), s["kind"], s["k"], s["groups"], full_macs)
 
 
 def plot_schedule(sched: Schedule, path) -> None:
@@ -240,8 +240,6 @@ def run_schedule(run, cfg: Optional[dict] = None) -> Schedule:
 
     from core.config import model_arch
     from core.errors import UserError
-    from core.model.macs import count
-    from core.model.unet import build_unet
     from core.runs import atomic_write_json
 
     cfg = cfg or run.config
@@ -249,7 +247,10 @@ def run_schedule(run, cfg: Optional[dict] = None) -> Schedule:
     old = json.loads(path.read_text()) if path.exists() else None
     if old and old.get("full_macs"):  # counted when it was saved: the run's architecture does not change
         full = old["full_macs"]
-    else:
+    else:  # torch: only the first time
+        from core.model.macs import count
+        from core.model.unet import build_unet
+
         m = cfg["model"]
         full = count(build_unet(model_arch(cfg)), m["image_size"], m["in_channels"])["macs"]
     sched = schedule_from_config(cfg, full)

@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import torch
 
 from core.model.diffusion import GaussianDiffusion, to_uint8
+from core.model.pasting import paste_labelled
 from core.model.respace import respaced
 
 
@@ -87,27 +88,3 @@ def save_grid(images: torch.Tensor, path: Path) -> Path:
 def save_side_by_side(grids: dict, path: Path) -> Path:
     """Several models' uint8 images (same noise, same order) as grids side by side, each named above it."""
     return paste_labelled({name: tile(images.to(torch.uint8).cpu()) for name, images in grids.items()}, path)
-
-
-def paste_labelled(tiles: dict, path: Path, gap: int = 8) -> Path:
-    """PIL images pasted left to right with ``gap`` pixels between them, each with its name above it."""
-    from PIL import Image, ImageDraw
-
-    label_h = 16
-    canvas = Image.new(
-        "RGB",
-        (
-            sum(t.width for t in tiles.values()) + gap * (len(tiles) - 1),
-            max(t.height for t in tiles.values()) + label_h,
-        ),
-        "white",
-    )
-    draw, x = ImageDraw.Draw(canvas), 0
-    for name, tile in tiles.items():
-        canvas.paste(tile, (x, label_h))
-        draw.text((x + 2, 2), name, fill="black")
-        x += tile.width + gap
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path

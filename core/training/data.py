@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import UserError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+from core.training.sources import check_cifar10, folder_files, resolve_source
 
 
 def _fit(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
@@ -130,11 +129,7 @@ def _cifar10(root: str, size: int, channels: int, flip: bool, download: bool) ->
     from torchvision.datasets import CIFAR10
 
     path = Path(root).expanduser()
-    if not download and not (path / "cifar-10-batches-py").is_dir():
-        raise UserError(
-            f"CIFAR-10 not found under {path} (expected {path / 'cifar-10-batches-py'}); "
-            "pass --download to fetch it, or point data.root / --data cifar10:ROOT at a copy"
-        )
+    check_cifar10(path, download)
     try:
         ds = CIFAR10(str(path), train=True, download=download)
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as e:  # corrupt or unreachable
@@ -145,21 +140,8 @@ def _cifar10(root: str, size: int, channels: int, flip: bool, download: bool) ->
 
 def _folder(path: str, size: int, channels: int, flip: bool) -> FolderImages:
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise UserError(f"image folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    files, labels = [], []
-    if classes:
-        for ci, cls in enumerate(classes):
-            for f in sorted((root / cls).rglob("*")):
-                if f.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(f)
-                    labels.append(ci)
-    else:
-        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    return FolderImages(root.name, files, labels if classes else [], size, channels, flip)
+    files, labels = folder_files(root)
+    return FolderImages(root.name, files, labels, size, channels, flip)
 
 
 class Subset:
@@ -204,18 +186,13 @@ def load_dataset(cfg: dict, spec: Optional[str] = None, split: str = "train"):
 
 def _load(cfg: dict, spec: Optional[str] = None):
     d, m = cfg["data"], cfg["model"]
-    spec = spec or d["spec"]
     size, ch = m["image_size"], m["in_channels"]
-    if spec == "digits":
+    kind, path = resolve_source(cfg, spec)
+    if kind == "digits":
         return _digits(size, ch)
-    if spec == "cifar10" or spec.startswith("cifar10:"):
-        root = spec.split(":", 1)[1] if ":" in spec else d["root"]
-        return _cifar10(root, size, ch, d["flip"], d["download"])
-    if spec.startswith("folder:"):
-        return _folder(spec.split(":", 1)[1], size, ch, d["flip"])
-    if Path(spec).expanduser().is_dir():
-        return _folder(spec, size, ch, d["flip"])
-    raise UserError(f"dataset not found: {spec!r} (use digits, cifar10[:ROOT], folder:PATH or a directory)")
+    if kind == "cifar10":
+        return _cifar10(str(path), size, ch, d["flip"], d["download"])
+    return _folder(str(path), size, ch, d["flip"])
 
 
 class BatchStream(torch.utils.data.Dataset):

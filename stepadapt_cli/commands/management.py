@@ -316,9 +316,9 @@ def run_cmd(
         run = fork_run(base, run_name, extra, runs_dir, log=log)
     else:
         cfg = C.resolve(preset, config_file, extra)
-        from core.training.data import load_dataset  # torch: once the config holds
+        from core.training.sources import check_dataset
 
-        load_dataset(cfg)  # a missing dataset fails here, before a run folder exists
+        check_dataset(cfg)  # a missing dataset fails here, before a run folder exists (without loading torch)
         _check_launcher(cfg)
         if base is not None:
             from core.manager.bases import import_base, import_config
