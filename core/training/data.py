@@ -125,10 +125,9 @@ def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(rows[:, -1].astype(np.int64))
 
 
-def _cifar10(root: str, size: int, channels: int, flip: bool, download: bool) -> TensorImages:
+def _cifar10(path: Path, size: int, channels: int, flip: bool, download: bool) -> TensorImages:
     from torchvision.datasets import CIFAR10
 
-    path = Path(root).expanduser()
     check_cifar10(path, download)
     try:
         ds = CIFAR10(str(path), train=True, download=download)
@@ -138,8 +137,7 @@ def _cifar10(root: str, size: int, channels: int, flip: bool, download: bool) ->
     return TensorImages("cifar10", _fit(images, size, channels), torch.tensor(ds.targets), flip)
 
 
-def _folder(path: str, size: int, channels: int, flip: bool) -> FolderImages:
-    root = Path(path).expanduser()
+def _folder(root: Path, size: int, channels: int, flip: bool) -> FolderImages:
     files, labels = folder_files(root)
     return FolderImages(root.name, files, labels, size, channels, flip)
 
@@ -191,8 +189,8 @@ def _load(cfg: dict, spec: Optional[str] = None):
     if kind == "digits":
         return _digits(size, ch)
     if kind == "cifar10":
-        return _cifar10(str(path), size, ch, d["flip"], d["download"])
-    return _folder(str(path), size, ch, d["flip"])
+        return _cifar10(path, size, ch, d["flip"], d["download"])
+    return _folder(path, size, ch, d["flip"])
 
 
 class BatchStream(torch.utils.data.Dataset):
