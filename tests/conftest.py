@@ -71,4 +71,6 @@ MICRO = [
     "diffusion.steps=100",
     "-S",
     "train.batch_size=8",
+    "-S",
+    "finetune.batch_size=8",  # the fine-tunes and the controls train on batches as small as stage 1's
 ]

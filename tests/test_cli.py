@@ -192,3 +192,36 @@ def test_bad_input_to_a_stage_command_is_refused_before_torch_loads(args, runs_d
     lines = p.stderr.strip().splitlines()
     assert lines[0].startswith("error:") and lines[-1] == "torch not loaded", p.stderr
     assert [d for d in runs_dir.iterdir() if d.is_dir()] == []  # no run folder left behind either
+
+
+def test_a_bad_step_pause_is_one_line_before_any_step(runs_dir, monkeypatch):
+    """STEPADAPT_STEP_PAUSE (the stop-and-resume tests' pacing) takes seconds from 0 to 60; anything else is one
+    line, in the command and in the loop that reads it."""
+    p = run_cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--name",
+        "z",
+        *MICRO,
+        "--train-steps",
+        "2",
+        "--runs-dir",
+        runs_dir,
+        env={"STEPADAPT_STEP_PAUSE": "abc"},
+    )
+    assert p.returncode != 0 and "Traceback" not in p.stderr + p.stdout  # after the run's one line of what it does
+    assert [line for line in p.stderr.splitlines() if line.startswith("error:")] == [
+        "error: STEPADAPT_STEP_PAUSE='abc': give seconds from 0 to 60"
+    ]
+    assert not (runs_dir / "z" / "checkpoints" / "base.pt").exists()
+    from core.errors import UserError
+    from core.training.loop import _pause_s
+
+    for raw, want in (("", 0.0), ("0.25", 0.25), ("-1", None), ("nan", None), ("60", None)):
+        monkeypatch.setenv("STEPADAPT_STEP_PAUSE", raw)
+        if want is None:
+            with pytest.raises(UserError, match="from 0 to 60"):
+                _pause_s()
+        else:
+            assert _pause_s() == want

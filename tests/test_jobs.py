@@ -87,26 +87,27 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
         "e2e",
         *FAST,
         "-S",
-        "train.steps=120",
+        "train.steps=60",
         "-S",
-        "train.ckpt_every=30",
+        "train.ckpt_every=15",
         "--detach",
         *rd,
+        env={"STEPADAPT_STEP_PAUSE": "0.3", "STEPADAPT_HEARTBEAT": "0.3"},  # 8 s from step 32 to its end
         check=0,
     )
     assert "background" in p.stdout
 
     def base_running():
         js = [j for j in _jobs(runs_dir, "e2e") if j["stage"] == "base"]
-        return js[0] if js and (js[0]["progress"] or 0) >= 70 else None
+        return js[0] if js and (js[0]["progress"] or 0) >= 32 else None
 
-    base = _wait(base_running, what="base training past step 70")
+    base = _wait(base_running, what="base training past step 32")
     pipe = next(j for j in _jobs(runs_dir, "e2e") if j["stage"] == "pipeline")
     for j in (pipe, base):  # a crash: no chance to clean up
         os.killpg(j["pgid"], signal.SIGKILL)
     _wait(lambda: not pid_alive(base["pid"]) and not pid_alive(pipe["pid"]), 30, "processes to die")
     ckpt = torch.load(runs_dir / "e2e" / "checkpoints" / "base.pt", weights_only=True)
-    assert 60 <= ckpt["step"] < 120
+    assert 30 <= ckpt["step"] < 60
     lst = json.loads(run_cli("runs", "--json", *rd, check=0).stdout)
     assert lst[0]["status"] == "lost"
     assert {j["stage"]: j["status"] for j in _jobs(runs_dir, "e2e")} == {"pipeline": "lost", "base": "lost"}
@@ -153,10 +154,10 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
         ]
         arts = {r[0]: r[1] for r in con.execute("select path, sha256 from artifacts where run='e2e'")}
         run_status = con.execute("select status from runs where name='e2e'").fetchone()[0]
-    assert steps == list(range(10, 121, 10)) and run_status == "succeeded"
+    assert steps == list(range(10, 61, 10)) and run_status == "succeeded"
     lines = (run / "metrics" / "base.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == list(range(10, 121, 10))
-    assert torch.load(run / "checkpoints" / "base.pt", weights_only=True)["step"] == 120
+    assert [json.loads(line)["step"] for line in lines] == list(range(10, 61, 10))
+    assert torch.load(run / "checkpoints" / "base.pt", weights_only=True)["step"] == 60
     import hashlib
 
     assert arts["models/base.pt"] == hashlib.sha256((run / "models/base.pt").read_bytes()).hexdigest()
@@ -167,13 +168,13 @@ def test_run_crash_lost_resume_then_listing_and_bad_input(runs_dir):
     for g in show["groups"]:
         if g["size"]:
             assert g["macs"] <= g["budget_macs"] * 1.0001 and g["finetuned"]
-    assert show["metrics_last"]["base"]["step"] == 120
+    assert show["metrics_last"]["base"]["step"] == 60
     cmp = json.loads(run_cli("compare", "e2e", "e2e", "--json", *rd, check=0).stdout)
     assert [r["model"] for r in cmp["rows"]] == ["base", "control", "progressive"] * 2
     assert cmp["config_differences"] == {} and set(cmp["comparisons"]) == {"e2e"}
     base_job = [j for j in jobs if j["stage"] == "base"][-1]
     log = run_cli("logs", str(base_job["id"]), *rd, check=0).stdout
-    assert "step 120/120" in log and "succeeded (exit 0)" in log
+    assert "step 60/60" in log and "succeeded (exit 0)" in log
     assert "==> job" in run_cli("logs", "e2e", *rd, check=0).stdout
 
     # bad input: one clear line, non-zero exit
@@ -280,6 +281,8 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     """`--parallel 2` on CPU: stage 1 is one job of two one-thread ranks (torchrun, DDP). `kill` stops both
     ranks with a checkpoint; `resume` continues it from there, and the control trains the same way."""
     rd = ["--runs-dir", runs_dir]
+    # each step sleeps 0.25 s until the kill (a 20 s window, however slowly the ranks start); the resume does not
+    paced = {"STEPADAPT_STEP_PAUSE": "0.25", "STEPADAPT_HEARTBEAT": "0.3"}
     run_cli(
         "run",
         "--preset",
@@ -288,7 +291,7 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
         "ddp",
         *FAST,
         "-S",
-        "train.steps=400",
+        "train.steps=80",
         "-S",
         "eval.fid=false",
         "--method",
@@ -297,6 +300,7 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
         "2",
         "--detach",
         *rd,
+        env=paced,
         check=0,
     )
 
@@ -312,7 +316,7 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     assert group_pids(base["pgid"]) == [] and not any(pid_alive(r) for r in ranks)
     assert {j["stage"]: j["status"] for j in _jobs(runs_dir, "ddp")}["base"] == "killed"
     stopped = torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"]
-    assert 5 <= stopped < 400
+    assert 5 <= stopped < 80
     log = open(base["log_path"]).read()
     assert (
         log.count("CPU threads") == 1
@@ -329,9 +333,9 @@ def test_stage_one_on_two_cpu_slots_trains_as_two_ranks_stops_with_a_checkpoint_
     assert f"resuming from step {stopped}" in log and "2 processes (DDP)" in log
     control = next(j for j in jobs if j["stage"] == "control")
     assert control["status"] == "succeeded" and "2 processes (DDP)" in open(control["log_path"]).read()
-    assert torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"] == 400
+    assert torch.load(runs_dir / "ddp" / "checkpoints" / "base.pt", weights_only=True)["step"] == 80
     lines = (runs_dir / "ddp" / "metrics" / "base.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == list(range(10, 401, 10))  # each step once
+    assert [json.loads(line)["step"] for line in lines] == list(range(10, 81, 10))  # each step once
     ev = json.loads((runs_dir / "ddp" / "eval.json").read_text())
     precision = ["bf16 autocast"] if bf16_native("cpu") else ["fp32"]  # recorded with each model
     assert {m: r["train_precision"] for m, r in ev["models"].items()} == {m: precision for m in ev["models"]}
@@ -381,6 +385,7 @@ def test_a_failed_group_job_ends_the_run_failed_within_seconds_and_resume_comple
     forever on the queued group); `resume` then finishes every group."""
     rd = ["--runs-dir", runs_dir]
     env = {"STEPADAPT_HEARTBEAT": "0.3"}
+    paced = {**env, "STEPADAPT_STEP_PAUSE": "0.25"}  # 10 s per fine-tune until the kill; the resume is not paced
     run_cli(
         "run",
         "--preset",
@@ -395,6 +400,8 @@ def test_a_failed_group_job_ends_the_run_failed_within_seconds_and_resume_comple
         "-S",
         "eval.fid=false",
         "-S",
+        "control.enabled=false",  # not what this test is about
+        "-S",
         "train.ckpt_every=20",
         "--method",
         "none",
@@ -404,7 +411,7 @@ def test_a_failed_group_job_ends_the_run_failed_within_seconds_and_resume_comple
         "5",
         "--detach",
         *rd,
-        env=env,
+        env=paced,
         check=0,
     )
 

@@ -129,13 +129,14 @@ def test_killing_the_fork_server_takes_its_jobs_and_resume_trains_each_group_onc
         runs_dir,
         "orphans",
         "-S",
-        "finetune.steps=80",
+        "finetune.steps=48",
         "-S",
         "schedule.groups=2",
         "-S",
         "train.log_every=10",
         "--parallel",
         "2",
+        env={"STEPADAPT_STEP_PAUSE": "0.3", "STEPADAPT_HEARTBEAT": "0.3"},  # 14 s to kill in; the resume is not paced
     )
     jobs = _wait(
         lambda: (
@@ -193,10 +194,10 @@ def test_killing_the_fork_server_takes_its_jobs_and_resume_trains_each_group_onc
                 [g],
             )
         ]
-        assert steps == list(range(8, 81, 8)), (
+        assert steps == list(range(4, 49, 4)), (
             g,
             steps,
-        )  # logged every 80 // 10 steps, each once: nothing lost, nothing twice
+        )  # logged every 48 // 10 steps, each once: nothing lost, nothing twice
 
 
 def _jobs(runs_dir, name):

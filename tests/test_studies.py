@@ -550,7 +550,7 @@ def test_milestone_arms_start_while_the_base_trains_on(tmp_path, runs_dir):
     milestone (kept at step 5) runs on the other: that arm's pipeline starts before stage 1 has ended; the arm
     on the final base waits for it. Both end succeeded, and the base run is partial (only stage 1 is its job)."""
     spec = tmp_path / "m.yaml"
-    spec.write_text(MILESTONES.replace("train.steps: 10", "train.steps: 400"))
+    spec.write_text(MILESTONES.replace("train.steps: 10", "train.steps: 60"))
     p = run_cli(
         "study",
         str(spec),
@@ -576,6 +576,7 @@ def test_milestone_arms_start_while_the_base_trains_on(tmp_path, runs_dir):
         ],
         "--runs-dir",
         runs_dir,
+        env={"STEPADAPT_STEP_PAUSE": "0.25"},  # stage 1 trains on for 15 s at least: the early arm starts meanwhile
         check=0,
     )
     assert "arms start as their milestones are kept" in p.stderr, p.stderr

@@ -9,6 +9,9 @@ Determinism: batch k comes from ``data.BatchStream`` (a function of (seed, k)); 
 noise of step k come from generators seeded by (seed, k); the only global-RNG consumer (dropout)
 has its state saved in the checkpoint. So ``resume`` gives the same weights as an uninterrupted run.
 
+``STEPADAPT_STEP_PAUSE`` (seconds, read when a loop starts) makes every step sleep that long after it: a
+stop-and-resume test gets a window in which to stop a job without paying for hundreds of real steps.
+
 Under ``torch.distributed`` (torchrun), every rank takes an equal slice of each step's batch (the batch,
 timesteps and noise are the same functions of (seed, step) as on one device, so the gradient is the
 same mean), gradients are averaged by DDP, and only rank 0 writes files and calls the hooks.
@@ -23,6 +26,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -37,6 +41,18 @@ from core.runs import atomic_torch_save, load_torch, sweep_partial_writes
 from core.training.data import batches
 from core.training.devices import autocast, distributed
 from core.training.spec import TrainSpec, milestone_paths, snapshot_path  # noqa: F401 (the loop's spec, here as before)
+
+
+def _pause_s() -> float:
+    """``STEPADAPT_STEP_PAUSE`` from the job's environment (a forked job's, not its server's), in seconds."""
+    raw = os.environ.get("STEPADAPT_STEP_PAUSE") or "0"
+    try:
+        pause = float(raw)
+    except ValueError:
+        pause = -1.0
+    if not 0 <= pause < 60:
+        raise UserError(f"STEPADAPT_STEP_PAUSE={raw!r}: give seconds from 0 to 60")
+    return pause
 
 
 @torch.no_grad()
@@ -166,6 +182,7 @@ class TrainLoop:
         self.hooks = {"on_log": on_log, "on_start": on_start, "on_step": on_step} if self.main else {}
         self.progress = progress and self.main
         self.cuda = self.device.type == "cuda"
+        self.pause = _pause_s()
         self.setup()
         if self.main:  # a job killed while writing leaves partial files: large at real sizes
             sweep_partial_writes(spec.ckpt)
@@ -414,6 +431,8 @@ class TrainLoop:
                         self.keep_milestone(done)
                     if done % spec.ckpt_every == 0 and done != spec.steps:
                         self.checkpoint(done)
+                    if self.pause:
+                        time.sleep(self.pause)
                     if self.stopping(stop):
                         self.checkpoint(done)
                         e = Interrupted(
