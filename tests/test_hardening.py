@@ -81,7 +81,7 @@ def test_a_store_from_a_newer_version_is_refused_with_both_versions_named(runs_d
 def test_a_folder_with_a_truncated_config_does_not_hide_the_others(runs_dir):
     rd = ["--runs-dir", runs_dir]
     _train("good", rd)
-    _train("bad", rd)
+    run_cli("fork", "good", "bad", *rd, check=0)  # a second run on the same stage 1, without training one
     cfg = runs_dir / "bad" / "config.json"
     cfg.write_text(cfg.read_text()[:40])
     rows = {r["name"]: r for r in json.loads(run_cli("runs", "--json", *rd, check=0).stdout)}
